@@ -1,0 +1,30 @@
+# The two commands of the contract: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.edgeclip-installed
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: demo test bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edgeclip demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -q -rs tests
+
+bench: $(STAMP)
+	$(VENV)/bin/edgeclip bench --out benchmarks/results
+
+clean:
+	rm -rf demo_out .pytest_cache

@@ -1,0 +1,234 @@
+"""Image sources: ImageFolder trees, plain folders, file lists / CSV, and WebDataset tar shards.
+
+Every source yields :class:`ImageRecord` items with a stable ``key`` (path + size + mtime, or
+shard + sample key) that the teacher-embedding cache uses to recognise a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Sequence
+
+from ..errors import EdgeClipError
+from .images import load_image
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
+WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm")
+
+
+def is_image(p: str | os.PathLike) -> bool:
+    return Path(p).suffix.lower() in IMAGE_EXTS
+
+
+def file_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+@dataclass
+class ImageRecord:
+    key: str
+    name: str  # display name (relative path or sample key)
+    label: Optional[int] = None
+    path: Optional[Path] = None
+    data: Optional[bytes] = None  # in-memory payload (tar shards)
+
+    def load(self):
+        """Decode to an RGB PIL image (raises ImageLoadError with one clear line)."""
+        return load_image(self.data if self.data is not None else self.path)
+
+
+@dataclass
+class ImageSource:
+    """A finite, ordered list of records (folders, lists) or a stream (tar shards)."""
+
+    kind: str
+    root: str
+    classes: Optional[List[str]] = None
+    records: Optional[List[ImageRecord]] = None
+    stream: Optional[Callable[[], Iterator[ImageRecord]]] = None
+    skipped: List[str] = field(default_factory=list)
+
+    @property
+    def is_stream(self) -> bool:
+        return self.records is None
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self.records) if self.records is not None else self.stream()
+
+    def __len__(self) -> int:
+        if self.records is None:
+            raise TypeError("a streaming source has no length")
+        return len(self.records)
+
+
+def _sorted_images(root: Path) -> List[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_image(p))
+
+
+def image_folder(root: str | os.PathLike) -> ImageSource:
+    """``root/<class>/<image>`` (class = sub-folder name)."""
+    root = Path(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise EdgeClipError(f"{root} has no class sub-folders (expected ROOT/<class>/<image>)")
+    recs: List[ImageRecord] = []
+    for ci, c in enumerate(classes):
+        for p in _sorted_images(root / c):
+            recs.append(ImageRecord(file_key(p), str(p.relative_to(root)), ci, p))
+    if not recs:
+        raise EdgeClipError(f"no images found under {root}")
+    return ImageSource("imagefolder", str(root), classes, recs)
+
+
+def plain_folder(root: str | os.PathLike) -> ImageSource:
+    root = Path(root)
+    recs = [ImageRecord(file_key(p), str(p.relative_to(root)), None, p) for p in _sorted_images(root)]
+    if not recs:
+        raise EdgeClipError(f"no images found under {root}")
+    return ImageSource("folder", str(root), None, recs)
+
+
+def file_list(path: str | os.PathLike) -> ImageSource:
+    """A .txt (one path per line) or .csv (``path[,label]``, header optional) file.
+
+    Relative paths are resolved against the list's folder. Missing files are skipped and reported.
+    """
+    path = Path(path)
+    base = path.parent
+    rows: List[Sequence[str]] = []
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+            rows = [r for r in csv.reader(fh, dialect=dialect) if r and r[0].strip()]
+        if rows and rows[0][0].strip().lower() in ("path", "image", "file", "filename", "filepath"):
+            rows = rows[1:]
+    else:
+        rows = [[ln.strip()] for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    label_names = sorted({r[1].strip() for r in rows if len(r) > 1 and r[1].strip()})
+    idx = {c: i for i, c in enumerate(label_names)}
+    recs, skipped = [], []
+    for r in rows:
+        p = Path(r[0].strip())
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            skipped.append(f"{p}: missing")
+            continue
+        lab = idx.get(r[1].strip()) if len(r) > 1 else None
+        recs.append(ImageRecord(file_key(p), r[0].strip(), lab, p))
+    if not recs:
+        raise EdgeClipError(f"none of the {len(rows)} files listed in {path} exist")
+    return ImageSource("list", str(path), label_names or None, recs, skipped=skipped)
+
+
+def _expand_shards(spec: str) -> List[str]:
+    try:
+        import braceexpand
+
+        pats = list(braceexpand.braceexpand(spec))
+    except ImportError:  # pragma: no cover
+        pats = [spec]
+    out: List[str] = []
+    for p in pats:
+        out.extend(sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else [p])
+    missing = [p for p in out if not Path(p).is_file()]
+    if missing:
+        raise EdgeClipError(f"tar shard not found: {missing[0]}")
+    return out
+
+
+def webdataset(spec: str, classes: Optional[List[str]] = None) -> ImageSource:
+    """WebDataset tar shards (``shard-{000..009}.tar`` or a glob), streamed with the webdataset library.
+
+    Samples carry an image under one of jpg/png/webp/... and optionally ``cls`` (int) or ``txt``.
+    """
+    shards = _expand_shards(spec)
+    if not shards:
+        raise EdgeClipError(f"no tar shards match {spec}")
+
+    def stream() -> Iterator[ImageRecord]:
+        import webdataset as wds
+
+        for shard in shards:
+            sp = Path(shard)
+            st = sp.stat()
+            prefix = f"{sp.resolve()}|{st.st_size}|{st.st_mtime_ns}#"
+            ds = wds.WebDataset(str(sp), shardshuffle=False, empty_check=False)
+            for sample in ds:
+                key = sample["__key__"]
+                data = next((sample[k] for k in WDS_IMAGE_KEYS if k in sample), None)
+                if data is None:
+                    continue
+                label = None
+                if "cls" in sample:
+                    try:
+                        label = int(sample["cls"].decode().strip())
+                    except ValueError:
+                        label = None
+                yield ImageRecord(prefix + key, f"{sp.name}/{key}", label, None, data)
+
+    return ImageSource("wds", spec, classes, None, stream)
+
+
+def open_source(spec: str | os.PathLike, kind: str = "auto") -> ImageSource:
+    """Open ``spec`` as an image source. ``kind``: auto, imagefolder, folder, list, wds."""
+    s = str(spec)
+    p = Path(s)
+    if kind == "auto":
+        if s.endswith(".tar") or "{" in s or (("*" in s) and ".tar" in s):
+            kind = "wds"
+        elif p.is_file() and p.suffix.lower() in (".txt", ".csv", ".tsv", ".lst"):
+            kind = "list"
+        elif p.is_file() and is_image(p):
+            return ImageSource("files", str(p.parent), None, [ImageRecord(file_key(p), p.name, None, p)])
+        elif p.is_dir():
+            subdirs = [d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")]
+            top_imgs = [f for f in p.iterdir() if f.is_file() and is_image(f)]
+            kind = "imagefolder" if subdirs and not top_imgs else "folder"
+        elif not p.exists():
+            raise EdgeClipError(f"path not found: {p}")
+        else:
+            raise EdgeClipError(f"cannot tell what kind of image source {p} is (use --kind)")
+    if kind == "imagefolder":
+        return image_folder(p)
+    if kind == "folder":
+        return plain_folder(p)
+    if kind == "list":
+        return file_list(p)
+    if kind == "wds":
+        return webdataset(s)
+    raise EdgeClipError(f"unknown source kind {kind!r} (auto, imagefolder, folder, list, wds)")
+
+
+def files_source(paths: Sequence[str | os.PathLike]) -> ImageSource:
+    """Several CLI arguments (files and/or folders) as one source; missing paths are reported."""
+    recs, skipped = [], []
+    for a in paths:
+        p = Path(a)
+        if p.is_dir():
+            recs.extend(plain_folder(p).records)
+        elif p.is_file():
+            recs.append(ImageRecord(file_key(p), str(p), None, p))
+        else:
+            skipped.append(f"{p}: not found")
+    if not recs:
+        raise EdgeClipError("no images found in: " + ", ".join(map(str, paths)))
+    return ImageSource("files", ".", None, recs, skipped=skipped)
+
+
+def ensure_extracted(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Extract ``tar_path`` into ``dest`` once (marker file makes it idempotent and kill-safe)."""
+    tar_path, dest = Path(tar_path), Path(dest)
+    marker = dest / f".extracted-{tar_path.name}"
+    if marker.exists():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar_path) as tf:
+        tf.extractall(dest, filter="data")
+    marker.write_text("ok\n")
+    return dest

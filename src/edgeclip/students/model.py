@@ -1,0 +1,102 @@
+"""The Student model (backbone + MLP projection head) and its checkpoint format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..data.transforms import Preprocess
+from ..errors import CheckpointError, EdgeClipError
+from ..utils.io import torch_save
+from .backbones import create_backbone, list_backbones
+
+STUDENT_FORMAT = "edgeclip-student/1"
+
+
+class ProjectionHead(nn.Module):
+    """MLP projection head (Clip4Retrofit): Linear -> GELU -> Dropout -> Linear. ``hidden=0`` means linear."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, dropout: float = 0.0):
+        super().__init__()
+        if hidden and hidden > 0:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+        else:
+            self.net = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Student(nn.Module):
+    """Image -> embedding in the teacher's space. ``grid(x)`` gives the spatial features."""
+
+    def __init__(self, arch: str, embed_dim: int, head_hidden: int = 1024, head_dropout: float = 0.0,
+                 small_input: bool = False, keep_grid: bool = False, img_size: int = 224,
+                 in_chans: int = 3, weights: Optional[str] = None):
+        super().__init__()
+        self.config: Dict[str, Any] = dict(arch=arch, embed_dim=embed_dim, head_hidden=head_hidden,
+                                           head_dropout=head_dropout, small_input=small_input,
+                                           keep_grid=keep_grid, img_size=img_size, in_chans=in_chans)
+        self.arch = arch
+        self.embed_dim = embed_dim
+        self.keep_grid = keep_grid
+        self.input_adapter: nn.Module = nn.Identity() if in_chans == 3 else nn.Conv2d(in_chans, 3, 1)
+        self.backbone = create_backbone(arch, small_input=small_input, img_size=img_size, weights=weights)
+        self.feat_dim = self.backbone.out_dim
+        self.head = ProjectionHead(self.feat_dim, embed_dim, head_hidden, head_dropout)
+
+    def grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Spatial feature grid (B, C, H, W) before pooling."""
+        return self.backbone(self.input_adapter(x))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.grid(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(x))
+
+    def forward_with_grid(self, x: torch.Tensor):
+        g = self.grid(x)
+        return self.head(g.mean(dim=(2, 3))), g
+
+
+def create_student(arch: str, embed_dim: int, **kw) -> Student:
+    """Build a student by registry name (``shufflenet_v2_x1_0``, ``timm:vit_small_patch16_224``, ...)."""
+    if embed_dim <= 0:
+        raise EdgeClipError(f"embed_dim must be positive, got {embed_dim}")
+    return Student(arch, embed_dim, **kw)
+
+
+def list_students():
+    return list_backbones()
+
+
+def save_student(student: Student, path: str | Path, preprocess: Preprocess, teacher: Dict[str, Any],
+                 extra: Optional[Dict[str, Any]] = None) -> None:
+    """Save atomically with everything needed to rebuild it (arch, preprocessing, teacher identity)."""
+    sd = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+    torch_save({"format": STUDENT_FORMAT, "config": student.config, "preprocess": preprocess.to_dict(),
+                "teacher": teacher, "state_dict": sd, "extra": extra or {}}, path)
+
+
+def load_student(path: str | Path, map_location: str = "cpu"):
+    """Return (student, preprocess, checkpoint dict). Raises CheckpointError for other files."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"student checkpoint not found: {p}")
+    try:
+        ck = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {p} as a torch checkpoint: {str(e).splitlines()[0]}") from None
+    if not isinstance(ck, dict) or ck.get("format") != STUDENT_FORMAT:
+        fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise CheckpointError(f"{p} is not an edgeclip student checkpoint (format: {fmt!r})")
+    cfg = dict(ck["config"])
+    arch, embed_dim = cfg.pop("arch"), cfg.pop("embed_dim")
+    st = Student(arch, embed_dim, **cfg)
+    st.load_state_dict(ck["state_dict"])
+    st.eval()
+    return st, Preprocess.from_dict(ck["preprocess"]), ck

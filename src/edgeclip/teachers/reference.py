@@ -1,0 +1,161 @@
+"""``reference-lit``: the offline reference teacher.
+
+An image tower (any student backbone + projection) trained with a LiT objective (locked text tower)
+against the frozen, real all-MiniLM-L6-v2 text encoder. It is saved as a checkpoint that
+``load_teacher('reference-lit:/path/teacher.pt')`` (or just the path) loads like any CLIP teacher.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
+from ..errors import CheckpointError, EdgeClipError
+from ..utils.io import sha256_file, torch_save
+from .base import Teacher
+from .minilm import TEXT_DIM, TEXT_MODEL_ID, embed_texts, shared_text_tower
+
+REFERENCE_FORMAT = "edgeclip-reference-lit/1"
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+def class_prompt_embeddings(classes: Sequence[str], templates: Sequence[str], device: str = "cpu") -> torch.Tensor:
+    """Template-ensembled, normalised text embeddings (C, D) of ``classes``."""
+    if not classes:
+        raise EdgeClipError("no class names / labels given")
+    if not templates:
+        raise EdgeClipError("no prompt templates given")
+    for t in templates:
+        if "{}" not in t:
+            raise EdgeClipError(f"prompt template {t!r} has no '{{}}' placeholder")
+    per_t = [embed_texts([t.format(c) for c in classes], device) for t in templates]
+    return F.normalize(torch.stack(per_t).mean(0), dim=-1)
+
+
+class LiTModel(nn.Module):
+    """Image tower + fixed class-text embeddings + learnable temperature."""
+
+    def __init__(self, image_tower: nn.Module, text_emb: torch.Tensor, init_scale: float = 1 / 0.07):
+        super().__init__()
+        self.image_tower = image_tower
+        self.register_buffer("text_emb", text_emb)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        img = F.normalize(self.image_tower(x), dim=-1)
+        return self.logit_scale.clamp(max=math.log(100)).exp() * img @ self.text_emb.t()
+
+
+def save_reference(tower, path: Path, preprocess: Preprocess, logit_scale: float, info: Dict) -> None:
+    torch_save({"format": REFERENCE_FORMAT, "tower_config": tower.config, "preprocess": preprocess.to_dict(),
+                "text_model": TEXT_MODEL_ID, "embed_dim": TEXT_DIM, "logit_scale": logit_scale,
+                "state_dict": {k: v.detach().cpu() for k, v in tower.state_dict().items()}, "info": info}, path)
+
+
+def load_reference(spec: str, device: str = "cpu") -> Teacher:
+    from ..students.model import Student
+
+    path = Path(spec.split(":", 1)[1] if spec.startswith("reference-lit:") else spec)
+    if not path.is_file():
+        raise CheckpointError(f"reference teacher checkpoint not found: {path} "
+                              "(train one with: edgeclip teacher train-reference --data IMAGEFOLDER --out DIR)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(ck, dict) or ck.get("format") != REFERENCE_FORMAT:
+        raise CheckpointError(f"{path} is not a reference-lit teacher checkpoint (format: "
+                              f"{ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
+    cfg = dict(ck["tower_config"])
+    tower = Student(cfg.pop("arch"), cfg.pop("embed_dim"), **cfg)
+    tower.load_state_dict(ck["state_dict"])
+    tower.eval().to(device)
+    pp = Preprocess.from_dict(ck["preprocess"])
+    text = shared_text_tower().to(device)
+    return Teacher(spec=f"reference-lit:{path}", id=f"reference-lit:sha256:{sha256_file(path)[:16]}",
+                   image_encoder=tower, text_encoder=text, tokenizer=text.tokenize, preprocess=pp.torch_transform(),
+                   preprocess_desc=pp.describe(), image_size=pp.size, embed_dim=int(ck["embed_dim"]),
+                   logit_scale=float(ck["logit_scale"]), mean=pp.mean, std=pp.std,
+                   extra={"info": ck.get("info", {}), "arch": tower.arch}, device=device)
+
+
+def train_reference(data: str, out: str | Path, arch: str = "resnet18", templates: Sequence[str] = DEFAULT_TEMPLATES,
+                    img_size: int = 32, small_input: Optional[bool] = None, epochs: int = 10, batch_size: int = 256,
+                    lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0, resume: bool = False,
+                    devices: int = 1, accelerator: str = "auto", max_images: int = 0, val_data: Optional[str] = None,
+                    head_hidden: int = 1024, progress: bool = True) -> Dict:
+    """Train the image tower LiT-style against the frozen MiniLM class-prompt embeddings of ``data`` (ImageFolder)."""
+    from ..data.memory import MemoryImages, augment_batch, normalize, preload
+    from ..data.sources import open_source
+    from ..engine import TrainConfig, fit
+    from ..students.model import Student
+
+    src = open_source(data)
+    if not src.classes:
+        raise EdgeClipError(f"{data}: training the reference teacher needs an ImageFolder (ROOT/<class>/<image>)")
+    recs = src.records
+    if max_images:
+        g = torch.Generator().manual_seed(seed)
+        recs = [recs[i] for i in torch.randperm(len(recs), generator=g)[:max_images].tolist()]
+    classes = [c.replace("_", " ") for c in src.classes]
+    text_emb = class_prompt_embeddings(classes, templates)
+    x, kept, skipped = preload(recs, img_size, progress=progress)
+    labels = torch.tensor([recs[i].label for i in kept])
+    small = img_size <= 64 if small_input is None else small_input
+    tower = Student(arch, TEXT_DIM, head_hidden=head_hidden, small_input=small, img_size=img_size)
+    model = LiTModel(tower, text_emb)
+    pp = Preprocess(size=img_size, mean=CLIP_MEAN, std=CLIP_STD)
+    pad = max(1, img_size // 8)
+
+    def step(m, batch):
+        img, y = batch
+        logits = m(normalize(augment_batch(img, pad=pad), pp.mean, pp.std))
+        loss = F.cross_entropy(logits, y)
+        return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}
+
+    val = None
+    if val_data:
+        vsrc = open_source(val_data)
+        vx, vkept, _ = preload(vsrc.records, img_size, progress=False)
+        vy = torch.tensor([vsrc.records[i].label for i in vkept])
+        val = (vx, vy)
+
+    def on_epoch_end(m, epoch, rec):
+        if val is None:
+            return {}
+        return {"val_top1": _zero_shot_acc(m, val[0], val[1], pp)}
+
+    def save(m, out_dir: Path, history):
+        scale = float(m.logit_scale.clamp(max=math.log(100)).exp())
+        info = {"data": str(data), "classes": classes, "templates": list(templates), "n_train": len(kept),
+                "skipped": len(skipped), "epochs": epochs, "arch": arch, "img_size": img_size,
+                "final": history["epochs"][-1] if history["epochs"] else {}}
+        save_reference(m.image_tower, out_dir / "teacher.pt", pp, scale, info)
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+                      devices=devices, accelerator=accelerator, warmup_epochs=min(1.0, epochs / 10))
+    hist = fit(cfg, model, MemoryImages(x, labels), step, out, resume=resume, save_fn=save,
+               on_epoch_end=on_epoch_end if val is not None else None, progress=progress)
+    hist["skipped"] = skipped
+    return hist
+
+
+@torch.no_grad()
+def _zero_shot_acc(model, x, y, pp, bs: int = 512) -> float:
+    from ..data.memory import normalize
+
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), bs):
+        logits = model(normalize(x[i:i + bs].to(dev), pp.mean, pp.std))
+        correct += (logits.argmax(1).cpu() == y[i:i + bs]).sum().item()
+    model.train(was)
+    return correct / max(1, len(x))
