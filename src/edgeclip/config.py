@@ -1,0 +1,58 @@
+"""Experiments as YAML files (torchdistill style) with ``key.sub=value`` command-line overrides."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Iterable
+
+import yaml
+
+from .errors import EdgeClipError
+
+
+def load_config(path: str | Path | None) -> Dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        pkg = Path(__file__).parent / "configs" / p.name
+        repo = Path(__file__).resolve().parents[2] / "configs" / p.name
+        p = next((c for c in (pkg, repo, repo.with_suffix(".yaml")) if c.is_file()), p)
+    if not p.is_file():
+        raise EdgeClipError(f"config file not found: {path}")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise EdgeClipError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise EdgeClipError(f"{p}: the top level must be a mapping")
+    return d
+
+
+def set_path(d: Dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        if not isinstance(cur.get(k), dict):
+            cur[k] = {}
+        cur = cur[k]
+    cur[keys[-1]] = value
+
+
+def apply_overrides(d: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    d = copy.deepcopy(d)
+    for o in overrides or []:
+        if "=" not in o:
+            raise EdgeClipError(f"override {o!r} must look like key.sub=value")
+        k, v = o.split("=", 1)
+        set_path(d, k.strip(), yaml.safe_load(v) if v.strip() else None)
+    return d
+
+
+def build_dataclass(cls, d: Dict[str, Any]):
+    fields = cls.__dataclass_fields__
+    unknown = [k for k in d if k not in fields]
+    if unknown:
+        raise EdgeClipError(f"unknown {cls.__name__} keys: {', '.join(unknown)} (known: {', '.join(fields)})")
+    return cls(**d)

@@ -1,0 +1,214 @@
+"""Label-free distillation of a teacher's image embedding into a student (Clip4Retrofit).
+
+Targets come from a teacher-embedding cache (fast; K deterministic augmented views) or from the
+teacher run online on random views. Small images (CIFAR-sized) are held in memory and cropped per
+batch with ``roi_align``; large images stream from disk through a DataLoader.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.memory import crop_views, normalize, preload
+from ..data.sources import open_source
+from ..data.transforms import Preprocess, ViewSpec, apply_view, view_params
+from ..engine import TrainConfig, fit
+from ..errors import EdgeClipError, ImageLoadError
+from ..students.model import create_student, save_student
+from .cache import EmbeddingCache
+from .losses import build_loss
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""
+    data: str = ""
+    out: str = "runs/distill"
+    cache: Optional[str] = None  # None: run the teacher online
+    student: Dict[str, Any] = field(default_factory=lambda: {"arch": "shufflenet_v2_x1_0", "img_size": 224})
+    loss: Any = "cosine"
+    views: int = 1  # online mode: random views per epoch; cached mode: taken from the cache
+    preload: Any = "auto"  # hold images in memory (auto: when the student input is <= 64 px)
+    val: Optional[str] = None  # ImageFolder for zero-shot top-1 after each epoch
+    templates: List[str] = field(default_factory=lambda: ["a photo of a {}."])
+    train: Dict[str, Any] = field(default_factory=dict)
+    max_images: int = 0
+
+
+def _student_preprocess(teacher_desc: Dict, mean, std, size: int) -> Preprocess:
+    return Preprocess(size=size, mean=tuple(mean), std=tuple(std))
+
+
+def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, teacher=None) -> Dict[str, Any]:
+    from ..teachers import load_teacher
+
+    if not cfg.teacher:
+        raise EdgeClipError("no teacher given (--teacher or `teacher:` in the config)")
+    if not cfg.data:
+        raise EdgeClipError("no training data given (--data or `data:` in the config)")
+    tcfg = TrainConfig(**cfg.train)
+    dev = "cuda" if torch.cuda.is_available() and tcfg.accelerator in ("auto", "cuda", "gpu") else "cpu"
+    teacher = teacher or load_teacher(cfg.teacher, device="cpu")
+    scfg = dict(cfg.student)
+    arch = scfg.pop("arch")
+    size = int(scfg.get("img_size", 224))
+    student = create_student(arch, teacher.embed_dim, **scfg)
+    pp = _student_preprocess(teacher.describe(), teacher.mean, teacher.std, size)
+    src = open_source(cfg.data)
+    if src.is_stream:
+        raise EdgeClipError("distillation from tar shards: build the cache first (`edgeclip cache`), then train "
+                            "from the cache with a finite source (streamed training is not supported yet)")
+    records = src.records
+    if cfg.max_images:
+        rng = random.Random(tcfg.seed)
+        records = rng.sample(records, min(cfg.max_images, len(records)))
+    cache = None
+    if cfg.cache:
+        cache = EmbeddingCache(cfg.cache)
+        cache.check_teacher(teacher.describe())
+        if cache.dim != student.embed_dim:
+            raise EdgeClipError(f"cache dim {cache.dim} != student head dim {student.embed_dim}")
+        n_before = len(records)
+        records = [r for r in records if r.key in cache]
+        if not records:
+            raise EdgeClipError(f"none of the {n_before} images of {cfg.data} are in cache {cfg.cache} "
+                                "(files changed since? rebuild with `edgeclip cache`)")
+        skipped_not_cached = n_before - len(records)
+    else:
+        skipped_not_cached = 0
+    do_preload = cfg.preload if isinstance(cfg.preload, bool) else size <= 64
+    loss_fn = build_loss(cfg.loss)
+    views = cache.views if cache else max(1, cfg.views)
+    vspec = cache.view_spec if cache else ViewSpec(seed=tcfg.seed)
+    teacher_size = teacher.image_size
+    skipped: List[str] = []
+
+    if do_preload:
+        psize = max(size, teacher_size if cache is None else size)
+        x, kept, skipped = preload(records, psize, progress=progress)
+        records = [records[i] for i in kept]
+        N = len(records)
+        boxes = torch.tensor([[view_params(r.key, v, vspec)[0] for v in range(views)] for r in records], dtype=torch.float32)
+        flips = torch.tensor([[view_params(r.key, v, vspec)[1] for v in range(views)] for r in records])
+        if cache is not None:
+            targets = torch.from_numpy(cache.get_many([r.key for r in records]).astype(np.float32))
+        else:
+            targets = torch.zeros(N, 1)
+        dataset = torch.utils.data.TensorDataset(x, boxes, flips, targets)
+
+        def step(model, batch):
+            img, bx, fl, tg = batch
+            B = img.shape[0]
+            v = torch.randint(0, views, (B,))
+            if cache is None:  # online: a fresh random view each time
+                seeds = torch.randint(0, 2**31 - 1, (B,)).tolist()
+                vb = [view_params(str(s), 1, vspec) for s in seeds]
+                b = torch.tensor([p[0] for p in vb], dtype=torch.float32, device=img.device)
+                f = torch.tensor([p[1] for p in vb], device=img.device)
+                with torch.no_grad():
+                    tin = normalize(crop_views(img, b, f, teacher_size), teacher.mean, teacher.std)
+                    tgt = teacher.encode_image(tin)
+            else:
+                ar = torch.arange(B)
+                b, f, tgt = bx[ar, v], fl[ar, v], tg[ar, v]
+            sin = normalize(crop_views(img, b, f, size), pp.mean, pp.std)
+            emb = model(sin)
+            loss = loss_fn(emb, tgt)
+            return {"loss": loss, "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean()}
+    else:
+        spp, tpp = pp.torch_transform(), teacher.preprocess
+        dataset = _FileViews(records, spp, tpp, views, vspec, cache, online=cache is None)
+
+        def step(model, batch):
+            sin, tin_or_tgt, ok = batch
+            if cache is None:
+                with torch.no_grad():
+                    tgt = teacher.encode_image(tin_or_tgt)
+            else:
+                tgt = tin_or_tgt
+            emb = model(sin)
+            return {"loss": loss_fn(emb, tgt), "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean()}
+
+    val = _prepare_val(cfg, teacher, pp, size) if cfg.val else None
+
+    def on_epoch_end(model, epoch, rec):
+        if val is None:
+            return {}
+        return {"val_top1": _val_top1(model, *val)}
+
+    def save(model, out_dir: Path, history):
+        extra = {"distill_config": asdict(cfg), "n_train": len(records), "skipped": len(skipped),
+                 "views": views, "final": history["epochs"][-1] if history["epochs"] else {}}
+        save_student(model, out_dir / "student.pt", pp, teacher.describe(), extra)
+
+    if cache is None and dev == "cuda":
+        teacher.to("cuda")
+    hist = fit(tcfg, student, dataset, step, cfg.out, resume=resume, save_fn=save,
+               on_epoch_end=on_epoch_end if val is not None else None, progress=progress)
+    hist["skipped_images"] = skipped
+    hist["skipped_not_in_cache"] = skipped_not_cached
+    return hist
+
+
+class _FileViews(torch.utils.data.Dataset):
+    def __init__(self, records, spp, tpp, views, vspec, cache, online):
+        self.records, self.spp, self.tpp, self.views, self.vspec, self.cache, self.online = records, spp, tpp, views, vspec, cache, online
+        self.failed_loads = 0
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        r = self.records[i]
+        for _ in range(10):  # a file that broke since it was listed: use another one (counted below)
+            try:
+                img = r.load()
+                break
+            except ImageLoadError:
+                self.failed_loads += 1
+                r = self.records[random.randrange(len(self.records))]
+        else:
+            raise EdgeClipError("too many unreadable images in a row; check the data folder")
+        if self.online:
+            v = random.randrange(1 << 30)
+            box, flip = view_params(f"{r.key}#{v}", 1, self.vspec)
+            im = apply_view(img, box, flip)
+            return self.spp(im), self.tpp(im), True
+        v = random.randrange(self.views)
+        box, flip = view_params(r.key, v, self.vspec)
+        tgt = torch.from_numpy(np.asarray(self.cache[r.key][v], dtype=np.float32))
+        return self.spp(apply_view(img, box, flip)), tgt, True
+
+
+def _prepare_val(cfg: DistillConfig, teacher, pp: Preprocess, size: int):
+    from ..labeling.text import text_embeddings
+
+    vsrc = open_source(cfg.val)
+    if not vsrc.classes:
+        raise EdgeClipError(f"--val {cfg.val} must be an ImageFolder (class sub-folders)")
+    x, kept, _ = preload(vsrc.records, size, progress=False) if size <= 64 else (None, None, None)
+    temb = text_embeddings(teacher, [c.replace("_", " ") for c in vsrc.classes], cfg.templates)
+    if x is None:
+        raise EdgeClipError("per-epoch --val is supported for inputs <= 64 px; use `edgeclip eval` for larger ones")
+    y = torch.tensor([vsrc.records[i].label for i in kept])
+    return normalize(x, pp.mean, pp.std), y, temb
+
+
+@torch.no_grad()
+def _val_top1(model, x, y, temb, bs: int = 500) -> float:
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), bs):
+        e = F.normalize(model(x[i:i + bs].to(dev)).float(), dim=-1)
+        correct += ((e @ temb.to(dev).t()).argmax(1).cpu() == y[i:i + bs]).sum().item()
+    model.train(was)
+    return correct / max(1, len(x))
