@@ -1,0 +1,317 @@
+"""Student checkpoint -> edge bundle folder (ONNX fp32 + int8, labels, preprocessing, manifest, model card).
+
+The folder runs with ``edgeclip.runtime`` (numpy + Pillow + ONNX Runtime only); see
+``edgeclip.runtime.bundle`` for the layout. Steps:
+
+1. export the student to ONNX fp32 (dynamic batch; dynamic height/width for CNNs) and check it
+   against torch (max abs diff) on the calibration hold-out;
+2. int8: ONNX Runtime static QDQ, per-channel, calibrated on the user's images (CNNs), or dynamic
+   int8 (transformers); top-1 agreement with fp32 over the label set on the hold-out;
+3. labels.json: the labels' teacher text embeddings, computed now with the teacher's text tower;
+4. sizes, batch-1 latency, optional zero-shot accuracy on an ImageFolder; MODEL_CARD.md; manifest.json
+   (sha256 + size of every file, versions) written last.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import EdgeClipError, ImageLoadError
+from ..runtime.bundle import (BUNDLE_FORMAT, LABELS, MANIFEST, MODEL_CARD, MODEL_FP32, MODEL_INT8, PREPROCESS,
+                              LabelSet)
+from ..runtime.preprocess import NumpyPreprocess
+from ..utils.io import sha256_file, write_json
+
+QUANT_MODES = ("auto", "static", "dynamic", "none")
+
+
+def is_transformer(model) -> bool:
+    """True when the model has attention blocks (ViT/Swin/...): those get dynamic int8 and a fixed input size."""
+    from torch import nn
+
+    return any(isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__ for m in model.modules())
+
+
+def load_calibration(data: str, n: int, preprocess: NumpyPreprocess, seed: int = 0):
+    """Up to ``n`` images of ``data`` (any edgeclip source), preprocessed -> ((N,3,S,S) float32, names, skipped)."""
+    from ..data.sources import open_source
+
+    src = open_source(data)
+    recs = list(src.records) if not src.is_stream else [r for _, r in zip(range(max(n * 2, n + 16)), iter(src))]
+    random.Random(seed).shuffle(recs)
+    arrs, names, skipped = [], [], list(src.skipped)
+    for r in recs:
+        if len(arrs) >= n:
+            break
+        try:
+            arrs.append(preprocess(r.load()))
+            names.append(r.name)
+        except ImageLoadError as e:
+            skipped.append(str(e))
+    if not arrs:
+        raise EdgeClipError(f"no readable calibration images in {data}")
+    return np.stack(arrs), names, skipped
+
+
+def _batches(x: np.ndarray, bs: int):
+    for i in range(0, len(x), bs):
+        yield x[i:i + bs]
+
+
+def _run(session, x: np.ndarray, bs: int = 64) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: b})[0] for b in _batches(x, bs)])
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+
+
+def int8_parity(fp32_path: Path, int8_path: Path, x: np.ndarray, text_emb: np.ndarray) -> Dict[str, float]:
+    """Top-1 agreement (over the label set) and embedding cosine of the int8 model with fp32 on ``x``."""
+    from ..runtime.bundle import make_session
+
+    a = _unit(_run(make_session(fp32_path), x))
+    b = _unit(_run(make_session(int8_path), x))
+    agree = float(((a @ text_emb.T).argmax(1) == (b @ text_emb.T).argmax(1)).mean())
+    cos = (a * b).sum(1)
+    return {"top1_agreement": agree, "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "n": int(len(x))}
+
+
+def ort_latency_ms(path: Path, size: int, threads: int = 1, reps: int = 30) -> Dict[str, float]:
+    """Batch-1 ONNX Runtime latency at ``size`` px (median after warm-up)."""
+    from ..bench.stats import latency_ms
+    from ..runtime.bundle import make_session
+
+    sess = make_session(path, threads=threads)
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    return latency_ms(lambda: sess.run(None, {name: x}), warmup=5, reps=reps)
+
+
+def bundle_accuracy(bundle: str | os.PathLike, data: str, precision: str, templates: Sequence[str],
+                    max_images: int = 0, batch_size: int = 256, threads: Optional[int] = None,
+                    text_emb: Optional[np.ndarray] = None, seed: int = 0) -> Dict[str, Any]:
+    """Zero-shot top-1 of a bundle on an ImageFolder. Class-name embeddings: ``text_emb`` (C, D) in class order,
+    else the bundle's own labels.json when it names every class."""
+    import time
+
+    from ..data.sources import open_source
+    from ..evaluate import class_names
+    from ..runtime import Labeler
+
+    src = open_source(data)
+    if not src.classes:
+        raise EdgeClipError(f"{data}: accuracy needs an ImageFolder (ROOT/<class>/<image>)")
+    names = class_names(src.classes)
+    lab = Labeler(bundle, precision=precision, threads=threads)
+    lab.set_labels(names, text_emb)
+    recs = list(src.records)
+    if max_images and max_images < len(recs):
+        recs = random.Random(seed).sample(recs, max_images)
+    correct = n = 0
+    skipped: List[str] = []
+    t0 = time.perf_counter()
+    for i in range(0, len(recs), batch_size):
+        imgs, ys = [], []
+        for r in recs[i:i + batch_size]:
+            try:
+                imgs.append(r.load())
+                ys.append(r.label)
+            except ImageLoadError as e:
+                skipped.append(str(e))
+        if imgs:
+            cos, _ = lab.scores(lab.embed(imgs))
+            correct += int((cos.argmax(1) == np.asarray(ys)).sum())
+            n += len(ys)
+    return {"top1": correct / max(1, n), "n": n, "skipped": len(skipped), "precision": lab.precision,
+            "images_per_s": n / max(1e-9, time.perf_counter() - t0)}
+
+
+def _versions() -> Dict[str, str]:
+    out = {}
+    for mod in ("edgeclip", "torch", "onnx", "onnxruntime", "numpy", "PIL"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "?")
+        except Exception:
+            pass
+    return out
+
+
+def _model_card(m: Dict[str, Any]) -> str:
+    t, s = m["teacher"], m["student"]
+    lines = [f"# Edge bundle: {s['arch']} student of {t['id']}", "",
+             "Open-vocabulary image labeler. Runs with numpy + Pillow + ONNX Runtime (`edgeclip.runtime`).", "",
+             "## Source",
+             f"- teacher: `{t['spec']}` (id `{t['id']}`, {t['embed_dim']}-d embeddings, logit scale {t['logit_scale']:.1f})",
+             f"- student: `{s['arch']}` at {m['input']['size']} px, checkpoint sha256 `{s['checkpoint_sha256'][:16]}...`",
+             f"- distillation data: {s.get('data') or 'not recorded in the checkpoint'}"
+             + (f" ({s['n_train']} images)" if s.get("n_train") else ""),
+             f"- labels ({len(m['labels'])}): {', '.join(m['labels'][:30])}{' ...' if len(m['labels']) > 30 else ''}",
+             f"- prompt templates: {', '.join(repr(x) for x in m['templates'])}", "",
+             "## Files and size", "| file | bytes |", "| --- | ---: |"]
+    lines += [f"| {k} | {v['bytes']:,} |" for k, v in m["files"].items()]
+    lines += ["", "## Parity and quantisation",
+              f"- fp32 ONNX vs torch: max abs diff {m['parity']['fp32']['max_abs_diff']:.2e} on {m['parity']['fp32']['n']} images"]
+    if "int8" in m["parity"]:
+        p = m["parity"]["int8"]
+        q = m["quantization"]
+        lines.append(f"- int8 ({q['method']}{', per-channel' if q.get('per_channel') else ''}, calibrated on "
+                     f"{q.get('calibration_images', 0)} images): top-1 agreement with fp32 {p['top1_agreement']:.3f}, "
+                     f"mean embedding cosine {p['mean_cosine']:.4f} on {p['n']} hold-out images")
+    lines += ["", "## Latency (batch 1, ONNX Runtime, 1 thread, this machine)"]
+    for k, v in m.get("latency_ms", {}).items():
+        lines.append(f"- {k}: {v:.2f} ms")
+    if m.get("accuracy"):
+        a = m["accuracy"]
+        lines += ["", f"## Zero-shot accuracy on `{a['data']}` ({a['n']} images)"]
+        for k in ("torch_fp32", "bundle_fp32", "bundle_int8"):
+            if k in a:
+                lines.append(f"- {k}: top-1 {a[k]:.4f}")
+    lines += ["", f"Created {m['created']} on {m['machine'].get('cpu_model', m['machine'].get('processor', '?'))}.", ""]
+    return "\n".join(lines)
+
+
+def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Sequence[str] | str,
+                  templates: Sequence[str] = ("a photo of a {}.",), calib: Optional[str] = None,
+                  quant: str = "auto", calib_images: int = 200, holdout: float = 0.25, per_channel: bool = True,
+                  teacher: Optional[str] = None, eval_data: Optional[str] = None, eval_images: int = 0,
+                  overwrite: bool = False, seed: int = 0, opset: int = 17,
+                  log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    """Build a bundle folder at ``out``; returns its manifest (parity, sizes, latency, accuracy)."""
+    import torch
+
+    from ..labeling.text import check_templates, parse_labels, text_embeddings
+    from ..students.model import load_student
+    from ..teachers import load_teacher
+    from ..utils.env import machine_info
+    from .onnx import export_onnx, onnx_parity
+
+    if quant not in QUANT_MODES:
+        raise EdgeClipError(f"unknown quantisation {quant!r} ({', '.join(QUANT_MODES)})")
+    if not 0.0 < holdout < 1.0:
+        raise EdgeClipError(f"holdout must be a fraction in (0, 1), got {holdout}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not (out / MANIFEST).is_file():
+            raise EdgeClipError(f"{out} exists and is not an edgeclip bundle; choose another --out")
+        if not overwrite:
+            raise EdgeClipError(f"{out} already holds a bundle; pass --overwrite to replace it")
+    labels = parse_labels(labels)
+    templates = check_templates(templates)
+
+    st, pp, ck = load_student(student)
+    t_spec = teacher or ck["teacher"]["spec"]
+    t = load_teacher(t_spec, device="cpu")
+    if t.id != ck["teacher"]["id"]:
+        raise EdgeClipError(f"student {student} was distilled from {ck['teacher']['id']}, not {t.id}")
+    if t.embed_dim != st.embed_dim:
+        raise EdgeClipError(f"student gives {st.embed_dim}-d embeddings, teacher text is {t.embed_dim}-d")
+    text = text_embeddings(t, labels, templates).numpy().astype(np.float32)
+    npp = NumpyPreprocess.from_dict(pp.to_dict())
+    transformer = is_transformer(st)
+    mode = ("dynamic" if transformer else "static") if quant == "auto" else quant
+    if mode != "none" and not calib:
+        raise EdgeClipError("int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only")
+
+    if calib:
+        x, _, skipped = load_calibration(calib, calib_images, npp, seed)
+        n_hold = max(1, int(round(holdout * len(x)))) if len(x) > 1 else 0
+        x_cal, x_hold = (x[:-n_hold], x[-n_hold:]) if n_hold else (x, x)
+        log(f"calibration: {len(x_cal)} images, hold-out: {len(x_hold)} (skipped {len(skipped)} unreadable)")
+    else:
+        skipped = []
+        x_cal = x_hold = np.random.default_rng(seed).standard_normal((8, 3, pp.size, pp.size)).astype(np.float32)
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        axes = {"image": {0: "batch"}, "embedding": {0: "batch"}}
+        if not transformer:
+            axes["image"].update({2: "height", 3: "width"})
+        export_onnx(st, tmp / MODEL_FP32, input_shape=(1, 3, pp.size, pp.size), dynamic_axes=axes, opset=opset)
+        with torch.no_grad():
+            par = onnx_parity(st, tmp / MODEL_FP32, torch.from_numpy(x_hold))
+        parity: Dict[str, Any] = {"fp32": {**par, "n": int(len(x_hold)), "inputs": "hold-out images" if calib else "random"}}
+        log(f"fp32 parity: max abs diff vs torch {par['max_abs_diff']:.2e} (mean {par['mean_abs_diff']:.2e})")
+        models = {"fp32": MODEL_FP32}
+        quantization: Dict[str, Any] = {"method": mode}
+        if mode != "none":
+            from ..quant.ort import quantize_dynamic_onnx, quantize_static_onnx
+
+            if mode == "static":
+                quantize_static_onnx(tmp / MODEL_FP32, tmp / MODEL_INT8, list(_batches(x_cal, 16)), per_channel=per_channel)
+                quantization.update(per_channel=per_channel, format="QDQ", activations="uint8", weights="int8",
+                                    calibration="minmax", calibration_images=int(len(x_cal)), calibration_data=str(calib))
+            else:
+                quantize_dynamic_onnx(tmp / MODEL_FP32, tmp / MODEL_INT8)
+                quantization.update(per_channel=False, weights="int8", activations="dynamic uint8")
+            models["int8"] = MODEL_INT8
+            parity["int8"] = int8_parity(tmp / MODEL_FP32, tmp / MODEL_INT8, x_hold, text)
+            log(f"int8 parity: top-1 agreement with fp32 {parity['int8']['top1_agreement']:.3f}, mean cosine "
+                f"{parity['int8']['mean_cosine']:.4f} on {parity['int8']['n']} hold-out images")
+
+        LabelSet(labels, text, templates)  # validates before writing
+        write_json(tmp / LABELS, {**LabelSet(labels, text, templates).to_dict(), "teacher": t.id})
+        write_json(tmp / PREPROCESS, {**pp.to_dict(), "input_name": "image", "layout": "NCHW", "dtype": "float32",
+                                      "output_name": "embedding", "output": "unnormalised embedding; L2-normalise"})
+        latency = {k: ort_latency_ms(tmp / f, pp.size)["median_ms"] for k, f in models.items()}
+        extra = ck.get("extra") or {}
+        dcfg = extra.get("distill_config") or {}
+        manifest: Dict[str, Any] = {
+            "format": BUNDLE_FORMAT, "kind": "labeler",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "teacher": t.describe(),
+            "student": {"arch": st.arch, "config": st.config, "checkpoint": Path(student).name,
+                        "checkpoint_sha256": sha256_file(student), "data": dcfg.get("data"),
+                        "n_train": extra.get("n_train"), "transformer": transformer},
+            "embed_dim": int(st.embed_dim), "input": {"name": "image", "size": pp.size, "dynamic_hw": not transformer},
+            "labels": labels, "templates": templates, "models": models, "quantization": quantization,
+            "parity": parity, "latency_ms": latency, "latency_setup": {"batch": 1, "threads": 1, "size": pp.size},
+            "calibration_skipped": len(skipped), "versions": {**_versions(), "opset": opset},
+            "machine": machine_info(),
+        }
+        _finish(tmp, manifest)
+        if eval_data:
+            from ..evaluate import class_names, evaluate
+            from ..labeling.label import load_embedder
+
+            log(f"zero-shot accuracy on {eval_data} ...")
+            res = evaluate(None, {"student": load_embedder(student=str(student), teacher=t_spec)}, eval_data,
+                           templates, max_images=eval_images)
+            cemb = text_embeddings(t, res["classes"], templates).numpy()
+            acc = {"data": str(eval_data), "n": res["n"], "torch_fp32": res["student_top1"]}
+            for k in models:
+                acc[f"bundle_{k}"] = bundle_accuracy(tmp, eval_data, k, templates, eval_images, text_emb=cemb)["top1"]
+            manifest["accuracy"] = acc
+            log("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if isinstance(v, float)))
+            _finish(tmp, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return manifest
+
+
+def _finish(folder: Path, manifest: Dict[str, Any]) -> None:
+    """Hash every file, write the model card, then the manifest (with the card's hash) last."""
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (MANIFEST, MODEL_CARD)}
+    manifest["files"] = files
+    (folder / MODEL_CARD).write_text(_model_card(manifest), encoding="utf-8")
+    files[MODEL_CARD] = {"sha256": sha256_file(folder / MODEL_CARD), "bytes": (folder / MODEL_CARD).stat().st_size}
+    write_json(folder / MANIFEST, manifest)
+    for p in folder.iterdir():
+        p.chmod(0o644)  # atomic writes create 0600 files; a bundle is meant to be copied and shared

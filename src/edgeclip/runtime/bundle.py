@@ -1,0 +1,170 @@
+"""Reading an edge bundle: the manifest (file hashes), labels.json, preprocess.json and the ONNX models.
+
+A bundle is a folder::
+
+    manifest.json      format, kind, file hashes + sizes, versions, teacher, parity, models
+    model.onnx         fp32 image encoder: image (B,3,H,W) float32 -> embedding (B,D) (unnormalised)
+    model.int8.onnx    the same, int8 (ONNX Runtime static QDQ, or dynamic for transformers)
+    labels.json        label names, their teacher text embeddings (L,D), the prompt templates
+    preprocess.json    resize / crop / normalisation (see edgeclip.runtime.preprocess)
+    MODEL_CARD.md      source teacher, data, accuracy, size, latency
+
+Only numpy, Pillow and onnxruntime are needed here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import EdgeClipError
+from ..utils.io import sha256_file
+
+BUNDLE_FORMAT = "edgeclip-bundle/1"
+MANIFEST = "manifest.json"
+LABELS = "labels.json"
+PREPROCESS = "preprocess.json"
+MODEL_FP32 = "model.onnx"
+MODEL_INT8 = "model.int8.onnx"
+MODEL_CARD = "MODEL_CARD.md"
+
+
+class BundleError(EdgeClipError):
+    """A bundle with a missing, altered or inconsistent file."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"bundle file missing: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_manifest(root: str | os.PathLike, verify: bool = True) -> Dict[str, Any]:
+    """Read ``manifest.json``; with ``verify`` every listed file must exist with its recorded sha256 and size."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(f"bundle folder not found: {root}")
+    man = _read_json(root / MANIFEST)
+    if not isinstance(man, dict) or man.get("format") != BUNDLE_FORMAT:
+        fmt = man.get("format") if isinstance(man, dict) else type(man).__name__
+        raise BundleError(f"{root / MANIFEST} is not an edgeclip bundle manifest (format {fmt!r}, want {BUNDLE_FORMAT!r})")
+    files = man.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{root / MANIFEST} lists no files")
+    if verify:
+        for name, meta in files.items():
+            p = root / name
+            if not p.is_file():
+                raise BundleError(f"bundle file missing: {p} (listed in the manifest)")
+            if p.stat().st_size != meta.get("bytes"):
+                raise BundleError(f"bundle file altered: {p} has {p.stat().st_size} bytes, the manifest says {meta.get('bytes')}")
+            if sha256_file(p) != meta.get("sha256"):
+                raise BundleError(f"bundle file altered: {p} does not match its sha256 in the manifest")
+    return man
+
+
+@dataclass
+class LabelSet:
+    """Label names and their normalised text embeddings (L, D), with the templates that made them."""
+
+    names: List[str]
+    embeddings: np.ndarray
+    templates: List[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.embeddings = _normalise(np.asarray(self.embeddings, dtype=np.float32), "label embeddings")
+        if self.embeddings.shape[0] != len(self.names):
+            raise EdgeClipError(f"{len(self.names)} label names but {self.embeddings.shape[0]} embeddings")
+        if len(set(self.names)) != len(self.names):
+            raise EdgeClipError("duplicate label names")
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def index(self, names: Sequence[str]) -> List[int]:
+        pos = {n: i for i, n in enumerate(self.names)}
+        missing = [n for n in names if n not in pos]
+        if missing:
+            raise EdgeClipError(f"label(s) {', '.join(map(repr, missing[:5]))} have no embedding in this bundle "
+                                f"(it has: {', '.join(self.names[:20])}{' ...' if len(self.names) > 20 else ''})")
+        return [pos[n] for n in names]
+
+    def subset(self, names: Sequence[str]) -> "LabelSet":
+        idx = self.index(names)
+        return LabelSet([self.names[i] for i in idx], self.embeddings[idx], self.templates)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"labels": list(self.names), "templates": list(self.templates), "embed_dim": self.dim,
+                "embeddings": [[round(float(v), 7) for v in row] for row in self.embeddings]}
+
+
+def _normalise(a: np.ndarray, what: str) -> np.ndarray:
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise EdgeClipError(f"{what}: expected a non-empty (N, D) array, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise EdgeClipError(f"{what}: contains NaN or infinite values")
+    n = np.linalg.norm(a, axis=1, keepdims=True)
+    if (n == 0).any():
+        raise EdgeClipError(f"{what}: contains an all-zero vector")
+    return (a / n).astype(np.float32)
+
+
+def read_labels(path: str | os.PathLike) -> LabelSet:
+    path = Path(path)
+    d = _read_json(path)
+    if not isinstance(d, dict) or not isinstance(d.get("labels"), list) or "embeddings" not in d:
+        raise BundleError(f"{path}: expected {{'labels': [...], 'embeddings': [[...]], 'templates': [...]}}")
+    try:
+        emb = np.asarray(d["embeddings"], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise BundleError(f"{path}: 'embeddings' is not a numeric (L, D) array") from None
+    if "embed_dim" in d and emb.ndim == 2 and emb.shape[1] != d["embed_dim"]:
+        raise BundleError(f"{path}: embeddings are {emb.shape[1]}-d but embed_dim says {d['embed_dim']}")
+    try:
+        return LabelSet([str(n) for n in d["labels"]], emb, [str(t) for t in d.get("templates", [])])
+    except EdgeClipError as e:
+        raise BundleError(f"{path}: {e}") from None
+
+
+def model_output_dim(session) -> Optional[int]:
+    """The embedding size an ONNX Runtime session declares (None if symbolic)."""
+    shape = session.get_outputs()[0].shape
+    return shape[-1] if shape and isinstance(shape[-1], int) else None
+
+
+def make_session(path: str | os.PathLike, threads: Optional[int] = None):
+    """An ONNX Runtime CPU session; ``threads`` sets intra-op threads (None: ONNX Runtime's default)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise EdgeClipError(f"threads must be >= 1, got {threads}")
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise BundleError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:300]}") from None
+
+
+def pick_model(man: Dict[str, Any], precision: str) -> str:
+    """File name of the model for ``precision`` (auto: int8 when the bundle has it, else fp32)."""
+    models = man.get("models") or {}
+    if precision == "auto":
+        precision = "int8" if "int8" in models else "fp32"
+    if precision not in ("fp32", "int8"):
+        raise EdgeClipError(f"unknown precision {precision!r} (auto, fp32, int8)")
+    if precision not in models:
+        raise BundleError(f"this bundle has no {precision} model (it has: {', '.join(models) or 'none'})")
+    return models[precision]

@@ -1,0 +1,149 @@
+"""Open-vocabulary labeling with an edge bundle: numpy + Pillow + ONNX Runtime, no torch.
+
+    from edgeclip.runtime import Labeler
+    lab = Labeler("bundle/", precision="int8", threads=2)
+    lab.label("cat.jpg")                        # [{'label': 'cat', 'score': 0.93, 'cosine': 0.41}, ...]
+    lab.label_batch(["a.jpg", "b.png"], topk=3)
+    lab.add_labels(["zebra"], zebra_embedding)  # precomputed teacher text embeddings (L, D)
+    lab.set_labels(["cat", "dog"])              # keep a subset of the bundle's labels
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from ..data.images import load_image, to_rgb
+from ..errors import EdgeClipError
+from .bundle import (LABELS, PREPROCESS, BundleError, LabelSet, _normalise, _read_json, make_session,
+                     model_output_dim, pick_model, read_labels, read_manifest)
+from .preprocess import NumpyPreprocess
+
+ImageInput = Union[str, os.PathLike, bytes, io.BytesIO, Image.Image]
+
+
+def to_image(x: ImageInput) -> Image.Image:
+    """A path, encoded bytes or a PIL image -> RGB PIL image (ImageLoadError when it cannot be decoded)."""
+    return to_rgb(x) if isinstance(x, Image.Image) else load_image(x)
+
+
+class Labeler:
+    """A loaded labeler bundle: image(s) -> normalised embeddings -> top-k labels.
+
+    ``precision``: auto (int8 when present) | fp32 | int8. ``threads``: ONNX Runtime intra-op threads.
+    ``verify``: check every file against the manifest's sha256 before loading.
+    """
+
+    kind = "labeler"
+
+    def __init__(self, path: str | os.PathLike, precision: str = "auto", threads: Optional[int] = None,
+                 verify: bool = True):
+        self.root = Path(path)
+        self.manifest = read_manifest(self.root, verify=verify)
+        if self.manifest.get("kind", "labeler") != "labeler":
+            raise BundleError(f"{self.root} is a {self.manifest.get('kind')!r} bundle, not a labeler")
+        self.model_file = pick_model(self.manifest, precision)
+        self.precision = next(k for k, v in self.manifest["models"].items() if v == self.model_file)
+        self.preprocess = NumpyPreprocess.from_dict(_read_json(self.root / PREPROCESS))
+        self.session = make_session(self.root / self.model_file, threads)
+        self.threads = threads
+        self.input_name = self.session.get_inputs()[0].name
+        self.embed_dim = model_output_dim(self.session) or int(self.manifest.get("embed_dim", 0))
+        self.bundle_labels = read_labels(self.root / LABELS)
+        if self.bundle_labels.dim != self.embed_dim:
+            raise BundleError(f"{self.root / LABELS}: label embeddings are {self.bundle_labels.dim}-d but the model "
+                              f"outputs {self.embed_dim}-d embeddings")
+        self.known: LabelSet = self.bundle_labels  # every label with an embedding
+        self.labels: LabelSet = self.bundle_labels  # the active ones
+        teacher = self.manifest.get("teacher") or {}
+        self.logit_scale = float(teacher.get("logit_scale", 100.0))
+        self.name = f"bundle:{self.root.name}:{self.precision}"
+
+    # ------------------------------------------------------------------ embeddings
+    def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """(B, D) L2-normalised float32 embeddings."""
+        if not len(images):
+            return np.zeros((0, self.embed_dim), np.float32)
+        x = self.preprocess.batch([to_image(im) for im in images])
+        out = self.session.run(None, {self.input_name: x})[0]
+        return _normalise(np.asarray(out, dtype=np.float32), "model output")
+
+    # ------------------------------------------------------------------ labels
+    @property
+    def label_names(self) -> List[str]:
+        return list(self.labels.names)
+
+    def set_labels(self, names: Sequence[str], embeddings: Optional[np.ndarray] = None) -> None:
+        """Replace the active labels: known names (the bundle's or added ones), or new names with embeddings (L, D)."""
+        names = _clean(names)
+        if embeddings is not None:
+            self._remember(self._checked(names, embeddings))
+        self.labels = self.known.subset(names)
+
+    def add_labels(self, names: Sequence[str], embeddings: np.ndarray) -> None:
+        """Add labels (or replace the embeddings of active ones) from precomputed teacher text embeddings (L, D)."""
+        new = self._checked(_clean(names), embeddings)
+        self._remember(new)
+        self.labels = self.known.subset([n for n in self.labels.names if n not in new.names] + new.names)
+
+    def _remember(self, new: LabelSet) -> None:
+        keep = [i for i, n in enumerate(self.known.names) if n not in set(new.names)]
+        self.known = LabelSet([self.known.names[i] for i in keep] + new.names,
+                              np.concatenate([self.known.embeddings[keep], new.embeddings]), self.known.templates)
+
+    def _checked(self, names: List[str], embeddings) -> LabelSet:
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim == 1:
+            emb = emb[None]
+        if emb.ndim != 2 or emb.shape[1] != self.embed_dim:
+            raise EdgeClipError(f"label embeddings must be (L, {self.embed_dim}) for this model, got {emb.shape}")
+        return LabelSet(names, emb, self.labels.templates)
+
+    # ------------------------------------------------------------------ labeling
+    def scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cosines (B, L), softmax probabilities (B, L)) against the active labels."""
+        cos = emb @ self.labels.embeddings.T
+        z = self.logit_scale * cos
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return cos, z / z.sum(axis=1, keepdims=True)
+
+    def label_batch(self, images: Sequence[ImageInput], topk: int = 5) -> List[List[Dict[str, Any]]]:
+        """For each image, the top-k labels: [{'label', 'score' (softmax), 'cosine'}, ...] best first."""
+        if topk < 1:
+            raise EdgeClipError(f"topk must be >= 1, got {topk}")
+        cos, prob = self.scores(self.embed(images))
+        k = min(topk, len(self.labels.names))
+        out = []
+        for c, p in zip(cos, prob):
+            idx = np.argsort(-p, kind="stable")[:k]
+            out.append([{"label": self.labels.names[i], "score": float(p[i]), "cosine": float(c[i])} for i in idx])
+        return out
+
+    def label(self, image: ImageInput, topk: int = 5) -> List[Dict[str, Any]]:
+        return self.label_batch([image], topk)[0]
+
+    def describe(self) -> Dict[str, Any]:
+        m = self.manifest
+        return {"kind": self.kind, "bundle": self.root.name, "precision": self.precision, "model": self.model_file,
+                "models": m.get("models"), "input_size": self.preprocess.size, "embed_dim": self.embed_dim,
+                "labels": self.label_names, "known_labels": list(self.known.names),
+                "templates": self.bundle_labels.templates, "teacher": m.get("teacher", {}).get("id"),
+                "student": m.get("student", {}).get("arch"), "threads": self.threads}
+
+
+def _clean(names: Sequence[str]) -> List[str]:
+    if isinstance(names, str):
+        names = names.split(",")
+    out: List[str] = []
+    for n in names:
+        n = " ".join(str(n).split())
+        if n and n not in out:
+            out.append(n)
+    if not out:
+        raise EdgeClipError("the label list is empty")
+    return out

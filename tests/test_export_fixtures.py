@@ -1,0 +1,25 @@
+"""Builders shared by the export / runtime / serve tests (imported by those modules; no tests here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SHAPE_LABELS = ["circle", "square", "triangle", "star", "cross", "ring"]
+
+
+def make_student(teacher_spec: str, data: Path, out: Path) -> Path:
+    """A ShuffleNetV2 x0.5 student at 32 px, distilled label-free from the tiny teacher for one short epoch."""
+    from edgeclip.distill.trainer import DistillConfig, distill
+
+    cfg = DistillConfig(teacher=teacher_spec, data=str(data), out=str(out),
+                        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
+                        train={"epochs": 1, "batch_size": 48, "lr": 2e-3, "seed": 0, "accelerator": "cpu"})
+    distill(cfg, progress=False)
+    return out / "student.pt"
+
+
+def make_bundle(student: Path, calib: Path, out: Path, quant: str = "auto", **kw) -> Path:
+    from edgeclip.export.bundle import export_bundle
+
+    export_bundle(student, out, SHAPE_LABELS, calib=str(calib), calib_images=48, quant=quant, **kw)
+    return out
