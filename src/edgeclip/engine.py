@@ -120,6 +120,8 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
         fabric.print(f"--resume: no checkpoint in {out}, starting fresh")
     t0 = time.time()
     for epoch in range(start_epoch, cfg.epochs):
+        if history.get("stopped_early_at"):  # a resumed run that had already stopped early
+            break
         model.train()
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
@@ -157,6 +159,9 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
                "lr": sched.get_last_lr()[0], "steps": n}
         if on_epoch_end is not None:
             rec.update(on_epoch_end(model, epoch + 1, rec) or {})
+        stop = bool(rec.pop("stop_training", False))  # on_epoch_end may ask to stop (early stopping)
+        if stop:
+            history["stopped_early_at"] = epoch + 1
         history["epochs"].append(rec)
         fabric.print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in rec.items()}))
         tmp = out / ".last.ckpt.tmp"
@@ -165,6 +170,8 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
         if fabric.is_global_zero:
             os.replace(tmp, ck_path)  # atomic: a kill never leaves a half-written checkpoint
         fabric.barrier()
+        if stop:
+            break
     history["train_seconds"] = history.get("train_seconds", 0.0) + time.time() - t0
     fabric.barrier()
     if fabric.world_size > 1:
