@@ -80,14 +80,14 @@ class Labeler:
 
     def set_labels(self, names: Sequence[str], embeddings: Optional[np.ndarray] = None) -> None:
         """Replace the active labels: known names (the bundle's or added ones), or new names with embeddings (L, D)."""
-        names = _clean(names)
+        names = clean_labels(names)
         if embeddings is not None:
             self._remember(self._checked(names, embeddings))
         self.labels = self.known.subset(names)
 
     def add_labels(self, names: Sequence[str], embeddings: np.ndarray) -> None:
         """Add labels (or replace the embeddings of active ones) from precomputed teacher text embeddings (L, D)."""
-        new = self._checked(_clean(names), embeddings)
+        new = self._checked(clean_labels(names), embeddings)
         self._remember(new)
         self.labels = self.known.subset([n for n in self.labels.names if n not in new.names] + new.names)
 
@@ -105,27 +105,30 @@ class Labeler:
         return LabelSet(names, emb, self.labels.templates)
 
     # ------------------------------------------------------------------ labeling
-    def scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(cosines (B, L), softmax probabilities (B, L)) against the active labels."""
-        cos = emb @ self.labels.embeddings.T
+    def scores(self, emb: np.ndarray, labels: Optional[LabelSet] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(cosines (B, L), softmax probabilities (B, L)) against ``labels`` (default: the active labels)."""
+        labels = labels if labels is not None else self.labels
+        cos = emb @ labels.embeddings.T
         z = self.logit_scale * cos
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return cos, z / z.sum(axis=1, keepdims=True)
 
-    def label_batch(self, images: Sequence[ImageInput], topk: int = 5) -> List[List[Dict[str, Any]]]:
+    def label_batch(self, images: Sequence[ImageInput], topk: int = 5,
+                    labels: Optional[LabelSet] = None) -> List[List[Dict[str, Any]]]:
         """For each image, the top-k labels: [{'label', 'score' (softmax), 'cosine'}, ...] best first."""
         if topk < 1:
             raise EdgeClipError(f"topk must be >= 1, got {topk}")
-        cos, prob = self.scores(self.embed(images))
-        k = min(topk, len(self.labels.names))
+        labels = labels if labels is not None else self.labels  # one snapshot: set_labels may run concurrently
+        cos, prob = self.scores(self.embed(images), labels)
+        k = min(topk, len(labels.names))
         out = []
         for c, p in zip(cos, prob):
             idx = np.argsort(-p, kind="stable")[:k]
-            out.append([{"label": self.labels.names[i], "score": float(p[i]), "cosine": float(c[i])} for i in idx])
+            out.append([{"label": labels.names[i], "score": float(p[i]), "cosine": float(c[i])} for i in idx])
         return out
 
-    def label(self, image: ImageInput, topk: int = 5) -> List[Dict[str, Any]]:
-        return self.label_batch([image], topk)[0]
+    def label(self, image: ImageInput, topk: int = 5, labels: Optional[LabelSet] = None) -> List[Dict[str, Any]]:
+        return self.label_batch([image], topk, labels)[0]
 
     def describe(self) -> Dict[str, Any]:
         m = self.manifest
@@ -136,7 +139,7 @@ class Labeler:
                 "student": m.get("student", {}).get("arch"), "threads": self.threads}
 
 
-def _clean(names: Sequence[str]) -> List[str]:
+def clean_labels(names: Sequence[str]) -> List[str]:
     if isinstance(names, str):
         names = names.split(",")
     out: List[str] = []

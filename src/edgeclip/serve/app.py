@@ -1,0 +1,199 @@
+"""The HTTP service of ``edgeclip serve BUNDLE`` (FastAPI): label uploads, edit labels, a web page at ``/``.
+
+Endpoints::
+
+    GET  /                  the web page (drop an image, see top-k labels with score bars, edit the labels)
+    GET  /api/info          bundle facts, active labels, limits
+    POST /label             multipart ``file`` (+ optional ``topk``, ``labels`` = 'a,b,c') -> top-k labels
+    POST /caption           captioner bundles only (404 JSON error for a labeler)
+    GET  /api/labels        active and known labels
+    PUT  /api/labels        {"labels": [...]}: set the active labels (known ones; new ones need a text encoder)
+    POST /api/labels/embeddings   {"labels": [...], "embeddings": [[...]]}: add labels from precomputed embeddings
+
+Every error is JSON ``{"error": "..."}`` with a 4xx status (5xx only for a real server fault); a bad
+request never takes the server down. Uses only the torch-free runtime unless a text encoder is given.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import EdgeClipError, ImageLoadError
+from ..runtime import load_bundle
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
+
+TextEncoder = Callable[[Sequence[str]], np.ndarray]
+
+
+class LabelsIn(BaseModel):
+    labels: List[str]
+
+
+class EmbeddingsIn(BaseModel):
+    labels: List[str]
+    embeddings: List[List[float]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _err(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Optional[int] = None,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, topk: int = 5,
+               text_encoder: Optional[TextEncoder] = None) -> FastAPI:
+    """Load the bundle (hashes verified) and build the app. ``text_encoder``: names -> (L, D) teacher text
+    embeddings, to let the page add labels the bundle has no embedding for (needs the teacher and torch)."""
+    model = load_bundle(bundle, precision=precision, threads=threads)
+    lock = threading.Lock()
+    app = FastAPI(title="edgeclip", version="1", docs_url="/docs", redoc_url=None)
+    app.state.model = model
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _err(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors()[:3]:
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query"))
+            parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+        return _err(422, "bad request: " + "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return _err(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):  # pragma: no cover - a bug, not bad input
+        return _err(500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        if request.method in ("POST", "PUT"):
+            cl = request.headers.get("content-length")
+            try:
+                too_big = cl is not None and int(cl) > max_upload_bytes + 64 * 1024  # multipart framing allowance
+            except ValueError:
+                return _err(400, "bad Content-Length header")
+            if too_big:
+                return _err(413, f"upload too large: {int(cl):,} bytes (limit {max_upload_bytes:,})")
+        return await call_next(request)
+
+    def _read_upload(file: UploadFile) -> bytes:
+        data = file.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise ApiError(413, f"upload too large (limit {max_upload_bytes:,} bytes)")
+        if not data:
+            raise ApiError(400, "empty upload")
+        return data
+
+    def _decode(data: bytes, filename: str):
+        from ..runtime.labeler import to_image
+
+        try:
+            return to_image(data)
+        except ImageLoadError as e:
+            raise ApiError(415, str(e).replace("<bytes>", repr(filename or "upload"))) from None
+
+    # ------------------------------------------------------------------ pages
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/info")
+    def info():
+        return {**model.describe(), "max_upload_bytes": max_upload_bytes, "topk": topk,
+                "can_add_free_text_labels": text_encoder is not None,
+                "caption": hasattr(model, "caption")}
+
+    # ------------------------------------------------------------------ inference
+    @app.post("/label")
+    def label(file: UploadFile = File(...), topk_: int = Form(topk, alias="topk"), labels: Optional[str] = Form(None)):
+        if not 1 <= topk_ <= 1000:
+            raise ApiError(422, f"topk must be between 1 and 1000, got {topk_}")
+        if not hasattr(model, "label"):
+            raise ApiError(404, f"this is a {getattr(model, 'kind', '?')!r} bundle: it does not label (use /caption)")
+        img = _decode(_read_upload(file), file.filename)
+        try:
+            active = model.known.subset(_names(labels)) if labels else None
+        except EdgeClipError as e:
+            raise ApiError(400, str(e)) from None
+        t0 = time.perf_counter()
+        res = model.label(img, topk_, active)
+        return {"image": file.filename, "labels": res, "model": model.name, "ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    @app.post("/caption")
+    def caption(file: UploadFile = File(...)):
+        if not hasattr(model, "caption"):
+            raise ApiError(404, f"this is a {getattr(model, 'kind', '?')!r} bundle: /caption needs a captioner bundle "
+                                "(use POST /label)")
+        img = _decode(_read_upload(file), file.filename)
+        return {"image": file.filename, "caption": model.caption(img), "model": model.name}
+
+    # ------------------------------------------------------------------ labels
+    @app.get("/api/labels")
+    def get_labels():
+        return {"labels": model.label_names, "known": list(model.known.names)}
+
+    @app.put("/api/labels")
+    def put_labels(body: LabelsIn):
+        names = _names(body.labels)
+        with lock:
+            unknown = [n for n in names if n not in model.known.names]
+            if unknown:
+                if text_encoder is None:
+                    raise ApiError(400, f"no embedding for {', '.join(map(repr, unknown[:5]))}: this server has no text "
+                                        "encoder (start it with --teacher SPEC), or add precomputed embeddings via "
+                                        "POST /api/labels/embeddings")
+                try:
+                    model.add_labels(unknown, np.asarray(text_encoder(unknown), dtype=np.float32))
+                except EdgeClipError as e:
+                    raise ApiError(400, str(e)) from None
+            model.set_labels(names)
+        return {"labels": model.label_names}
+
+    @app.post("/api/labels/embeddings")
+    def add_embeddings(body: EmbeddingsIn):
+        with lock:
+            try:
+                model.add_labels(body.labels, np.asarray(body.embeddings, dtype=np.float32))
+            except (EdgeClipError, ValueError) as e:
+                raise ApiError(400, str(e)) from None
+        return {"labels": model.label_names}
+
+    return app
+
+
+def _names(labels) -> List[str]:
+    from ..runtime.labeler import clean_labels
+
+    try:
+        out = clean_labels(labels)
+    except EdgeClipError as e:
+        raise ApiError(400, str(e)) from None
+    if len(out) > 10000:
+        raise ApiError(400, f"too many labels ({len(out)}; at most 10000)")
+    return out
