@@ -23,3 +23,12 @@ def make_bundle(student: Path, calib: Path, out: Path, quant: str = "auto", **kw
 
     export_bundle(student, out, SHAPE_LABELS, calib=str(calib), calib_images=48, quant=quant, **kw)
     return out
+
+
+def bundle_for_tests(tmp_path_factory, tiny_teacher: str, shapes) -> dict:
+    """Student + bundle built once per test module: {'student': Path, 'bundle': Path, 'images': [Path], 'teacher': spec}."""
+    root = tmp_path_factory.mktemp("bundle")
+    student = make_student(tiny_teacher, shapes["train"], root / "student")
+    bundle = make_bundle(student, shapes["test"], root / "bundle")
+    images = sorted(Path(shapes["test"]).glob("*/*.jpg"))
+    return {"student": student, "bundle": bundle, "images": images, "teacher": tiny_teacher, "root": root}

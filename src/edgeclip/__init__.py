@@ -8,3 +8,9 @@ usable on devices without torch. Import the parts you need::
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# torchao (imported by Lightning) registers enums with torch's pytree and logs a deprecation
+# warning on every import; it is noise for edgeclip users.
+_logging.getLogger("torch.utils._pytree").setLevel(_logging.ERROR)

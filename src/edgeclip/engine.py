@@ -175,6 +175,11 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
     history["train_seconds"] = history.get("train_seconds", 0.0) + time.time() - t0
     fabric.barrier()
     if fabric.world_size > 1:
+        # DDP keeps parameters in sync; BatchNorm running statistics are per rank after the last step:
+        # take rank 0's so that every rank holds (and rank 0 saves) one consistent model
+        with torch.no_grad():
+            for b in _unwrap(model).buffers():
+                b.copy_(fabric.broadcast(b.detach().clone(), src=0))
         # every rank records a digest of its weights: identical digests prove the ranks stayed in sync
         import hashlib
 

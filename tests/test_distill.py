@@ -1,0 +1,147 @@
+"""Teacher-embedding cache, losses and label-free distillation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgeclip.data import open_source
+from edgeclip.data.transforms import apply_view, view_params
+from edgeclip.distill.cache import EmbeddingCache, build_cache
+from edgeclip.distill.losses import LOSSES, build_loss
+from edgeclip.distill.trainer import DistillConfig, distill
+from edgeclip.errors import CacheMismatchError, EdgeClipError
+from edgeclip.students import create_student, load_student
+from edgeclip.teachers import load_teacher
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher):
+    return load_teacher(tiny_teacher)
+
+
+def test_cache_matches_teacher_and_resumes(teacher, shapes, tmp_path):
+    recs = open_source(shapes["test"]).records  # 36 images
+    s1 = build_cache(recs[:20], teacher, tmp_path / "c", views=3, chunk=8, progress=False)
+    assert (s1.computed, s1.reused, s1.failed) == (20, 0, 0)
+    cache = EmbeddingCache(tmp_path / "c")
+    assert len(cache) == 20 and cache.views == 3 and cache.dim == 384
+    e = cache[recs[0].key]
+    assert e.dtype == np.float16 and e.shape == (3, 384)
+    x = teacher.preprocess(recs[0].load())[None]
+    direct = teacher.encode_image(x)[0].numpy()
+    assert np.abs(e[0].astype(np.float32) - direct).max() < 2e-3  # view 0 = the plain image
+    box, flip = view_params(recs[0].key, 1, cache.view_spec)  # view 1 is that deterministic augmented crop
+    assert box != (0.0, 0.0, 1.0, 1.0)
+    v1 = teacher.encode_image(teacher.preprocess(apply_view(recs[0].load(), box, flip))[None])[0].numpy()
+    assert np.abs(e[1].astype(np.float32) - v1).max() < 2e-3
+    # a kill between the two writes of a part leaves an orphan .npy; the rebuild recomputes only what is missing
+    last = sorted((tmp_path / "c").glob("part-*.keys.json"))[-1]
+    last.unlink()
+    s2 = build_cache(recs, teacher, tmp_path / "c", views=3, chunk=8, progress=False)
+    assert s2.reused == 16 and s2.computed == 20 and s2.total == 36
+    assert not [p for p in (tmp_path / "c").glob("part-*.npy") if not p.with_name(p.name.replace(".npy", ".keys.json")).exists()]
+    again = EmbeddingCache(tmp_path / "c")
+    assert np.array_equal(again[recs[0].key], e)
+
+
+def test_cache_refuses_other_teacher_or_views(teacher, shapes, tmp_path, tiny_teacher):
+    recs = open_source(shapes["test"]).records[:4]
+    build_cache(recs, teacher, tmp_path / "c", progress=False)
+    with pytest.raises(CacheMismatchError, match="views"):
+        build_cache(recs, teacher, tmp_path / "c", views=2, progress=False)
+    other = load_teacher(tiny_teacher)
+    other.id = "reference-lit:sha256:0000000000000000"
+    with pytest.raises(CacheMismatchError, match="refusing to mix"):
+        build_cache(recs, other, tmp_path / "c", progress=False)
+    with pytest.raises(CacheMismatchError):
+        EmbeddingCache(tmp_path / "c").check_teacher(other.describe())
+
+
+def test_cache_skips_and_counts_corrupt(teacher, shapes, tmp_path):
+    import shutil
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for r in open_source(shapes["test"]).records[:3]:
+        shutil.copy(r.path, d / r.path.name.replace(".jpg", f"_{r.label}.jpg"))
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    s = build_cache(open_source(d), teacher, tmp_path / "c", progress=False)
+    assert s.computed == 3 and s.failed == 1
+    assert "broken.jpg" in (tmp_path / "c" / "failed.jsonl").read_text()
+    s2 = build_cache(open_source(d), teacher, tmp_path / "c", progress=False)
+    assert s2.computed == 0 and s2.failed == 1  # not retried unless asked
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_losses_zero_at_match_and_differentiable(name):
+    torch.manual_seed(0)
+    t = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    s = torch.randn(8, 16, requires_grad=True)
+    fn = build_loss(name)
+    far = fn(s, t)
+    far.backward()
+    assert torch.isfinite(far) and s.grad is not None and s.grad.abs().sum() > 0
+    near = fn(t * 3.0, t)  # same direction: normalised losses ignore the scale
+    assert float(near) < float(far)
+
+
+def test_loss_spec_combination_and_errors():
+    t = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    s = torch.randn(4, 8)
+    combo = build_loss("cosine+0.5*mse")(s, t)
+    assert torch.isclose(combo, build_loss("cosine")(s, t) + 0.5 * build_loss("mse")(s, t))
+    with pytest.raises(EdgeClipError, match="unknown distillation loss"):
+        build_loss("nope")
+
+
+def test_distill_from_cache_then_resume(teacher, tiny_teacher, shapes, tmp_path):
+    build_cache(open_source(shapes["train"]), teacher, tmp_path / "c", views=2, progress=False)
+    cfg = DistillConfig(teacher=tiny_teacher, data=str(shapes["train"]), cache=str(tmp_path / "c"), out=str(tmp_path / "s"),
+                        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
+                        loss="cosine", val=str(shapes["test"]), train={"epochs": 2, "batch_size": 32, "lr": 2e-3})
+    hist = distill(cfg, progress=False, teacher=teacher)
+    assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
+    assert hist["epochs"][-1]["loss"] < hist["epochs"][0]["loss"]
+    assert 0.0 <= hist["epochs"][-1]["val_top1"] <= 1.0
+    st, pp, ck = load_student(tmp_path / "s" / "student.pt")
+    assert ck["teacher"]["id"] == teacher.id and pp.size == 32 and st.embed_dim == 384
+    # resume after "a kill": raise the epoch budget; training continues from epoch 2, not from scratch
+    cfg.train["epochs"] = 3
+    hist2 = distill(cfg, resume=True, progress=False, teacher=teacher)
+    assert [e["epoch"] for e in hist2["epochs"]] == [1, 2, 3]
+
+
+def test_distill_online_teacher_from_files(tiny_teacher, shapes, tmp_path):
+    cfg = DistillConfig(teacher=tiny_teacher, data=str(shapes["test"]), out=str(tmp_path / "s"), preload=False,
+                        student={"arch": "mobilenet_v3_small", "img_size": 32, "head_hidden": 0}, loss="clipkd",
+                        train={"epochs": 1, "batch_size": 12})
+    hist = distill(cfg, progress=False)
+    assert hist["epochs"][0]["steps"] == 3 and np.isfinite(hist["epochs"][0]["loss"])
+
+
+def test_distill_rejects_cache_of_other_teacher(teacher, tiny_teacher, shapes, tmp_path):
+    recs = open_source(shapes["test"]).records
+    other = load_teacher(tiny_teacher)
+    other.id = "reference-lit:sha256:ffffffffffffffff"
+    build_cache(recs, other, tmp_path / "c", progress=False)
+    cfg = DistillConfig(teacher=tiny_teacher, data=str(shapes["test"]), cache=str(tmp_path / "c"), out=str(tmp_path / "s"),
+                        student={"arch": "shufflenet_v2_x0_5", "img_size": 32})
+    with pytest.raises(CacheMismatchError):
+        distill(cfg, progress=False, teacher=teacher)
+
+
+def test_student_registry_shapes():
+    for arch in ("shufflenet_v2_x0_5", "mobilenet_v3_small", "efficientnet_b0", "timm:resnet10t"):
+        s = create_student(arch, 64, img_size=32, small_input=True).eval()
+        with torch.no_grad():
+            e, g = s.forward_with_grid(torch.randn(2, 3, 32, 32))
+        assert e.shape == (2, 64) and g.ndim == 4
+    vit = create_student("timm:vit_tiny_patch16_224", 64, img_size=32).eval()
+    with torch.no_grad():
+        assert vit.grid(torch.randn(1, 3, 32, 32)).shape[-2:] == (2, 2)
+    with pytest.raises(EdgeClipError, match="unknown student backbone"):
+        create_student("shufflenet_v3", 64)
