@@ -1,0 +1,106 @@
+"""Lab result of the foundation issue: teacher and label-free student on CIFAR-10 (5k test set).
+
+One command, fixed seed, resumable after a kill (every stage skips or resumes what is done):
+
+    .venv/bin/python benchmarks/lab_clip4retrofit.py [--config configs/lab_clip4retrofit.yaml]
+
+Writes benchmarks/results/lab_clip4retrofit.json; checkpoints stay in benchmarks/artifacts/lab/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "lab_clip4retrofit.yaml"))
+    ap.add_argument("--art", default=str(ROOT / "benchmarks" / "artifacts" / "lab"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lab_clip4retrofit.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    from edgeclip.config import load_config
+    from edgeclip.data.sources import ensure_extracted, open_source
+    from edgeclip.distill.cache import build_cache
+    from edgeclip.distill.trainer import DistillConfig, distill
+    from edgeclip.evaluate import evaluate
+    from edgeclip.labeling.label import load_embedder
+    from edgeclip.teachers import load_teacher
+    from edgeclip.teachers.reference import train_reference
+    from edgeclip.utils.env import machine_info, shared_data_dir
+    from edgeclip.utils.io import read_json, sha256_file, write_json
+
+    cfg = load_config(args.config)
+    torch.set_num_threads(int(cfg.get("threads", 1)) or torch.get_num_threads())
+    art = Path(args.art)
+    shared = shared_data_dir() / "cifar10"
+    data = ROOT / "benchmarks" / "artifacts" / "data" / "cifar10"
+    if not (shared / "train.tar").is_file() and not (data / "train").is_dir():
+        raise SystemExit(f"CIFAR-10 not found in {shared} (set EDGECLIP_SHARED_DATA)")
+    if (shared / "train.tar").is_file():
+        ensure_extracted(shared / "train.tar", data)
+        ensure_extracted(shared / "test.tar", data)
+    train_dir, test_dir = data / "train", data / "test"
+    templates = cfg["templates"]
+    timings = {}
+
+    t0 = time.time()
+    tt = cfg["teacher_train"]
+    if not (art / "teacher" / "teacher.pt").exists():
+        train_reference(str(train_dir), art / "teacher", templates=templates, seed=cfg["seed"], resume=True,
+                        val_data=str(test_dir), progress=False, **tt)
+    timings["teacher_train_minutes"] = read_json(art / "teacher" / "history.json")["train_seconds"] / 60
+    teacher_spec = f"reference-lit:{art / 'teacher' / 'teacher.pt'}"
+    teacher = load_teacher(teacher_spec)
+
+    t1 = time.time()
+    summary = build_cache(open_source(str(train_dir)), teacher, art / "cache", views=cfg["cache"]["views"],
+                          batch_size=cfg["cache"]["batch_size"], progress=False)
+    timings["cache_minutes_this_run"] = (time.time() - t1) / 60
+
+    dcfg = cfg["distill"]
+    dc = DistillConfig(teacher=teacher_spec, data=str(train_dir), cache=str(art / "cache"), out=str(art / "student"),
+                       student=dcfg["student"], loss=dcfg["loss"], templates=templates,
+                       train=dict(dcfg["train"], seed=cfg["seed"]))
+    if not (art / "student" / "student.pt").exists():
+        distill(dc, resume=True, progress=False, teacher=teacher)
+    timings["student_train_minutes"] = read_json(art / "student" / "history.json")["train_seconds"] / 60
+
+    t2 = time.time()
+    res = evaluate(load_embedder(teacher=teacher_spec), {"student": load_embedder(student=str(art / "student" / "student.pt"))},
+                   str(test_dir), templates, batch_size=500)
+    timings["eval_minutes"] = (time.time() - t2) / 60
+    t_hist = read_json(art / "teacher" / "history.json")
+    s_hist = read_json(art / "student" / "history.json")
+    result = {
+        "what": "reference-lit teacher trained on CIFAR-10 train (50k); ShuffleNetV2 x1.0 student distilled from it "
+                "without labels (teacher-embedding cache, 4 deterministic views); zero-shot top-1 on the 5k test set",
+        "teacher_top1": res["teacher_top1"], "teacher_top5": res["teacher_top5"],
+        "student_top1": res["student_top1"], "student_top5": res["student_top5"],
+        "retention": res["student_top1"] / res["teacher_top1"], "agreement": res["agreement"], "n": res["n"],
+        "targets": {"teacher_top1>=0.85": res["teacher_top1"] >= 0.85,
+                    "student>=0.97*teacher": res["student_top1"] >= 0.97 * res["teacher_top1"]},
+        "config": cfg, "teacher_epochs": len(t_hist["epochs"]), "student_epochs": len(s_hist["epochs"]),
+        "teacher_curve": [{k: e.get(k) for k in ("epoch", "loss", "acc", "val_top1")} for e in t_hist["epochs"]],
+        "student_curve": [{k: e.get(k) for k in ("epoch", "loss", "cos")} for e in s_hist["epochs"]],
+        "timings": timings, "device": t_hist.get("device", "cpu"), "cache": summary.as_dict(),
+        "checkpoints": {"teacher.pt": sha256_file(art / "teacher" / "teacher.pt"),
+                        "student.pt": sha256_file(art / "student" / "student.pt")},
+        "note": "the per-epoch teacher val_top1 is measured on the test set for monitoring only; the final epoch is "
+                "used (no selection on test).",
+        "machine": machine_info(),
+    }
+    write_json(args.out, result)
+    print(json.dumps({k: result[k] for k in ("teacher_top1", "student_top1", "retention", "agreement", "n")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
