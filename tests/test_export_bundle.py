@@ -1,0 +1,120 @@
+"""`edgeclip export`: a student -> a bundle folder with ONNX fp32 + int8, labels, preprocessing, manifest, card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgeclip.errors import EdgeClipError
+from edgeclip.export.bundle import export_bundle, is_transformer
+from edgeclip.runtime import Labeler, read_manifest
+from edgeclip.utils.io import sha256_file
+from test_export_fixtures import SHAPE_LABELS, make_student
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory, tiny_teacher, shapes):
+    return make_student(tiny_teacher, shapes["train"], tmp_path_factory.mktemp("st") / "student")
+
+
+def test_cli_export_writes_a_complete_bundle(student, shapes, tiny_teacher, tmp_path, capsys):
+    from edgeclip.cli import main
+
+    out = tmp_path / "bundle"
+    main(["export", str(student), "--out", str(out), "--labels", ",".join(SHAPE_LABELS),
+          "--template", "a photo of a {}.", "--template", "a drawing of a {}.",
+          "--calib", str(shapes["test"]), "--calib-images", "36", "--eval", str(shapes["test"])])
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out)
+    assert "fp32 parity: max abs diff" in cap.err and "int8 parity: top-1 agreement" in cap.err
+    names = {p.name for p in out.iterdir()}
+    assert names == {"model.onnx", "model.int8.onnx", "labels.json", "preprocess.json", "manifest.json", "MODEL_CARD.md"}
+    man = read_manifest(out)  # verifies every hash
+    assert set(man["files"]) == names - {"manifest.json"}
+    for n, meta in man["files"].items():
+        assert meta["sha256"] == sha256_file(out / n) and meta["bytes"] == (out / n).stat().st_size
+    assert man["models"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"} == summary["models"]
+    assert man["quantization"]["method"] == "static" and man["quantization"]["per_channel"] is True
+    assert man["quantization"]["calibration_images"] == 27  # 36 images, a quarter held out
+    assert man["parity"]["fp32"]["max_abs_diff"] < 1e-4 and man["parity"]["fp32"]["n"] == 9
+    p8 = man["parity"]["int8"]
+    assert 0.0 <= p8["top1_agreement"] <= 1.0 and p8["n"] == 9 and p8["mean_cosine"] > 0.9
+    assert man["versions"]["onnxruntime"] and man["versions"]["numpy"] and man["teacher"]["spec"] == tiny_teacher
+    assert man["files"]["model.int8.onnx"]["bytes"] < man["files"]["model.onnx"]["bytes"]
+    assert all(v > 0 for v in man["latency_ms"].values())
+    acc = man["accuracy"]
+    assert acc["n"] == 36 and set(acc) >= {"torch_fp32", "bundle_fp32", "bundle_int8"}
+    assert acc["bundle_fp32"] == pytest.approx(acc["torch_fp32"], abs=1 / 36 + 1e-9)  # at most one image flips
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["labels"] == SHAPE_LABELS and labels["templates"] == ["a photo of a {}.", "a drawing of a {}."]
+    emb = np.asarray(labels["embeddings"])
+    assert emb.shape == (6, man["embed_dim"]) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    pp = json.loads((out / "preprocess.json").read_text())
+    assert pp["size"] == 32 and pp["resize"] == "shortest" and pp["input_name"] == "image"
+    card = (out / "MODEL_CARD.md").read_text()
+    for needle in ("shufflenet_v2_x0_5", man["teacher"]["id"], "top-1 agreement", "model.int8.onnx", "ms", "top-1"):
+        assert needle in card
+
+
+def test_text_embeddings_are_the_teachers(student, shapes, tiny_teacher, tmp_path):
+    from edgeclip.labeling.text import text_embeddings
+    from edgeclip.teachers import load_teacher
+
+    out = export_bundle(student, tmp_path / "b", ["circle", "star"], calib=str(shapes["test"]), quant="none")
+    assert out["models"] == {"fp32": "model.onnx"} and "int8" not in out["parity"]
+    lab = Labeler(tmp_path / "b")
+    ref = text_embeddings(load_teacher(tiny_teacher), ["circle", "star"], ["a photo of a {}."]).numpy()
+    assert np.abs(lab.labels.embeddings - ref).max() < 1e-5
+
+
+def test_dynamic_int8_and_overwrite_rules(student, shapes, tmp_path):
+    out = tmp_path / "b"
+    man = export_bundle(student, out, SHAPE_LABELS, calib=str(shapes["test"]), quant="dynamic", calib_images=12)
+    assert man["quantization"]["method"] == "dynamic" and "int8" in man["models"]
+    assert Labeler(out, precision="int8").label_batch(sorted(shapes["test"].glob("*/*.jpg"))[:2], topk=2)
+    with pytest.raises(EdgeClipError, match="--overwrite"):
+        export_bundle(student, out, SHAPE_LABELS, calib=str(shapes["test"]), quant="none")
+    man2 = export_bundle(student, out, ["ring"], calib=str(shapes["test"]), quant="none", overwrite=True)
+    assert read_manifest(out)["labels"] == ["ring"] == man2["labels"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+    other = tmp_path / "not_a_bundle"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(EdgeClipError, match="not an edgeclip bundle"):
+        export_bundle(student, other, SHAPE_LABELS, quant="none", overwrite=True)
+    assert (other / "precious.txt").read_text() == "keep me"
+
+
+def test_bad_export_requests(student, shapes, tmp_path):
+    with pytest.raises(EdgeClipError, match="calibration images"):
+        export_bundle(student, tmp_path / "a", SHAPE_LABELS, quant="static")
+    with pytest.raises(EdgeClipError, match="unknown quantisation"):
+        export_bundle(student, tmp_path / "a", SHAPE_LABELS, quant="fp8")
+    with pytest.raises(EdgeClipError, match="placeholder"):
+        export_bundle(student, tmp_path / "a", SHAPE_LABELS, templates=["no slot"], quant="none")
+    with pytest.raises(EdgeClipError, match="not found"):
+        export_bundle(tmp_path / "missing.pt", tmp_path / "a", SHAPE_LABELS, quant="none")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.jpg").write_bytes(b"junk")
+    with pytest.raises(EdgeClipError, match="no readable calibration images"):
+        export_bundle(student, tmp_path / "a", SHAPE_LABELS, calib=str(empty))
+    assert not (tmp_path / "a").exists()
+
+
+def test_transformer_detection():
+    from torch import nn
+
+    from edgeclip.students import create_student
+
+    assert not is_transformer(create_student("shufflenet_v2_x0_5", 8, small_input=True, img_size=32))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2)
+
+    assert is_transformer(nn.Sequential(nn.Linear(8, 8), Block()))
