@@ -145,3 +145,26 @@ def test_student_registry_shapes():
         assert vit.grid(torch.randn(1, 3, 32, 32)).shape[-2:] == (2, 2)
     with pytest.raises(EdgeClipError, match="unknown student backbone"):
         create_student("shufflenet_v3", 64)
+
+
+def test_distill_streams_tar_shards_with_cache(teacher, tiny_teacher, shapes, tmp_path):
+    import io
+    import tarfile
+
+    recs = open_source(shapes["test"]).records
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for r in recs:
+            data = r.path.read_bytes()
+            ti = tarfile.TarInfo(f"{r.label}_{r.path.stem}.jpg")
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    s = build_cache(open_source(str(shard)), teacher, tmp_path / "c", views=2, progress=False)
+    assert s.computed == 36
+    cfg = DistillConfig(teacher=tiny_teacher, data=str(shard), cache=str(tmp_path / "c"), out=str(tmp_path / "s"),
+                        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "head_hidden": 64}, loss="cosine",
+                        train={"epochs": 2, "batch_size": 12})
+    hist = distill(cfg, progress=False, teacher=teacher)
+    assert hist["n_train"] == 36 and [e["steps"] for e in hist["epochs"]] == [3, 3]
+    st, pp, ck = load_student(tmp_path / "s" / "student.pt")
+    assert ck["extra"]["streamed"] is True

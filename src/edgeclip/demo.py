@@ -51,7 +51,7 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
         ensure_extracted(shared / "cifar10" / "train.tar", root)
         ensure_extracted(shared / "cifar10" / "test.tar", root)
         train_dir, test_dir = root / "train", root / "test"
-        t_epochs, s_epochs, max_train = (2, 2, 2000) if fast else (8, 10, 10000)
+        t_epochs, s_epochs, max_train = (1, 1, 600) if fast else (6, 8, 10000)
         t_arch, s_arch, size = "shufflenet_v2_x1_0", "shufflenet_v2_x0_5", 32
         templates = ["a photo of a {}."]
     else:

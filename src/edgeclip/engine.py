@@ -97,12 +97,15 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
         model = model.to(memory_format=torch.channels_last)
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
+    iterable = isinstance(dataset, torch.utils.data.IterableDataset)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not iterable,
+                                         drop_last=len(dataset) > cfg.batch_size,
                                          num_workers=cfg.num_workers, collate_fn=collate_fn,
                                          persistent_workers=cfg.num_workers > 0)
     model, opt = fabric.setup(model, opt)
     loader = fabric.setup_dataloaders(loader)
-    steps_per_epoch = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
+    n_batches = len(loader) if not iterable else max(1, len(dataset) // cfg.batch_size)
+    steps_per_epoch = n_batches if not cfg.max_steps_per_epoch else min(n_batches, cfg.max_steps_per_epoch)
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio))
     history: Dict[str, Any] = {"config": asdict(cfg), "epochs": [], "world_size": fabric.world_size,

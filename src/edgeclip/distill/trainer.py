@@ -63,8 +63,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
     pp = _student_preprocess(teacher.describe(), teacher.mean, teacher.std, size)
     src = open_source(cfg.data)
     if src.is_stream:
-        raise EdgeClipError("distillation from tar shards: build the cache first (`edgeclip cache`), then train "
-                            "from the cache with a finite source (streamed training is not supported yet)")
+        return _distill_stream(cfg, src, teacher, student, pp, tcfg, resume, progress)
     records = src.records
     if cfg.max_images:
         rng = random.Random(tcfg.seed)
@@ -119,6 +118,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
                 ar = torch.arange(B)
                 b, f, tgt = bx[ar, v], fl[ar, v], tg[ar, v]
             sin = normalize(crop_views(img, b, f, size), pp.mean, pp.std)
+            if sin.is_cuda:
+                sin = sin.contiguous(memory_format=torch.channels_last)
             emb = model(sin)
             loss = loss_fn(emb, tgt)
             return {"loss": loss, "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean()}
@@ -212,3 +213,95 @@ def _val_top1(model, x, y, temb, bs: int = 500) -> float:
         correct += ((e @ temb.to(dev).t()).argmax(1).cpu() == y[i:i + bs]).sum().item()
     model.train(was)
     return correct / max(1, len(x))
+
+
+class _StreamViews(torch.utils.data.IterableDataset):
+    """Streams tar shards; each (rank, worker) takes every n-th sample and cycles, so that all ranks
+    run the same number of steps (the loop ends epochs by step count)."""
+
+    def __init__(self, src, n: int, spp, tpp, views, vspec, cache, online, shuffle_buffer: int = 1000):
+        self.src, self.n, self.spp, self.tpp = src, n, spp, tpp
+        self.views, self.vspec, self.cache, self.online, self.buf = views, vspec, cache, online, shuffle_buffer
+
+    def __len__(self):
+        ws = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        return max(1, self.n // ws)
+
+    def _mine(self):
+        ws = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        rk = torch.distributed.get_rank() if ws > 1 else 0
+        wi = torch.utils.data.get_worker_info()
+        nw, wid = (wi.num_workers, wi.id) if wi else (1, 0)
+        stride, offset = ws * nw, rk * nw + wid
+        for i, r in enumerate(self.src):
+            if i % stride == offset and (self.cache is None or r.key in self.cache):
+                yield r
+
+    def __iter__(self):
+        rng = random.Random()
+        buf = []
+        while True:
+            got = False
+            for r in self._mine():
+                got = True
+                buf.append(r)
+                if len(buf) >= self.buf:
+                    item = self._item(buf.pop(rng.randrange(len(buf))))
+                    if item is not None:
+                        yield item
+            while buf:
+                item = self._item(buf.pop(rng.randrange(len(buf))))
+                if item is not None:
+                    yield item
+            if not got:
+                return
+
+    def _item(self, r):
+        try:
+            img = r.load()
+        except ImageLoadError:
+            return None
+        if self.online:
+            box, flip = view_params(f"{r.key}#{random.randrange(1 << 30)}", 1, self.vspec)
+            im = apply_view(img, box, flip)
+            return self.spp(im), self.tpp(im), True
+        v = random.randrange(self.views)
+        box, flip = view_params(r.key, v, self.vspec)
+        tgt = torch.from_numpy(np.asarray(self.cache[r.key][v], dtype=np.float32))
+        return self.spp(apply_view(img, box, flip)), tgt, True
+
+
+def _distill_stream(cfg: DistillConfig, src, teacher, student, pp: Preprocess, tcfg: TrainConfig, resume: bool,
+                    progress: bool) -> Dict[str, Any]:
+    """Distil from WebDataset shards without holding the corpus on disk as files or in memory."""
+    cache = None
+    if cfg.cache:
+        cache = EmbeddingCache(cfg.cache)
+        cache.check_teacher(teacher.describe())
+        n = sum(1 for r in src if r.key in cache)
+        if n == 0:
+            raise EdgeClipError(f"none of the samples of {cfg.data} are in cache {cfg.cache}; run `edgeclip cache` on them")
+    else:
+        n = sum(1 for _ in src)
+    views = cache.views if cache else max(1, cfg.views)
+    vspec = cache.view_spec if cache else ViewSpec(seed=tcfg.seed)
+    dataset = _StreamViews(src, n, pp.torch_transform(), teacher.preprocess, views, vspec, cache, cache is None)
+    loss_fn = build_loss(cfg.loss)
+
+    def step(model, batch):
+        sin, tin_or_tgt, _ = batch
+        if cache is None:
+            with torch.no_grad():
+                tgt = teacher.encode_image(tin_or_tgt)
+        else:
+            tgt = tin_or_tgt
+        emb = model(sin)
+        return {"loss": loss_fn(emb, tgt), "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean()}
+
+    def save(model, out_dir: Path, history):
+        save_student(model, out_dir / "student.pt", pp, teacher.describe(),
+                     {"distill_config": asdict(cfg), "n_train": n, "views": views, "streamed": True})
+
+    hist = fit(tcfg, student, dataset, step, cfg.out, resume=resume, save_fn=save, progress=progress)
+    hist["n_train"] = n
+    return hist
