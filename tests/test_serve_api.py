@@ -1,0 +1,127 @@
+"""`edgeclip serve`: the HTTP API over a real uvicorn server on loopback, bad requests, and the load test."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeclip.runtime import Labeler
+from edgeclip.serve.app import create_app
+from edgeclip.serve.loadtest import load_test
+from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, running_server
+
+LIMIT = 200_000
+
+
+@pytest.fixture(scope="module")
+def tb(tmp_path_factory, tiny_teacher, shapes):
+    return bundle_for_tests(tmp_path_factory, tiny_teacher, shapes)
+
+
+@pytest.fixture(scope="module")
+def server(tb):
+    with running_server(create_app(tb["bundle"], max_upload_bytes=LIMIT, threads=1)) as url:
+        yield url
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server, timeout=60) as c:
+        yield c
+        c.put("/api/labels", json={"labels": SHAPE_LABELS})  # leave the server as the next test expects it
+
+
+def test_label_matches_runtime(tb, client):
+    img = tb["images"][3]
+    r = client.post("/label", files={"file": (img.name, img.read_bytes(), "image/jpeg")}, data={"topk": "3"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    direct = Labeler(tb["bundle"]).label(img, topk=3)
+    assert [x["label"] for x in body["labels"]] == [x["label"] for x in direct]
+    assert np.allclose([x["score"] for x in body["labels"]], [x["score"] for x in direct], atol=1e-5)
+    assert body["image"] == img.name and body["model"].endswith(":int8")
+    # a per-request label subset
+    r = client.post("/label", files={"file": (img.name, img.read_bytes())}, data={"labels": "star, ring"})
+    assert {x["label"] for x in r.json()["labels"]} == {"star", "ring"}
+    # PNG with alpha is fine too
+    buf = io.BytesIO()
+    Image.new("RGBA", (50, 30), (255, 0, 0, 128)).save(buf, "PNG")
+    assert client.post("/label", files={"file": ("a.png", buf.getvalue())}).status_code == 200
+
+
+@pytest.mark.parametrize("files,data,status,needle", [
+    ({"file": ("notes.txt", b"just some text", "text/plain")}, {}, 415, "not a readable image"),
+    ({"file": ("empty.jpg", b"", "image/jpeg")}, {}, 400, "empty upload"),
+    (None, {}, 422, "file"),
+    ({"file": ("x.jpg", b"x" * (LIMIT + 100 * 1024))}, {}, 413, "too large"),
+    ({"file": ("x.jpg", b"x" * (LIMIT + 10))}, {}, 413, "too large"),  # under the framing allowance: read check
+    ("IMG", {"topk": "lots"}, 422, "topk"),
+    ("IMG", {"topk": "0"}, 422, "topk"),
+    ("IMG", {"labels": "zebra"}, 400, "no embedding"),
+    ("IMG", {"labels": " , "}, 400, "empty"),
+])
+def test_bad_requests_get_json_4xx(tb, client, files, data, status, needle):
+    if files == "IMG":
+        files = {"file": ("ok.jpg", tb["images"][0].read_bytes())}
+    r = client.post("/label", files=files, data=data)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]
+    assert client.get("/api/info").status_code == 200  # still alive
+
+
+def test_truncated_image_and_caption_on_a_labeler(tb, client):
+    raw = tb["images"][0].read_bytes()
+    r = client.post("/label", files={"file": ("cut.jpg", raw[: len(raw) // 2])})
+    assert r.status_code == 415 and "cut.jpg" in r.json()["error"]
+    r = client.post("/caption", files={"file": ("ok.jpg", raw)})
+    assert r.status_code == 404 and "captioner" in r.json()["error"]
+    assert client.get("/no/such/page").json() == {"error": "Not Found"}
+    r = client.post("/label", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert 400 <= r.status_code < 500 and "error" in r.json()
+
+
+def test_edit_labels(tb, client):
+    info = client.get("/api/info").json()
+    assert info["labels"] == SHAPE_LABELS and info["can_add_free_text_labels"] is False
+    r = client.put("/api/labels", json={"labels": ["ring", "circle"]})
+    assert r.status_code == 200 and r.json()["labels"] == ["ring", "circle"]
+    out = client.post("/label", files={"file": ("a.jpg", tb["images"][0].read_bytes())}).json()
+    assert {x["label"] for x in out["labels"]} == {"ring", "circle"}
+    r = client.put("/api/labels", json={"labels": ["zebra"]})
+    assert r.status_code == 400 and "text encoder" in r.json()["error"]
+    r = client.put("/api/labels", json={"nope": 1})
+    assert r.status_code == 422
+    dim = info["embed_dim"]
+    r = client.post("/api/labels/embeddings", json={"labels": ["zebra"], "embeddings": [[1.0] + [0.0] * (dim - 1)]})
+    assert r.status_code == 200 and r.json()["labels"] == ["ring", "circle", "zebra"]
+    r = client.post("/api/labels/embeddings", json={"labels": ["bad"], "embeddings": [[1.0, 2.0]]})
+    assert r.status_code == 400 and str(dim) in r.json()["error"]
+    assert "zebra" in client.get("/api/labels").json()["known"]
+
+
+def test_text_encoder_adds_free_text_labels(tb):
+    """With a text encoder (here the teacher's real text tower), the page can add any label."""
+    from edgeclip.serve.cli import _text_encoder
+
+    enc = _text_encoder(tb["bundle"], tb["teacher"])
+    app = create_app(tb["bundle"], text_encoder=enc)
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        r = c.put("/api/labels", json={"labels": ["circle", "hexagon"]})
+        assert r.status_code == 200 and r.json()["labels"] == ["circle", "hexagon"]
+        got = app.state.model.known.subset(["hexagon"]).embeddings[0]
+        assert np.abs(got - enc(["hexagon"])[0]).max() < 1e-6
+
+
+def test_load_test_200_requests_16_concurrent(tb, server, capsys):
+    res = load_test(server, tb["images"][0].read_bytes(), requests=200, concurrency=16)
+    with capsys.disabled():  # reported in every test run, not only with -s
+        print(f"\nload test: {res['requests']} requests, {res['concurrency']} concurrent, errors {res['errors']}, "
+              f"p50 {res['p50_ms']:.1f} ms, p95 {res['p95_ms']:.1f} ms, {res['requests_per_s']:.1f} req/s")
+    assert res["errors"] == 0, res["error_examples"]
+    assert 0 < res["p50_ms"] <= res["p95_ms"] <= res["max_ms"]
+    with pytest.raises(Exception, match="loopback"):
+        load_test("http://192.0.2.1:80", b"x", requests=1)
