@@ -1,0 +1,173 @@
+"""The captioner: ShuffleNetV2 spatial encoder (49 x 512) + LSTM(512) with Bahdanau attention.
+
+Encoder: a :class:`~edgeclip.students.Student` with ``keep_grid=True`` gives the (B, 1024, 7, 7) grid at
+224 px; a reshape-and-project maps it to 49 locations x 512 features. The student's own head maps the
+pooled feature to the teacher's embedding (the alpha * MSE distillation target).
+
+Decoder (one step): word embedding -> LSTMCell(512) -> additive (Bahdanau) attention of the new hidden
+state over the 49 locations -> [h; context] -> tanh bottleneck -> logits tied to the word embedding.
+Attention on the current state ("spatial attention", Lu et al. 2017) keeps the LSTM input small, which
+is what keeps the whole model under 4 M parameters.
+
+The encoder and the single decoder step are separate modules (:class:`CaptionEncoder`,
+:class:`DecoderStep`) so that both export to ONNX and decoding is shared by torch and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.transforms import Preprocess
+from ..errors import CheckpointError
+from ..students.model import Student, create_student
+from ..utils.io import torch_save
+from .vocab import PAD_ID, Vocab
+
+CAPTIONER_FORMAT = "edgeclip-captioner/1"
+
+
+@dataclass
+class CaptionModelConfig:
+    arch: str = "shufflenet_v2_x1_0"
+    img_size: int = 224
+    feat_dim: int = 512  # per-location feature after the reshape-and-project
+    hidden: int = 512  # LSTM size
+    embed: int = 128  # word embedding (tied with the output layer)
+    att_dim: int = 128
+    dropout: float = 0.3
+    teacher_dim: int = 512  # the teacher's embedding size (distillation head)
+
+
+class CaptionEncoder(nn.Module):
+    """image -> (features (B,L,F), attention keys (B,L,A), h0 (B,H), c0 (B,H))."""
+
+    def __init__(self, student: Student, cfg: CaptionModelConfig):
+        super().__init__()
+        self.student = student
+        self.proj = nn.Linear(student.feat_dim, cfg.feat_dim)
+        self.att_enc = nn.Linear(cfg.feat_dim, cfg.att_dim)
+        if cfg.hidden != cfg.feat_dim:
+            raise CheckpointError(f"hidden ({cfg.hidden}) must equal feat_dim ({cfg.feat_dim}): h0 is the mean feature")
+
+    def features(self, grid: torch.Tensor):
+        B, C = grid.shape[:2]
+        feats = F.relu(self.proj(grid.reshape(B, C, -1).transpose(1, 2)))  # (B, H*W, F)
+        h0 = torch.tanh(feats.mean(1))  # parameter-free initial state: the budget is 4 M parameters
+        return feats, self.att_enc(feats), h0, torch.zeros_like(h0)
+
+    def forward(self, x: torch.Tensor):
+        return self.features(self.student.grid(x))
+
+
+class DecoderStep(nn.Module):
+    """(word (N,), h, c, feats, keys) -> (log-probs (N,V), h, c, attention (N,L))."""
+
+    def __init__(self, vocab_size: int, cfg: CaptionModelConfig):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.embed, padding_idx=PAD_ID)
+        self.lstm = nn.LSTMCell(cfg.embed, cfg.hidden)
+        self.att_dec = nn.Linear(cfg.hidden, cfg.att_dim, bias=False)
+        self.att_v = nn.Linear(cfg.att_dim, 1, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden + cfg.feat_dim, cfg.embed)
+        self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def logits(self, word, h, c, feats, keys):
+        h, c = self.lstm(self.embed(word), (h, c))
+        e = self.att_v(torch.tanh(keys + self.att_dec(h).unsqueeze(1))).squeeze(-1)  # (N, L)
+        a = torch.softmax(e, dim=-1)
+        ctx = torch.bmm(a.unsqueeze(1), feats).squeeze(1)
+        z = torch.tanh(self.out(self.drop(torch.cat([h, ctx], -1))))
+        return F.linear(self.drop(z), self.embed.weight, self.out_bias), h, c, a
+
+    def forward(self, word, h, c, feats, keys):
+        lg, h, c, a = self.logits(word, h, c, feats, keys)
+        return torch.log_softmax(lg, dim=-1), h, c, a
+
+
+class Captioner(nn.Module):
+    def __init__(self, vocab: Vocab, cfg: CaptionModelConfig, weights: Optional[str] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab = vocab
+        student = create_student(cfg.arch, cfg.teacher_dim, img_size=cfg.img_size, keep_grid=True, head_hidden=0,
+                                 weights=weights)
+        self.encoder = CaptionEncoder(student, cfg)
+        self.decoder = DecoderStep(len(vocab), cfg)
+
+    @property
+    def student(self) -> Student:
+        return self.encoder.student
+
+    def encode(self, x: torch.Tensor, with_embedding: bool = False):
+        """Encoder state; with ``with_embedding`` also the pooled feature projected to the teacher's space."""
+        g = self.student.grid(x)
+        state = self.encoder.features(g)
+        if with_embedding:
+            return state, self.student.head(g.mean(dim=(2, 3)))
+        return state
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, captions_per_image: int = 1):
+        """Teacher forcing. ``tokens`` (B*k, T) starts with <bos>; returns (logits (B*k, T-1, V), teacher-space emb (B, D)).
+
+        Each image is encoded once and shared by its ``captions_per_image`` captions.
+        """
+        (feats, keys, h, c), emb = self.encode(x, with_embedding=True)
+        if captions_per_image > 1:
+            feats, keys, h, c = (t.repeat_interleave(captions_per_image, 0) for t in (feats, keys, h, c))
+        outs = []
+        for t in range(tokens.shape[1] - 1):
+            lg, h, c, _ = self.decoder.logits(tokens[:, t], h, c, feats, keys)
+            outs.append(lg)
+        return torch.stack(outs, 1), emb
+
+    def param_counts(self) -> Dict[str, int]:
+        n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        st = self.student
+        return {"total": n(self), "encoder_backbone": n(st.backbone), "encoder_projection": n(self.encoder) - n(st),
+                "distill_head": n(st.head), "decoder": n(self.decoder),
+                "inference": n(self) - n(st.head)}
+
+
+def build_captioner(vocab: Vocab, cfg: CaptionModelConfig | Dict[str, Any], weights: Optional[str] = None) -> Captioner:
+    if isinstance(cfg, dict):
+        from ..config import build_dataclass
+
+        cfg = build_dataclass(CaptionModelConfig, cfg)
+    return Captioner(vocab, cfg, weights=weights)
+
+
+def save_captioner(model: Captioner, path: str | Path, preprocess: Preprocess, teacher: Optional[Dict] = None,
+                   extra: Optional[Dict] = None) -> None:
+    """Atomic checkpoint with everything needed to rebuild it: config, vocabulary, preprocessing, teacher."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch_save({"format": CAPTIONER_FORMAT, "config": asdict(model.cfg), "vocab": model.vocab.to_dict(),
+                "preprocess": preprocess.to_dict(), "teacher": teacher, "state_dict": sd, "extra": extra or {}}, path)
+
+
+def load_captioner(path: str | Path, map_location: str = "cpu") -> Tuple[Captioner, Preprocess, Dict]:
+    """(captioner in eval mode, preprocessing, checkpoint dict); CheckpointError for anything else."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"captioner checkpoint not found: {p}")
+    try:
+        ck = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {p} as a torch checkpoint: {str(e).splitlines()[0]}") from None
+    if not isinstance(ck, dict) or ck.get("format") != CAPTIONER_FORMAT:
+        fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise CheckpointError(f"{p} is not an edgeclip captioner checkpoint (format: {fmt!r})")
+    vocab = Vocab.from_dict(ck["vocab"])
+    model = build_captioner(vocab, ck["config"])
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{p}: weights do not fit the saved config/vocabulary: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return model, Preprocess.from_dict(ck["preprocess"]), ck
