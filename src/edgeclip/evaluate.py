@@ -93,3 +93,22 @@ def evaluate(teacher: Optional[Embedder], students: Dict[str, Embedder], data: s
             if out["teacher_top1"] > 0:
                 out[f"{role}_retention" if role != "student" else "retention"] = out[f"{role}_top1"] / out["teacher_top1"]
     return out
+
+
+@torch.no_grad()
+def tensor_top1(model, x: torch.Tensor, y: torch.Tensor, text_emb: Optional[torch.Tensor] = None, bs: int = 500) -> float:
+    """Top-1 of ``model`` on preprocessed tensors: zero-shot against ``text_emb`` (C, D) when given,
+    else ``model`` returns class logits itself (e.g. the LiT model while training)."""
+    import torch.nn.functional as F
+
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), bs):
+        out = model(x[i:i + bs].to(dev)).float()
+        if text_emb is not None:
+            out = F.normalize(out, dim=-1) @ text_emb.to(dev).t()
+        correct += (out.argmax(1).cpu() == y[i:i + bs]).sum().item()
+    model.train(was)
+    return correct / max(1, len(x))

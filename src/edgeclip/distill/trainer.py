@@ -20,6 +20,7 @@ from ..data.memory import crop_views, normalize, preload
 from ..data.sources import open_source
 from ..data.transforms import Preprocess, ViewSpec, apply_view, view_params
 from ..engine import TrainConfig, fit
+from ..evaluate import tensor_top1
 from ..errors import EdgeClipError, ImageLoadError
 from ..students.model import create_student, save_student
 from .cache import EmbeddingCache
@@ -127,22 +128,14 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
         spp, tpp = pp.torch_transform(), teacher.preprocess
         dataset = _FileViews(records, spp, tpp, views, vspec, cache, online=cache is None)
 
-        def step(model, batch):
-            sin, tin_or_tgt, ok = batch
-            if cache is None:
-                with torch.no_grad():
-                    tgt = teacher.encode_image(tin_or_tgt)
-            else:
-                tgt = tin_or_tgt
-            emb = model(sin)
-            return {"loss": loss_fn(emb, tgt), "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean()}
+        step = _pil_step(teacher, cache, loss_fn)
 
     val = _prepare_val(cfg, teacher, pp, size) if cfg.val else None
 
     def on_epoch_end(model, epoch, rec):
         if val is None:
             return {}
-        return {"val_top1": _val_top1(model, *val)}
+        return {"val_top1": tensor_top1(model, val[0], val[1], val[2])}
 
     def save(model, out_dir: Path, history):
         extra = {"distill_config": asdict(cfg), "n_train": len(records), "skipped": len(skipped),
@@ -156,6 +149,34 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
     hist["skipped_images"] = skipped
     hist["skipped_not_in_cache"] = skipped_not_cached
     return hist
+
+
+def _view_item(ds, r, img):
+    """(student input, teacher input or cached target, ok) for one decoded image of a PIL-path dataset."""
+    if ds.online:  # a fresh random view each time; the teacher sees the same crop
+        box, flip = view_params(f"{r.key}#{random.randrange(1 << 30)}", 1, ds.vspec)
+        im = apply_view(img, box, flip)
+        return ds.spp(im), ds.tpp(im), True
+    v = random.randrange(ds.views)
+    box, flip = view_params(r.key, v, ds.vspec)
+    tgt = torch.from_numpy(np.asarray(ds.cache[r.key][v], dtype=np.float32))
+    return ds.spp(apply_view(img, box, flip)), tgt, True
+
+
+def _pil_step(teacher, cache, loss_fn):
+    """Training step for datasets that yield (student input, teacher input | cached target, ok)."""
+
+    def step(model, batch):
+        sin, tin_or_tgt, _ = batch
+        if cache is None:
+            with torch.no_grad():
+                tgt = teacher.encode_image(tin_or_tgt)
+        else:
+            tgt = tin_or_tgt
+        emb = model(sin)
+        return {"loss": loss_fn(emb, tgt), "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean()}
+
+    return step
 
 
 class _FileViews(torch.utils.data.Dataset):
@@ -177,15 +198,7 @@ class _FileViews(torch.utils.data.Dataset):
                 r = self.records[random.randrange(len(self.records))]
         else:
             raise EdgeClipError("too many unreadable images in a row; check the data folder")
-        if self.online:
-            v = random.randrange(1 << 30)
-            box, flip = view_params(f"{r.key}#{v}", 1, self.vspec)
-            im = apply_view(img, box, flip)
-            return self.spp(im), self.tpp(im), True
-        v = random.randrange(self.views)
-        box, flip = view_params(r.key, v, self.vspec)
-        tgt = torch.from_numpy(np.asarray(self.cache[r.key][v], dtype=np.float32))
-        return self.spp(apply_view(img, box, flip)), tgt, True
+        return _view_item(self, r, img)
 
 
 def _prepare_val(cfg: DistillConfig, teacher, pp: Preprocess, size: int):
@@ -200,19 +213,6 @@ def _prepare_val(cfg: DistillConfig, teacher, pp: Preprocess, size: int):
         raise EdgeClipError("per-epoch --val is supported for inputs <= 64 px; use `edgeclip eval` for larger ones")
     y = torch.tensor([vsrc.records[i].label for i in kept])
     return normalize(x, pp.mean, pp.std), y, temb
-
-
-@torch.no_grad()
-def _val_top1(model, x, y, temb, bs: int = 500) -> float:
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(x), bs):
-        e = F.normalize(model(x[i:i + bs].to(dev)).float(), dim=-1)
-        correct += ((e @ temb.to(dev).t()).argmax(1).cpu() == y[i:i + bs]).sum().item()
-    model.train(was)
-    return correct / max(1, len(x))
 
 
 class _StreamViews(torch.utils.data.IterableDataset):
@@ -261,14 +261,7 @@ class _StreamViews(torch.utils.data.IterableDataset):
             img = r.load()
         except ImageLoadError:
             return None
-        if self.online:
-            box, flip = view_params(f"{r.key}#{random.randrange(1 << 30)}", 1, self.vspec)
-            im = apply_view(img, box, flip)
-            return self.spp(im), self.tpp(im), True
-        v = random.randrange(self.views)
-        box, flip = view_params(r.key, v, self.vspec)
-        tgt = torch.from_numpy(np.asarray(self.cache[r.key][v], dtype=np.float32))
-        return self.spp(apply_view(img, box, flip)), tgt, True
+        return _view_item(self, r, img)
 
 
 def _distill_stream(cfg: DistillConfig, src, teacher, student, pp: Preprocess, tcfg: TrainConfig, resume: bool,
@@ -288,15 +281,7 @@ def _distill_stream(cfg: DistillConfig, src, teacher, student, pp: Preprocess, t
     dataset = _StreamViews(src, n, pp.torch_transform(), teacher.preprocess, views, vspec, cache, cache is None)
     loss_fn = build_loss(cfg.loss)
 
-    def step(model, batch):
-        sin, tin_or_tgt, _ = batch
-        if cache is None:
-            with torch.no_grad():
-                tgt = teacher.encode_image(tin_or_tgt)
-        else:
-            tgt = tin_or_tgt
-        emb = model(sin)
-        return {"loss": loss_fn(emb, tgt), "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean()}
+    step = _pil_step(teacher, cache, loss_fn)
 
     def save(model, out_dir: Path, history):
         save_student(model, out_dir / "student.pt", pp, teacher.describe(),

@@ -129,7 +129,9 @@ def train_reference(data: str, out: str | Path, arch: str = "resnet18", template
     def on_epoch_end(m, epoch, rec):
         if val is None:
             return {}
-        return {"val_top1": _zero_shot_acc(m, val[0], val[1], pp)}
+        from ..evaluate import tensor_top1
+
+        return {"val_top1": tensor_top1(m, normalize(val[0], pp.mean, pp.std), val[1])}
 
     def save(m, out_dir: Path, history):
         scale = float(m.logit_scale.clamp(max=math.log(100)).exp())
@@ -144,18 +146,3 @@ def train_reference(data: str, out: str | Path, arch: str = "resnet18", template
                on_epoch_end=on_epoch_end if val is not None else None, progress=progress)
     hist["skipped"] = skipped
     return hist
-
-
-@torch.no_grad()
-def _zero_shot_acc(model, x, y, pp, bs: int = 512) -> float:
-    from ..data.memory import normalize
-
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(x), bs):
-        logits = model(normalize(x[i:i + bs].to(dev), pp.mean, pp.std))
-        correct += (logits.argmax(1).cpu() == y[i:i + bs]).sum().item()
-    model.train(was)
-    return correct / max(1, len(x))
