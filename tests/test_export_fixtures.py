@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeclip.serve.loadtest import running_server  # noqa: F401  (re-exported for the serve tests)
+
 SHAPE_LABELS = ["circle", "square", "triangle", "star", "cross", "ring"]
 
 
@@ -33,34 +35,3 @@ def bundle_for_tests(tmp_path_factory, tiny_teacher: str, shapes) -> dict:
     images = sorted(Path(shapes["test"]).glob("*/*.jpg"))
     return {"student": student, "bundle": bundle, "images": images, "teacher": tiny_teacher, "root": root}
 
-
-class running_server:
-    """Run a FastAPI app with uvicorn on 127.0.0.1 (a free port) in a thread: ``with running_server(app) as url``."""
-
-    def __init__(self, app):
-        import socket
-
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-
-    def __enter__(self) -> str:
-        import threading
-        import time
-
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self.url
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()

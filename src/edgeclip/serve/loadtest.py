@@ -1,4 +1,4 @@
-"""A bounded load test of a running ``edgeclip serve`` on loopback: N requests, C concurrent, p50/p95 latency."""
+"""A bounded load test of ``edgeclip serve`` on loopback (N requests, C concurrent, p50/p95), and a server thread."""
 
 from __future__ import annotations
 
@@ -50,3 +50,35 @@ def load_test(url: str, image: bytes, filename: str = "image.jpg", requests: int
                 "max_ms": lat[-1], "wall_s": wall, "requests_per_s": requests / wall}
 
     return asyncio.run(run())
+
+
+class running_server:
+    """Run an ASGI app with uvicorn on 127.0.0.1 (a free port) in a thread: ``with running_server(app) as url``."""
+
+    def __init__(self, app):
+        import socket
+
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+
+    def __enter__(self) -> str:
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self.url
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
