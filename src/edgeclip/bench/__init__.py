@@ -1,4 +1,5 @@
-"""Measurement: parameters, FLOPs, latency (shared by the CLI, the demo and ``make bench``)."""
+"""Measurement: parameters, FLOPs, latency (shared by the CLI, the demo and ``make bench``), and the
+benchmark suite behind ``edgeclip bench`` / ``edgeclip report`` (speed, train_cost, fidelity, energy, report)."""
 
 from .stats import count_params, flops, latency_ms, model_stats
 
