@@ -105,16 +105,19 @@ def test_bad_export_requests(student, shapes, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-def test_transformer_detection():
-    from torch import nn
+def test_transformer_student_gets_dynamic_int8(tiny_teacher, shapes, tmp_path):
+    """A ViT student (timm, untrained weights, 32 px) exports with a fixed input size and dynamic int8."""
+    from edgeclip.data.transforms import Preprocess
+    from edgeclip.students import create_student, save_student
+    from edgeclip.teachers import load_teacher
 
-    from edgeclip.students import create_student
-
+    t = load_teacher(tiny_teacher)
+    vit = create_student("timm:vit_tiny_patch16_224", t.embed_dim, img_size=32, head_hidden=0)
+    assert is_transformer(vit)
     assert not is_transformer(create_student("shufflenet_v2_x0_5", 8, small_input=True, img_size=32))
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = nn.MultiheadAttention(8, 2)
-
-    assert is_transformer(nn.Sequential(nn.Linear(8, 8), Block()))
+    save_student(vit, tmp_path / "vit.pt", Preprocess(size=32), t.describe())
+    man = export_bundle(tmp_path / "vit.pt", tmp_path / "b", SHAPE_LABELS, calib=str(shapes["test"]), calib_images=16)
+    assert man["quantization"]["method"] == "dynamic" and man["input"]["dynamic_hw"] is False
+    assert man["parity"]["fp32"]["max_abs_diff"] < 1e-4 and man["parity"]["int8"]["mean_cosine"] > 0.9
+    rows = Labeler(tmp_path / "b", precision="int8").label_batch(sorted(shapes["test"].glob("*/*.jpg"))[:3], topk=2)
+    assert [len(r) for r in rows] == [2, 2, 2]

@@ -35,7 +35,7 @@ class Backbone(nn.Module):
             f = f.permute(0, 3, 1, 2)
         elif self.tokens == "nlc":
             f = f[:, self.prefix_tokens:, :]
-            n = f.shape[1]
+            n = int(f.shape[1])  # a plain int also when traced (ONNX export of ViT students)
             s = int(round(n ** 0.5))
             if s * s != n:
                 raise EdgeClipError(f"{self.name}: {n} patch tokens do not form a square grid")
