@@ -1,0 +1,188 @@
+"""EdgeVL commands: ``pairs``, ``curate``, ``distill-pair`` (stage 1), ``qat`` (stage 2), ``ptq``, ``eval-pair``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import typer
+
+from ..errors import EdgeClipError
+
+DATA_HELP = "paired data: ROOT/<modality>/..., a folder of <stem>_<modality> files, or images + --derive"
+
+
+def _derive(items: List[str]) -> Dict[str, str]:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise EdgeClipError(f"--derive {it!r} must look like NAME=luminance")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _echo(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _config(cls, config: Optional[Path], pairs: List[tuple], overrides: List[str]):
+    from ..config import apply_overrides, build_dataclass, load_config, set_path
+
+    d = load_config(config)
+    for k, v in pairs:
+        if v is not None and v != [] and v != {}:
+            set_path(d, k, v)
+    return build_dataclass(cls, apply_overrides(d, overrides))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("pairs")
+    def pairs_cmd(
+        data: str = typer.Argument(..., help=DATA_HELP),
+        modality: List[str] = typer.Option([], help="modality folder/suffix names (default: detected)"),
+        primary: Optional[str] = typer.Option(None, help="the RGB modality (default: rgb/color/...)"),
+        derive: List[str] = typer.Option([], help="derived modality NAME=luminance (monochrome from RGB)"),
+        size: int = typer.Option(64, help="decode at this size to check every pair"),
+        set_: List[str] = typer.Option([], "--set", help="modality settings, e.g. depth.adapter=colormap"),
+    ):
+        """Check a paired-modality dataset: pairs found, pairs usable, and why any were skipped."""
+        from ..config import apply_overrides
+        from .pairs import default_specs, open_pairs, preload_pairs, summarize
+
+        ps = open_pairs(data, modality or None, primary, _derive(derive))
+        specs = default_specs(ps, apply_overrides({}, set_))
+        _echo(summarize(ps, preload_pairs(ps, specs, size)))
+
+    @app.command("curate")
+    def curate_cmd(
+        data: str = typer.Argument(..., help=DATA_HELP),
+        teacher: str = typer.Option(..., help="teacher spec"),
+        out: Path = typer.Option(..., help="folder for manifest.json + confidence_hist.png"),
+        labels: Optional[str] = typer.Option(None, help="'a,b,c' or @labels.txt (default: the class folder names)"),
+        template: List[str] = typer.Option(["a photo of a {}."], help="prompt template(s)"),
+        fraction: float = typer.Option(0.2, help="keep this top fraction (0, 1] of the pairs by confidence"),
+        threshold: Optional[float] = typer.Option(None, help="keep pairs with confidence >= this instead"),
+        modality: List[str] = typer.Option([]), primary: Optional[str] = typer.Option(None),
+        derive: List[str] = typer.Option([], help="derived modality NAME=luminance"),
+        cache: Optional[Path] = typer.Option(None, help="teacher-embedding cache (default OUT/cache)"),
+        views: int = typer.Option(1, help="cache views (reuse the cache for distill-pair with the same number)"),
+        device: str = typer.Option("auto"),
+    ):
+        """Teacher confidence on RGB (max softmax over prompts); keep the top fraction; write the manifest."""
+        from ..labeling.text import parse_labels
+        from ..teachers import load_teacher
+        from ..utils.env import resolve_device
+        from .curate import check_fraction, curate
+        from .pairs import open_pairs
+
+        check_fraction(fraction, threshold)
+        t = load_teacher(teacher, device=resolve_device(device))
+        ps = open_pairs(data, modality or None, primary, _derive(derive))
+        res = curate(t, ps, out, labels=parse_labels(labels) if labels else None, templates=template,
+                     fraction=fraction, threshold=threshold, cache=cache, views=views)
+        _echo(res)
+
+    @app.command("distill-pair")
+    def distill_pair_cmd(
+        config: Optional[Path] = typer.Argument(None, help="YAML experiment (configs/edgevl*.yaml)"),
+        teacher: Optional[str] = typer.Option(None), data: Optional[str] = typer.Option(None, help=DATA_HELP),
+        out: Optional[str] = typer.Option(None), manifest: Optional[str] = typer.Option(None, help="curation manifest"),
+        derive: List[str] = typer.Option([], help="derived modality NAME=luminance"),
+        modality: List[str] = typer.Option([]), cache: Optional[str] = typer.Option(None),
+        student: Optional[str] = typer.Option(None, help="student backbone"), img_size: Optional[int] = typer.Option(None),
+        loss: Optional[str] = typer.Option(None, help="any foundation loss: mse | l1 | cosine | affinity | ..."),
+        epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+        lr: Optional[float] = typer.Option(None), resume: bool = typer.Option(False),
+        set_: List[str] = typer.Option([], "--set", help="override key.sub=value (repeatable)"),
+    ):
+        """Stage 1: distil the teacher (on RGB) into one student for RGB and the other modality, label-free."""
+        from .train import PairDistillConfig, distill_pairs
+
+        cfg = _config(PairDistillConfig, config, [
+            ("teacher", teacher), ("data", data), ("out", out), ("manifest", manifest), ("derive", _derive(derive)),
+            ("modalities", modality or None), ("cache", cache), ("student.arch", student),
+            ("student.img_size", img_size), ("loss", loss), ("train.epochs", epochs),
+            ("train.batch_size", batch_size), ("train.lr", lr)], set_)
+        hist = distill_pairs(cfg, resume=resume, progress=True)
+        typer.echo(f"student saved: {Path(cfg.out) / 'student.pt'}  last epoch: {json.dumps(hist['epochs'][-1])}")
+        typer.echo(f"data: {json.dumps(hist['data_info'])}")
+
+    @app.command("qat")
+    def qat_cmd(
+        config: Optional[Path] = typer.Argument(None, help="YAML experiment"),
+        student: Optional[str] = typer.Option(None, help="stage-1 student checkpoint"),
+        data: Optional[str] = typer.Option(None, help=DATA_HELP), out: Optional[str] = typer.Option(None),
+        manifest: Optional[str] = typer.Option(None, help="curation manifest (pseudo-labels + kept pairs)"),
+        derive: List[str] = typer.Option([]), modality: List[str] = typer.Option([]),
+        cache: Optional[str] = typer.Option(None), teacher: Optional[str] = typer.Option(None),
+        triplet_weight: Optional[float] = typer.Option(None, help="0 = plain QAT without the contrastive term"),
+        margin: Optional[float] = typer.Option(None), epochs: Optional[int] = typer.Option(None),
+        batch_size: Optional[int] = typer.Option(None), lr: Optional[float] = typer.Option(None),
+        set_: List[str] = typer.Option([], "--set", help="override key.sub=value"),
+    ):
+        """Stage 2: quantization-aware training (torchao PT2E) + semi-hard triplet; int8 QDQ ONNX out."""
+        from .train import QATConfig, qat_pairs
+
+        cfg = _config(QATConfig, config, [
+            ("student", student), ("data", data), ("out", out), ("manifest", manifest), ("derive", _derive(derive)),
+            ("modalities", modality or None), ("cache", cache), ("teacher", teacher),
+            ("triplet_weight", triplet_weight), ("margin", margin), ("train.epochs", epochs),
+            ("train.batch_size", batch_size), ("train.lr", lr)], set_)
+        res = qat_pairs(cfg, progress=True)
+        _echo({k: res[k] for k in ("exports", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")})
+
+    @app.command("ptq")
+    def ptq_cmd(
+        student: str = typer.Option(..., help="stage-1 student checkpoint"),
+        data: str = typer.Option(..., help="calibration pairs (" + DATA_HELP + ")"), out: str = typer.Option(...),
+        derive: List[str] = typer.Option([]), modality: List[str] = typer.Option([]),
+        cache: Optional[str] = typer.Option(None), calib_images: int = typer.Option(256),
+        method: str = typer.Option("minmax", help="minmax | entropy | percentile"),
+    ):
+        """Baseline: ONNX Runtime static int8 (QDQ), calibrated on images of every modality."""
+        from .train import PairDataConfig, ptq_pairs
+
+        cfg = PairDataConfig(data=data, out=out, derive=_derive(derive), modalities=modality or None, cache=cache)
+        _echo(ptq_pairs(student, cfg, calib_images=calib_images, method=method))
+
+    @app.command("eval-pair")
+    def eval_pair_cmd(
+        data: str = typer.Argument(..., help="labelled paired data (class sub-folders)"),
+        student: str = typer.Option(..., help="stage-1 student checkpoint (fp32)"),
+        onnx: List[Path] = typer.Option([], help="qat.json / ptq.json of int8 exports (repeatable)"),
+        derive: List[str] = typer.Option([]), modality: List[str] = typer.Option([]),
+        classes: Optional[str] = typer.Option(None, help="only these classes, e.g. unseen ones: 'cat,dog'"),
+        template: List[str] = typer.Option(["a photo of a {}."]), max_images: int = typer.Option(0),
+        out: Optional[Path] = typer.Option(None, help="also write the JSON here"),
+    ):
+        """Zero-shot top-1 per modality: teacher on RGB; the student fp32 and int8 on every modality."""
+        from ..labeling.text import parse_labels
+        from ..teachers import load_teacher
+        from ..utils.env import machine_info
+        from ..utils.io import write_json
+        from .evaluate import evaluate_pairs, exported_embedder, torch_embedder
+        from .model import load_pair_student
+        from .pairs import open_pairs, preload_pairs
+
+        model, size, ck = load_pair_student(student)
+        t = load_teacher(ck["teacher"]["spec"])
+        ps = open_pairs(data, modality or None, model.primary, _derive(derive))
+        if max_images and len(ps) > max_images:
+            import random
+
+            ps = ps.subset(sorted(random.Random(0).sample(range(len(ps)), max_images)))
+        if not ps.classes:
+            raise EdgeClipError(f"{data}: evaluation needs class sub-folders to know the true labels")
+        d = preload_pairs(ps, model.specs, size)
+        models = {"fp32": torch_embedder(model)}
+        for p in onnx:
+            models[p.stem] = exported_embedder(p)
+        res = evaluate_pairs(d, ps.classes, ps.primary, ps.modalities, models, teacher=t, templates=template,
+                             class_subset=parse_labels(classes) if classes else None)
+        res["skipped"] = len(d.skipped)
+        res["machine"] = machine_info()
+        if out:
+            write_json(out, res)
+        _echo(res)
