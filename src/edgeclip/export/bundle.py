@@ -176,6 +176,8 @@ def _model_card(m: Dict[str, Any]) -> str:
         for k in ("torch_fp32", "bundle_fp32", "bundle_int8"):
             if k in a:
                 lines.append(f"- {k}: top-1 {a[k]:.4f}")
+    else:
+        lines += ["", "## Accuracy", "Not measured at export (`edgeclip export ... --eval IMAGEFOLDER` adds it here)."]
     lines += ["", f"Created {m['created']} on {m['machine'].get('cpu_model', m['machine'].get('processor', '?'))}.", ""]
     return "\n".join(lines)
 
@@ -283,7 +285,7 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
         }
         _finish(tmp, manifest)
         if eval_data:
-            from ..evaluate import class_names, evaluate
+            from ..evaluate import evaluate
             from ..labeling.label import load_embedder
 
             log(f"zero-shot accuracy on {eval_data} ...")
