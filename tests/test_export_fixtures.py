@@ -27,11 +27,18 @@ def make_bundle(student: Path, calib: Path, out: Path, quant: str = "auto", **kw
     return out
 
 
+_BUILT: dict = {}
+
+
 def bundle_for_tests(tmp_path_factory, tiny_teacher: str, shapes) -> dict:
-    """Student + bundle built once per test module: {'student': Path, 'bundle': Path, 'images': [Path], 'teacher': spec}."""
+    """Student + bundle, built once per test session (tests must not modify them; copy first):
+    {'student': Path, 'bundle': Path, 'images': [Path], 'teacher': spec, 'root': Path}."""
+    if tiny_teacher in _BUILT and _BUILT[tiny_teacher]["bundle"].is_dir():
+        return _BUILT[tiny_teacher]
     root = tmp_path_factory.mktemp("bundle")
     student = make_student(tiny_teacher, shapes["train"], root / "student")
     bundle = make_bundle(student, shapes["test"], root / "bundle")
     images = sorted(Path(shapes["test"]).glob("*/*.jpg"))
-    return {"student": student, "bundle": bundle, "images": images, "teacher": tiny_teacher, "root": root}
+    _BUILT[tiny_teacher] = {"student": student, "bundle": bundle, "images": images, "teacher": tiny_teacher, "root": root}
+    return _BUILT[tiny_teacher]
 
