@@ -125,3 +125,36 @@ def test_load_test_200_requests_16_concurrent(tb, server, capsys):
     assert 0 < res["p50_ms"] <= res["p95_ms"] <= res["max_ms"]
     with pytest.raises(Exception, match="loopback"):
         load_test("http://192.0.2.1:80", b"x", requests=1)
+
+
+def test_caption_route_serves_a_registered_captioner_kind(tb, tmp_path):
+    """POST /caption works for any bundle kind registered in edgeclip.runtime.RUNTIMES that can caption."""
+    import json
+    import shutil
+
+    from edgeclip.runtime import RUNTIMES
+
+    class TopLabelCaptioner(Labeler):
+        """Captions an image with its best label in a sentence (a real, if plain, captioner over the labeler)."""
+
+        kind = "top-label-captioner"
+
+        def caption(self, image) -> str:
+            return f"a picture of a {self.label(image, topk=1)[0]['label']}"
+
+    if "top-label-captioner" not in RUNTIMES:
+        RUNTIMES.register("top-label-captioner")(TopLabelCaptioner)
+    b = tmp_path / "cap"
+    shutil.copytree(tb["bundle"], b)
+    man = json.loads((b / "manifest.json").read_text())
+    man["kind"] = "top-label-captioner"
+    (b / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(Exception, match="not a 'labeler'"):
+        Labeler(b)
+    with running_server(create_app(b)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        img = tb["images"][5]
+        r = c.post("/caption", files={"file": (img.name, img.read_bytes())})
+        assert r.status_code == 200, r.text
+        best = Labeler(tb["bundle"]).label(img, topk=1)[0]["label"]
+        assert r.json()["caption"] == f"a picture of a {best}"
+        assert c.get("/api/info").json()["caption"] is True

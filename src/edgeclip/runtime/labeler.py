@@ -45,8 +45,8 @@ class Labeler:
                  verify: bool = True):
         self.root = Path(path)
         self.manifest = read_manifest(self.root, verify=verify)
-        if self.manifest.get("kind", "labeler") != "labeler":
-            raise BundleError(f"{self.root} is a {self.manifest.get('kind')!r} bundle, not a labeler")
+        if self.manifest.get("kind", "labeler") != self.kind:
+            raise BundleError(f"{self.root} is a {self.manifest.get('kind')!r} bundle, not a {self.kind!r} one")
         self.model_file = pick_model(self.manifest, precision)
         self.precision = next(k for k, v in self.manifest["models"].items() if v == self.model_file)
         self.preprocess = NumpyPreprocess.from_dict(_read_json(self.root / PREPROCESS))

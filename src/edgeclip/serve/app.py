@@ -125,7 +125,8 @@ def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Opti
 
     @app.get("/api/info")
     def info():
-        return {**model.describe(), "max_upload_bytes": max_upload_bytes, "topk": topk,
+        desc = model.describe() if hasattr(model, "describe") else {"kind": getattr(model, "kind", "?")}
+        return {**desc, "max_upload_bytes": max_upload_bytes, "topk": topk,
                 "can_add_free_text_labels": text_encoder is not None,
                 "caption": hasattr(model, "caption")}
 
@@ -154,12 +155,18 @@ def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Opti
         return {"image": file.filename, "caption": model.caption(img), "model": model.name}
 
     # ------------------------------------------------------------------ labels
+    def _need_labels():
+        if not hasattr(model, "known"):
+            raise ApiError(404, f"this is a {getattr(model, 'kind', '?')!r} bundle: it has no label list")
+
     @app.get("/api/labels")
     def get_labels():
+        _need_labels()
         return {"labels": model.label_names, "known": list(model.known.names)}
 
     @app.put("/api/labels")
     def put_labels(body: LabelsIn):
+        _need_labels()
         names = _names(body.labels)
         with lock:
             unknown = [n for n in names if n not in model.known.names]
@@ -177,6 +184,7 @@ def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Opti
 
     @app.post("/api/labels/embeddings")
     def add_embeddings(body: EmbeddingsIn):
+        _need_labels()
         with lock:
             try:
                 model.add_labels(body.labels, np.asarray(body.embeddings, dtype=np.float32))

@@ -2,6 +2,7 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 let lastFile = null;
+let captionMode = false; // captioner bundles: POST /caption, no label list
 
 function showError(msg) {
   const e = $("error");
@@ -55,8 +56,15 @@ async function labelFile(file) {
   $("drop-text").hidden = true;
   const form = new FormData();
   form.append("file", file, file.name || "upload");
-  form.append("topk", $("topk").value);
   try {
+    if (captionMode) {
+      const res = await api("/caption", { method: "POST", body: form });
+      $("caption").textContent = res.caption;
+      $("timing").textContent = res.model;
+      document.body.dataset.state = "labeled";
+      return;
+    }
+    form.append("topk", $("topk").value);
     const res = await api("/label", { method: "POST", body: form });
     renderResults(res.labels);
     $("timing").textContent = `${res.model} · ${res.ms} ms`;
@@ -102,6 +110,14 @@ async function applyLabels(names) {
 
 async function init() {
   const info = await api("/api/info");
+  if (!info.labels && info.caption) {
+    captionMode = true;
+    $("labels-panel").hidden = true;
+    $("topk").parentElement.hidden = true;
+    $("model-info").textContent = `${info.bundle || "bundle"} · captioner`;
+    document.body.dataset.state = "ready";
+    return;
+  }
   $("model-info").textContent =
     `${info.bundle} · ${info.student || "?"} student of ${info.teacher || "?"} · ${info.precision} · ${info.input_size} px`;
   $("topk").value = String(info.topk);
