@@ -101,7 +101,7 @@ def find_curves(data: Any) -> Dict[str, List[float]]:
         if isinstance(o, dict):
             for k, v in o.items():
                 walk(v, f"{path}.{k}" if path else k, depth + 1)
-        elif isinstance(o, list) and len(o) >= 2 and all(isinstance(e, dict) and "epoch" in e for e in o):
+        elif isinstance(o, list) and o and all(isinstance(e, dict) and "epoch" in e for e in o):
             for key in ("loss", "val_top1", "cos", "acc"):
                 ys = [e.get(key) for e in o]
                 if all(isinstance(y, (int, float)) for y in ys):

@@ -372,8 +372,8 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
         for x in sp.get("models", []):
             if "error" in x:
                 doc.p(f"{x['name']}: not measured ({x['error']})")
-        doc.p(f"Method: {sp.get('method')}. Batch-1: {sp.get('reps_b1')} timed runs; batch {bs}: "
-              f"{sp.get('reps_throughput')} timed runs; medians. int8: static QDQ for CNNs, dynamic for transformers.")
+        doc.p(f"Method: {sp.get('method')}. Batch-1: {sp.get('reps_b1')} timed runs after {sp.get('warmup', 3)} warm-up "
+              f"runs; batch {bs}: {sp.get('reps_throughput')} timed runs after 1 warm-up; medians. int8: static QDQ for CNNs, dynamic for transformers.")
         if sp.get("ratios"):
             doc.h("Student vs teacher, same run", 3)
             doc.table(["student", "teacher", "px", "fewer params", "fewer FLOPs", "torch b1 speed-up",
@@ -439,7 +439,9 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
     curves = _curves(bench, fid)
     plot_curves(curves, out / "curves.png")
     doc.img("curves.png", "training curves")
-    if not curves:
+    if curves:
+        doc.p("Curves: " + ", ".join(f"{k} ({len(v)} epochs)" for k, v in curves.items()))
+    else:
         doc.p("No training history found yet (lab runs write history.json beside their checkpoints).")
 
     # ---- energy

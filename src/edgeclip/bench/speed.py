@@ -147,7 +147,8 @@ def _short(e: BaseException) -> str:
 
 def measure_model(sm: SpeedModel, workdir: Path, calibration: Callable[[int], List[np.ndarray]], threads: int,
                   batch: int = 32, reps: int = 20, thr_reps: int = 5, backends: Sequence[str] = BACKENDS,
-                  log: Callable[[str], None] = print, rapl=None, energy_seconds: float = 3.0) -> Dict[str, Any]:
+                  log: Callable[[str], None] = print, rapl=None, energy_seconds: float = 3.0,
+                  warmup: int = 3) -> Dict[str, Any]:
     """Measure one model on every backend. A backend that fails is recorded with its error, never hidden."""
     from ..export.onnx import export_onnx
     from ..quant.ort import quantize_dynamic_onnx, quantize_static_onnx
@@ -183,7 +184,7 @@ def measure_model(sm: SpeedModel, workdir: Path, calibration: Callable[[int], Li
                 run = _ort_runner(int8, threads)
             else:
                 raise EdgeClipError(f"unknown backend {be!r} ({', '.join(BACKENDS)})")
-            rec[be] = measure_backend(run, sm.img_size, batch, reps, thr_reps)
+            rec[be] = measure_backend(run, sm.img_size, batch, reps, thr_reps, warmup=warmup)
             rec[be]["seconds"] = time.time() - t0
             if be == "torch" and rapl is not None and rapl.available:
                 from .energy import measure_energy
@@ -267,7 +268,8 @@ def calibration_images(sources: Iterable[Path], n: int, batch: int = 4, seed: in
 def run_speed_suite(models: Sequence[str], workdir: Path, calibration, threads: int, img_size: int = 224,
                     embed_dim: int = 512, batch: int = 32, reps: int = 20, thr_reps: int = 5,
                     backends: Sequence[str] = BACKENDS, log: Callable[[str], None] = print,
-                    roles: Optional[Dict[str, str]] = None, energy_seconds: float = 3.0) -> Dict[str, Any]:
+                    roles: Optional[Dict[str, str]] = None, energy_seconds: float = 3.0,
+                    warmup: int = 3) -> Dict[str, Any]:
     from .energy import Rapl
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -282,10 +284,11 @@ def run_speed_suite(models: Sequence[str], workdir: Path, calibration, threads: 
             log(f"  {spec}: skipped ({e})")
             continue
         records.append(measure_model(sm, workdir, calibration, threads, batch, reps, thr_reps, backends, log,
-                                     rapl=rapl, energy_seconds=energy_seconds))
+                                     rapl=rapl, energy_seconds=energy_seconds, warmup=warmup))
         del sm
     ok = [r for r in records if "error" not in r]
-    return {"img_size": img_size, "batch": batch, "reps_b1": reps, "reps_throughput": thr_reps, "threads": threads,
+    return {"img_size": img_size, "batch": batch, "reps_b1": reps, "reps_throughput": thr_reps, "warmup": warmup,
+            "threads": threads,
             "backends": list(backends), "models": records, "ratios": ratios(ok, backends),
             "seconds": time.time() - t0,
             "method": "median wall-clock of repeated runs after warm-up, all models in one process with the "

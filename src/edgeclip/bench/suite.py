@@ -128,10 +128,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
         models.append(f"ckpt:{s}")
         roles[f"ckpt:{s}"] = "student"
     calib_sources = [shared_data_dir() / "coco-mini" / "images", train_dir]
-    batch, reps, thr_reps = (8, 5, 2) if cfg.quick else (32, 20, 5)
+    batch, reps, thr_reps, warmup = (4, 5, 2, 1) if cfg.quick else (32, 20, 5, 3)
     section("speed", lambda: speed_mod.run_speed_suite(
         models, work / "onnx", speed_mod.calibration_images(calib_sources, 8 if cfg.quick else 32), threads,
-        batch=batch, reps=reps, thr_reps=thr_reps, log=log, roles=roles, energy_seconds=1.0 if cfg.quick else 3.0))
+        batch=batch, reps=reps, thr_reps=thr_reps, log=log, roles=roles, energy_seconds=1.0 if cfg.quick else 3.0,
+        warmup=warmup))
 
     # ---- training cost -----------------------------------------------------------------------------
     def train_cost():
@@ -199,7 +200,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
     result["budget"] = {"mode": mode, "minutes": (time.time() - t_start) / 60, "threads": threads,
                         "device": "cuda" if "gpu" in result["sections"] else "cpu",
                         "training_cost_epochs": "1 cached + 1 online per run",
-                        "speed_reps": {"batch1": reps, "throughput": thr_reps, "batch": batch}}
+                        "speed_reps": {"batch1": reps, "throughput": thr_reps, "batch": batch, "warmup": warmup}}
     out.mkdir(parents=True, exist_ok=True)
     name = "bench_quick.json" if cfg.quick else "bench.json"
     write_json(out / name, result)
