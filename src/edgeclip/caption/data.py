@@ -1,8 +1,9 @@
 """Caption datasets: COCO caption JSON, Karpathy split JSON, Flickr ``token.txt`` and ``IMAGE, caption`` text/CSV.
 
 Every format loads into one :class:`CaptionSet` (images with their captions, optionally one split).
-Bad input is skipped and counted, never silently dropped: captions that refer to missing images,
-empty captions, images without any caption and malformed lines each have a counter in ``skipped``.
+Bad input is skipped and counted, never silently dropped: ``skipped`` counts ``missing_image`` (captions
+whose image file or image id does not exist), ``empty_caption`` (captions without a single word),
+``no_captions`` (images, or names in a split list, left without any caption) and ``bad_line``.
 
     cs = load_captions("../shared/data/vi-captions/captions.txt", split="train")   # splits.json beside it
     cs = load_captions("coco-mini/captions_val2017.json")                         # images/ beside it
