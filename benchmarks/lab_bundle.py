@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads for the latency runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--interim-teacher", default=None, help="distil an interim student from this teacher when --student is missing")
+    ap.add_argument("--interim-teacher-ckpt", default=None,
+                    help="or: make the interim teacher from the lab teacher's training checkpoint (last.ckpt) of its latest epoch")
     ap.add_argument("--interim-epochs", type=int, default=2)
     ap.add_argument("--interim-max-images", type=int, default=20000)
     args = ap.parse_args()
@@ -70,6 +72,8 @@ def main() -> None:
     student = Path(args.student)
     interim = None
     if not student.is_file():
+        if args.interim_teacher_ckpt and not args.interim_teacher:
+            args.interim_teacher = interim_teacher_from_ckpt(Path(args.interim_teacher_ckpt))
         if not args.interim_teacher:
             raise SystemExit(f"lab student not found: {student} (wait for it, or pass --interim-teacher SPEC)")
         student, interim = distil_interim(args, train_dir)
@@ -138,6 +142,35 @@ def main() -> None:
     write_json(args.out, result)
     print(json.dumps({"accuracy": {k: v["top1"] for k, v in acc.items()}, "int8_agreement_holdout": p8["top1_agreement"],
                       "sizes": sizes, "latency": latency, "load_test": result["load_test"]}, indent=2))
+
+
+def interim_teacher_from_ckpt(ckpt: Path) -> str:
+    """The lab teacher as it stands in its training checkpoint (epoch k of N), saved as a reference-lit teacher."""
+    import math
+
+    import torch
+
+    from edgeclip.config import load_config
+    from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
+    from edgeclip.students.model import Student
+    from edgeclip.teachers.minilm import TEXT_DIM
+    from edgeclip.teachers.reference import save_reference
+
+    out = ART / "interim_teacher" / "teacher.pt"
+    if out.is_file():
+        return f"reference-lit:{out}"
+    cfg = load_config(ROOT / "configs" / "lab_clip4retrofit.yaml")
+    tt = cfg["teacher_train"]
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    sd = ck["model"]
+    tower = Student(tt["arch"], TEXT_DIM, small_input=tt.get("small_input", True), img_size=tt["img_size"])
+    tower.load_state_dict({k[len("image_tower."):]: v for k, v in sd.items() if k.startswith("image_tower.")})
+    scale = float(sd["logit_scale"].clamp(max=math.log(100)).exp())
+    info = {"interim": f"lab teacher after epoch {ck['epoch']} of {tt['epochs']} (from {ckpt.name})",
+            "templates": cfg["templates"], "epochs": ck["epoch"], "arch": tt["arch"], "img_size": tt["img_size"],
+            "history": (ck.get("history") or {}).get("epochs", []) if isinstance(ck.get("history"), dict) else []}
+    save_reference(tower, out, Preprocess(size=tt["img_size"], mean=CLIP_MEAN, std=CLIP_STD), scale, info)
+    return f"reference-lit:{out}"
 
 
 def distil_interim(args, train_dir: Path):
