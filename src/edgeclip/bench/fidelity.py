@@ -34,7 +34,7 @@ LAB_AREAS: Dict[str, Tuple[Tuple[str, ...], str]] = {
 # metric names worth showing (matched against the last component of the dotted key, case-insensitive)
 METRIC_RE = re.compile(
     r"(top-?1|top-?5|acc(uracy)?|retention|agreement|int8|bleu|meteor|rouge|cider|spice|images_per_s|img_per_s|"
-    r"throughput|latency|_ms$|size_mb|_mb$|params|gflops|speedup|max_abs_diff|cos(ine)?|recall|map|miou)",
+    r"throughput|latency|_ms$|size_mb|_mb$|bytes|params|gflops|gmacs|speedup|max_abs_diff|cos(ine)?|recall|map|miou)",
     re.IGNORECASE)
 SKIP_RE = re.compile(r"(^|\.)(machine|config|versions|env|history|epochs|curve|args)(\.|$)", re.IGNORECASE)
 

@@ -372,8 +372,10 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
         for x in sp.get("models", []):
             if "error" in x:
                 doc.p(f"{x['name']}: not measured ({x['error']})")
+        cap = (f" (each timed loop capped at {_f(sp['max_seconds_b1'], 0)} s / {_f(sp['max_seconds_throughput'], 0)} s, "
+               "at least 3 runs; the runs actually timed are in the JSON)") if sp.get("max_seconds_b1") else ""
         doc.p(f"Method: {sp.get('method')}. Batch-1: {sp.get('reps_b1')} timed runs after {sp.get('warmup', 3)} warm-up "
-              f"runs; batch {bs}: {sp.get('reps_throughput')} timed runs after 1 warm-up; medians. int8: static QDQ for CNNs, dynamic for transformers.")
+              f"runs; batch {bs}: {sp.get('reps_throughput')} timed runs after 1 warm-up{cap}; medians. int8: static QDQ for CNNs, dynamic for transformers.")
         if sp.get("ratios"):
             doc.h("Student vs teacher, same run", 3)
             doc.table(["student", "teacher", "px", "fewer params", "fewer FLOPs", "torch b1 speed-up",

@@ -107,19 +107,23 @@ def ort_session(path: str | Path, threads: int):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _timed(fn: Callable[[], object], batch: int, warmup: int, reps: int) -> Dict[str, float]:
-    r = latency_ms(fn, warmup=warmup, reps=reps)
+def _timed(fn: Callable[[], object], batch: int, warmup: int, reps: int, max_seconds: float) -> Dict[str, float]:
+    r = latency_ms(fn, warmup=warmup, reps=reps, max_seconds=max_seconds, min_reps=min(reps, 3))
     return {**r, "images_per_s": batch / (r["median_ms"] / 1000.0)}
 
 
 def measure_backend(run: Callable[[np.ndarray], object], img_size: int, batch: int, reps: int,
-                    thr_reps: int, warmup: int = 3) -> Dict[str, float]:
-    """Batch-1 latency and batch-``batch`` throughput of ``run`` (a callable on a float32 NCHW array)."""
+                    thr_reps: int, warmup: int = 3, max_seconds: float = 0.0) -> Dict[str, float]:
+    """Batch-1 latency and batch-``batch`` throughput of ``run`` (a callable on a float32 NCHW array).
+
+    ``max_seconds`` caps each timed loop (at least 3 runs) so that slow teachers do not take forever;
+    the number of timed runs is recorded.
+    """
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((1, 3, img_size, img_size), dtype=np.float32)
     xb = rng.standard_normal((batch, 3, img_size, img_size), dtype=np.float32)
-    b1 = _timed(lambda: run(x1), 1, warmup, reps)
-    bn = _timed(lambda: run(xb), batch, 1, thr_reps)
+    b1 = _timed(lambda: run(x1), 1, warmup, reps, max_seconds)
+    bn = _timed(lambda: run(xb), batch, 1, thr_reps, max_seconds * 3)
     return {"b1_median_ms": b1["median_ms"], "b1_p90_ms": b1["p90_ms"], "b1_reps": b1["reps"],
             f"b{batch}_median_ms": bn["median_ms"], "throughput_images_per_s": bn["images_per_s"],
             "throughput_batch": batch, "throughput_reps": bn["reps"]}
@@ -148,7 +152,7 @@ def _short(e: BaseException) -> str:
 def measure_model(sm: SpeedModel, workdir: Path, calibration: Callable[[int], List[np.ndarray]], threads: int,
                   batch: int = 32, reps: int = 20, thr_reps: int = 5, backends: Sequence[str] = BACKENDS,
                   log: Callable[[str], None] = print, rapl=None, energy_seconds: float = 3.0,
-                  warmup: int = 3) -> Dict[str, Any]:
+                  warmup: int = 3, max_seconds: float = 0.0) -> Dict[str, Any]:
     """Measure one model on every backend. A backend that fails is recorded with its error, never hidden."""
     from ..export.onnx import export_onnx
     from ..quant.ort import quantize_dynamic_onnx, quantize_static_onnx
@@ -184,7 +188,7 @@ def measure_model(sm: SpeedModel, workdir: Path, calibration: Callable[[int], Li
                 run = _ort_runner(int8, threads)
             else:
                 raise EdgeClipError(f"unknown backend {be!r} ({', '.join(BACKENDS)})")
-            rec[be] = measure_backend(run, sm.img_size, batch, reps, thr_reps, warmup=warmup)
+            rec[be] = measure_backend(run, sm.img_size, batch, reps, thr_reps, warmup=warmup, max_seconds=max_seconds)
             rec[be]["seconds"] = time.time() - t0
             if be == "torch" and rapl is not None and rapl.available:
                 from .energy import measure_energy
@@ -269,7 +273,7 @@ def run_speed_suite(models: Sequence[str], workdir: Path, calibration, threads: 
                     embed_dim: int = 512, batch: int = 32, reps: int = 20, thr_reps: int = 5,
                     backends: Sequence[str] = BACKENDS, log: Callable[[str], None] = print,
                     roles: Optional[Dict[str, str]] = None, energy_seconds: float = 3.0,
-                    warmup: int = 3) -> Dict[str, Any]:
+                    warmup: int = 3, max_seconds: float = 0.0) -> Dict[str, Any]:
     from .energy import Rapl
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -284,11 +288,12 @@ def run_speed_suite(models: Sequence[str], workdir: Path, calibration, threads: 
             log(f"  {spec}: skipped ({e})")
             continue
         records.append(measure_model(sm, workdir, calibration, threads, batch, reps, thr_reps, backends, log,
-                                     rapl=rapl, energy_seconds=energy_seconds, warmup=warmup))
+                                     rapl=rapl, energy_seconds=energy_seconds, warmup=warmup,
+                                     max_seconds=max_seconds))
         del sm
     ok = [r for r in records if "error" not in r]
     return {"img_size": img_size, "batch": batch, "reps_b1": reps, "reps_throughput": thr_reps, "warmup": warmup,
-            "threads": threads,
+            "max_seconds_b1": max_seconds, "max_seconds_throughput": max_seconds * 3, "threads": threads,
             "backends": list(backends), "models": records, "ratios": ratios(ok, backends),
             "seconds": time.time() - t0,
             "method": "median wall-clock of repeated runs after warm-up, all models in one process with the "

@@ -29,8 +29,13 @@ def flops(model: nn.Module, input_size: int, batch: int = 1, channels: int = 3) 
     return fc.get_total_flops() / batch
 
 
-def latency_ms(fn: Callable[[], object], warmup: int = 5, reps: int = 20, min_seconds: float = 0.0) -> Dict[str, float]:
-    """Median / p90 wall-clock milliseconds of ``fn()`` over ``reps`` runs after ``warmup`` runs."""
+def latency_ms(fn: Callable[[], object], warmup: int = 5, reps: int = 20, min_seconds: float = 0.0,
+               max_seconds: float = 0.0, min_reps: int = 3) -> Dict[str, float]:
+    """Median / p90 wall-clock milliseconds of ``fn()`` over ``reps`` runs after ``warmup`` runs.
+
+    ``max_seconds`` > 0 caps the timed loop for slow models: it stops once ``min_reps`` runs are done
+    and the time is up (the number of runs actually timed is returned as ``reps``).
+    """
     for _ in range(warmup):
         fn()
     times = []
@@ -40,6 +45,8 @@ def latency_ms(fn: Callable[[], object], warmup: int = 5, reps: int = 20, min_se
         fn()
         times.append((time.perf_counter() - t0) * 1000)
         if len(times) > 10 * reps:
+            break
+        if max_seconds and len(times) >= min_reps and (time.perf_counter() - t_start) >= max_seconds:
             break
     times.sort()
     return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],

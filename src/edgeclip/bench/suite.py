@@ -128,17 +128,18 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
         models.append(f"ckpt:{s}")
         roles[f"ckpt:{s}"] = "student"
     calib_sources = [shared_data_dir() / "coco-mini" / "images", train_dir]
-    batch, reps, thr_reps, warmup = (4, 5, 2, 1) if cfg.quick else (32, 20, 5, 3)
+    # full: 20 batch-1 runs / 5 batch-32 runs, each loop capped at 8 s / 24 s (at least 3 runs) for the big towers
+    batch, reps, thr_reps, warmup, cap = (4, 5, 2, 1, 0.0) if cfg.quick else (32, 20, 5, 3, 8.0)
     section("speed", lambda: speed_mod.run_speed_suite(
         models, work / "onnx", speed_mod.calibration_images(calib_sources, 8 if cfg.quick else 32), threads,
         batch=batch, reps=reps, thr_reps=thr_reps, log=log, roles=roles, energy_seconds=1.0 if cfg.quick else 3.0,
-        warmup=warmup))
+        warmup=warmup, max_seconds=cap))
 
     # ---- training cost -----------------------------------------------------------------------------
     def train_cost():
         from .train_cost import training_cost
 
-        n, bs = (32, 16) if cfg.quick else (1000, 64)
+        n, bs = (32, 16) if cfg.quick else (512, 64)
         runs = {"clip_vit_b32_teacher": training_cost(train_dir, work / "train_cost", "open_clip:ViT-B-32",
                                                       "shufflenet_v2_x1_0", 32, n, bs, cfg.seed, log=log)}
         if teacher and not cfg.quick:
