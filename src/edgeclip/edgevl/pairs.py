@@ -103,6 +103,7 @@ class PairSet:
     classes: Optional[List[str]] = None
     derived: Dict[str, str] = field(default_factory=dict)
     skipped: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # e.g. folders that are not modalities of this set
 
     def __len__(self) -> int:
         return len(self.records)
@@ -113,7 +114,7 @@ class PairSet:
 
     def subset(self, idx: Sequence[int]) -> "PairSet":
         return PairSet(self.root, self.primary, list(self.modalities), [self.records[i] for i in idx],
-                       self.classes, dict(self.derived), list(self.skipped))
+                       self.classes, dict(self.derived), list(self.skipped), list(self.notes))
 
 
 def _files_under(d: Path) -> List[Path]:
@@ -197,7 +198,7 @@ def open_pairs(root: str | os.PathLike, modalities: Optional[Sequence[str]] = No
             if len(per_mod) < 2:
                 raise EdgeClipError(f"{root_p}: no folder shares file stems with {prim}/ (pass the modality names)")
         ps = _match(per_mod, prim, str(root_p), derive)
-        ps.skipped[:0] = [f"folder {m}/: no file stem in common with {prim}/, not used as a modality" for m in ignored]
+        ps.notes = [f"folder {m}/: no file stem in common with {prim}/, not used as a modality" for m in ignored]
         return ps
     # flat layout: <stem>_<modality>.<ext>
     files = [f for f in sorted(root_p.iterdir()) if f.is_file() and is_image(f) and "_" in f.stem]
@@ -219,6 +220,27 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma of a (C=3, H, W) [0,1] array -> (1, H, W): a monochrome (IR/NIR-like) camera."""
     w = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)
     return (rgb * w).sum(0, keepdims=True)
+
+
+def read_array(path: Path) -> np.ndarray:
+    """A modality file as HxW or HxWxC array in its own dtype. TIFFs are read with tifffile (multi-band,
+    contiguous or planar: the band axis is the smallest one and is moved last)."""
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            a = np.asarray(tifffile.imread(str(path)))
+        except ImportError:  # pragma: no cover - tifffile is a dependency
+            return load_array(path)
+        except Exception as e:
+            raise ImageLoadError(f"corrupt or unreadable TIFF {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        a = np.squeeze(a)
+        if a.ndim == 3 and int(np.argmin(a.shape)) == 0:
+            a = np.moveaxis(a, 0, -1)
+        if a.ndim not in (2, 3):
+            raise ImageLoadError(f"{path}: expected a 2-D or multi-band image, got an array of shape {a.shape}")
+        return a
+    return load_array(path)
 
 
 def _scale(arr: np.ndarray, spec: ModalitySpec, name: str) -> np.ndarray:
@@ -251,13 +273,24 @@ def _scale(arr: np.ndarray, spec: ModalitySpec, name: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _resize_center(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(C,H,W) float -> (C,size,size): resize the shorter side, centre crop (as the teacher preprocessing)."""
+def _resize_center(x: torch.Tensor, size: int, masked: bool = False) -> torch.Tensor:
+    """(C,H,W) float -> (C,size,size): resize the shorter side, centre crop (as the teacher preprocessing).
+
+    ``masked``: zeros are missing readings (depth): average only valid pixels, so that holes do not
+    drag their neighbours towards 0 (normalised convolution)."""
     C, H, W = x.shape
     s = size / min(H, W)
     nh, nw = max(size, round(H * s)), max(size, round(W * s))
     if (nh, nw) != (H, W):
-        x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+        def rs(t):
+            return F.interpolate(t[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+
+        if masked and bool((x == 0).any()):
+            valid = (x != 0).float()
+            w = rs(valid)
+            x = torch.where(w > 1e-3, rs(x * valid) / w.clamp_min(1e-3), torch.zeros_like(w))
+        else:
+            x = rs(x)
     t, l = (nh - size) // 2, (nw - size) // 2
     return x[:, t:t + size, l:l + size].clamp(0, 1)
 
@@ -316,7 +349,7 @@ def load_pair(rec: PairRecord, specs: Dict[str, ModalitySpec], primary: str, siz
             if f is None:
                 raise PairError(f"{rec.key}: no {m} file")
             try:
-                arr = load_array(f)
+                arr = read_array(f)
             except ImageLoadError as e:
                 raise PairError(f"{rec.key}: {e}") from None
             a = _scale(arr, spec, f"{rec.key} ({Path(f).name})")
@@ -329,7 +362,7 @@ def load_pair(rec: PairRecord, specs: Dict[str, ModalitySpec], primary: str, siz
     res = {}
     for m, x in out.items():
         if size:
-            x = _resize_center(x, size)
+            x = _resize_center(x, size, masked=m != primary and specs.get(m) is not None and specs[m].derive is None)
         res[m] = apply_adapter(x, specs[m]) if m in specs else x
     return res
 
@@ -421,6 +454,7 @@ def summarize(ps: PairSet, data: Optional[PairTensors] = None) -> Dict:
     d = {"root": ps.root, "primary": ps.primary, "modalities": ps.modalities, "pairs": len(ps.records),
          "classes": ps.classes, "derived": ps.derived}
     sk = data.skipped if data is not None else ps.skipped
+    d["notes"] = ps.notes
     d["skipped"] = len(sk)
     d["skipped_reasons"] = sk[:50]
     if data is not None:

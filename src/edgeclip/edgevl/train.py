@@ -34,6 +34,7 @@ from ..data.transforms import view_params
 from ..distill.losses import build_loss
 from ..engine import TrainConfig, fit
 from ..errors import EdgeClipError
+from ..quant.qat import convert_qat, export_qdq_onnx, prepare_qat
 from ..labeling.text import DEFAULT_TEMPLATES, text_embeddings
 from ..utils.io import write_json
 from .curate import apply_manifest, load_manifest, teacher_embeddings
@@ -248,67 +249,15 @@ def semi_hard_triplet(anchor: torch.Tensor, labels: torch.Tensor, bank: torch.Te
     return loss, int(valid.sum())
 
 
-class _ExportedCore(nn.Module):
-    """A PT2E-prepared graph module that follows .train()/.eval() the way torchao requires."""
-
-    def __init__(self, gm: nn.Module, embed_dim: int):
-        super().__init__()
-        self.gm = gm
-        self.embed_dim = embed_dim
-
-    def train(self, mode: bool = True):
-        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-
-        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.gm)
-        self.training = mode
-        return self
-
-    def forward(self, x):
-        return self.gm(x)
-
-
-def prepare_qat_core(student: nn.Module, size: int, batch: int = 8) -> nn.Module:
-    """torch.export the student and insert QAT fake-quant (torchao PT2E, X86 inductor QAT config)."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
-
-    student = student.train()
-    ex = torch.randn(batch, 3, size, size)
-    try:
-        gm = torch.export.export(student, (ex,), dynamic_shapes=({0: torch.export.Dim("batch", min=2, max=4096)},)).module()
-    except Exception as e:  # pragma: no cover - depends on the architecture
-        raise EdgeClipError(f"torch.export of the student failed (QAT needs an exportable model): "
-                            f"{str(e).splitlines()[0][:300]}") from None
-    q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
-    return _ExportedCore(prepare_qat_pt2e(gm, q), student.embed_dim)
-
-
-def convert_qat_core(core: _ExportedCore) -> nn.Module:
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-    core.train(False)
-    return convert_pt2e(core.gm)
-
-
 def export_int8_onnx(core: nn.Module, adapters: Dict[str, nn.Module], modalities: List[str], out: Path,
                      size: int, channels: Dict[str, int], stem: str = "int8") -> Dict[str, str]:
     """Export the converted (QDQ) model once, plus one file per modality with a learned conv adapter."""
-    from ..utils.io import atomic_path
-
     exports: Dict[str, str] = {}
     groups = {m: (m if m in adapters else None) for m in modalities}
     for g in sorted(set(groups.values()), key=lambda x: (x is not None, x or "")):
         model = ModalityModel(core, adapters[g].eval() if g else None)
-        c = channels[g] if g else 3
-        path = out / (f"{stem}.onnx" if g is None else f"{stem}_{g}.onnx")
-        with atomic_path(path) as tmp:
-            try:
-                torch.onnx.export(model, (torch.randn(4, c, size, size),), str(tmp), dynamo=True, verbose=False,
-                                  input_names=["image"], output_names=["embedding"],
-                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-            except Exception as e:  # pragma: no cover
-                raise EdgeClipError(f"int8 ONNX export failed: {str(e).splitlines()[0][:300]}") from None
+        path = export_qdq_onnx(model, out / (f"{stem}.onnx" if g is None else f"{stem}_{g}.onnx"),
+                               (4, channels[g] if g else 3, size, size))
         for m, gg in groups.items():
             if gg == g:
                 exports[m] = str(path)
@@ -359,7 +308,7 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     M, N = len(p.ps.modalities), len(p.data)
     bank_labels = p.pseudo.repeat(M)
     t0 = time.time()
-    core = prepare_qat_core(fp.student, size)
+    core = prepare_qat(fp.student, (8, 3, size, size), embed_dim=fp.student.embed_dim)
     model = PairStudent(core, p.specs, p.ps.primary)
     model.adapters = fp.adapters
     prep_s = time.time() - t0
@@ -393,7 +342,7 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     out = Path(cfg.out)
     hist = fit(tcfg, model, dataset, step, out, resume=resume, on_epoch_end=refresh, progress=progress)
     t1 = time.time()
-    converted = convert_qat_core(core)
+    converted = convert_qat(core)
     exports = export_int8_onnx(converted, dict(model.adapters), p.ps.modalities, out, size, _raw_channels(p))
     # parity: ONNX Runtime int8 vs the converted torch model on a few training pairs
     from .evaluate import onnx_sessions
