@@ -1,0 +1,215 @@
+"""EdgeVL lab on CIFAR-10 with the monochrome (luminance) image as the second modality.
+
+The reference teacher sees RGB; one student learns RGB and monochrome from it, label-free. Measured:
+  1. student on mono / teacher on RGB, student on RGB / teacher (targets >= 0.90 and >= 0.97);
+  2. int8: QAT + semi-hard triplet vs plain QAT vs ONNX Runtime static PTQ, both modalities (target +1 point);
+  3. curation: stage 1 on the teacher's top-20 % vs on all pairs, the same number of steps;
+  4. unseen classes (EdgeVL's EuroSAT protocol): distil on the images of 5 classes, zero-shot on the other 5.
+
+One command (fixed seeds; resumes finished stages):
+    python benchmarks/lab_edgevl.py                       # everything, sequentially
+    python benchmarks/lab_edgevl.py --part a & python benchmarks/lab_edgevl.py --part b; \
+        python benchmarks/lab_edgevl.py --part report     # the same in two processes
+The budget (images, steps, batch, architecture, minutes, CPU threads) is recorded in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEN = ["airplane", "automobile", "bird", "cat", "deer"]
+UNSEEN = ["dog", "frog", "horse", "ship", "truck"]
+
+
+def cifar_dirs() -> dict:
+    from edgeclip.data.sources import ensure_extracted
+    from edgeclip.utils.env import shared_data_dir
+
+    local = ROOT / "benchmarks/artifacts/data/cifar10"
+    if (local / "train").is_dir() and (local / "test").is_dir():
+        return {"train": local / "train", "test": local / "test"}
+    src = shared_data_dir() / "cifar10"
+    for split in ("train", "test"):
+        ensure_extracted(src / f"{split}.tar", local)
+    return {"train": local / "train", "test": local / "test"}
+
+
+def subset_indices(n_total: int, n: int, seed: int):
+    return sorted(random.Random(seed).sample(range(n_total), n)) if n and n < n_total else list(range(n_total))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", default=f"reference-lit:{ROOT / 'benchmarks/artifacts/lab/teacher/teacher.pt'}")
+    ap.add_argument("--arch", default="shufflenet_v2_x0_5")
+    ap.add_argument("--train-images", type=int, default=5000)
+    ap.add_argument("--test-images", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=150, help="stage-1 optimiser steps (same for every run)")
+    ap.add_argument("--qat-steps", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=64, help="pairs per batch (x2 images: RGB + mono)")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--qat-lr", type=float, default=2e-4)
+    ap.add_argument("--fraction", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--part", default="all", choices=["all", "a", "b", "report"])
+    ap.add_argument("--work", default=str(ROOT / "benchmarks/artifacts/lab_edgevl"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/edgevl_cifar_mono.json"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from edgeclip.edgevl.curate import curate
+    from edgeclip.edgevl.pairs import open_pairs
+    from edgeclip.edgevl.train import PairDataConfig, PairDistillConfig, QATConfig, distill_pairs, ptq_pairs, qat_pairs
+    from edgeclip.teachers import load_teacher
+    from edgeclip.utils.env import seed_everything
+
+    seed_everything(args.seed)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = cifar_dirs()
+    teacher = load_teacher(args.teacher)
+    derive = {"mono": "luminance"}
+    cache = str(work / "cache")
+    timings_path = work / f"timings_{args.part}.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+
+    def timed(name, fn):
+        t0 = time.time()
+        r = fn()
+        timings[name] = round(time.time() - t0, 1)
+        timings_path.write_text(json.dumps(timings, indent=1))
+        print(f"[lab] {name}: {timings[name]} s", flush=True)
+        return r
+
+    epochs_for = lambda n_pairs, steps: max(1, -(-steps * args.batch // n_pairs))  # noqa: E731
+    student = {"arch": args.arch, "img_size": 32, "small_input": True, "head_hidden": 512}
+
+    def stage1(name, n_pairs, **kw):
+        out = work / name
+        if (out / "student.pt").exists():
+            return
+        cfg = PairDistillConfig(teacher=teacher.spec, data=str(data["train"]), derive=derive, out=str(out), cache=cache,
+                                student=student, loss="mse", seed=args.seed,
+                                train={"epochs": epochs_for(n_pairs, args.steps), "batch_size": args.batch,
+                                       "lr": args.lr, "max_steps_per_epoch": -(-args.steps // epochs_for(n_pairs, args.steps)),
+                                       "warmup_epochs": 0.1, "threads": torch.get_num_threads(), "log_every": 10**9},
+                                **kw)
+        timed(name, lambda: distill_pairs(cfg, teacher=teacher))
+
+    n_curated = -(-args.train_images * args.fraction // 1)
+    if args.part in ("all", "a"):
+        if not (work / "curate/manifest.json").exists():
+            ps = open_pairs(data["train"], derive=derive)
+            ps = ps.subset(subset_indices(len(ps), args.train_images, args.seed))
+            timed("curate", lambda: curate(teacher, ps, work / "curate", fraction=args.fraction, cache=cache))
+        stage1("s1_curated", int(n_curated), manifest=str(work / "curate/manifest.json"))
+        if not (work / "ptq/ptq.json").exists():
+            timed("ptq", lambda: ptq_pairs(str(work / "s1_curated/student.pt"),
+                                           PairDataConfig(data=str(data["train"]), derive=derive, out=str(work / "ptq"),
+                                                          cache=cache, manifest=str(work / "curate/manifest.json"),
+                                                          seed=args.seed), calib_images=256, teacher=teacher))
+        for name, tw in (("qat_triplet", 1.0), ("qat_plain", 0.0)):
+            if (work / name / "qat.json").exists():
+                continue
+            cfg = QATConfig(student=str(work / "s1_curated/student.pt"), data=str(data["train"]), derive=derive,
+                            out=str(work / name), cache=cache, manifest=str(work / "curate/manifest.json"),
+                            triplet_weight=tw, margin=0.2, seed=args.seed,
+                            train={"epochs": epochs_for(int(n_curated), args.qat_steps), "batch_size": args.batch,
+                                   "lr": args.qat_lr, "warmup_epochs": 0.0, "weight_decay": 0.0,
+                                   "max_steps_per_epoch": -(-args.qat_steps // epochs_for(int(n_curated), args.qat_steps)),
+                                   "threads": torch.get_num_threads(), "log_every": 10**9})
+            timed(name, lambda: qat_pairs(cfg, teacher=teacher))
+    if args.part in ("all", "b"):
+        while not (work / "curate/manifest.json").exists():  # part a builds the shared teacher cache first
+            time.sleep(10)
+        stage1("s1_all", args.train_images, max_images=args.train_images)
+        stage1("s1_unseen", args.train_images // 2, classes=SEEN, max_images=args.train_images // 2)
+    if args.part in ("all", "report"):
+        report(args, work, data, teacher, derive, timings)
+
+
+def report(args, work: Path, data, teacher, derive, timings) -> None:
+    import torch
+
+    from edgeclip.edgevl.evaluate import evaluate_pairs, exported_embedder, torch_embedder
+    from edgeclip.edgevl.model import load_pair_student
+    from edgeclip.edgevl.pairs import open_pairs, preload_pairs
+    from edgeclip.utils.env import machine_info
+    from edgeclip.utils.io import read_json, sha256_file, write_json
+
+    for p in ("a", "b"):
+        tp = work / f"timings_{p}.json"
+        if tp.exists():
+            timings.update(json.loads(tp.read_text()))
+    cur, size, _ = load_pair_student(work / "s1_curated/student.pt")
+    allm, _, _ = load_pair_student(work / "s1_all/student.pt")
+    uns, _, _ = load_pair_student(work / "s1_unseen/student.pt")
+    ps = open_pairs(data["test"], derive=derive)
+    ps = ps.subset(subset_indices(len(ps), args.test_images, args.seed))
+    d = preload_pairs(ps, cur.specs, size)
+    t0 = time.time()
+    models = {"fp32_curated": torch_embedder(cur), "fp32_all": torch_embedder(allm),
+              "int8_ptq": exported_embedder(work / "ptq/ptq.json"),
+              "int8_qat_triplet": exported_embedder(work / "qat_triplet/qat.json"),
+              "int8_qat_plain": exported_embedder(work / "qat_plain/qat.json")}
+    ev = evaluate_pairs(d, ps.classes, "rgb", ["rgb", "mono"], models, teacher=teacher)
+    # unseen classes: all test images of the 5 classes never distilled on, 5-way zero-shot
+    psu = open_pairs(data["test"], derive=derive)
+    dsu = preload_pairs(psu, uns.specs, size)
+    evu = evaluate_pairs(dsu, psu.classes, "rgb", ["rgb", "mono"],
+                         {"fp32_seen5": torch_embedder(uns), "fp32_all10": torch_embedder(allm)},
+                         teacher=teacher, class_subset=UNSEEN)
+    timings["evaluate"] = round(time.time() - t0, 1)
+    top = lambda e, m, mod: e[m][mod]["top1"]  # noqa: E731
+    t_rgb = top(ev, "teacher", "rgb")
+    main_student = "fp32_curated"
+    res = {
+        "what": "EdgeVL on CIFAR-10: teacher on RGB, one student on RGB + monochrome (luminance), label-free",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python benchmarks/lab_edgevl.py " + " ".join(sys.argv[1:]),
+        "machine": machine_info(),
+        "teacher": {**teacher.describe(), "sha256": sha256_file(teacher.spec.split(":", 1)[1])},
+        "budget": {"device": "cpu", "torch_threads": torch.get_num_threads(), "student_arch": args.arch,
+                   "img_size": 32, "train_pool_images": args.train_images, "curated_fraction": args.fraction,
+                   "stage1_steps": args.steps, "qat_steps": args.qat_steps, "batch_pairs": args.batch,
+                   "test_images": len(d), "unseen_test_images": evu["n"],
+                   "seconds": timings, "note": "2 shared CPU cores, machine loaded by other jobs; reduced budget"},
+        "checkpoints": {n: sha256_file(work / n / "student.pt") for n in ("s1_curated", "s1_all", "s1_unseen")},
+        "onnx": {n: {m: sha256_file(p) for m, p in read_json(work / n / f).get("exports", {}).items()}
+                 for n, f in (("ptq", "ptq.json"), ("qat_triplet", "qat.json"), ("qat_plain", "qat.json"))},
+        "zero_shot_top1": {k: {mod: v["top1"] for mod, v in ev[k].items()} for k in ["teacher", *models]},
+        "unseen_classes": {"distilled_on": SEEN, "evaluated_on": UNSEEN, "n": evu["n"],
+                           "top1_5way": {k: {mod: v["top1"] for mod, v in evu[k].items()}
+                                         for k in ("teacher", "fp32_seen5", "fp32_all10")}},
+        "curation": read_json(work / "curate/manifest.json")["summary"],
+        "qat": {n: {k: read_json(work / n / "qat.json")[k] for k in ("semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")}
+                for n in ("qat_triplet", "qat_plain")},
+    }
+    s_mono, s_rgb = top(ev, main_student, "mono"), top(ev, main_student, "rgb")
+    res["targets"] = {
+        "mono_over_teacher_rgb": {"value": s_mono / t_rgb, "target": 0.90, "met": s_mono / t_rgb >= 0.90},
+        "rgb_over_teacher_rgb": {"value": s_rgb / t_rgb, "target": 0.97, "met": s_rgb / t_rgb >= 0.97},
+        **{f"qat_triplet_minus_ptq_{mod}_points": {
+            "value": 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_ptq", mod)), "target": 1.0,
+            "met": 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_ptq", mod)) >= 1.0} for mod in ("rgb", "mono")},
+        **{f"curated_minus_all_{mod}_points": {"value": 100 * (top(ev, "fp32_curated", mod) - top(ev, "fp32_all", mod))}
+           for mod in ("rgb", "mono")},
+        "qat_triplet_minus_plain_points": {mod: 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_qat_plain", mod))
+                                           for mod in ("rgb", "mono")},
+    }
+    write_json(args.out, res)
+    print(json.dumps({"zero_shot_top1": res["zero_shot_top1"], "unseen": res["unseen_classes"]["top1_5way"],
+                      "targets": res["targets"]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

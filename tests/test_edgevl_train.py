@@ -1,0 +1,169 @@
+"""EdgeVL curation, stage-1 dual-modality distillation, the triplet miner, PTQ and per-modality evaluation (CPU, tiny)."""
+
+from __future__ import annotations
+
+import json
+import math
+import numpy as np
+import pytest
+import torch
+
+from edgeclip.edgevl import (PairDataConfig, PairDistillConfig, curate, distill_pairs, evaluate_pairs,
+                             exported_embedder, load_pair_student, open_pairs, preload_pairs, ptq_pairs,
+                             semi_hard_triplet, torch_embedder)
+from edgeclip.errors import EdgeClipError
+
+DERIVE = {"mono": "luminance"}
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher):
+    from edgeclip.teachers import load_teacher
+
+    return load_teacher(tiny_teacher)
+
+
+@pytest.fixture(scope="module")
+def stage1(shapes, teacher, tmp_path_factory):
+    """Curate (top 25 %), then a short stage-1 run on the curated pairs."""
+    w = tmp_path_factory.mktemp("edgevl")
+    ps = open_pairs(shapes["train"], derive=DERIVE)
+    cur = curate(teacher, ps, w / "cur", fraction=0.25, cache=w / "cache")
+    cfg = PairDistillConfig(teacher=teacher.spec, data=str(shapes["train"]), derive=DERIVE, out=str(w / "s1"),
+                            cache=str(w / "cache"), manifest=cur["manifest"],
+                            student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "head_hidden": 64},
+                            loss="cosine", train={"epochs": 2, "batch_size": 12, "lr": 2e-3})
+    hist = distill_pairs(cfg, teacher=teacher)
+    return {"dir": w, "curate": cur, "hist": hist, "ps": ps}
+
+
+def test_curation_manifest(stage1, teacher):
+    cur = stage1["curate"]
+    man = json.loads(open(cur["manifest"]).read())
+    items = man["items"]
+    n = len(stage1["ps"])
+    assert len(items) == n == cur["n_scored"] == 144
+    kept = [it for it in items if it["kept"]]
+    assert len(kept) == math.ceil(0.25 * n) == cur["n_kept"]
+    # the kept pairs are exactly the most confident ones
+    assert min(it["confidence"] for it in kept) >= max(it["confidence"] for it in items if not it["kept"])
+    assert all(0 < it["confidence"] <= 1 and it["pseudo_label"] in man["labels"] for it in items)
+    assert (stage1["dir"] / "cur" / "confidence_hist.png").stat().st_size > 1000
+    # confidences are the teacher's softmax with its logit scale as temperature: recompute one
+    from edgeclip.labeling.text import text_embeddings
+    from edgeclip.edgevl.pairs import default_specs, load_pair
+    from edgeclip.data import load_image
+
+    it = items[0]
+    img = teacher.preprocess(load_image(it["file"]))[None]
+    p = (teacher.logit_scale * teacher.encode_image(img) @ text_embeddings(teacher, man["labels"]).t()).softmax(-1)
+    assert abs(float(p.max()) - it["confidence"]) < 2e-3  # fp16 cache
+    # threshold mode
+    thr = curate(teacher, stage1["ps"], stage1["dir"] / "cur_thr", threshold=0.0, fraction=None,
+                 cache=stage1["dir"] / "cache", plot=False)
+    assert thr["n_kept"] == n
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(EdgeClipError, match=r"fraction must be in \(0, 1\]"):
+            curate(teacher, stage1["ps"], stage1["dir"] / "x", fraction=bad)
+
+
+def test_stage1_trains_both_modalities(stage1, shapes):
+    h = stage1["hist"]
+    assert h["data_info"]["n_train"] == 36  # only the curated pairs
+    first, last = h["epochs"][0], h["epochs"][-1]
+    assert {"cos_rgb", "cos_mono"} <= set(last)
+    assert last["loss"] < first["loss"]
+    model, size, ck = load_pair_student(stage1["dir"] / "s1" / "student.pt")
+    assert model.primary == "rgb" and set(model.specs) == {"rgb", "mono"} and size == 32
+    assert ck["extra"]["edgevl"]["specs"]["mono"]["derive"] == "luminance"
+    assert len(model.specs["mono"].mean) == 3  # per-modality normalisation measured on the data
+    # the checkpoint is a foundation student too (RGB)
+    from edgeclip.students import load_student
+
+    st, pp, _ = load_student(stage1["dir"] / "s1" / "student.pt")
+    assert pp.size == 32 and st.arch == "shufflenet_v2_x0_5"
+
+
+def test_semi_hard_mining():
+    # anchor at angle 0; bank: positive at 0.5 rad, negatives at 0.3 (hard), 0.7 (semi-hard), 2.0 (easy)
+    ang = torch.tensor([0.5, 0.3, 0.7, 2.0])
+    bank = torch.stack([ang.cos(), ang.sin()], 1)
+    labels = torch.tensor([0, 1, 1, 1])
+    a = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    loss, n = semi_hard_triplet(a, torch.tensor([0]), bank, labels, margin=0.5)
+    d = lambda t: float(2 * math.sin(t / 2))  # chord length between unit vectors  # noqa: E731
+    assert n == 1
+    assert abs(float(loss) - (d(0.5) - d(0.7) + 0.5)) < 1e-5  # the semi-hard one, not the hard 0.3
+    loss.backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+    # no negative inside (d_p, d_p + margin): the anchor adds nothing and is counted out
+    loss2, n2 = semi_hard_triplet(a.detach(), torch.tensor([0]), bank, labels, margin=0.05)
+    assert n2 == 0 and float(loss2) == 0.0
+    # the anchor's own bank row is never its positive
+    bank2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    _, n3 = semi_hard_triplet(a.detach(), torch.tensor([0]), bank2, torch.tensor([0, 1]), 3.0,
+                              exclude=torch.tensor([[True, False]]))
+    assert n3 == 0
+
+
+def test_ptq_and_eval_per_modality(stage1, shapes, teacher):
+    w = stage1["dir"]
+    r = ptq_pairs(str(w / "s1" / "student.pt"), PairDataConfig(data=str(shapes["train"]), derive=DERIVE,
+                                                               out=str(w / "ptq"), cache=str(w / "cache")),
+                  calib_images=48, teacher=teacher)
+    assert r["calib_images"] == 48 and r["calibrated_on"] == ["rgb", "mono"]
+    assert r["exports"]["rgb"] == r["exports"]["mono"]  # one shared int8 model (repeat adapter)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(r["exports"]["rgb"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    model, size, _ = load_pair_student(w / "s1" / "student.pt")
+    tps = open_pairs(shapes["test"], derive=DERIVE)
+    d = preload_pairs(tps, model.specs, size)
+    res = evaluate_pairs(d, tps.classes, "rgb", ["rgb", "mono"],
+                         {"fp32": torch_embedder(model), "int8": exported_embedder(w / "ptq" / "ptq.json")}, teacher=teacher)
+    assert res["n"] == 36 and set(res["teacher"]) == {"rgb"}
+    for k in ("fp32", "int8"):
+        for m in ("rgb", "mono"):
+            assert 0.0 <= res[k][m]["top1"] <= 1.0 and res[k][m]["n"] == 36
+    # int8 embeddings stay close to fp32 ones
+    x = d.x["mono"][:8]
+    e32 = torch.nn.functional.normalize(torch_embedder(model)("mono", x), dim=-1)
+    e8 = torch.nn.functional.normalize(exported_embedder(w / "ptq" / "ptq.json")("mono", x).float(), dim=-1)
+    assert float((e32 * e8).sum(-1).mean()) > 0.9
+    # the unseen-class protocol: evaluate only on some classes, choosing among them
+    sub = evaluate_pairs(d, tps.classes, "rgb", ["mono"], {"fp32": torch_embedder(model)}, teacher=teacher,
+                         class_subset=["star", "ring"])
+    assert sub["n"] == 12 and sub["classes"] == ["star", "ring"]
+
+
+def _cli(argv, capsys):
+    from edgeclip.cli import main
+
+    capsys.readouterr()
+    try:
+        main(argv)
+        rc = 0
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
+    rc, out, err = _cli(["distill-pair", "--teacher", teacher.spec, "--data", str(shapes["train"]),
+                         "--derive", "mono=luminance", "--out", str(tmp_path / "s1"),
+                         "--cache", str(stage1["dir"] / "cache"), "--student", "shufflenet_v2_x0_5",
+                         "--img-size", "32", "--epochs", "1", "--batch-size", "48", "--loss", "l1",
+                         "--set", "student.head_hidden=0", "--set", "classes=[circle,square]"], capsys)
+    assert rc == 0, err[-2000:]
+    assert (tmp_path / "s1" / "student.pt").is_file() and '"n_train": 48' in out
+    rc, out, err = _cli(["eval-pair", str(shapes["test"]), "--student", str(tmp_path / "s1" / "student.pt"),
+                         "--derive", "mono=luminance", "--classes", "triangle,star,cross"], capsys)
+    assert rc == 0, err[-2000:]
+    res = json.loads(out)
+    assert res["n"] == 18 and set(res["fp32"]) == {"rgb", "mono"}
+    rc, out, err = _cli(["distill-pair", "--teacher", teacher.spec, "--data", str(shapes["train"]),
+                         "--derive", "mono=luminance", "--out", str(tmp_path / "bad"),
+                         "--set", "classes=[unicorn]"], capsys)
+    assert rc == 2 and "unknown class 'unicorn'" in err
