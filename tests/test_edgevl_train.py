@@ -167,3 +167,32 @@ def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
                          "--derive", "mono=luminance", "--out", str(tmp_path / "bad"),
                          "--set", "classes=[unicorn]"], capsys)
     assert rc == 2 and "unknown class 'unicorn'" in err
+
+
+def test_real_rgbd_conv_adapter_from_yaml(shared_data, teacher, tmp_path):
+    """The shipped RGB-D config on the real pairs: 16-bit depth in mm, a learned 1x1-conv adapter."""
+    from pathlib import Path
+
+    from edgeclip.config import apply_overrides, build_dataclass, load_config
+    from edgeclip.edgevl.model import modality_student
+
+    d = load_config(Path(__file__).resolve().parents[1] / "configs" / "edgevl_rgbd.yaml")
+    d = apply_overrides(d, [f"data={shared_data / 'rgbd-samples'}", f"out={tmp_path / 'rgbd'}",
+                            f"teacher={teacher.spec}", "student.img_size=32", "student.head_hidden=0",
+                            "student.arch=shufflenet_v2_x0_5", "train.epochs=2", "train.batch_size=5"])
+    cfg = build_dataclass(PairDistillConfig, d)
+    hist = distill_pairs(cfg, teacher=teacher)
+    assert hist["data_info"]["n_train"] == 5
+    model, size, ck = load_pair_student(tmp_path / "rgbd" / "student.pt")
+    assert set(model.adapters) == {"depth"} and model.adapters["depth"].in_channels == 1
+    w0 = torch.full((3, 1, 1, 1), 1.0)
+    assert not torch.allclose(model.adapters["depth"].weight, w0)  # the adapter was trained
+    st = modality_student(model, "depth")
+    assert st.config["in_chans"] == 1
+    ps = open_pairs(cfg.data, cfg.modalities, cfg.primary)
+    dd = preload_pairs(ps, model.specs, size)
+    assert dd.x["depth"].shape == (5, 1, 32, 32)
+    from edgeclip.edgevl.pairs import normalize_modality
+
+    assert torch.allclose(st.eval()(normalize_modality(dd.x["depth"], model.specs["depth"])),
+                          torch_embedder(model)("depth", dd.x["depth"]), atol=1e-5)

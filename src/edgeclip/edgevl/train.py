@@ -256,6 +256,7 @@ def export_int8_onnx(core: nn.Module, adapters: Dict[str, nn.Module], modalities
     groups = {m: (m if m in adapters else None) for m in modalities}
     for g in sorted(set(groups.values()), key=lambda x: (x is not None, x or "")):
         model = ModalityModel(core, adapters[g].eval() if g else None)
+        model.training = False  # not .eval(): that would recurse into the converted graph module
         path = export_qdq_onnx(model, out / (f"{stem}.onnx" if g is None else f"{stem}_{g}.onnx"),
                                (4, channels[g] if g else 3, size, size))
         for m, gg in groups.items():

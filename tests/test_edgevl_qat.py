@@ -1,0 +1,66 @@
+"""EdgeVL stage 2: torchao PT2E QAT with the semi-hard triplet term, int8 QDQ ONNX that ONNX Runtime runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeclip.edgevl import (PairDistillConfig, QATConfig, distill_pairs, evaluate_pairs, exported_embedder,
+                             load_pair_student, open_pairs, preload_pairs, qat_pairs)
+
+DERIVE = {"mono": "luminance"}
+
+
+def test_fold_batchnorm_keeps_outputs():
+    from edgeclip.quant.qat import fold_batchnorm
+    from edgeclip.students import create_student
+
+    m = create_student("shufflenet_v2_x0_5", 8, small_input=True, img_size=16, head_hidden=0)
+    m.train()
+    for _ in range(2):  # non-trivial running statistics
+        m(torch.randn(4, 3, 16, 16))
+    m.eval()
+    x = torch.randn(2, 3, 16, 16)
+    ref = m(x)
+    n = fold_batchnorm(m)
+    assert n > 20 and not any(isinstance(t, torch.nn.BatchNorm2d) for t in m.modules())
+    assert torch.allclose(m(x), ref, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
+    import onnx
+
+    from edgeclip.teachers import load_teacher
+
+    t = load_teacher(tiny_teacher)
+    s1 = PairDistillConfig(teacher=t.spec, data=str(shapes["train"]), derive=DERIVE, out=str(tmp_path / "s1"),
+                           cache=str(tmp_path / "cache"), classes=["circle", "square", "star"],
+                           student={"arch": "shufflenet_v2_x0_5", "img_size": 16, "head_hidden": 0},
+                           train={"epochs": 1, "batch_size": 24})
+    distill_pairs(s1, teacher=t)
+    cfg = QATConfig(student=str(tmp_path / "s1" / "student.pt"), data=str(shapes["train"]), derive=DERIVE,
+                    out=str(tmp_path / "qat"), cache=str(tmp_path / "cache"), classes=["circle", "square", "star"],
+                    labels=["circle", "square", "star"], triplet_weight=1.0, margin=0.5,
+                    train={"epochs": 2, "batch_size": 24, "lr": 1e-4})
+    res = qat_pairs(cfg, teacher=t)
+    hist = res["history"]
+    assert len(hist) == 2 and all("triplet" in h and "semi_hard_fraction" in h for h in hist)
+    assert 0.0 <= res["semi_hard_fraction"] <= 1.0
+    path = res["exports"]["rgb"]
+    assert res["exports"]["mono"] == path
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    inits = {i.name: i.data_type for i in onnx.load(path).graph.initializer}
+    assert onnx.TensorProto.INT8 in inits.values()  # weights stored as int8
+    # ONNX Runtime's int8 graph agrees with the converted torch model
+    assert all(v > 0.99 for v in res["onnx_min_cosine_vs_torch_int8"].values())
+    # and it evaluates on both modalities
+    model, size, _ = load_pair_student(tmp_path / "s1" / "student.pt")
+    ps = open_pairs(shapes["test"], derive=DERIVE)
+    d = preload_pairs(ps, model.specs, size)
+    ev = evaluate_pairs(d, ps.classes, "rgb", ["rgb", "mono"], {"int8": exported_embedder(tmp_path / "qat" / "qat.json")},
+                        teacher=t)
+    assert ev["int8"]["mono"]["n"] == 36
+    with pytest.raises(Exception, match="margin"):
+        qat_pairs(QATConfig(student=cfg.student, data=cfg.data, derive=DERIVE, margin=0.0), teacher=t)
