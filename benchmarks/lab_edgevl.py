@@ -97,7 +97,8 @@ def main(argv=None) -> None:
         out = work / name
         if (out / "student.pt").exists():
             return
-        cfg = PairDistillConfig(teacher=teacher.spec, data=str(data["train"]), derive=derive, out=str(out), cache=cache,
+        kw.setdefault("cache", cache)
+        cfg = PairDistillConfig(teacher=teacher.spec, data=str(data["train"]), derive=derive, out=str(out),
                                 student=student, loss="mse", seed=args.seed,
                                 train={"epochs": epochs_for(n_pairs, args.steps), "batch_size": args.batch,
                                        "lr": args.lr, "max_steps_per_epoch": -(-args.steps // epochs_for(n_pairs, args.steps)),
@@ -106,33 +107,41 @@ def main(argv=None) -> None:
         timed(name, lambda: distill_pairs(cfg, teacher=teacher))
 
     n_curated = -(-args.train_images * args.fraction // 1)
+
+    def qat(name, tw):
+        """Stage 2 from the curated stage-1 student on the curated pairs (pseudo-labels from the manifest)."""
+        if (work / name / "qat.json").exists():
+            return
+        ep = epochs_for(int(n_curated), args.qat_steps)
+        cfg = QATConfig(student=str(work / "s1_curated/student.pt"), data=str(data["train"]), derive=derive,
+                        out=str(work / name), cache=cache, manifest=str(work / "curate/manifest.json"),
+                        triplet_weight=tw, margin=0.2, seed=args.seed,
+                        train={"epochs": ep, "batch_size": args.batch, "lr": args.qat_lr, "warmup_epochs": 0.0,
+                               "weight_decay": 0.0, "max_steps_per_epoch": -(-args.qat_steps // ep),
+                               "threads": torch.get_num_threads(), "log_every": 10**9})
+        timed(name, lambda: qat_pairs(cfg, teacher=teacher))
+
     if args.part in ("all", "a"):
         if not (work / "curate/manifest.json").exists():
             ps = open_pairs(data["train"], derive=derive)
             ps = ps.subset(subset_indices(len(ps), args.train_images, args.seed))
             timed("curate", lambda: curate(teacher, ps, work / "curate", fraction=args.fraction, cache=cache))
         stage1("s1_curated", int(n_curated), manifest=str(work / "curate/manifest.json"))
+        qat("qat_triplet", 1.0)
+    if args.part in ("all", "b"):
+        while not (work / "curate/manifest.json").exists():  # part a builds the shared teacher cache first
+            time.sleep(10)
+        stage1("s1_all", args.train_images, max_images=args.train_images)
+        stage1("s1_unseen", args.train_images // 2, classes=SEEN, max_images=args.train_images // 2,
+               cache=str(work / "cache_unseen"))  # its own cache: part a reads the shared one meanwhile
+        while not (work / "s1_curated/student.pt").exists():
+            time.sleep(10)
         if not (work / "ptq/ptq.json").exists():
             timed("ptq", lambda: ptq_pairs(str(work / "s1_curated/student.pt"),
                                            PairDataConfig(data=str(data["train"]), derive=derive, out=str(work / "ptq"),
                                                           cache=cache, manifest=str(work / "curate/manifest.json"),
                                                           seed=args.seed), calib_images=256, teacher=teacher))
-        for name, tw in (("qat_triplet", 1.0), ("qat_plain", 0.0)):
-            if (work / name / "qat.json").exists():
-                continue
-            cfg = QATConfig(student=str(work / "s1_curated/student.pt"), data=str(data["train"]), derive=derive,
-                            out=str(work / name), cache=cache, manifest=str(work / "curate/manifest.json"),
-                            triplet_weight=tw, margin=0.2, seed=args.seed,
-                            train={"epochs": epochs_for(int(n_curated), args.qat_steps), "batch_size": args.batch,
-                                   "lr": args.qat_lr, "warmup_epochs": 0.0, "weight_decay": 0.0,
-                                   "max_steps_per_epoch": -(-args.qat_steps // epochs_for(int(n_curated), args.qat_steps)),
-                                   "threads": torch.get_num_threads(), "log_every": 10**9})
-            timed(name, lambda: qat_pairs(cfg, teacher=teacher))
-    if args.part in ("all", "b"):
-        while not (work / "curate/manifest.json").exists():  # part a builds the shared teacher cache first
-            time.sleep(10)
-        stage1("s1_all", args.train_images, max_images=args.train_images)
-        stage1("s1_unseen", args.train_images // 2, classes=SEEN, max_images=args.train_images // 2)
+        qat("qat_plain", 0.0)
     if args.part in ("all", "report"):
         report(args, work, data, teacher, derive, timings)
 
