@@ -151,3 +151,22 @@ def test_cuda_mode_skips_cleanly_on_cpu(tmp_path, capsys):
     d = json.loads((tmp_path / "bench_quick.json").read_text())
     assert "no CUDA GPU" in d["skipped"]["gpu"] and "gpu" not in d["sections"]
     assert d["skipped"]["speed"].startswith("skipped on request")
+
+
+def test_flops_count_attention():
+    """nn.MultiheadAttention's inference fast path must not hide attention FLOPs."""
+    from edgeclip.bench.stats import flops
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 8)
+            self.mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            t = self.proj(x.flatten(2).transpose(1, 2))
+            return self.mha(t, t, t, need_weights=False)[0].mean(1)
+
+    L, E = 16, 8  # 4x4 input -> 16 tokens
+    expected = 2 * L * 3 * E + 2 * L * E * 3 * E + 2 * (2 * L * L * E) + 2 * L * E * E
+    assert flops(Tiny(), 4) == expected

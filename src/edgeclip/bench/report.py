@@ -157,8 +157,8 @@ def pareto_points(bench: Dict[str, Any]) -> List[Dict[str, Any]]:
         if not m:
             continue
         label = Path(ck).parent.name or Path(ck).stem
-        for be, key, tag in (("torch", f"{role}_top1", "torch fp32"), ("ort_int8", f"{role}_int8_top1", "ONNX int8"),
-                             ("ort_fp32", f"{role}_top1", "ONNX fp32")):
+        # only pairs whose accuracy was measured on that very backend (torch fp32, ONNX Runtime int8)
+        for be, key, tag in (("torch", f"{role}_top1", "torch fp32"), ("ort_int8", f"{role}_int8_top1", "ONNX int8")):
             if key in acc and "b1_median_ms" in m.get(be, {}):
                 pts.append({"name": f"{label} ({tag})", "top1": acc[key], "latency_ms": m[be]["b1_median_ms"],
                             "params_m": m["params_m"]})
@@ -410,7 +410,7 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
                   [[k, v["teacher"], f"{v['student']} @ {v['student_img_size']} px", v["n_images"], v["cache_build_seconds"],
                     v["cached"]["epoch_seconds"], v["online"]["epoch_seconds"], v["speedup_cached_vs_online"],
                     "met" if v["target_met"] else "not met", v.get("break_even_epochs")] for k, v in tc.items()])
-        doc.p(secs["train_cost"].get("note", "") + " " + next(iter(tc.values())).get("method", ""))
+        doc.p((secs["train_cost"].get("note", "") + " Method: " + next(iter(tc.values())).get("method", "") + ".").strip())
     else:
         doc.p("not measured in this run")
 
