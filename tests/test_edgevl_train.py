@@ -158,11 +158,18 @@ def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
                          "--set", "student.head_hidden=0", "--set", "classes=[circle,square]"], capsys)
     assert rc == 0, err[-2000:]
     assert (tmp_path / "s1" / "student.pt").is_file() and '"n_train": 48' in out
+    rc, out, err = _cli(["ptq", "--student", str(tmp_path / "s1" / "student.pt"), "--data", str(shapes["train"]),
+                         "--derive", "mono=luminance", "--out", str(tmp_path / "ptq"),
+                         "--cache", str(stage1["dir"] / "cache"), "--calib-images", "24"], capsys)
+    assert rc == 0, err[-2000:]
+    assert json.loads(out)["calib_images"] == 24
     rc, out, err = _cli(["eval-pair", str(shapes["test"]), "--student", str(tmp_path / "s1" / "student.pt"),
-                         "--derive", "mono=luminance", "--classes", "triangle,star,cross"], capsys)
+                         "--derive", "mono=luminance", "--classes", "triangle,star,cross",
+                         "--onnx", str(tmp_path / "ptq" / "ptq.json"), "--out", str(tmp_path / "ev.json")], capsys)
     assert rc == 0, err[-2000:]
     res = json.loads(out)
-    assert res["n"] == 18 and set(res["fp32"]) == {"rgb", "mono"}
+    assert res["n"] == 18 and set(res["fp32"]) == {"rgb", "mono"} and set(res["ptq"]) == {"rgb", "mono"}
+    assert json.loads((tmp_path / "ev.json").read_text())["machine"]["cpu_count"]
     rc, out, err = _cli(["distill-pair", "--teacher", teacher.spec, "--data", str(shapes["train"]),
                          "--derive", "mono=luminance", "--out", str(tmp_path / "bad"),
                          "--set", "classes=[unicorn]"], capsys)
