@@ -184,7 +184,10 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     res = {
         "what": "EdgeVL on CIFAR-10: teacher on RGB, one student on RGB + monochrome (luminance), label-free",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python benchmarks/lab_edgevl.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/lab_edgevl.py"] + [a for i, a in enumerate(sys.argv[1:])
+                                                                   if a != "--part" and sys.argv[i] != "--part"]),
+        "run_as": "--part a and --part b in two parallel processes, then --part report" if args.part == "report"
+                  else f"--part {args.part}",
         "machine": machine_info(),
         "teacher": {**teacher.describe(), "sha256": sha256_file(teacher.spec.split(":", 1)[1])},
         "budget": {"device": "cpu", "torch_threads": torch.get_num_threads(), "student_arch": args.arch,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import numpy as np
 import pytest
 import torch
 
@@ -51,7 +50,6 @@ def test_curation_manifest(stage1, teacher):
     assert (stage1["dir"] / "cur" / "confidence_hist.png").stat().st_size > 1000
     # confidences are the teacher's softmax with its logit scale as temperature: recompute one
     from edgeclip.labeling.text import text_embeddings
-    from edgeclip.edgevl.pairs import default_specs, load_pair
     from edgeclip.data import load_image
 
     it = items[0]

@@ -80,7 +80,6 @@ def curate(teacher, ps: PairSet, out: str | Path, labels: Optional[Sequence[str]
         keep[order[:k]] = True
     cut = float(conf[keep].min()) if keep.any() else float("nan")
     items = []
-    failed_reasons = {k: v for k, v in emb_cache.failed.items()}
     for j, i in enumerate(ok):
         r = ps.records[i]
         d = {"key": r.key, "file": str(r.files[ps.primary]), "pseudo_label": labels[int(pl[j])],
@@ -101,7 +100,7 @@ def curate(teacher, ps: PairSet, out: str | Path, labels: Optional[Sequence[str]
         summary["pseudo_label_accuracy_kept"] = sum(it["pseudo_label"] == it["true_label"] for it in tk) / max(1, len(tk))
     manifest = {"format": MANIFEST_FORMAT, "teacher": teacher.describe(), "data": ps.root, "primary": ps.primary,
                 "modalities": ps.modalities, "labels": labels, "templates": list(templates),
-                "summary": summary, "skipped": list(ps.skipped) + [f"{k.split('|')[0]}: {v}" for k, v in failed_reasons.items()],
+                "summary": summary, "skipped": list(ps.skipped) + [f"{k.split('|')[0]}: {v}" for k, v in emb_cache.failed.items()],
                 "items": items}
     write_json(out / "manifest.json", manifest)
     if plot:

@@ -19,7 +19,7 @@ from torch import nn
 from ..data.transforms import Preprocess
 from ..errors import CheckpointError, EdgeClipError
 from ..students.model import Student, create_student, load_student, save_student
-from .pairs import ModalitySpec, apply_adapter, normalize_modality
+from .pairs import ModalitySpec, normalize_modality
 
 
 def conv_adapter(in_chans: int) -> nn.Conv2d:
@@ -110,7 +110,3 @@ def modality_student(model: PairStudent, modality: str) -> Student:
         st.config["in_chans"] = model.adapters[modality].in_channels
     return st
 
-
-def unit_batch_to_input(x01: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
-    """Raw single/multi-channel [0,1] batch -> the normalised input of the exported model of that modality."""
-    return normalize_modality(apply_adapter(x01, spec), spec)

@@ -17,7 +17,6 @@ images of every modality.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
