@@ -163,6 +163,8 @@ def label_cmd(
     boxes: Optional[Path] = typer.Option(None, help='JSON {"image.jpg": [[x0,y0,x1,y1], ...]}'),
     out: Optional[Path] = typer.Option(None, help="write .jsonl or .csv (default: JSONL to stdout)"),
     batch_size: int = typer.Option(32), device: str = typer.Option("auto"),
+    precision: str = typer.Option("auto", help="bundle model: auto | fp32 | int8"),
+    threads: Optional[int] = typer.Option(None, help="bundle runtime threads (default: ONNX Runtime's)"),
 ):
     """Label images with any text prompts (open vocabulary) using a teacher, a student or a bundle."""
     from .data.sources import files_source, open_source
@@ -174,7 +176,7 @@ def label_cmd(
     box_map = read_boxes(boxes) if boxes else None
     stats: dict = {}
     if bundle is not None:
-        emb = _bundle_embedder(bundle)
+        emb = _bundle_embedder(bundle, precision, threads)
     else:
         emb = load_embedder(teacher, student, device=_device(device))
     rows = label_images(iter(src), emb, labs, template, topk=topk, grid=grid, boxes=box_map, batch_size=batch_size, stats=stats)
@@ -214,12 +216,12 @@ def _images_source(images: List[str]):
     return files_source(images)
 
 
-def _bundle_embedder(bundle: Path):
+def _bundle_embedder(bundle: Path, precision: str = "auto", threads: Optional[int] = None):
     try:
         mod = importlib.import_module("edgeclip.runtime.embedder")
     except ModuleNotFoundError:
         raise EdgeClipError("this edgeclip has no bundle runtime (edgeclip.runtime) installed") from None
-    return mod.bundle_embedder(bundle)
+    return mod.bundle_embedder(bundle, precision=precision, threads=threads)
 
 
 # -------------------------------------------------------------------------------------------- eval
