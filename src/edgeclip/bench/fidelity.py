@@ -36,7 +36,8 @@ METRIC_RE = re.compile(
     r"(top-?1|top-?5|acc(uracy)?|retention|agreement|int8|bleu|meteor|rouge|cider|spice|images_per_s|img_per_s|"
     r"throughput|latency|_ms$|size_mb|_mb$|bytes|params|gflops|gmacs|speedup|max_abs_diff|cos(ine)?|recall|map|miou)",
     re.IGNORECASE)
-SKIP_RE = re.compile(r"(^|\.)(machine|config|versions|env|history|epochs|curve|args)(\.|$)", re.IGNORECASE)
+SKIP_RE = re.compile(r"(^|\.)(machine|config|versions|env|history|epochs|curve|args|load_average\w*)(\.|\[|$)",
+                     re.IGNORECASE)
 
 
 def flatten(obj: Any, prefix: str = "", out: Optional[Dict[str, Any]] = None, max_items: int = 2000) -> Dict[str, Any]:

@@ -499,7 +499,8 @@ def _ours_for(kind: str, bench: Dict[str, Any], fid: Dict[str, Any]) -> str:
                          f"faster (torch), {_f(r['params_reduction'], 1)}x fewer parameters")
         acc = bench.get("sections", {}).get("accuracy")
         if acc and acc.get("retention") is not None:
-            parts.append(f"lab student retention {_f(acc['retention'], 3)} of teacher top-1")
+            parts.append(f"measured student ({Path(str(acc.get('models', {}).get('student', {}).get('checkpoint', '?'))).parent.name}) "
+                         f"retention {_f(acc['retention'], 3)} of its teacher's top-1")
         parts += [f"{k} = {_f(v, 3)}" for k, v in _best_lab_metrics(fid, "clip4retrofit", "retention")[:3]]
     elif kind == "edgevl":
         t = models.get("clip:ViT-B-32")
@@ -510,6 +511,6 @@ def _ours_for(kind: str, bench: Dict[str, Any], fid: Dict[str, Any]) -> str:
                          f"{_f(s['onnx_int8_mb'], 2)} MB = {_f(t['onnx_fp32_mb'] / s['onnx_int8_mb'], 1)}-fold")
         parts += [f"{k} = {_f(v, 3)}" for k, v in _best_lab_metrics(fid, "edgevl", r"top-?1|acc|retention")[:4]]
     elif kind == "caption":
-        parts += [f"{k} = {_f(v, 2)}" for k, v in _best_lab_metrics(fid, "caption", r"images_per_s|img_per_s|throughput")[:3]]
-        parts += [f"{k} = {_f(v, 3)}" for k, v in _best_lab_metrics(fid, "caption", r"cider|bleu")[:3]]
+        parts += [f"{k} = {_f(v, 2)}" for k, v in _best_lab_metrics(fid, "caption", r"(images|img)_per_s$")[:4]]
+        parts += [f"{k} = {_f(v, 3)}" for k, v in _best_lab_metrics(fid, "caption", r"^cider$")[:2]]
     return "; ".join(parts) if parts else "not yet measured"
