@@ -154,7 +154,7 @@ def test_reference_teacher_roundtrip(tiny_teacher, shapes):
 def test_reference_wrong_checkpoint(tmp_path):
     bad = tmp_path / "bad.pt"
     torch.save({"hello": 1}, bad)
-    with pytest.raises(CheckpointError, match="not a reference-lit teacher"):
+    with pytest.raises(CheckpointError, match="not an edgeclip reference-lit teacher checkpoint"):
         load_teacher(f"reference-lit:{bad}")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")

@@ -26,7 +26,7 @@ from torch import nn
 from ..data.transforms import Preprocess
 from ..errors import CheckpointError
 from ..students.model import Student, create_student
-from ..utils.io import torch_save
+from ..utils.io import read_checkpoint, torch_save
 from .vocab import PAD_ID, Vocab
 
 CAPTIONER_FORMAT = "edgeclip-captioner/1"
@@ -154,15 +154,7 @@ def save_captioner(model: Captioner, path: str | Path, preprocess: Preprocess, t
 def load_captioner(path: str | Path, map_location: str = "cpu") -> Tuple[Captioner, Preprocess, Dict]:
     """(captioner in eval mode, preprocessing, checkpoint dict); CheckpointError for anything else."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"captioner checkpoint not found: {p}")
-    try:
-        ck = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {p} as a torch checkpoint: {str(e).splitlines()[0]}") from None
-    if not isinstance(ck, dict) or ck.get("format") != CAPTIONER_FORMAT:
-        fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
-        raise CheckpointError(f"{p} is not an edgeclip captioner checkpoint (format: {fmt!r})")
+    ck = read_checkpoint(p, CAPTIONER_FORMAT, "captioner", map_location)
     vocab = Vocab.from_dict(ck["vocab"])
     model = build_captioner(vocab, ck["config"])
     try:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data.transforms import Preprocess
 from ..errors import CheckpointError, EdgeClipError
-from ..utils.io import torch_save
+from ..utils.io import read_checkpoint, torch_save
 from .backbones import create_backbone, list_backbones
 
 STUDENT_FORMAT = "edgeclip-student/1"
@@ -84,16 +84,7 @@ def save_student(student: Student, path: str | Path, preprocess: Preprocess, tea
 
 def load_student(path: str | Path, map_location: str = "cpu"):
     """Return (student, preprocess, checkpoint dict). Raises CheckpointError for other files."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"student checkpoint not found: {p}")
-    try:
-        ck = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {p} as a torch checkpoint: {str(e).splitlines()[0]}") from None
-    if not isinstance(ck, dict) or ck.get("format") != STUDENT_FORMAT:
-        fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
-        raise CheckpointError(f"{p} is not an edgeclip student checkpoint (format: {fmt!r})")
+    ck = read_checkpoint(path, STUDENT_FORMAT, "student", map_location)
     cfg = dict(ck["config"])
     arch, embed_dim = cfg.pop("arch"), cfg.pop("embed_dim")
     st = Student(arch, embed_dim, **cfg)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
 from ..errors import CheckpointError, EdgeClipError
-from ..utils.io import sha256_file, torch_save
+from ..utils.io import read_checkpoint, sha256_file, torch_save
 from .base import Teacher
 from .minilm import TEXT_DIM, TEXT_MODEL_ID, embed_texts, shared_text_tower
 
@@ -65,13 +65,7 @@ def load_reference(spec: str, device: str = "cpu") -> Teacher:
     if not path.is_file():
         raise CheckpointError(f"reference teacher checkpoint not found: {path} "
                               "(train one with: edgeclip teacher train-reference --data IMAGEFOLDER --out DIR)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(ck, dict) or ck.get("format") != REFERENCE_FORMAT:
-        raise CheckpointError(f"{path} is not a reference-lit teacher checkpoint (format: "
-                              f"{ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
+    ck = read_checkpoint(path, REFERENCE_FORMAT, "reference-lit teacher")
     cfg = dict(ck["tower_config"])
     tower = Student(cfg.pop("arch"), cfg.pop("embed_dim"), **cfg)
     tower.load_state_dict(ck["state_dict"])

@@ -73,3 +73,23 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike, fmt: str, what: str, map_location: str = "cpu") -> dict:
+    """Load an edgeclip checkpoint of format ``fmt``; one clear CheckpointError for anything else."""
+    import torch
+
+    from ..errors import CheckpointError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{what} checkpoint not found: {p}")
+    try:
+        ck = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot read {p} as a torch checkpoint: {msg}") from None
+    if not isinstance(ck, dict) or ck.get("format") != fmt:
+        got = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise CheckpointError(f"{p} is not an edgeclip {what} checkpoint (format: {got!r})")
+    return ck
