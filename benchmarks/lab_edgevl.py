@@ -203,8 +203,11 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                            "top1_5way": {k: {mod: v["top1"] for mod, v in evu[k].items()}
                                          for k in ("teacher", "fp32_seen5", "fp32_all10")}},
         "curation": read_json(work / "curate/manifest.json")["summary"],
-        "qat": {n: {k: read_json(work / n / "qat.json")[k] for k in ("semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")}
+        "qat": {n: {k: read_json(work / n / "qat.json")[k]
+                    for k in ("reduce_range", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")}
                 for n in ("qat_triplet", "qat_plain")},
+        "ptq": {k: read_json(work / "ptq/ptq.json")[k] for k in ("reduce_range", "calib_images", "calibrated_on",
+                                                                   "per_channel", "method")},
     }
     s_mono, s_rgb = top(ev, main_student, "mono"), top(ev, main_student, "rgb")
     res["targets"] = {

@@ -140,12 +140,16 @@ def register(app: typer.Typer) -> None:
         derive: List[str] = typer.Option([]), modality: List[str] = typer.Option([]),
         cache: Optional[str] = typer.Option(None), calib_images: int = typer.Option(256),
         method: str = typer.Option("minmax", help="minmax | entropy | percentile"),
+        reduce_range: str = typer.Option("auto", help="auto | true | false: 7-bit weights for x86 CPUs without VNNI"),
     ):
         """Baseline: ONNX Runtime static int8 (QDQ), calibrated on images of every modality."""
         from .train import PairDataConfig, ptq_pairs
 
         cfg = PairDataConfig(data=data, out=out, derive=_derive(derive), modalities=modality or None, cache=cache)
-        _echo(ptq_pairs(student, cfg, calib_images=calib_images, method=method))
+        rr = {"auto": "auto", "true": True, "false": False}.get(reduce_range.lower())
+        if rr is None:
+            raise EdgeClipError(f"--reduce-range must be auto, true or false, got {reduce_range!r}")
+        _echo(ptq_pairs(student, cfg, calib_images=calib_images, method=method, reduce_range=rr))
 
     @app.command("eval-pair")
     def eval_pair_cmd(

@@ -33,7 +33,7 @@ from ..data.transforms import view_params
 from ..distill.losses import build_loss
 from ..engine import TrainConfig, fit
 from ..errors import EdgeClipError
-from ..quant.qat import convert_qat, export_qdq_onnx, prepare_qat
+from ..quant.qat import convert_qat, export_qdq_onnx, prepare_qat, resolve_reduce_range
 from ..labeling.text import DEFAULT_TEMPLATES, text_embeddings
 from ..utils.io import write_json
 from .curate import apply_manifest, load_manifest, teacher_embeddings
@@ -77,6 +77,7 @@ class QATConfig(PairDataConfig):
     margin: float = 0.2
     labels: Optional[List[str]] = None  # pseudo-label vocabulary when no manifest is given
     templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    reduce_range: Any = "auto"  # 7-bit activations; auto: when this CPU lacks VNNI (int8 kernels saturate)
     train: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -308,7 +309,8 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     M, N = len(p.ps.modalities), len(p.data)
     bank_labels = p.pseudo.repeat(M)
     t0 = time.time()
-    core = prepare_qat(fp.student, (8, 3, size, size), embed_dim=fp.student.embed_dim)
+    reduce_range = resolve_reduce_range(cfg.reduce_range)
+    core = prepare_qat(fp.student, (8, 3, size, size), reduce_range=reduce_range, embed_dim=fp.student.embed_dim)
     model = PairStudent(core, p.specs, p.ps.primary)
     model.adapters = fp.adapters
     prep_s = time.time() - t0
@@ -357,7 +359,7 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     res = {"format": "edgeclip-edgevl-qat/1", "student": cfg.student, "config": asdict(cfg), "exports": exports,
            "specs": {m: s.to_dict() for m, s in p.specs.items()}, "primary": p.ps.primary, "img_size": size,
            "teacher": teacher.describe(), "data_info": p.info, "history": hist["epochs"],
-           "semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"]) if cfg.triplet_weight > 0 else None,
+           "reduce_range": reduce_range, "semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"]) if cfg.triplet_weight > 0 else None,
            "onnx_min_cosine_vs_torch_int8": parity, "seconds": {"prepare": prep_s, "train": hist.get("train_seconds"),
                                                                  "convert_export": time.time() - t1}}
     write_json(out / "qat.json", res)
@@ -365,7 +367,7 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
 
 
 def ptq_pairs(student: str, cfg: PairDataConfig, calib_images: int = 256, per_channel: bool = True,
-              method: str = "minmax", teacher=None, progress: bool = False) -> Dict:
+              method: str = "minmax", teacher=None, reduce_range: Any = "auto", progress: bool = False) -> Dict:
     """Baseline: ONNX Runtime static int8 of a stage-1 student, calibrated on every modality's images."""
     from ..export.onnx import export_onnx
     from ..quant.ort import quantize_static_onnx
@@ -379,6 +381,7 @@ def ptq_pairs(student: str, cfg: PairDataConfig, calib_images: int = 256, per_ch
     p = prepare_pairs(cfg, teacher, size, progress=progress)
     out = Path(cfg.out)
     groups = {m: (m if m in fp.adapters else None) for m in p.ps.modalities}
+    reduce_range = resolve_reduce_range(reduce_range)
     exports = {}
     for g in sorted(set(groups.values()), key=lambda x: (x is not None, x or "")):
         mods = [m for m, gg in groups.items() if gg == g]
@@ -391,11 +394,12 @@ def ptq_pairs(student: str, cfg: PairDataConfig, calib_images: int = 256, per_ch
             x = normalize_modality(p.data.x[m], fp.specs[m])
             batches += [x[i:i + 32].numpy() for i in range(0, len(x), 32)]
         i8 = quantize_static_onnx(f32, out / f"{stem.replace('fp32', 'ptq_int8')}.onnx", batches,
-                                  per_channel=per_channel, method=method)
+                                  per_channel=per_channel, method=method, reduce_range=reduce_range)
         for m in mods:
             exports[m] = str(i8)
     res = {"format": "edgeclip-edgevl-ptq/1", "student": student, "exports": exports, "calib_images": len(p.data),
            "calibrated_on": p.ps.modalities, "per_channel": per_channel, "method": method,
+           "reduce_range": reduce_range,
            "specs": {m: s.to_dict() for m, s in fp.specs.items()}, "primary": fp.primary, "img_size": size,
            "teacher": teacher.describe()}
     write_json(out / "ptq.json", res)

@@ -66,10 +66,25 @@ def fold_batchnorm(model: nn.Module) -> int:
     return n
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI int8 dot products (without them, u8 x s8 int8 kernels can saturate)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:  # not Linux: assume a modern CPU
+        return True
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) or "avx2" not in flags
+
+
+def resolve_reduce_range(reduce_range) -> bool:
+    """``"auto"``: reduce the range (torchao/ORT's advice) when the CPU that runs the int8 model lacks VNNI."""
+    return (not cpu_has_vnni()) if reduce_range in ("auto", None) else bool(reduce_range)
+
+
 def prepare_qat(model: nn.Module, example_shape: Sequence[int], max_batch: int = 4096, fold_bn: bool = True,
-                **attrs) -> QATModule:
+                reduce_range: bool = False, **attrs) -> QATModule:
     """torch.export ``model`` (dynamic batch) and insert QAT fake-quantisation. Extra ``attrs`` are kept
-    on the wrapper (e.g. ``embed_dim``). ``fold_bn`` folds conv+BN first (see :func:`fold_batchnorm`);
+    on the wrapper (e.g. ``embed_dim``). ``reduce_range``: 7-bit activations, for x86 CPUs without VNNI
+    (see :func:`resolve_reduce_range`). ``fold_bn`` folds conv+BN first (see :func:`fold_batchnorm`);
     the model is modified in place then, so pass a copy when the float model is still needed."""
     if fold_bn:
         fold_batchnorm(model)
@@ -84,7 +99,8 @@ def prepare_qat(model: nn.Module, example_shape: Sequence[int], max_batch: int =
     except Exception as e:  # pragma: no cover - depends on the architecture
         raise EdgeClipError(f"torch.export of the model failed (QAT needs an exportable model): "
                             f"{str(e).splitlines()[0][:300]}") from None
-    q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
+    q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True,
+                                                                                      reduce_range=reduce_range))
     try:
         prepared = prepare_qat_pt2e(gm, q)
     except Exception as e:  # e.g. torchao's X86 quantizer refuses some conv-bn-add patterns (ResNet)
