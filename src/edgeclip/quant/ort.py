@@ -11,6 +11,20 @@ from ..errors import EdgeClipError
 from ..utils.io import atomic_path
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI int8 dot products (without them, u8 x s8 int8 kernels can saturate)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:  # not Linux: assume a modern CPU
+        return True
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) or "avx2" not in flags
+
+
+def resolve_reduce_range(reduce_range) -> bool:
+    """``"auto"``: reduce the range (torchao/ORT's advice) when the CPU that runs the int8 model lacks VNNI."""
+    return (not cpu_has_vnni()) if reduce_range in ("auto", None) else bool(reduce_range)
+
+
 class _Reader:
     """CalibrationDataReader over an iterable of (B,C,H,W) float32 arrays."""
 
@@ -28,11 +42,11 @@ class _Reader:
 
 def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: Iterable[np.ndarray],
                          per_channel: bool = True, method: str = "minmax", preprocess: bool = True,
-                         reduce_range: bool = False) -> Path:
+                         reduce_range="auto") -> Path:
     """Static int8 QDQ quantisation (ONNX Runtime), activations calibrated on ``calibration`` batches.
 
     ``method``: minmax | entropy | percentile. The graph is first run through ORT's quantisation
-    pre-processing (shape inference + optimisation), as ORT recommends. ``reduce_range``: 7-bit weights,
+    pre-processing (shape inference + optimisation), as ORT recommends. ``reduce_range`` (auto | True | False; auto = when this CPU lacks VNNI): 7-bit weights,
     which avoids the u8 x s8 saturation of ORT's int8 kernels on x86 CPUs without VNNI.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -64,7 +78,7 @@ def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibrati
         with atomic_path(int8_path) as tmp:
             quantize_static(str(src), str(tmp), _Reader(input_name, batches), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=meth, reduce_range=reduce_range)
+                            calibrate_method=meth, reduce_range=resolve_reduce_range(reduce_range))
     finally:
         if tmp_pre is not None and tmp_pre.exists():
             tmp_pre.unlink()

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import EdgeClipError
 from ..utils.io import atomic_path
+from .ort import cpu_has_vnni, resolve_reduce_range  # noqa: F401 (re-exported)
 
 
 class QATModule(nn.Module):
@@ -64,20 +65,6 @@ def fold_batchnorm(model: nn.Module) -> int:
                 mod._modules[b] = nn.Identity()
                 n += 1
     return n
-
-
-def cpu_has_vnni() -> bool:
-    """Whether this x86 CPU has VNNI int8 dot products (without them, u8 x s8 int8 kernels can saturate)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:  # not Linux: assume a modern CPU
-        return True
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) or "avx2" not in flags
-
-
-def resolve_reduce_range(reduce_range) -> bool:
-    """``"auto"``: reduce the range (torchao/ORT's advice) when the CPU that runs the int8 model lacks VNNI."""
-    return (not cpu_has_vnni()) if reduce_range in ("auto", None) else bool(reduce_range)
 
 
 def prepare_qat(model: nn.Module, example_shape: Sequence[int], max_batch: int = 4096, fold_bn: bool = True,
