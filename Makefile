@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgeclip demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs --durations=15 tests
 
 bench: $(STAMP)
 	$(VENV)/bin/edgeclip bench --out benchmarks/results
