@@ -1,7 +1,7 @@
 """``edgeclip demo``: the whole Clip4Retrofit pipeline on a fresh clone, offline, on 2 CPU cores.
 
 synthetic mode (default without ../shared): draws a shapes dataset, trains a small reference
-teacher locked to the real MiniLM text tower, caches its embeddings (4 views), distils a student
+teacher locked to the real MiniLM text tower, caches its embeddings (8 views), distils a student
 without labels, labels held-out images and prints teacher vs student accuracy, size and speed.
 cifar10 mode (../shared/data present and --mode cifar10): the same on a CIFAR-10 subset.
 """
@@ -59,7 +59,7 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
         n_train, n_test = (60, 15) if fast else (200, 50)
         dirs = make_shapes(out / "data" / "shapes", n_train=n_train, n_test=n_test, size=48)
         train_dir, test_dir = dirs["train"], dirs["test"]
-        t_epochs, s_epochs, max_train = (3, 3, 0) if fast else (30, 40, 0)
+        t_epochs, s_epochs, max_train = (3, 3, 0) if fast else (30, 120, 0)
         t_arch, s_arch, size = "shufflenet_v2_x1_0", "shufflenet_v2_x0_5", 32
         templates = ["a photo of a {}.", "a drawing of a {}."]
     _say(f"2/6 training the reference teacher ({t_arch}) against the frozen MiniLM text tower")
@@ -70,13 +70,13 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
     teacher_spec = f"reference-lit:{tdir / 'teacher.pt'}"
     teacher = load_teacher(teacher_spec)
 
-    _say("3/6 caching teacher embeddings (fp16, memory-mapped, 4 augmented views)")
+    _say("3/6 caching teacher embeddings (fp16, memory-mapped, 8 augmented views)")
     src = open_source(str(train_dir))
     recs = src.records
     if max_train:
         g = torch.Generator().manual_seed(0)
         recs = [recs[i] for i in torch.randperm(len(recs), generator=g)[:max_train].tolist()]
-    summary = build_cache(recs, teacher, out / "cache", views=4, batch_size=128, progress=False)
+    summary = build_cache(recs, teacher, out / "cache", views=1 if fast else 8, batch_size=128, progress=False)
     print(json.dumps(summary.as_dict()))
 
     _say(f"4/6 distilling a {s_arch} student from the cache, without labels")
