@@ -114,7 +114,7 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
     ck_path = out / "last.ckpt"
     if resume and ck_path.exists():
         state = {"model": model, "optimizer": opt, "scheduler": sched.state_dict(), "epoch": 0, "history": {}}
-        remainder = fabric.load(ck_path, state)
+        fabric.load(ck_path, state)
         sched.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"])
         history = state["history"] or history
@@ -200,5 +200,5 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    m = getattr(model, "module", model)
-    return getattr(m, "module", m) if hasattr(m, "module") and isinstance(getattr(m, "module"), nn.Module) else m
+    """The user's module inside Fabric's wrapper (``_FabricModule.module`` is the original, never the DDP wrapper)."""
+    return getattr(model, "module", model)

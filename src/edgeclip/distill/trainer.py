@@ -43,10 +43,6 @@ class DistillConfig:
     max_images: int = 0
 
 
-def _student_preprocess(teacher_desc: Dict, mean, std, size: int) -> Preprocess:
-    return Preprocess(size=size, mean=tuple(mean), std=tuple(std))
-
-
 def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, teacher=None) -> Dict[str, Any]:
     from ..teachers import load_teacher
 
@@ -61,7 +57,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
     arch = scfg.pop("arch")
     size = int(scfg.get("img_size", 224))
     student = create_student(arch, teacher.embed_dim, **scfg)
-    pp = _student_preprocess(teacher.describe(), teacher.mean, teacher.std, size)
+    pp = Preprocess(size=size, mean=tuple(teacher.mean), std=tuple(teacher.std))  # student sees the teacher's normalisation
     src = open_source(cfg.data)
     if src.is_stream:
         return _distill_stream(cfg, src, teacher, student, pp, tcfg, resume, progress)
