@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -168,3 +167,22 @@ def test_distill_streams_tar_shards_with_cache(teacher, tiny_teacher, shapes, tm
     assert hist["n_train"] == 36 and [e["steps"] for e in hist["epochs"]] == [3, 3]
     st, pp, ck = load_student(tmp_path / "s" / "student.pt")
     assert ck["extra"]["streamed"] is True
+
+
+def test_stem_stride_keeps_a_larger_grid_and_is_saved(tmp_path):
+    from edgeclip.data.transforms import Preprocess
+    from edgeclip.students.model import load_student, save_student
+
+    x = torch.randn(1, 3, 32, 32)
+    for arch, default, cifar in (("shufflenet_v2_x0_5", 2, 4), ("resnet18", 2, 4)):
+        with torch.no_grad():
+            assert create_student(arch, 8, img_size=32, small_input=True).eval().grid(x).shape[-1] == default
+            s = create_student(arch, 8, img_size=32, small_input=True, stem_stride=1).eval()
+            assert s.grid(x).shape[-1] == cifar
+    save_student(s, tmp_path / "s.pt", Preprocess(size=32), {"id": "t"})
+    back = load_student(tmp_path / "s.pt")[0]
+    assert back.config["stem_stride"] == 1 and back.grid(x).shape[-1] == 4
+    with pytest.raises(EdgeClipError, match="stem_stride must be 1 or 2"):
+        create_student("mobilenet_v3_small", 8, stem_stride=3)
+    with pytest.raises(EdgeClipError, match="only supported for the torchvision"):
+        create_student("timm:resnet10t", 8, stem_stride=1)

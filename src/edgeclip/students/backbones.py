@@ -2,7 +2,9 @@
 
 torchvision models are registered by name; any timm model is available as ``timm:<name>``.
 ``small_input=True`` drops the stem max-pool (torchvision ResNet/ShuffleNet) so that 32-px inputs
-keep a usable grid; it is applied as a hook-free attribute swap, not a rewritten model.
+keep a usable grid; ``stem_stride=1`` also makes the first convolution stride 1 (the usual CIFAR
+adaptation: a 32-px image keeps a 4x4 grid at the end of ShuffleNetV2 instead of 1x1). Both are
+attribute swaps on the torchvision model, not rewritten models.
 """
 
 from __future__ import annotations
@@ -65,42 +67,46 @@ def _load_weights(model: nn.Module, weights: str | None, name: str) -> None:
         raise EdgeClipError(f"{weights} does not look like weights for {name} ({len(missing)} tensors missing)")
 
 
+def _set_stem_stride(conv: nn.Conv2d, stride: int, name: str) -> None:
+    if not stride:
+        return
+    if stride not in (1, 2):
+        raise EdgeClipError(f"{name}: stem_stride must be 1 or 2, got {stride}")
+    conv.stride = (stride, stride)
+
+
 def _shufflenet(width: str):
-    def make(small_input: bool = False, weights: str | None = None, **_) -> Backbone:
+    def make(small_input: bool = False, weights: str | None = None, stem_stride: int = 0, **_) -> Backbone:
         m = _tv(f"shufflenet_v2_{width}")(weights=None)
         _load_weights(m, weights, f"shufflenet_v2_{width}")
         if small_input:
             m.maxpool = nn.Identity()
+        _set_stem_stride(m.conv1[0], stem_stride, f"shufflenet_v2_{width}")
         body = nn.Sequential(m.conv1, m.maxpool, m.stage2, m.stage3, m.stage4, m.conv5)
         return Backbone(body, m.conv5[0].out_channels, f"shufflenet_v2_{width}")
 
     return make
 
 
-def _mobilenet_v3(size: str):
-    def make(small_input: bool = False, weights: str | None = None, **_) -> Backbone:
-        m = _tv(f"mobilenet_v3_{size}")(weights=None)
-        _load_weights(m, weights, f"mobilenet_v3_{size}")
-        return Backbone(m.features, m.features[-1].out_channels, f"mobilenet_v3_{size}")
+def _features(tv_name: str):
+    """torchvision models whose convolutional body is ``.features`` (MobileNetV3, EfficientNet)."""
 
-    return make
-
-
-def _efficientnet(v: str):
-    def make(small_input: bool = False, weights: str | None = None, **_) -> Backbone:
-        m = _tv(f"efficientnet_{v}")(weights=None)
-        _load_weights(m, weights, f"efficientnet_{v}")
-        return Backbone(m.features, m.features[-1].out_channels, f"efficientnet_{v}")
+    def make(small_input: bool = False, weights: str | None = None, stem_stride: int = 0, **_) -> Backbone:
+        m = _tv(tv_name)(weights=None)
+        _load_weights(m, weights, tv_name)
+        _set_stem_stride(m.features[0][0], stem_stride, tv_name)
+        return Backbone(m.features, m.features[-1].out_channels, tv_name)
 
     return make
 
 
 def _resnet(depth: int):
-    def make(small_input: bool = False, weights: str | None = None, **_) -> Backbone:
+    def make(small_input: bool = False, weights: str | None = None, stem_stride: int = 0, **_) -> Backbone:
         m = _tv(f"resnet{depth}")(weights=None)
         _load_weights(m, weights, f"resnet{depth}")
         if small_input:
             m.maxpool = nn.Identity()
+        _set_stem_stride(m.conv1, stem_stride, f"resnet{depth}")
         body = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
         return Backbone(body, m.fc.in_features, f"resnet{depth}")
 
@@ -110,9 +116,9 @@ def _resnet(depth: int):
 for _w in ("x0_5", "x1_0", "x1_5", "x2_0"):
     BACKBONES.register(f"shufflenet_v2_{_w}", help=f"torchvision ShuffleNetV2 {_w.replace('_', '.')}")(_shufflenet(_w))
 for _s in ("small", "large"):
-    BACKBONES.register(f"mobilenet_v3_{_s}", help=f"torchvision MobileNetV3 {_s}")(_mobilenet_v3(_s))
+    BACKBONES.register(f"mobilenet_v3_{_s}", help=f"torchvision MobileNetV3 {_s}")(_features(f"mobilenet_v3_{_s}"))
 for _v in ("b0", "b1", "b2", "b3"):
-    BACKBONES.register(f"efficientnet_{_v}", help=f"torchvision EfficientNet-{_v.upper()}")(_efficientnet(_v))
+    BACKBONES.register(f"efficientnet_{_v}", help=f"torchvision EfficientNet-{_v.upper()}")(_features(f"efficientnet_{_v}"))
 for _d in (18, 34, 50):
     BACKBONES.register(f"resnet{_d}", help=f"torchvision ResNet-{_d}")(_resnet(_d))
 
@@ -120,6 +126,9 @@ for _d in (18, 34, 50):
 def _timm(name: str, img_size: int | None = None, weights: str | None = None, **kw) -> Backbone:
     import timm
 
+    if kw.get("stem_stride"):
+        raise EdgeClipError(f"timm:{name}: stem_stride is only supported for the torchvision backbones "
+                            "(timm models take their stem from the model name, e.g. resnet18d)")
     if name not in timm.list_models():
         close = timm.list_models(f"*{name}*")[:5]
         raise EdgeClipError(f"unknown timm model {name!r}" + (f" (close: {', '.join(close)})" if close else ""))

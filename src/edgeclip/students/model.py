@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..data.transforms import Preprocess
-from ..errors import CheckpointError, EdgeClipError
+from ..errors import EdgeClipError
 from ..utils.io import read_checkpoint, torch_save
 from .backbones import create_backbone, list_backbones
 
@@ -35,16 +35,19 @@ class Student(nn.Module):
 
     def __init__(self, arch: str, embed_dim: int, head_hidden: int = 1024, head_dropout: float = 0.0,
                  small_input: bool = False, keep_grid: bool = False, img_size: int = 224,
-                 in_chans: int = 3, weights: Optional[str] = None):
+                 in_chans: int = 3, weights: Optional[str] = None, stem_stride: int = 0):
         super().__init__()
         self.config: Dict[str, Any] = dict(arch=arch, embed_dim=embed_dim, head_hidden=head_hidden,
                                            head_dropout=head_dropout, small_input=small_input,
                                            keep_grid=keep_grid, img_size=img_size, in_chans=in_chans)
+        if stem_stride:  # only recorded when set, so older checkpoints and configs stay identical
+            self.config["stem_stride"] = stem_stride
         self.arch = arch
         self.embed_dim = embed_dim
         self.keep_grid = keep_grid
         self.input_adapter: nn.Module = nn.Identity() if in_chans == 3 else nn.Conv2d(in_chans, 3, 1)
-        self.backbone = create_backbone(arch, small_input=small_input, img_size=img_size, weights=weights)
+        self.backbone = create_backbone(arch, small_input=small_input, img_size=img_size, weights=weights,
+                                        stem_stride=stem_stride)
         self.feat_dim = self.backbone.out_dim
         self.head = ProjectionHead(self.feat_dim, embed_dim, head_hidden, head_dropout)
 

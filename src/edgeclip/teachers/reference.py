@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,26 +83,22 @@ def train_reference(data: str, out: str | Path, arch: str = "resnet18", template
                     img_size: int = 32, small_input: Optional[bool] = None, epochs: int = 10, batch_size: int = 256,
                     lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0, resume: bool = False,
                     devices: int = 1, accelerator: str = "auto", max_images: int = 0, val_data: Optional[str] = None,
-                    head_hidden: int = 1024, progress: bool = True) -> Dict:
+                    head_hidden: int = 1024, stem_stride: int = 0, label_smoothing: float = 0.0,
+                    progress: bool = True) -> Dict:
     """Train the image tower LiT-style against the frozen MiniLM class-prompt embeddings of ``data`` (ImageFolder)."""
     from ..data.memory import MemoryImages, augment_batch, normalize, preload
-    from ..data.sources import open_source
+    from ..data.sources import labelled_source, open_source
     from ..engine import TrainConfig, fit
     from ..students.model import Student
 
-    src = open_source(data)
-    if not src.classes:
-        raise EdgeClipError(f"{data}: training the reference teacher needs an ImageFolder (ROOT/<class>/<image>)")
-    recs = src.records
-    if max_images:
-        g = torch.Generator().manual_seed(seed)
-        recs = [recs[i] for i in torch.randperm(len(recs), generator=g)[:max_images].tolist()]
+    src, recs = labelled_source(data, "training the reference teacher", max_images, seed)
     classes = [c.replace("_", " ") for c in src.classes]
     text_emb = class_prompt_embeddings(classes, templates)
     x, kept, skipped = preload(recs, img_size, progress=progress)
     labels = torch.tensor([recs[i].label for i in kept])
     small = img_size <= 64 if small_input is None else small_input
-    tower = Student(arch, TEXT_DIM, head_hidden=head_hidden, small_input=small, img_size=img_size)
+    tower = Student(arch, TEXT_DIM, head_hidden=head_hidden, small_input=small, img_size=img_size,
+                    stem_stride=stem_stride)
     model = LiTModel(tower, text_emb)
     pp = Preprocess(size=img_size, mean=CLIP_MEAN, std=CLIP_STD)
     pad = max(1, img_size // 8)
@@ -110,7 +106,7 @@ def train_reference(data: str, out: str | Path, arch: str = "resnet18", template
     def step(m, batch):
         img, y = batch
         logits = m(normalize(augment_batch(img, pad=pad), pp.mean, pp.std))
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}
 
     val = None
