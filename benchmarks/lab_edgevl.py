@@ -49,6 +49,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default=f"reference-lit:{ROOT / 'benchmarks/artifacts/lab/teacher/teacher.pt'}")
     ap.add_argument("--arch", default="shufflenet_v2_x0_5")
+    ap.add_argument("--init", default="", help="start stage 1 from this RGB student checkpoint (e.g. the foundation "
+                    "lab's benchmarks/artifacts/lab/student/student.pt); its architecture is used")
     ap.add_argument("--train-images", type=int, default=5000)
     ap.add_argument("--test-images", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=400, help="stage-1 optimiser steps (same for every run)")
@@ -58,6 +60,7 @@ def main(argv=None) -> None:
     ap.add_argument("--qat-lr", type=float, default=2e-4)
     ap.add_argument("--fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", default="2 CPU cores; reduced budget", help="recorded in the JSON's budget")
     ap.add_argument("--part", default="all", choices=["all", "a", "b", "report"])
     ap.add_argument("--work", default=str(ROOT / "benchmarks/artifacts/lab_edgevl"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/edgevl_cifar_mono.json"))
@@ -91,7 +94,8 @@ def main(argv=None) -> None:
         return r
 
     epochs_for = lambda n_pairs, steps: max(1, -(-steps * args.batch // n_pairs))  # noqa: E731
-    student = {"arch": args.arch, "img_size": 32, "small_input": True, "head_hidden": 512}
+    student = {} if args.init else {"arch": args.arch, "img_size": 32, "small_input": True, "head_hidden": 512}
+    init = {"init": args.init} if args.init else {}
 
     def stage1(name, n_pairs, **kw):
         out = work / name
@@ -103,7 +107,7 @@ def main(argv=None) -> None:
                                 train={"epochs": epochs_for(n_pairs, args.steps), "batch_size": args.batch,
                                        "lr": args.lr, "max_steps_per_epoch": -(-args.steps // epochs_for(n_pairs, args.steps)),
                                        "warmup_epochs": 0.1, "threads": torch.get_num_threads(), "log_every": 10**9},
-                                **kw)
+                                **init, **kw)
         timed(name, lambda: distill_pairs(cfg, teacher=teacher))
 
     n_curated = -(-args.train_images * args.fraction // 1)
@@ -162,11 +166,18 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     cur, size, _ = load_pair_student(work / "s1_curated/student.pt")
     allm, _, _ = load_pair_student(work / "s1_all/student.pt")
     uns, _, _ = load_pair_student(work / "s1_unseen/student.pt")
+    baseline = {}
+    if args.init:  # the RGB student before stage 1, with the same modality normalisation: what stage 1 adds
+        from edgeclip.students.model import load_student
+
+        before, _, _ = load_pair_student(work / "s1_curated/student.pt")
+        before.student.load_state_dict(load_student(args.init)[0].state_dict())
+        baseline = {"fp32_init": torch_embedder(before)}
     ps = open_pairs(data["test"], derive=derive)
     ps = ps.subset(subset_indices(len(ps), args.test_images, args.seed))
     d = preload_pairs(ps, cur.specs, size)
     t0 = time.time()
-    models = {"fp32_curated": torch_embedder(cur), "fp32_all": torch_embedder(allm),
+    models = {**baseline, "fp32_curated": torch_embedder(cur), "fp32_all": torch_embedder(allm),
               "int8_ptq": exported_embedder(work / "ptq/ptq.json"),
               "int8_qat_triplet": exported_embedder(work / "qat_triplet/qat.json"),
               "int8_qat_plain": exported_embedder(work / "qat_plain/qat.json")}
@@ -175,7 +186,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     psu = open_pairs(data["test"], derive=derive)
     dsu = preload_pairs(psu, uns.specs, size)
     evu = evaluate_pairs(dsu, psu.classes, "rgb", ["rgb", "mono"],
-                         {"fp32_seen5": torch_embedder(uns), "fp32_all10": torch_embedder(allm)},
+                         {**baseline, "fp32_seen5": torch_embedder(uns), "fp32_all10": torch_embedder(allm)},
                          teacher=teacher, class_subset=UNSEEN)
     timings["evaluate"] = round(time.time() - t0, 1)
     top = lambda e, m, mod: e[m][mod]["top1"]  # noqa: E731
@@ -190,18 +201,22 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                   else f"--part {args.part}",
         "machine": machine_info(),
         "teacher": {**teacher.describe(), "sha256": sha256_file(teacher.spec.split(":", 1)[1])},
-        "budget": {"device": "cpu", "torch_threads": torch.get_num_threads(), "student_arch": args.arch,
+        "budget": {"device": "cpu", "torch_threads": torch.get_num_threads(),
+                   "student": cur.student.config, "init": ({"checkpoint": str(args.init), "sha256": sha256_file(args.init),
+                                                            "note": "RGB student distilled label-free on all 50k CIFAR-10 "
+                                                                    "train images (no monochrome images, no labels)"}
+                                                           if args.init else None),
                    "img_size": 32, "train_pool_images": args.train_images, "curated_fraction": args.fraction,
                    "stage1_steps": args.steps, "qat_steps": args.qat_steps, "batch_pairs": args.batch,
                    "test_images": len(d), "unseen_test_images": evu["n"],
-                   "seconds": timings, "note": "2 shared CPU cores, machine loaded by other jobs; reduced budget"},
+                   "seconds": timings, "note": args.note},
         "checkpoints": {n: sha256_file(work / n / "student.pt") for n in ("s1_curated", "s1_all", "s1_unseen")},
         "onnx": {n: {m: sha256_file(p) for m, p in read_json(work / n / f).get("exports", {}).items()}
                  for n, f in (("ptq", "ptq.json"), ("qat_triplet", "qat.json"), ("qat_plain", "qat.json"))},
         "zero_shot_top1": {k: {mod: v["top1"] for mod, v in ev[k].items()} for k in ["teacher", *models]},
         "unseen_classes": {"distilled_on": SEEN, "evaluated_on": UNSEEN, "n": evu["n"],
                            "top1_5way": {k: {mod: v["top1"] for mod, v in evu[k].items()}
-                                         for k in ("teacher", "fp32_seen5", "fp32_all10")}},
+                                         for k in ("teacher", *baseline, "fp32_seen5", "fp32_all10")}},
         "curation": read_json(work / "curate/manifest.json")["summary"],
         "qat": {n: {k: read_json(work / n / "qat.json")[k]
                     for k in ("reduce_range", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")}

@@ -201,3 +201,23 @@ def test_real_rgbd_conv_adapter_from_yaml(shared_data, teacher, tmp_path):
 
     assert torch.allclose(st.eval()(normalize_modality(dd.x["depth"], model.specs["depth"])),
                           torch_embedder(model)("depth", dd.x["depth"]), atol=1e-5)
+
+
+def test_stage1_init_from_rgb_student(stage1, shapes, teacher, tmp_path):
+    """--init takes the architecture from the RGB student; a contradicting config key is one clear error."""
+    from edgeclip.students.model import load_student, save_student
+    from edgeclip.data.transforms import Preprocess
+
+    pair, size, _ = load_pair_student(stage1["dir"] / "s1" / "student.pt")
+    rgb = tmp_path / "rgb.pt"
+    save_student(pair.student, rgb, Preprocess(size=size, mean=teacher.mean, std=teacher.std), teacher.describe())
+    base = dict(teacher=teacher.spec, data=str(shapes["train"]), derive=DERIVE, cache=str(stage1["dir"] / "cache"),
+                init=str(rgb), loss="cosine", train={"epochs": 1, "batch_size": 12, "lr": 1e-9, "max_steps_per_epoch": 1})
+    distill_pairs(PairDistillConfig(out=str(tmp_path / "a"), **base), teacher=teacher)
+    got, _, _ = load_pair_student(tmp_path / "a" / "student.pt")
+    assert got.student.config["head_hidden"] == 64  # from the checkpoint, not the default
+    want = load_student(rgb)[0].state_dict()
+    w = "backbone.body.0.0.weight"
+    assert torch.allclose(got.student.state_dict()[w], want[w], atol=1e-5)  # lr ~0: weights are the init's
+    with pytest.raises(EdgeClipError, match="head_hidden=64 in the checkpoint, 128 in the config"):
+        distill_pairs(PairDistillConfig(out=str(tmp_path / "b"), student={"head_hidden": 128}, **base), teacher=teacher)

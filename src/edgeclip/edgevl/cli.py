@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Annotated, Dict, List, Optional
 
 import typer
 
 from ..errors import EdgeClipError
 
 DATA_HELP = "paired data: ROOT/<modality>/..., a folder of <stem>_<modality> files, or images + --derive"
+
+# Options shared by several commands, declared once (Typer's Annotated form).
+Derive = Annotated[List[str], typer.Option(help="derived modality NAME=luminance (monochrome from RGB)")]
+Modality = Annotated[List[str], typer.Option(help="modality folder/suffix names (default: detected)")]
+Cache = Annotated[Optional[str], typer.Option(help="teacher-embedding cache folder")]
+Manifest = Annotated[Optional[str], typer.Option(help="curation manifest (pseudo-labels + kept pairs)")]
+DataOpt = Annotated[Optional[str], typer.Option(help=DATA_HELP)]
+Epochs = Annotated[Optional[int], typer.Option()]
+BatchSize = Annotated[Optional[int], typer.Option()]
+Lr = Annotated[Optional[float], typer.Option()]
+Sets = Annotated[List[str], typer.Option("--set", help="override key.sub=value (repeatable)")]
+Templates = Annotated[List[str], typer.Option(help="prompt template(s)")]
 
 
 def _derive(items: List[str]) -> Dict[str, str]:
@@ -41,9 +53,9 @@ def register(app: typer.Typer) -> None:
     @app.command("pairs")
     def pairs_cmd(
         data: str = typer.Argument(..., help=DATA_HELP),
-        modality: List[str] = typer.Option([], help="modality folder/suffix names (default: detected)"),
+        modality: Modality = [],
         primary: Optional[str] = typer.Option(None, help="the RGB modality (default: rgb/color/...)"),
-        derive: List[str] = typer.Option([], help="derived modality NAME=luminance (monochrome from RGB)"),
+        derive: Derive = [],
         size: int = typer.Option(64, help="decode at this size to check every pair"),
         set_: List[str] = typer.Option([], "--set", help="modality settings, e.g. depth.adapter=colormap"),
     ):
@@ -61,11 +73,11 @@ def register(app: typer.Typer) -> None:
         teacher: str = typer.Option(..., help="teacher spec"),
         out: Path = typer.Option(..., help="folder for manifest.json + confidence_hist.png"),
         labels: Optional[str] = typer.Option(None, help="'a,b,c' or @labels.txt (default: the class folder names)"),
-        template: List[str] = typer.Option(["a photo of a {}."], help="prompt template(s)"),
+        template: Templates = ["a photo of a {}."],
         fraction: float = typer.Option(0.2, help="keep this top fraction (0, 1] of the pairs by confidence"),
         threshold: Optional[float] = typer.Option(None, help="keep pairs with confidence >= this instead"),
-        modality: List[str] = typer.Option([]), primary: Optional[str] = typer.Option(None),
-        derive: List[str] = typer.Option([], help="derived modality NAME=luminance"),
+        modality: Modality = [], primary: Optional[str] = typer.Option(None),
+        derive: Derive = [],
         cache: Optional[Path] = typer.Option(None, help="teacher-embedding cache (default OUT/cache)"),
         views: int = typer.Option(1, help="cache views (reuse the cache for distill-pair with the same number)"),
         device: str = typer.Option("auto"),
@@ -87,15 +99,13 @@ def register(app: typer.Typer) -> None:
     @app.command("distill-pair")
     def distill_pair_cmd(
         config: Optional[Path] = typer.Argument(None, help="YAML experiment (configs/edgevl*.yaml)"),
-        teacher: Optional[str] = typer.Option(None), data: Optional[str] = typer.Option(None, help=DATA_HELP),
-        out: Optional[str] = typer.Option(None), manifest: Optional[str] = typer.Option(None, help="curation manifest"),
-        derive: List[str] = typer.Option([], help="derived modality NAME=luminance"),
-        modality: List[str] = typer.Option([]), cache: Optional[str] = typer.Option(None),
+        teacher: Optional[str] = typer.Option(None), data: DataOpt = None, out: Optional[str] = typer.Option(None),
+        manifest: Manifest = None, derive: Derive = [], modality: Modality = [], cache: Cache = None,
         student: Optional[str] = typer.Option(None, help="student backbone"), img_size: Optional[int] = typer.Option(None),
+        init: Optional[str] = typer.Option(None, help="start from this RGB student checkpoint (its architecture)"),
         loss: Optional[str] = typer.Option(None, help="any foundation loss: mse | l1 | cosine | affinity | ..."),
-        epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
-        lr: Optional[float] = typer.Option(None), resume: bool = typer.Option(False),
-        set_: List[str] = typer.Option([], "--set", help="override key.sub=value (repeatable)"),
+        epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None, resume: bool = typer.Option(False),
+        set_: Sets = [],
     ):
         """Stage 1: distil the teacher (on RGB) into one student for RGB and the other modality, label-free."""
         from .train import PairDistillConfig, distill_pairs
@@ -103,7 +113,7 @@ def register(app: typer.Typer) -> None:
         cfg = _config(PairDistillConfig, config, [
             ("teacher", teacher), ("data", data), ("out", out), ("manifest", manifest), ("derive", _derive(derive)),
             ("modalities", modality or None), ("cache", cache), ("student.arch", student),
-            ("student.img_size", img_size), ("loss", loss), ("train.epochs", epochs),
+            ("student.img_size", img_size), ("init", init), ("loss", loss), ("train.epochs", epochs),
             ("train.batch_size", batch_size), ("train.lr", lr)], set_)
         hist = distill_pairs(cfg, resume=resume, progress=True)
         typer.echo(f"student saved: {Path(cfg.out) / 'student.pt'}  last epoch: {json.dumps(hist['epochs'][-1])}")
@@ -113,14 +123,11 @@ def register(app: typer.Typer) -> None:
     def qat_cmd(
         config: Optional[Path] = typer.Argument(None, help="YAML experiment"),
         student: Optional[str] = typer.Option(None, help="stage-1 student checkpoint"),
-        data: Optional[str] = typer.Option(None, help=DATA_HELP), out: Optional[str] = typer.Option(None),
-        manifest: Optional[str] = typer.Option(None, help="curation manifest (pseudo-labels + kept pairs)"),
-        derive: List[str] = typer.Option([]), modality: List[str] = typer.Option([]),
-        cache: Optional[str] = typer.Option(None), teacher: Optional[str] = typer.Option(None),
+        data: DataOpt = None, out: Optional[str] = typer.Option(None), manifest: Manifest = None,
+        derive: Derive = [], modality: Modality = [], cache: Cache = None, teacher: Optional[str] = typer.Option(None),
         triplet_weight: Optional[float] = typer.Option(None, help="0 = plain QAT without the contrastive term"),
-        margin: Optional[float] = typer.Option(None), epochs: Optional[int] = typer.Option(None),
-        batch_size: Optional[int] = typer.Option(None), lr: Optional[float] = typer.Option(None),
-        set_: List[str] = typer.Option([], "--set", help="override key.sub=value"),
+        margin: Optional[float] = typer.Option(None), epochs: Epochs = None, batch_size: BatchSize = None,
+        lr: Lr = None, set_: Sets = [],
     ):
         """Stage 2: quantization-aware training (torchao PT2E) + semi-hard triplet; int8 QDQ ONNX out."""
         from .train import QATConfig, qat_pairs
@@ -137,8 +144,7 @@ def register(app: typer.Typer) -> None:
     def ptq_cmd(
         student: str = typer.Option(..., help="stage-1 student checkpoint"),
         data: str = typer.Option(..., help="calibration pairs (" + DATA_HELP + ")"), out: str = typer.Option(...),
-        derive: List[str] = typer.Option([]), modality: List[str] = typer.Option([]),
-        cache: Optional[str] = typer.Option(None), calib_images: int = typer.Option(256),
+        derive: Derive = [], modality: Modality = [], cache: Cache = None, calib_images: int = typer.Option(256),
         method: str = typer.Option("minmax", help="minmax | entropy | percentile"),
         reduce_range: str = typer.Option("auto", help="auto | true | false: 7-bit weights for x86 CPUs without VNNI"),
     ):
@@ -156,9 +162,9 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Argument(..., help="labelled paired data (class sub-folders)"),
         student: str = typer.Option(..., help="stage-1 student checkpoint (fp32)"),
         onnx: List[Path] = typer.Option([], help="qat.json / ptq.json of int8 exports (repeatable)"),
-        derive: List[str] = typer.Option([]), modality: List[str] = typer.Option([]),
+        derive: Derive = [], modality: Modality = [],
         classes: Optional[str] = typer.Option(None, help="only these classes, e.g. unseen ones: 'cat,dog'"),
-        template: List[str] = typer.Option(["a photo of a {}."]), max_images: int = typer.Option(0),
+        template: Templates = ["a photo of a {}."], max_images: int = typer.Option(0),
         out: Optional[Path] = typer.Option(None, help="also write the JSON here"),
     ):
         """Zero-shot top-1 per modality: teacher on RGB; the student fp32 and int8 on every modality."""

@@ -61,7 +61,8 @@ class PairDataConfig:
 
 @dataclass
 class PairDistillConfig(PairDataConfig):
-    student: Dict[str, Any] = field(default_factory=lambda: {"arch": "shufflenet_v2_x1_0", "img_size": 32})
+    # student config; unset keys: from ``init`` when given, else shufflenet_v2_x1_0 at 32 px
+    student: Dict[str, Any] = field(default_factory=dict)
     loss: Any = "mse"
     weights: Dict[str, float] = field(default_factory=dict)  # per-modality loss weight (default 1)
     train: Dict[str, Any] = field(default_factory=dict)
@@ -187,18 +188,26 @@ def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, pr
         raise EdgeClipError("no teacher given (--teacher or `teacher:` in the config)")
     teacher = teacher or load_teacher(cfg.teacher, device="cpu")
     scfg = dict(cfg.student)
+    init = None
+    if cfg.init:  # the architecture comes from the checkpoint; explicit student keys must agree with it
+        from ..students.model import load_student
+
+        init, _, ck = load_student(cfg.init)
+        if ck["teacher"]["id"] != teacher.id:
+            raise EdgeClipError(f"--init {cfg.init} was distilled from {ck['teacher']['id']}, not {teacher.id}")
+        clash = {k: (v, init.config.get(k)) for k, v in scfg.items() if k in init.config and init.config[k] != v}
+        if clash:
+            k, (mine, theirs) = next(iter(clash.items()))
+            raise EdgeClipError(f"--init {cfg.init}: student {k}={theirs!r} in the checkpoint, {mine!r} in the config")
+        scfg = {**{k: v for k, v in init.config.items() if k != "embed_dim"}, **scfg}
+    scfg.setdefault("arch", "shufflenet_v2_x1_0")
     size = int(scfg.setdefault("img_size", 32))
     scfg.setdefault("small_input", size <= 64)
     tcfg = _train_cfg(cfg.train, cfg.seed)
     p = prepare_pairs(cfg, teacher, size, progress=progress)
     model = build_pair_student(scfg, teacher.embed_dim, p.specs, p.ps.primary, _raw_channels(p))
-    if cfg.init:
-        from ..students.model import load_student
-
-        st, _, ck = load_student(cfg.init)
-        if ck["teacher"]["id"] != teacher.id:
-            raise EdgeClipError(f"--init {cfg.init} was distilled from {ck['teacher']['id']}, not {teacher.id}")
-        model.student.load_state_dict(st.state_dict())
+    if init is not None:
+        model.student.load_state_dict(init.state_dict())
     loss_fn = build_loss(cfg.loss)
     unknown = [m for m in cfg.weights if m not in p.ps.modalities]
     if unknown:
