@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -52,7 +51,6 @@ def main() -> None:
     templates = cfg["templates"]
     timings = {}
 
-    t0 = time.time()
     tt = cfg["teacher_train"]
     if not (art / "teacher" / "teacher.pt").exists():
         train_reference(str(train_dir), art / "teacher", templates=templates, seed=cfg["seed"], resume=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 
 def test_bench_quick_end_to_end(tmp_path, capsys):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from edgeclip.cli import main
 
@@ -94,7 +93,6 @@ def test_eval_json_keys(tiny_teacher, student_ckpt, shapes, tmp_path, capsys):
 
 def test_student_of_other_teacher_or_head_size(student_ckpt, shapes, tmp_path, capsys):
     from edgeclip.students.model import load_student, save_student
-    from edgeclip.teachers import load_teacher
 
     st, pp, ck = load_student(student_ckpt)
     wrong = dict(ck["teacher"], id="reference-lit:sha256:1234")

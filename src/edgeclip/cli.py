@@ -167,7 +167,6 @@ def label_cmd(
     threads: Optional[int] = typer.Option(None, help="bundle runtime threads (default: ONNX Runtime's)"),
 ):
     """Label images with any text prompts (open vocabulary) using a teacher, a student or a bundle."""
-    from .data.sources import files_source, open_source
     from .labeling.label import label_images, load_embedder, read_boxes
     from .labeling.text import parse_labels
 

@@ -13,13 +13,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError
-from .utils.io import sha256_file, torch_save, write_json
+from .utils.io import write_json
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .data.sources import open_source
+from .data.sources import labelled_source
 from .errors import EdgeClipError, ImageLoadError
 from .labeling.label import Embedder
 from .labeling.text import DEFAULT_TEMPLATES
@@ -54,13 +54,7 @@ def predict(embedder: Embedder, records, text_emb: torch.Tensor, batch_size: int
 def evaluate(teacher: Optional[Embedder], students: Dict[str, Embedder], data: str,
              templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = 128, max_images: int = 0,
              progress: bool = False) -> Dict:
-    src = open_source(data)
-    if not src.classes:
-        raise EdgeClipError(f"{data}: evaluation needs an ImageFolder (ROOT/<class>/<image>) to know the true labels")
-    recs = src.records
-    if max_images:
-        g = torch.Generator().manual_seed(0)
-        recs = [recs[i] for i in torch.randperm(len(recs), generator=g)[:max_images].tolist()]
+    src, recs = labelled_source(data, "evaluation", max_images, seed=0)
     names = class_names(src.classes)
     y_all = torch.tensor([r.label for r in recs])
     out: Dict = {"data": str(data), "classes": names, "templates": list(templates)}

@@ -8,7 +8,7 @@ All images and all beams advance together: one step call per time step, no Pytho
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 

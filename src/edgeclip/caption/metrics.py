@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import socket
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 from ..errors import EdgeClipError
 from .vocab import tokenize

@@ -31,7 +31,7 @@ from ..utils.io import read_json, write_json
 from .data import CaptionSet, load_captions
 from .decode import generate
 from .metrics import score_captions
-from .model import CaptionModelConfig, Captioner, build_captioner, save_captioner
+from .model import Captioner, build_captioner, save_captioner
 from .vocab import PAD_ID, Vocab
 
 DEFAULT_TRAIN = {"lr": 1.5e-4, "batch_size": 64, "grad_clip": 5.0, "epochs": 30, "weight_decay": 1e-4,

@@ -205,6 +205,20 @@ def open_source(spec: str | os.PathLike, kind: str = "auto") -> ImageSource:
     raise EdgeClipError(f"unknown source kind {kind!r} (auto, imagefolder, folder, list, wds)")
 
 
+def labelled_source(spec: str | os.PathLike, purpose: str, max_images: int = 0, seed: int = 0):
+    """-> (ImageFolder source, its records, or a seeded random ``max_images`` of them); one clear error otherwise."""
+    src = open_source(spec)
+    if not src.classes:
+        raise EdgeClipError(f"{spec}: {purpose} needs an ImageFolder (ROOT/<class>/<image>) to know the true labels")
+    recs = src.records
+    if max_images:
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        recs = [recs[i] for i in torch.randperm(len(recs), generator=g)[:max_images].tolist()]
+    return src, recs
+
+
 def files_source(paths: Sequence[str | os.PathLike]) -> ImageSource:
     """Several CLI arguments (files and/or folders) as one source; missing paths are reported."""
     recs, skipped = [], []

@@ -103,13 +103,11 @@ def bundle_accuracy(bundle: str | os.PathLike, data: str, precision: str, templa
     else the bundle's own labels.json when it names every class."""
     import time
 
-    from ..data.sources import open_source
+    from ..data.sources import labelled_source
     from ..evaluate import class_names
     from ..runtime import Labeler
 
-    src = open_source(data)
-    if not src.classes:
-        raise EdgeClipError(f"{data}: accuracy needs an ImageFolder (ROOT/<class>/<image>)")
+    src, _ = labelled_source(data, "accuracy")
     names = class_names(src.classes)
     lab = Labeler(bundle, precision=precision, threads=threads)
     lab.set_labels(names, text_emb)
