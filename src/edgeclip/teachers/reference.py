@@ -124,7 +124,7 @@ def train_reference(data: str, out: str | Path, arch: str = "resnet18", template
         return {"val_top1": tensor_top1(m, normalize(val[0], pp.mean, pp.std), val[1])}
 
     def save(m, out_dir: Path, history):
-        scale = float(m.logit_scale.clamp(max=math.log(100)).exp())
+        scale = float(m.logit_scale.detach().clamp(max=math.log(100)).exp())
         info = {"data": str(data), "classes": classes, "templates": list(templates), "n_train": len(kept),
                 "skipped": len(skipped), "epochs": epochs, "arch": arch, "img_size": img_size,
                 "final": history["epochs"][-1] if history["epochs"] else {}}
