@@ -143,6 +143,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "caption_vi.json"))
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the throughput measurement")
     ap.add_argument("--reset-remeasured", action="store_true", help="drop earlier re-measurements first")
+    ap.add_argument("--note", default="", help="recorded in the JSON notes (e.g. the state of the machine)")
     ap.add_argument("--throughput-only", action="store_true",
                     help="re-measure throughput of run a into the existing JSON (e.g. without `nice` on a busy machine)")
     args = ap.parse_args(argv)
@@ -206,7 +207,7 @@ def main(argv=None):
               "budget": {"epochs": hist["config"]["epochs"], "batch_size": hist["config"]["batch_size"],
                          "lr": hist["config"]["lr"], "grad_clip": hist["config"]["grad_clip"],
                          "train_minutes": hist.get("train_seconds", 0) / 60, "device": hist.get("device"),
-                         "threads": "OMP_NUM_THREADS=1 on a 2-core machine shared with other jobs",
+                         "threads": hist.get("torch_threads") or f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
                          "stopped_early_at": hist.get("stopped_early_at")},
               "epochs": hist["epochs"], "data": hist.get("data", {}).get("train", {}),
               "vocab_size": len(model.vocab)}
@@ -233,8 +234,8 @@ def main(argv=None):
         "The reference teacher is a CIFAR-10 LiT teacher (32 px); its embedding of a vi-captions photo is the alpha target.",
         "METEOR 1.5 runs with its English settings (-l en -norm): on Vietnamese only exact matches count.",
         "SPICE needs Stanford CoreNLP, downloaded on first use; offline that fails and SPICE is reported unavailable.",
-        "Budget reduced for 2 shared CPU cores: the epochs recorded per run (the config default is 30); runs a and b "
-        "were trained by separate invocations of this script with identical settings (b first, a when the teacher existed).",
+        f"Budget reduced for 2 CPU cores: {args.epochs} epochs per run (the config default is 30, with early stopping); "
+        "both runs have identical settings and data. " + args.note,
         "Throughput excludes JPEG decoding (images preloaded as uint8 at 224 px); includes normalisation, encoder and decoding."]
     write_json(args.out, results)
     print(f"wrote {args.out}")

@@ -108,7 +108,7 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio))
     history: Dict[str, Any] = {"config": asdict(cfg), "epochs": [], "world_size": fabric.world_size,
-                               "device": str(fabric.device)}
+                               "device": str(fabric.device), "torch_threads": torch.get_num_threads()}
     start_epoch = 0
     ck_path = out / "last.ckpt"
     if resume and ck_path.exists():
