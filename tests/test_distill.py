@@ -112,6 +112,18 @@ def test_distill_from_cache_then_resume(teacher, tiny_teacher, shapes, tmp_path)
     cfg.train["epochs"] = 3
     hist2 = distill(cfg, resume=True, progress=False, teacher=teacher)
     assert [e["epoch"] for e in hist2["epochs"]] == [1, 2, 3]
+    # --init: a new run that starts from the student (architecture from the checkpoint, not the default)
+    fine = DistillConfig(teacher=tiny_teacher, data=str(shapes["train"]), cache=str(tmp_path / "c"),
+                         out=str(tmp_path / "f"), init=str(tmp_path / "s" / "student.pt"), loss="cosine",
+                         train={"epochs": 1, "batch_size": 32, "lr": 1e-9, "max_steps_per_epoch": 1})
+    distill(fine, progress=False, teacher=teacher)
+    got = load_student(tmp_path / "f" / "student.pt")[0]
+    assert got.config == st.config
+    w = "head.net.0.weight"
+    assert torch.allclose(got.state_dict()[w], load_student(tmp_path / "s" / "student.pt")[0].state_dict()[w], atol=1e-6)
+    fine.student = {"img_size": 64}
+    with pytest.raises(EdgeClipError, match="img_size=32 in the checkpoint, 64 in the config"):
+        distill(fine, progress=False, teacher=teacher)
 
 
 def test_distill_online_teacher_from_files(tiny_teacher, shapes, tmp_path):

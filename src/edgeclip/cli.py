@@ -129,6 +129,7 @@ def distill_cmd(
     devices: Optional[int] = typer.Option(None), strategy: Optional[str] = typer.Option(None),
     accelerator: Optional[str] = typer.Option(None), precision: Optional[str] = typer.Option(None),
     resume: bool = typer.Option(False, help="continue from OUT/last.ckpt"),
+    init: Optional[str] = typer.Option(None, help="start from this student checkpoint (same teacher; its architecture)"),
     set_: List[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
 ):
     """Distil the teacher's image embedding into a student, without labels."""
@@ -140,7 +141,7 @@ def distill_cmd(
                  ("student.img_size", img_size), ("loss", loss), ("train.epochs", epochs),
                  ("train.batch_size", batch_size), ("train.lr", lr), ("out", out), ("val", val),
                  ("train.devices", devices), ("train.strategy", strategy), ("train.accelerator", accelerator),
-                 ("train.precision", precision)]:
+                 ("train.precision", precision), ("init", init)]:
         if v is not None:
             set_path(d, k, v)
     d = apply_overrides(d, set_)

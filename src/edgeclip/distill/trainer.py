@@ -33,7 +33,8 @@ class DistillConfig:
     data: str = ""
     out: str = "runs/distill"
     cache: Optional[str] = None  # None: run the teacher online
-    student: Dict[str, Any] = field(default_factory=lambda: {"arch": "shufflenet_v2_x1_0", "img_size": 224})
+    # student config; unset keys: from ``init`` when given, else shufflenet_v2_x1_0 at 224 px
+    student: Dict[str, Any] = field(default_factory=dict)
     loss: Any = "cosine"
     views: int = 1  # online mode: random views per epoch; cached mode: taken from the cache
     preload: Any = "auto"  # hold images in memory (auto: when the student input is <= 64 px)
@@ -41,6 +42,7 @@ class DistillConfig:
     templates: List[str] = field(default_factory=lambda: ["a photo of a {}."])
     train: Dict[str, Any] = field(default_factory=dict)
     max_images: int = 0
+    init: Optional[str] = None  # start from this student checkpoint (same teacher; its architecture is used)
 
 
 def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, teacher=None) -> Dict[str, Any]:
@@ -54,9 +56,16 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
     dev = "cuda" if torch.cuda.is_available() and tcfg.accelerator in ("auto", "cuda", "gpu") else "cpu"
     teacher = teacher or load_teacher(cfg.teacher, device="cpu")
     scfg = dict(cfg.student)
-    arch = scfg.pop("arch")
-    size = int(scfg.get("img_size", 224))
+    init = None
+    if cfg.init:
+        from ..students.model import init_student_config
+
+        scfg, init = init_student_config(cfg.init, teacher.id, scfg)
+    arch = scfg.pop("arch", "shufflenet_v2_x1_0")
+    size = int(scfg.setdefault("img_size", 224))
     student = create_student(arch, teacher.embed_dim, **scfg)
+    if init is not None:
+        student.load_state_dict(init.state_dict())
     pp = Preprocess(size=size, mean=tuple(teacher.mean), std=tuple(teacher.std))  # student sees the teacher's normalisation
     src = open_source(cfg.data)
     if src.is_stream:

@@ -190,16 +190,9 @@ def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, pr
     scfg = dict(cfg.student)
     init = None
     if cfg.init:  # the architecture comes from the checkpoint; explicit student keys must agree with it
-        from ..students.model import load_student
+        from ..students.model import init_student_config
 
-        init, _, ck = load_student(cfg.init)
-        if ck["teacher"]["id"] != teacher.id:
-            raise EdgeClipError(f"--init {cfg.init} was distilled from {ck['teacher']['id']}, not {teacher.id}")
-        clash = {k: (v, init.config.get(k)) for k, v in scfg.items() if k in init.config and init.config[k] != v}
-        if clash:
-            k, (mine, theirs) = next(iter(clash.items()))
-            raise EdgeClipError(f"--init {cfg.init}: student {k}={theirs!r} in the checkpoint, {mine!r} in the config")
-        scfg = {**{k: v for k, v in init.config.items() if k != "embed_dim"}, **scfg}
+        scfg, init = init_student_config(cfg.init, teacher.id, scfg)
     scfg.setdefault("arch", "shufflenet_v2_x1_0")
     size = int(scfg.setdefault("img_size", 32))
     scfg.setdefault("small_input", size <= 64)

@@ -85,6 +85,22 @@ def save_student(student: Student, path: str | Path, preprocess: Preprocess, tea
                 "teacher": teacher, "state_dict": sd, "extra": extra or {}}, path)
 
 
+def init_student_config(path: str | Path, teacher_id: str, student_cfg: Dict[str, Any]):
+    """Start from a student checkpoint: -> (student config, the checkpoint's Student).
+
+    The architecture comes from the checkpoint; keys given in ``student_cfg`` must agree with it, and the
+    checkpoint must have been distilled from the same teacher (one clear error otherwise).
+    """
+    init, _, ck = load_student(path)
+    if ck["teacher"].get("id") != teacher_id:
+        raise EdgeClipError(f"--init {path} was distilled from {ck['teacher'].get('id')}, not {teacher_id}")
+    clash = {k: (v, init.config.get(k)) for k, v in student_cfg.items() if k in init.config and init.config[k] != v}
+    if clash:
+        k, (mine, theirs) = next(iter(clash.items()))
+        raise EdgeClipError(f"--init {path}: student {k}={theirs!r} in the checkpoint, {mine!r} in the config")
+    return {**{k: v for k, v in init.config.items() if k != "embed_dim"}, **student_cfg}, init
+
+
 def load_student(path: str | Path, map_location: str = "cpu"):
     """Return (student, preprocess, checkpoint dict). Raises CheckpointError for other files."""
     ck = read_checkpoint(path, STUDENT_FORMAT, "student", map_location)
