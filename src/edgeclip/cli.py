@@ -133,19 +133,14 @@ def distill_cmd(
     set_: List[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
 ):
     """Distil the teacher's image embedding into a student, without labels."""
-    from .config import apply_overrides, build_dataclass, load_config, set_path
+    from .config import config_from_cli
     from .distill.trainer import DistillConfig, distill
 
-    d = load_config(config)
-    for k, v in [("teacher", teacher), ("data", data), ("cache", cache), ("student.arch", student),
-                 ("student.img_size", img_size), ("loss", loss), ("train.epochs", epochs),
-                 ("train.batch_size", batch_size), ("train.lr", lr), ("out", out), ("val", val),
-                 ("train.devices", devices), ("train.strategy", strategy), ("train.accelerator", accelerator),
-                 ("train.precision", precision), ("init", init)]:
-        if v is not None:
-            set_path(d, k, v)
-    d = apply_overrides(d, set_)
-    cfg = build_dataclass(DistillConfig, d)
+    cfg = config_from_cli(DistillConfig, config, [
+        ("teacher", teacher), ("data", data), ("cache", cache), ("student.arch", student),
+        ("student.img_size", img_size), ("loss", loss), ("train.epochs", epochs), ("train.batch_size", batch_size),
+        ("train.lr", lr), ("out", out), ("val", val), ("train.devices", devices), ("train.strategy", strategy),
+        ("train.accelerator", accelerator), ("train.precision", precision), ("init", init)], set_)
     hist = distill(cfg, resume=resume)
     if hist.get("world_size", 1) == 1 or os.environ.get("LOCAL_RANK", "0") == "0":
         last = hist["epochs"][-1] if hist["epochs"] else {}

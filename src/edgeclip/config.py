@@ -56,3 +56,15 @@ def build_dataclass(cls, d: Dict[str, Any]):
     if unknown:
         raise EdgeClipError(f"unknown {cls.__name__} keys: {', '.join(unknown)} (known: {', '.join(fields)})")
     return cls(**d)
+
+
+def config_from_cli(cls, path: str | Path | None, options: Iterable[tuple], overrides: Iterable[str]):
+    """YAML file (optional) -> CLI options given as (dotted key, value) pairs -> ``--set`` overrides -> ``cls``.
+
+    Options left at None (or empty) do not override the file.
+    """
+    d = load_config(path)
+    for k, v in options:
+        if v is not None and v != [] and v != {}:
+            set_path(d, k, v)
+    return build_dataclass(cls, apply_overrides(d, overrides))

@@ -91,16 +91,12 @@ def caption_train_cmd(
     set_: List[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
 ):
     """Train a captioner (alpha * teacher-embedding MSE + beta * cross-entropy), early-stopped on val CIDEr."""
-    from ..config import apply_overrides, build_dataclass, load_config, set_path
+    from ..config import config_from_cli
     from .train import CaptionTrainConfig, train_captioner
 
-    d = load_config(config)
-    for k, v in [("data", data), ("images", images), ("teacher", teacher), ("out", out), ("alpha", alpha),
-                 ("beta", beta), ("train.epochs", epochs)]:
-        if v is not None:
-            set_path(d, k, v)
-    d = apply_overrides(d, set_)
-    cfg = build_dataclass(CaptionTrainConfig, d)
+    cfg = config_from_cli(CaptionTrainConfig, config, [
+        ("data", data), ("images", images), ("teacher", teacher), ("out", out), ("alpha", alpha), ("beta", beta),
+        ("train.epochs", epochs)], set_)
     hist = train_captioner(cfg, resume=resume)
     best = hist.get("best", {})
     typer.echo(f"captioner saved: {Path(cfg.out) / 'captioner.pt'}  best val CIDEr {best.get('best')} "

@@ -8,6 +8,7 @@ from typing import Annotated, Dict, List, Optional
 
 import typer
 
+from ..config import config_from_cli
 from ..errors import EdgeClipError
 
 DATA_HELP = "paired data: ROOT/<modality>/..., a folder of <stem>_<modality> files, or images + --derive"
@@ -37,16 +38,6 @@ def _derive(items: List[str]) -> Dict[str, str]:
 
 def _echo(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
-
-
-def _config(cls, config: Optional[Path], pairs: List[tuple], overrides: List[str]):
-    from ..config import apply_overrides, build_dataclass, load_config, set_path
-
-    d = load_config(config)
-    for k, v in pairs:
-        if v is not None and v != [] and v != {}:
-            set_path(d, k, v)
-    return build_dataclass(cls, apply_overrides(d, overrides))
 
 
 def register(app: typer.Typer) -> None:
@@ -110,7 +101,7 @@ def register(app: typer.Typer) -> None:
         """Stage 1: distil the teacher (on RGB) into one student for RGB and the other modality, label-free."""
         from .train import PairDistillConfig, distill_pairs
 
-        cfg = _config(PairDistillConfig, config, [
+        cfg = config_from_cli(PairDistillConfig, config, [
             ("teacher", teacher), ("data", data), ("out", out), ("manifest", manifest), ("derive", _derive(derive)),
             ("modalities", modality or None), ("cache", cache), ("student.arch", student),
             ("student.img_size", img_size), ("init", init), ("loss", loss), ("train.epochs", epochs),
@@ -132,7 +123,7 @@ def register(app: typer.Typer) -> None:
         """Stage 2: quantization-aware training (torchao PT2E) + semi-hard triplet; int8 QDQ ONNX out."""
         from .train import QATConfig, qat_pairs
 
-        cfg = _config(QATConfig, config, [
+        cfg = config_from_cli(QATConfig, config, [
             ("student", student), ("data", data), ("out", out), ("manifest", manifest), ("derive", _derive(derive)),
             ("modalities", modality or None), ("cache", cache), ("teacher", teacher),
             ("triplet_weight", triplet_weight), ("margin", margin), ("train.epochs", epochs),
