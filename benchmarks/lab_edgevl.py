@@ -16,6 +16,7 @@ The budget (images, steps, batch, architecture, minutes, CPU threads) is recorde
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -170,7 +171,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     if args.init:  # the RGB student before stage 1, with the same modality normalisation: what stage 1 adds
         from edgeclip.students.model import load_student
 
-        before, _, _ = load_pair_student(work / "s1_curated/student.pt")
+        before = copy.deepcopy(cur)
         before.student.load_state_dict(load_student(args.init)[0].state_dict())
         baseline = {"fp32_init": torch_embedder(before)}
     ps = open_pairs(data["test"], derive=derive)

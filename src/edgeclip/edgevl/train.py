@@ -193,7 +193,6 @@ def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, pr
         from ..students.model import init_student_config
 
         scfg, init = init_student_config(cfg.init, teacher.id, scfg)
-    scfg.setdefault("arch", "shufflenet_v2_x1_0")
     size = int(scfg.setdefault("img_size", 32))
     scfg.setdefault("small_input", size <= 64)
     tcfg = _train_cfg(cfg.train, cfg.seed)

@@ -3,7 +3,7 @@
 torchvision models are registered by name; any timm model is available as ``timm:<name>``.
 ``small_input=True`` drops the stem max-pool (torchvision ResNet/ShuffleNet) so that 32-px inputs
 keep a usable grid; ``stem_stride=1`` also makes the first convolution stride 1 (the usual CIFAR
-adaptation: a 32-px image keeps a 4x4 grid at the end of ShuffleNetV2 instead of 1x1). Both are
+adaptation: with small_input, a 32-px image keeps a 4x4 grid at the end of ShuffleNetV2 instead of 2x2). Both are
 attribute swaps on the torchvision model, not rewritten models.
 """
 
