@@ -155,7 +155,9 @@ def test_cli_one_line_errors(tmp_path, capsys):
     _depth(tmp_path / "depth" / "b.png")
     for argv, msg in ((["pairs", str(tmp_path), "--modality", "rgb", "--modality", "depth"], "no complete pairs"),
                       (["curate", str(tmp_path), "--teacher", "x", "--out", str(tmp_path / "o"), "--fraction", "0"],
-                       "fraction must be in (0, 1]")):
+                       "fraction must be in (0, 1]"),
+                      (["curate", str(tmp_path), "--teacher", "x", "--out", str(tmp_path / "o"), "--threshold", "0.5",
+                        "--per-label"], "per-label curation keeps a top fraction")):
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
             main(argv)

@@ -60,6 +60,19 @@ def test_curation_manifest(stage1, teacher):
     thr = curate(teacher, stage1["ps"], stage1["dir"] / "cur_thr", threshold=0.0, fraction=None,
                  cache=stage1["dir"] / "cache", plot=False)
     assert thr["n_kept"] == n
+    # per-label: the top 25 % within each pseudo-label, so every pseudo-label the teacher gave keeps pairs
+    pl = curate(teacher, stage1["ps"], stage1["dir"] / "cur_pl", fraction=0.25, per_label=True,
+                cache=stage1["dir"] / "cache", plot=False)
+    pitems = json.loads(open(pl["manifest"]).read())["items"]
+    assert pl["per_label"] is True and cur["per_label"] is False
+    for lab in {it["pseudo_label"] for it in pitems}:
+        group = [it for it in pitems if it["pseudo_label"] == lab]
+        kept = [it for it in group if it["kept"]]
+        assert len(kept) == math.ceil(0.25 * len(group)) == pl["kept_per_label"][lab]
+        if len(kept) < len(group):
+            assert min(it["confidence"] for it in kept) >= max(it["confidence"] for it in group if not it["kept"])
+    with pytest.raises(EdgeClipError, match="per-label curation keeps a top fraction"):
+        curate(teacher, stage1["ps"], stage1["dir"] / "x", threshold=0.5, fraction=None, per_label=True)
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(EdgeClipError, match=r"fraction must be in \(0, 1\]"):
             curate(teacher, stage1["ps"], stage1["dir"] / "x", fraction=bad)

@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
         template: Templates = ["a photo of a {}."],
         fraction: float = typer.Option(0.2, help="keep this top fraction (0, 1] of the pairs by confidence"),
         threshold: Optional[float] = typer.Option(None, help="keep pairs with confidence >= this instead"),
+        per_label: bool = typer.Option(False, "--per-label", help="keep the top fraction within each pseudo-label "
+                                       "(no class left out) instead of over all pairs"),
         modality: Modality = [], primary: Optional[str] = typer.Option(None),
         derive: Derive = [],
         cache: Optional[Path] = typer.Option(None, help="teacher-embedding cache (default OUT/cache)"),
@@ -80,11 +82,11 @@ def register(app: typer.Typer) -> None:
         from .curate import check_fraction, curate
         from .pairs import open_pairs
 
-        check_fraction(fraction, threshold)
+        check_fraction(fraction, threshold, per_label)
         t = load_teacher(teacher, device=resolve_device(device))
         ps = open_pairs(data, modality or None, primary, _derive(derive))
         res = curate(t, ps, out, labels=parse_labels(labels) if labels else None, templates=template,
-                     fraction=fraction, threshold=threshold, cache=cache, views=views)
+                     fraction=fraction, threshold=threshold, cache=cache, views=views, per_label=per_label)
         _echo(res)
 
     @app.command("distill-pair")
