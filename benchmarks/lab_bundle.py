@@ -4,7 +4,7 @@ One command, fixed seed:
 
     .venv/bin/python benchmarks/lab_bundle.py
 
-It exports the foundation's lab student (benchmarks/artifacts/lab/student/student.pt) to a bundle
+It exports the foundation's final lab student (named in benchmarks/results/lab_clip4retrofit.json) to a bundle
 (static QDQ int8, per-channel, calibrated on CIFAR-10 *train* images; parity on a train hold-out),
 then measures on the CIFAR-10 test folder: zero-shot top-1 of torch fp32 / bundle fp32 / bundle int8,
 file sizes, batch-1 latency of each at 224 px (and at the student's own input size) on this CPU,
@@ -41,7 +41,10 @@ CIFAR = ROOT / "benchmarks" / "artifacts" / "data" / "cifar10"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--student", default=str(LAB / "student" / "student.pt"))
+    from edgeclip.bench.suite import lab_student_path
+
+    ap.add_argument("--student", default=str(lab_student_path(LAB)),
+                    help="default: the foundation lab's final student, as benchmarks/results/lab_clip4retrofit.json names it")
     ap.add_argument("--data", default=str(CIFAR), help="folder with train/ and test/ ImageFolders")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bundle.json"))
     ap.add_argument("--bundle", default=str(ART / "bundle"))

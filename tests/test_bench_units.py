@@ -170,3 +170,17 @@ def test_flops_count_attention():
     L, E = 16, 8  # 4x4 input -> 16 tokens
     expected = 2 * L * 3 * E + 2 * L * E * 3 * E + 2 * (2 * L * L * E) + 2 * L * E * E
     assert flops(Tiny(), 4) == expected
+
+
+def test_lab_student_path_follows_the_lab_json(tmp_path):
+    from edgeclip.bench.suite import lab_student_path
+
+    lab, res = tmp_path / "benchmarks" / "artifacts" / "lab", tmp_path / "benchmarks" / "results"
+    res.mkdir(parents=True)
+    assert lab_student_path(lab) == lab / "student" / "student.pt"  # no lab JSON yet
+    for distill, name in (({"name": "student_e30"}, "student_e30"), ({"continue": {"epochs": 6}}, "student_cont"),
+                          ({"name": "s", "continue": {"epochs": 2}}, "s_cont"), ({}, "student")):
+        (res / "lab_clip4retrofit.json").write_text(json.dumps({"config": {"distill": distill}}))
+        assert lab_student_path(lab) == lab / name / "student.pt"
+    (res / "lab_clip4retrofit.json").write_text("{not json")
+    assert lab_student_path(lab) == lab / "student" / "student.pt"

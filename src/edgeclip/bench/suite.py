@@ -26,6 +26,20 @@ from . import speed as speed_mod
 LAB = Path("benchmarks/artifacts/lab")
 
 
+def lab_student_path(lab: Path = LAB, results: Optional[Path] = None) -> Path:
+    """The final student of the foundation lab, as its results JSON names it (distill.name, + "_cont" after a
+    second cycle); ``lab/student/student.pt`` when there is no such JSON."""
+    from ..utils.io import read_json
+
+    results = results or lab.parents[1] / "results" / "lab_clip4retrofit.json"
+    try:
+        d = read_json(results)["config"]["distill"]
+        name = d.get("name", "student") + ("_cont" if d.get("continue") else "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        name = "student"
+    return lab / name / "student.pt"
+
+
 @dataclass
 class BenchConfig:
     out: str = "benchmarks/results"
@@ -85,8 +99,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
     teacher, students = cfg.teacher, list(cfg.students)
     if cfg.use_lab and not teacher and not students and (LAB / "teacher" / "teacher.pt").is_file():
         teacher = f"reference-lit:{(LAB / 'teacher' / 'teacher.pt').resolve()}"
-        if (LAB / "student" / "student.pt").is_file():
-            students = [str((LAB / "student" / "student.pt").resolve())]
+        if lab_student_path().is_file():
+            students = [str(lab_student_path().resolve())]
     result: Dict[str, Any] = {"kind": "edgeclip-bench/1", "mode": mode, "date": machine_info()["date"],
                               "machine": machine_info(), "threads": threads, "config": asdict(cfg),
                               "inputs": {"train_data": str(train_dir), "eval_data": str(test_dir) if test_dir else None,
@@ -158,7 +172,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
 
         if not students:
             raise EdgeClipError("no student checkpoint given (--student) and no lab student at "
-                                f"{LAB / 'student' / 'student.pt'}: accuracy not measured")
+                                f"{lab_student_path()}: accuracy not measured")
         if test_dir is None:
             raise EdgeClipError("no evaluation ImageFolder (--data) and no CIFAR-10 in ../shared/data")
         n = cfg.max_images or (200 if cfg.quick else 2000)
