@@ -5,7 +5,8 @@ One command, fixed seed, resumable after a kill (every stage skips or resumes wh
     .venv/bin/python benchmarks/lab_clip4retrofit.py [--config configs/lab_clip4retrofit.yaml]
 
 Writes benchmarks/results/lab_clip4retrofit.json; checkpoints stay in benchmarks/artifacts/lab/ (the final student
-is student_cont/student.pt when the config has distill.continue, a second cosine cycle started from student/).
+is <distill.name>/student.pt, or <distill.name>_cont/student.pt when the config has distill.continue, a second
+cosine cycle started from the first; distill.name defaults to "student").
 """
 
 from __future__ import annotations
@@ -73,31 +74,33 @@ def main() -> None:
         timings["cache_minutes"] = (time.time() - t1) / 60
 
     dcfg = cfg["distill"]
-    dc = DistillConfig(teacher=teacher_spec, data=str(train_dir), cache=str(art / "cache"), out=str(art / "student"),
+    sdir = art / dcfg.get("name", "student")  # one folder per student schedule, so a new schedule never resumes an old one
+    dc = DistillConfig(teacher=teacher_spec, data=str(train_dir), cache=str(art / "cache"), out=str(sdir),
                        student=dcfg["student"], loss=dcfg["loss"], templates=templates,
                        train=dict(dcfg["train"], seed=cfg["seed"]))
-    if not (art / "student" / "student.pt").exists():
+    if not (sdir / "student.pt").exists():
         distill(dc, resume=True, progress=False, teacher=teacher)
-    timings["student_train_minutes"] = read_json(art / "student" / "history.json")["train_seconds"] / 60
-    final = art / "student"
+    timings["student_train_minutes"] = read_json(sdir / "history.json")["train_seconds"] / 60
+    final = sdir
     students = {}
     cont = dcfg.get("continue")  # a second cosine cycle from the first student (distill --init), label-free as well
     if cont:
+        cdir = sdir.with_name(sdir.name + "_cont")
         cc = DistillConfig(teacher=teacher_spec, data=str(train_dir), cache=str(art / "cache"),
-                           out=str(art / "student_cont"), init=str(art / "student" / "student.pt"), loss=dcfg["loss"],
+                           out=str(cdir), init=str(sdir / "student.pt"), loss=dcfg["loss"],
                            templates=templates, train=dict(dcfg["train"], **cont, seed=cfg["seed"]))
-        if not (art / "student_cont" / "student.pt").exists():
+        if not (cdir / "student.pt").exists():
             distill(cc, resume=True, progress=False, teacher=teacher)
-        timings["student_continue_minutes"] = read_json(art / "student_cont" / "history.json")["train_seconds"] / 60
-        students["first_cycle"] = load_embedder(student=str(art / "student" / "student.pt"))
-        final = art / "student_cont"
+        timings["student_continue_minutes"] = read_json(cdir / "history.json")["train_seconds"] / 60
+        students["first_cycle"] = load_embedder(student=str(sdir / "student.pt"))
+        final = cdir
 
     t2 = time.time()
     res = evaluate(load_embedder(teacher=teacher_spec), {"student": load_embedder(student=str(final / "student.pt")),
                                                           **students}, str(test_dir), templates, batch_size=500)
     timings["eval_minutes"] = (time.time() - t2) / 60
     t_hist = read_json(art / "teacher" / "history.json")
-    s_hist = read_json(art / "student" / "history.json")
+    s_hist = read_json(sdir / "history.json")
     c_hist = read_json(final / "history.json") if cont else None
     result = {
         "what": f"reference-lit teacher ({cfg['teacher_train']['arch']}) trained on CIFAR-10 train (50k); "
@@ -119,11 +122,19 @@ def main() -> None:
         "timings": timings, "device": t_hist.get("device", "cpu"), "cache": cache_info,
         "checkpoints": {"teacher.pt": teacher_sha,
                         "student.pt": sha256_file(final / "student.pt"),
-                        **({"first_cycle_student.pt": sha256_file(art / "student" / "student.pt")} if cont else {})},
+                        **({"first_cycle_student.pt": sha256_file(sdir / "student.pt")} if cont else {})},
         "note": "the per-epoch teacher val_top1 is measured on the test set for monitoring only; the final epoch is "
                 "used (no selection on test).",
         "machine": machine_info(),
     }
+    # a changed student schedule keeps the earlier lab outcomes on record instead of overwriting them
+    earlier = list(prev.get("earlier_attempts", []))
+    if prev.get("checkpoints", {}).get("student.pt") not in (None, result["checkpoints"]["student.pt"]):
+        earlier.append({k: prev.get(k) for k in ("student_top1", "retention", "agreement", "student_epochs",
+                                                  "first_cycle", "timings", "checkpoints")}
+                       | {"distill": prev.get("config", {}).get("distill")})
+    if earlier:
+        result["earlier_attempts"] = earlier
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("teacher_top1", "student_top1", "retention", "agreement", "n")}, indent=2))
 
