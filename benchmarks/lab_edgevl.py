@@ -3,7 +3,8 @@
 The reference teacher sees RGB; one student learns RGB and monochrome from it, label-free. Measured:
   1. student on mono / teacher on RGB, student on RGB / teacher (targets >= 0.90 and >= 0.97);
   2. int8: QAT + semi-hard triplet vs plain QAT vs ONNX Runtime static PTQ, both modalities (target +1 point);
-  3. curation: stage 1 on the teacher's top-20 % vs on all pairs, the same number of steps;
+  3. curation: stage 1 on the teacher's top-20 % vs on all pairs, the same number of steps (with --per-label the
+     main run keeps the top 20 % of each pseudo-label, and EdgeVL's global top 20 % runs beside it);
   4. unseen classes (EdgeVL's EuroSAT protocol): distil on the images of 5 classes, zero-shot on the other 5.
 
 One command (fixed seeds; resumes finished stages):
@@ -60,6 +61,9 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--qat-lr", type=float, default=2e-4)
     ap.add_argument("--fraction", type=float, default=0.2)
+    ap.add_argument("--per-label", action="store_true",
+                    help="the main curated run keeps the top fraction within each pseudo-label (edgeclip curate "
+                         "--per-label); EdgeVL's global cut is then also run, as s1_curated_global")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", default="2 CPU cores; reduced budget", help="recorded in the JSON's budget")
     ap.add_argument("--part", default="all", choices=["all", "a", "b", "report"])
@@ -75,6 +79,7 @@ def main(argv=None) -> None:
     from edgeclip.edgevl.train import PairDataConfig, PairDistillConfig, QATConfig, distill_pairs, ptq_pairs, qat_pairs
     from edgeclip.teachers import load_teacher
     from edgeclip.utils.env import seed_everything
+    from edgeclip.utils.io import read_json
 
     seed_everything(args.seed)
     work = Path(args.work)
@@ -117,7 +122,7 @@ def main(argv=None) -> None:
         """Stage 2 from the curated stage-1 student on the curated pairs (pseudo-labels from the manifest)."""
         if (work / name / "qat.json").exists():
             return
-        ep = epochs_for(int(n_curated), args.qat_steps)
+        ep = epochs_for(read_json(work / "curate/manifest.json")["summary"]["n_kept"], args.qat_steps)
         cfg = QATConfig(student=str(work / "s1_curated/student.pt"), data=str(data["train"]), derive=derive,
                         out=str(work / name), cache=cache, manifest=str(work / "curate/manifest.json"),
                         triplet_weight=tw, margin=0.2, seed=args.seed,
@@ -130,9 +135,15 @@ def main(argv=None) -> None:
         if not (work / "curate/manifest.json").exists():
             ps = open_pairs(data["train"], derive=derive)
             ps = ps.subset(subset_indices(len(ps), args.train_images, args.seed))
-            timed("curate", lambda: curate(teacher, ps, work / "curate", fraction=args.fraction, cache=cache))
-        stage1("s1_curated", int(n_curated), manifest=str(work / "curate/manifest.json"))
+            timed("curate", lambda: curate(teacher, ps, work / "curate", fraction=args.fraction, cache=cache,
+                                           per_label=args.per_label))
+            if args.per_label:
+                curate(teacher, ps, work / "curate_global", fraction=args.fraction, cache=cache)
+        stage1("s1_curated", read_json(work / "curate/manifest.json")["summary"]["n_kept"],
+               manifest=str(work / "curate/manifest.json"))
         qat("qat_triplet", 1.0)
+        if args.per_label:
+            stage1("s1_curated_global", int(n_curated), manifest=str(work / "curate_global/manifest.json"))
     if args.part in ("all", "b"):
         while not (work / "curate/manifest.json").exists():  # part a builds the shared teacher cache first
             time.sleep(10)
@@ -167,6 +178,8 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     cur, size, _ = load_pair_student(work / "s1_curated/student.pt")
     allm, _, _ = load_pair_student(work / "s1_all/student.pt")
     uns, _, _ = load_pair_student(work / "s1_unseen/student.pt")
+    glob = {"fp32_curated_global": torch_embedder(load_pair_student(work / "s1_curated_global/student.pt")[0])} \
+        if args.per_label else {}
     baseline = {}
     if args.init:  # the RGB student before stage 1, with the same modality normalisation: what stage 1 adds
         from edgeclip.students.model import load_student
@@ -178,7 +191,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     ps = ps.subset(subset_indices(len(ps), args.test_images, args.seed))
     d = preload_pairs(ps, cur.specs, size)
     t0 = time.time()
-    models = {**baseline, "fp32_curated": torch_embedder(cur), "fp32_all": torch_embedder(allm),
+    models = {**baseline, "fp32_curated": torch_embedder(cur), **glob, "fp32_all": torch_embedder(allm),
               "int8_ptq": exported_embedder(work / "ptq/ptq.json"),
               "int8_qat_triplet": exported_embedder(work / "qat_triplet/qat.json"),
               "int8_qat_plain": exported_embedder(work / "qat_plain/qat.json")}
@@ -208,10 +221,13 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                                                                     "train images (no monochrome images, no labels)"}
                                                            if args.init else None),
                    "img_size": 32, "train_pool_images": args.train_images, "curated_fraction": args.fraction,
+                   "curation": "top fraction within each pseudo-label (main run); EdgeVL's global top fraction "
+                               "as fp32_curated_global" if args.per_label else "global top fraction (EdgeVL)",
                    "stage1_steps": args.steps, "qat_steps": args.qat_steps, "batch_pairs": args.batch,
                    "test_images": len(d), "unseen_test_images": evu["n"],
                    "seconds": timings, "note": args.note},
-        "checkpoints": {n: sha256_file(work / n / "student.pt") for n in ("s1_curated", "s1_all", "s1_unseen")},
+        "checkpoints": {n: sha256_file(work / n / "student.pt")
+                        for n in ("s1_curated", "s1_curated_global", "s1_all", "s1_unseen") if (work / n).is_dir()},
         "onnx": {n: {m: sha256_file(p) for m, p in read_json(work / n / f).get("exports", {}).items()}
                  for n, f in (("ptq", "ptq.json"), ("qat_triplet", "qat.json"), ("qat_plain", "qat.json"))},
         "zero_shot_top1": {k: {mod: v["top1"] for mod, v in ev[k].items()} for k in ["teacher", *models]},
@@ -219,6 +235,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                            "top1_5way": {k: {mod: v["top1"] for mod, v in evu[k].items()}
                                          for k in ("teacher", *baseline, "fp32_seen5", "fp32_all10")}},
         "curation": read_json(work / "curate/manifest.json")["summary"],
+        **({"curation_global": read_json(work / "curate_global/manifest.json")["summary"]} if args.per_label else {}),
         "qat": {n: {k: read_json(work / n / "qat.json")[k]
                     for k in ("reduce_range", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")}
                 for n in ("qat_triplet", "qat_plain")},
@@ -232,10 +249,14 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         **{f"qat_triplet_minus_ptq_{mod}_points": {
             "value": 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_ptq", mod)), "target": 1.0,
             "met": 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_ptq", mod)) >= 1.0} for mod in ("rgb", "mono")},
-        **{f"curated_minus_all_{mod}_points": {"value": 100 * (top(ev, "fp32_curated", mod) - top(ev, "fp32_all", mod))}
-           for mod in ("rgb", "mono")},
+        **{f"{m[5:]}_minus_all_{mod}_points": {"value": 100 * (top(ev, m, mod) - top(ev, "fp32_all", mod))}
+           for m in ("fp32_curated", *glob) for mod in ("rgb", "mono")},
         "qat_triplet_minus_plain_points": {mod: 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_qat_plain", mod))
                                            for mod in ("rgb", "mono")},
+        "main_student": main_student,
+        # the same two ratios for every model, so no student's outcome is hidden behind the main one
+        "ratios_by_model": {m: {f"{mod}_over_teacher_rgb": top(ev, m, mod) / t_rgb for mod in ("rgb", "mono")}
+                            for m in models},
     }
     write_json(args.out, res)
     print(json.dumps({"zero_shot_top1": res["zero_shot_top1"], "unseen": res["unseen_classes"]["top1_5way"],
