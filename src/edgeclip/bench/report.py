@@ -27,15 +27,16 @@ PUBLISHED: List[Dict[str, str]] = [
                   "not verified the paper's tables.",
      "compare": "clip4retrofit",
      "data": "Theirs: a real CLIP ViT teacher, in-vehicle camera images, the Retrofit device. Ours: a reference LiT "
-             "teacher (MiniLM text tower) on CIFAR-10 at 32 px, and random-weight CLIP towers for speed, on a shared CPU."},
+             "teacher (MiniLM text tower) on CIFAR-10 at 32 px, and random-weight CLIP towers for speed, on the CPU the bench JSON names."},
     {"system": "EdgeVL",
      "source": "Cai et al., \"Self-Adapting Large Visual-Language Models to Edge Devices across Visual Modalities\", "
                "ECCV 2024, arXiv:2403.04908",
      "published": "Up to 15.4 % accuracy improvement on multiple datasets and up to 93-fold model-size reduction "
                   "(abstract). Pseudo-label selection keeps the top 20 % of samples by teacher confidence (project brief).",
      "compare": "edgevl",
-     "data": "Theirs: full-scale paired RGB / non-RGB benchmark datasets and a real CLIP teacher. Ours: the handful of "
-             "real RGB-D pairs in ../shared/data/rgbd-samples and CLIP towers with random weights for size/speed."},
+     "data": "Theirs: full-scale paired RGB / non-RGB benchmark datasets and a real CLIP teacher. Ours: CIFAR-10 RGB + "
+             "monochrome (luminance) pairs with the reference LiT teacher for accuracy, the handful of real RGB-D pairs "
+             "in ../shared/data/rgbd-samples for loading, and CLIP towers with random weights for size/speed."},
     {"system": "CLIP-distilled ShuffleNetV2 captioner",
      "source": "the seed captioning system named in the project brief (we could not identify the paper, so only the "
                "brief's figures are quoted)",
