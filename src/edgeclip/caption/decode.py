@@ -124,7 +124,7 @@ def generate(model, images: torch.Tensor, beam: int = 5, max_len: int = 20, leng
     else:
         ids, _ = beam_decode(step, (h, c), (feats, keys), beam, max_len, length_penalty, allow_unk)
     model.train(was)
-    return [model.vocab.decode(r.tolist()) for r in ids]
+    return decode_ids(model.vocab, ids)
 
 
 def decode_ids(vocab, ids: torch.Tensor) -> List[str]:
