@@ -75,9 +75,12 @@ def _teacher_tag() -> str:
     return sha256_file(TEACHER)[:12] if TEACHER.is_file() else "none"
 
 
+RUN_SUFFIX = ""  # --suffix: one folder per budget, so that a longer schedule never resumes a shorter one
+
+
 def run_dir(name: str) -> Path:
     """Run a's folder is per teacher file, so that a later teacher never resumes an older run."""
-    return ART / (f"a-{_teacher_tag()}" if RUNS[name]["alpha"] > 0 else name)
+    return ART / ((f"a-{_teacher_tag()}" if RUNS[name]["alpha"] > 0 else name) + (f"-{RUN_SUFFIX}" if RUN_SUFFIX else ""))
 
 
 def run_config(name: str, epochs: int, data: Path) -> CaptionTrainConfig:
@@ -135,6 +138,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="a,b", help="which runs to train (comma list of a,b; '' for none)")
     ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--suffix", default="", help="run folders get this suffix (e.g. e30), so a new budget starts "
+                                                 "fresh instead of resuming the folders of another budget")
     ap.add_argument("--report", action="store_true", help="evaluate and write the JSON (default when both runs train)")
     ap.add_argument("--teacher", default=None, help="teacher.pt for run a (default: the lab teacher; with "
                     "--snapshot-teacher, a snapshot of the lab teacher's last.ckpt)")
@@ -150,7 +155,8 @@ def main(argv=None):
     data = shared_data_dir()
     if not (data / "vi-captions" / "captions.txt").is_file():
         sys.exit(f"vi-captions not found under {data} (set EDGECLIP_SHARED_DATA)")
-    global TEACHER
+    global TEACHER, RUN_SUFFIX
+    RUN_SUFFIX = args.suffix
     snapshot = None
     if args.snapshot_teacher:
         if not SNAPSHOT.is_file():
