@@ -240,8 +240,9 @@ def main(argv=None):
         "The reference teacher is a CIFAR-10 LiT teacher (32 px); its embedding of a vi-captions photo is the alpha target.",
         "METEOR 1.5 runs with its English settings (-l en -norm): on Vietnamese only exact matches count.",
         "SPICE needs Stanford CoreNLP, downloaded on first use; offline that fails and SPICE is reported unavailable.",
-        f"Budget reduced for 2 CPU cores: {args.epochs} epochs per run (the config default is 30, with early stopping); "
-        "both runs have identical settings and data. " + args.note,
+        (f"Budget reduced for 2 CPU cores: {args.epochs} epochs per run (the config default is 30, with early stopping); "
+         if args.epochs < 30 else f"Up to {args.epochs} epochs per run with early stopping on val CIDEr (the config's schedule); ")
+        + "both runs have identical settings and data. " + args.note,
         "Throughput excludes JPEG decoding (images preloaded as uint8 at 224 px); includes normalisation, encoder and decoding."]
     write_json(args.out, results)
     print(f"wrote {args.out}")
