@@ -31,6 +31,7 @@ def main() -> None:
     from edgeclip.config import load_config
     from edgeclip.data.sources import ensure_extracted, open_source
     from edgeclip.distill.cache import build_cache
+    from edgeclip.bench.suite import lab_student_names
     from edgeclip.distill.trainer import DistillConfig, distill
     from edgeclip.evaluate import evaluate
     from edgeclip.labeling.label import load_embedder
@@ -74,7 +75,8 @@ def main() -> None:
         timings["cache_minutes"] = (time.time() - t1) / 60
 
     dcfg = cfg["distill"]
-    sdir = art / dcfg.get("name", "student")  # one folder per student schedule, so a new schedule never resumes an old one
+    names = lab_student_names(dcfg)  # one folder per student schedule, so a new schedule never resumes an old one
+    sdir = art / names[0]
     dc = DistillConfig(teacher=teacher_spec, data=str(train_dir), cache=str(art / "cache"), out=str(sdir),
                        student=dcfg["student"], loss=dcfg["loss"], templates=templates,
                        train=dict(dcfg["train"], seed=cfg["seed"]))
@@ -85,7 +87,7 @@ def main() -> None:
     students = {}
     cont = dcfg.get("continue")  # a second cosine cycle from the first student (distill --init), label-free as well
     if cont:
-        cdir = sdir.with_name(sdir.name + "_cont")
+        cdir = art / names[-1]
         cc = DistillConfig(teacher=teacher_spec, data=str(train_dir), cache=str(art / "cache"),
                            out=str(cdir), init=str(sdir / "student.pt"), loss=dcfg["loss"],
                            templates=templates, train=dict(dcfg["train"], **cont, seed=cfg["seed"]))

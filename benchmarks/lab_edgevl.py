@@ -116,13 +116,14 @@ def main(argv=None) -> None:
                                 **init, **kw)
         timed(name, lambda: distill_pairs(cfg, teacher=teacher))
 
-    n_curated = -(-args.train_images * args.fraction // 1)
+    def n_kept(curation: str) -> int:
+        return read_json(work / curation / "manifest.json")["summary"]["n_kept"]
 
     def qat(name, tw):
         """Stage 2 from the curated stage-1 student on the curated pairs (pseudo-labels from the manifest)."""
         if (work / name / "qat.json").exists():
             return
-        ep = epochs_for(read_json(work / "curate/manifest.json")["summary"]["n_kept"], args.qat_steps)
+        ep = epochs_for(n_kept("curate"), args.qat_steps)
         cfg = QATConfig(student=str(work / "s1_curated/student.pt"), data=str(data["train"]), derive=derive,
                         out=str(work / name), cache=cache, manifest=str(work / "curate/manifest.json"),
                         triplet_weight=tw, margin=0.2, seed=args.seed,
@@ -139,11 +140,10 @@ def main(argv=None) -> None:
                                            per_label=args.per_label))
             if args.per_label:
                 curate(teacher, ps, work / "curate_global", fraction=args.fraction, cache=cache)
-        stage1("s1_curated", read_json(work / "curate/manifest.json")["summary"]["n_kept"],
-               manifest=str(work / "curate/manifest.json"))
+        stage1("s1_curated", n_kept("curate"), manifest=str(work / "curate/manifest.json"))
         qat("qat_triplet", 1.0)
         if args.per_label:
-            stage1("s1_curated_global", int(n_curated), manifest=str(work / "curate_global/manifest.json"))
+            stage1("s1_curated_global", n_kept("curate_global"), manifest=str(work / "curate_global/manifest.json"))
     if args.part in ("all", "b"):
         while not (work / "curate/manifest.json").exists():  # part a builds the shared teacher cache first
             time.sleep(10)

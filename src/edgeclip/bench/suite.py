@@ -26,15 +26,21 @@ from . import speed as speed_mod
 LAB = Path("benchmarks/artifacts/lab")
 
 
+def lab_student_names(distill: Dict[str, Any]) -> List[str]:
+    """Folders of the foundation lab's students in training order, from its config's ``distill`` block:
+    ``name`` (default "student"), then ``<name>_cont`` when ``continue`` adds a second cycle. The last is final."""
+    name = distill.get("name", "student")
+    return [name] + ([name + "_cont"] if distill.get("continue") else [])
+
+
 def lab_student_path(lab: Path = LAB, results: Optional[Path] = None) -> Path:
-    """The final student of the foundation lab, as its results JSON names it (distill.name, + "_cont" after a
-    second cycle); ``lab/student/student.pt`` when there is no such JSON."""
+    """The final student of the foundation lab, as its results JSON names it; ``lab/student/student.pt`` when
+    there is no such JSON."""
     from ..utils.io import read_json
 
     results = results or lab.parents[1] / "results" / "lab_clip4retrofit.json"
     try:
-        d = read_json(results)["config"]["distill"]
-        name = d.get("name", "student") + ("_cont" if d.get("continue") else "")
+        name = lab_student_names(read_json(results)["config"]["distill"])[-1]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         name = "student"
     return lab / name / "student.pt"
@@ -97,10 +103,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
         sh = _shapes(work)
         train_dir, test_dir = sh["train"], test_dir or sh["test"]
     teacher, students = cfg.teacher, list(cfg.students)
+    lab_student = lab_student_path()
     if cfg.use_lab and not teacher and not students and (LAB / "teacher" / "teacher.pt").is_file():
         teacher = f"reference-lit:{(LAB / 'teacher' / 'teacher.pt').resolve()}"
-        if lab_student_path().is_file():
-            students = [str(lab_student_path().resolve())]
+        if lab_student.is_file():
+            students = [str(lab_student.resolve())]
     result: Dict[str, Any] = {"kind": "edgeclip-bench/1", "mode": mode, "date": machine_info()["date"],
                               "machine": machine_info(), "threads": threads, "config": asdict(cfg),
                               "inputs": {"train_data": str(train_dir), "eval_data": str(test_dir) if test_dir else None,
@@ -172,7 +179,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
 
         if not students:
             raise EdgeClipError("no student checkpoint given (--student) and no lab student at "
-                                f"{lab_student_path()}: accuracy not measured")
+                                f"{lab_student}: accuracy not measured")
         if test_dir is None:
             raise EdgeClipError("no evaluation ImageFolder (--data) and no CIFAR-10 in ../shared/data")
         n = cfg.max_images or (200 if cfg.quick else 2000)

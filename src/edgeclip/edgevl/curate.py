@@ -4,8 +4,8 @@ Confidence of a pair = max softmax over the teacher's prompt similarities of its
 teacher's logit scale as temperature. Keep the top ``fraction`` (default 0.2, as EdgeVL) or every pair
 at or above ``threshold``. ``per_label=True`` takes the top fraction within each pseudo-label instead of
 over all pairs: the teacher is more sure of some classes than others, and a global cut can leave a class
-with almost no pairs (on CIFAR-10 the global top 20 % keeps 4 automobiles out of 1,000). The manifest records every pair (kept or not) with its pseudo-label and
-confidence; a histogram shows where the cut fell.
+with almost no pairs (on CIFAR-10 the global top 20 % keeps 4 automobiles out of 1,000). The manifest
+records every pair (kept or not) with its pseudo-label and confidence; a histogram shows where the cut fell.
 """
 
 from __future__ import annotations
