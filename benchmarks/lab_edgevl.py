@@ -3,6 +3,7 @@
 The reference teacher sees RGB; one student learns RGB and monochrome from it, label-free. Measured:
   1. student on mono / teacher on RGB, student on RGB / teacher (targets >= 0.90 and >= 0.97);
   2. int8: QAT + semi-hard triplet vs plain QAT vs ONNX Runtime static PTQ, both modalities (target +1 point);
+     with --per-tensor the same three again with one weight scale per tensor (per-tensor-only accelerators);
   3. curation: stage 1 on the teacher's top-20 % vs on all pairs, the same number of steps (with --per-label the
      main run keeps the top 20 % of each pseudo-label, and EdgeVL's global top 20 % runs beside it);
   4. unseen classes (EdgeVL's EuroSAT protocol): distil on the images of 5 classes, zero-shot on the other 5.
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PER_TENSOR = (("ptq_pt", "ptq.json"), ("qat_triplet_pt", "qat.json"), ("qat_plain_pt", "qat.json"))
 SEEN = ["airplane", "automobile", "bird", "cat", "deer"]
 UNSEEN = ["dog", "frog", "horse", "ship", "truck"]
 
@@ -64,6 +66,9 @@ def main(argv=None) -> None:
     ap.add_argument("--per-label", action="store_true",
                     help="the main curated run keeps the top fraction within each pseudo-label (edgeclip curate "
                          "--per-label); EdgeVL's global cut is then also run, as s1_curated_global")
+    ap.add_argument("--per-tensor", action="store_true",
+                    help="also PTQ / QAT+triplet / plain QAT with per-tensor weight scales (ptq_pt, qat_triplet_pt, "
+                         "qat_plain_pt), for accelerators without per-channel scales")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", default="2 CPU cores; reduced budget", help="recorded in the JSON's budget")
     ap.add_argument("--part", default="all", choices=["all", "a", "b", "report"])
@@ -119,14 +124,14 @@ def main(argv=None) -> None:
     def n_kept(curation: str) -> int:
         return read_json(work / curation / "manifest.json")["summary"]["n_kept"]
 
-    def qat(name, tw):
+    def qat(name, tw, per_channel=True):
         """Stage 2 from the curated stage-1 student on the curated pairs (pseudo-labels from the manifest)."""
         if (work / name / "qat.json").exists():
             return
         ep = epochs_for(n_kept("curate"), args.qat_steps)
         cfg = QATConfig(student=str(work / "s1_curated/student.pt"), data=str(data["train"]), derive=derive,
                         out=str(work / name), cache=cache, manifest=str(work / "curate/manifest.json"),
-                        triplet_weight=tw, margin=0.2, seed=args.seed,
+                        triplet_weight=tw, margin=0.2, seed=args.seed, per_channel=per_channel,
                         train={"epochs": ep, "batch_size": args.batch, "lr": args.qat_lr, "warmup_epochs": 0.0,
                                "weight_decay": 0.0, "max_steps_per_epoch": -(-args.qat_steps // ep),
                                "threads": torch.get_num_threads(), "log_every": 10**9})
@@ -152,12 +157,17 @@ def main(argv=None) -> None:
                cache=str(work / "cache_unseen"))  # its own cache: part a reads the shared one meanwhile
         while not (work / "s1_curated/student.pt").exists():
             time.sleep(10)
-        if not (work / "ptq/ptq.json").exists():
-            timed("ptq", lambda: ptq_pairs(str(work / "s1_curated/student.pt"),
-                                           PairDataConfig(data=str(data["train"]), derive=derive, out=str(work / "ptq"),
-                                                          cache=cache, manifest=str(work / "curate/manifest.json"),
-                                                          seed=args.seed), calib_images=256, teacher=teacher))
+        for name, pc in (("ptq", True), ("ptq_pt", False))[: 2 if args.per_tensor else 1]:
+            if not (work / name / "ptq.json").exists():
+                timed(name, lambda: ptq_pairs(str(work / "s1_curated/student.pt"),
+                                              PairDataConfig(data=str(data["train"]), derive=derive, out=str(work / name),
+                                                             cache=cache, manifest=str(work / "curate/manifest.json"),
+                                                             seed=args.seed), calib_images=256, teacher=teacher,
+                                              per_channel=pc))
         qat("qat_plain", 0.0)
+        if args.per_tensor:
+            qat("qat_triplet_pt", 1.0, per_channel=False)
+            qat("qat_plain_pt", 0.0, per_channel=False)
     if args.part in ("all", "report"):
         report(args, work, data, teacher, derive, timings)
 
@@ -194,7 +204,9 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     models = {**baseline, "fp32_curated": torch_embedder(cur), **glob, "fp32_all": torch_embedder(allm),
               "int8_ptq": exported_embedder(work / "ptq/ptq.json"),
               "int8_qat_triplet": exported_embedder(work / "qat_triplet/qat.json"),
-              "int8_qat_plain": exported_embedder(work / "qat_plain/qat.json")}
+              "int8_qat_plain": exported_embedder(work / "qat_plain/qat.json"),
+              **({f"int8_{n[:-3]}_per_tensor": exported_embedder(work / n / f) for n, f in PER_TENSOR}
+                 if args.per_tensor else {})}
     ev = evaluate_pairs(d, ps.classes, "rgb", ["rgb", "mono"], models, teacher=teacher)
     # unseen classes: all test images of the 5 classes never distilled on, 5-way zero-shot
     psu = open_pairs(data["test"], derive=derive)
@@ -229,18 +241,23 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         "checkpoints": {n: sha256_file(work / n / "student.pt")
                         for n in ("s1_curated", "s1_curated_global", "s1_all", "s1_unseen") if (work / n).is_dir()},
         "onnx": {n: {m: sha256_file(p) for m, p in read_json(work / n / f).get("exports", {}).items()}
-                 for n, f in (("ptq", "ptq.json"), ("qat_triplet", "qat.json"), ("qat_plain", "qat.json"))},
+                 for n, f in (("ptq", "ptq.json"), ("qat_triplet", "qat.json"), ("qat_plain", "qat.json"),
+                              *(PER_TENSOR if args.per_tensor else ()))},
         "zero_shot_top1": {k: {mod: v["top1"] for mod, v in ev[k].items()} for k in ["teacher", *models]},
         "unseen_classes": {"distilled_on": SEEN, "evaluated_on": UNSEEN, "n": evu["n"],
                            "top1_5way": {k: {mod: v["top1"] for mod, v in evu[k].items()}
                                          for k in ("teacher", *baseline, "fp32_seen5", "fp32_all10")}},
         "curation": read_json(work / "curate/manifest.json")["summary"],
         **({"curation_global": read_json(work / "curate_global/manifest.json")["summary"]} if args.per_label else {}),
-        "qat": {n: {k: read_json(work / n / "qat.json")[k]
-                    for k in ("reduce_range", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")}
-                for n in ("qat_triplet", "qat_plain")},
+        "qat": {n: {k: read_json(work / n / "qat.json").get(k, True if k == "per_channel" else None)
+                    for k in ("reduce_range", "per_channel", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8",
+                              "seconds")}
+                for n in ("qat_triplet", "qat_plain", *(("qat_triplet_pt", "qat_plain_pt") if args.per_tensor else ()))},
         "ptq": {k: read_json(work / "ptq/ptq.json")[k] for k in ("reduce_range", "calib_images", "calibrated_on",
                                                                    "per_channel", "method")},
+        **({"ptq_per_tensor": {k: read_json(work / "ptq_pt/ptq.json")[k] for k in ("reduce_range", "calib_images",
+                                                                                 "per_channel", "method")}}
+           if args.per_tensor else {}),
     }
     s_mono, s_rgb = top(ev, main_student, "mono"), top(ev, main_student, "rgb")
     res["targets"] = {
@@ -253,6 +270,14 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
            for m in ("fp32_curated", *glob) for mod in ("rgb", "mono")},
         "qat_triplet_minus_plain_points": {mod: 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_qat_plain", mod))
                                            for mod in ("rgb", "mono")},
+        # per-tensor weight scales: a second, separately labelled comparison; the +1 target above stays per-channel
+        **({"per_tensor_weights": {
+            **{f"qat_triplet_minus_ptq_{mod}_points": 100 * (top(ev, "int8_qat_triplet_per_tensor", mod)
+                                                             - top(ev, "int8_ptq_per_tensor", mod)) for mod in ("rgb", "mono")},
+            **{f"qat_plain_minus_ptq_{mod}_points": 100 * (top(ev, "int8_qat_plain_per_tensor", mod)
+                                                           - top(ev, "int8_ptq_per_tensor", mod)) for mod in ("rgb", "mono")},
+            **{f"ptq_minus_fp32_{mod}_points": 100 * (top(ev, "int8_ptq_per_tensor", mod) - top(ev, "fp32_curated", mod))
+               for mod in ("rgb", "mono")}}} if args.per_tensor else {}),
         "main_student": main_student,
         # the same two ratios for every model, so no student's outcome is hidden behind the main one
         "ratios_by_model": {m: {f"{mod}_over_teacher_rgb": top(ev, m, mod) / t_rgb for mod in ("rgb", "mono")}

@@ -64,3 +64,20 @@ def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
     assert ev["int8"]["mono"]["n"] == 36
     with pytest.raises(Exception, match="margin"):
         qat_pairs(QATConfig(student=cfg.student, data=cfg.data, derive=DERIVE, margin=0.0), teacher=t)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_qat_weight_scales_per_channel_or_per_tensor(per_channel):
+    """per_channel=False (accelerators with one scale per tensor) leaves no per-channel weight quantisation."""
+    from edgeclip.quant.qat import convert_qat, prepare_qat
+    from edgeclip.students import create_student
+
+    m = create_student("shufflenet_v2_x0_5", 8, small_input=True, img_size=16, head_hidden=0)
+    core = prepare_qat(m, (4, 3, 16, 16), per_channel=per_channel)
+    core.train()
+    core(torch.randn(4, 3, 16, 16))  # observers see data
+    q = convert_qat(core)
+    ops = {str(n.target) for n in q.graph.nodes if n.op == "call_function"}
+    assert any("dequantize_per_tensor" in o for o in ops)
+    assert any("dequantize_per_channel" in o for o in ops) == per_channel
+    assert q(torch.randn(2, 3, 16, 16)).shape == (2, 8)

@@ -120,7 +120,9 @@ def register(app: typer.Typer) -> None:
         derive: Derive = [], modality: Modality = [], cache: Cache = None, teacher: Optional[str] = typer.Option(None),
         triplet_weight: Optional[float] = typer.Option(None, help="0 = plain QAT without the contrastive term"),
         margin: Optional[float] = typer.Option(None), epochs: Epochs = None, batch_size: BatchSize = None,
-        lr: Lr = None, set_: Sets = [],
+        lr: Lr = None, per_channel: Optional[bool] = typer.Option(
+            None, "--per-channel/--per-tensor", help="weight scales per output channel (default) or one per tensor"),
+        set_: Sets = [],
     ):
         """Stage 2: quantization-aware training (torchao PT2E) + semi-hard triplet; int8 QDQ ONNX out."""
         from .train import QATConfig, qat_pairs
@@ -128,8 +130,8 @@ def register(app: typer.Typer) -> None:
         cfg = config_from_cli(QATConfig, config, [
             ("student", student), ("data", data), ("out", out), ("manifest", manifest), ("derive", _derive(derive)),
             ("modalities", modality or None), ("cache", cache), ("teacher", teacher),
-            ("triplet_weight", triplet_weight), ("margin", margin), ("train.epochs", epochs),
-            ("train.batch_size", batch_size), ("train.lr", lr)], set_)
+            ("triplet_weight", triplet_weight), ("margin", margin), ("per_channel", per_channel),
+            ("train.epochs", epochs), ("train.batch_size", batch_size), ("train.lr", lr)], set_)
         res = qat_pairs(cfg, progress=True)
         _echo({k: res[k] for k in ("exports", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")})
 
@@ -140,6 +142,8 @@ def register(app: typer.Typer) -> None:
         derive: Derive = [], modality: Modality = [], cache: Cache = None, calib_images: int = typer.Option(256),
         method: str = typer.Option("minmax", help="minmax | entropy | percentile"),
         reduce_range: str = typer.Option("auto", help="auto | true | false: 7-bit weights for x86 CPUs without VNNI"),
+        per_channel: bool = typer.Option(True, "--per-channel/--per-tensor",
+                                         help="weight scales per output channel (default) or one per tensor"),
     ):
         """Baseline: ONNX Runtime static int8 (QDQ), calibrated on images of every modality."""
         from .train import PairDataConfig, ptq_pairs
@@ -148,7 +152,8 @@ def register(app: typer.Typer) -> None:
         rr = {"auto": "auto", "true": True, "false": False}.get(reduce_range.lower())
         if rr is None:
             raise EdgeClipError(f"--reduce-range must be auto, true or false, got {reduce_range!r}")
-        _echo(ptq_pairs(student, cfg, calib_images=calib_images, method=method, reduce_range=rr))
+        _echo(ptq_pairs(student, cfg, calib_images=calib_images, method=method, reduce_range=rr,
+                        per_channel=per_channel))
 
     @app.command("eval-pair")
     def eval_pair_cmd(

@@ -79,6 +79,7 @@ class QATConfig(PairDataConfig):
     labels: Optional[List[str]] = None  # pseudo-label vocabulary when no manifest is given
     templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     reduce_range: Any = "auto"  # 7-bit activations; auto: when this CPU lacks VNNI (int8 kernels saturate)
+    per_channel: bool = True  # False: one weight scale per tensor (per-tensor-only accelerators)
     train: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -311,7 +312,8 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     bank_labels = p.pseudo.repeat(M)
     t0 = time.time()
     reduce_range = resolve_reduce_range(cfg.reduce_range)
-    core = prepare_qat(fp.student, (8, 3, size, size), reduce_range=reduce_range, embed_dim=fp.student.embed_dim)
+    core = prepare_qat(fp.student, (8, 3, size, size), reduce_range=reduce_range, per_channel=cfg.per_channel,
+                       embed_dim=fp.student.embed_dim)
     model = PairStudent(core, p.specs, p.ps.primary)
     model.adapters = fp.adapters
     prep_s = time.time() - t0
@@ -360,7 +362,7 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     res = {"format": "edgeclip-edgevl-qat/1", "student": cfg.student, "config": asdict(cfg), "exports": exports,
            "specs": {m: s.to_dict() for m, s in p.specs.items()}, "primary": p.ps.primary, "img_size": size,
            "teacher": teacher.describe(), "data_info": p.info, "history": hist["epochs"],
-           "reduce_range": reduce_range, "semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"]) if cfg.triplet_weight > 0 else None,
+           "reduce_range": reduce_range, "per_channel": cfg.per_channel, "semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"]) if cfg.triplet_weight > 0 else None,
            "onnx_min_cosine_vs_torch_int8": parity, "seconds": {"prepare": prep_s, "train": hist.get("train_seconds"),
                                                                  "convert_export": time.time() - t1}}
     write_json(out / "qat.json", res)

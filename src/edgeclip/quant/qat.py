@@ -8,6 +8,8 @@
 The quantizer is torchao's X86 inductor quantizer in QAT mode: int8 symmetric per-channel weights,
 uint8 affine per-tensor activations, conv + batch-norm folded during training. The same scheme as
 ONNX Runtime's static QDQ quantisation, so the QAT model and the PTQ baseline are comparable.
+``per_channel=False`` gives one weight scale per tensor instead (accelerators that only support
+per-tensor scales; ONNX Runtime's ``per_channel=False`` is the matching PTQ).
 """
 
 from __future__ import annotations
@@ -67,17 +69,33 @@ def fold_batchnorm(model: nn.Module) -> int:
     return n
 
 
+def qat_quantization_config(reduce_range: bool = False, per_channel: bool = True):
+    """torchao's default X86 QAT config; with ``per_channel=False`` its weights get one symmetric scale per
+    tensor (moving-average min/max fake-quant), everything else unchanged."""
+    from torchao.quantization.pt2e import FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver
+    from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
+
+    cfg = get_default_x86_inductor_quantization_config(is_qat=True, reduce_range=reduce_range)
+    if per_channel:
+        return cfg
+    w = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                         is_dynamic=False, observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
+                             eps=2 ** -12, observer=MovingAverageMinMaxObserver))
+    return QuantizationConfig(cfg.input_activation, cfg.output_activation, w, cfg.bias, True)
+
+
 def prepare_qat(model: nn.Module, example_shape: Sequence[int], max_batch: int = 4096, fold_bn: bool = True,
-                reduce_range: bool = False, **attrs) -> QATModule:
+                reduce_range: bool = False, per_channel: bool = True, **attrs) -> QATModule:
     """torch.export ``model`` (dynamic batch) and insert QAT fake-quantisation. Extra ``attrs`` are kept
     on the wrapper (e.g. ``embed_dim``). ``reduce_range``: 7-bit activations, for x86 CPUs without VNNI
-    (see :func:`resolve_reduce_range`). ``fold_bn`` folds conv+BN first (see :func:`fold_batchnorm`);
+    (see :func:`resolve_reduce_range`). ``per_channel=False``: per-tensor weight scales (see
+    :func:`qat_quantization_config`). ``fold_bn`` folds conv+BN first (see :func:`fold_batchnorm`);
     the model is modified in place then, so pass a copy when the float model is still needed."""
     if fold_bn:
         fold_batchnorm(model)
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
     model = model.train()
     ex = torch.randn(*example_shape)
@@ -86,8 +104,7 @@ def prepare_qat(model: nn.Module, example_shape: Sequence[int], max_batch: int =
     except Exception as e:  # pragma: no cover - depends on the architecture
         raise EdgeClipError(f"torch.export of the model failed (QAT needs an exportable model): "
                             f"{str(e).splitlines()[0][:300]}") from None
-    q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True,
-                                                                                      reduce_range=reduce_range))
+    q = X86InductorQuantizer().set_global(qat_quantization_config(reduce_range, per_channel))
     try:
         prepared = prepare_qat_pt2e(gm, q)
     except Exception as e:  # e.g. torchao's X86 quantizer refuses some conv-bn-add patterns (ResNet)
