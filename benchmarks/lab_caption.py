@@ -32,7 +32,8 @@ from edgeclip.bench.stats import count_params, flops, latency_ms  # noqa: E402
 from edgeclip.caption.data import load_captions  # noqa: E402
 from edgeclip.caption.decode import generate  # noqa: E402
 from edgeclip.caption.model import load_captioner  # noqa: E402
-from edgeclip.caption.train import CaptionTrainConfig, evaluate_captioner, train_captioner  # noqa: E402
+from edgeclip.caption.train import (CaptionTrainConfig, evaluate_captioner, image_grounding,  # noqa: E402
+                                    train_captioner)
 from edgeclip.config import build_dataclass, load_config  # noqa: E402
 from edgeclip.data.memory import normalize, preload  # noqa: E402
 from edgeclip.teachers.minilm import TEXT_DIM  # noqa: E402
@@ -45,6 +46,10 @@ TEACHER = REPO / "benchmarks" / "artifacts" / "lab" / "teacher" / "teacher.pt"
 TEACHER_CKPT = REPO / "benchmarks" / "artifacts" / "lab" / "teacher" / "last.ckpt"
 SNAPSHOT = ART / "teacher_snapshot.pt"
 RUNS = {"a": {"alpha": 0.7, "beta": 0.3}, "b": {"alpha": 0.0, "beta": 0.3}}
+# ablation (--runs b_noinit): run b's settings with a random-init encoder, to separate what the distilled encoder
+# start adds from what the rest of the schedule adds; reported under "ablations" when trained
+ABLATIONS = {"b_noinit": {"alpha": 0.0, "beta": 0.3, "random_init": True}}
+RUNS.update(ABLATIONS)
 
 
 def snapshot_teacher(ckpt: Path, out: Path) -> dict:
@@ -76,6 +81,7 @@ def _teacher_tag() -> str:
 
 
 RUN_SUFFIX = ""  # --suffix: one folder per budget, so that a longer schedule never resumes a shorter one
+INIT: Path | None = None  # --init: the distilled student both runs' encoders start from (None: random init)
 
 
 def run_dir(name: str) -> Path:
@@ -85,13 +91,14 @@ def run_dir(name: str) -> Path:
 
 def run_config(name: str, epochs: int, data: Path) -> CaptionTrainConfig:
     d = load_config(REPO / "configs" / "caption_vi.yaml")
-    d.update(RUNS[name])
+    d.update({k: v for k, v in RUNS[name].items() if k in ("alpha", "beta")})
     d["data"] = str(data / "vi-captions" / "captions.txt")
     d["out"] = str(run_dir(name))
     d["teacher"] = f"reference-lit:{TEACHER}" if RUNS[name]["alpha"] > 0 else None
     d["model"] = {**d["model"], "teacher_dim": TEXT_DIM}  # MiniLM space: (a) and (b) have the same architecture
     d["cache"] = str(ART / f"teacher-cache-{_teacher_tag()}")
     d["train"] = {**d["train"], "epochs": epochs}
+    d["init"] = str(INIT) if INIT and not RUNS[name].get("random_init") else None
     return build_dataclass(CaptionTrainConfig, d)
 
 
@@ -118,6 +125,26 @@ def throughput(model, x_uint8, pp, threads: int = 2):
     return res
 
 
+def _earlier_attempts(path: Path, current: set) -> list:
+    """The previous JSON's outcome (per run: test metrics, distinct captions, encoder start), kept when a new
+    configuration replaces it, so that no earlier result disappears (not when it reports the ``current``
+    checkpoints, i.e. a re-run of the report)."""
+    try:
+        old = read_json(path)
+    except (OSError, ValueError):
+        return []
+    keep = list(old.get("earlier_attempts", []))
+    runs = {r: {"checkpoint_sha256": v.get("checkpoint_sha256"), "selected_epoch": v.get("selected_epoch"),
+                "epochs_run": len(v.get("epochs", [])), "test_beam5": v.get("test_beam5", {}).get("metrics"),
+                "distinct_captions_beam5": v.get("test_beam5", {}).get("distinct_captions"),
+                "test_greedy": v.get("test_greedy", {}).get("metrics")} for r, v in old.get("runs", {}).items()}
+    entry = {"date": old.get("machine", {}).get("date"), "command": old.get("command"),
+             "encoder_init": old.get("encoder_init"), "runs": runs}
+    if runs and all(e.get("runs") != runs for e in keep) and not {v["checkpoint_sha256"] for v in runs.values()} <= current:
+        keep.append(entry)
+    return keep
+
+
 def model_cost(model):
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -140,6 +167,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--suffix", default="", help="run folders get this suffix (e.g. e30), so a new budget starts "
                                                  "fresh instead of resuming the folders of another budget")
+    ap.add_argument("--init", default="lab", help="encoder start for both runs: 'lab' = the foundation lab's "
+                    "CLIP-distilled ShuffleNetV2 (benchmarks/results/lab_clip4retrofit.json), a student checkpoint, "
+                    "or 'none' (random init)")
     ap.add_argument("--report", action="store_true", help="evaluate and write the JSON (default when both runs train)")
     ap.add_argument("--teacher", default=None, help="teacher.pt for run a (default: the lab teacher; with "
                     "--snapshot-teacher, a snapshot of the lab teacher's last.ckpt)")
@@ -155,8 +185,16 @@ def main(argv=None):
     data = shared_data_dir()
     if not (data / "vi-captions" / "captions.txt").is_file():
         sys.exit(f"vi-captions not found under {data} (set EDGECLIP_SHARED_DATA)")
-    global TEACHER, RUN_SUFFIX
+    global TEACHER, RUN_SUFFIX, INIT
     RUN_SUFFIX = args.suffix
+    if args.init == "lab":
+        from edgeclip.bench.suite import lab_student_path
+
+        INIT = lab_student_path(REPO / "benchmarks" / "artifacts" / "lab")
+    elif args.init != "none":
+        INIT = Path(args.init).resolve()
+    if INIT is not None and not INIT.is_file():
+        sys.exit(f"--init: student checkpoint {INIT} not found (run benchmarks/lab_clip4retrofit.py, or --init none)")
     snapshot = None
     if args.snapshot_teacher:
         if not SNAPSHOT.is_file():
@@ -201,28 +239,38 @@ def main(argv=None):
     results = {"task": "captioning, vi-captions (Vietnamese), ShuffleNetV2 x1.0 49x512 encoder + LSTM(512) Bahdanau attention",
                "machine": machine_info(), "command": "python benchmarks/lab_caption.py " + " ".join(argv or sys.argv[1:]),
                "teacher": {"spec": f"reference-lit:{TEACHER}", "sha256": sha256_file(TEACHER),
-                           "snapshot": snapshot}, "runs": {}}
+                           "snapshot": snapshot},
+               "encoder_init": ({"checkpoint": str(INIT.relative_to(REPO)) if INIT.is_relative_to(REPO) else str(INIT),
+                                 "sha256": sha256_file(INIT),
+                                 "what": "backbone of an edgeclip student distilled label-free from the same reference "
+                                         "teacher on CIFAR-10 (32 px); the same start for runs a and b"}
+                                if INIT else None),
+               "runs": {}}
+    earlier = _earlier_attempts(Path(args.out), {sha256_file(run_dir(r) / "captioner.pt") for r in RUNS
+                                                 if (run_dir(r) / "captioner.pt").is_file()})
     test = load_captions(data / "vi-captions" / "captions.txt", split="test")
-    for r in ("a", "b"):
+    for r in ("a", "b", *(n for n in ABLATIONS if (run_dir(n) / "captioner.pt").is_file())):
         ck = run_dir(r) / "captioner.pt"
         model, pp, ckd = load_captioner(ck)
         hist = read_json(run_dir(r) / "history.json")
         rr = {"alpha": RUNS[r]["alpha"], "beta": RUNS[r]["beta"], "checkpoint": str(ck.relative_to(REPO)),
               "checkpoint_sha256": sha256_file(ck), "selected_epoch": ckd["extra"].get("epoch"),
               "val_cider_selected": ckd["extra"].get("val_cider"),
-              "budget": {"epochs": hist["config"]["epochs"], "batch_size": hist["config"]["batch_size"],
+              "budget": {"epochs": hist["config"]["epochs"], "batch_size_images": hist["config"]["batch_size"],
+                         "captions_per_image": ckd["extra"].get("train_config", {}).get("captions_per_image"),
                          "lr": hist["config"]["lr"], "grad_clip": hist["config"]["grad_clip"],
                          "train_minutes": hist.get("train_seconds", 0) / 60, "device": hist.get("device"),
                          "threads": hist.get("torch_threads") or f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
                          "stopped_early_at": hist.get("stopped_early_at")},
-              "epochs": hist["epochs"], "data": hist.get("data", {}).get("train", {}),
+              "epochs": hist["epochs"], "data": hist.get("data", {}).get("train", {}), "encoder_init": hist.get("init"),
               "vocab_size": len(model.vocab)}
         for beam in (5, 1):
             ev = evaluate_captioner(model, pp, test, beam=beam, max_len=20, samples=15)
             key = "test_beam5" if beam == 5 else "test_greedy"
             rr[key] = {k: v for k, v in ev.items() if k != "captions"}
             rr[key]["distinct_captions"] = len(set(ev["captions"].values()))
-        results["runs"][r] = rr
+        rr["grounding_test"] = image_grounding(model, pp, test)  # does the decoder use the image at all?
+        results.setdefault("ablations" if r in ABLATIONS else "runs", {})[r] = rr
         print(r, json.dumps(rr["test_beam5"]["metrics"]), flush=True)
     model, pp, _ = load_captioner(run_dir("a") / "captioner.pt")
     x, _, _ = preload([it.record() for it in test.items[:32]], pp.size, progress=False)
@@ -235,14 +283,21 @@ def main(argv=None):
         "encoder_le_0.2_gflops_as_2_flops_per_mac": results["cost"]["encoder_gflops"] <= 0.2,
         "beam5_ge_30_images_per_s_batch1": results["throughput_cpu"]["beam5_batch1"]["images_per_s"] >= 30,
         "beam5_ge_30_images_per_s_batch32": results["throughput_cpu"]["beam5_batch32"]["images_per_s"] >= 30}
+    if earlier:
+        results["earlier_attempts"] = earlier
     results["notes"] = [
-        "No pretrained ImageNet/CLIP weights exist offline: the encoder starts from random init in both runs.",
+        ("No pretrained ImageNet/CLIP weights exist offline: both runs' encoders start from the foundation lab's "
+         "CLIP-distilled ShuffleNetV2 (encoder_init), the analogue of the published system's pretrained encoder; "
+         "the distillation head and the decoder start fresh." if INIT else
+         "No pretrained ImageNet/CLIP weights exist offline: the encoder starts from random init in both runs."),
         "The reference teacher is a CIFAR-10 LiT teacher (32 px); its embedding of a vi-captions photo is the alpha target.",
         "METEOR 1.5 runs with its English settings (-l en -norm): on Vietnamese only exact matches count.",
         "SPICE needs Stanford CoreNLP, downloaded on first use; offline that fails and SPICE is reported unavailable.",
         (f"Budget reduced for 2 CPU cores: {args.epochs} epochs per run (the config default is 30, with early stopping); "
          if args.epochs < 30 else f"Up to {args.epochs} epochs per run with early stopping on val CIDEr (the config's schedule); ")
         + "both runs have identical settings and data. " + args.note,
+        *(["Ablation b_noinit: run b's settings with a random-init encoder (what the distilled encoder start adds)."]
+          if "ablations" in results else []),
         "Throughput excludes JPEG decoding (images preloaded as uint8 at 224 px); includes normalisation, encoder and decoding."]
     write_json(args.out, results)
     print(f"wrote {args.out}")

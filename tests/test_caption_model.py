@@ -140,3 +140,30 @@ def test_onnx_greedy_matches_torch(tmp_path):
     assert ort_cap.caption(x, beam=1, max_len=12) == torch_caps
     assert len(set(torch_caps)) > 1  # a real comparison, not six empty strings
     assert ort_cap.caption(x, beam=4, max_len=12) == generate(m, x, beam=4, max_len=12)
+
+
+def test_encoder_init_from_a_distilled_student(tmp_path):
+    """A 32-px CIFAR-style student (small_input, stem_stride 1) initialises the 224-px encoder: the strides are
+    not weights. Its linear head is copied when the shape fits; another architecture is a one-line error."""
+    from edgeclip.caption.model import init_encoder_from_student
+    from edgeclip.students import create_student
+    from edgeclip.students.model import save_student
+
+    torch.manual_seed(1)
+    st = create_student("shufflenet_v2_x0_5", 16, small_input=True, stem_stride=1, img_size=32, head_hidden=0)
+    save_student(st, tmp_path / "s.pt", Preprocess(size=32), {"id": "t"})
+    cfg = CaptionModelConfig(arch="shufflenet_v2_x0_5", img_size=64, teacher_dim=16, feat_dim=32, hidden=32,
+                             embed=16, att_dim=16)
+    m = build_captioner(VOCAB, cfg)
+    info = init_encoder_from_student(m, tmp_path / "s.pt")
+    assert info["head_loaded"] and info["teacher"] == "t" and len(info["sha256"]) == 64
+    for k, v in st.backbone.state_dict().items():
+        assert torch.equal(m.student.backbone.state_dict()[k], v), k
+    assert m.student.grid(torch.randn(1, 3, 64, 64)).shape[-2:] == (2, 2)  # the captioner's own strides
+    other = build_captioner(VOCAB, CaptionModelConfig(arch="shufflenet_v2_x0_5", img_size=64, teacher_dim=8,
+                                                      feat_dim=32, hidden=32, embed=16, att_dim=16))
+    assert not init_encoder_from_student(other, tmp_path / "s.pt")["head_loaded"]  # other teacher size: fresh head
+    with pytest.raises(CheckpointError, match="cannot initialise a shufflenet_v2_x1_0"):
+        init_encoder_from_student(build_captioner(VOCAB, CaptionModelConfig(teacher_dim=16)), tmp_path / "s.pt")
+    with pytest.raises(CheckpointError):
+        init_encoder_from_student(m, tmp_path / "missing.pt")

@@ -74,6 +74,16 @@ def test_distilled_training_resume_and_eval(caption_data, tiny_teacher, tmp_path
     if res["metrics"]["SPICE"] is None:
         assert res["unavailable"]["SPICE"]
     assert len(res["samples"]) == 2 and res["n_images"] == 6
+    # grounding: caption cross-entropy with the image's own features vs another image's
+    from edgeclip.caption.train import image_grounding
+
+    g = image_grounding(m, pp, cs, max_len=8)
+    assert g["n_images"] == 6 and g["n_captions"] == 18 and g["ce_own_image"] > 0
+    assert g["gain_nats_per_word"] == pytest.approx(g["ce_other_image"] - g["ce_own_image"])
+    with torch.no_grad():  # a decoder that cannot see the image gains nothing from it
+        m.encoder.proj.weight.zero_()
+        m.encoder.proj.bias.zero_()
+    assert abs(image_grounding(m, pp, cs, max_len=8)["gain_nats_per_word"]) < 1e-5
 
 
 def test_beta_only_needs_no_teacher_and_early_stops(caption_data, tmp_path):

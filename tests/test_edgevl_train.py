@@ -171,9 +171,9 @@ def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
     assert (tmp_path / "s1" / "student.pt").is_file() and '"n_train": 48' in out
     rc, out, err = _cli(["ptq", "--student", str(tmp_path / "s1" / "student.pt"), "--data", str(shapes["train"]),
                          "--derive", "mono=luminance", "--out", str(tmp_path / "ptq"),
-                         "--cache", str(stage1["dir"] / "cache"), "--calib-images", "24"], capsys)
+                         "--cache", str(stage1["dir"] / "cache"), "--calib-images", "24", "--per-tensor"], capsys)
     assert rc == 0, err[-2000:]
-    assert json.loads(out)["calib_images"] == 24
+    assert json.loads(out)["calib_images"] == 24 and json.loads(out)["per_channel"] is False
     rc, out, err = _cli(["eval-pair", str(shapes["test"]), "--student", str(tmp_path / "s1" / "student.pt"),
                          "--derive", "mono=luminance", "--classes", "triangle,star,cross",
                          "--onnx", str(tmp_path / "ptq" / "ptq.json"), "--out", str(tmp_path / "ev.json")], capsys)

@@ -88,6 +88,7 @@ def caption_train_cmd(
     teacher: Optional[str] = typer.Option(None), out: Optional[str] = typer.Option(None),
     alpha: Optional[float] = typer.Option(None), beta: Optional[float] = typer.Option(None),
     epochs: Optional[int] = typer.Option(None), resume: bool = typer.Option(False, help="continue from OUT/last.ckpt"),
+    init: Optional[str] = typer.Option(None, help="start the encoder from a distilled edgeclip student (student.pt)"),
     set_: List[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
 ):
     """Train a captioner (alpha * teacher-embedding MSE + beta * cross-entropy), early-stopped on val CIDEr."""
@@ -96,7 +97,7 @@ def caption_train_cmd(
 
     cfg = config_from_cli(CaptionTrainConfig, config, [
         ("data", data), ("images", images), ("teacher", teacher), ("out", out), ("alpha", alpha), ("beta", beta),
-        ("train.epochs", epochs)], set_)
+        ("train.epochs", epochs), ("init", init)], set_)
     hist = train_captioner(cfg, resume=resume)
     best = hist.get("best", {})
     typer.echo(f"captioner saved: {Path(cfg.out) / 'captioner.pt'}  best val CIDEr {best.get('best')} "

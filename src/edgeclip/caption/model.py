@@ -118,14 +118,19 @@ class Captioner(nn.Module):
 
         Each image is encoded once and shared by its ``captions_per_image`` captions.
         """
-        (feats, keys, h, c), emb = self.encode(x, with_embedding=True)
+        state, emb = self.encode(x, with_embedding=True)
         if captions_per_image > 1:
-            feats, keys, h, c = (t.repeat_interleave(captions_per_image, 0) for t in (feats, keys, h, c))
+            state = tuple(t.repeat_interleave(captions_per_image, 0) for t in state)
+        return self.teacher_forced(state, tokens), emb
+
+    def teacher_forced(self, state, tokens: torch.Tensor) -> torch.Tensor:
+        """Next-word logits (N, T-1, V) for ``tokens`` (N, T) given one encoder state row per caption."""
+        feats, keys, h, c = state
         outs = []
         for t in range(tokens.shape[1] - 1):
             lg, h, c, _ = self.decoder.logits(tokens[:, t], h, c, feats, keys)
             outs.append(lg)
-        return torch.stack(outs, 1), emb
+        return torch.stack(outs, 1)
 
     def param_counts(self) -> Dict[str, int]:
         n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -133,6 +138,30 @@ class Captioner(nn.Module):
         return {"total": n(self), "encoder_backbone": n(st.backbone), "encoder_projection": n(self.encoder) - n(st),
                 "distill_head": n(st.head), "decoder": n(self.decoder),
                 "inference": n(self) - n(st.head)}
+
+
+def init_encoder_from_student(model: Captioner, path: str | Path) -> Dict[str, Any]:
+    """Start the encoder from a distilled edgeclip student (e.g. the foundation lab's CLIP-distilled ShuffleNetV2).
+
+    The backbone weights are copied (architecture must match; ``small_input``/``stem_stride`` are not weights, so
+    a 32-px CIFAR student initialises a 224-px encoder). The distillation head is copied too when its shape fits
+    (same teacher size and head), else it stays freshly initialised. Returns what was loaded (recorded in runs).
+    """
+    from ..students.model import load_student
+    from ..utils.io import sha256_file
+
+    st, _, ck = load_student(path)
+    arch = st.config["arch"]
+    if arch != model.cfg.arch:
+        raise CheckpointError(f"init {path}: a {arch} student cannot initialise a {model.cfg.arch} encoder")
+    model.student.backbone.load_state_dict(st.backbone.state_dict())
+    head_sd = st.head.state_dict()
+    mine = model.student.head.state_dict()
+    head = set(head_sd) == set(mine) and all(head_sd[k].shape == mine[k].shape for k in mine)
+    if head:
+        model.student.head.load_state_dict(head_sd)
+    return {"checkpoint": str(path), "sha256": sha256_file(path), "arch": arch, "head_loaded": head,
+            "student_config": st.config, "teacher": (ck.get("teacher") or {}).get("id")}
 
 
 def build_captioner(vocab: Vocab, cfg: CaptionModelConfig | Dict[str, Any], weights: Optional[str] = None) -> Captioner:
