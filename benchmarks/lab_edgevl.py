@@ -216,6 +216,10 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                          teacher=teacher, class_subset=UNSEEN)
     timings["evaluate"] = round(time.time() - t0, 1)
     top = lambda e, m, mod: e[m][mod]["top1"]  # noqa: E731
+
+    def points(name: str, a: str, b: str) -> dict:
+        """{name_<modality>_points: top-1 of model a minus model b, in points} for both modalities."""
+        return {f"{name}_{mod}_points": 100 * (top(ev, a, mod) - top(ev, b, mod)) for mod in ("rgb", "mono")}
     t_rgb = top(ev, "teacher", "rgb")
     main_student = "fp32_curated"
     res = {
@@ -252,7 +256,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         "qat": {n: {k: read_json(work / n / "qat.json").get(k, True if k == "per_channel" else None)
                     for k in ("reduce_range", "per_channel", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8",
                               "seconds")}
-                for n in ("qat_triplet", "qat_plain", *(("qat_triplet_pt", "qat_plain_pt") if args.per_tensor else ()))},
+                for n in ("qat_triplet", "qat_plain", *(p for p, f in PER_TENSOR if args.per_tensor and f == "qat.json"))},
         "ptq": {k: read_json(work / "ptq/ptq.json")[k] for k in ("reduce_range", "calib_images", "calibrated_on",
                                                                    "per_channel", "method")},
         **({"ptq_per_tensor": {k: read_json(work / "ptq_pt/ptq.json")[k] for k in ("reduce_range", "calib_images",
@@ -272,12 +276,9 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                                            for mod in ("rgb", "mono")},
         # per-tensor weight scales: a second, separately labelled comparison; the +1 target above stays per-channel
         **({"per_tensor_weights": {
-            **{f"qat_triplet_minus_ptq_{mod}_points": 100 * (top(ev, "int8_qat_triplet_per_tensor", mod)
-                                                             - top(ev, "int8_ptq_per_tensor", mod)) for mod in ("rgb", "mono")},
-            **{f"qat_plain_minus_ptq_{mod}_points": 100 * (top(ev, "int8_qat_plain_per_tensor", mod)
-                                                           - top(ev, "int8_ptq_per_tensor", mod)) for mod in ("rgb", "mono")},
-            **{f"ptq_minus_fp32_{mod}_points": 100 * (top(ev, "int8_ptq_per_tensor", mod) - top(ev, "fp32_curated", mod))
-               for mod in ("rgb", "mono")}}} if args.per_tensor else {}),
+            **points("qat_triplet_minus_ptq", "int8_qat_triplet_per_tensor", "int8_ptq_per_tensor"),
+            **points("qat_plain_minus_ptq", "int8_qat_plain_per_tensor", "int8_ptq_per_tensor"),
+            **points("ptq_minus_fp32", "int8_ptq_per_tensor", "fp32_curated")}} if args.per_tensor else {}),
         "main_student": main_student,
         # the same two ratios for every model, so no student's outcome is hidden behind the main one
         "ratios_by_model": {m: {f"{mod}_over_teacher_rgb": top(ev, m, mod) / t_rgb for mod in ("rgb", "mono")}

@@ -88,11 +88,22 @@ class CaptionTrainSet(torch.utils.data.Dataset):
         caps = self.captions[i]
         n = len(caps)
         idx = torch.randperm(n)[: self.k] if n >= self.k else torch.randint(0, n, (self.k,))
-        toks = torch.full((self.k, self.T), PAD_ID, dtype=torch.long)
-        for r, j in enumerate(idx.tolist()):
-            c = caps[j][: self.T]
-            toks[r, : len(c)] = torch.tensor(c)
-        return self.images[i], toks, self.targets[i]
+        return self.images[i], pad_ids([caps[j] for j in idx.tolist()], self.T), self.targets[i]
+
+
+def pad_ids(rows: List[List[int]], length: int) -> torch.Tensor:
+    """Token id rows -> (len(rows), length) tensor, each row cut to ``length`` and padded with <pad>."""
+    toks = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
+    for r, ids in enumerate(rows):
+        ids = ids[:length]
+        toks[r, : len(ids)] = torch.tensor(ids)
+    return toks
+
+
+def next_word_ce(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of teacher-forced ``logits`` (N, T-1, V) against ``tokens`` (N, T) shifted by one; <pad> ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1),
+                           ignore_index=PAD_ID, reduction=reduction)
 
 
 def _prepare(cs: CaptionSet, size: int, progress: bool):
@@ -103,7 +114,7 @@ def _prepare(cs: CaptionSet, size: int, progress: bool):
 def caption_loss(model: Captioner, x: torch.Tensor, tokens: torch.Tensor, target: Optional[torch.Tensor],
                  alpha: float, beta: float, k: int, mse) -> Dict[str, torch.Tensor]:
     logits, emb = model(x, tokens, k)
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1), ignore_index=PAD_ID)
+    ce = next_word_ce(logits, tokens)
     out = {"ce": ce}
     loss = beta * ce
     if alpha > 0 and target is not None:
@@ -336,10 +347,7 @@ def image_grounding(model: Captioner, pp: Preprocess, cs: CaptionSet, max_len: i
         for cap in it.captions:
             rows.append(model.vocab.encode(cap, max_len))
             owner.append(i)
-    T = max(len(r) for r in rows)
-    tok = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
-    for r, ids in enumerate(rows):
-        tok[r, : len(ids)] = torch.tensor(ids)
+    tok = pad_ids(rows, max(len(r) for r in rows))
     owner_t = torch.tensor(owner)
 
     def ce(index: torch.Tensor) -> float:
@@ -347,11 +355,8 @@ def image_grounding(model: Captioner, pp: Preprocess, cs: CaptionSet, max_len: i
         for i in range(0, len(rows), 256):
             sl = slice(i, i + 256)
             st = tuple(t[index[sl]] for t in state)
-            lg = model.teacher_forced(st, tok[sl])
-            tgt = tok[sl, 1:]
-            tot += float(F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), tgt.reshape(-1), ignore_index=PAD_ID,
-                                         reduction="sum"))
-            n += int((tgt != PAD_ID).sum())
+            tot += float(next_word_ce(model.teacher_forced(st, tok[sl]), tok[sl], reduction="sum"))
+            n += int((tok[sl, 1:] != PAD_ID).sum())
         return tot / n
 
     own, other = ce(owner_t), ce(perm[owner_t])
