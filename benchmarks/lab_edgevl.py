@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_TENSOR = (("ptq_pt", "ptq.json"), ("qat_triplet_pt", "qat.json"), ("qat_plain_pt", "qat.json"))
+# the lab's first triplet mining (random positive from both modalities, the nearest semi-hard negative, margin 0.2);
+# --edgevl-mining adds qat_triplet_em with EdgeVL's published mining (QATConfig's defaults)
+FIRST_MINING = {"margin": 0.2, "positive": "random", "negative": "hardest", "negatives": 1, "same_modality": False}
 SEEN = ["airplane", "automobile", "bird", "cat", "deer"]
 UNSEEN = ["dog", "frog", "horse", "ship", "truck"]
 
@@ -69,6 +72,9 @@ def main(argv=None) -> None:
     ap.add_argument("--per-tensor", action="store_true",
                     help="also PTQ / QAT+triplet / plain QAT with per-tensor weight scales (ptq_pt, qat_triplet_pt, "
                          "qat_plain_pt), for accelerators without per-channel scales")
+    ap.add_argument("--edgevl-mining", action="store_true",
+                    help="also QAT+triplet with EdgeVL's published mining (nearest same-modality positive, 3 random "
+                         "semi-hard negatives, margin 0.3) as qat_triplet_em")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", default="2 CPU cores; reduced budget", help="recorded in the JSON's budget")
     ap.add_argument("--part", default="all", choices=["all", "a", "b", "report"])
@@ -124,14 +130,14 @@ def main(argv=None) -> None:
     def n_kept(curation: str) -> int:
         return read_json(work / curation / "manifest.json")["summary"]["n_kept"]
 
-    def qat(name, tw, per_channel=True):
+    def qat(name, tw, per_channel=True, mining=FIRST_MINING):
         """Stage 2 from the curated stage-1 student on the curated pairs (pseudo-labels from the manifest)."""
         if (work / name / "qat.json").exists():
             return
         ep = epochs_for(n_kept("curate"), args.qat_steps)
         cfg = QATConfig(student=str(work / "s1_curated/student.pt"), data=str(data["train"]), derive=derive,
                         out=str(work / name), cache=cache, manifest=str(work / "curate/manifest.json"),
-                        triplet_weight=tw, margin=0.2, seed=args.seed, per_channel=per_channel,
+                        triplet_weight=tw, seed=args.seed, per_channel=per_channel, **mining,
                         train={"epochs": ep, "batch_size": args.batch, "lr": args.qat_lr, "warmup_epochs": 0.0,
                                "weight_decay": 0.0, "max_steps_per_epoch": -(-args.qat_steps // ep),
                                "threads": torch.get_num_threads(), "log_every": 10**9})
@@ -168,6 +174,8 @@ def main(argv=None) -> None:
         if args.per_tensor:
             qat("qat_triplet_pt", 1.0, per_channel=False)
             qat("qat_plain_pt", 0.0, per_channel=False)
+        if args.edgevl_mining:
+            qat("qat_triplet_em", 1.0, mining={})
     if args.part in ("all", "report"):
         report(args, work, data, teacher, derive, timings)
 
@@ -206,7 +214,9 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
               "int8_qat_triplet": exported_embedder(work / "qat_triplet/qat.json"),
               "int8_qat_plain": exported_embedder(work / "qat_plain/qat.json"),
               **({f"int8_{n[:-3]}_per_tensor": exported_embedder(work / n / f) for n, f in PER_TENSOR}
-                 if args.per_tensor else {})}
+                 if args.per_tensor else {}),
+              **({"int8_qat_triplet_edgevl_mining": exported_embedder(work / "qat_triplet_em/qat.json")}
+                 if args.edgevl_mining else {})}
     ev = evaluate_pairs(d, ps.classes, "rgb", ["rgb", "mono"], models, teacher=teacher)
     # unseen classes: all test images of the 5 classes never distilled on, 5-way zero-shot
     psu = open_pairs(data["test"], derive=derive)
@@ -246,17 +256,21 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                         for n in ("s1_curated", "s1_curated_global", "s1_all", "s1_unseen") if (work / n).is_dir()},
         "onnx": {n: {m: sha256_file(p) for m, p in read_json(work / n / f).get("exports", {}).items()}
                  for n, f in (("ptq", "ptq.json"), ("qat_triplet", "qat.json"), ("qat_plain", "qat.json"),
-                              *(PER_TENSOR if args.per_tensor else ()))},
+                              *(PER_TENSOR if args.per_tensor else ()),
+                              *((("qat_triplet_em", "qat.json"),) if args.edgevl_mining else ()))},
         "zero_shot_top1": {k: {mod: v["top1"] for mod, v in ev[k].items()} for k in ["teacher", *models]},
         "unseen_classes": {"distilled_on": SEEN, "evaluated_on": UNSEEN, "n": evu["n"],
                            "top1_5way": {k: {mod: v["top1"] for mod, v in evu[k].items()}
                                          for k in ("teacher", *baseline, "fp32_seen5", "fp32_all10")}},
         "curation": read_json(work / "curate/manifest.json")["summary"],
         **({"curation_global": read_json(work / "curate_global/manifest.json")["summary"]} if args.per_label else {}),
-        "qat": {n: {k: read_json(work / n / "qat.json").get(k, True if k == "per_channel" else None)
-                    for k in ("reduce_range", "per_channel", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8",
-                              "seconds")}
-                for n in ("qat_triplet", "qat_plain", *(p for p, f in PER_TENSOR if args.per_tensor and f == "qat.json"))},
+        "qat": {n: {**{k: read_json(work / n / "qat.json").get(k, True if k == "per_channel" else None)
+                       for k in ("reduce_range", "per_channel", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8",
+                                 "seconds")},
+                    # runs written before the mining options existed used FIRST_MINING
+                    "mining": {k: read_json(work / n / "qat.json")["config"].get(k, v) for k, v in FIRST_MINING.items()}}
+                for n in ("qat_triplet", "qat_plain", *(p for p, f in PER_TENSOR if args.per_tensor and f == "qat.json"),
+                          *(("qat_triplet_em",) if args.edgevl_mining else ()))},
         "ptq": {k: read_json(work / "ptq/ptq.json")[k] for k in ("reduce_range", "calib_images", "calibrated_on",
                                                                    "per_channel", "method")},
         **({"ptq_per_tensor": {k: read_json(work / "ptq_pt/ptq.json")[k] for k in ("reduce_range", "calib_images",
@@ -279,6 +293,9 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
             **points("qat_triplet_minus_ptq", "int8_qat_triplet_per_tensor", "int8_ptq_per_tensor"),
             **points("qat_plain_minus_ptq", "int8_qat_plain_per_tensor", "int8_ptq_per_tensor"),
             **points("ptq_minus_fp32", "int8_ptq_per_tensor", "fp32_curated")}} if args.per_tensor else {}),
+        **({"edgevl_mining": {**points("qat_triplet_minus_ptq", "int8_qat_triplet_edgevl_mining", "int8_ptq"),
+                              **points("qat_triplet_minus_plain", "int8_qat_triplet_edgevl_mining", "int8_qat_plain")}}
+           if args.edgevl_mining else {}),
         "main_student": main_student,
         # the same two ratios for every model, so no student's outcome is hidden behind the main one
         "ratios_by_model": {m: {f"{mod}_over_teacher_rgb": top(ev, m, mod) / t_rgb for mod in ("rgb", "mono")}

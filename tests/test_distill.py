@@ -80,12 +80,29 @@ def test_losses_zero_at_match_and_differentiable(name):
     torch.manual_seed(0)
     t = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
     s = torch.randn(8, 16, requires_grad=True)
+    ctx = {"text_emb": torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)}  # a prompt vocabulary
     fn = build_loss(name)
-    far = fn(s, t)
+    far = fn(s, t, **ctx)
     far.backward()
     assert torch.isfinite(far) and s.grad is not None and s.grad.abs().sum() > 0
-    near = fn(t * 3.0, t)  # same direction: normalised losses ignore the scale
+    near = fn(t * 3.0, t, **ctx)  # same direction: normalised losses ignore the scale
     assert float(near) < float(far)
+
+
+def test_prompt_kl_matches_the_teachers_prompt_distribution():
+    torch.manual_seed(0)
+    te = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    fn = build_loss("prompt_kl")
+    s = (t * 2.0).requires_grad_()
+    at_match = fn(s, t, text_emb=te, logit_scale=20.0)
+    at_match.backward()
+    p_t = (t @ te.t() * 20.0).softmax(-1)
+    entropy = -(p_t * p_t.log()).sum(-1).mean()
+    assert torch.isclose(at_match, entropy, atol=1e-5)  # soft CE at the match = the teacher's entropy (KL = 0)
+    assert s.grad.abs().max() < 1e-5  # and it is the minimum
+    with pytest.raises(EdgeClipError, match="prompt vocabulary"):
+        fn(s, t)
 
 
 def test_loss_spec_combination_and_errors():

@@ -42,6 +42,7 @@ def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
     cfg = QATConfig(student=str(tmp_path / "s1" / "student.pt"), data=str(shapes["train"]), derive=DERIVE,
                     out=str(tmp_path / "qat"), cache=str(tmp_path / "cache"), classes=["circle", "square", "star"],
                     labels=["circle", "square", "star"], triplet_weight=1.0, margin=0.5,
+                    loss="mse+0.5*prompt_kl",  # the prompt vocabulary reaches the loss
                     train={"epochs": 2, "batch_size": 24, "lr": 1e-4})
     res = qat_pairs(cfg, teacher=t)
     hist = res["history"]
@@ -64,6 +65,8 @@ def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
     assert ev["int8"]["mono"]["n"] == 36
     with pytest.raises(Exception, match="margin"):
         qat_pairs(QATConfig(student=cfg.student, data=cfg.data, derive=DERIVE, margin=0.0), teacher=t)
+    with pytest.raises(Exception, match="positive must be one of"):
+        qat_pairs(QATConfig(student=cfg.student, data=cfg.data, derive=DERIVE, positive="nearest"), teacher=t)
 
 
 @pytest.mark.parametrize("per_channel", [True, False])

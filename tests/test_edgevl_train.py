@@ -117,6 +117,33 @@ def test_semi_hard_mining():
     assert n3 == 0
 
 
+def test_triplet_mining_options():
+    # anchor at angle 0; positives at 0.2 (near) and 0.6 (far); negatives at 0.3, 0.45, 0.5 (semi-hard for the
+    # near positive with margin 0.4) and 1.5 (outside the band)
+    d = lambda t: float(2 * math.sin(t / 2))  # noqa: E731
+    ang = torch.tensor([0.2, 0.6, 0.3, 0.45, 0.5, 1.5])
+    bank = torch.stack([ang.cos(), ang.sin()], 1)
+    labels = torch.tensor([0, 0, 1, 1, 1, 1])
+    a = torch.tensor([[1.0, 0.0]])
+    lab = torch.tensor([0])
+    # easy positive (EdgeVL): the near one; every semi-hard negative when up to 3 are drawn
+    loss, n = semi_hard_triplet(a, lab, bank, labels, margin=0.4, positive="easy", negatives=3)
+    want = sum(d(0.2) - d(t) + 0.4 for t in (0.3, 0.45, 0.5))
+    assert n == 1 and abs(float(loss) - want) < 1e-5
+    # hardest: the nearest semi-hard negative only
+    loss, _ = semi_hard_triplet(a, lab, bank, labels, margin=0.4, negative="hardest", negatives=1)
+    assert abs(float(loss) - (d(0.2) - d(0.3) + 0.4)) < 1e-5
+    # hard positive (the far one, d=0.6): only 1.5 is beyond it and it is outside the band
+    _, n = semi_hard_triplet(a, lab, bank, labels, margin=0.4, positive="hard")
+    assert n == 0
+    # columns that are not allowed (another modality) are neither positives nor negatives
+    allowed = torch.tensor([[False, True, True, True, True, True]])
+    loss, n = semi_hard_triplet(a, lab, bank, labels, margin=0.4, allowed=allowed, negatives=3)
+    assert n == 0  # positive now at 0.6: nothing in (d(0.6), d(0.6)+0.4) among the negatives
+    with pytest.raises(Exception, match="mining"):
+        semi_hard_triplet(a, lab, bank, labels, margin=0.4, positive="nearest")
+
+
 def test_ptq_and_eval_per_modality(stage1, shapes, teacher):
     w = stage1["dir"]
     r = ptq_pairs(str(w / "s1" / "student.pt"), PairDataConfig(data=str(shapes["train"]), derive=DERIVE,

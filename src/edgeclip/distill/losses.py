@@ -64,6 +64,21 @@ def affinity(temperature: float = 0.07, weight_text: float = 1.0, **_) -> Callab
     return f
 
 
+@LOSSES.register("prompt_kl", help="the teacher's zero-shot distribution over the prompt vocabulary, matched by the "
+                "student (soft cross-entropy at the teacher's logit scale); label-free, needs the prompts")
+def prompt_kl(temperature: float = 0.0, **_) -> Callable:
+    def f(s, t, text_emb=None, logit_scale=None, **c):
+        if text_emb is None:
+            raise EdgeClipError("loss prompt_kl needs the prompt vocabulary (labels, class folders or a curation "
+                                "manifest)")
+        scale = 1.0 / temperature if temperature else float(logit_scale or 100.0)
+        te = _n(text_emb).to(s.dtype)
+        p_t = (_n(t).to(s.dtype) @ te.t() * scale).softmax(-1)
+        return -(p_t * (_n(s) @ te.t() * scale).log_softmax(-1)).sum(-1).mean()
+
+    return f
+
+
 @LOSSES.register("clipkd", help="CLIP-KD: feature distillation (MSE) + interactive contrastive learning")
 def clipkd(fd_weight: float = 1.0, icl_weight: float = 1.0, temperature: float = 0.07, **_) -> Callable:
     fd, ce = mse(), contrastive(temperature)

@@ -7,8 +7,10 @@ registry. Teacher targets come from the foundation's embedding cache of the RGB 
 Stage 2 (:func:`qat_pairs`): quantization-aware training with torchao's PT2E flow (X86 inductor
 quantizer, QAT config: per-channel int8 weights, uint8 activations, conv-bn folded) on the stage-1
 student, loss = KD term + ``triplet_weight`` x triplet loss with semi-hard negatives
-(``d_p < d_n < d_p + margin``) against an embedding bank of all training pairs (both modalities)
-refreshed every epoch, positives by pseudo-label. ``triplet_weight=0`` is the plain-QAT baseline.
+(``d_p < d_n < d_p + margin``) against an embedding bank of all training pairs (every modality)
+refreshed every epoch, positives by pseudo-label. Mining defaults follow EdgeVL's published configs:
+margin 0.3, the nearest same-label entry of the anchor's own modality as positive, up to 3 random
+semi-hard negatives. ``triplet_weight=0`` is the plain-QAT baseline.
 The result is converted to int8 and exported as a QDQ ONNX model that ONNX Runtime executes.
 
 Baseline :func:`ptq_pairs`: ONNX Runtime static int8 (QDQ) of the stage-1 student, calibrated on
@@ -75,7 +77,11 @@ class QATConfig(PairDataConfig):
     loss: Any = "mse"
     weights: Dict[str, float] = field(default_factory=dict)
     triplet_weight: float = 1.0  # 0 = plain QAT (no contrastive term)
-    margin: float = 0.2
+    margin: float = 0.3  # EdgeVL's published setting
+    positive: str = "easy"  # easy (nearest, EdgeVL) | random | hard: which same-label bank entry is the positive
+    negative: str = "random"  # random (EdgeVL) | hardest: which semi-hard negatives are used
+    negatives: int = 3  # semi-hard negatives per anchor (EdgeVL: 3)
+    same_modality: bool = True  # positives and negatives from the anchor's own modality (EdgeVL)
     labels: Optional[List[str]] = None  # pseudo-label vocabulary when no manifest is given
     templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     reduce_range: Any = "auto"  # 7-bit activations; auto: when this CPU lacks VNNI (int8 kernels saturate)
@@ -154,9 +160,10 @@ def modality_batch(model: PairStudent, p: Prepared, m: str, idx: torch.Tensor, b
     return model.prepare(normalize_modality(x, p.specs[m]), m)
 
 
-def kd_terms(model: PairStudent, p: Prepared, idx: torch.Tensor, loss_fn, weights: Dict[str, float]):
-    """Mixed batch: every modality of the pairs ``idx`` through the student at once.
-    -> (weighted KD loss, {modality: embeddings}, metrics)."""
+def kd_terms(model: PairStudent, p: Prepared, idx: torch.Tensor, loss_fn, weights: Dict[str, float],
+             ctx: Optional[Dict[str, Any]] = None):
+    """Mixed batch: every modality of the pairs ``idx`` through the student at once. ``ctx`` goes to the
+    loss (``text_emb``, ``logit_scale``). -> (weighted KD loss, {modality: embeddings}, metrics)."""
     B = idx.shape[0]
     V = p.targets.shape[1]
     v = torch.randint(0, V, (B,))
@@ -170,7 +177,7 @@ def kd_terms(model: PairStudent, p: Prepared, idx: torch.Tensor, loss_fn, weight
     loss = 0.0
     metrics = {}
     for m in mods:
-        loss = loss + float(weights.get(m, 1.0)) * loss_fn(embs[m], tgt)
+        loss = loss + float(weights.get(m, 1.0)) * loss_fn(embs[m], tgt, **(ctx or {}))
         metrics[f"cos_{m}"] = F.cosine_similarity(embs[m].detach().float(), tgt, dim=-1).mean()
     return loss, embs, metrics
 
@@ -222,33 +229,52 @@ def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, pr
 
 
 # --------------------------------------------------------------------------------------- stage 2
+POSITIVES = ("easy", "random", "hard")
+NEGATIVES = ("random", "hardest")
+
+
 def semi_hard_triplet(anchor: torch.Tensor, labels: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
-                      margin: float, exclude: Optional[torch.Tensor] = None, generator=None):
+                      margin: float, exclude: Optional[torch.Tensor] = None, allowed: Optional[torch.Tensor] = None,
+                      positive: str = "easy", negative: str = "random", negatives: int = 3, generator=None):
     """Triplet loss with semi-hard negatives from an embedding bank (FaceNet; EdgeVL stage 2).
 
     ``anchor`` (B,D) unnormalised student embeddings; ``bank`` (N,D) normalised, detached. Distances are
-    Euclidean between unit vectors. For every anchor a positive is drawn among the bank entries with its
-    pseudo-label, and the hardest negative with ``d_p < d_n < d_p + margin`` is used; anchors without a
-    positive or a semi-hard negative add nothing (their count is returned).
-    -> (loss, number of anchors that had a semi-hard triplet)
+    Euclidean between unit vectors. Bank columns are candidates unless ``exclude`` (the anchor's own row)
+    or not ``allowed`` (e.g. another modality). The positive is the nearest (``easy``, EdgeVL's published
+    setting), a random or the farthest (``hard``) candidate with the anchor's pseudo-label; the negatives are
+    up to ``negatives`` candidates of another label with ``d_p < d_n < d_p + margin``, drawn at random
+    (EdgeVL) or the nearest ones (``hardest``). Anchors without a positive or a semi-hard negative add nothing.
+    -> (sum of the triplet hinges / B, number of anchors that had at least one semi-hard triplet)
     """
+    if positive not in POSITIVES or negative not in NEGATIVES or negatives < 1:
+        raise EdgeClipError(f"triplet mining: positive in {POSITIVES}, negative in {NEGATIVES}, negatives >= 1")
     a = F.normalize(anchor.float(), dim=-1)
     d = (2 - 2 * a @ bank.t()).clamp_min(1e-8).sqrt()  # (B, N)
-    same = labels[:, None] == bank_labels[None, :]
+    cand = torch.ones_like(d, dtype=torch.bool) if allowed is None else allowed.clone()
     if exclude is not None:
-        same = same & ~exclude
+        cand &= ~exclude
+    same = (labels[:, None] == bank_labels[None, :]) & cand
     has_pos = same.any(1)
-    w = same.float() + (~has_pos).float()[:, None]  # rows without positives: any column, masked out below
-    pos = torch.multinomial(w, 1, generator=generator).squeeze(1)
-    d_p = d.gather(1, pos[:, None]).squeeze(1)
-    neg = (labels[:, None] != bank_labels[None, :])
-    band = neg & (d > d_p[:, None]) & (d < d_p[:, None] + margin)
-    d_n = torch.where(band, d, torch.full_like(d, float("inf"))).min(1).values
-    valid = has_pos & torch.isfinite(d_n)
-    if not valid.any():
+    if positive == "random":
+        w = same.float() + (~has_pos).float()[:, None]  # rows without positives: any column, masked out below
+        d_p = d.gather(1, torch.multinomial(w, 1, generator=generator)).squeeze(1)
+    elif positive == "easy":
+        d_p = torch.where(same, d, torch.full_like(d, float("inf"))).min(1).values
+    else:
+        d_p = torch.where(same, d, torch.full_like(d, -1.0)).max(1).values
+    d_p = torch.where(has_pos, d_p, torch.zeros_like(d_p))
+    band = (labels[:, None] != bank_labels[None, :]) & cand & (d > d_p[:, None]) & (d < d_p[:, None] + margin)
+    band &= has_pos[:, None]
+    k = min(negatives, d.shape[1])
+    # rank the band's columns: random scores (EdgeVL) or nearness; columns outside the band rank last
+    score = torch.rand(d.shape, generator=generator, device=d.device) if negative == "random" else -d
+    top = torch.where(band, score, torch.full_like(score, -float("inf"))).topk(k, dim=1).indices  # (B, k)
+    ok = band.gather(1, top)
+    if not ok.any():
         return anchor.sum() * 0.0, 0
-    loss = F.relu(d_p[valid] - d_n[valid] + margin).sum() / anchor.shape[0]
-    return loss, int(valid.sum())
+    hinge = F.relu(d_p[:, None] - d.gather(1, top) + margin)
+    loss = (hinge * ok).sum() / anchor.shape[0]
+    return loss, int(ok.any(1).sum())
 
 
 def export_int8_onnx(core: nn.Module, adapters: Dict[str, nn.Module], modalities: List[str], out: Path,
@@ -281,14 +307,15 @@ def embedding_bank(model: PairStudent, p: Prepared, bs: int = 512) -> torch.Tens
     return torch.cat(out)
 
 
-def pseudo_labels(p: Prepared, teacher, labels: Optional[List[str]], templates) -> torch.Tensor:
-    """Teacher zero-shot argmax of every pair's RGB (view 0) over ``labels`` (default: the class names)."""
+def vocabulary(p: Prepared, teacher, labels: Optional[List[str]], templates) -> tuple:
+    """The prompt vocabulary of stage 2 and its teacher text embeddings: the curation manifest's labels,
+    else ``labels``, else the class folders. -> (labels, (L, D) text embeddings)."""
+    labels = p.info.get("manifest_labels") or labels
     if labels is None:
         if not p.ps.classes:
             raise EdgeClipError("the triplet loss needs pseudo-labels: give a curation manifest or labels")
         labels = [c.replace("_", " ") for c in p.ps.classes]
-    temb = text_embeddings(teacher, labels, templates)
-    return (p.targets[:, 0] @ temb.t()).argmax(1)
+    return list(labels), text_embeddings(teacher, labels, templates)
 
 
 def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool = False) -> Dict:
@@ -303,11 +330,16 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
         raise EdgeClipError(f"student {cfg.student} was distilled from {ck['teacher']['id']}, not {teacher.id}")
     if cfg.triplet_weight < 0 or cfg.margin <= 0:
         raise EdgeClipError("triplet_weight must be >= 0 and margin > 0")
+    if cfg.positive not in POSITIVES or cfg.negative not in NEGATIVES or cfg.negatives < 1:
+        raise EdgeClipError(f"positive must be one of {', '.join(POSITIVES)}, negative one of {', '.join(NEGATIVES)} "
+                            f"and negatives >= 1 (got {cfg.positive!r}, {cfg.negative!r}, {cfg.negatives})")
     # the stage-1 specs (scaling, adapter, normalisation) are kept unless overridden
     cfg.modality = {m: {**s.to_dict(), **cfg.modality.get(m, {})} for m, s in fp.specs.items()}
     p = prepare_pairs(cfg, teacher, size, progress=progress)
-    if p.pseudo is None:
-        p.pseudo = pseudo_labels(p, teacher, cfg.labels, cfg.templates)
+    _, temb = vocabulary(p, teacher, cfg.labels, cfg.templates)
+    if p.pseudo is None:  # teacher zero-shot argmax of every pair's RGB (view 0)
+        p.pseudo = (p.targets[:, 0] @ temb.t()).argmax(1)
+    ctx = {"text_emb": temb, "logit_scale": teacher.logit_scale}  # for prompt-aware losses (prompt_kl, ...)
     M, N = len(p.ps.modalities), len(p.data)
     bank_labels = p.pseudo.repeat(M)
     t0 = time.time()
@@ -324,15 +356,20 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
 
     def step(m, batch):
         idx = batch[0]
-        loss, embs, metrics = kd_terms(m, p, idx, loss_fn, cfg.weights)
+        loss, embs, metrics = kd_terms(m, p, idx, loss_fn, cfg.weights, ctx)
         if cfg.triplet_weight > 0:
             anchors = torch.cat([embs[mm] for mm in p.ps.modalities])
             lab = p.pseudo[idx.cpu()].repeat(M).to(anchors.device)
             rows = torch.cat([idx.cpu() + j * N for j in range(M)])
             excl = torch.zeros(len(rows), M * N, dtype=torch.bool)
             excl[torch.arange(len(rows)), rows] = True
-            tl, nv = semi_hard_triplet(anchors, lab, state["bank"].to(anchors.device), bank_labels.to(anchors.device),
-                                       cfg.margin, excl.to(anchors.device))
+            allowed = None
+            if cfg.same_modality:  # bank rows are modality-major: column c belongs to modality c // N
+                allowed = (rows // N)[:, None] == (torch.arange(M * N) // N)[None, :]
+            dev = anchors.device
+            tl, nv = semi_hard_triplet(anchors, lab, state["bank"].to(dev), bank_labels.to(dev), cfg.margin,
+                                       excl.to(dev), None if allowed is None else allowed.to(dev),
+                                       cfg.positive, cfg.negative, cfg.negatives)
             loss = loss + cfg.triplet_weight * tl
             metrics["triplet"] = tl.detach()
             stats["semi_hard"] += nv
