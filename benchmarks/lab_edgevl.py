@@ -58,6 +58,12 @@ def main(argv=None) -> None:
     ap.add_argument("--arch", default="shufflenet_v2_x0_5")
     ap.add_argument("--init", default="", help="start stage 1 from this RGB student checkpoint (e.g. the foundation "
                     "lab's benchmarks/artifacts/lab/student/student.pt); its architecture is used")
+    ap.add_argument("--stem-stride", type=int, default=0, help="1: stride-1 stem (torchvision backbones; a larger grid "
+                    "at 32 px)")
+    ap.add_argument("--stage2-from", default="curated", choices=["curated", "all"],
+                    help="the stage-1 student that PTQ and QAT start from and whose fp32 ratios are the targets: the "
+                         "one distilled on the curated pairs (EdgeVL) or on all pool pairs; QAT trains on the curated "
+                         "pairs either way (their pseudo-labels are the triplet positives)")
     ap.add_argument("--train-images", type=int, default=5000)
     ap.add_argument("--test-images", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=400, help="stage-1 optimiser steps (same for every run)")
@@ -111,7 +117,9 @@ def main(argv=None) -> None:
         return r
 
     epochs_for = lambda n_pairs, steps: max(1, -(-steps * args.batch // n_pairs))  # noqa: E731
-    student = {} if args.init else {"arch": args.arch, "img_size": 32, "small_input": True, "head_hidden": 512}
+    student = {} if args.init else {"arch": args.arch, "img_size": 32, "small_input": True, "head_hidden": 512,
+                                    **({"stem_stride": args.stem_stride} if args.stem_stride else {})}
+    src = work / f"s1_{args.stage2_from}" / "student.pt"  # where PTQ and QAT start
     init = {"init": args.init} if args.init else {}
 
     def stage1(name, n_pairs, **kw):
@@ -131,11 +139,11 @@ def main(argv=None) -> None:
         return read_json(work / curation / "manifest.json")["summary"]["n_kept"]
 
     def qat(name, tw, per_channel=True, mining=FIRST_MINING):
-        """Stage 2 from the curated stage-1 student on the curated pairs (pseudo-labels from the manifest)."""
+        """Stage 2 from the stage-1 student ``src`` on the curated pairs (pseudo-labels from the manifest)."""
         if (work / name / "qat.json").exists():
             return
         ep = epochs_for(n_kept("curate"), args.qat_steps)
-        cfg = QATConfig(student=str(work / "s1_curated/student.pt"), data=str(data["train"]), derive=derive,
+        cfg = QATConfig(student=str(src), data=str(data["train"]), derive=derive,
                         out=str(work / name), cache=cache, manifest=str(work / "curate/manifest.json"),
                         triplet_weight=tw, seed=args.seed, per_channel=per_channel, **mining,
                         train={"epochs": ep, "batch_size": args.batch, "lr": args.qat_lr, "warmup_epochs": 0.0,
@@ -152,7 +160,8 @@ def main(argv=None) -> None:
             if args.per_label:
                 curate(teacher, ps, work / "curate_global", fraction=args.fraction, cache=cache)
         stage1("s1_curated", n_kept("curate"), manifest=str(work / "curate/manifest.json"))
-        qat("qat_triplet", 1.0)
+        if args.stage2_from == "curated":
+            qat("qat_triplet", 1.0)
         if args.per_label:
             stage1("s1_curated_global", n_kept("curate_global"), manifest=str(work / "curate_global/manifest.json"))
     if args.part in ("all", "b"):
@@ -161,11 +170,13 @@ def main(argv=None) -> None:
         stage1("s1_all", args.train_images, max_images=args.train_images)
         stage1("s1_unseen", args.train_images // 2, classes=SEEN, max_images=args.train_images // 2,
                cache=str(work / "cache_unseen"))  # its own cache: part a reads the shared one meanwhile
-        while not (work / "s1_curated/student.pt").exists():
+        while not src.exists():
             time.sleep(10)
+        if args.stage2_from != "curated":
+            qat("qat_triplet", 1.0)
         for name, pc in (("ptq", True), ("ptq_pt", False))[: 2 if args.per_tensor else 1]:
             if not (work / name / "ptq.json").exists():
-                timed(name, lambda: ptq_pairs(str(work / "s1_curated/student.pt"),
+                timed(name, lambda: ptq_pairs(str(src),
                                               PairDataConfig(data=str(data["train"]), derive=derive, out=str(work / name),
                                                              cache=cache, manifest=str(work / "curate/manifest.json"),
                                                              seed=args.seed), calib_images=256, teacher=teacher,
@@ -231,7 +242,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         """{name_<modality>_points: top-1 of model a minus model b, in points} for both modalities."""
         return {f"{name}_{mod}_points": 100 * (top(ev, a, mod) - top(ev, b, mod)) for mod in ("rgb", "mono")}
     t_rgb = top(ev, "teacher", "rgb")
-    main_student = "fp32_curated"
+    main_student = f"fp32_{args.stage2_from}"  # the student PTQ and QAT start from
     res = {
         "what": "EdgeVL on CIFAR-10: teacher on RGB, one student on RGB + monochrome (luminance), label-free",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -250,6 +261,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                    "curation": "top fraction within each pseudo-label (main run); EdgeVL's global top fraction "
                                "as fp32_curated_global" if args.per_label else "global top fraction (EdgeVL)",
                    "stage1_steps": args.steps, "qat_steps": args.qat_steps, "batch_pairs": args.batch,
+                   "stage2_from": f"s1_{args.stage2_from}",
                    "test_images": len(d), "unseen_test_images": evu["n"],
                    "seconds": timings, "note": args.note},
         "checkpoints": {n: sha256_file(work / n / "student.pt")
@@ -288,11 +300,13 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
            for m in ("fp32_curated", *glob) for mod in ("rgb", "mono")},
         "qat_triplet_minus_plain_points": {mod: 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_qat_plain", mod))
                                            for mod in ("rgb", "mono")},
+        **points("ptq_minus_fp32", "int8_ptq", main_student),  # what PTQ loses: what QAT can win back
+        **points("qat_plain_minus_ptq", "int8_qat_plain", "int8_ptq"),
         # per-tensor weight scales: a second, separately labelled comparison; the +1 target above stays per-channel
         **({"per_tensor_weights": {
             **points("qat_triplet_minus_ptq", "int8_qat_triplet_per_tensor", "int8_ptq_per_tensor"),
             **points("qat_plain_minus_ptq", "int8_qat_plain_per_tensor", "int8_ptq_per_tensor"),
-            **points("ptq_minus_fp32", "int8_ptq_per_tensor", "fp32_curated")}} if args.per_tensor else {}),
+            **points("ptq_minus_fp32", "int8_ptq_per_tensor", main_student)}} if args.per_tensor else {}),
         **({"edgevl_mining": {**points("qat_triplet_minus_ptq", "int8_qat_triplet_edgevl_mining", "int8_ptq"),
                               **points("qat_triplet_minus_plain", "int8_qat_triplet_edgevl_mining", "int8_qat_plain")}}
            if args.edgevl_mining else {}),
