@@ -171,6 +171,16 @@ def test_student_registry_shapes():
     vit = create_student("timm:vit_tiny_patch16_224", 64, img_size=32).eval()
     with torch.no_grad():
         assert vit.grid(torch.randn(1, 3, 32, 32)).shape[-2:] == (2, 2)
+    # model_args reach timm: a ViT with 4-px patches keeps an 8x8 grid at 32 px, and the config records them
+    small = create_student("timm:vit_tiny_patch16_224", 64, img_size=32,
+                           model_args={"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2}).eval()
+    with torch.no_grad():
+        assert small.grid(torch.randn(1, 3, 32, 32)).shape[-3:] == (32, 8, 8)
+    assert small.config["model_args"]["patch_size"] == 4
+    with pytest.raises(EdgeClipError, match="model_args are for timm"):
+        create_student("shufflenet_v2_x0_5", 8, model_args={"depth": 2})
+    with pytest.raises(EdgeClipError, match="does not take model_args"):
+        create_student("timm:resnet10t", 8, model_args={"patch_size": 4})
     with pytest.raises(EdgeClipError, match="unknown student backbone"):
         create_student("shufflenet_v3", 64)
 

@@ -84,3 +84,36 @@ def test_qat_weight_scales_per_channel_or_per_tensor(per_channel):
     assert any("dequantize_per_tensor" in o for o in ops)
     assert any("dequantize_per_channel" in o for o in ops) == per_channel
     assert q(torch.randn(2, 3, 16, 16)).shape == (2, 8)
+
+
+def test_qat_and_ptq_of_a_transformer_student(tmp_path):
+    """A ViT student (timm, 4-px patches) goes through PT2E QAT -> int8 QDQ ONNX and ONNX Runtime static PTQ."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgeclip.export.onnx import export_onnx
+    from edgeclip.quant.ort import quantize_static_onnx
+    from edgeclip.quant.qat import convert_qat, export_qdq_onnx, prepare_qat
+    from edgeclip.students import create_student
+
+    torch.manual_seed(0)
+    m = create_student("timm:vit_tiny_patch16_224", 16, img_size=16, head_hidden=0,
+                       model_args={"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2}).eval()
+    x = torch.randn(8, 3, 16, 16)
+    f32 = export_onnx(m, tmp_path / "fp32.onnx", (1, 3, 16, 16))
+    ptq = quantize_static_onnx(f32, tmp_path / "ptq.onnx", [x.numpy()], per_channel=True, method="minmax",
+                               reduce_range=False)
+    core = prepare_qat(m, (4, 3, 16, 16))
+    core.train()
+    core(x)  # observers see data
+    q = convert_qat(core)
+    q.training = False  # a converted graph is not switched with .eval()
+    path = export_qdq_onnx(q, tmp_path / "qat.onnx", (4, 3, 16, 16))
+    ref = torch.nn.functional.normalize(q(x).detach(), dim=-1)
+    for f in (path, ptq):
+        s = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(s.run(None, {s.get_inputs()[0].name: x.numpy()})[0])
+        assert got.shape == (8, 16) and np.isfinite(got.numpy()).all()
+    got = torch.from_numpy(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x.numpy()})[0])
+    assert float((ref * torch.nn.functional.normalize(got, dim=-1)).sum(-1).min()) > 0.99  # ORT int8 == torch int8

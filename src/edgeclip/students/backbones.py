@@ -123,7 +123,9 @@ for _d in (18, 34, 50):
     BACKBONES.register(f"resnet{_d}", help=f"torchvision ResNet-{_d}")(_resnet(_d))
 
 
-def _timm(name: str, img_size: int | None = None, weights: str | None = None, **kw) -> Backbone:
+def _timm(name: str, img_size: int | None = None, weights: str | None = None, model_args: Dict | None = None,
+          **kw) -> Backbone:
+    """``model_args`` go to ``timm.create_model`` (e.g. ``{"patch_size": 4, "depth": 6}``: a ViT for 32-px input)."""
     import timm
 
     if kw.get("stem_stride"):
@@ -135,7 +137,10 @@ def _timm(name: str, img_size: int | None = None, weights: str | None = None, **
     extra: Dict = {}
     if img_size is not None and any(k in name for k in ("vit", "deit", "swin", "eva", "beit")):
         extra["img_size"] = img_size
-    m = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **extra)
+    try:
+        m = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **extra, **(model_args or {}))
+    except TypeError as e:
+        raise EdgeClipError(f"timm:{name} does not take model_args {model_args}: {e}") from None
     _load_weights(m, weights, name)
 
     class _Feat(nn.Module):
@@ -164,6 +169,9 @@ def _timm(name: str, img_size: int | None = None, weights: str | None = None, **
 def create_backbone(name: str, **kw) -> Backbone:
     if name.startswith("timm:"):
         return _timm(name[5:], **kw)
+    if kw.pop("model_args", None):
+        raise EdgeClipError(f"{name}: model_args are for timm backbones (timm:<name>); the torchvision ones take "
+                            "small_input / stem_stride")
     return BACKBONES.get(name)(**kw)
 
 

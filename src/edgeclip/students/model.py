@@ -35,19 +35,22 @@ class Student(nn.Module):
 
     def __init__(self, arch: str, embed_dim: int, head_hidden: int = 1024, head_dropout: float = 0.0,
                  small_input: bool = False, keep_grid: bool = False, img_size: int = 224,
-                 in_chans: int = 3, weights: Optional[str] = None, stem_stride: int = 0):
+                 in_chans: int = 3, weights: Optional[str] = None, stem_stride: int = 0,
+                 model_args: Optional[Dict[str, Any]] = None):
         super().__init__()
         self.config: Dict[str, Any] = dict(arch=arch, embed_dim=embed_dim, head_hidden=head_hidden,
                                            head_dropout=head_dropout, small_input=small_input,
                                            keep_grid=keep_grid, img_size=img_size, in_chans=in_chans)
         if stem_stride:  # only recorded when set, so older checkpoints and configs stay identical
             self.config["stem_stride"] = stem_stride
+        if model_args:  # timm constructor arguments (patch_size, depth, ...), recorded when set
+            self.config["model_args"] = dict(model_args)
         self.arch = arch
         self.embed_dim = embed_dim
         self.keep_grid = keep_grid
         self.input_adapter: nn.Module = nn.Identity() if in_chans == 3 else nn.Conv2d(in_chans, 3, 1)
         self.backbone = create_backbone(arch, small_input=small_input, img_size=img_size, weights=weights,
-                                        stem_stride=stem_stride)
+                                        stem_stride=stem_stride, model_args=model_args)
         self.feat_dim = self.backbone.out_dim
         self.head = ProjectionHead(self.feat_dim, embed_dim, head_hidden, head_dropout)
 
