@@ -12,6 +12,9 @@ One command (fixed seeds; resumes finished stages):
     python benchmarks/lab_edgevl.py                       # everything, sequentially
     python benchmarks/lab_edgevl.py --part a & python benchmarks/lab_edgevl.py --part b; \
         python benchmarks/lab_edgevl.py --part report     # the same in two processes
+Other students: --arch (any registry name, e.g. mobilenet_v3_small or timm:vit_tiny_patch16_224 with --model-args),
+--stage2-from all (PTQ/QAT from the all-pairs student), --qat-data all, --only-main (skip the curated and
+unseen-class stage-1 runs, for slow students).
 The budget (images, steps, batch, architecture, minutes, CPU threads) is recorded in the JSON.
 """
 
@@ -64,6 +67,13 @@ def main(argv=None) -> None:
                     help="the stage-1 student that PTQ and QAT start from and whose fp32 ratios are the targets: the "
                          "one distilled on the curated pairs (EdgeVL) or on all pool pairs; QAT trains on the curated "
                          "pairs either way (their pseudo-labels are the triplet positives)")
+    ap.add_argument("--model-args", default="", help='JSON for timm.create_model, e.g. \'{"patch_size": 4}\'')
+    ap.add_argument("--only-main", action="store_true",
+                    help="with --stage2-from all: only that student, PTQ and QAT (no curated or unseen-class stage-1 "
+                         "runs), for slow students")
+    ap.add_argument("--qat-data", default="curated", choices=["curated", "all"],
+                    help="QAT trains on the curated pairs (EdgeVL) or on all pool pairs (pseudo-labels for all: "
+                         "the same data as the all-pairs stage 1)")
     ap.add_argument("--train-images", type=int, default=5000)
     ap.add_argument("--test-images", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=400, help="stage-1 optimiser steps (same for every run)")
@@ -87,6 +97,8 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default=str(ROOT / "benchmarks/artifacts/lab_edgevl"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/edgevl_cifar_mono.json"))
     args = ap.parse_args(argv)
+    if args.only_main and args.stage2_from != "all":
+        ap.error("--only-main needs --stage2-from all")
 
     import torch
 
@@ -118,7 +130,8 @@ def main(argv=None) -> None:
 
     epochs_for = lambda n_pairs, steps: max(1, -(-steps * args.batch // n_pairs))  # noqa: E731
     student = {} if args.init else {"arch": args.arch, "img_size": 32, "small_input": True, "head_hidden": 512,
-                                    **({"stem_stride": args.stem_stride} if args.stem_stride else {})}
+                                    **({"stem_stride": args.stem_stride} if args.stem_stride else {}),
+                                    **({"model_args": json.loads(args.model_args)} if args.model_args else {})}
     src = work / f"s1_{args.stage2_from}" / "student.pt"  # where PTQ and QAT start
     init = {"init": args.init} if args.init else {}
 
@@ -142,9 +155,10 @@ def main(argv=None) -> None:
         """Stage 2 from the stage-1 student ``src`` on the curated pairs (pseudo-labels from the manifest)."""
         if (work / name / "qat.json").exists():
             return
-        ep = epochs_for(n_kept("curate"), args.qat_steps)
+        qd = "curate" if args.qat_data == "curated" else "curate_all"
+        ep = epochs_for(n_kept(qd), args.qat_steps)
         cfg = QATConfig(student=str(src), data=str(data["train"]), derive=derive,
-                        out=str(work / name), cache=cache, manifest=str(work / "curate/manifest.json"),
+                        out=str(work / name), cache=cache, manifest=str(work / qd / "manifest.json"),
                         triplet_weight=tw, seed=args.seed, per_channel=per_channel, **mining,
                         train={"epochs": ep, "batch_size": args.batch, "lr": args.qat_lr, "warmup_epochs": 0.0,
                                "weight_decay": 0.0, "max_steps_per_epoch": -(-args.qat_steps // ep),
@@ -159,7 +173,10 @@ def main(argv=None) -> None:
                                            per_label=args.per_label))
             if args.per_label:
                 curate(teacher, ps, work / "curate_global", fraction=args.fraction, cache=cache)
-        stage1("s1_curated", n_kept("curate"), manifest=str(work / "curate/manifest.json"))
+            if args.qat_data == "all":  # every pool pair with its pseudo-label
+                curate(teacher, ps, work / "curate_all", fraction=1.0, cache=cache)
+        if not args.only_main:
+            stage1("s1_curated", n_kept("curate"), manifest=str(work / "curate/manifest.json"))
         if args.stage2_from == "curated":
             qat("qat_triplet", 1.0)
         if args.per_label:
@@ -168,8 +185,9 @@ def main(argv=None) -> None:
         while not (work / "curate/manifest.json").exists():  # part a builds the shared teacher cache first
             time.sleep(10)
         stage1("s1_all", args.train_images, max_images=args.train_images)
-        stage1("s1_unseen", args.train_images // 2, classes=SEEN, max_images=args.train_images // 2,
-               cache=str(work / "cache_unseen"))  # its own cache: part a reads the shared one meanwhile
+        if not args.only_main:
+            stage1("s1_unseen", args.train_images // 2, classes=SEEN, max_images=args.train_images // 2,
+                   cache=str(work / "cache_unseen"))  # its own cache: part a reads the shared one meanwhile
         while not src.exists():
             time.sleep(10)
         if args.stage2_from != "curated":
@@ -204,23 +222,24 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         tp = work / f"timings_{p}.json"
         if tp.exists():
             timings.update(json.loads(tp.read_text()))
-    cur, size, _ = load_pair_student(work / "s1_curated/student.pt")
-    allm, _, _ = load_pair_student(work / "s1_all/student.pt")
-    uns, _, _ = load_pair_student(work / "s1_unseen/student.pt")
+    allm, size, _ = load_pair_student(work / "s1_all/student.pt")
+    cur = None if args.only_main else load_pair_student(work / "s1_curated/student.pt")[0]
+    uns = None if args.only_main else load_pair_student(work / "s1_unseen/student.pt")[0]
     glob = {"fp32_curated_global": torch_embedder(load_pair_student(work / "s1_curated_global/student.pt")[0])} \
         if args.per_label else {}
     baseline = {}
     if args.init:  # the RGB student before stage 1, with the same modality normalisation: what stage 1 adds
         from edgeclip.students.model import load_student
 
-        before = copy.deepcopy(cur)
+        before = copy.deepcopy(allm)
         before.student.load_state_dict(load_student(args.init)[0].state_dict())
         baseline = {"fp32_init": torch_embedder(before)}
     ps = open_pairs(data["test"], derive=derive)
     ps = ps.subset(subset_indices(len(ps), args.test_images, args.seed))
-    d = preload_pairs(ps, cur.specs, size)
+    d = preload_pairs(ps, allm.specs, size)
     t0 = time.time()
-    models = {**baseline, "fp32_curated": torch_embedder(cur), **glob, "fp32_all": torch_embedder(allm),
+    models = {**baseline, **({"fp32_curated": torch_embedder(cur)} if cur else {}), **glob,
+              "fp32_all": torch_embedder(allm),
               "int8_ptq": exported_embedder(work / "ptq/ptq.json"),
               "int8_qat_triplet": exported_embedder(work / "qat_triplet/qat.json"),
               "int8_qat_plain": exported_embedder(work / "qat_plain/qat.json"),
@@ -230,11 +249,13 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                  if args.edgevl_mining else {})}
     ev = evaluate_pairs(d, ps.classes, "rgb", ["rgb", "mono"], models, teacher=teacher)
     # unseen classes: all test images of the 5 classes never distilled on, 5-way zero-shot
-    psu = open_pairs(data["test"], derive=derive)
-    dsu = preload_pairs(psu, uns.specs, size)
-    evu = evaluate_pairs(dsu, psu.classes, "rgb", ["rgb", "mono"],
-                         {**baseline, "fp32_seen5": torch_embedder(uns), "fp32_all10": torch_embedder(allm)},
-                         teacher=teacher, class_subset=UNSEEN)
+    evu = None
+    if uns is not None:
+        psu = open_pairs(data["test"], derive=derive)
+        dsu = preload_pairs(psu, uns.specs, size)
+        evu = evaluate_pairs(dsu, psu.classes, "rgb", ["rgb", "mono"],
+                             {**baseline, "fp32_seen5": torch_embedder(uns), "fp32_all10": torch_embedder(allm)},
+                             teacher=teacher, class_subset=UNSEEN)
     timings["evaluate"] = round(time.time() - t0, 1)
     top = lambda e, m, mod: e[m][mod]["top1"]  # noqa: E731
 
@@ -253,7 +274,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         "machine": machine_info(),
         "teacher": {**teacher.describe(), "sha256": sha256_file(teacher.spec.split(":", 1)[1])},
         "budget": {"device": "cpu", "torch_threads": torch.get_num_threads(),
-                   "student": cur.student.config, "init": ({"checkpoint": str(args.init), "sha256": sha256_file(args.init),
+                   "student": allm.student.config, "init": ({"checkpoint": str(args.init), "sha256": sha256_file(args.init),
                                                             "note": "RGB student distilled label-free on all 50k CIFAR-10 "
                                                                     "train images (no monochrome images, no labels)"}
                                                            if args.init else None),
@@ -262,7 +283,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                                "as fp32_curated_global" if args.per_label else "global top fraction (EdgeVL)",
                    "stage1_steps": args.steps, "qat_steps": args.qat_steps, "batch_pairs": args.batch,
                    "stage2_from": f"s1_{args.stage2_from}",
-                   "test_images": len(d), "unseen_test_images": evu["n"],
+                   "qat_data": args.qat_data, "test_images": len(d), "unseen_test_images": evu and evu["n"],
                    "seconds": timings, "note": args.note},
         "checkpoints": {n: sha256_file(work / n / "student.pt")
                         for n in ("s1_curated", "s1_curated_global", "s1_all", "s1_unseen") if (work / n).is_dir()},
@@ -273,7 +294,8 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         "zero_shot_top1": {k: {mod: v["top1"] for mod, v in ev[k].items()} for k in ["teacher", *models]},
         "unseen_classes": {"distilled_on": SEEN, "evaluated_on": UNSEEN, "n": evu["n"],
                            "top1_5way": {k: {mod: v["top1"] for mod, v in evu[k].items()}
-                                         for k in ("teacher", *baseline, "fp32_seen5", "fp32_all10")}},
+                                         for k in ("teacher", *baseline, "fp32_seen5", "fp32_all10")}}
+        if evu else "not run (--only-main)",
         "curation": read_json(work / "curate/manifest.json")["summary"],
         **({"curation_global": read_json(work / "curate_global/manifest.json")["summary"]} if args.per_label else {}),
         "qat": {n: {**{k: read_json(work / n / "qat.json").get(k, True if k == "per_channel" else None)
@@ -297,7 +319,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
             "value": 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_ptq", mod)), "target": 1.0,
             "met": 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_ptq", mod)) >= 1.0} for mod in ("rgb", "mono")},
         **{f"{m[5:]}_minus_all_{mod}_points": {"value": 100 * (top(ev, m, mod) - top(ev, "fp32_all", mod))}
-           for m in ("fp32_curated", *glob) for mod in ("rgb", "mono")},
+           for m in (*(["fp32_curated"] if cur else []), *glob) for mod in ("rgb", "mono")},
         "qat_triplet_minus_plain_points": {mod: 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_qat_plain", mod))
                                            for mod in ("rgb", "mono")},
         **points("ptq_minus_fp32", "int8_ptq", main_student),  # what PTQ loses: what QAT can win back
@@ -316,7 +338,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                             for m in models},
     }
     write_json(args.out, res)
-    print(json.dumps({"zero_shot_top1": res["zero_shot_top1"], "unseen": res["unseen_classes"]["top1_5way"],
+    print(json.dumps({"zero_shot_top1": res["zero_shot_top1"], "unseen": res["unseen_classes"],
                       "targets": res["targets"]}, indent=1))
 
 
