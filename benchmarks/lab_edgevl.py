@@ -65,8 +65,7 @@ def main(argv=None) -> None:
                     "at 32 px)")
     ap.add_argument("--stage2-from", default="curated", choices=["curated", "all"],
                     help="the stage-1 student that PTQ and QAT start from and whose fp32 ratios are the targets: the "
-                         "one distilled on the curated pairs (EdgeVL) or on all pool pairs; QAT trains on the curated "
-                         "pairs either way (their pseudo-labels are the triplet positives)")
+                         "one distilled on the curated pairs (EdgeVL) or on all pool pairs (QAT's data: --qat-data)")
     ap.add_argument("--model-args", default="", help='JSON for timm.create_model, e.g. \'{"patch_size": 4}\'')
     ap.add_argument("--only-main", action="store_true",
                     help="with --stage2-from all: only that student, PTQ and QAT (no curated or unseen-class stage-1 "
@@ -264,6 +263,11 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         return {f"{name}_{mod}_points": 100 * (top(ev, a, mod) - top(ev, b, mod)) for mod in ("rgb", "mono")}
     t_rgb = top(ev, "teacher", "rgb")
     main_student = f"fp32_{args.stage2_from}"  # the student PTQ and QAT start from
+    # every int8 run's result file, read once: (folder, ptq.json | qat.json) -> its JSON
+    runs = {n: read_json(work / n / f) for n, f in (("ptq", "ptq.json"), ("qat_triplet", "qat.json"),
+                                                    ("qat_plain", "qat.json"), *(PER_TENSOR if args.per_tensor else ()),
+                                                    *((("qat_triplet_em", "qat.json"),) if args.edgevl_mining else ()))}
+    qat_runs = [n for n in runs if n.startswith("qat")]
     res = {
         "what": "EdgeVL on CIFAR-10: teacher on RGB, one student on RGB + monochrome (luminance), label-free",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -287,10 +291,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
                    "seconds": timings, "note": args.note},
         "checkpoints": {n: sha256_file(work / n / "student.pt")
                         for n in ("s1_curated", "s1_curated_global", "s1_all", "s1_unseen") if (work / n).is_dir()},
-        "onnx": {n: {m: sha256_file(p) for m, p in read_json(work / n / f).get("exports", {}).items()}
-                 for n, f in (("ptq", "ptq.json"), ("qat_triplet", "qat.json"), ("qat_plain", "qat.json"),
-                              *(PER_TENSOR if args.per_tensor else ()),
-                              *((("qat_triplet_em", "qat.json"),) if args.edgevl_mining else ()))},
+        "onnx": {n: {m: sha256_file(p) for m, p in r.get("exports", {}).items()} for n, r in runs.items()},
         "zero_shot_top1": {k: {mod: v["top1"] for mod, v in ev[k].items()} for k in ["teacher", *models]},
         "unseen_classes": {"distilled_on": SEEN, "evaluated_on": UNSEEN, "n": evu["n"],
                            "top1_5way": {k: {mod: v["top1"] for mod, v in evu[k].items()}
@@ -298,17 +299,14 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         if evu else "not run (--only-main)",
         "curation": read_json(work / "curate/manifest.json")["summary"],
         **({"curation_global": read_json(work / "curate_global/manifest.json")["summary"]} if args.per_label else {}),
-        "qat": {n: {**{k: read_json(work / n / "qat.json").get(k, True if k == "per_channel" else None)
+        "qat": {n: {**{k: runs[n].get(k, True if k == "per_channel" else None)
                        for k in ("reduce_range", "per_channel", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8",
                                  "seconds")},
                     # runs written before the mining options existed used FIRST_MINING
-                    "mining": {k: read_json(work / n / "qat.json")["config"].get(k, v) for k, v in FIRST_MINING.items()}}
-                for n in ("qat_triplet", "qat_plain", *(p for p, f in PER_TENSOR if args.per_tensor and f == "qat.json"),
-                          *(("qat_triplet_em",) if args.edgevl_mining else ()))},
-        "ptq": {k: read_json(work / "ptq/ptq.json")[k] for k in ("reduce_range", "calib_images", "calibrated_on",
-                                                                   "per_channel", "method")},
-        **({"ptq_per_tensor": {k: read_json(work / "ptq_pt/ptq.json")[k] for k in ("reduce_range", "calib_images",
-                                                                                 "per_channel", "method")}}
+                    "mining": {k: runs[n]["config"].get(k, v) for k, v in FIRST_MINING.items()}}
+                for n in qat_runs},
+        "ptq": {k: runs["ptq"][k] for k in ("reduce_range", "calib_images", "calibrated_on", "per_channel", "method")},
+        **({"ptq_per_tensor": {k: runs["ptq_pt"][k] for k in ("reduce_range", "calib_images", "per_channel", "method")}}
            if args.per_tensor else {}),
     }
     s_mono, s_rgb = top(ev, main_student, "mono"), top(ev, main_student, "rgb")

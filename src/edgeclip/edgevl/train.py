@@ -233,6 +233,13 @@ POSITIVES = ("easy", "random", "hard")
 NEGATIVES = ("random", "hardest")
 
 
+def check_mining(positive: str, negative: str, negatives: int) -> None:
+    """One clear error for triplet-mining settings (QATConfig and :func:`semi_hard_triplet`)."""
+    if positive not in POSITIVES or negative not in NEGATIVES or negatives < 1:
+        raise EdgeClipError(f"triplet mining: positive must be one of {', '.join(POSITIVES)}, negative one of "
+                            f"{', '.join(NEGATIVES)} and negatives >= 1 (got {positive!r}, {negative!r}, {negatives})")
+
+
 def semi_hard_triplet(anchor: torch.Tensor, labels: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
                       margin: float, exclude: Optional[torch.Tensor] = None, allowed: Optional[torch.Tensor] = None,
                       positive: str = "easy", negative: str = "random", negatives: int = 3, generator=None):
@@ -246,8 +253,7 @@ def semi_hard_triplet(anchor: torch.Tensor, labels: torch.Tensor, bank: torch.Te
     (EdgeVL) or the nearest ones (``hardest``). Anchors without a positive or a semi-hard negative add nothing.
     -> (sum of the triplet hinges / B, number of anchors that had at least one semi-hard triplet)
     """
-    if positive not in POSITIVES or negative not in NEGATIVES or negatives < 1:
-        raise EdgeClipError(f"triplet mining: positive in {POSITIVES}, negative in {NEGATIVES}, negatives >= 1")
+    check_mining(positive, negative, negatives)
     a = F.normalize(anchor.float(), dim=-1)
     d = (2 - 2 * a @ bank.t()).clamp_min(1e-8).sqrt()  # (B, N)
     cand = torch.ones_like(d, dtype=torch.bool) if allowed is None else allowed.clone()
@@ -307,15 +313,15 @@ def embedding_bank(model: PairStudent, p: Prepared, bs: int = 512) -> torch.Tens
     return torch.cat(out)
 
 
-def vocabulary(p: Prepared, teacher, labels: Optional[List[str]], templates) -> tuple:
-    """The prompt vocabulary of stage 2 and its teacher text embeddings: the curation manifest's labels,
-    else ``labels``, else the class folders. -> (labels, (L, D) text embeddings)."""
+def vocabulary_embeddings(p: Prepared, teacher, labels: Optional[List[str]], templates) -> torch.Tensor:
+    """Teacher text embeddings (L, D) of the stage-2 prompt vocabulary: the curation manifest's labels,
+    else ``labels``, else the class folders."""
     labels = p.info.get("manifest_labels") or labels
     if labels is None:
         if not p.ps.classes:
             raise EdgeClipError("the triplet loss needs pseudo-labels: give a curation manifest or labels")
         labels = [c.replace("_", " ") for c in p.ps.classes]
-    return list(labels), text_embeddings(teacher, labels, templates)
+    return text_embeddings(teacher, labels, templates)
 
 
 def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool = False) -> Dict:
@@ -330,13 +336,11 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
         raise EdgeClipError(f"student {cfg.student} was distilled from {ck['teacher']['id']}, not {teacher.id}")
     if cfg.triplet_weight < 0 or cfg.margin <= 0:
         raise EdgeClipError("triplet_weight must be >= 0 and margin > 0")
-    if cfg.positive not in POSITIVES or cfg.negative not in NEGATIVES or cfg.negatives < 1:
-        raise EdgeClipError(f"positive must be one of {', '.join(POSITIVES)}, negative one of {', '.join(NEGATIVES)} "
-                            f"and negatives >= 1 (got {cfg.positive!r}, {cfg.negative!r}, {cfg.negatives})")
+    check_mining(cfg.positive, cfg.negative, cfg.negatives)  # before any data is read
     # the stage-1 specs (scaling, adapter, normalisation) are kept unless overridden
     cfg.modality = {m: {**s.to_dict(), **cfg.modality.get(m, {})} for m, s in fp.specs.items()}
     p = prepare_pairs(cfg, teacher, size, progress=progress)
-    _, temb = vocabulary(p, teacher, cfg.labels, cfg.templates)
+    temb = vocabulary_embeddings(p, teacher, cfg.labels, cfg.templates)
     if p.pseudo is None:  # teacher zero-shot argmax of every pair's RGB (view 0)
         p.pseudo = (p.targets[:, 0] @ temb.t()).argmax(1)
     ctx = {"text_emb": temb, "logit_scale": teacher.logit_scale}  # for prompt-aware losses (prompt_kl, ...)
