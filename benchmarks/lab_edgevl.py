@@ -217,7 +217,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     from edgeclip.utils.env import machine_info
     from edgeclip.utils.io import read_json, sha256_file, write_json
 
-    for p in ("a", "b"):
+    for p in ("all", "a", "b"):  # the stage timings of an earlier run of the same lab
         tp = work / f"timings_{p}.json"
         if tp.exists():
             timings.update(json.loads(tp.read_text()))
@@ -273,8 +273,9 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join(["python benchmarks/lab_edgevl.py"] + [a for i, a in enumerate(sys.argv[1:])
                                                                    if a != "--part" and sys.argv[i] != "--part"]),
-        "run_as": "--part a and --part b in two parallel processes, then --part report" if args.part == "report"
-                  else f"--part {args.part}",
+        "run_as": f"--part {args.part}" if args.part != "report" else
+                  "--part all, then --part report" if (work / "timings_all.json").exists() else
+                  "--part a and --part b in two parallel processes, then --part report",
         "machine": machine_info(),
         "teacher": {**teacher.describe(), "sha256": sha256_file(teacher.spec.split(":", 1)[1])},
         "budget": {"device": "cpu", "torch_threads": torch.get_num_threads(),
