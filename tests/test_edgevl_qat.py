@@ -69,14 +69,16 @@ def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
         qat_pairs(QATConfig(student=cfg.student, data=cfg.data, derive=DERIVE, positive="nearest"), teacher=t)
 
 
-@pytest.mark.parametrize("per_channel", [True, False])
-def test_qat_weight_scales_per_channel_or_per_tensor(per_channel):
-    """per_channel=False (accelerators with one scale per tensor) leaves no per-channel weight quantisation."""
+@pytest.mark.parametrize("per_channel,bits", [(True, 8), (False, 8), (True, 4)])
+def test_qat_weight_scales_and_bits(per_channel, bits):
+    """per_channel=False (accelerators with one scale per tensor) leaves no per-channel weight quantisation;
+    weight_bits=4 keeps every stored weight on the 4-bit grid [-8, 7]."""
     from edgeclip.quant.qat import convert_qat, prepare_qat
     from edgeclip.students import create_student
 
+    torch.manual_seed(0)
     m = create_student("shufflenet_v2_x0_5", 8, small_input=True, img_size=16, head_hidden=0)
-    core = prepare_qat(m, (4, 3, 16, 16), per_channel=per_channel)
+    core = prepare_qat(m, (4, 3, 16, 16), per_channel=per_channel, weight_bits=bits)
     core.train()
     core(torch.randn(4, 3, 16, 16))  # observers see data
     q = convert_qat(core)
@@ -84,6 +86,21 @@ def test_qat_weight_scales_per_channel_or_per_tensor(per_channel):
     assert any("dequantize_per_tensor" in o for o in ops)
     assert any("dequantize_per_channel" in o for o in ops) == per_channel
     assert q(torch.randn(2, 3, 16, 16)).shape == (2, 8)
+    w = torch.cat([t.flatten() for _, t in (*q.named_buffers(), *q.named_parameters()) if t.dtype == torch.int8])
+    assert len(w) > 1000  # every conv/linear weight, stored as int8
+    assert (int(w.min()), int(w.max())) == ((-8, 7) if bits == 4 else (-128, 127))
+
+
+def test_weight_bits_are_checked(tmp_path):
+    from edgeclip.errors import EdgeClipError
+    from edgeclip.quant.ort import quantize_static_onnx
+    from edgeclip.quant.qat import prepare_qat
+
+    with pytest.raises(EdgeClipError, match="weight_bits must be one of"):
+        prepare_qat(torch.nn.Linear(4, 4), (2, 4), weight_bits=2)
+    (tmp_path / "m.onnx").write_bytes(b"")
+    with pytest.raises(EdgeClipError, match="weight_bits must be one of"):
+        quantize_static_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", [], weight_bits=16)
 
 
 def test_qat_and_ptq_of_a_transformer_student(tmp_path):
@@ -103,6 +120,10 @@ def test_qat_and_ptq_of_a_transformer_student(tmp_path):
     f32 = export_onnx(m, tmp_path / "fp32.onnx", (1, 3, 16, 16))
     ptq = quantize_static_onnx(f32, tmp_path / "ptq.onnx", [x.numpy()], per_channel=True, method="minmax",
                                reduce_range=False)
+    ptq4 = quantize_static_onnx(f32, tmp_path / "ptq4.onnx", [x.numpy()], weight_bits=4, reduce_range=False)
+    import onnx
+
+    assert onnx.TensorProto.INT4 in {i.data_type for i in onnx.load(ptq4).graph.initializer}
     core = prepare_qat(m, (4, 3, 16, 16))
     core.train()
     core(x)  # observers see data
@@ -110,7 +131,7 @@ def test_qat_and_ptq_of_a_transformer_student(tmp_path):
     q.training = False  # a converted graph is not switched with .eval()
     path = export_qdq_onnx(q, tmp_path / "qat.onnx", (4, 3, 16, 16))
     ref = torch.nn.functional.normalize(q(x).detach(), dim=-1)
-    for f in (path, ptq):
+    for f in (path, ptq, ptq4):
         s = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
         got = torch.from_numpy(s.run(None, {s.get_inputs()[0].name: x.numpy()})[0])
         assert got.shape == (8, 16) and np.isfinite(got.numpy()).all()

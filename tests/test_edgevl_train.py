@@ -201,6 +201,14 @@ def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
                          "--cache", str(stage1["dir"] / "cache"), "--calib-images", "24", "--per-tensor"], capsys)
     assert rc == 0, err[-2000:]
     assert json.loads(out)["calib_images"] == 24 and json.loads(out)["per_channel"] is False
+    ptq_args = ["ptq", "--student", str(tmp_path / "s1" / "student.pt"), "--data", str(shapes["train"]),
+                "--derive", "mono=luminance", "--cache", str(stage1["dir"] / "cache"), "--calib-images", "24"]
+    rc, out, err = _cli([*ptq_args, "--out", str(tmp_path / "ptq4"), "--weight-bits", "4"], capsys)
+    assert rc == 0, err[-2000:]
+    res = json.loads(out)
+    assert res["weight_bits"] == 4 and res["exports"]["rgb"].endswith("ptq_w4a8.onnx")
+    rc, out, err = _cli([*ptq_args, "--out", str(tmp_path / "ptq3"), "--weight-bits", "3"], capsys)
+    assert rc == 2 and "weight_bits must be one of (4, 8), got 3" in err and "Traceback" not in err
     rc, out, err = _cli(["eval-pair", str(shapes["test"]), "--student", str(tmp_path / "s1" / "student.pt"),
                          "--derive", "mono=luminance", "--classes", "triangle,star,cross",
                          "--onnx", str(tmp_path / "ptq" / "ptq.json"), "--out", str(tmp_path / "ev.json")], capsys)

@@ -23,6 +23,8 @@ Epochs = Annotated[Optional[int], typer.Option()]
 BatchSize = Annotated[Optional[int], typer.Option()]
 Lr = Annotated[Optional[float], typer.Option()]
 Sets = Annotated[List[str], typer.Option("--set", help="override key.sub=value (repeatable)")]
+WEIGHT_BITS_HELP = "8: int8 weights; 4: W4A8 (4-bit weights, uint8 activations)"
+WeightBits = Annotated[Optional[int], typer.Option(help=WEIGHT_BITS_HELP)]
 Templates = Annotated[List[str], typer.Option(help="prompt template(s)")]
 
 
@@ -122,7 +124,7 @@ def register(app: typer.Typer) -> None:
         margin: Optional[float] = typer.Option(None), epochs: Epochs = None, batch_size: BatchSize = None,
         lr: Lr = None, per_channel: Optional[bool] = typer.Option(
             None, "--per-channel/--per-tensor", help="weight scales per output channel (default) or one per tensor"),
-        set_: Sets = [],
+        weight_bits: WeightBits = None, set_: Sets = [],
     ):
         """Stage 2: quantization-aware training (torchao PT2E) + semi-hard triplet; int8 QDQ ONNX out."""
         from .train import QATConfig, qat_pairs
@@ -131,7 +133,7 @@ def register(app: typer.Typer) -> None:
             ("student", student), ("data", data), ("out", out), ("manifest", manifest), ("derive", _derive(derive)),
             ("modalities", modality or None), ("cache", cache), ("teacher", teacher),
             ("triplet_weight", triplet_weight), ("margin", margin), ("per_channel", per_channel),
-            ("train.epochs", epochs), ("train.batch_size", batch_size), ("train.lr", lr)], set_)
+            ("weight_bits", weight_bits), ("train.epochs", epochs), ("train.batch_size", batch_size), ("train.lr", lr)], set_)
         res = qat_pairs(cfg, progress=True)
         _echo({k: res[k] for k in ("exports", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")})
 
@@ -144,6 +146,7 @@ def register(app: typer.Typer) -> None:
         reduce_range: str = typer.Option("auto", help="auto | true | false: 7-bit weights for x86 CPUs without VNNI"),
         per_channel: bool = typer.Option(True, "--per-channel/--per-tensor",
                                          help="weight scales per output channel (default) or one per tensor"),
+        weight_bits: int = typer.Option(8, help=WEIGHT_BITS_HELP),
     ):
         """Baseline: ONNX Runtime static int8 (QDQ), calibrated on images of every modality."""
         from .train import PairDataConfig, ptq_pairs
@@ -153,7 +156,7 @@ def register(app: typer.Typer) -> None:
         if rr is None:
             raise EdgeClipError(f"--reduce-range must be auto, true or false, got {reduce_range!r}")
         _echo(ptq_pairs(student, cfg, calib_images=calib_images, method=method, reduce_range=rr,
-                        per_channel=per_channel))
+                        per_channel=per_channel, weight_bits=weight_bits))
 
     @app.command("eval-pair")
     def eval_pair_cmd(

@@ -35,7 +35,7 @@ from ..data.transforms import view_params
 from ..distill.losses import build_loss
 from ..engine import TrainConfig, fit
 from ..errors import EdgeClipError
-from ..quant.qat import convert_qat, export_qdq_onnx, prepare_qat, resolve_reduce_range
+from ..quant.qat import check_weight_bits, convert_qat, export_qdq_onnx, prepare_qat, resolve_reduce_range
 from ..labeling.text import DEFAULT_TEMPLATES, text_embeddings
 from ..utils.io import write_json
 from .curate import apply_manifest, load_manifest, teacher_embeddings
@@ -86,6 +86,7 @@ class QATConfig(PairDataConfig):
     templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     reduce_range: Any = "auto"  # 7-bit activations; auto: when this CPU lacks VNNI (int8 kernels saturate)
     per_channel: bool = True  # False: one weight scale per tensor (per-tensor-only accelerators)
+    weight_bits: int = 8  # 4: W4A8 (4-bit weights, uint8 activations)
     train: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -283,6 +284,11 @@ def semi_hard_triplet(anchor: torch.Tensor, labels: torch.Tensor, bank: torch.Te
     return loss, int(ok.any(1).sum())
 
 
+def quant_stem(weight_bits: int) -> str:
+    """File stem of an exported quantized model: int8, or w4a8 for 4-bit weights."""
+    return "int8" if weight_bits == 8 else f"w{weight_bits}a8"
+
+
 def export_int8_onnx(core: nn.Module, adapters: Dict[str, nn.Module], modalities: List[str], out: Path,
                      size: int, channels: Dict[str, int], stem: str = "int8") -> Dict[str, str]:
     """Export the converted (QDQ) model once, plus one file per modality with a learned conv adapter."""
@@ -337,6 +343,7 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     if cfg.triplet_weight < 0 or cfg.margin <= 0:
         raise EdgeClipError("triplet_weight must be >= 0 and margin > 0")
     check_mining(cfg.positive, cfg.negative, cfg.negatives)  # before any data is read
+    check_weight_bits(cfg.weight_bits)
     # the stage-1 specs (scaling, adapter, normalisation) are kept unless overridden
     cfg.modality = {m: {**s.to_dict(), **cfg.modality.get(m, {})} for m, s in fp.specs.items()}
     p = prepare_pairs(cfg, teacher, size, progress=progress)
@@ -349,7 +356,7 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     t0 = time.time()
     reduce_range = resolve_reduce_range(cfg.reduce_range)
     core = prepare_qat(fp.student, (8, 3, size, size), reduce_range=reduce_range, per_channel=cfg.per_channel,
-                       embed_dim=fp.student.embed_dim)
+                       weight_bits=cfg.weight_bits, embed_dim=fp.student.embed_dim)
     model = PairStudent(core, p.specs, p.ps.primary)
     model.adapters = fp.adapters
     prep_s = time.time() - t0
@@ -389,7 +396,8 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     hist = fit(tcfg, model, dataset, step, out, resume=resume, on_epoch_end=refresh, progress=progress)
     t1 = time.time()
     converted = convert_qat(core)
-    exports = export_int8_onnx(converted, dict(model.adapters), p.ps.modalities, out, size, _raw_channels(p))
+    exports = export_int8_onnx(converted, dict(model.adapters), p.ps.modalities, out, size, _raw_channels(p),
+                               stem=quant_stem(cfg.weight_bits))
     # parity: ONNX Runtime int8 vs the converted torch model on a few training pairs
     from .evaluate import onnx_sessions
 
@@ -403,7 +411,8 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     res = {"format": "edgeclip-edgevl-qat/1", "student": cfg.student, "config": asdict(cfg), "exports": exports,
            "specs": {m: s.to_dict() for m, s in p.specs.items()}, "primary": p.ps.primary, "img_size": size,
            "teacher": teacher.describe(), "data_info": p.info, "history": hist["epochs"],
-           "reduce_range": reduce_range, "per_channel": cfg.per_channel, "semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"]) if cfg.triplet_weight > 0 else None,
+           "reduce_range": reduce_range, "per_channel": cfg.per_channel, "weight_bits": cfg.weight_bits,
+           "semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"]) if cfg.triplet_weight > 0 else None,
            "onnx_min_cosine_vs_torch_int8": parity, "seconds": {"prepare": prep_s, "train": hist.get("train_seconds"),
                                                                  "convert_export": time.time() - t1}}
     write_json(out / "qat.json", res)
@@ -411,12 +420,15 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
 
 
 def ptq_pairs(student: str, cfg: PairDataConfig, calib_images: int = 256, per_channel: bool = True,
-              method: str = "minmax", teacher=None, reduce_range: Any = "auto", progress: bool = False) -> Dict:
-    """Baseline: ONNX Runtime static int8 of a stage-1 student, calibrated on every modality's images."""
+              method: str = "minmax", teacher=None, reduce_range: Any = "auto", weight_bits: int = 8,
+              progress: bool = False) -> Dict:
+    """Baseline: ONNX Runtime static int8 of a stage-1 student, calibrated on every modality's images
+    (``weight_bits=4``: W4A8, int4 weights)."""
     from ..export.onnx import export_onnx
     from ..quant.ort import quantize_static_onnx
     from ..teachers import load_teacher
 
+    check_weight_bits(weight_bits)
     fp, size, ck = load_pair_student(student)
     teacher = teacher or load_teacher(cfg.teacher or ck["teacher"]["spec"], device="cpu")
     cfg.modality = {m: {**s.to_dict(), **cfg.modality.get(m, {})} for m, s in fp.specs.items()}
@@ -425,7 +437,8 @@ def ptq_pairs(student: str, cfg: PairDataConfig, calib_images: int = 256, per_ch
     p = prepare_pairs(cfg, teacher, size, progress=progress)
     out = Path(cfg.out)
     groups = {m: (m if m in fp.adapters else None) for m in p.ps.modalities}
-    reduce_range = resolve_reduce_range(reduce_range)
+    # 7-bit weights only guard int8 x uint8 products; 4-bit weights cannot saturate
+    reduce_range = resolve_reduce_range(reduce_range) if weight_bits == 8 else False
     exports = {}
     for g in sorted(set(groups.values()), key=lambda x: (x is not None, x or "")):
         mods = [m for m, gg in groups.items() if gg == g]
@@ -437,12 +450,13 @@ def ptq_pairs(student: str, cfg: PairDataConfig, calib_images: int = 256, per_ch
         for m in mods:  # the shared model sees every modality it serves, in equal parts
             x = normalize_modality(p.data.x[m], fp.specs[m])
             batches += [x[i:i + 32].numpy() for i in range(0, len(x), 32)]
-        i8 = quantize_static_onnx(f32, out / f"{stem.replace('fp32', 'ptq_int8')}.onnx", batches,
-                                  per_channel=per_channel, method=method, reduce_range=reduce_range)
+        i8 = quantize_static_onnx(f32, out / f"{stem.replace('fp32', 'ptq_' + quant_stem(weight_bits))}.onnx", batches,
+                                  per_channel=per_channel, method=method, reduce_range=reduce_range,
+                                  weight_bits=weight_bits)
         for m in mods:
             exports[m] = str(i8)
     res = {"format": "edgeclip-edgevl-ptq/1", "student": student, "exports": exports, "calib_images": len(p.data),
-           "calibrated_on": p.ps.modalities, "per_channel": per_channel, "method": method,
+           "calibrated_on": p.ps.modalities, "per_channel": per_channel, "weight_bits": weight_bits, "method": method,
            "reduce_range": reduce_range,
            "specs": {m: s.to_dict() for m, s in fp.specs.items()}, "primary": fp.primary, "img_size": size,
            "teacher": teacher.describe()}

@@ -11,6 +11,16 @@ from ..errors import EdgeClipError
 from ..utils.io import atomic_path
 
 
+WEIGHT_BITS = (4, 8)
+
+
+def check_weight_bits(bits: int) -> int:
+    """The weight widths both QAT and ONNX Runtime PTQ support; anything else is one line."""
+    if bits not in WEIGHT_BITS:
+        raise EdgeClipError(f"weight_bits must be one of {WEIGHT_BITS}, got {bits!r}")
+    return bits
+
+
 def cpu_has_vnni() -> bool:
     """Whether this x86 CPU has VNNI int8 dot products (without them, u8 x s8 int8 kernels can saturate)."""
     try:
@@ -42,12 +52,13 @@ class _Reader:
 
 def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: Iterable[np.ndarray],
                          per_channel: bool = True, method: str = "minmax", preprocess: bool = True,
-                         reduce_range="auto") -> Path:
+                         reduce_range="auto", weight_bits: int = 8) -> Path:
     """Static int8 QDQ quantisation (ONNX Runtime), activations calibrated on ``calibration`` batches.
 
     ``method``: minmax | entropy | percentile. The graph is first run through ORT's quantisation
     pre-processing (shape inference + optimisation), as ORT recommends. ``reduce_range`` (auto | True | False; auto = when this CPU lacks VNNI): 7-bit weights,
     which avoids the u8 x s8 saturation of ORT's int8 kernels on x86 CPUs without VNNI.
+    ``weight_bits=4``: W4A8, int4 weights (ONNX Runtime's QInt4; com.microsoft Q/DQ below opset 21).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     import onnxruntime as ort
@@ -55,6 +66,7 @@ def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibrati
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     if not fp32_path.is_file():
         raise EdgeClipError(f"ONNX model not found: {fp32_path}")
+    wtype = QuantType.QInt8 if check_weight_bits(weight_bits) == 8 else QuantType.QInt4
     src = fp32_path
     tmp_pre = None
     if preprocess:
@@ -77,7 +89,7 @@ def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibrati
     try:
         with atomic_path(int8_path) as tmp:
             quantize_static(str(src), str(tmp), _Reader(input_name, batches), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=wtype,
                             calibrate_method=meth, reduce_range=resolve_reduce_range(reduce_range))
     finally:
         if tmp_pre is not None and tmp_pre.exists():

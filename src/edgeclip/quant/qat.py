@@ -9,7 +9,9 @@ The quantizer is torchao's X86 inductor quantizer in QAT mode: int8 symmetric pe
 uint8 affine per-tensor activations, conv + batch-norm folded during training. The same scheme as
 ONNX Runtime's static QDQ quantisation, so the QAT model and the PTQ baseline are comparable.
 ``per_channel=False`` gives one weight scale per tensor instead (accelerators that only support
-per-tensor scales; ONNX Runtime's ``per_channel=False`` is the matching PTQ).
+per-tensor scales; ONNX Runtime's ``per_channel=False`` is the matching PTQ). ``weight_bits=4`` trains
+4-bit weights (W4A8); the exported QDQ graph stores them as int8 values in [-8, 7], which ONNX Runtime
+runs unchanged (ONNX Runtime's PTQ with ``weight_bits=4`` is the matching baseline).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from ..errors import EdgeClipError
 from ..utils.io import atomic_path
-from .ort import cpu_has_vnni, resolve_reduce_range  # noqa: F401 (re-exported)
+from .ort import check_weight_bits, cpu_has_vnni, resolve_reduce_range  # noqa: F401 (re-exported)
 
 
 class QATModule(nn.Module):
@@ -69,28 +71,36 @@ def fold_batchnorm(model: nn.Module) -> int:
     return n
 
 
-def qat_quantization_config(reduce_range: bool = False, per_channel: bool = True):
+def qat_quantization_config(reduce_range: bool = False, per_channel: bool = True, weight_bits: int = 8):
     """torchao's default X86 QAT config; with ``per_channel=False`` its weights get one symmetric scale per
-    tensor (moving-average min/max fake-quant), everything else unchanged."""
+    tensor (moving-average min/max fake-quant); ``weight_bits=4`` limits the symmetric weight grid to
+    [-8, 7] (W4A8: activations stay uint8). Everything else unchanged."""
+    import dataclasses
+
     from torchao.quantization.pt2e import FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
 
     cfg = get_default_x86_inductor_quantization_config(is_qat=True, reduce_range=reduce_range)
-    if per_channel:
+    w = cfg.weight
+    if not per_channel:
+        w = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                             is_dynamic=False, observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
+                                 eps=2 ** -12, observer=MovingAverageMinMaxObserver))
+    if check_weight_bits(weight_bits) != 8:
+        w = dataclasses.replace(w, quant_min=-(2 ** (weight_bits - 1)), quant_max=2 ** (weight_bits - 1) - 1)
+    if w is cfg.weight:
         return cfg
-    w = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric,
-                         is_dynamic=False, observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
-                             eps=2 ** -12, observer=MovingAverageMinMaxObserver))
     return QuantizationConfig(cfg.input_activation, cfg.output_activation, w, cfg.bias, True)
 
 
 def prepare_qat(model: nn.Module, example_shape: Sequence[int], max_batch: int = 4096, fold_bn: bool = True,
-                reduce_range: bool = False, per_channel: bool = True, **attrs) -> QATModule:
+                reduce_range: bool = False, per_channel: bool = True, weight_bits: int = 8, **attrs) -> QATModule:
     """torch.export ``model`` (dynamic batch) and insert QAT fake-quantisation. Extra ``attrs`` are kept
     on the wrapper (e.g. ``embed_dim``). ``reduce_range``: 7-bit activations, for x86 CPUs without VNNI
     (see :func:`resolve_reduce_range`). ``per_channel=False``: per-tensor weight scales (see
-    :func:`qat_quantization_config`). ``fold_bn`` folds conv+BN first (see :func:`fold_batchnorm`);
+    :func:`qat_quantization_config`); ``weight_bits=4``: W4A8 (same function). ``fold_bn`` folds conv+BN
+    first (see :func:`fold_batchnorm`);
     the model is modified in place then, so pass a copy when the float model is still needed."""
     if fold_bn:
         fold_batchnorm(model)
@@ -104,7 +114,7 @@ def prepare_qat(model: nn.Module, example_shape: Sequence[int], max_batch: int =
     except Exception as e:  # pragma: no cover - depends on the architecture
         raise EdgeClipError(f"torch.export of the model failed (QAT needs an exportable model): "
                             f"{str(e).splitlines()[0][:300]}") from None
-    q = X86InductorQuantizer().set_global(qat_quantization_config(reduce_range, per_channel))
+    q = X86InductorQuantizer().set_global(qat_quantization_config(reduce_range, per_channel, weight_bits))
     try:
         prepared = prepare_qat_pt2e(gm, q)
     except Exception as e:  # e.g. torchao's X86 quantizer refuses some conv-bn-add patterns (ResNet)
