@@ -148,3 +148,22 @@ def test_ddp_two_cpu_processes_identical_weights(tiny_teacher, shapes, tmp_path)
     hist = json.loads((out / "history.json").read_text())
     assert hist["world_size"] == 2
     assert hist["epochs"][0]["steps"] == 144 // 16 // 2  # each rank saw half the data
+
+
+@pytest.mark.parametrize("name,cls", [
+    ("distill_cifar10_shufflenet", "edgeclip.distill.trainer:DistillConfig"),
+    ("clip4retrofit_effnet_b3", "edgeclip.distill.trainer:DistillConfig"),
+    ("caption_vi", "edgeclip.caption.train:CaptionTrainConfig"),
+    ("edgevl_cifar_mono", "edgeclip.edgevl.train:PairDistillConfig"),
+    ("edgevl_rgbd", "edgeclip.edgevl.train:PairDistillConfig"),
+    ("edgevl_qat", "edgeclip.edgevl.train:QATConfig")])
+def test_shipped_configs_build(name, cls):
+    """Every experiment file in configs/ builds the dataclass its command reads (no unknown or misspelt keys)."""
+    import importlib
+
+    from edgeclip.config import build_dataclass, load_config
+
+    mod, attr = cls.split(":")
+    cfg = build_dataclass(getattr(importlib.import_module(mod), attr), load_config(name + ".yaml"))
+    if name == "edgevl_qat":
+        assert (cfg.weight_bits, cfg.per_channel, cfg.margin, cfg.negatives) == (8, True, 0.3, 3)
