@@ -73,6 +73,9 @@ def test_collect_lab_results_reads_defensively(tmp_path):
     assert [o["file"] for o in res["other"]] == ["lab_other.json"]
     assert collect_lab_results(tmp_path / "absent")["areas"]["bundle"]["status"] == "not yet measured"
     assert pick_metrics({"a": {"cider": 1.2, "name": "x", "flag": True}}) == {"a.cider": 1.2}
+    # a metric table keyed by model and modality (the EdgeVL lab's zero_shot_top1)
+    assert pick_metrics({"zero_shot_top1": {"fp32": {"rgb": 0.8}}, "seconds": {"qat": 3.0}}) == \
+        {"zero_shot_top1.fp32.rgb": 0.8}
     assert find_curves({"epochs": [{"epoch": 1}]}) == {}
 
 
@@ -184,3 +187,12 @@ def test_lab_student_path_follows_the_lab_json(tmp_path):
         assert lab_student_path(lab) == lab / name / "student.pt"
     (res / "lab_clip4retrofit.json").write_text("{not json")
     assert lab_student_path(lab) == lab / "student" / "student.pt"
+
+
+def test_report_target_rows():
+    from edgeclip.bench.report import target_rows
+
+    t = {"ratio": {"value": 0.95, "target": 0.97, "met": False}, "diff_points": {"value": -1.2},
+         "nested": {"x": {"value": 2.0, "target": 1.0, "met": True}}, "main_student": "fp32"}
+    assert target_rows(t) == [["ratio", "0.950", 0.97, "not met"], ["nested.x", "2.000", 1.0, "met"]]
+    assert target_rows(None) == []

@@ -31,7 +31,7 @@ LAB_AREAS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "bundle": (("lab_bundle*.json", "*bundle*.json", "*export*.json"), "edge bundle: size, parity, latency without torch"),
 }
 
-# metric names worth showing (matched against the last component of the dotted key, case-insensitive)
+# metric names worth showing (matched anywhere in the dotted key, case-insensitive)
 METRIC_RE = re.compile(
     r"(top-?1|top-?5|acc(uracy)?|retention|agreement|int8|bleu|meteor|rouge|cider|spice|images_per_s|img_per_s|"
     r"throughput|latency|_ms$|size_mb|_mb$|bytes|params|gflops|gmacs|speedup|max_abs_diff|cos(ine)?|recall|map|miou)",
@@ -64,8 +64,8 @@ def pick_metrics(data: Any) -> Dict[str, float]:
             continue
         if SKIP_RE.search(k):
             continue
-        last = k.split(".")[-1]
-        if METRIC_RE.search(last):
+        # a metric name anywhere in the key: "zero_shot_top1.fp32_all.mono" is a top-1 per model and modality
+        if METRIC_RE.search(k):
             picked[k] = float(v)
     return picked
 

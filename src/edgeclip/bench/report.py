@@ -274,6 +274,23 @@ def _curves(bench: Dict[str, Any], fid: Dict[str, Any]) -> Dict[str, List[float]
     return curves
 
 
+def target_rows(targets: Any) -> List[List[Any]]:
+    """The rows of a lab JSON's ``targets`` that name a target: [name, value, target, met] (met as text)."""
+    rows: List[List[Any]] = []
+
+    def walk(o: Any, path: str) -> None:
+        if not isinstance(o, dict):
+            return
+        if "target" in o and "value" in o:
+            rows.append([path, _f(o["value"], 3), o["target"], {True: "met", False: "not met"}.get(o.get("met"), "")])
+            return
+        for k, v in o.items():
+            walk(v, f"{path}.{k}" if path else str(k))
+
+    walk(targets, "")
+    return rows
+
+
 def _best_lab_metrics(fid: Dict[str, Any], area: str, pattern: str) -> List[Tuple[str, float]]:
     import re
 
@@ -430,6 +447,9 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
             mets = list((f.get("metrics") or {}).items())
             doc.p(f"{f['file']}" + (f" ({f['date']})" if f.get("date") else "") + f": {len(mets)} metrics"
                   + (" (first 40 shown)" if len(mets) > 40 else ""))
+            tgt = target_rows(f.get("targets"))
+            if tgt:
+                doc.table(["target", "value", "target value", "met"], tgt)
             if mets:
                 doc.table(["metric", "value"], [[k, v] for k, v in mets[:40]])
             if f.get("samples"):
