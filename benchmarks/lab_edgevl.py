@@ -90,6 +90,9 @@ def main(argv=None) -> None:
     ap.add_argument("--edgevl-mining", action="store_true",
                     help="also QAT+triplet with EdgeVL's published mining (nearest same-modality positive, 3 random "
                          "semi-hard negatives, margin 0.3) as qat_triplet_em")
+    ap.add_argument("--weight-bits", type=int, default=8, choices=[8, 4],
+                    help="4: every PTQ/QAT run is W4A8 (4-bit weights, uint8 activations) instead of int8; "
+                         "use its own --work folder (stage-1 students can be links to an int8 lab's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", default="2 CPU cores; reduced budget", help="recorded in the JSON's budget")
     ap.add_argument("--part", default="all", choices=["all", "a", "b", "report"])
@@ -158,7 +161,8 @@ def main(argv=None) -> None:
         ep = epochs_for(n_kept(qd), args.qat_steps)
         cfg = QATConfig(student=str(src), data=str(data["train"]), derive=derive,
                         out=str(work / name), cache=cache, manifest=str(work / qd / "manifest.json"),
-                        triplet_weight=tw, seed=args.seed, per_channel=per_channel, **mining,
+                        triplet_weight=tw, seed=args.seed, per_channel=per_channel, weight_bits=args.weight_bits,
+                        **mining,
                         train={"epochs": ep, "batch_size": args.batch, "lr": args.qat_lr, "warmup_epochs": 0.0,
                                "weight_decay": 0.0, "max_steps_per_epoch": -(-args.qat_steps // ep),
                                "threads": torch.get_num_threads(), "log_every": 10**9})
@@ -197,7 +201,7 @@ def main(argv=None) -> None:
                                               PairDataConfig(data=str(data["train"]), derive=derive, out=str(work / name),
                                                              cache=cache, manifest=str(work / "curate/manifest.json"),
                                                              seed=args.seed), calib_images=256, teacher=teacher,
-                                              per_channel=pc))
+                                              per_channel=pc, weight_bits=args.weight_bits))
         qat("qat_plain", 0.0)
         if args.per_tensor:
             qat("qat_triplet_pt", 1.0, per_channel=False)
@@ -214,9 +218,11 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     from edgeclip.edgevl.evaluate import evaluate_pairs, exported_embedder, torch_embedder
     from edgeclip.edgevl.model import load_pair_student
     from edgeclip.edgevl.pairs import open_pairs, preload_pairs
+    from edgeclip.edgevl.train import quant_stem
     from edgeclip.utils.env import machine_info
     from edgeclip.utils.io import read_json, sha256_file, write_json
 
+    Q = quant_stem(args.weight_bits)  # int8 | w4a8: the quantized models' name prefix
     for p in ("all", "a", "b"):  # the stage timings of an earlier run of the same lab
         tp = work / f"timings_{p}.json"
         if tp.exists():
@@ -239,12 +245,12 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     t0 = time.time()
     models = {**baseline, **({"fp32_curated": torch_embedder(cur)} if cur else {}), **glob,
               "fp32_all": torch_embedder(allm),
-              "int8_ptq": exported_embedder(work / "ptq/ptq.json"),
-              "int8_qat_triplet": exported_embedder(work / "qat_triplet/qat.json"),
-              "int8_qat_plain": exported_embedder(work / "qat_plain/qat.json"),
-              **({f"int8_{n[:-3]}_per_tensor": exported_embedder(work / n / f) for n, f in PER_TENSOR}
+              f"{Q}_ptq": exported_embedder(work / "ptq/ptq.json"),
+              f"{Q}_qat_triplet": exported_embedder(work / "qat_triplet/qat.json"),
+              f"{Q}_qat_plain": exported_embedder(work / "qat_plain/qat.json"),
+              **({f"{Q}_{n[:-3]}_per_tensor": exported_embedder(work / n / f) for n, f in PER_TENSOR}
                  if args.per_tensor else {}),
-              **({"int8_qat_triplet_edgevl_mining": exported_embedder(work / "qat_triplet_em/qat.json")}
+              **({f"{Q}_qat_triplet_edgevl_mining": exported_embedder(work / "qat_triplet_em/qat.json")}
                  if args.edgevl_mining else {})}
     ev = evaluate_pairs(d, ps.classes, "rgb", ["rgb", "mono"], models, teacher=teacher)
     # unseen classes: all test images of the 5 classes never distilled on, 5-way zero-shot
@@ -263,7 +269,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         return {f"{name}_{mod}_points": 100 * (top(ev, a, mod) - top(ev, b, mod)) for mod in ("rgb", "mono")}
     t_rgb = top(ev, "teacher", "rgb")
     main_student = f"fp32_{args.stage2_from}"  # the student PTQ and QAT start from
-    # every int8 run's result file, read once: (folder, ptq.json | qat.json) -> its JSON
+    # every quantized run's result file, read once: (folder, ptq.json | qat.json) -> its JSON
     runs = {n: read_json(work / n / f) for n, f in (("ptq", "ptq.json"), ("qat_triplet", "qat.json"),
                                                     ("qat_plain", "qat.json"), *(PER_TENSOR if args.per_tensor else ()),
                                                     *((("qat_triplet_em", "qat.json"),) if args.edgevl_mining else ()))}
@@ -279,6 +285,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         "machine": machine_info(),
         "teacher": {**teacher.describe(), "sha256": sha256_file(teacher.spec.split(":", 1)[1])},
         "budget": {"device": "cpu", "torch_threads": torch.get_num_threads(),
+                   "quantized": {"weight_bits": args.weight_bits, "activation_bits": 8},
                    "student": allm.student.config, "init": ({"checkpoint": str(args.init), "sha256": sha256_file(args.init),
                                                             "note": "RGB student distilled label-free on all 50k CIFAR-10 "
                                                                     "train images (no monochrome images, no labels)"}
@@ -300,36 +307,41 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         if evu else "not run (--only-main)",
         "curation": read_json(work / "curate/manifest.json")["summary"],
         **({"curation_global": read_json(work / "curate_global/manifest.json")["summary"]} if args.per_label else {}),
-        "qat": {n: {**{k: runs[n].get(k, True if k == "per_channel" else None)
-                       for k in ("reduce_range", "per_channel", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8",
-                                 "seconds")},
+        # runs written before per-tensor / 4-bit options existed were per-channel int8
+        "qat": {n: {**{k: runs[n].get(k, {"per_channel": True, "weight_bits": 8}.get(k))
+                       for k in ("reduce_range", "per_channel", "weight_bits", "semi_hard_fraction",
+                                 "onnx_min_cosine_vs_torch_int8", "seconds")},
                     # runs written before the mining options existed used FIRST_MINING
                     "mining": {k: runs[n]["config"].get(k, v) for k, v in FIRST_MINING.items()}}
                 for n in qat_runs},
-        "ptq": {k: runs["ptq"][k] for k in ("reduce_range", "calib_images", "calibrated_on", "per_channel", "method")},
-        **({"ptq_per_tensor": {k: runs["ptq_pt"][k] for k in ("reduce_range", "calib_images", "per_channel", "method")}}
+        "ptq": {**{k: runs["ptq"][k] for k in ("reduce_range", "calib_images", "calibrated_on", "per_channel", "method")},
+                "weight_bits": runs["ptq"].get("weight_bits", 8)},
+        **({"ptq_per_tensor": {**{k: runs["ptq_pt"][k] for k in ("reduce_range", "calib_images", "per_channel", "method")},
+                               "weight_bits": runs["ptq_pt"].get("weight_bits", 8)}}
            if args.per_tensor else {}),
     }
     s_mono, s_rgb = top(ev, main_student, "mono"), top(ev, main_student, "rgb")
     res["targets"] = {
         "mono_over_teacher_rgb": {"value": s_mono / t_rgb, "target": 0.90, "met": s_mono / t_rgb >= 0.90},
         "rgb_over_teacher_rgb": {"value": s_rgb / t_rgb, "target": 0.97, "met": s_rgb / t_rgb >= 0.97},
+        # the issue's +1 target is for int8; a --weight-bits 4 run reports the same differences without it
         **{f"qat_triplet_minus_ptq_{mod}_points": {
-            "value": 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_ptq", mod)), "target": 1.0,
-            "met": 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_ptq", mod)) >= 1.0} for mod in ("rgb", "mono")},
+            "value": 100 * (top(ev, f"{Q}_qat_triplet", mod) - top(ev, f"{Q}_ptq", mod)),
+            **({"target": 1.0, "met": 100 * (top(ev, f"{Q}_qat_triplet", mod) - top(ev, f"{Q}_ptq", mod)) >= 1.0}
+               if args.weight_bits == 8 else {})} for mod in ("rgb", "mono")},
         **{f"{m[5:]}_minus_all_{mod}_points": {"value": 100 * (top(ev, m, mod) - top(ev, "fp32_all", mod))}
            for m in (*(["fp32_curated"] if cur else []), *glob) for mod in ("rgb", "mono")},
-        "qat_triplet_minus_plain_points": {mod: 100 * (top(ev, "int8_qat_triplet", mod) - top(ev, "int8_qat_plain", mod))
+        "qat_triplet_minus_plain_points": {mod: 100 * (top(ev, f"{Q}_qat_triplet", mod) - top(ev, f"{Q}_qat_plain", mod))
                                            for mod in ("rgb", "mono")},
-        **points("ptq_minus_fp32", "int8_ptq", main_student),  # what PTQ loses: what QAT can win back
-        **points("qat_plain_minus_ptq", "int8_qat_plain", "int8_ptq"),
+        **points("ptq_minus_fp32", f"{Q}_ptq", main_student),  # what PTQ loses: what QAT can win back
+        **points("qat_plain_minus_ptq", f"{Q}_qat_plain", f"{Q}_ptq"),
         # per-tensor weight scales: a second, separately labelled comparison; the +1 target above stays per-channel
         **({"per_tensor_weights": {
-            **points("qat_triplet_minus_ptq", "int8_qat_triplet_per_tensor", "int8_ptq_per_tensor"),
-            **points("qat_plain_minus_ptq", "int8_qat_plain_per_tensor", "int8_ptq_per_tensor"),
-            **points("ptq_minus_fp32", "int8_ptq_per_tensor", main_student)}} if args.per_tensor else {}),
-        **({"edgevl_mining": {**points("qat_triplet_minus_ptq", "int8_qat_triplet_edgevl_mining", "int8_ptq"),
-                              **points("qat_triplet_minus_plain", "int8_qat_triplet_edgevl_mining", "int8_qat_plain")}}
+            **points("qat_triplet_minus_ptq", f"{Q}_qat_triplet_per_tensor", f"{Q}_ptq_per_tensor"),
+            **points("qat_plain_minus_ptq", f"{Q}_qat_plain_per_tensor", f"{Q}_ptq_per_tensor"),
+            **points("ptq_minus_fp32", f"{Q}_ptq_per_tensor", main_student)}} if args.per_tensor else {}),
+        **({"edgevl_mining": {**points("qat_triplet_minus_ptq", f"{Q}_qat_triplet_edgevl_mining", f"{Q}_ptq"),
+                              **points("qat_triplet_minus_plain", f"{Q}_qat_triplet_edgevl_mining", f"{Q}_qat_plain")}}
            if args.edgevl_mining else {}),
         "main_student": main_student,
         # the same two ratios for every model, so no student's outcome is hidden behind the main one
