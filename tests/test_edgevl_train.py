@@ -222,6 +222,26 @@ def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
     assert rc == 2 and "unknown class 'unicorn'" in err
 
 
+@pytest.mark.slow
+def test_cli_qat_from_the_shipped_config(stage1, shapes, teacher, tmp_path, capsys):
+    """`edgeclip qat configs/edgevl_qat.yaml` with CLI overrides: W4A8 QAT + triplet, a QDQ ONNX per run."""
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "edgevl_qat.yaml"
+    args = ["qat", str(cfg), "--student", str(stage1["dir"] / "s1" / "student.pt"), "--data", str(shapes["train"]),
+            "--manifest", stage1["curate"]["manifest"], "--cache", str(stage1["dir"] / "cache"),
+            "--teacher", teacher.spec, "--out", str(tmp_path / "qat"), "--epochs", "1", "--batch-size", "12"]
+    rc, out, err = _cli([*args, "--weight-bits", "4"], capsys)
+    assert rc == 0, err[-2000:]
+    res = json.loads(out[out.index("{\n"):])  # per-epoch lines first, then the result
+    assert res["exports"]["rgb"].endswith("w4a8.onnx") and Path(res["exports"]["rgb"]).is_file()
+    assert res["semi_hard_fraction"] is not None and min(res["onnx_min_cosine_vs_torch_int8"].values()) > 0.99
+    saved = json.loads((tmp_path / "qat" / "qat.json").read_text())
+    assert saved["weight_bits"] == 4 and saved["config"]["margin"] == 0.3  # the shipped config's mining
+    rc, out, err = _cli([*args, "--weight-bits", "5"], capsys)
+    assert rc == 2 and "weight_bits must be one of (4, 8), got 5" in err and "Traceback" not in err
+
+
 def test_real_rgbd_conv_adapter_from_yaml(shared_data, teacher, tmp_path):
     """The shipped RGB-D config on the real pairs: 16-bit depth in mm, a learned 1x1-conv adapter."""
     from pathlib import Path
