@@ -169,15 +169,18 @@ def main(argv=None) -> None:
         timed(name, lambda: qat_pairs(cfg, teacher=teacher))
 
     if args.part in ("all", "a"):
-        if not (work / "curate/manifest.json").exists():
+        def pool():  # the training pool: a fixed random subset of CIFAR-10 train
             ps = open_pairs(data["train"], derive=derive)
-            ps = ps.subset(subset_indices(len(ps), args.train_images, args.seed))
+            return ps.subset(subset_indices(len(ps), args.train_images, args.seed))
+
+        if not (work / "curate/manifest.json").exists():
+            ps = pool()
             timed("curate", lambda: curate(teacher, ps, work / "curate", fraction=args.fraction, cache=cache,
                                            per_label=args.per_label))
             if args.per_label:
                 curate(teacher, ps, work / "curate_global", fraction=args.fraction, cache=cache)
-            if args.qat_data == "all":  # every pool pair with its pseudo-label
-                curate(teacher, ps, work / "curate_all", fraction=1.0, cache=cache)
+        if args.qat_data == "all" and not (work / "curate_all/manifest.json").exists():
+            curate(teacher, pool(), work / "curate_all", fraction=1.0, cache=cache)  # every pool pair, pseudo-labelled
         if not args.only_main:
             stage1("s1_curated", n_kept("curate"), manifest=str(work / "curate/manifest.json"))
         if args.stage2_from == "curated":
