@@ -437,8 +437,7 @@ def ptq_pairs(student: str, cfg: PairDataConfig, calib_images: int = 256, per_ch
     p = prepare_pairs(cfg, teacher, size, progress=progress)
     out = Path(cfg.out)
     groups = {m: (m if m in fp.adapters else None) for m in p.ps.modalities}
-    # 7-bit weights only guard int8 x uint8 products; 4-bit weights cannot saturate
-    reduce_range = resolve_reduce_range(reduce_range) if weight_bits == 8 else False
+    reduce_range = resolve_reduce_range(reduce_range, weight_bits)
     exports = {}
     for g in sorted(set(groups.values()), key=lambda x: (x is not None, x or "")):
         mods = [m for m, gg in groups.items() if gg == g]

@@ -30,8 +30,12 @@ def cpu_has_vnni() -> bool:
     return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) or "avx2" not in flags
 
 
-def resolve_reduce_range(reduce_range) -> bool:
-    """``"auto"``: reduce the range (torchao/ORT's advice) when the CPU that runs the int8 model lacks VNNI."""
+def resolve_reduce_range(reduce_range, weight_bits: int = 8) -> bool:
+    """``"auto"``: reduce the range (torchao/ORT's advice) when the CPU that runs the int8 model lacks VNNI.
+    Always False for 4-bit weights: the 7-bit guard is for int8 x uint8 products, which 4-bit weights cannot
+    saturate."""
+    if check_weight_bits(weight_bits) != 8:
+        return False
     return (not cpu_has_vnni()) if reduce_range in ("auto", None) else bool(reduce_range)
 
 
@@ -90,7 +94,7 @@ def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibrati
         with atomic_path(int8_path) as tmp:
             quantize_static(str(src), str(tmp), _Reader(input_name, batches), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=wtype,
-                            calibrate_method=meth, reduce_range=resolve_reduce_range(reduce_range))
+                            calibrate_method=meth, reduce_range=resolve_reduce_range(reduce_range, weight_bits))
     finally:
         if tmp_pre is not None and tmp_pre.exists():
             tmp_pre.unlink()
