@@ -30,7 +30,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PER_TENSOR = (("ptq_pt", "ptq.json"), ("qat_triplet_pt", "qat.json"), ("qat_plain_pt", "qat.json"))
+# the quantized runs: (folder, result file, model name in the JSON after the int8 / w4a8 prefix)
+MAIN_RUNS = (("ptq", "ptq.json", "ptq"), ("qat_triplet", "qat.json", "qat_triplet"),
+             ("qat_plain", "qat.json", "qat_plain"))
+PER_TENSOR = (("ptq_pt", "ptq.json", "ptq_per_tensor"), ("qat_triplet_pt", "qat.json", "qat_triplet_per_tensor"),
+              ("qat_plain_pt", "qat.json", "qat_plain_per_tensor"))
+EDGEVL_MINING = (("qat_triplet_em", "qat.json", "qat_triplet_edgevl_mining"),)
 # the lab's first triplet mining (random positive from both modalities, the nearest semi-hard negative, margin 0.2);
 # --edgevl-mining adds qat_triplet_em with EdgeVL's published mining (QATConfig's defaults)
 FIRST_MINING = {"margin": 0.2, "positive": "random", "negative": "hardest", "negatives": 1, "same_modality": False}
@@ -226,6 +231,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     from edgeclip.utils.io import read_json, sha256_file, write_json
 
     Q = quant_stem(args.weight_bits)  # int8 | w4a8: the quantized models' name prefix
+    quantized = MAIN_RUNS + (PER_TENSOR if args.per_tensor else ()) + (EDGEVL_MINING if args.edgevl_mining else ())
     for p in ("all", "a", "b"):  # the stage timings of an earlier run of the same lab
         tp = work / f"timings_{p}.json"
         if tp.exists():
@@ -248,13 +254,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     t0 = time.time()
     models = {**baseline, **({"fp32_curated": torch_embedder(cur)} if cur else {}), **glob,
               "fp32_all": torch_embedder(allm),
-              f"{Q}_ptq": exported_embedder(work / "ptq/ptq.json"),
-              f"{Q}_qat_triplet": exported_embedder(work / "qat_triplet/qat.json"),
-              f"{Q}_qat_plain": exported_embedder(work / "qat_plain/qat.json"),
-              **({f"{Q}_{n[:-3]}_per_tensor": exported_embedder(work / n / f) for n, f in PER_TENSOR}
-                 if args.per_tensor else {}),
-              **({f"{Q}_qat_triplet_edgevl_mining": exported_embedder(work / "qat_triplet_em/qat.json")}
-                 if args.edgevl_mining else {})}
+              **{f"{Q}_{name}": exported_embedder(work / n / f) for n, f, name in quantized}}
     ev = evaluate_pairs(d, ps.classes, "rgb", ["rgb", "mono"], models, teacher=teacher)
     # unseen classes: all test images of the 5 classes never distilled on, 5-way zero-shot
     evu = None
@@ -273,9 +273,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
     t_rgb = top(ev, "teacher", "rgb")
     main_student = f"fp32_{args.stage2_from}"  # the student PTQ and QAT start from
     # every quantized run's result file, read once: (folder, ptq.json | qat.json) -> its JSON
-    runs = {n: read_json(work / n / f) for n, f in (("ptq", "ptq.json"), ("qat_triplet", "qat.json"),
-                                                    ("qat_plain", "qat.json"), *(PER_TENSOR if args.per_tensor else ()),
-                                                    *((("qat_triplet_em", "qat.json"),) if args.edgevl_mining else ()))}
+    runs = {n: read_json(work / n / f) for n, f, _ in quantized}
     qat_runs = [n for n in runs if n.startswith("qat")]
     res = {
         "what": "EdgeVL on CIFAR-10: teacher on RGB, one student on RGB + monochrome (luminance), label-free",
