@@ -70,7 +70,8 @@ def main() -> None:
     from edgeclip.serve.loadtest import load_test, running_server
     from edgeclip.students import load_student
     from edgeclip.utils.env import machine_info, seed_everything
-    from edgeclip.utils.io import sha256_file, write_json
+    from edgeclip.teachers.reference import REFERENCE_FORMAT
+    from edgeclip.utils.io import read_checkpoint, sha256_file, write_json
 
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
@@ -150,7 +151,7 @@ def main() -> None:
     if teacher_pt.is_file():
         result["checkpoints"]["teacher.pt"] = sha256_file(teacher_pt)
         if interim is not None:
-            info = torch.load(teacher_pt, map_location="cpu", weights_only=False).get("info", {})
+            info = read_checkpoint(teacher_pt, REFERENCE_FORMAT, "reference-lit teacher").get("info", {})
             hist = info.get("history") or [{}]
             interim["teacher_info"] = {"what": info.get("interim", "given teacher"), "epochs": info.get("epochs"),
                                        "val_top1_at_that_epoch": hist[-1].get("val_top1")}
@@ -176,7 +177,7 @@ def interim_teacher_from_ckpt(ckpt: Path) -> str:
         return f"reference-lit:{out}"
     cfg = load_config(ROOT / "configs" / "lab_clip4retrofit.yaml")
     tt = cfg["teacher_train"]
-    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    ck = torch.load(ckpt, map_location="cpu", weights_only=True)
     sd = ck["model"]
     tower = Student(tt["arch"], TEXT_DIM, small_input=tt.get("small_input", True), img_size=tt["img_size"])
     tower.load_state_dict({k[len("image_tower."):]: v for k, v in sd.items() if k.startswith("image_tower.")})

@@ -38,7 +38,8 @@ from edgeclip.config import build_dataclass, load_config  # noqa: E402
 from edgeclip.data.memory import normalize, preload  # noqa: E402
 from edgeclip.teachers.minilm import TEXT_DIM  # noqa: E402
 from edgeclip.utils.env import machine_info, shared_data_dir  # noqa: E402
-from edgeclip.utils.io import read_json, sha256_file, write_json  # noqa: E402
+from edgeclip.teachers.reference import REFERENCE_FORMAT  # noqa: E402
+from edgeclip.utils.io import read_checkpoint, read_json, sha256_file, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ART = REPO / "benchmarks" / "artifacts" / "caption"
@@ -64,7 +65,7 @@ def snapshot_teacher(ckpt: Path, out: Path) -> dict:
     from edgeclip.students.model import Student
     from edgeclip.teachers.reference import save_reference
 
-    st = torch.load(ckpt, map_location="cpu", weights_only=False)
+    st = torch.load(ckpt, map_location="cpu", weights_only=True)
     sd = st["model"]
     tower = Student("shufflenet_v2_x1_0", TEXT_DIM, head_hidden=1024, small_input=True, img_size=32)
     tower.load_state_dict({k[len("image_tower."):]: v for k, v in sd.items() if k.startswith("image_tower.")})
@@ -203,9 +204,7 @@ def main(argv=None):
     elif args.teacher:
         TEACHER = Path(args.teacher).resolve()
     if SNAPSHOT == TEACHER:
-        import torch as _t
-
-        snapshot = _t.load(SNAPSHOT, map_location="cpu", weights_only=False)["info"]
+        snapshot = read_checkpoint(SNAPSHOT, REFERENCE_FORMAT, "reference-lit teacher")["info"]
     if args.throughput_only:
         res = read_json(args.out)
         test = load_captions(data / "vi-captions" / "captions.txt", split="test")

@@ -120,18 +120,30 @@ def test_unicode_tokenisation_and_vocab():
 
 
 def test_vi_captions_real(shared_data):
+    """vi-captions keeps only its 300 test photos (Unicode and real-world defects); Flickr8k trains now."""
     p = shared_data / "vi-captions" / "captions.txt"
     if not p.is_file():
         pytest.skip(f"{p} is absent")
-    counts = {s: len(load_captions(p, split=s)) for s in ("train", "val", "test")}
-    # two train images have '.' as their only caption: skipped and counted, not trained on
-    assert counts == {"train": 2029, "val": 300, "test": 300}
-    tr = load_captions(p, split="train")
-    assert tr.skipped == {"empty_caption": 2, "no_captions": 2}
     cs = load_captions(p, split="test")
-    assert cs.n_captions >= 5 * 300 - 10 and not cs.skipped.get("missing_image")
-    v = Vocab.build(load_captions(p, split="train").all_captions(), min_count=5)
-    assert "người" in v.index and v.oov_rate(cs.all_captions()) < 0.05
+    assert len(cs) == 300 and cs.n_captions >= 5 * 300 - 10 and not cs.skipped.get("missing_image")
+    assert len(load_captions(p)) == 300  # no train/val photos left behind the split file
+    with pytest.raises(EdgeClipError, match="split 'train' not in .*splits: test"):
+        load_captions(p, split="train")
+    v = Vocab.build(cs.all_captions(), min_count=5)
+    assert "người" in v.index  # NFC-normalised Vietnamese words survive tokenisation
+
+
+def test_flickr8k_token_file_real(shared_data):
+    p = shared_data / "flickr8k" / "Flickr8k.token.txt"
+    if not p.is_file():
+        pytest.skip(f"{p} is absent")
+    counts = {s: len(load_captions(p, split=s, check_images=False)) for s in ("train", "val", "test")}
+    assert counts == {"train": 6000, "val": 1000, "test": 500}
+    tr = load_captions(p, split="train", check_images=False)
+    assert tr.n_captions == 5 * 6000
+    v = Vocab.build(tr.all_captions(), min_count=5)
+    test = load_captions(p, split="test", check_images=False)
+    assert "dog" in v.index and v.oov_rate(test.all_captions()) < 0.05  # 3.0 % of test words
 
 
 def test_coco_mini_real(shared_data):

@@ -24,6 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Distil CLIP teachers into small, fast students for edge devices.")
 teacher_app = typer.Typer(no_args_is_help=True, help="Teachers: train the reference teacher, inspect any teacher.")
 app.add_typer(teacher_app, name="teacher")
+checkpoint_app = typer.Typer(no_args_is_help=True, help="Checkpoints: convert files of earlier releases.")
+app.add_typer(checkpoint_app, name="checkpoint")
 
 # feature packages add their commands here (each module defines register(app))
 PLUGINS = ["edgeclip.edgevl.cli", "edgeclip.caption.cli", "edgeclip.export.cli", "edgeclip.serve.cli",
@@ -79,6 +81,15 @@ def teacher_kinds():
 
     for k, h in TEACHERS.describe().items():
         typer.echo(f"{k:15s} {h}")
+
+
+@checkpoint_app.command("convert")
+def checkpoint_convert(src: Path = typer.Argument(..., help="an edgeclip checkpoint (any kind, any release)"),
+                       out: Path = typer.Option(..., help="the safetensors checkpoint to write")):
+    """Re-save an edgeclip checkpoint as safetensors (tensors + JSON, readable without unpickling anything)."""
+    from .utils.io import convert_checkpoint
+
+    typer.echo(f"{out}: {convert_checkpoint(src, out)}")
 
 
 @app.command("students")

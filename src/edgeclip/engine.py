@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from .utils.io import write_json
+from .utils.io import unsafe_content_error, write_json
 
 
 @dataclass
@@ -113,7 +114,10 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
     ck_path = out / "last.ckpt"
     if resume and ck_path.exists():
         state = {"model": model, "optimizer": opt, "scheduler": sched.state_dict(), "epoch": 0, "history": {}}
-        fabric.load(ck_path, state)
+        try:  # plain data only (weights_only): no code runs from a checkpoint
+            fabric.load(ck_path, state, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise unsafe_content_error(ck_path, e) from None
         sched.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"])
         history = state["history"] or history

@@ -26,7 +26,7 @@ from torch import nn
 from ..data.transforms import Preprocess
 from ..errors import CheckpointError
 from ..students.model import Student, create_student
-from ..utils.io import read_checkpoint, torch_save
+from ..utils.io import read_checkpoint, save_checkpoint
 from .vocab import PAD_ID, Vocab
 
 CAPTIONER_FORMAT = "edgeclip-captioner/1"
@@ -175,9 +175,9 @@ def build_captioner(vocab: Vocab, cfg: CaptionModelConfig | Dict[str, Any], weig
 def save_captioner(model: Captioner, path: str | Path, preprocess: Preprocess, teacher: Optional[Dict] = None,
                    extra: Optional[Dict] = None) -> None:
     """Atomic checkpoint with everything needed to rebuild it: config, vocabulary, preprocessing, teacher."""
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch_save({"format": CAPTIONER_FORMAT, "config": asdict(model.cfg), "vocab": model.vocab.to_dict(),
-                "preprocess": preprocess.to_dict(), "teacher": teacher, "state_dict": sd, "extra": extra or {}}, path)
+    save_checkpoint(path, CAPTIONER_FORMAT, model.state_dict(), config=asdict(model.cfg),
+                    vocab=model.vocab.to_dict(), preprocess=preprocess.to_dict(), teacher=teacher,
+                    extra=extra or {})
 
 
 def load_captioner(path: str | Path, map_location: str = "cpu") -> Tuple[Captioner, Preprocess, Dict]:

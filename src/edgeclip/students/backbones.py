@@ -60,7 +60,14 @@ def _load_weights(model: nn.Module, weights: str | None, name: str) -> None:
     if not p.is_file():
         raise EdgeClipError(
             f"backbone weights for {name} not found: {weights} (pass a local .pth file; hub downloads are not used)")
-    sd = torch.load(p, map_location="cpu", weights_only=True)
+    from ..utils.io import safe_torch_load
+
+    try:
+        sd = safe_torch_load(p)
+    except EdgeClipError:
+        raise
+    except Exception as e:
+        raise EdgeClipError(f"cannot read backbone weights {weights}: {str(e).strip().splitlines()[0][:200]}") from None
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if len(missing) > len(sd) // 2:

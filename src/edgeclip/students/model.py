@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data.transforms import Preprocess
 from ..errors import EdgeClipError
-from ..utils.io import read_checkpoint, torch_save
+from ..utils.io import read_checkpoint, save_checkpoint
 from .backbones import create_backbone, list_backbones
 
 STUDENT_FORMAT = "edgeclip-student/1"
@@ -83,9 +83,8 @@ def list_students():
 def save_student(student: Student, path: str | Path, preprocess: Preprocess, teacher: Dict[str, Any],
                  extra: Optional[Dict[str, Any]] = None) -> None:
     """Save atomically with everything needed to rebuild it (arch, preprocessing, teacher identity)."""
-    sd = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    torch_save({"format": STUDENT_FORMAT, "config": student.config, "preprocess": preprocess.to_dict(),
-                "teacher": teacher, "state_dict": sd, "extra": extra or {}}, path)
+    save_checkpoint(path, STUDENT_FORMAT, student.state_dict(), config=student.config,
+                    preprocess=preprocess.to_dict(), teacher=teacher, extra=extra or {})
 
 
 def init_student_config(path: str | Path, teacher_id: str, student_cfg: Dict[str, Any]):

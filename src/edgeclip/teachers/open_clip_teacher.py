@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -43,7 +44,11 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
         raise EdgeClipError(f"open_clip has no pretrained tag {pretrained!r} for {arch} (known: {', '.join(tags) or 'none'}); "
                             f"or pass a local file: {arch}:/path/to/open_clip_weights.safetensors")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
+        # an open_clip .pt/.bin file is read by torch's restricted unpickler (weights_only), never run as code;
+        # open_clip releases without the argument call torch.load, whose default is weights_only from torch 2.6
+        safe = {"weights_only": True} if "weights_only" in inspect.signature(
+            open_clip.create_model_and_transforms).parameters else {}
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device, **safe)
         tokenizer = open_clip.get_tokenizer(arch)
     except EdgeClipError:
         raise

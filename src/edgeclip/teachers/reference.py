@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
 from ..errors import CheckpointError, EdgeClipError
-from ..utils.io import read_checkpoint, sha256_file, torch_save
+from ..utils.io import read_checkpoint, save_checkpoint, sha256_file
 from .base import Teacher
 from .minilm import TEXT_DIM, TEXT_MODEL_ID, embed_texts, shared_text_tower
 
@@ -53,9 +53,9 @@ class LiTModel(nn.Module):
 
 
 def save_reference(tower, path: Path, preprocess: Preprocess, logit_scale: float, info: Dict) -> None:
-    torch_save({"format": REFERENCE_FORMAT, "tower_config": tower.config, "preprocess": preprocess.to_dict(),
-                "text_model": TEXT_MODEL_ID, "embed_dim": TEXT_DIM, "logit_scale": logit_scale,
-                "state_dict": {k: v.detach().cpu() for k, v in tower.state_dict().items()}, "info": info}, path)
+    save_checkpoint(path, REFERENCE_FORMAT, tower.state_dict(), tower_config=tower.config,
+                    preprocess=preprocess.to_dict(), text_model=TEXT_MODEL_ID, embed_dim=TEXT_DIM,
+                    logit_scale=logit_scale, info=info)
 
 
 def load_reference(spec: str, device: str = "cpu") -> Teacher:
