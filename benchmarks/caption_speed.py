@@ -25,21 +25,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from lab_caption import model_cost, throughput  # noqa: E402
 
-from edgeclip.caption.data import load_captions  # noqa: E402
-from edgeclip.caption.model import build_captioner  # noqa: E402
-from edgeclip.caption.vocab import Vocab  # noqa: E402
-from edgeclip.config import load_config  # noqa: E402
+from edgeclip.core.config import load_config  # noqa: E402
+from edgeclip.core.env import machine_info, shared_data_dir  # noqa: E402
+from edgeclip.core.io import write_json  # noqa: E402
+from edgeclip.data.captions import load_captions  # noqa: E402
 from edgeclip.data.memory import preload  # noqa: E402
 from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess  # noqa: E402
-from edgeclip.utils.env import machine_info, shared_data_dir  # noqa: E402
-from edgeclip.utils.io import write_json  # noqa: E402
+from edgeclip.data.vocab import Vocab  # noqa: E402
+from edgeclip.models.captioner import build_captioner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "configs" / "caption_vi.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "src" / "edgeclip" / "configs" / "caption_vi.yaml"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "caption_speed.json"))
     ap.add_argument("--note", default="", help="recorded in the JSON (e.g. how the machine was kept idle)")

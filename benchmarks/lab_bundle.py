@@ -41,7 +41,7 @@ CIFAR = ROOT / "benchmarks" / "artifacts" / "data" / "cifar10"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from edgeclip.bench.suite import lab_student_path
+    from edgeclip.lab.suite import lab_student_path
 
     ap.add_argument("--student", default=str(lab_student_path(LAB)),
                     help="default: the foundation lab's final student, as benchmarks/results/lab_clip4retrofit.json names it")
@@ -62,16 +62,16 @@ def main() -> None:
 
     import torch
 
-    from edgeclip.bench.stats import latency_ms
+    from edgeclip.core.env import machine_info, seed_everything
+    from edgeclip.core.io import read_checkpoint, sha256_file, write_json
     from edgeclip.data.sources import open_source
-    from edgeclip.evaluate import class_names
     from edgeclip.export.bundle import export_bundle, ort_latency_ms
+    from edgeclip.models import load_student
+    from edgeclip.models.stats import latency_ms
+    from edgeclip.models.teachers.reference import REFERENCE_FORMAT
     from edgeclip.serve.app import create_app
     from edgeclip.serve.loadtest import load_test, running_server
-    from edgeclip.students import load_student
-    from edgeclip.utils.env import machine_info, seed_everything
-    from edgeclip.teachers.reference import REFERENCE_FORMAT
-    from edgeclip.utils.io import read_checkpoint, sha256_file, write_json
+    from edgeclip.zeroshot.evaluate import class_names
 
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
@@ -98,7 +98,7 @@ def main() -> None:
     export_s = time.time() - t0
     bundle = Path(args.bundle)
     # accuracy on the test folder (measured by export_bundle for the model card): torch fp32 through
-    # edgeclip.evaluate, the bundle's fp32 and int8 models through the torch-free runtime
+    # edgeclip.zeroshot.evaluate, the bundle's fp32 and int8 models through the torch-free runtime
     a = man["accuracy"]
     acc = {k: {"top1": a[k], "n": a["n"]} for k in ("torch_fp32", "bundle_fp32", "bundle_int8")}
 
@@ -166,16 +166,16 @@ def interim_teacher_from_ckpt(ckpt: Path) -> str:
 
     import torch
 
-    from edgeclip.config import load_config
+    from edgeclip.core.config import load_config
     from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
-    from edgeclip.students.model import Student
-    from edgeclip.teachers.minilm import TEXT_DIM
-    from edgeclip.teachers.reference import save_reference
+    from edgeclip.models.student import Student
+    from edgeclip.models.teachers.minilm import TEXT_DIM
+    from edgeclip.models.teachers.reference import save_reference
 
     out = ART / "interim_teacher" / "teacher.pt"
     if out.is_file():
         return f"reference-lit:{out}"
-    cfg = load_config(ROOT / "configs" / "lab_clip4retrofit.yaml")
+    cfg = load_config(ROOT / "src" / "edgeclip" / "configs" / "lab_clip4retrofit.yaml")
     tt = cfg["teacher_train"]
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
     sd = ck["model"]
@@ -191,7 +191,7 @@ def interim_teacher_from_ckpt(ckpt: Path) -> str:
 
 def distil_interim(args, train_dir: Path):
     """A ShuffleNetV2 x1.0 student (32 px, label-free, online teacher) on a small budget, while the lab one trains."""
-    from edgeclip.distill.trainer import DistillConfig, distill
+    from edgeclip.train.distill import DistillConfig, distill
 
     out = ART / "interim_student"
     budget = {"epochs": args.interim_epochs, "batch_size": 256, "lr": 3e-3, "weight_decay": 0.05, "seed": args.seed,

@@ -28,18 +28,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from edgeclip.bench.stats import count_params, flops, latency_ms  # noqa: E402
-from edgeclip.caption.data import load_captions  # noqa: E402
-from edgeclip.caption.decode import generate  # noqa: E402
-from edgeclip.caption.model import load_captioner  # noqa: E402
-from edgeclip.caption.train import (CaptionTrainConfig, evaluate_captioner, image_grounding,  # noqa: E402
-                                    train_captioner)
-from edgeclip.config import build_dataclass, load_config  # noqa: E402
+from edgeclip.core.config import build_dataclass, load_config  # noqa: E402
+from edgeclip.core.env import machine_info, shared_data_dir  # noqa: E402
+from edgeclip.core.io import read_checkpoint, read_json, sha256_file, write_json  # noqa: E402
+from edgeclip.data.captions import load_captions  # noqa: E402
 from edgeclip.data.memory import normalize, preload  # noqa: E402
-from edgeclip.teachers.minilm import TEXT_DIM  # noqa: E402
-from edgeclip.utils.env import machine_info, shared_data_dir  # noqa: E402
-from edgeclip.teachers.reference import REFERENCE_FORMAT  # noqa: E402
-from edgeclip.utils.io import read_checkpoint, read_json, sha256_file, write_json  # noqa: E402
+from edgeclip.models.captioner import load_captioner  # noqa: E402
+from edgeclip.models.decode import generate  # noqa: E402
+from edgeclip.models.stats import count_params, flops, latency_ms  # noqa: E402
+from edgeclip.models.teachers.minilm import TEXT_DIM  # noqa: E402
+from edgeclip.models.teachers.reference import REFERENCE_FORMAT  # noqa: E402
+from edgeclip.train.caption import (  # noqa: E402
+    CaptionTrainConfig,
+    evaluate_captioner,
+    image_grounding,
+    train_captioner,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ART = REPO / "benchmarks" / "artifacts" / "caption"
@@ -62,8 +66,8 @@ def snapshot_teacher(ckpt: Path, out: Path) -> dict:
     import math
 
     from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
-    from edgeclip.students.model import Student
-    from edgeclip.teachers.reference import save_reference
+    from edgeclip.models.student import Student
+    from edgeclip.models.teachers.reference import save_reference
 
     st = torch.load(ckpt, map_location="cpu", weights_only=True)
     sd = st["model"]
@@ -91,7 +95,7 @@ def run_dir(name: str) -> Path:
 
 
 def run_config(name: str, epochs: int, data: Path) -> CaptionTrainConfig:
-    d = load_config(REPO / "configs" / "caption_vi.yaml")
+    d = load_config(REPO / "src" / "edgeclip" / "configs" / "caption_vi.yaml")
     d.update({k: v for k, v in RUNS[name].items() if k in ("alpha", "beta")})
     d["data"] = str(data / "vi-captions" / "captions.txt")
     d["out"] = str(run_dir(name))
@@ -189,7 +193,7 @@ def main(argv=None):
     global TEACHER, RUN_SUFFIX, INIT
     RUN_SUFFIX = args.suffix
     if args.init == "lab":
-        from edgeclip.bench.suite import lab_student_path
+        from edgeclip.lab.suite import lab_student_path
 
         INIT = lab_student_path(REPO / "benchmarks" / "artifacts" / "lab")
     elif args.init != "none":

@@ -2,7 +2,7 @@
 
 One command, fixed seed, resumable after a kill (every stage skips or resumes what is done):
 
-    .venv/bin/python benchmarks/lab_clip4retrofit.py [--config configs/lab_clip4retrofit.yaml]
+    .venv/bin/python benchmarks/lab_clip4retrofit.py [--config src/edgeclip/configs/lab_clip4retrofit.yaml]
 
 Writes benchmarks/results/lab_clip4retrofit.json; checkpoints stay in benchmarks/artifacts/lab/ (the final student
 is <distill.name>/student.pt, or <distill.name>_cont/student.pt when the config has distill.continue, a second
@@ -21,24 +21,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "configs" / "lab_clip4retrofit.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "src" / "edgeclip" / "configs" / "lab_clip4retrofit.yaml"))
     ap.add_argument("--art", default=str(ROOT / "benchmarks" / "artifacts" / "lab"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lab_clip4retrofit.json"))
     args = ap.parse_args()
 
     import torch
 
-    from edgeclip.config import load_config
+    from edgeclip.core.config import load_config
+    from edgeclip.core.env import machine_info, shared_data_dir
+    from edgeclip.core.io import read_json, sha256_file, write_json
     from edgeclip.data.sources import ensure_extracted, open_source
-    from edgeclip.distill.cache import build_cache
-    from edgeclip.bench.suite import lab_student_names
-    from edgeclip.distill.trainer import DistillConfig, distill
-    from edgeclip.evaluate import evaluate
-    from edgeclip.labeling.label import load_embedder
-    from edgeclip.teachers import load_teacher
-    from edgeclip.teachers.reference import train_reference
-    from edgeclip.utils.env import machine_info, shared_data_dir
-    from edgeclip.utils.io import read_json, sha256_file, write_json
+    from edgeclip.lab.suite import lab_student_names
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.cache import build_cache
+    from edgeclip.train.distill import DistillConfig, distill
+    from edgeclip.train.reference import train_reference
+    from edgeclip.zeroshot.evaluate import evaluate
+    from edgeclip.zeroshot.label import load_embedder
 
     cfg = load_config(args.config)
     torch.set_num_threads(int(cfg.get("threads", 1)) or torch.get_num_threads())

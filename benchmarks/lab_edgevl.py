@@ -44,8 +44,8 @@ UNSEEN = ["dog", "frog", "horse", "ship", "truck"]
 
 
 def cifar_dirs() -> dict:
+    from edgeclip.core.env import shared_data_dir
     from edgeclip.data.sources import ensure_extracted
-    from edgeclip.utils.env import shared_data_dir
 
     local = ROOT / "benchmarks/artifacts/data/cifar10"
     if (local / "train").is_dir() and (local / "test").is_dir():
@@ -110,12 +110,19 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from edgeclip.edgevl.curate import curate
-    from edgeclip.edgevl.pairs import open_pairs
-    from edgeclip.edgevl.train import PairDataConfig, PairDistillConfig, QATConfig, distill_pairs, ptq_pairs, qat_pairs
-    from edgeclip.teachers import load_teacher
-    from edgeclip.utils.env import seed_everything
-    from edgeclip.utils.io import read_json
+    from edgeclip.core.env import seed_everything
+    from edgeclip.core.io import read_json
+    from edgeclip.data.pairs import open_pairs
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.curate import curate
+    from edgeclip.train.pair import (
+        PairDataConfig,
+        PairDistillConfig,
+        QATConfig,
+        distill_pairs,
+        ptq_pairs,
+        qat_pairs,
+    )
 
     seed_everything(args.seed)
     work = Path(args.work)
@@ -223,12 +230,16 @@ def main(argv=None) -> None:
 def report(args, work: Path, data, teacher, derive, timings) -> None:
     import torch
 
-    from edgeclip.edgevl.evaluate import evaluate_pairs, exported_embedder, torch_embedder
-    from edgeclip.edgevl.model import load_pair_student
-    from edgeclip.edgevl.pairs import open_pairs, preload_pairs
-    from edgeclip.edgevl.train import quant_stem
-    from edgeclip.utils.env import machine_info
-    from edgeclip.utils.io import read_json, sha256_file, write_json
+    from edgeclip.core.env import machine_info
+    from edgeclip.core.io import read_json, sha256_file, write_json
+    from edgeclip.data.pairs import open_pairs, preload_pairs
+    from edgeclip.models.pair import load_pair_student
+    from edgeclip.train.pair import quant_stem
+    from edgeclip.zeroshot.modalities import (
+        evaluate_pairs,
+        exported_embedder,
+        torch_embedder,
+    )
 
     Q = quant_stem(args.weight_bits)  # int8 | w4a8: the quantized models' name prefix
     quantized = MAIN_RUNS + (PER_TENSOR if args.per_tensor else ()) + (EDGEVL_MINING if args.edgevl_mining else ())
@@ -243,7 +254,7 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         if args.per_label else {}
     baseline = {}
     if args.init:  # the RGB student before stage 1, with the same modality normalisation: what stage 1 adds
-        from edgeclip.students.model import load_student
+        from edgeclip.models.student import load_student
 
         before = copy.deepcopy(allm)
         before.student.load_state_dict(load_student(args.init)[0].state_dict())

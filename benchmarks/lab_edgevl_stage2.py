@@ -42,14 +42,19 @@ def main() -> None:
 
     torch.set_num_threads(2)
     import lab_edgevl as L
-    from edgeclip.edgevl.curate import curate
-    from edgeclip.edgevl.evaluate import evaluate_pairs, exported_embedder, torch_embedder
-    from edgeclip.edgevl.model import load_pair_student
-    from edgeclip.edgevl.pairs import open_pairs, preload_pairs
-    from edgeclip.edgevl.train import QATConfig, qat_pairs
-    from edgeclip.teachers import load_teacher
-    from edgeclip.utils.env import machine_info
-    from edgeclip.utils.io import read_json, sha256_file, write_json
+
+    from edgeclip.core.env import machine_info
+    from edgeclip.core.io import read_json, sha256_file, write_json
+    from edgeclip.data.pairs import open_pairs, preload_pairs
+    from edgeclip.models.pair import load_pair_student
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.curate import curate
+    from edgeclip.train.pair import QATConfig, qat_pairs
+    from edgeclip.zeroshot.modalities import (
+        evaluate_pairs,
+        exported_embedder,
+        torch_embedder,
+    )
 
     work = ROOT / "benchmarks/artifacts/lab_edgevl_e30"
     dw = ROOT / "benchmarks/artifacts/lab_edgevl_stage2"

@@ -38,7 +38,7 @@ def tiny_teacher(shapes, tmp_path_factory):
 
     Returns the teacher spec string ``reference-lit:/path/teacher.pt``.
     """
-    from edgeclip.teachers.reference import train_reference
+    from edgeclip.train.reference import train_reference
 
     out = tmp_path_factory.mktemp("teacher")
     train_reference(str(shapes["train"]), out, arch="shufflenet_v2_x0_5", img_size=32, epochs=1,
@@ -49,7 +49,7 @@ def tiny_teacher(shapes, tmp_path_factory):
 @pytest.fixture(scope="session")
 def shared_data():
     """../shared/data (or $EDGECLIP_SHARED_DATA); skips with the reason when absent."""
-    from edgeclip.utils.env import shared_data_dir
+    from edgeclip.core.env import shared_data_dir
 
     d = shared_data_dir()
     if not d.is_dir():

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from edgeclip.errors import EdgeClipError
+from edgeclip.core.errors import EdgeClipError
 
 
 @pytest.fixture(scope="module")
 def tiny_student(tiny_teacher, shapes, tmp_path_factory):
-    from edgeclip.distill.trainer import DistillConfig, distill
+    from edgeclip.train.distill import DistillConfig, distill
 
     out = tmp_path_factory.mktemp("student")
     cfg = DistillConfig(teacher=tiny_teacher, data=str(shapes["train"]), out=str(out),
@@ -22,7 +22,7 @@ def tiny_student(tiny_teacher, shapes, tmp_path_factory):
 
 
 def test_accuracy_int8_pareto_and_report(tiny_teacher, tiny_student, shapes, tmp_path):
-    from edgeclip.bench.suite import BenchConfig, run_bench
+    from edgeclip.lab.suite import BenchConfig, run_bench
 
     logs = []
     res = run_bench(BenchConfig(out=str(tmp_path / "res"), quick=True, teacher=tiny_teacher, students=[str(tiny_student)],
@@ -49,7 +49,7 @@ def test_accuracy_int8_pareto_and_report(tiny_teacher, tiny_student, shapes, tmp
 
 
 def test_gpu_throughput_code_path_on_cpu(tiny_teacher, shapes, tmp_path):
-    from edgeclip.bench.train_cost import gpu_throughput
+    from edgeclip.lab.train_cost import gpu_throughput
 
     r = gpu_throughput(shapes["train"], tmp_path / "g", teacher_spec=tiny_teacher, student="shufflenet_v2_x0_5",
                        img_size=32, n_images=64, batch_size=16, steps=2, workers=0, device="cpu", log=lambda _: None)
@@ -62,7 +62,7 @@ def test_gpu_throughput_code_path_on_cpu(tiny_teacher, shapes, tmp_path):
 def test_gpu_throughput_refuses_cuda_without_gpu(tmp_path, shapes):
     import torch
 
-    from edgeclip.bench.train_cost import gpu_throughput
+    from edgeclip.lab.train_cost import gpu_throughput
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")

@@ -8,11 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeclip.bench.energy import Rapl, energy_table, measure_energy
-from edgeclip.bench.fidelity import collect_lab_results, find_curves, pick_metrics
-from edgeclip.bench.report import build_report, pareto_front
-from edgeclip.bench.speed import build_speed_model, calibration_images, measure_model, ratios
-from edgeclip.errors import EdgeClipError
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.lab.energy import Rapl, energy_table, measure_energy
+from edgeclip.lab.fidelity import collect_lab_results, find_curves, pick_metrics
+from edgeclip.lab.report import build_report, pareto_front
+from edgeclip.lab.speed import (
+    build_speed_model,
+    calibration_images,
+    measure_model,
+    ratios,
+)
 
 
 def test_measure_model_and_ratios_same_run(tmp_path, shapes):
@@ -158,7 +163,7 @@ def test_cuda_mode_skips_cleanly_on_cpu(tmp_path, capsys):
 
 def test_flops_count_attention():
     """nn.MultiheadAttention's inference fast path must not hide attention FLOPs."""
-    from edgeclip.bench.stats import flops
+    from edgeclip.models.stats import flops
 
     class Tiny(torch.nn.Module):
         def __init__(self):
@@ -176,7 +181,7 @@ def test_flops_count_attention():
 
 
 def test_lab_student_path_follows_the_lab_json(tmp_path):
-    from edgeclip.bench.suite import lab_student_path
+    from edgeclip.lab.suite import lab_student_path
 
     lab, res = tmp_path / "benchmarks" / "artifacts" / "lab", tmp_path / "benchmarks" / "results"
     res.mkdir(parents=True)
@@ -190,7 +195,7 @@ def test_lab_student_path_follows_the_lab_json(tmp_path):
 
 
 def test_report_target_rows():
-    from edgeclip.bench.report import target_rows
+    from edgeclip.lab.report import target_rows
 
     t = {"ratio": {"value": 0.95, "target": 0.97, "met": False}, "diff_points": {"value": -1.2},
          "nested": {"x": {"value": 2.0, "target": 1.0, "met": True}}, "main_student": "fp32"}

@@ -8,9 +8,9 @@ import unicodedata
 import pytest
 from PIL import Image
 
-from edgeclip.caption.data import load_captions
-from edgeclip.caption.vocab import BOS_ID, EOS_ID, UNK_ID, Vocab, tokenize
-from edgeclip.errors import CheckpointError, EdgeClipError
+from edgeclip.core.errors import CheckpointError, EdgeClipError
+from edgeclip.data.captions import load_captions
+from edgeclip.data.vocab import BOS_ID, EOS_ID, UNK_ID, Vocab, tokenize
 
 
 @pytest.fixture()

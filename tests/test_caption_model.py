@@ -7,11 +7,16 @@ import math
 import pytest
 import torch
 
-from edgeclip.caption.decode import beam_decode, generate, greedy_decode, torch_step
-from edgeclip.caption.model import CaptionModelConfig, build_captioner, load_captioner, save_captioner
-from edgeclip.caption.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIALS, Vocab
+from edgeclip.core.errors import CheckpointError, EdgeClipError
 from edgeclip.data.transforms import Preprocess
-from edgeclip.errors import CheckpointError, EdgeClipError
+from edgeclip.data.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIALS, Vocab
+from edgeclip.models.captioner import (
+    CaptionModelConfig,
+    build_captioner,
+    load_captioner,
+    save_captioner,
+)
+from edgeclip.models.decode import beam_decode, generate, greedy_decode, torch_step
 
 VOCAB = Vocab(list(SPECIALS) + [f"w{i}" for i in range(600)])
 
@@ -130,7 +135,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
 
 def test_onnx_greedy_matches_torch(tmp_path):
     pytest.importorskip("onnxruntime")
-    from edgeclip.caption.export import OrtCaptioner, export_captioner
+    from edgeclip.export.caption import OrtCaptioner, export_captioner
 
     x = torch.randn(6, 3, 64, 64)
     m = _calibrated(CaptionModelConfig(img_size=64, teacher_dim=32), x)
@@ -145,9 +150,9 @@ def test_onnx_greedy_matches_torch(tmp_path):
 def test_encoder_init_from_a_distilled_student(tmp_path):
     """A 32-px CIFAR-style student (small_input, stem_stride 1) initialises the 224-px encoder: the strides are
     not weights. Its linear head is copied when the shape fits; another architecture is a one-line error."""
-    from edgeclip.caption.model import init_encoder_from_student
-    from edgeclip.students import create_student
-    from edgeclip.students.model import save_student
+    from edgeclip.models import create_student
+    from edgeclip.models.captioner import init_encoder_from_student
+    from edgeclip.models.student import save_student
 
     torch.manual_seed(1)
     st = create_student("shufflenet_v2_x0_5", 16, small_input=True, stem_stride=1, img_size=32, head_hidden=0)

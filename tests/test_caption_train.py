@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeclip.caption.metrics import score_captions
-from edgeclip.errors import CheckpointError, EdgeClipError
+from edgeclip.core.errors import CheckpointError, EdgeClipError
+from edgeclip.metrics import score_captions
 
 WORDS = {"circle": "round", "square": "boxy", "triangle": "pointy", "star": "shiny", "cross": "plus", "ring": "hollow"}
 
@@ -32,7 +32,7 @@ def caption_data(shapes, tmp_path_factory):
 
 
 def _cfg(caption_data, out, **kw):
-    from edgeclip.caption.train import CaptionTrainConfig
+    from edgeclip.train.caption import CaptionTrainConfig
 
     base = dict(data=str(caption_data["captions"]), images=str(caption_data["images"]), out=str(out),
                 model={"img_size": 64, "teacher_dim": 384}, vocab={"min_count": 1, "max_len": 8},
@@ -43,9 +43,9 @@ def _cfg(caption_data, out, **kw):
 
 
 def test_distilled_training_resume_and_eval(caption_data, tiny_teacher, tmp_path):
-    from edgeclip.caption.data import load_captions
-    from edgeclip.caption.model import load_captioner
-    from edgeclip.caption.train import evaluate_captioner, train_captioner
+    from edgeclip.data.captions import load_captions
+    from edgeclip.models.captioner import load_captioner
+    from edgeclip.train.caption import evaluate_captioner, train_captioner
 
     out = tmp_path / "a"
     cfg = _cfg(caption_data, out, teacher=tiny_teacher, alpha=0.7, beta=0.3)
@@ -75,7 +75,7 @@ def test_distilled_training_resume_and_eval(caption_data, tiny_teacher, tmp_path
         assert res["unavailable"]["SPICE"]
     assert len(res["samples"]) == 2 and res["n_images"] == 6
     # grounding: caption cross-entropy with the image's own features vs another image's
-    from edgeclip.caption.train import image_grounding
+    from edgeclip.train.caption import image_grounding
 
     g = image_grounding(m, pp, cs, max_len=8)
     assert g["n_images"] == 6 and g["n_captions"] == 18 and g["ce_own_image"] > 0
@@ -87,7 +87,7 @@ def test_distilled_training_resume_and_eval(caption_data, tiny_teacher, tmp_path
 
 
 def test_beta_only_needs_no_teacher_and_early_stops(caption_data, tmp_path):
-    from edgeclip.caption.train import train_captioner
+    from edgeclip.train.caption import train_captioner
 
     cfg = _cfg(caption_data, tmp_path / "b", alpha=0.0, beta=1.0, patience=1, train={"epochs": 6, "batch_size": 32,
                "lr": 0.0, "max_steps_per_epoch": 1, "warmup_epochs": 0})  # lr 0: val CIDEr cannot improve

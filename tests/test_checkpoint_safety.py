@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from edgeclip.cli import main
-from edgeclip.errors import CheckpointError, EdgeClipError
+from edgeclip.core.errors import CheckpointError, EdgeClipError
 
 
 class _Payload:
@@ -52,7 +52,7 @@ def marker(tmp_path):
 
 def _student(tmp_path):
     from edgeclip.data.transforms import Preprocess
-    from edgeclip.students.model import create_student, save_student
+    from edgeclip.models.student import create_student, save_student
 
     st = create_student("shufflenet_v2_x0_5", 16, img_size=32, small_input=True, head_hidden=32)
     save_student(st, tmp_path / "ok.pt", Preprocess(size=32), {"id": "t:1", "spec": "t"})
@@ -62,7 +62,7 @@ def _student(tmp_path):
 def test_edgeclip_checkpoints_are_safetensors_and_round_trip(tmp_path):
     from safetensors import safe_open
 
-    from edgeclip.students.model import load_student
+    from edgeclip.models.student import load_student
 
     st, p = _student(tmp_path)
     with safe_open(str(p), framework="pt") as f:  # parses as tensors + JSON: there is no pickle inside
@@ -78,7 +78,7 @@ def test_checkpoint_of_an_earlier_release_loads_and_converts(tmp_path, capsys):
     """A torch-zip student as main wrote it before safetensors: loads through the safe path, converts."""
     import numpy as np
 
-    from edgeclip.students.model import load_student
+    from edgeclip.models.student import load_student
 
     st, _ = _student(tmp_path)
     old = tmp_path / "old.pt"
@@ -97,7 +97,7 @@ def test_checkpoint_of_an_earlier_release_loads_and_converts(tmp_path, capsys):
 def test_corrupt_metadata_and_plain_safetensors_are_one_line(tmp_path):
     from safetensors.torch import save_file
 
-    from edgeclip.students.model import load_student
+    from edgeclip.models.student import load_student
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="without edgeclip metadata"):
@@ -111,12 +111,12 @@ def test_corrupt_metadata_and_plain_safetensors_are_one_line(tmp_path):
 
 
 def test_payload_never_runs_from_any_edgeclip_checkpoint_kind(tmp_path, marker):
-    from edgeclip.caption.model import CAPTIONER_FORMAT, load_captioner
-    from edgeclip.edgevl.model import load_pair_student
-    from edgeclip.students.model import STUDENT_FORMAT, load_student
-    from edgeclip.teachers import load_teacher
-    from edgeclip.teachers.reference import REFERENCE_FORMAT
-    from edgeclip.utils.io import convert_checkpoint
+    from edgeclip.core.io import convert_checkpoint
+    from edgeclip.models.captioner import CAPTIONER_FORMAT, load_captioner
+    from edgeclip.models.pair import load_pair_student
+    from edgeclip.models.student import STUDENT_FORMAT, load_student
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.models.teachers.reference import REFERENCE_FORMAT
 
     student = _plant(tmp_path / "student.pt", marker, format=STUDENT_FORMAT)
     for load in (load_student, load_pair_student, lambda p: convert_checkpoint(p, tmp_path / "out.pt")):
@@ -131,9 +131,9 @@ def test_payload_never_runs_from_any_edgeclip_checkpoint_kind(tmp_path, marker):
 def test_payload_never_runs_from_third_party_weights_or_resume_state(tmp_path, marker):
     import open_clip
 
-    from edgeclip.engine import TrainConfig, fit
-    from edgeclip.students.model import create_student
-    from edgeclip.teachers import load_teacher
+    from edgeclip.models.student import create_student
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.engine import TrainConfig, fit
 
     evil = _plant(tmp_path / "evil.pt", marker)
     with pytest.raises(EdgeClipError):  # backbone weights (--set student.weights=...)
@@ -158,7 +158,7 @@ def test_payload_never_runs_from_third_party_weights_or_resume_state(tmp_path, m
 def test_payload_never_runs_from_a_hugging_face_bin(tmp_path, marker):
     from test_teachers import _save_tiny_hf
 
-    from edgeclip.teachers import load_teacher
+    from edgeclip.models.teachers import load_teacher
 
     _save_tiny_hf(tmp_path)
     (tmp_path / "model.safetensors").unlink()
@@ -177,7 +177,7 @@ def test_payload_never_runs_from_a_hugging_face_bin(tmp_path, marker):
 def test_cli_commands_refuse_a_planted_checkpoint_in_one_line(args, tmp_path, marker, capsys):
     from PIL import Image
 
-    from edgeclip.students.model import STUDENT_FORMAT
+    from edgeclip.models.student import STUDENT_FORMAT
 
     p = _plant(tmp_path / "evil.pt", marker, format=STUDENT_FORMAT)
     img = tmp_path / "x.jpg"

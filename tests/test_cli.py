@@ -27,7 +27,7 @@ def run_cli(args, capsys):
 
 @pytest.fixture(scope="module")
 def student_ckpt(tiny_teacher, shapes, tmp_path_factory):
-    from edgeclip.distill.trainer import DistillConfig, distill
+    from edgeclip.train.distill import DistillConfig, distill
 
     out = tmp_path_factory.mktemp("student")
     distill(DistillConfig(teacher=tiny_teacher, data=str(shapes["train"]), out=str(out),
@@ -92,14 +92,14 @@ def test_eval_json_keys(tiny_teacher, student_ckpt, shapes, tmp_path, capsys):
 
 
 def test_student_of_other_teacher_or_head_size(student_ckpt, shapes, tmp_path, capsys):
-    from edgeclip.students.model import load_student, save_student
+    from edgeclip.models.student import load_student, save_student
 
     st, pp, ck = load_student(student_ckpt)
     wrong = dict(ck["teacher"], id="reference-lit:sha256:1234")
     save_student(st, tmp_path / "w.pt", pp, wrong)
     code, out, err = run_cli(["eval", shapes["test"], "--student", tmp_path / "w.pt", "--teacher", ck["teacher"]["spec"]], capsys)
     assert code == 2 and "was distilled from" in err
-    from edgeclip.students import create_student
+    from edgeclip.models import create_student
 
     small = create_student("shufflenet_v2_x0_5", 128, img_size=32)
     save_student(small, tmp_path / "h.pt", pp, ck["teacher"])
@@ -151,17 +151,17 @@ def test_ddp_two_cpu_processes_identical_weights(tiny_teacher, shapes, tmp_path)
 
 
 @pytest.mark.parametrize("name,cls", [
-    ("distill_cifar10_shufflenet", "edgeclip.distill.trainer:DistillConfig"),
-    ("clip4retrofit_effnet_b3", "edgeclip.distill.trainer:DistillConfig"),
-    ("caption_vi", "edgeclip.caption.train:CaptionTrainConfig"),
-    ("edgevl_cifar_mono", "edgeclip.edgevl.train:PairDistillConfig"),
-    ("edgevl_rgbd", "edgeclip.edgevl.train:PairDistillConfig"),
-    ("edgevl_qat", "edgeclip.edgevl.train:QATConfig")])
+    ("distill_cifar10_shufflenet", "edgeclip.train.distill:DistillConfig"),
+    ("clip4retrofit_effnet_b3", "edgeclip.train.distill:DistillConfig"),
+    ("caption_vi", "edgeclip.train.caption:CaptionTrainConfig"),
+    ("edgevl_cifar_mono", "edgeclip.train.pair:PairDistillConfig"),
+    ("edgevl_rgbd", "edgeclip.train.pair:PairDistillConfig"),
+    ("edgevl_qat", "edgeclip.train.pair:QATConfig")])
 def test_shipped_configs_build(name, cls):
     """Every experiment file in configs/ builds the dataclass its command reads (no unknown or misspelt keys)."""
     import importlib
 
-    from edgeclip.config import build_dataclass, load_config
+    from edgeclip.core.config import build_dataclass, load_config
 
     mod, attr = cls.split(":")
     cfg = build_dataclass(getattr(importlib.import_module(mod), attr), load_config(name + ".yaml"))

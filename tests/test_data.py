@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.data import load_array, load_image, open_source
 from edgeclip.data.sources import files_source
 from edgeclip.data.transforms import ViewSpec, apply_view, view_params
-from edgeclip.errors import EdgeClipError, ImageLoadError
 
 
 @pytest.fixture()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from edgeclip.demo import run_demo
+from edgeclip.lab.demo import run_demo
 
 
 def _check(res, out):

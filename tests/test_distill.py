@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
+from edgeclip.core.errors import CacheMismatchError, EdgeClipError
 from edgeclip.data import open_source
 from edgeclip.data.transforms import apply_view, view_params
-from edgeclip.distill.cache import EmbeddingCache, build_cache
-from edgeclip.distill.losses import LOSSES, build_loss
-from edgeclip.distill.trainer import DistillConfig, distill
-from edgeclip.errors import CacheMismatchError, EdgeClipError
-from edgeclip.students import create_student, load_student
-from edgeclip.teachers import load_teacher
+from edgeclip.losses import LOSSES, build_loss
+from edgeclip.models import create_student, load_student
+from edgeclip.models.teachers import load_teacher
+from edgeclip.train.cache import EmbeddingCache, build_cache
+from edgeclip.train.distill import DistillConfig, distill
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +209,7 @@ def test_distill_streams_tar_shards_with_cache(teacher, tiny_teacher, shapes, tm
 
 def test_stem_stride_keeps_a_larger_grid_and_is_saved(tmp_path):
     from edgeclip.data.transforms import Preprocess
-    from edgeclip.students.model import load_student, save_student
+    from edgeclip.models.student import load_student, save_student
 
     x = torch.randn(1, 3, 32, 32)
     for arch, default, cifar in (("shufflenet_v2_x0_5", 2, 4), ("resnet18", 2, 4)):

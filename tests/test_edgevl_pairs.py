@@ -9,8 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeclip.edgevl.pairs import (ModalitySpec, PairError, apply_adapter, default_specs, open_pairs, preload_pairs)
-from edgeclip.errors import EdgeClipError
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.data.pairs import (
+    ModalitySpec,
+    PairError,
+    apply_adapter,
+    default_specs,
+    open_pairs,
+    preload_pairs,
+)
 
 
 def _rgb(path: Path, w=40, h=30, seed=0):
@@ -101,12 +108,12 @@ def test_formats_ir_multiband_and_conv_adapter(tmp_path):
     assert d.x["swir"].shape == (2, 5, 16, 16)  # conv: bands kept for the learned 1x1 conv
     with pytest.raises(PairError, match="use adapter 'conv'"):
         preload_pairs(ps, default_specs(ps), 16, strict=True)
-    from edgeclip.edgevl.model import build_pair_student, modality_student
+    from edgeclip.models.pair import build_pair_student, modality_student
 
     model = build_pair_student({"arch": "shufflenet_v2_x0_5", "img_size": 16, "small_input": True, "head_hidden": 0},
                                8, specs, "rgb", {"rgb": 3, "ir": 3, "swir": 5})
     assert set(model.adapters) == {"swir"}
-    from edgeclip.edgevl.pairs import fill_stats
+    from edgeclip.data.pairs import fill_stats
 
     fill_stats(specs, d, "rgb", (0.5,) * 3, (0.25,) * 3)
     assert len(specs["swir"].mean) == 5
@@ -114,13 +121,13 @@ def test_formats_ir_multiband_and_conv_adapter(tmp_path):
     e = model.embed_unit(d.x["swir"], "swir")
     st = modality_student(model, "swir")
     assert st.config["in_chans"] == 5
-    from edgeclip.edgevl.pairs import normalize_modality
+    from edgeclip.data.pairs import normalize_modality
 
     assert torch.allclose(st.eval()(normalize_modality(d.x["swir"], specs["swir"])), e, atol=1e-5)
 
 
 def test_luminance_and_colormap():
-    from edgeclip.edgevl.pairs import luminance
+    from edgeclip.data.pairs import luminance
 
     rgb = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
     ours = luminance(rgb.transpose(2, 0, 1).astype(np.float32) / 255)[0] * 255

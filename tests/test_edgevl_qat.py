@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from edgeclip.edgevl import (PairDistillConfig, QATConfig, distill_pairs, evaluate_pairs, exported_embedder,
-                             load_pair_student, open_pairs, preload_pairs, qat_pairs)
+from edgeclip.train.pair import PairDistillConfig, QATConfig, distill_pairs, qat_pairs
+from edgeclip.zeroshot.modalities import evaluate_pairs, exported_embedder
+from edgeclip.models.pair import load_pair_student
+from edgeclip.data.pairs import open_pairs, preload_pairs
 
 DERIVE = {"mono": "luminance"}
 
 
 def test_fold_batchnorm_keeps_outputs():
+    from edgeclip.models import create_student
     from edgeclip.quant.qat import fold_batchnorm
-    from edgeclip.students import create_student
 
     m = create_student("shufflenet_v2_x0_5", 8, small_input=True, img_size=16, head_hidden=0)
     m.train()
@@ -31,7 +32,7 @@ def test_fold_batchnorm_keeps_outputs():
 def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
     import onnx
 
-    from edgeclip.teachers import load_teacher
+    from edgeclip.models.teachers import load_teacher
 
     t = load_teacher(tiny_teacher)
     s1 = PairDistillConfig(teacher=t.spec, data=str(shapes["train"]), derive=DERIVE, out=str(tmp_path / "s1"),
@@ -73,8 +74,8 @@ def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
 def test_qat_weight_scales_and_bits(per_channel, bits):
     """per_channel=False (accelerators with one scale per tensor) leaves no per-channel weight quantisation;
     weight_bits=4 keeps every stored weight on the 4-bit grid [-8, 7]."""
+    from edgeclip.models import create_student
     from edgeclip.quant.qat import convert_qat, prepare_qat
-    from edgeclip.students import create_student
 
     torch.manual_seed(0)
     m = create_student("shufflenet_v2_x0_5", 8, small_input=True, img_size=16, head_hidden=0)
@@ -92,7 +93,7 @@ def test_qat_weight_scales_and_bits(per_channel, bits):
 
 
 def test_weight_bits_are_checked(tmp_path):
-    from edgeclip.errors import EdgeClipError
+    from edgeclip.core.errors import EdgeClipError
     from edgeclip.quant.ort import quantize_static_onnx
     from edgeclip.quant.qat import prepare_qat
 
@@ -109,9 +110,9 @@ def test_qat_and_ptq_of_a_transformer_student(tmp_path):
     import onnxruntime as ort
 
     from edgeclip.export.onnx import export_onnx
+    from edgeclip.models import create_student
     from edgeclip.quant.ort import quantize_static_onnx
     from edgeclip.quant.qat import convert_qat, export_qdq_onnx, prepare_qat
-    from edgeclip.students import create_student
 
     torch.manual_seed(0)
     m = create_student("timm:vit_tiny_patch16_224", 16, img_size=16, head_hidden=0,

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+
 import pytest
 import torch
+from edgeclip.train.pair import PairDataConfig, PairDistillConfig, distill_pairs, ptq_pairs, semi_hard_triplet
+from edgeclip.train.curate import curate
+from edgeclip.zeroshot.modalities import evaluate_pairs, exported_embedder, torch_embedder
+from edgeclip.models.pair import load_pair_student
+from edgeclip.data.pairs import open_pairs, preload_pairs
 
-from edgeclip.edgevl import (PairDataConfig, PairDistillConfig, curate, distill_pairs, evaluate_pairs,
-                             exported_embedder, load_pair_student, open_pairs, preload_pairs, ptq_pairs,
-                             semi_hard_triplet, torch_embedder)
-from edgeclip.errors import EdgeClipError
+from edgeclip.core.errors import EdgeClipError
 
 DERIVE = {"mono": "luminance"}
 
 
 @pytest.fixture(scope="module")
 def teacher(tiny_teacher):
-    from edgeclip.teachers import load_teacher
+    from edgeclip.models.teachers import load_teacher
 
     return load_teacher(tiny_teacher)
 
@@ -49,8 +52,8 @@ def test_curation_manifest(stage1, teacher):
     assert all(0 < it["confidence"] <= 1 and it["pseudo_label"] in man["labels"] for it in items)
     assert (stage1["dir"] / "cur" / "confidence_hist.png").stat().st_size > 1000
     # confidences are the teacher's softmax with its logit scale as temperature: recompute one
-    from edgeclip.labeling.text import text_embeddings
     from edgeclip.data import load_image
+    from edgeclip.zeroshot.text import text_embeddings
 
     it = items[0]
     img = teacher.preprocess(load_image(it["file"]))[None]
@@ -89,7 +92,7 @@ def test_stage1_trains_both_modalities(stage1, shapes):
     assert ck["extra"]["edgevl"]["specs"]["mono"]["derive"] == "luminance"
     assert len(model.specs["mono"].mean) == 3  # per-modality normalisation measured on the data
     # the checkpoint is a foundation student too (RGB)
-    from edgeclip.students import load_student
+    from edgeclip.models import load_student
 
     st, pp, _ = load_student(stage1["dir"] / "s1" / "student.pt")
     assert pp.size == 32 and st.arch == "shufflenet_v2_x0_5"
@@ -224,11 +227,10 @@ def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_qat_from_the_shipped_config(stage1, shapes, teacher, tmp_path, capsys):
-    """`edgeclip qat configs/edgevl_qat.yaml` with CLI overrides: W4A8 QAT + triplet, a QDQ ONNX per run."""
+    """`edgeclip qat edgevl_qat` (the shipped config, by name) with CLI overrides: W4A8 QAT + triplet."""
     from pathlib import Path
 
-    cfg = Path(__file__).resolve().parents[1] / "configs" / "edgevl_qat.yaml"
-    args = ["qat", str(cfg), "--student", str(stage1["dir"] / "s1" / "student.pt"), "--data", str(shapes["train"]),
+    args = ["qat", "edgevl_qat", "--student", str(stage1["dir"] / "s1" / "student.pt"), "--data", str(shapes["train"]),
             "--manifest", stage1["curate"]["manifest"], "--cache", str(stage1["dir"] / "cache"),
             "--teacher", teacher.spec, "--out", str(tmp_path / "qat"), "--epochs", "1", "--batch-size", "12"]
     rc, out, err = _cli([*args, "--weight-bits", "4"], capsys)
@@ -244,12 +246,11 @@ def test_cli_qat_from_the_shipped_config(stage1, shapes, teacher, tmp_path, caps
 
 def test_real_rgbd_conv_adapter_from_yaml(shared_data, teacher, tmp_path):
     """The shipped RGB-D config on the real pairs: 16-bit depth in mm, a learned 1x1-conv adapter."""
-    from pathlib import Path
 
-    from edgeclip.config import apply_overrides, build_dataclass, load_config
-    from edgeclip.edgevl.model import modality_student
+    from edgeclip.core.config import apply_overrides, build_dataclass, load_config
+    from edgeclip.models.pair import modality_student
 
-    d = load_config(Path(__file__).resolve().parents[1] / "configs" / "edgevl_rgbd.yaml")
+    d = load_config("edgevl_rgbd")
     d = apply_overrides(d, [f"data={shared_data / 'rgbd-samples'}", f"out={tmp_path / 'rgbd'}",
                             f"teacher={teacher.spec}", "student.img_size=32", "student.head_hidden=0",
                             "student.arch=shufflenet_v2_x0_5", "train.epochs=2", "train.batch_size=5"])
@@ -265,7 +266,7 @@ def test_real_rgbd_conv_adapter_from_yaml(shared_data, teacher, tmp_path):
     ps = open_pairs(cfg.data, cfg.modalities, cfg.primary)
     dd = preload_pairs(ps, model.specs, size)
     assert dd.x["depth"].shape == (5, 1, 32, 32)
-    from edgeclip.edgevl.pairs import normalize_modality
+    from edgeclip.data.pairs import normalize_modality
 
     assert torch.allclose(st.eval()(normalize_modality(dd.x["depth"], model.specs["depth"])),
                           torch_embedder(model)("depth", dd.x["depth"]), atol=1e-5)
@@ -273,8 +274,8 @@ def test_real_rgbd_conv_adapter_from_yaml(shared_data, teacher, tmp_path):
 
 def test_stage1_init_from_rgb_student(stage1, shapes, teacher, tmp_path):
     """--init takes the architecture from the RGB student; a contradicting config key is one clear error."""
-    from edgeclip.students.model import load_student, save_student
     from edgeclip.data.transforms import Preprocess
+    from edgeclip.models.student import load_student, save_student
 
     pair, size, _ = load_pair_student(stage1["dir"] / "s1" / "student.pt")
     rgb = tmp_path / "rgb.pt"

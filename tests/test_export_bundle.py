@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from test_export_fixtures import SHAPE_LABELS, make_student
 
-from edgeclip.errors import EdgeClipError
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.io import sha256_file
 from edgeclip.export.bundle import export_bundle, is_transformer
 from edgeclip.runtime import Labeler, read_manifest
-from edgeclip.utils.io import sha256_file
-from test_export_fixtures import SHAPE_LABELS, make_student
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_cli_export_writes_a_complete_bundle(student, shapes, tiny_teacher, tmp_
 
 
 def test_text_embeddings_are_the_teachers(student, shapes, tiny_teacher, tmp_path):
-    from edgeclip.labeling.text import text_embeddings
-    from edgeclip.teachers import load_teacher
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.zeroshot.text import text_embeddings
 
     out = export_bundle(student, tmp_path / "b", ["circle", "star"], calib=str(shapes["test"]), quant="none")
     assert out["models"] == {"fp32": "model.onnx"} and "int8" not in out["parity"]
@@ -107,8 +107,8 @@ def test_bad_export_requests(student, shapes, tmp_path):
 def test_transformer_student_gets_dynamic_int8(tiny_teacher, shapes, tmp_path):
     """A ViT student (timm, untrained weights, 32 px) exports with a fixed input size and dynamic int8."""
     from edgeclip.data.transforms import Preprocess
-    from edgeclip.students import create_student, save_student
-    from edgeclip.teachers import load_teacher
+    from edgeclip.models import create_student, save_student
+    from edgeclip.models.teachers import load_teacher
 
     t = load_teacher(tiny_teacher)
     vit = create_student("timm:vit_tiny_patch16_224", t.embed_dim, img_size=32, head_hidden=0)

@@ -11,7 +11,7 @@ SHAPE_LABELS = ["circle", "square", "triangle", "star", "cross", "ring"]
 
 def make_student(teacher_spec: str, data: Path, out: Path) -> Path:
     """A ShuffleNetV2 x0.5 student at 32 px, distilled label-free from the tiny teacher for one short epoch."""
-    from edgeclip.distill.trainer import DistillConfig, distill
+    from edgeclip.train.distill import DistillConfig, distill
 
     cfg = DistillConfig(teacher=teacher_spec, data=str(data), out=str(out),
                         student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},

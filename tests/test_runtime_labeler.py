@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from edgeclip.errors import EdgeClipError, ImageLoadError
-from edgeclip.runtime import BundleError, Labeler, load_bundle
-from edgeclip.utils.io import sha256_file
 from test_export_fixtures import SHAPE_LABELS, bundle_for_tests
+
+from edgeclip.core.errors import EdgeClipError, ImageLoadError
+from edgeclip.core.io import sha256_file
+from edgeclip.runtime import BundleError, Labeler, load_bundle
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,9 @@ def test_runtime_imports_and_labels_without_torch(tb):
 def test_fp32_bundle_matches_torch_student(tb):
     import torch
     import torch.nn.functional as F
+
     from edgeclip.data import load_image
-    from edgeclip.students import load_student
+    from edgeclip.models import load_student
 
     st, pp, _ = load_student(tb["student"])
     imgs = [load_image(p) for p in tb["images"][:12]]

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from edgeclip.errors import EdgeClipError
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+)
 from edgeclip.runtime.preprocess import NumpyPreprocess
 
 

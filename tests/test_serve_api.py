@@ -8,11 +8,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, running_server
 
 from edgeclip.runtime import Labeler
 from edgeclip.serve.app import create_app
 from edgeclip.serve.loadtest import load_test
-from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, running_server
 
 LIMIT = 200_000
 
@@ -105,7 +105,7 @@ def test_edit_labels(tb, client):
 
 def test_text_encoder_adds_free_text_labels(tb):
     """With a text encoder (here the teacher's real text tower), the page can add any label."""
-    from edgeclip.serve.cli import _text_encoder
+    from edgeclip.cli.serve import _text_encoder
 
     enc = _text_encoder(tb["bundle"], tb["teacher"])
     app = create_app(tb["bundle"], text_encoder=enc)

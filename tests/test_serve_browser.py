@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, running_server
 
 from edgeclip.serve.app import create_app
-from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, running_server
 
 CHROMIUM = os.environ.get("EDGECLIP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeclip.errors import CheckpointError, EdgeClipError
-from edgeclip.teachers import load_teacher, resolve_kind
+from edgeclip.core.errors import CheckpointError, EdgeClipError
+from edgeclip.models.teachers import load_teacher, resolve_kind
 
 TINY_OPEN_CLIP = {
     "embed_dim": 32,

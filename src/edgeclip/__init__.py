@@ -3,8 +3,8 @@
 The top-level package imports nothing heavy, so that ``edgeclip.runtime`` stays
 usable on devices without torch. Import the parts you need::
 
-    from edgeclip.teachers import load_teacher
-    from edgeclip.students import create_student
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.models import create_student
 """
 
 __version__ = "0.1.0"

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import ImageLoadError
-from .sources import ImageRecord
+from edgeclip.core.errors import ImageLoadError
+from edgeclip.data.sources import ImageRecord
 
 
 def resize_center(img: Image.Image, size: int) -> Image.Image:

@@ -23,11 +23,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import EdgeClipError, ImageLoadError
-from ..runtime.bundle import (BUNDLE_FORMAT, LABELS, MANIFEST, MODEL_CARD, MODEL_FP32, MODEL_INT8, PREPROCESS,
-                              LabelSet)
-from ..runtime.preprocess import NumpyPreprocess
-from ..utils.io import sha256_file, write_json
+from edgeclip.core.errors import EdgeClipError, ImageLoadError
+from edgeclip.core.io import sha256_file, write_json
+from edgeclip.runtime.bundle import (
+    BUNDLE_FORMAT,
+    LABELS,
+    MANIFEST,
+    MODEL_CARD,
+    MODEL_FP32,
+    MODEL_INT8,
+    PREPROCESS,
+    LabelSet,
+)
+from edgeclip.runtime.preprocess import NumpyPreprocess
 
 QUANT_MODES = ("auto", "static", "dynamic", "none")
 
@@ -41,7 +49,7 @@ def is_transformer(model) -> bool:
 
 def load_calibration(data: str, n: int, preprocess: NumpyPreprocess, seed: int = 0):
     """Up to ``n`` images of ``data`` (any edgeclip source), preprocessed -> ((N,3,S,S) float32, names, skipped)."""
-    from ..data.sources import open_source
+    from edgeclip.data.sources import open_source
 
     src = open_source(data)
     recs = list(src.records) if not src.is_stream else [r for _, r in zip(range(max(n * 2, n + 16)), iter(src))]
@@ -76,7 +84,7 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 def int8_parity(fp32_path: Path, int8_path: Path, x: np.ndarray, text_emb: np.ndarray) -> Dict[str, float]:
     """Top-1 agreement (over the label set) and embedding cosine of the int8 model with fp32 on ``x``."""
-    from ..runtime.bundle import make_session
+    from edgeclip.runtime.bundle import make_session
 
     a = _unit(_run(make_session(fp32_path), x))
     b = _unit(_run(make_session(int8_path), x))
@@ -87,8 +95,8 @@ def int8_parity(fp32_path: Path, int8_path: Path, x: np.ndarray, text_emb: np.nd
 
 def ort_latency_ms(path: Path, size: int, threads: int = 1, reps: int = 30) -> Dict[str, float]:
     """Batch-1 ONNX Runtime latency at ``size`` px (median after warm-up)."""
-    from ..bench.stats import latency_ms
-    from ..runtime.bundle import make_session
+    from edgeclip.models.stats import latency_ms
+    from edgeclip.runtime.bundle import make_session
 
     sess = make_session(path, threads=threads)
     name = sess.get_inputs()[0].name
@@ -103,9 +111,9 @@ def bundle_accuracy(bundle: str | os.PathLike, data: str, precision: str, templa
     else the bundle's own labels.json when it names every class."""
     import time
 
-    from ..data.sources import labelled_source
-    from ..evaluate import class_names
-    from ..runtime import Labeler
+    from edgeclip.data.sources import labelled_source
+    from edgeclip.runtime import Labeler
+    from edgeclip.zeroshot.evaluate import class_names
 
     src, _ = labelled_source(data, "accuracy")
     names = class_names(src.classes)
@@ -189,11 +197,11 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
     """Build a bundle folder at ``out``; returns its manifest (parity, sizes, latency, accuracy)."""
     import torch
 
-    from ..labeling.text import check_templates, parse_labels, text_embeddings
-    from ..students.model import load_student
-    from ..teachers import load_teacher
-    from ..utils.env import machine_info
-    from .onnx import export_onnx, onnx_parity
+    from edgeclip.core.env import machine_info
+    from edgeclip.export.onnx import export_onnx, onnx_parity
+    from edgeclip.models.student import load_student
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.zeroshot.text import check_templates, parse_labels, text_embeddings
 
     if quant not in QUANT_MODES:
         raise EdgeClipError(f"unknown quantisation {quant!r} ({', '.join(QUANT_MODES)})")
@@ -247,7 +255,7 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
         models = {"fp32": MODEL_FP32}
         quantization: Dict[str, Any] = {"method": mode}
         if mode != "none":
-            from ..quant.ort import quantize_dynamic_onnx, quantize_static_onnx
+            from edgeclip.quant.ort import quantize_dynamic_onnx, quantize_static_onnx
 
             if mode == "static":
                 quantize_static_onnx(tmp / MODEL_FP32, tmp / MODEL_INT8, list(_batches(x_cal, 16)), per_channel=per_channel)
@@ -283,8 +291,8 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
         }
         _finish(tmp, manifest)
         if eval_data:
-            from ..evaluate import evaluate
-            from ..labeling.label import load_embedder
+            from edgeclip.zeroshot.evaluate import evaluate
+            from edgeclip.zeroshot.label import load_embedder
 
             log(f"zero-shot accuracy on {eval_data} ...")
             res = evaluate(None, {"student": load_embedder(student=str(student), teacher=t_spec)}, eval_data,

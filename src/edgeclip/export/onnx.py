@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import EdgeClipError
-from ..utils.io import atomic_path
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.io import atomic_path
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int] = (1, 3, 224, 224),

@@ -7,9 +7,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import EdgeClipError
-from ..utils.io import atomic_path
-
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.io import atomic_path
 
 WEIGHT_BITS = (4, 8)
 
@@ -64,8 +63,13 @@ def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibrati
     which avoids the u8 x s8 saturation of ORT's int8 kernels on x86 CPUs without VNNI.
     ``weight_bits=4``: W4A8, int4 weights (ONNX Runtime's QInt4; com.microsoft Q/DQ below opset 21).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     if not fp32_path.is_file():

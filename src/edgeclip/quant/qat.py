@@ -22,9 +22,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import EdgeClipError
-from ..utils.io import atomic_path
-from .ort import check_weight_bits, cpu_has_vnni, resolve_reduce_range  # noqa: F401 (re-exported)
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.io import atomic_path
+from edgeclip.quant.ort import check_weight_bits, cpu_has_vnni, resolve_reduce_range  # noqa: F401 (re-exported)
 
 
 class QATModule(nn.Module):
@@ -38,7 +38,10 @@ class QATModule(nn.Module):
             setattr(self, k, v)
 
     def train(self, mode: bool = True):
-        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+        from torchao.quantization.pt2e import (
+            move_exported_model_to_eval,
+            move_exported_model_to_train,
+        )
 
         (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.gm)
         self.training = mode
@@ -77,9 +80,14 @@ def qat_quantization_config(reduce_range: bool = False, per_channel: bool = True
     [-8, 7] (W4A8: activations stay uint8). Everything else unchanged."""
     import dataclasses
 
-    from torchao.quantization.pt2e import FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver
+    from torchao.quantization.pt2e import (
+        FusedMovingAvgObsFakeQuantize,
+        MovingAverageMinMaxObserver,
+    )
     from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        get_default_x86_inductor_quantization_config,
+    )
 
     cfg = get_default_x86_inductor_quantization_config(is_qat=True, reduce_range=reduce_range)
     w = cfg.weight
@@ -105,7 +113,9 @@ def prepare_qat(model: nn.Module, example_shape: Sequence[int], max_batch: int =
     if fold_bn:
         fold_batchnorm(model)
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+    )
 
     model = model.train()
     ex = torch.randn(*example_shape)

@@ -13,10 +13,16 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from ..registry import Registry
-from .bundle import BUNDLE_FORMAT, BundleError, LabelSet, read_labels, read_manifest
-from .labeler import Labeler
-from .preprocess import NumpyPreprocess
+from edgeclip.core.registry import Registry
+from edgeclip.runtime.bundle import (
+    BUNDLE_FORMAT,
+    BundleError,
+    LabelSet,
+    read_labels,
+    read_manifest,
+)
+from edgeclip.runtime.labeler import Labeler
+from edgeclip.runtime.preprocess import NumpyPreprocess
 
 RUNTIMES: Registry[Callable[..., Any]] = Registry("bundle kind")
 RUNTIMES.register("labeler", help="open-vocabulary labeler: image -> embedding -> top-k labels")(Labeler)

@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import EdgeClipError
-from ..utils.io import sha256_file
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.io import sha256_file
 
 BUNDLE_FORMAT = "edgeclip-bundle/1"
 MANIFEST = "manifest.json"

@@ -1,4 +1,4 @@
-"""Adapter that lets ``edgeclip label --bundle DIR`` run a bundle through ``edgeclip.labeling.label_images``.
+"""Adapter that lets ``edgeclip label --bundle DIR`` run a bundle through ``edgeclip.zeroshot.label_images``.
 
 ``label_images`` is torch code, so this module (and only this one in edgeclip.runtime) imports torch,
 lazily, to hand it tensors. The embeddings themselves come from ONNX Runtime.
@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from ..errors import EdgeClipError
-from .labeler import Labeler
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.runtime.labeler import Labeler
 
 
 @dataclass

@@ -18,11 +18,22 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from ..data.images import load_image, to_rgb
-from ..errors import EdgeClipError
-from .bundle import (LABELS, PREPROCESS, BundleError, LabelSet, _normalise, _read_json, make_session,
-                     model_output_dim, pick_model, read_labels, read_manifest)
-from .preprocess import NumpyPreprocess
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.images import load_image, to_rgb
+from edgeclip.runtime.bundle import (
+    LABELS,
+    PREPROCESS,
+    BundleError,
+    LabelSet,
+    _normalise,
+    _read_json,
+    make_session,
+    model_output_dim,
+    pick_model,
+    read_labels,
+    read_manifest,
+)
+from edgeclip.runtime.preprocess import NumpyPreprocess
 
 ImageInput = Union[str, os.PathLike, bytes, io.BytesIO, Image.Image]
 

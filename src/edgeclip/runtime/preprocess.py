@@ -13,7 +13,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ..errors import EdgeClipError
+from edgeclip.core.errors import EdgeClipError
 
 _FILTERS = {
     "nearest": Image.NEAREST,

@@ -30,8 +30,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import EdgeClipError, ImageLoadError
-from ..runtime import load_bundle
+from edgeclip.core.errors import EdgeClipError, ImageLoadError
+from edgeclip.runtime import load_bundle
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
@@ -109,7 +109,7 @@ def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Opti
         return data
 
     def _decode(data: bytes, filename: str):
-        from ..runtime.labeler import to_image
+        from edgeclip.runtime.labeler import to_image
 
         try:
             return to_image(data)
@@ -196,7 +196,7 @@ def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Opti
 
 
 def _names(labels) -> List[str]:
-    from ..runtime.labeler import clean_labels
+    from edgeclip.runtime.labeler import clean_labels
 
     try:
         out = clean_labels(labels)

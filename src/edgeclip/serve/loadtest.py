@@ -8,7 +8,7 @@ import time
 from typing import Any, Dict
 from urllib.parse import urlparse
 
-from ..errors import EdgeClipError
+from edgeclip.core.errors import EdgeClipError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 

@@ -1,0 +1,164 @@
+"""CLI: ``edgeclip caption``, ``caption-train``, ``caption-eval``, ``caption-export``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgeclip.core.errors import EdgeClipError
+
+
+def _images(images: List[str]):
+    from edgeclip.data.sources import files_source, open_source
+
+    if len(images) == 1 and Path(images[0]).is_file() and Path(images[0]).suffix.lower() in (".txt", ".csv", ".tsv", ".lst"):
+        return open_source(images[0], "list")
+    return files_source(images)
+
+
+def caption_cmd(
+    images: List[str] = typer.Argument(..., help="image files and/or folders, or one list file"),
+    model: Optional[Path] = typer.Option(None, help="captioner checkpoint (captioner.pt)"),
+    onnx: Optional[Path] = typer.Option(None, help="an exported captioner folder (ONNX Runtime, no torch model needed)"),
+    beam: int = typer.Option(5, help="beam size (1 = greedy)"), max_len: int = typer.Option(20, help="max words"),
+    length_penalty: float = typer.Option(1.0, help="beam scores are divided by length ** this"),
+    batch_size: int = typer.Option(16), out: Optional[Path] = typer.Option(None, help="write JSONL here (default stdout)"),
+):
+    """Caption images with a trained captioner (torch checkpoint or exported ONNX folder)."""
+    import torch
+
+    from edgeclip.core.errors import ImageLoadError
+
+    if (model is None) == (onnx is None):
+        raise EdgeClipError("give exactly one of --model CHECKPOINT or --onnx FOLDER")
+    if onnx is not None:
+        from edgeclip.export.caption import OrtCaptioner
+
+        ort_cap = OrtCaptioner(onnx)
+        pp = ort_cap.preprocess
+        run = lambda x: ort_cap.caption(x, beam=beam, max_len=max_len, length_penalty=length_penalty)  # noqa: E731
+    else:
+        from edgeclip.models.captioner import load_captioner
+        from edgeclip.models.decode import generate
+
+        m, pp, _ = load_captioner(model)
+        run = lambda x: generate(m, x, beam=beam, max_len=max_len, length_penalty=length_penalty)  # noqa: E731
+    src = _images(images)
+    tf = pp.torch_transform()
+    skipped = list(src.skipped)
+    rows = []
+    names, xs = [], []
+
+    def flush():
+        if xs:
+            for n, c in zip(names, run(torch.stack(xs))):
+                rows.append({"image": n, "caption": c})
+            names.clear()
+            xs.clear()
+
+    for r in src:
+        try:
+            xs.append(tf(r.load()))
+            names.append(r.name)
+        except ImageLoadError as e:
+            skipped.append(str(e))
+        if len(xs) >= batch_size:
+            flush()
+    flush()
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    if out is None:
+        for ln in lines:
+            typer.echo(ln)
+    else:
+        from edgeclip.core.io import atomic_path
+
+        with atomic_path(out) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    typer.echo(f"captioned {len(rows)} images; skipped {len(skipped)}", err=True)
+    for s in skipped[:20]:
+        typer.echo(f"  skipped: {s}", err=True)
+
+
+def caption_train_cmd(
+    config: Optional[Path] = typer.Argument(None, help="YAML experiment (configs/caption_vi.yaml)"),
+    data: Optional[str] = typer.Option(None, help="captions file"), images: Optional[str] = typer.Option(None),
+    teacher: Optional[str] = typer.Option(None), out: Optional[str] = typer.Option(None),
+    alpha: Optional[float] = typer.Option(None), beta: Optional[float] = typer.Option(None),
+    epochs: Optional[int] = typer.Option(None), resume: bool = typer.Option(False, help="continue from OUT/last.ckpt"),
+    init: Optional[str] = typer.Option(None, help="start the encoder from a distilled edgeclip student (student.pt)"),
+    set_: List[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
+):
+    """Train a captioner (alpha * teacher-embedding MSE + beta * cross-entropy), early-stopped on val CIDEr."""
+    from edgeclip.core.config import config_from_cli
+    from edgeclip.train.caption import CaptionTrainConfig, train_captioner
+
+    cfg = config_from_cli(CaptionTrainConfig, config, [
+        ("data", data), ("images", images), ("teacher", teacher), ("out", out), ("alpha", alpha), ("beta", beta),
+        ("train.epochs", epochs), ("init", init)], set_)
+    hist = train_captioner(cfg, resume=resume)
+    best = hist.get("best", {})
+    typer.echo(f"captioner saved: {Path(cfg.out) / 'captioner.pt'}  best val CIDEr {best.get('best')} "
+               f"(epoch {best.get('best_epoch')}); skipped {hist['data']['train']['skipped']}")
+
+
+def caption_eval_cmd(
+    model: Path = typer.Option(..., help="captioner checkpoint"),
+    data: str = typer.Option(..., help="captions file (COCO JSON, Karpathy JSON, Flickr token.txt, IMAGE, caption)"),
+    images: Optional[str] = typer.Option(None, help="images folder (default: found beside the captions file)"),
+    split: Optional[str] = typer.Option(None, help="split to evaluate (test, val, ...)"),
+    splits: Optional[str] = typer.Option(None, help="splits file (default: splits.json beside the captions)"),
+    beam: int = typer.Option(5), max_len: int = typer.Option(20), length_penalty: float = typer.Option(1.0),
+    samples: int = typer.Option(10, help="sample captions in the JSON"), batch_size: int = typer.Option(32),
+    out: Optional[Path] = typer.Option(None, help="write the results JSON here"),
+    allow_vocab_mismatch: bool = typer.Option(False, help="score even when most reference words are unknown"),
+):
+    """BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE when available) of a captioner on a caption set."""
+    from edgeclip.core.env import machine_info
+    from edgeclip.core.io import sha256_file, write_json
+    from edgeclip.data.captions import load_captions
+    from edgeclip.models.captioner import load_captioner
+    from edgeclip.train.caption import evaluate_captioner
+
+    m, pp, ck = load_captioner(model)
+    cs = load_captions(data, images, split, splits)
+    res = evaluate_captioner(m, pp, cs, beam=beam, max_len=max_len, batch_size=batch_size,
+                             length_penalty=length_penalty, samples=samples, allow_vocab_mismatch=allow_vocab_mismatch)
+    res.update({"model": str(model), "model_sha256": sha256_file(model), "data": cs.summary(), "machine": machine_info()})
+    if out:
+        write_json(out, res)
+    for k, v in res["metrics"].items():
+        typer.echo(f"{k:8s} {v:.4f}" if isinstance(v, float) else f"{k:8s} unavailable ({res['unavailable'].get(k, '')})")
+    typer.echo(f"{res['n_images']} images, beam {beam}; skipped {res['skipped']}")
+
+
+def caption_export_cmd(
+    model: Path = typer.Option(..., help="captioner checkpoint"), out: Path = typer.Option(..., help="output folder"),
+    check: bool = typer.Option(True, help="compare ONNX Runtime and torch greedy captions on random inputs"),
+):
+    """Export encoder + decoder step to ONNX (caption_encoder.onnx, caption_decoder_step.onnx, caption_meta.json)."""
+    import torch
+
+    from edgeclip.export.caption import OrtCaptioner, export_captioner
+    from edgeclip.models.captioner import load_captioner
+    from edgeclip.models.decode import generate
+
+    m, pp, _ = load_captioner(model)
+    paths = export_captioner(m, pp, out)
+    if check:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(4, 3, pp.size, pp.size, generator=g)
+        same = generate(m, x, beam=1) == OrtCaptioner(out).caption(x, beam=1)
+        paths["greedy_captions_match_torch"] = same
+        if not same:
+            raise EdgeClipError("ONNX Runtime greedy captions differ from torch's")
+    typer.echo(json.dumps(paths, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("caption")(caption_cmd)
+    app.command("caption-train")(caption_train_cmd)
+    app.command("caption-eval")(caption_eval_cmd)
+    app.command("caption-export")(caption_export_cmd)

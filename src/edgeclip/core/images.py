@@ -1,0 +1,119 @@
+"""Decode any image file into RGB (or a raw array) with one clear error on failure.
+
+Handles CMYK, L/LA/P/RGBA, 16-bit and float images, EXIF rotation, and refuses truncated files
+instead of silently padding them with grey.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from edgeclip.core.errors import ImageLoadError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+Source = Union[str, os.PathLike, bytes, io.BytesIO]
+
+
+def _open(src: Source) -> Image.Image:
+    name = "<bytes>" if isinstance(src, (bytes, io.BytesIO)) else str(src)
+    try:
+        if isinstance(src, bytes):
+            src = io.BytesIO(src)
+        elif not isinstance(src, io.BytesIO):
+            p = Path(src)
+            if not p.exists():
+                raise ImageLoadError(f"image not found: {p}")
+            if p.is_dir():
+                raise ImageLoadError(f"expected an image file, got a directory: {p}")
+            if p.stat().st_size == 0:
+                raise ImageLoadError(f"empty image file: {p}")
+        img = Image.open(src)
+        img.load()  # force full decode so truncation is detected here
+        return img
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"not a readable image: {name}") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt payloads
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageLoadError(f"corrupt or truncated image {name}: {msg}") from None
+    except Image.DecompressionBombError:
+        raise ImageLoadError(f"image too large to decode safely: {name}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB (16-bit and float images are rescaled, alpha is flattened on white)."""
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF must not make an image unreadable
+        pass
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        return Image.fromarray(_to_uint8(arr)).convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return np.zeros(arr.shape, np.uint8)
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    out = (np.clip(np.where(finite, arr, lo), lo, hi) - lo) / (hi - lo) * 255.0
+    return out.round().astype(np.uint8)
+
+
+def load_image(src: Source) -> Image.Image:
+    """Load ``src`` as an RGB PIL image, or raise :class:`ImageLoadError` with one clear line."""
+    return to_rgb(_open(src))
+
+
+def load_array(src: Source) -> np.ndarray:
+    """Load ``src`` without colour conversion: HxW or HxWxC array in its own dtype (e.g. uint16 depth).
+
+    Multi-band TIFFs that PIL cannot open are read with ``tifffile`` when it is installed.
+    """
+    try:
+        img = _open(src)
+    except ImageLoadError:
+        if isinstance(src, (str, os.PathLike)) and str(src).lower().endswith((".tif", ".tiff")):
+            try:
+                import tifffile  # optional
+
+                return np.asarray(tifffile.imread(str(src)))
+            except ImportError:
+                pass
+            except Exception as e:  # pragma: no cover - depends on file
+                raise ImageLoadError(f"corrupt TIFF {src}: {e}") from None
+        raise
+    frames = []
+    try:
+        n = getattr(img, "n_frames", 1)
+    except Exception:
+        n = 1
+    if n > 1 and img.format == "TIFF":  # multi-page TIFF = multi-band image
+        for i in range(n):
+            img.seek(i)
+            frames.append(np.asarray(img))
+        return np.stack(frames, axis=-1)
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(img, dtype=np.uint16)
+    if img.mode == "P":
+        img = img.convert("RGB")
+    return np.asarray(img)

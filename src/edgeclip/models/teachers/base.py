@@ -1,0 +1,75 @@
+"""The uniform teacher interface every loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeclip.core.errors import EdgeClipError
+
+
+@dataclass
+class Teacher:
+    """A CLIP-style teacher: image encoder, text encoder + tokenizer, preprocessing, embed dim, logit scale.
+
+    ``id`` identifies the exact weights and is recorded in caches and students; ``spec`` is how to load it.
+    """
+
+    spec: str
+    id: str
+    image_encoder: nn.Module  # (B,3,H,W) -> (B,D), unnormalised
+    text_encoder: Callable[[Any], torch.Tensor]  # tokens -> (B,D)
+    tokenizer: Callable[[Sequence[str]], Any]
+    preprocess: Callable  # PIL -> (3,H,W) tensor
+    preprocess_desc: str
+    image_size: int
+    embed_dim: int
+    logit_scale: float
+    mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073)
+    std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711)
+    extra: Dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def to(self, device: str) -> "Teacher":
+        self.image_encoder.to(device)
+        mover = getattr(self.text_encoder, "to", None)
+        if callable(mover):
+            mover(device)
+        self.device = device
+        return self
+
+    def eval(self) -> "Teacher":
+        self.image_encoder.eval()
+        ev = getattr(self.text_encoder, "eval", None)
+        if callable(ev):
+            ev()
+        return self
+
+    @torch.no_grad()
+    def encode_image(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise EdgeClipError(f"teacher expects (B,3,H,W) images, got {tuple(x.shape)}")
+        f = self.image_encoder(x.to(self.device)).float()
+        return F.normalize(f, dim=-1) if normalize else f
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
+        texts = list(texts)
+        if not texts:
+            raise EdgeClipError("no text prompts given (the label list is empty)")
+        outs: List[torch.Tensor] = []
+        for i in range(0, len(texts), batch_size):
+            toks = self.tokenizer(texts[i:i + batch_size])
+            toks = {k: v.to(self.device) for k, v in toks.items()} if isinstance(toks, dict) else toks.to(self.device)
+            f = self.text_encoder(toks).float()
+            outs.append(F.normalize(f, dim=-1) if normalize else f)
+        return torch.cat(outs)
+
+    def describe(self) -> Dict[str, Any]:
+        """What a cache, a student or a bundle records about its teacher."""
+        return {"spec": self.spec, "id": self.id, "embed_dim": self.embed_dim, "logit_scale": self.logit_scale,
+                "image_size": self.image_size, "preprocess": self.preprocess_desc}

@@ -1,0 +1,68 @@
+"""``reference-lit``: the offline reference teacher.
+
+An image tower (any student backbone + projection) trained with a LiT objective (locked text tower)
+against the frozen, real all-MiniLM-L6-v2 text encoder. It is saved as a checkpoint that
+``load_teacher('reference-lit:/path/teacher.pt')`` (or just the path) loads like any CLIP teacher.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from edgeclip.core.errors import CheckpointError, EdgeClipError
+from edgeclip.core.io import read_checkpoint, save_checkpoint, sha256_file
+from edgeclip.data.transforms import Preprocess
+from edgeclip.models.teachers.base import Teacher
+from edgeclip.models.teachers.minilm import (
+    TEXT_DIM,
+    TEXT_MODEL_ID,
+    embed_texts,
+    shared_text_tower,
+)
+
+REFERENCE_FORMAT = "edgeclip-reference-lit/1"
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+def class_prompt_embeddings(classes: Sequence[str], templates: Sequence[str], device: str = "cpu") -> torch.Tensor:
+    """Template-ensembled, normalised text embeddings (C, D) of ``classes``."""
+    if not classes:
+        raise EdgeClipError("no class names / labels given")
+    if not templates:
+        raise EdgeClipError("no prompt templates given")
+    for t in templates:
+        if "{}" not in t:
+            raise EdgeClipError(f"prompt template {t!r} has no '{{}}' placeholder")
+    per_t = [embed_texts([t.format(c) for c in classes], device) for t in templates]
+    return F.normalize(torch.stack(per_t).mean(0), dim=-1)
+
+
+def save_reference(tower, path: Path, preprocess: Preprocess, logit_scale: float, info: Dict) -> None:
+    save_checkpoint(path, REFERENCE_FORMAT, tower.state_dict(), tower_config=tower.config,
+                    preprocess=preprocess.to_dict(), text_model=TEXT_MODEL_ID, embed_dim=TEXT_DIM,
+                    logit_scale=logit_scale, info=info)
+
+
+def load_reference(spec: str, device: str = "cpu") -> Teacher:
+    from edgeclip.models.student import Student
+
+    path = Path(spec.split(":", 1)[1] if spec.startswith("reference-lit:") else spec)
+    if not path.is_file():
+        raise CheckpointError(f"reference teacher checkpoint not found: {path} "
+                              "(train one with: edgeclip teacher train-reference --data IMAGEFOLDER --out DIR)")
+    ck = read_checkpoint(path, REFERENCE_FORMAT, "reference-lit teacher")
+    cfg = dict(ck["tower_config"])
+    tower = Student(cfg.pop("arch"), cfg.pop("embed_dim"), **cfg)
+    tower.load_state_dict(ck["state_dict"])
+    tower.eval().to(device)
+    pp = Preprocess.from_dict(ck["preprocess"])
+    text = shared_text_tower().to(device)
+    return Teacher(spec=f"reference-lit:{path}", id=f"reference-lit:sha256:{sha256_file(path)[:16]}",
+                   image_encoder=tower, text_encoder=text, tokenizer=text.tokenize, preprocess=pp.torch_transform(),
+                   preprocess_desc=pp.describe(), image_size=pp.size, embed_dim=int(ck["embed_dim"]),
+                   logit_scale=float(ck["logit_scale"]), mean=pp.mean, std=pp.std,
+                   extra={"info": ck.get("info", {}), "arch": tower.arch}, device=device)

@@ -1,0 +1,369 @@
+"""Training and evaluation of the captioner.
+
+Loss = alpha * MSE(pooled student feature projected to the teacher's embedding, cached teacher embedding)
+     + beta  * cross-entropy of the next word (teacher forcing), alpha/beta default 0.7/0.3.
+The MSE is edgeclip's ``mse`` distillation loss (between L2-normalised embeddings); the teacher
+embeddings come from an :class:`~edgeclip.train.cache.EmbeddingCache` (built on first use).
+
+Training runs on :func:`edgeclip.train.engine.fit` (AdamW, warm-up + cosine schedule, gradient clipping,
+atomic ``last.ckpt`` + resume); images are held in memory as uint8 and augmented per batch (random
+crop from a reflection-padded image + horizontal flip). After each epoch the val split is captioned
+(greedy) and scored with CIDEr; the best epoch is kept as ``captioner.pt`` and training stops after
+``patience`` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeclip.core.errors import CheckpointError, EdgeClipError
+from edgeclip.core.io import read_json, write_json
+from edgeclip.data.captions import CaptionSet, load_captions
+from edgeclip.data.memory import augment_batch, normalize, preload
+from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
+from edgeclip.data.vocab import PAD_ID, Vocab
+from edgeclip.metrics import score_captions
+from edgeclip.models.captioner import (
+    Captioner,
+    build_captioner,
+    init_encoder_from_student,
+    save_captioner,
+)
+from edgeclip.models.decode import generate
+from edgeclip.train.engine import TrainConfig, fit
+
+# batch_size counts images; with captions_per_image 4 a step sees 64 (image, caption) pairs, the published batch,
+# and an epoch has ~5x the optimiser steps of 64 images x 5 captions (the decoder's gradient signal per epoch).
+DEFAULT_TRAIN = {"lr": 1.5e-4, "batch_size": 16, "grad_clip": 5.0, "epochs": 30, "weight_decay": 1e-4,
+                 "warmup_epochs": 0.5, "min_lr_ratio": 0.05}
+
+
+@dataclass
+class CaptionTrainConfig:
+    data: str = ""  # captions file (COCO JSON, Karpathy JSON, Flickr token.txt, IMAGE, caption CSV)
+    images: Optional[str] = None  # images folder (default: found next to the captions file)
+    splits: Optional[str] = None  # splits JSON / name list (default: splits.json next to a CSV/Flickr file)
+    train_split: Optional[str] = "train"
+    val_split: Optional[str] = "val"
+    val_data: Optional[str] = None  # a separate captions file for validation (e.g. COCO val JSON)
+    val_images: Optional[str] = None
+    teacher: Optional[str] = None  # teacher spec (for the distillation cache)
+    cache: Optional[str] = None  # teacher-embedding cache folder (default: OUT/teacher-cache, built when missing)
+    alpha: float = 0.7
+    beta: float = 0.3
+    out: str = "runs/caption"
+    model: Dict[str, Any] = field(default_factory=dict)  # CaptionModelConfig fields
+    vocab: Dict[str, Any] = field(default_factory=lambda: {"min_count": 5, "max_len": 20})
+    captions_per_image: int = 4  # captions decoded per encoded image in a batch (a random subset each epoch)
+    augment: Dict[str, Any] = field(default_factory=lambda: {"pad": 16, "flip": True})
+    train: Dict[str, Any] = field(default_factory=dict)  # TrainConfig fields (defaults: DEFAULT_TRAIN)
+    patience: int = 5  # early stopping on val CIDEr (0: off)
+    val_beam: int = 1
+    val_max_images: int = 0
+    max_images: int = 0  # train on the first N images (smoke tests)
+    weights: Optional[str] = None  # local ImageNet weights for the backbone (.pth)
+    init: Optional[str] = None  # edgeclip student checkpoint (a distilled encoder) to start the encoder from
+
+
+def _vocab_cfg(cfg: CaptionTrainConfig) -> Tuple[int, int]:
+    v = dict(cfg.vocab or {})
+    unknown = set(v) - {"min_count", "max_len", "max_size"}
+    if unknown:
+        raise EdgeClipError(f"unknown vocab keys: {', '.join(sorted(unknown))} (min_count, max_len, max_size)")
+    return int(v.get("min_count", 5)), int(v.get("max_len", 20))
+
+
+class CaptionTrainSet(torch.utils.data.Dataset):
+    """(uint8 image, k caption token rows (k, T), teacher embedding (D,)) per image."""
+
+    def __init__(self, images: torch.Tensor, captions: List[List[List[int]]], targets: torch.Tensor, k: int, T: int):
+        self.images, self.captions, self.targets, self.k, self.T = images, captions, targets, k, T
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i):
+        caps = self.captions[i]
+        n = len(caps)
+        idx = torch.randperm(n)[: self.k] if n >= self.k else torch.randint(0, n, (self.k,))
+        return self.images[i], pad_ids([caps[j] for j in idx.tolist()], self.T), self.targets[i]
+
+
+def pad_ids(rows: List[List[int]], length: int) -> torch.Tensor:
+    """Token id rows -> (len(rows), length) tensor, each row cut to ``length`` and padded with <pad>."""
+    toks = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
+    for r, ids in enumerate(rows):
+        ids = ids[:length]
+        toks[r, : len(ids)] = torch.tensor(ids)
+    return toks
+
+
+def next_word_ce(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of teacher-forced ``logits`` (N, T-1, V) against ``tokens`` (N, T) shifted by one; <pad> ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1),
+                           ignore_index=PAD_ID, reduction=reduction)
+
+
+def _prepare(cs: CaptionSet, size: int, progress: bool):
+    x, kept, skipped = preload([it.record() for it in cs.items], size, progress=progress)
+    return x, [cs.items[i] for i in kept], skipped
+
+
+def caption_loss(model: Captioner, x: torch.Tensor, tokens: torch.Tensor, target: Optional[torch.Tensor],
+                 alpha: float, beta: float, k: int, mse) -> Dict[str, torch.Tensor]:
+    logits, emb = model(x, tokens, k)
+    ce = next_word_ce(logits, tokens)
+    out = {"ce": ce}
+    loss = beta * ce
+    if alpha > 0 and target is not None:
+        d = mse(emb, target)
+        out["mse"] = d
+        loss = loss + alpha * d
+    out["loss"] = loss
+    return out
+
+
+@torch.no_grad()
+def caption_tensor(model: Captioner, x_uint8: torch.Tensor, pp: Preprocess, beam: int, max_len: int,
+                   batch_size: int = 32, length_penalty: float = 1.0) -> List[str]:
+    dev = next(model.parameters()).device
+    out: List[str] = []
+    for i in range(0, len(x_uint8), batch_size):
+        xb = normalize(x_uint8[i:i + batch_size].to(dev), pp.mean, pp.std)
+        out.extend(generate(model, xb, beam=beam, max_len=max_len, length_penalty=length_penalty))
+    return out
+
+
+def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Train (or resume) a captioner; writes OUT/captioner.pt (best val CIDEr), captioner_last.pt, history.json."""
+    if not cfg.data:
+        raise EdgeClipError("no captions file given (`data:` in the config)")
+    if cfg.alpha < 0 or cfg.beta < 0 or cfg.alpha + cfg.beta <= 0:
+        raise EdgeClipError(f"alpha ({cfg.alpha}) and beta ({cfg.beta}) must be >= 0 and not both 0")
+    if cfg.captions_per_image < 1:
+        raise EdgeClipError("captions_per_image must be >= 1")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tcfg = TrainConfig(**{**DEFAULT_TRAIN, **(cfg.train or {})})
+    min_count, max_len = _vocab_cfg(cfg)
+    mcfg = dict(cfg.model or {})
+
+    train_set = load_captions(cfg.data, cfg.images, cfg.train_split, cfg.splits)
+    if cfg.max_images:
+        train_set.items = train_set.items[: cfg.max_images]
+    val_set = None
+    if cfg.val_data or cfg.val_split:
+        val_set = load_captions(cfg.val_data or cfg.data, cfg.val_images or (cfg.images if not cfg.val_data else None),
+                                cfg.val_split if cfg.val_data is None else None, cfg.splits if not cfg.val_data else None)
+        if cfg.val_max_images:
+            val_set.items = val_set.items[: cfg.val_max_images]
+
+    vocab = Vocab.build(train_set.all_captions(), min_count=min_count, max_size=int((cfg.vocab or {}).get("max_size", 0)))
+    vpath = out / "vocab.json"
+    if resume and vpath.is_file():
+        old = Vocab.from_dict(read_json(vpath))
+        if old.fingerprint() != vocab.fingerprint():
+            raise CheckpointError(f"vocabulary mismatch: {out} was trained with a {len(old)}-word vocabulary, the data now "
+                                  f"gives {len(vocab)} words (data or vocab settings changed); use another --out")
+    write_json(vpath, vocab.to_dict())
+
+    # teacher embeddings (distillation targets)
+    teacher_desc = None
+    cache = None
+    if cfg.alpha > 0:
+        from edgeclip.train.cache import EmbeddingCache, build_cache
+
+        cache_dir = Path(cfg.cache) if cfg.cache else out / "teacher-cache"
+        recs = [it.record() for it in train_set.items]
+        if cfg.teacher:
+            from edgeclip.models.teachers import load_teacher
+
+            teacher = load_teacher(cfg.teacher, device="cpu")
+            teacher_desc = teacher.describe()
+            if not all(r.key in _cached_keys(cache_dir) for r in recs):
+                build_cache(recs, teacher, cache_dir, views=1, progress=progress)
+            cache = EmbeddingCache(cache_dir)
+            cache.check_teacher(teacher_desc)
+        elif (cache_dir / "meta.json").is_file():
+            cache = EmbeddingCache(cache_dir)
+            teacher_desc = cache.teacher
+        else:
+            raise EdgeClipError("alpha > 0 needs a teacher (`teacher:`) or a built teacher-embedding cache (`cache:`); "
+                                "set alpha: 0 to train without distillation")
+        mcfg.setdefault("teacher_dim", cache.dim)
+        if int(mcfg["teacher_dim"]) != cache.dim:
+            raise EdgeClipError(f"model.teacher_dim {mcfg['teacher_dim']} != teacher embedding size {cache.dim}")
+    elif cfg.teacher and "teacher_dim" not in mcfg:
+        from edgeclip.models.teachers import load_teacher
+
+        teacher_desc = load_teacher(cfg.teacher, device="cpu").describe()
+        mcfg["teacher_dim"] = teacher_desc["embed_dim"]  # same architecture as the distilled run
+
+    model = build_captioner(vocab, mcfg, weights=cfg.weights)
+    init_info = init_encoder_from_student(model, cfg.init) if cfg.init else None
+    size = model.cfg.img_size
+    pp = Preprocess(size=size, mean=CLIP_MEAN, std=CLIP_STD)
+
+    x, items, skipped = _prepare(train_set, size, progress)
+    if cache is not None:
+        have = [i for i, it in enumerate(items) if it.record().key in cache]
+        not_cached = len(items) - len(have)
+        x, items = x[have], [items[i] for i in have]
+        targets = torch.from_numpy(cache.get_many([it.record().key for it in items])[:, 0].astype(np.float32))
+    else:
+        not_cached = 0
+        targets = torch.zeros(len(items), 1)
+    if not items:
+        raise EdgeClipError(f"no trainable images in {cfg.data} (skipped: {train_set.skipped}, unreadable: {len(skipped)})")
+    caps = [[vocab.encode(c, max_len) for c in it.captions] for it in items]
+    dataset = CaptionTrainSet(x, caps, targets, cfg.captions_per_image, max_len + 2)
+
+    val = None
+    if val_set is not None:
+        vx, vitems, vskipped = _prepare(val_set, size, progress=False)
+        oov = vocab.oov_rate(c for it in vitems for c in it.captions)
+        if oov > 0.5:
+            raise EdgeClipError(f"vocabulary mismatch: {oov:.0%} of the validation words are not in the training "
+                                "vocabulary (another language or dataset?)")
+        val = (vx, {it.name: it.captions for it in vitems}, [it.name for it in vitems])
+
+    from edgeclip.losses import build_loss
+
+    mse = build_loss("mse")
+    aug = dict(cfg.augment or {})
+    pad, flip = int(aug.get("pad", 16)), bool(aug.get("flip", True))
+    k = cfg.captions_per_image
+
+    def step(m, batch):
+        img, toks, tgt = batch
+        xb = normalize(augment_batch(img, pad=pad, flip=flip), pp.mean, pp.std)
+        return caption_loss(m, xb, toks.reshape(-1, toks.shape[-1]), tgt if cache is not None else None,
+                            cfg.alpha, cfg.beta, k, mse)
+
+    extra_base = {"train_config": asdict(cfg), "n_train_images": len(items), "vocab_size": len(vocab), "init": init_info,
+                  "skipped": {"captions": train_set.skipped, "unreadable_images": len(skipped),
+                              "not_in_cache": not_cached}}
+    state = {"best": float("-inf"), "best_epoch": 0, "bad": 0}
+    hist_path = out / "history.json"
+    if resume and (out / "best.json").is_file():
+        state.update(read_json(out / "best.json"))
+
+    def on_epoch_end(m, epoch, rec):
+        if val is None:
+            return {}
+        t0 = time.time()
+        raw = _unwrap(m)
+        hyps = caption_tensor(raw, val[0], pp, cfg.val_beam, max_len)
+        sc = score_captions(val[1], dict(zip(val[2], hyps)), metrics=("CIDEr",))
+        cider = sc["CIDEr"]
+        res = {"val_cider": cider, "val_seconds": time.time() - t0, "val_sample": hyps[0] if hyps else ""}
+        if cider > state["best"]:
+            state.update(best=cider, best_epoch=epoch, bad=0)
+            save_captioner(raw, out / "captioner.pt", pp, teacher_desc,
+                           {**extra_base, "epoch": epoch, "val_cider": cider})
+        else:
+            state["bad"] += 1
+        write_json(out / "best.json", state)
+        if cfg.patience and state["bad"] >= cfg.patience:
+            res["stop_training"] = True
+        return res
+
+    def save(m, out_dir: Path, history):
+        last = history["epochs"][-1] if history["epochs"] else {}
+        save_captioner(m, out_dir / "captioner_last.pt", pp, teacher_desc,
+                       {**extra_base, "epoch": last.get("epoch"), "val_cider": last.get("val_cider")})
+        if val is None or not (out_dir / "captioner.pt").is_file():
+            save_captioner(m, out_dir / "captioner.pt", pp, teacher_desc, {**extra_base, "epoch": last.get("epoch")})
+
+    hist = fit(tcfg, model, dataset, step, out, resume=resume, save_fn=save,
+               on_epoch_end=on_epoch_end if val is not None else None, progress=progress)
+    hist["best"] = dict(state)
+    hist["params"] = model.param_counts()
+    hist["init"] = init_info
+    hist["data"] = {"train": train_set.summary(), "val": val_set.summary() if val_set else None,
+                    "unreadable_train_images": skipped, "not_in_cache": not_cached}
+    write_json(hist_path, hist)
+    return hist
+
+
+def _cached_keys(cache_dir: Path):
+    from edgeclip.train.cache import EmbeddingCache
+
+    if not (cache_dir / "meta.json").is_file():
+        return set()
+    return EmbeddingCache(cache_dir)._index
+
+
+def _unwrap(m):
+    from edgeclip.train.engine import _unwrap as u
+
+    return u(m)
+
+
+def evaluate_captioner(model: Captioner, pp: Preprocess, cs: CaptionSet, beam: int = 5, max_len: int = 20,
+                       batch_size: int = 32, length_penalty: float = 1.0, samples: int = 10,
+                       progress: bool = False, allow_vocab_mismatch: bool = False) -> Dict[str, Any]:
+    """Caption every image of ``cs`` and score against its references (all metrics + sample captions)."""
+    oov = model.vocab.oov_rate(cs.all_captions())
+    if oov > 0.5 and not allow_vocab_mismatch:
+        raise EdgeClipError(f"vocabulary mismatch: {oov:.0%} of the reference words are unknown to the model's "
+                            f"{len(model.vocab)}-word vocabulary (wrong language or dataset?)")
+    x, items, skipped = _prepare(cs, pp.size, progress)
+    if not items:
+        raise EdgeClipError("no readable images to caption")
+    t0 = time.time()
+    hyps = caption_tensor(model, x, pp, beam, max_len, batch_size, length_penalty)
+    dt = time.time() - t0
+    names = [it.name for it in items]
+    sc = score_captions({it.name: it.captions for it in items}, dict(zip(names, hyps)))
+    return {"metrics": {k: v for k, v in sc.items() if k not in ("unavailable", "tokenizer", "n")},
+            "unavailable": sc["unavailable"], "tokenizer": sc["tokenizer"], "n_images": len(items),
+            "beam": beam, "max_len": max_len, "length_penalty": length_penalty, "reference_oov_rate": oov,
+            "decode_seconds": dt, "skipped": {"captions": cs.skipped, "unreadable_images": len(skipped)},
+            "samples": [{"image": n, "caption": h, "references": it.captions} for n, h, it in
+                        list(zip(names, hyps, items))[:samples]],
+            "captions": dict(zip(names, hyps))}
+
+
+@torch.no_grad()
+def image_grounding(model: Captioner, pp: Preprocess, cs: CaptionSet, max_len: int = 20, batch_size: int = 32,
+                    seed: int = 0) -> Dict[str, Any]:
+    """How much the decoder uses the image: reference-caption cross-entropy (nats/word, teacher forcing) with each
+    image's own encoder state vs with another image's (a fixed derangement). A decoder that ignores the image
+    has a gain near 0, however good its language model; greedy/beam captions then collapse to a few sentences."""
+    model.eval()
+    x, items, _ = _prepare(cs, pp.size, progress=False)
+    if len(items) < 2:
+        raise EdgeClipError("image_grounding needs at least 2 readable images")
+    states = [model.encode(normalize(x[i:i + batch_size], pp.mean, pp.std)) for i in range(0, len(x), batch_size)]
+    state = tuple(torch.cat(parts) for parts in zip(*states))
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(items), generator=g)
+    perm = torch.where(perm == torch.arange(len(items)), torch.roll(perm, 1), perm)  # nobody keeps its own image
+    rows, owner = [], []
+    for i, it in enumerate(items):
+        for cap in it.captions:
+            rows.append(model.vocab.encode(cap, max_len))
+            owner.append(i)
+    tok = pad_ids(rows, max(len(r) for r in rows))
+    owner_t = torch.tensor(owner)
+
+    def ce(index: torch.Tensor) -> float:
+        tot, n = 0.0, 0
+        for i in range(0, len(rows), 256):
+            sl = slice(i, i + 256)
+            st = tuple(t[index[sl]] for t in state)
+            tot += float(next_word_ce(model.teacher_forced(st, tok[sl]), tok[sl], reduction="sum"))
+            n += int((tok[sl, 1:] != PAD_ID).sum())
+        return tot / n
+
+    own, other = ce(owner_t), ce(perm[owner_t])
+    return {"ce_own_image": own, "ce_other_image": other, "gain_nats_per_word": other - own,
+            "n_images": len(items), "n_captions": len(rows)}

@@ -1,0 +1,147 @@
+"""Label images (whole, grid cells or boxes) with a teacher or a distilled student."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from edgeclip.core.errors import EdgeClipError, ImageLoadError
+from edgeclip.data.sources import ImageRecord
+from edgeclip.data.transforms import apply_view, grid_boxes
+from edgeclip.zeroshot.text import text_embeddings
+
+
+@dataclass
+class Embedder:
+    """PIL images -> normalised embeddings, plus the teacher whose text tower names them."""
+
+    name: str
+    embed_fn: Callable[[List], torch.Tensor]
+    teacher: object  # provides encode_text / id / embed_dim / logit_scale
+    info: Dict = field(default_factory=dict)
+
+    def embed(self, images: List) -> torch.Tensor:
+        return F.normalize(self.embed_fn(images).float(), dim=-1)
+
+    def text(self, labels: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        return text_embeddings(self.teacher, labels, templates)
+
+
+def load_embedder(teacher: Optional[str] = None, student: Optional[str] = None, device: str = "cpu") -> Embedder:
+    """A teacher (``--teacher``) or a student checkpoint (``--student``; its own teacher names the labels)."""
+    from edgeclip.models.teachers import load_teacher
+
+    if student:
+        from edgeclip.models.student import load_student
+
+        st, pp, ck = load_student(student, map_location=device)
+        st.to(device)
+        t_spec = teacher or ck["teacher"]["spec"]
+        t = load_teacher(t_spec, device=device)
+        if t.id != ck["teacher"]["id"]:
+            raise EdgeClipError(f"student {student} was distilled from {ck['teacher']['id']}, not {t.id}: "
+                                "its embeddings do not live in this teacher's text space")
+        if t.embed_dim != st.embed_dim:
+            raise EdgeClipError(f"student head gives {st.embed_dim}-d embeddings, teacher text is {t.embed_dim}-d")
+        tf = pp.torch_transform()
+
+        @torch.no_grad()
+        def fn(imgs):
+            return st(torch.stack([tf(i) for i in imgs]).to(device))
+
+        return Embedder(f"student:{Path(student).name}", fn, t, {"arch": st.arch, "params": sum(p.numel() for p in st.parameters())})
+    if not teacher:
+        raise EdgeClipError("give --teacher SPEC or --student CHECKPOINT (or --bundle DIR)")
+    t = load_teacher(teacher, device=device)
+
+    @torch.no_grad()
+    def tfn(imgs):
+        return t.encode_image(torch.stack([t.preprocess(i) for i in imgs]).to(device), normalize=False)
+
+    return Embedder(f"teacher:{t.id}", tfn, t, {})
+
+
+def read_boxes(path: str | Path) -> Dict[str, List[Tuple[float, float, float, float]]]:
+    """``{"image.jpg": [[x0, y0, x1, y1], ...]}`` in pixels (values > 1) or relative (all <= 1)."""
+    p = Path(path)
+    if not p.is_file():
+        raise EdgeClipError(f"boxes file not found: {p}")
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise EdgeClipError(f"{p} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise EdgeClipError(f"{p}: expected an object mapping image names to box lists")
+    out = {}
+    for k, boxes in d.items():
+        for b in boxes:
+            if len(b) != 4 or not (b[2] > b[0] and b[3] > b[1]):
+                raise EdgeClipError(f"{p}: bad box {b} for {k} (need [x0, y0, x1, y1] with x1>x0, y1>y0)")
+        out[k] = [tuple(map(float, b)) for b in boxes]
+    return out
+
+
+def _regions(img, name: str, grid: int, boxes: Optional[Dict]) -> List[Tuple[Optional[list], object]]:
+    if boxes is not None:
+        bl = boxes.get(name) or boxes.get(Path(name).name)
+        if not bl:
+            return []
+        W, H = img.size
+        out = []
+        for b in bl:
+            rel = b if max(b) <= 1.0 else (b[0] / W, b[1] / H, b[2] / W, b[3] / H)
+            rel = tuple(min(1.0, max(0.0, v)) for v in rel)
+            out.append((list(b), apply_view(img, rel, False)))
+        return out
+    if grid and grid > 1:
+        W, H = img.size
+        return [([round(b[0] * W), round(b[1] * H), round(b[2] * W), round(b[3] * H)], apply_view(img, b, False))
+                for b in grid_boxes(grid)]
+    return [(None, img)]
+
+
+def label_images(records: Iterable[ImageRecord], embedder: Embedder, labels: Sequence[str],
+                 templates: Sequence[str], topk: int = 5, grid: int = 0, boxes: Optional[Dict] = None,
+                 batch_size: int = 32, stats: Optional[Dict] = None) -> Iterator[Dict]:
+    """Yield one row per image (or region): image, region, labels, scores (softmax), cosines."""
+    temb = embedder.text(labels, templates)
+    scale = float(getattr(embedder.teacher, "logit_scale", 100.0))
+    k = max(1, min(topk, len(labels)))
+    stats = stats if stats is not None else {}
+    stats.setdefault("images", 0)
+    stats.setdefault("skipped", [])
+    pending: List[Tuple[str, Optional[list], object]] = []
+
+    for r in records:
+        try:
+            img = r.load()
+        except ImageLoadError as e:
+            stats["skipped"].append(str(e))
+            continue
+        stats["images"] += 1
+        for region, im in _regions(img, r.name, grid, boxes):
+            pending.append((r.name, region, im))
+        if len(pending) >= batch_size:
+            yield from _emit(pending, embedder, temb, scale, k, labels)
+    yield from _emit(pending, embedder, temb, scale, k, labels)
+
+
+def _emit(pending, embedder, temb, scale, k, labels):
+    if not pending:
+        return
+    e = embedder.embed([p[2] for p in pending])
+    cos = e @ temb.to(e.device).t()
+    prob = (scale * cos).softmax(-1)
+    top = prob.topk(k, dim=-1)
+    for j, ((name, region, _), idx, sc) in enumerate(zip(pending, top.indices.tolist(), top.values.tolist())):
+        row = {"image": name, "labels": [labels[i] for i in idx], "scores": [round(s, 4) for s in sc],
+               "cosines": [round(float(cos[j, i]), 4) for i in idx]}
+        if region is not None:
+            row["region"] = region
+        yield row
+    pending.clear()

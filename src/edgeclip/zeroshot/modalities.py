@@ -1,0 +1,131 @@
+"""Zero-shot top-1 per modality: the teacher on RGB, fp32 students and int8 ONNX models on every modality."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.io import read_json
+from edgeclip.data.pairs import PairTensors, normalize_modality
+from edgeclip.models.pair import PairStudent
+from edgeclip.zeroshot.text import DEFAULT_TEMPLATES, text_embeddings
+
+# an embedder: (modality, [0,1] batch after the data-side adapter) -> (B, D) embeddings
+Embed = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def torch_embedder(model: PairStudent) -> Embed:
+    model.eval()
+
+    @torch.no_grad()
+    def f(m: str, x01: torch.Tensor) -> torch.Tensor:
+        return model.embed_unit(x01, m)
+
+    return f
+
+
+def onnx_sessions(exports: Dict[str, str]) -> Dict:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    made: Dict[str, object] = {}
+    out = {}
+    for m, path in exports.items():
+        if not Path(path).is_file():
+            raise EdgeClipError(f"ONNX model for {m} not found: {path}")
+        if path not in made:
+            made[path] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        out[m] = made[path]
+    return out
+
+
+def onnx_embedder(exports: Dict[str, str], specs: Dict) -> Embed:
+    """Embedder over exported ONNX models (one per modality, possibly shared)."""
+    sess = onnx_sessions(exports)
+
+    def f(m: str, x01: torch.Tensor) -> torch.Tensor:
+        if m not in sess:
+            raise EdgeClipError(f"no ONNX model for modality {m} (have: {', '.join(sess)})")
+        s = sess[m]
+        x = normalize_modality(x01, specs[m]).numpy()
+        return torch.from_numpy(s.run(None, {s.get_inputs()[0].name: x})[0])
+
+    return f
+
+
+def exported_embedder(result_json: str | Path) -> Embed:
+    """Embedder of a ``qat.json`` / ``ptq.json`` written by ``edgeclip qat`` / ``edgeclip ptq``."""
+    from edgeclip.data.pairs import ModalitySpec
+
+    r = read_json(result_json)
+    specs = {m: ModalitySpec.from_dict(d) for m, d in r["specs"].items()}
+    return onnx_embedder(r["exports"], specs)
+
+
+def teacher_embedder(teacher, primary: str) -> Embed:
+    @torch.no_grad()
+    def f(m: str, x01: torch.Tensor) -> torch.Tensor:
+        if m != primary:
+            raise EdgeClipError("the teacher only sees RGB")
+        x = x01.float()
+        if x.shape[-1] != teacher.image_size:
+            x = F.interpolate(x, size=(teacher.image_size,) * 2, mode="bicubic", align_corners=False).clamp(0, 1)
+        mean = torch.tensor(teacher.mean).view(1, -1, 1, 1)
+        std = torch.tensor(teacher.std).view(1, -1, 1, 1)
+        return teacher.encode_image((x - mean) / std)
+
+    return f
+
+
+def zero_shot(embed: Embed, data: PairTensors, modality: str, text_emb: torch.Tensor,
+              labels: torch.Tensor, bs: int = 256) -> Dict[str, float]:
+    correct, n = 0, 0
+    t0 = time.perf_counter()
+    for i in range(0, len(data), bs):
+        e = F.normalize(embed(modality, data.x[modality][i:i + bs]).float(), dim=-1)
+        correct += int(((e @ text_emb.t()).argmax(1) == labels[i:i + bs]).sum())
+        n += e.shape[0]
+    dt = time.perf_counter() - t0
+    return {"top1": correct / max(1, n), "n": n, "images_per_s": n / dt if dt > 0 else 0.0}
+
+
+def evaluate_pairs(data: PairTensors, classes: Sequence[str], primary: str, modalities: Sequence[str],
+                   models: Dict[str, Embed], teacher=None, templates: Sequence[str] = DEFAULT_TEMPLATES,
+                   class_subset: Optional[List[str]] = None) -> Dict:
+    """Top-1 of every model on every modality (and the teacher on RGB).
+
+    ``class_subset``: evaluate only on the images of these classes, choosing among them (unseen classes).
+    """
+    if teacher is None:
+        raise EdgeClipError("evaluation needs the teacher (its text tower names the classes)")
+    if data.labels is None:
+        raise EdgeClipError("evaluation needs labelled pairs (class sub-folders)")
+    names = [c.replace("_", " ") for c in classes]
+    labels = data.labels
+    keep = torch.ones(len(data), dtype=torch.bool)
+    if class_subset:
+        bad = [c for c in class_subset if c not in names]
+        if bad:
+            raise EdgeClipError(f"unknown class {bad[0]!r} (have: {', '.join(names)})")
+        ids = [names.index(c) for c in class_subset]
+        keep = torch.isin(labels, torch.tensor(ids))
+        remap = {c: i for i, c in enumerate(ids)}
+        labels = torch.tensor([remap.get(int(l), -1) for l in labels])
+        names = list(class_subset)
+        sel = keep.nonzero().squeeze(1)
+        data = PairTensors({m: v[sel] for m, v in data.x.items()}, [data.keys[i] for i in sel.tolist()],
+                           [data.records[i] for i in sel.tolist()], labels[sel], data.skipped)
+        labels = data.labels
+    out: Dict = {"classes": names, "n": len(data), "templates": list(templates)}
+    temb = text_embeddings(teacher, names, templates)
+    out["teacher"] = {primary: zero_shot(teacher_embedder(teacher, primary), data, primary, temb, labels)}
+    for name, emb in models.items():
+        out[name] = {m: zero_shot(emb, data, m, temb, labels) for m in modalities}
+    return out
