@@ -29,6 +29,8 @@ import os
 import time
 from pathlib import Path
 
+from edgeclip.core.prompts import DEFAULT_TEMPLATES
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -62,8 +64,10 @@ def main() -> None:
 
     import torch
 
+    from edgeclip.core.checkpoint import read_checkpoint
     from edgeclip.core.env import machine_info, seed_everything
-    from edgeclip.core.io import read_checkpoint, sha256_file, write_json
+    from edgeclip.core.io import sha256_file, write_json
+    from edgeclip.core.prompts import class_names
     from edgeclip.data.sources import open_source
     from edgeclip.export.bundle import export_bundle, ort_latency_ms
     from edgeclip.models import load_student
@@ -71,7 +75,6 @@ def main() -> None:
     from edgeclip.models.teachers.reference import REFERENCE_FORMAT
     from edgeclip.serve.app import create_app
     from edgeclip.serve.loadtest import load_test, running_server
-    from edgeclip.zeroshot.evaluate import class_names
 
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
@@ -90,7 +93,7 @@ def main() -> None:
 
     classes = class_names(open_source(str(test_dir)).classes)
     st, pp, ck = load_student(student)
-    templates = list((ck.get("extra") or {}).get("distill_config", {}).get("templates") or ["a photo of a {}."])
+    templates = list((ck.get("extra") or {}).get("distill_config", {}).get("templates") or list(DEFAULT_TEMPLATES))
     t0 = time.time()
     man = export_bundle(student, args.bundle, classes, templates, calib=str(train_dir), calib_images=args.calib_images,
                         holdout=0.25, quant="static", per_channel=True, seed=args.seed, overwrite=True,

@@ -28,9 +28,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from edgeclip.core.checkpoint import read_checkpoint
 from edgeclip.core.config import build_dataclass, load_config  # noqa: E402
 from edgeclip.core.env import machine_info, shared_data_dir  # noqa: E402
-from edgeclip.core.io import read_checkpoint, read_json, sha256_file, write_json  # noqa: E402
+from edgeclip.core.io import read_json, sha256_file, write_json  # noqa: E402
 from edgeclip.data.captions import load_captions  # noqa: E402
 from edgeclip.data.memory import normalize, preload  # noqa: E402
 from edgeclip.models.captioner import load_captioner  # noqa: E402

@@ -37,8 +37,8 @@ def main() -> None:
     from edgeclip.train.cache import build_cache
     from edgeclip.train.distill import DistillConfig, distill
     from edgeclip.train.reference import train_reference
+    from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.evaluate import evaluate
-    from edgeclip.zeroshot.label import load_embedder
 
     cfg = load_config(args.config)
     torch.set_num_threads(int(cfg.get("threads", 1)) or torch.get_num_threads())

@@ -111,7 +111,7 @@ def test_corrupt_metadata_and_plain_safetensors_are_one_line(tmp_path):
 
 
 def test_payload_never_runs_from_any_edgeclip_checkpoint_kind(tmp_path, marker):
-    from edgeclip.core.io import convert_checkpoint
+    from edgeclip.core.checkpoint import convert_checkpoint
     from edgeclip.models.captioner import CAPTIONER_FORMAT, load_captioner
     from edgeclip.models.pair import load_pair_student
     from edgeclip.models.student import STUDENT_FORMAT, load_student

@@ -7,13 +7,23 @@ import math
 
 import pytest
 import torch
-from edgeclip.train.pair import PairDataConfig, PairDistillConfig, distill_pairs, ptq_pairs, semi_hard_triplet
-from edgeclip.train.curate import curate
-from edgeclip.zeroshot.modalities import evaluate_pairs, exported_embedder, torch_embedder
-from edgeclip.models.pair import load_pair_student
-from edgeclip.data.pairs import open_pairs, preload_pairs
 
 from edgeclip.core.errors import EdgeClipError
+from edgeclip.data.pairs import open_pairs, preload_pairs
+from edgeclip.models.pair import load_pair_student
+from edgeclip.train.curate import curate
+from edgeclip.train.pair import (
+    PairDataConfig,
+    PairDistillConfig,
+    distill_pairs,
+    ptq_pairs,
+    semi_hard_triplet,
+)
+from edgeclip.zeroshot.modalities import (
+    evaluate_pairs,
+    exported_embedder,
+    torch_embedder,
+)
 
 DERIVE = {"mono": "luminance"}
 

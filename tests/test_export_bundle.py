@@ -10,6 +10,7 @@ from test_export_fixtures import SHAPE_LABELS, make_student
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import sha256_file
+from edgeclip.core.prompts import DEFAULT_TEMPLATES
 from edgeclip.export.bundle import export_bundle, is_transformer
 from edgeclip.runtime import Labeler, read_manifest
 
@@ -65,7 +66,7 @@ def test_text_embeddings_are_the_teachers(student, shapes, tiny_teacher, tmp_pat
     out = export_bundle(student, tmp_path / "b", ["circle", "star"], calib=str(shapes["test"]), quant="none")
     assert out["models"] == {"fp32": "model.onnx"} and "int8" not in out["parity"]
     lab = Labeler(tmp_path / "b")
-    ref = text_embeddings(load_teacher(tiny_teacher), ["circle", "star"], ["a photo of a {}."]).numpy()
+    ref = text_embeddings(load_teacher(tiny_teacher), ["circle", "star"], list(DEFAULT_TEMPLATES)).numpy()
     assert np.abs(lab.labels.embeddings - ref).max() < 1e-5
 
 

@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
+from edgeclip.core.prompts import DEFAULT_TEMPLATES
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", category=UserWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -47,7 +49,7 @@ def _device(device: str) -> str:
 def teacher_train_reference(
     data: str = typer.Option(..., help="ImageFolder (ROOT/<class>/<image>) to train on"),
     out: Path = typer.Option(Path("runs/teacher"), help="output folder (teacher.pt, history.json, last.ckpt)"),
-    template: List[str] = typer.Option(["a photo of a {}."], help="prompt template(s); repeat for an ensemble"),
+    template: List[str] = typer.Option(list(DEFAULT_TEMPLATES), help="prompt template(s); repeat for an ensemble"),
     arch: str = typer.Option("resnet18", help="image tower backbone (any student backbone)"),
     img_size: int = typer.Option(32), epochs: int = typer.Option(10), batch_size: int = typer.Option(256),
     lr: float = typer.Option(2e-3), seed: int = typer.Option(0), val: Optional[str] = typer.Option(None, help="ImageFolder for zero-shot top-1 per epoch"),
@@ -87,7 +89,7 @@ def teacher_kinds():
 def checkpoint_convert(src: Path = typer.Argument(..., help="an edgeclip checkpoint (any kind, any release)"),
                        out: Path = typer.Option(..., help="the safetensors checkpoint to write")):
     """Re-save an edgeclip checkpoint as safetensors (tensors + JSON, readable without unpickling anything)."""
-    from edgeclip.core.io import convert_checkpoint
+    from edgeclip.core.checkpoint import convert_checkpoint
 
     typer.echo(f"{out}: {convert_checkpoint(src, out)}")
 
@@ -163,7 +165,7 @@ def distill_cmd(
 def label_cmd(
     images: List[str] = typer.Argument(..., help="image files, folders, a list/CSV, or tar shards"),
     labels: str = typer.Option(..., help="'cat,dog,car' or @labels.txt"),
-    template: List[str] = typer.Option(["a photo of a {}."], help="prompt template(s) (ensemble when repeated)"),
+    template: List[str] = typer.Option(list(DEFAULT_TEMPLATES), help="prompt template(s) (ensemble when repeated)"),
     teacher: Optional[str] = typer.Option(None), student: Optional[str] = typer.Option(None),
     bundle: Optional[Path] = typer.Option(None, help="an exported edge bundle (runs without torch)"),
     topk: int = typer.Option(5), grid: int = typer.Option(0, help="also label an N x N grid of regions"),
@@ -174,17 +176,16 @@ def label_cmd(
     threads: Optional[int] = typer.Option(None, help="bundle runtime threads (default: ONNX Runtime's)"),
 ):
     """Label images with any text prompts (open vocabulary) using a teacher, a student or a bundle."""
-    from edgeclip.zeroshot.label import label_images, load_embedder, read_boxes
-    from edgeclip.zeroshot.text import parse_labels
+    from edgeclip.core.prompts import parse_labels
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.label import label_images, read_boxes
 
     labs = parse_labels(labels)
     src = _images_source(images)
     box_map = read_boxes(boxes) if boxes else None
     stats: dict = {}
-    if bundle is not None:
-        emb = _bundle_embedder(bundle, precision, threads)
-    else:
-        emb = load_embedder(teacher, student, device=_device(device))
+    emb = load_embedder(teacher, student, bundle, device=_device(device) if bundle is None else "cpu",
+                        precision=precision, threads=threads)
     rows = label_images(iter(src), emb, labs, template, topk=topk, grid=grid, boxes=box_map, batch_size=batch_size, stats=stats)
     n = 0
     if out is None:
@@ -222,28 +223,20 @@ def _images_source(images: List[str]):
     return files_source(images)
 
 
-def _bundle_embedder(bundle: Path, precision: str = "auto", threads: Optional[int] = None):
-    try:
-        mod = importlib.import_module("edgeclip.runtime.embedder")
-    except ModuleNotFoundError:
-        raise EdgeClipError("this edgeclip has no bundle runtime (edgeclip.runtime) installed") from None
-    return mod.bundle_embedder(bundle, precision=precision, threads=threads)
-
-
 # -------------------------------------------------------------------------------------------- eval
 @app.command("eval")
 def eval_cmd(
     data: str = typer.Argument(..., help="ImageFolder with class sub-folders"),
     teacher: Optional[str] = typer.Option(None), student: List[str] = typer.Option([], help="student checkpoint(s)"),
-    template: List[str] = typer.Option(["a photo of a {}."]), batch_size: int = typer.Option(128),
+    template: List[str] = typer.Option(list(DEFAULT_TEMPLATES)), batch_size: int = typer.Option(128),
     max_images: int = typer.Option(0), as_json: bool = typer.Option(False, "--json", help="print JSON"),
     out: Optional[Path] = typer.Option(None, help="also write the JSON here"), device: str = typer.Option("auto"),
 ):
     """Zero-shot top-1/top-5 of teacher and student(s), and teacher-student agreement."""
     from edgeclip.core.env import machine_info
     from edgeclip.core.io import write_json
+    from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.evaluate import evaluate
-    from edgeclip.zeroshot.label import load_embedder
 
     dev = _device(device)
     t_emb = load_embedder(teacher=teacher, device=dev) if teacher else None

@@ -10,6 +10,7 @@ import typer
 
 from edgeclip.core.config import config_from_cli
 from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.prompts import DEFAULT_TEMPLATES
 
 DATA_HELP = "paired data: ROOT/<modality>/..., a folder of <stem>_<modality> files, or images + --derive"
 
@@ -71,7 +72,7 @@ def register(app: typer.Typer) -> None:
         teacher: str = typer.Option(..., help="teacher spec"),
         out: Path = typer.Option(..., help="folder for manifest.json + confidence_hist.png"),
         labels: Optional[str] = typer.Option(None, help="'a,b,c' or @labels.txt (default: the class folder names)"),
-        template: Templates = ["a photo of a {}."],
+        template: Templates = list(DEFAULT_TEMPLATES),
         fraction: float = typer.Option(0.2, help="keep this top fraction (0, 1] of the pairs by confidence"),
         threshold: Optional[float] = typer.Option(None, help="keep pairs with confidence >= this instead"),
         per_label: bool = typer.Option(False, "--per-label", help="keep the top fraction within each pseudo-label "
@@ -84,10 +85,10 @@ def register(app: typer.Typer) -> None:
     ):
         """Teacher confidence on RGB (max softmax over prompts); keep the top fraction; write the manifest."""
         from edgeclip.core.env import resolve_device
+        from edgeclip.core.prompts import parse_labels
         from edgeclip.data.pairs import open_pairs
         from edgeclip.models.teachers import load_teacher
         from edgeclip.train.curate import check_fraction, curate
-        from edgeclip.zeroshot.text import parse_labels
 
         check_fraction(fraction, threshold, per_label)
         t = load_teacher(teacher, device=resolve_device(device))
@@ -170,12 +171,13 @@ def register(app: typer.Typer) -> None:
         onnx: List[Path] = typer.Option([], help="qat.json / ptq.json of int8 exports (repeatable)"),
         derive: Derive = [], modality: Modality = [],
         classes: Optional[str] = typer.Option(None, help="only these classes, e.g. unseen ones: 'cat,dog'"),
-        template: Templates = ["a photo of a {}."], max_images: int = typer.Option(0),
+        template: Templates = list(DEFAULT_TEMPLATES), max_images: int = typer.Option(0),
         out: Optional[Path] = typer.Option(None, help="also write the JSON here"),
     ):
         """Zero-shot top-1 per modality: teacher on RGB; the student fp32 and int8 on every modality."""
         from edgeclip.core.env import machine_info
         from edgeclip.core.io import write_json
+        from edgeclip.core.prompts import parse_labels
         from edgeclip.data.pairs import open_pairs, preload_pairs
         from edgeclip.models.pair import load_pair_student
         from edgeclip.models.teachers import load_teacher
@@ -184,7 +186,6 @@ def register(app: typer.Typer) -> None:
             exported_embedder,
             torch_embedder,
         )
-        from edgeclip.zeroshot.text import parse_labels
 
         model, size, ck = load_pair_student(student)
         t = load_teacher(ck["teacher"]["spec"])

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from edgeclip.core.prompts import DEFAULT_TEMPLATES
+
 
 def register(app: typer.Typer) -> None:
     @app.command("export")
@@ -15,7 +17,7 @@ def register(app: typer.Typer) -> None:
         student: Path = typer.Argument(..., help="student checkpoint (student.pt)"),
         out: Path = typer.Option(..., help="bundle folder to write"),
         labels: str = typer.Option(..., help="'cat,dog,car' or @labels.txt: embedded now with the teacher's text tower"),
-        template: List[str] = typer.Option(["a photo of a {}."], help="prompt template(s) (ensemble when repeated)"),
+        template: List[str] = typer.Option(list(DEFAULT_TEMPLATES), help="prompt template(s) (ensemble when repeated)"),
         calib: Optional[str] = typer.Option(None, help="calibration images (folder, list, ImageFolder, shards)"),
         calib_images: int = typer.Option(200, help="images to take from --calib (a hold-out share checks int8)"),
         holdout: float = typer.Option(0.25, help="share of the calibration images held out for the parity check"),

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from edgeclip.core.prompts import DEFAULT_TEMPLATES
+
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
@@ -44,5 +46,5 @@ def _text_encoder(bundle: Path, spec: str):
     want = (man.get("teacher") or {}).get("id")
     if t.id != want:
         raise EdgeClipError(f"--teacher {spec} is {t.id}, but the bundle's labels come from {want}")
-    templates = man.get("templates") or ["a photo of a {}."]
+    templates = man.get("templates") or list(DEFAULT_TEMPLATES)
     return lambda names: text_embeddings(t, names, templates).numpy()

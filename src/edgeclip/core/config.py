@@ -10,7 +10,6 @@ import yaml
 
 from edgeclip.core.errors import EdgeClipError
 
-
 SHIPPED = Path(__file__).resolve().parents[1] / "configs"  # package data: edgeclip/configs/*.yaml
 
 

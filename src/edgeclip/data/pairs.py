@@ -322,10 +322,6 @@ def apply_adapter(x: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
     return x
 
 
-def adapted_channels(spec: ModalitySpec, raw_channels: int) -> int:
-    return 3 if spec.adapter in ("repeat", "colormap") else raw_channels
-
-
 def load_pair(rec: PairRecord, specs: Dict[str, ModalitySpec], primary: str, size: Optional[int] = None
               ) -> Dict[str, torch.Tensor]:
     """Decode one pair: modality -> (C, H, W) float tensor in [0,1] after the data-side adapter.

@@ -100,15 +100,3 @@ def apply_view(img: Image.Image, box: Tuple[float, float, float, float], flip: b
 def grid_boxes(n: int) -> List[Tuple[float, float, float, float]]:
     """An n x n grid of relative boxes, row-major."""
     return [(c / n, r / n, (c + 1) / n, (r + 1) / n) for r in range(n) for c in range(n)]
-
-
-def train_augment(size: int, mean, std, scale=(0.6, 1.0)):
-    """Random-resized-crop + flip training transform for supervised/online training."""
-    from torchvision import transforms as T
-
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=scale, antialias=True),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])

@@ -19,12 +19,13 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.io import sha256_file, write_json
+from edgeclip.core.prompts import DEFAULT_TEMPLATES
 from edgeclip.runtime.bundle import (
     BUNDLE_FORMAT,
     LABELS,
@@ -73,22 +74,14 @@ def _batches(x: np.ndarray, bs: int):
         yield x[i:i + bs]
 
 
-def _run(session, x: np.ndarray, bs: int = 64) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: b})[0] for b in _batches(x, bs)])
-
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    return a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
-
-
 def int8_parity(fp32_path: Path, int8_path: Path, x: np.ndarray, text_emb: np.ndarray) -> Dict[str, float]:
     """Top-1 agreement (over the label set) and embedding cosine of the int8 model with fp32 on ``x``."""
-    from edgeclip.runtime.bundle import make_session
+    from edgeclip.runtime.session import ort_session, run_batched
+    from edgeclip.zeroshot.scores import topk, unit
 
-    a = _unit(_run(make_session(fp32_path), x))
-    b = _unit(_run(make_session(int8_path), x))
-    agree = float(((a @ text_emb.T).argmax(1) == (b @ text_emb.T).argmax(1)).mean())
+    a = unit(run_batched(ort_session(fp32_path), x))
+    b = unit(run_batched(ort_session(int8_path), x))
+    agree = float((topk(a, text_emb, 1) == topk(b, text_emb, 1)).mean())
     cos = (a * b).sum(1)
     return {"top1_agreement": agree, "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "n": int(len(x))}
 
@@ -96,9 +89,9 @@ def int8_parity(fp32_path: Path, int8_path: Path, x: np.ndarray, text_emb: np.nd
 def ort_latency_ms(path: Path, size: int, threads: int = 1, reps: int = 30) -> Dict[str, float]:
     """Batch-1 ONNX Runtime latency at ``size`` px (median after warm-up)."""
     from edgeclip.models.stats import latency_ms
-    from edgeclip.runtime.bundle import make_session
+    from edgeclip.runtime.session import ort_session
 
-    sess = make_session(path, threads=threads)
+    sess = ort_session(path, threads=threads)
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     return latency_ms(lambda: sess.run(None, {name: x}), warmup=5, reps=reps)
@@ -107,38 +100,28 @@ def ort_latency_ms(path: Path, size: int, threads: int = 1, reps: int = 30) -> D
 def bundle_accuracy(bundle: str | os.PathLike, data: str, precision: str, templates: Sequence[str],
                     max_images: int = 0, batch_size: int = 256, threads: Optional[int] = None,
                     text_emb: Optional[np.ndarray] = None, seed: int = 0) -> Dict[str, Any]:
-    """Zero-shot top-1 of a bundle on an ImageFolder. Class-name embeddings: ``text_emb`` (C, D) in class order,
-    else the bundle's own labels.json when it names every class."""
-    import time
-
+    """Zero-shot top-1 of a bundle on an ImageFolder, through the same loop as ``edgeclip eval``.
+    Class-name embeddings: ``text_emb`` (C, D) in class order, else the bundle's own labels.json when it
+    names every class."""
+    from edgeclip.core.prompts import class_names
     from edgeclip.data.sources import labelled_source
     from edgeclip.runtime import Labeler
-    from edgeclip.zeroshot.evaluate import class_names
+    from edgeclip.zeroshot.embedder import BundleEmbedder
+    from edgeclip.zeroshot.evaluate import predict
+    from edgeclip.zeroshot.scores import accuracy
 
     src, _ = labelled_source(data, "accuracy")
     names = class_names(src.classes)
     lab = Labeler(bundle, precision=precision, threads=threads)
-    lab.set_labels(names, text_emb)
+    emb = BundleEmbedder(lab)
+    class_emb = text_emb if text_emb is not None else emb.text(names, lab.known.templates or templates)
     recs = list(src.records)
     if max_images and max_images < len(recs):
         recs = random.Random(seed).sample(recs, max_images)
-    correct = n = 0
-    skipped: List[str] = []
-    t0 = time.perf_counter()
-    for i in range(0, len(recs), batch_size):
-        imgs, ys = [], []
-        for r in recs[i:i + batch_size]:
-            try:
-                imgs.append(r.load())
-                ys.append(r.label)
-            except ImageLoadError as e:
-                skipped.append(str(e))
-        if imgs:
-            cos, _ = lab.scores(lab.embed(imgs))
-            correct += int((cos.argmax(1) == np.asarray(ys)).sum())
-            n += len(ys)
-    return {"top1": correct / max(1, n), "n": n, "skipped": len(skipped), "precision": lab.precision,
-            "images_per_s": n / max(1e-9, time.perf_counter() - t0)}
+    top, kept, skipped, dt = predict(emb, recs, class_emb, batch_size)
+    n = len(kept)
+    return {"top1": accuracy(top, [recs[i].label for i in kept])["top1"], "n": n, "skipped": len(skipped),
+            "precision": lab.precision, "images_per_s": n / max(1e-9, dt)}
 
 
 def _versions() -> Dict[str, str]:
@@ -189,7 +172,7 @@ def _model_card(m: Dict[str, Any]) -> str:
 
 
 def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Sequence[str] | str,
-                  templates: Sequence[str] = ("a photo of a {}.",), calib: Optional[str] = None,
+                  templates: Sequence[str] = DEFAULT_TEMPLATES, calib: Optional[str] = None,
                   quant: str = "auto", calib_images: int = 200, holdout: float = 0.25, per_channel: bool = True,
                   teacher: Optional[str] = None, eval_data: Optional[str] = None, eval_images: int = 0,
                   overwrite: bool = False, seed: int = 0, opset: int = 17,
@@ -198,10 +181,11 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
     import torch
 
     from edgeclip.core.env import machine_info
+    from edgeclip.core.prompts import check_templates, parse_labels
     from edgeclip.export.onnx import export_onnx, onnx_parity
     from edgeclip.models.student import load_student
     from edgeclip.models.teachers import load_teacher
-    from edgeclip.zeroshot.text import check_templates, parse_labels, text_embeddings
+    from edgeclip.zeroshot.text import text_embeddings
 
     if quant not in QUANT_MODES:
         raise EdgeClipError(f"unknown quantisation {quant!r} ({', '.join(QUANT_MODES)})")
@@ -291,8 +275,8 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
         }
         _finish(tmp, manifest)
         if eval_data:
+            from edgeclip.zeroshot.embedder import load_embedder
             from edgeclip.zeroshot.evaluate import evaluate
-            from edgeclip.zeroshot.label import load_embedder
 
             log(f"zero-shot accuracy on {eval_data} ...")
             res = evaluate(None, {"student": load_embedder(student=str(student), teacher=t_spec)}, eval_data,

@@ -61,7 +61,7 @@ class OrtCaptioner:
     """Captions with ONNX Runtime: the exported encoder, then the shared greedy/beam decoders over the ORT step."""
 
     def __init__(self, folder: str | Path, threads: int = 0):
-        import onnxruntime as ort
+        from edgeclip.runtime.session import ort_session
 
         folder = Path(folder)
         mp = folder / "caption_meta.json"
@@ -70,12 +70,8 @@ class OrtCaptioner:
         meta = json.loads(mp.read_text(encoding="utf-8"))
         self.vocab = Vocab.from_dict(meta["vocab"])
         self.preprocess = Preprocess.from_dict(meta["preprocess"])
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        prov = ["CPUExecutionProvider"]
-        self.enc = ort.InferenceSession(str(folder / meta["encoder"]), so, providers=prov)
-        self.dec = ort.InferenceSession(str(folder / meta["decoder_step"]), so, providers=prov)
+        self.enc = ort_session(folder / meta["encoder"], threads or None)
+        self.dec = ort_session(folder / meta["decoder_step"], threads or None)
 
     def _step(self, words, dyn, static):
         logp, h, c = self.dec.run(None, {"word": words.numpy().astype(np.int64), "h": dyn[0].numpy(), "c": dyn[1].numpy(),

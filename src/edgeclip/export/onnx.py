@@ -38,9 +38,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int] =
 
 def onnx_parity(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor) -> Dict[str, float]:
     """Max / mean absolute difference between torch and ONNX Runtime outputs on ``inputs``."""
-    import onnxruntime as ort
+    from edgeclip.runtime.session import ort_session
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_path)
     name = sess.get_inputs()[0].name
     with torch.no_grad():
         ref = model.eval().cpu()(inputs).float().numpy()

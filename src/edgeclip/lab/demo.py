@@ -16,6 +16,7 @@ import torch
 
 from edgeclip.core.env import machine_info, shared_data_dir
 from edgeclip.core.io import write_json
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 
 
 def _say(msg: str) -> None:
@@ -34,8 +35,9 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
     from edgeclip.train.cache import build_cache
     from edgeclip.train.distill import DistillConfig, distill
     from edgeclip.train.reference import train_reference
+    from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.evaluate import evaluate
-    from edgeclip.zeroshot.label import label_images, load_embedder
+    from edgeclip.zeroshot.label import label_images
 
     t_start = time.time()
     out = Path(out)
@@ -53,7 +55,7 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
         train_dir, test_dir = root / "train", root / "test"
         t_epochs, s_epochs, max_train = (1, 1, 600) if fast else (6, 8, 10000)
         t_arch, s_arch, size = "shufflenet_v2_x1_0", "shufflenet_v2_x0_5", 32
-        templates = ["a photo of a {}."]
+        templates = list(DEFAULT_TEMPLATES)
     else:
         _say("1/6 drawing a synthetic shapes dataset (ImageFolder, JPEG)")
         n_train, n_test = (60, 15) if fast else (200, 50)
@@ -89,7 +91,7 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
 
     _say("5/6 labeling held-out images with the student (open vocabulary)")
     s_emb = load_embedder(student=str(out / "student" / "student.pt"))
-    labels = list(SHAPES) if mode == "synthetic" else [c.replace("_", " ") for c in open_source(str(test_dir)).classes]
+    labels = list(SHAPES) if mode == "synthetic" else class_names(open_source(str(test_dir)).classes)
     test_src = open_source(str(test_dir))
     sample = test_src.records[:: max(1, len(test_src.records) // 6)][:6]
     for row in label_images(sample, s_emb, labels, templates, topk=3):

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 
 # area -> (glob patterns of its results files in benchmarks/results, what it measures)
 LAB_AREAS: Dict[str, Tuple[Tuple[str, ...], str]] = {
@@ -160,23 +160,8 @@ def collect_lab_results(results_dir: str | Path, exclude: Sequence[str] = ("benc
 
 
 # ------------------------------------------------------------------------------------- measured here
-class _OrtEmbedder:
-    """PIL images -> embeddings through an ONNX Runtime session (the deployable int8 student)."""
-
-    def __init__(self, onnx_path: Path, preprocess, threads: int):
-        from edgeclip.lab.speed import ort_session
-
-        self.sess = ort_session(onnx_path, threads)
-        self.name = self.sess.get_inputs()[0].name
-        self.tf = preprocess.torch_transform()
-
-    def __call__(self, imgs) -> torch.Tensor:
-        x = torch.stack([self.tf(i) for i in imgs]).numpy().astype(np.float32)
-        return torch.from_numpy(self.sess.run(None, {self.name: x})[0])
-
-
 def measure_accuracy(teacher_spec: Optional[str], students: Sequence[str], data: str, workdir: Path,
-                     templates: Sequence[str] = ("a photo of a {}.",), max_images: int = 0, int8: bool = True,
+                     templates: Sequence[str] = DEFAULT_TEMPLATES, max_images: int = 0, int8: bool = True,
                      calib: Optional[str] = None, calib_images: int = 64, threads: int = 1,
                      log=print) -> Dict[str, Any]:
     """Zero-shot accuracy of the teacher and of each student checkpoint (torch fp32, and ONNX int8).
@@ -188,8 +173,8 @@ def measure_accuracy(teacher_spec: Optional[str], students: Sequence[str], data:
     from edgeclip.lab.speed import calibration_images
     from edgeclip.models.student import load_student
     from edgeclip.quant.ort import quantize_static_onnx
+    from edgeclip.zeroshot.embedder import load_embedder, onnx_embedder
     from edgeclip.zeroshot.evaluate import evaluate
-    from edgeclip.zeroshot.label import Embedder, load_embedder
 
     if not students:
         raise EdgeClipError("measure_accuracy needs at least one student checkpoint")
@@ -215,7 +200,7 @@ def measure_accuracy(teacher_spec: Optional[str], students: Sequence[str], data:
             try:
                 export_onnx(st, fp32, input_shape=(1, 3, pp.size, pp.size))
                 quantize_static_onnx(fp32, q, cal(pp.size))
-                embs[f"{role}_int8"] = Embedder(f"{emb.name} (ONNX int8)", _OrtEmbedder(q, pp, threads), emb.teacher)
+                embs[f"{role}_int8"] = onnx_embedder(q, pp, emb.teacher, f"{emb.name} (ONNX int8)", threads)
                 info[f"{role}_int8"] = {"checkpoint": str(ck), "onnx": q.name, "method": "static QDQ per-channel MinMax",
                                         "calibration": str(calib), "onnx_int8_mb": q.stat().st_size / 2**20}
             except Exception as e:  # record, do not hide: the fp32 numbers still stand
@@ -231,18 +216,19 @@ def measure_accuracy(teacher_spec: Optional[str], students: Sequence[str], data:
     return res
 
 
-def sample_labels(student: str, data: str, n: int = 8, templates: Sequence[str] = ("a photo of a {}.",),
+def sample_labels(student: str, data: str, n: int = 8, templates: Sequence[str] = DEFAULT_TEMPLATES,
                   teacher_spec: Optional[str] = None) -> List[Dict[str, Any]]:
     """Top-3 open-vocabulary labels of ``n`` evenly spaced images of ``data`` by the student (and the true class)."""
     from edgeclip.data.sources import open_source
-    from edgeclip.zeroshot.label import label_images, load_embedder
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.label import label_images
 
     src = open_source(data)
     if not src.classes:
         raise EdgeClipError(f"{data}: sample labels need an ImageFolder (class names are the labels)")
     recs = src.records[:: max(1, len(src.records) // n)][:n]
     emb = load_embedder(teacher=teacher_spec, student=student)
-    labels = [c.replace("_", " ") for c in src.classes]
+    labels = class_names(src.classes)
     truth = {r.name: labels[r.label] for r in recs if r.label is not None}
     return [{"image": row["image"], "true": truth.get(row["image"]), "labels": row["labels"], "scores": row["scores"]}
             for row in label_images(recs, emb, labels, templates, topk=3)]

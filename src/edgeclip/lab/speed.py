@@ -31,6 +31,7 @@ from torch import nn
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.models.stats import count_params, flops, latency_ms
+from edgeclip.runtime.session import ort_session
 
 TEACHERS_FULL = ["clip:ViT-B-32", "clip:RN50"]
 STUDENTS_FULL = ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "mobilenet_v3_small", "mobilenet_v3_large",
@@ -94,17 +95,6 @@ def build_speed_model(spec: str, img_size: int = 224, embed_dim: int = 512, role
     st = create_student(spec, embed_dim, img_size=img_size)
     return SpeedModel(spec, role or "student", img_size, st.eval(), transformer="vit" in spec.lower(),
                       info={"embed_dim": embed_dim, "weights": "random (speed only)"})
-
-
-def ort_session(path: str | Path, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = max(1, threads)
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def _timed(fn: Callable[[], object], batch: int, warmup: int, reps: int, max_seconds: float) -> Dict[str, float]:

@@ -18,10 +18,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from edgeclip.lab import speed as speed_mod
 from edgeclip.core.env import machine_info, shared_data_dir
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import sha256_file, write_json
+from edgeclip.lab import speed as speed_mod
 
 LAB = Path("benchmarks/artifacts/lab")
 

@@ -60,7 +60,7 @@ def _load_weights(model: nn.Module, weights: str | None, name: str) -> None:
     if not p.is_file():
         raise EdgeClipError(
             f"backbone weights for {name} not found: {weights} (pass a local .pth file; hub downloads are not used)")
-    from edgeclip.core.io import safe_torch_load
+    from edgeclip.core.checkpoint import safe_torch_load
 
     try:
         sd = safe_torch_load(p)

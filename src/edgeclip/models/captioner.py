@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeclip.core.checkpoint import read_checkpoint, save_checkpoint
 from edgeclip.core.errors import CheckpointError
-from edgeclip.core.io import read_checkpoint, save_checkpoint
 from edgeclip.data.transforms import Preprocess
 from edgeclip.data.vocab import PAD_ID, Vocab
 from edgeclip.models.student import Student, create_student

@@ -8,8 +8,8 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from edgeclip.core.checkpoint import read_checkpoint, save_checkpoint
 from edgeclip.core.errors import EdgeClipError
-from edgeclip.core.io import read_checkpoint, save_checkpoint
 from edgeclip.data.transforms import Preprocess
 from edgeclip.models.backbones import create_backbone, list_backbones
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import atomic_path
+from edgeclip.runtime.session import ort_session
 
 WEIGHT_BITS = (4, 8)
 
@@ -63,7 +64,6 @@ def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibrati
     which avoids the u8 x s8 saturation of ORT's int8 kernels on x86 CPUs without VNNI.
     ``weight_bits=4``: W4A8, int4 weights (ONNX Runtime's QInt4; com.microsoft Q/DQ below opset 21).
     """
-    import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -86,7 +86,7 @@ def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibrati
             src = tmp_pre
         except Exception:
             src, tmp_pre = fp32_path, None
-    input_name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    input_name = ort_session(src, optimize=False).get_inputs()[0].name
     meth = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile}.get(method)
     if meth is None:

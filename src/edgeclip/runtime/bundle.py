@@ -24,6 +24,7 @@ import numpy as np
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import sha256_file
+from edgeclip.runtime.session import OnnxLoadError, ort_session
 
 BUNDLE_FORMAT = "edgeclip-bundle/1"
 MANIFEST = "manifest.json"
@@ -142,20 +143,11 @@ def model_output_dim(session) -> Optional[int]:
 
 
 def make_session(path: str | os.PathLike, threads: Optional[int] = None):
-    """An ONNX Runtime CPU session; ``threads`` sets intra-op threads (None: ONNX Runtime's default)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads is not None:
-        if threads < 1:
-            raise EdgeClipError(f"threads must be >= 1, got {threads}")
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    """The bundle's model session (the shared factory); a file ONNX Runtime cannot open is a BundleError."""
     try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise BundleError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:300]}") from None
+        return ort_session(path, threads)
+    except OnnxLoadError as e:
+        raise BundleError(str(e)) from None
 
 
 def pick_model(man: Dict[str, Any], precision: str) -> str:

@@ -19,10 +19,11 @@ import torch
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import atomic_path, read_json, write_json
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names, parse_labels
 from edgeclip.data.pairs import PairSet
 from edgeclip.data.sources import ImageRecord, file_key
 from edgeclip.train.cache import EmbeddingCache, build_cache
-from edgeclip.zeroshot.text import DEFAULT_TEMPLATES, parse_labels, text_embeddings
+from edgeclip.zeroshot.text import text_embeddings
 
 MANIFEST_FORMAT = "edgeclip-curation/1"
 
@@ -65,7 +66,7 @@ def curate(teacher, ps: PairSet, out: str | Path, labels: Optional[Sequence[str]
     if labels is None:
         if not ps.classes:
             raise EdgeClipError("curation needs the label vocabulary: give labels (--labels 'a,b,c' or @file.txt)")
-        labels = [c.replace("_", " ") for c in ps.classes]
+        labels = class_names(ps.classes)
     labels = parse_labels(list(labels))
     cache_dir = Path(cache) if cache else out / "cache"
     emb_cache, fkeys, ok = teacher_embeddings(ps, teacher, cache_dir, views, batch_size, progress)
@@ -90,7 +91,7 @@ def curate(teacher, ps: PairSet, out: str | Path, labels: Optional[Sequence[str]
         d = {"key": r.key, "file": str(r.files[ps.primary]), "pseudo_label": labels[int(pl[j])],
              "label_index": int(pl[j]), "confidence": round(float(conf[j]), 6), "kept": bool(keep[j])}
         if r.label is not None and ps.classes:
-            d["true_label"] = ps.classes[r.label].replace("_", " ")
+            d["true_label"] = class_names(ps.classes)[r.label]
         items.append(d)
     true = [it for it in items if "true_label" in it]
     summary = {"n_pairs": len(ps.records), "n_scored": n, "n_kept": int(keep.sum()),

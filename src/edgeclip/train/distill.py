@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.memory import crop_views, normalize, preload
 from edgeclip.data.sources import open_source
 from edgeclip.data.transforms import Preprocess, ViewSpec, apply_view, view_params
@@ -39,7 +40,7 @@ class DistillConfig:
     views: int = 1  # online mode: random views per epoch; cached mode: taken from the cache
     preload: Any = "auto"  # hold images in memory (auto: when the student input is <= 64 px)
     val: Optional[str] = None  # ImageFolder for zero-shot top-1 after each epoch
-    templates: List[str] = field(default_factory=lambda: ["a photo of a {}."])
+    templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     train: Dict[str, Any] = field(default_factory=dict)
     max_images: int = 0
     init: Optional[str] = None  # start from this student checkpoint (same teacher; its architecture is used)
@@ -213,7 +214,7 @@ def _prepare_val(cfg: DistillConfig, teacher, pp: Preprocess, size: int):
     if not vsrc.classes:
         raise EdgeClipError(f"--val {cfg.val} must be an ImageFolder (class sub-folders)")
     x, kept, _ = preload(vsrc.records, size, progress=False) if size <= 64 else (None, None, None)
-    temb = text_embeddings(teacher, [c.replace("_", " ") for c in vsrc.classes], cfg.templates)
+    temb = text_embeddings(teacher, class_names(vsrc.classes), cfg.templates)
     if x is None:
         raise EdgeClipError("per-epoch --val is supported for inputs <= 64 px; use `edgeclip eval` for larger ones")
     y = torch.tensor([vsrc.records[i].label for i in kept])

@@ -12,14 +12,15 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from edgeclip.core.io import unsafe_content_error, write_json
+from edgeclip.core.checkpoint import unsafe_content_error
+from edgeclip.core.io import write_json
 
 
 @dataclass
@@ -41,7 +42,6 @@ class TrainConfig:
     threads: int = 0  # torch threads on CPU (0 = leave as is)
     log_every: int = 50
     max_steps_per_epoch: int = 0  # 0 = full epoch (useful for equal step budgets)
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def make_fabric(cfg: TrainConfig):

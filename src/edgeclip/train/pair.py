@@ -32,6 +32,7 @@ from torch import nn
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import write_json
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.memory import crop_views
 from edgeclip.data.pairs import (
     PairTensors,
@@ -59,7 +60,7 @@ from edgeclip.quant.qat import (
 )
 from edgeclip.train.curate import apply_manifest, load_manifest, teacher_embeddings
 from edgeclip.train.engine import TrainConfig, fit
-from edgeclip.zeroshot.text import DEFAULT_TEMPLATES, text_embeddings
+from edgeclip.zeroshot.text import text_embeddings
 
 
 @dataclass
@@ -132,7 +133,7 @@ def prepare_pairs(cfg: PairDataConfig, teacher, size: int, primary_stats=None, p
     if cfg.classes:
         if not ps.classes:
             raise EdgeClipError("`classes` needs class sub-folders in the data")
-        names = [c.replace("_", " ") for c in ps.classes]
+        names = class_names(ps.classes)
         bad = [c for c in cfg.classes if c not in names and c not in ps.classes]
         if bad:
             raise EdgeClipError(f"unknown class {bad[0]!r} (have: {', '.join(names)})")
@@ -345,7 +346,7 @@ def vocabulary_embeddings(p: Prepared, teacher, labels: Optional[List[str]], tem
     if labels is None:
         if not p.ps.classes:
             raise EdgeClipError("the triplet loss needs pseudo-labels: give a curation manifest or labels")
-        labels = [c.replace("_", " ") for c in p.ps.classes]
+        labels = class_names(p.ps.classes)
     return text_embeddings(teacher, labels, templates)
 
 

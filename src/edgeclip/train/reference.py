@@ -13,13 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
-from edgeclip.models.teachers.minilm import TEXT_DIM
-from edgeclip.models.teachers.reference import (
-    DEFAULT_TEMPLATES,
-    class_prompt_embeddings,
-    save_reference,
-)
+from edgeclip.models.teachers.minilm import TEXT_DIM, embed_texts
+from edgeclip.models.teachers.reference import save_reference
+from edgeclip.zeroshot.text import text_classifier
 
 
 class LiTModel(nn.Module):
@@ -50,8 +48,8 @@ def train_reference(data: str, out: str | Path, arch: str = "resnet18", template
     from edgeclip.train.engine import TrainConfig, fit
 
     src, recs = labelled_source(data, "training the reference teacher", max_images, seed)
-    classes = [c.replace("_", " ") for c in src.classes]
-    text_emb = class_prompt_embeddings(classes, templates)
+    classes = class_names(src.classes)
+    text_emb = text_classifier(embed_texts, classes, templates)
     x, kept, skipped = preload(recs, img_size, progress=progress)
     labels = torch.tensor([recs[i].label for i in kept])
     small = img_size <= 64 if small_input is None else small_input

@@ -1,25 +1,23 @@
-"""Zero-shot evaluation of a teacher and its students on an ImageFolder (class names = folder names)."""
+"""Zero-shot evaluation of any embedders on an ImageFolder (class names = folder names): top-1/top-5 per model,
+agreement and retention against the teacher. Export's bundle accuracy and the benchmarks call the same loop."""
 
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-import torch
+import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.sources import labelled_source
-from edgeclip.zeroshot.label import Embedder
-from edgeclip.zeroshot.text import DEFAULT_TEMPLATES
+from edgeclip.zeroshot.embedder import Embedder
+from edgeclip.zeroshot.scores import accuracy, topk
 
 
-def class_names(classes: Sequence[str]) -> List[str]:
-    return [c.replace("_", " ") for c in classes]
-
-
-@torch.no_grad()
-def predict(embedder: Embedder, records, text_emb: torch.Tensor, batch_size: int = 128, progress: bool = False):
-    """Return (top5 indices (N,5) tensor, kept record indices, skipped reasons, seconds)."""
+def predict(embedder: Embedder, records, class_emb: np.ndarray, batch_size: int = 128, progress: bool = False):
+    """The one zero-shot loop over images: -> (top-5 class indices (N, <=5), kept record indices,
+    skipped reasons, seconds). Unreadable images are skipped and counted."""
     preds, kept, skipped, batch, idx = [], [], [], [], []
     t0 = time.perf_counter()
     it = records
@@ -29,9 +27,7 @@ def predict(embedder: Embedder, records, text_emb: torch.Tensor, batch_size: int
         it = tqdm(records, desc=embedder.name[:40], mininterval=2.0, leave=False)
 
     def flush():
-        e = embedder.embed(batch)
-        k = min(5, text_emb.shape[0])
-        preds.append((e @ text_emb.to(e.device).t()).topk(k, dim=-1).indices.cpu())
+        preds.append(topk(embedder.embed(batch), class_emb, 5))
         kept.extend(idx)
         batch.clear()
         idx.clear()
@@ -48,7 +44,8 @@ def predict(embedder: Embedder, records, text_emb: torch.Tensor, batch_size: int
     if batch:
         flush()
     dt = time.perf_counter() - t0
-    return (torch.cat(preds) if preds else torch.zeros(0, 5, dtype=torch.long)), kept, skipped, dt
+    k = min(5, len(class_emb))
+    return (np.concatenate(preds) if preds else np.zeros((0, k), dtype=np.int64)), kept, skipped, dt
 
 
 def evaluate(teacher: Optional[Embedder], students: Dict[str, Embedder], data: str,
@@ -56,7 +53,7 @@ def evaluate(teacher: Optional[Embedder], students: Dict[str, Embedder], data: s
              progress: bool = False) -> Dict:
     src, recs = labelled_source(data, "evaluation", max_images, seed=0)
     names = class_names(src.classes)
-    y_all = torch.tensor([r.label for r in recs])
+    y_all = np.array([r.label for r in recs])
     out: Dict = {"data": str(data), "classes": names, "templates": list(templates)}
     results = {}
     models = ([("teacher", teacher)] if teacher is not None else []) + list(students.items())
@@ -65,10 +62,9 @@ def evaluate(teacher: Optional[Embedder], students: Dict[str, Embedder], data: s
     for role, emb in models:
         temb = emb.text(names, templates)
         top, kept, skipped, dt = predict(emb, recs, temb, batch_size, progress)
-        y = y_all[kept]
         results[role] = {"top": top, "kept": kept}
-        out[f"{role}_top1"] = float((top[:, 0] == y).float().mean()) if len(y) else 0.0
-        out[f"{role}_top5"] = float((top == y[:, None]).any(1).float().mean()) if len(y) else 0.0
+        acc = accuracy(top, y_all[kept])
+        out[f"{role}_top1"], out[f"{role}_top5"] = acc["top1"], acc["top5"]
         out[f"{role}_images_per_s"] = len(kept) / dt if dt > 0 else 0.0
         out[f"{role}_name"] = emb.name
         out.setdefault("skipped", {})[role] = len(skipped)
@@ -89,20 +85,17 @@ def evaluate(teacher: Optional[Embedder], students: Dict[str, Embedder], data: s
     return out
 
 
-@torch.no_grad()
-def tensor_top1(model, x: torch.Tensor, y: torch.Tensor, text_emb: Optional[torch.Tensor] = None, bs: int = 500) -> float:
-    """Top-1 of ``model`` on preprocessed tensors: zero-shot against ``text_emb`` (C, D) when given,
-    else ``model`` returns class logits itself (e.g. the LiT model while training)."""
-    import torch.nn.functional as F
+def tensor_top1(model, x, y, text_emb=None, bs: int = 500) -> float:
+    """Top-1 of a torch ``model`` on preprocessed tensors (validation while training): zero-shot against
+    ``text_emb`` (C, D) when given, else ``model`` returns class logits itself (the LiT model)."""
+    import torch
 
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(x), bs):
-        out = model(x[i:i + bs].to(dev)).float()
-        if text_emb is not None:
-            out = F.normalize(out, dim=-1) @ text_emb.to(dev).t()
-        correct += (out.argmax(1).cpu() == y[i:i + bs]).sum().item()
+    with torch.no_grad():
+        outs = np.concatenate([model(x[i:i + bs].to(dev)).float().cpu().numpy() for i in range(0, len(x), bs)]) \
+            if len(x) else np.zeros((0, 1), np.float32)
     model.train(was)
-    return correct / max(1, len(x))
+    top = topk(outs, text_emb.cpu().numpy(), 1) if text_emb is not None else outs.argmax(1)[:, None]
+    return accuracy(top, np.asarray(y))["top1"]

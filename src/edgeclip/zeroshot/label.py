@@ -1,69 +1,17 @@
-"""Label images (whole, grid cells or boxes) with a teacher or a distilled student."""
+"""Label images (whole, grid cells or boxes) with any embedder: a teacher, a distilled student or a bundle."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.data.sources import ImageRecord
 from edgeclip.data.transforms import apply_view, grid_boxes
-from edgeclip.zeroshot.text import text_embeddings
-
-
-@dataclass
-class Embedder:
-    """PIL images -> normalised embeddings, plus the teacher whose text tower names them."""
-
-    name: str
-    embed_fn: Callable[[List], torch.Tensor]
-    teacher: object  # provides encode_text / id / embed_dim / logit_scale
-    info: Dict = field(default_factory=dict)
-
-    def embed(self, images: List) -> torch.Tensor:
-        return F.normalize(self.embed_fn(images).float(), dim=-1)
-
-    def text(self, labels: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        return text_embeddings(self.teacher, labels, templates)
-
-
-def load_embedder(teacher: Optional[str] = None, student: Optional[str] = None, device: str = "cpu") -> Embedder:
-    """A teacher (``--teacher``) or a student checkpoint (``--student``; its own teacher names the labels)."""
-    from edgeclip.models.teachers import load_teacher
-
-    if student:
-        from edgeclip.models.student import load_student
-
-        st, pp, ck = load_student(student, map_location=device)
-        st.to(device)
-        t_spec = teacher or ck["teacher"]["spec"]
-        t = load_teacher(t_spec, device=device)
-        if t.id != ck["teacher"]["id"]:
-            raise EdgeClipError(f"student {student} was distilled from {ck['teacher']['id']}, not {t.id}: "
-                                "its embeddings do not live in this teacher's text space")
-        if t.embed_dim != st.embed_dim:
-            raise EdgeClipError(f"student head gives {st.embed_dim}-d embeddings, teacher text is {t.embed_dim}-d")
-        tf = pp.torch_transform()
-
-        @torch.no_grad()
-        def fn(imgs):
-            return st(torch.stack([tf(i) for i in imgs]).to(device))
-
-        return Embedder(f"student:{Path(student).name}", fn, t, {"arch": st.arch, "params": sum(p.numel() for p in st.parameters())})
-    if not teacher:
-        raise EdgeClipError("give --teacher SPEC or --student CHECKPOINT (or --bundle DIR)")
-    t = load_teacher(teacher, device=device)
-
-    @torch.no_grad()
-    def tfn(imgs):
-        return t.encode_image(torch.stack([t.preprocess(i) for i in imgs]).to(device), normalize=False)
-
-    return Embedder(f"teacher:{t.id}", tfn, t, {})
+from edgeclip.zeroshot.embedder import Embedder
 
 
 def read_boxes(path: str | Path) -> Dict[str, List[Tuple[float, float, float, float]]]:
@@ -134,12 +82,13 @@ def label_images(records: Iterable[ImageRecord], embedder: Embedder, labels: Seq
 def _emit(pending, embedder, temb, scale, k, labels):
     if not pending:
         return
-    e = embedder.embed([p[2] for p in pending])
-    cos = e @ temb.to(e.device).t()
-    prob = (scale * cos).softmax(-1)
-    top = prob.topk(k, dim=-1)
-    for j, ((name, region, _), idx, sc) in enumerate(zip(pending, top.indices.tolist(), top.values.tolist())):
-        row = {"image": name, "labels": [labels[i] for i in idx], "scores": [round(s, 4) for s in sc],
+    cos = embedder.embed([p[2] for p in pending]) @ temb.T
+    logits = scale * cos
+    prob = np.exp(logits - logits.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    top = np.argsort(-prob, axis=1, kind="stable")[:, :k]
+    for j, ((name, region, _), idx) in enumerate(zip(pending, top.tolist())):
+        row = {"image": name, "labels": [labels[i] for i in idx], "scores": [round(float(prob[j, i]), 4) for i in idx],
                "cosines": [round(float(cos[j, i]), 4) for i in idx]}
         if region is not None:
             row["region"] = region

@@ -1,4 +1,5 @@
-"""Zero-shot top-1 per modality: the teacher on RGB, fp32 students and int8 ONNX models on every modality."""
+"""Zero-shot top-1 per modality (EdgeVL): the teacher on RGB, fp32 students and int8 ONNX models on every
+modality; a loop over modalities around the shared scores of ``edgeclip.zeroshot.scores``."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import read_json
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.pairs import PairTensors, normalize_modality
 from edgeclip.models.pair import PairStudent
-from edgeclip.zeroshot.text import DEFAULT_TEMPLATES, text_embeddings
+from edgeclip.zeroshot.scores import accuracy, topk
+from edgeclip.zeroshot.text import text_embeddings
 
 # an embedder: (modality, [0,1] batch after the data-side adapter) -> (B, D) embeddings
 Embed = Callable[[str, torch.Tensor], torch.Tensor]
@@ -30,18 +34,15 @@ def torch_embedder(model: PairStudent) -> Embed:
 
 
 def onnx_sessions(exports: Dict[str, str]) -> Dict:
-    import onnxruntime as ort
+    from edgeclip.runtime.session import ort_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = max(1, torch.get_num_threads())
-    so.inter_op_num_threads = 1
     made: Dict[str, object] = {}
     out = {}
     for m, path in exports.items():
         if not Path(path).is_file():
             raise EdgeClipError(f"ONNX model for {m} not found: {path}")
         if path not in made:
-            made[path] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            made[path] = ort_session(path, max(1, torch.get_num_threads()))
         out[m] = made[path]
     return out
 
@@ -86,14 +87,13 @@ def teacher_embedder(teacher, primary: str) -> Embed:
 
 def zero_shot(embed: Embed, data: PairTensors, modality: str, text_emb: torch.Tensor,
               labels: torch.Tensor, bs: int = 256) -> Dict[str, float]:
-    correct, n = 0, 0
+    """Top-1 of one model on one modality: its embeddings scored by the shared zero-shot code."""
     t0 = time.perf_counter()
-    for i in range(0, len(data), bs):
-        e = F.normalize(embed(modality, data.x[modality][i:i + bs]).float(), dim=-1)
-        correct += int(((e @ text_emb.t()).argmax(1) == labels[i:i + bs]).sum())
-        n += e.shape[0]
+    embs = [embed(modality, data.x[modality][i:i + bs]).float().cpu().numpy() for i in range(0, len(data), bs)]
     dt = time.perf_counter() - t0
-    return {"top1": correct / max(1, n), "n": n, "images_per_s": n / dt if dt > 0 else 0.0}
+    n = sum(len(e) for e in embs)
+    top1 = accuracy(topk(np.concatenate(embs), text_emb.numpy(), 1), labels.numpy())["top1"] if n else 0.0
+    return {"top1": top1, "n": n, "images_per_s": n / dt if dt > 0 else 0.0}
 
 
 def evaluate_pairs(data: PairTensors, classes: Sequence[str], primary: str, modalities: Sequence[str],
@@ -107,7 +107,7 @@ def evaluate_pairs(data: PairTensors, classes: Sequence[str], primary: str, moda
         raise EdgeClipError("evaluation needs the teacher (its text tower names the classes)")
     if data.labels is None:
         raise EdgeClipError("evaluation needs labelled pairs (class sub-folders)")
-    names = [c.replace("_", " ") for c in classes]
+    names = class_names(classes)
     labels = data.labels
     keep = torch.ones(len(data), dtype=torch.bool)
     if class_subset:

@@ -1,56 +1,32 @@
-"""Prompt-template ensembles and an on-disk cache of teacher text embeddings."""
+"""Text classifiers: template-ensembled teacher text embeddings of labels, cached on disk per teacher."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import atomic_path, sha256_text
-
-DEFAULT_TEMPLATES = ["a photo of a {}."]
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, check_templates, parse_labels
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGECLIP_CACHE", Path.home() / ".cache" / "edgeclip")) / "text"
 
 
-def parse_labels(labels: str | Sequence[str] | None) -> List[str]:
-    """``"cat,dog"``, a list, or ``@file.txt`` (one label per line) -> cleaned, de-duplicated labels."""
-    if labels is None:
-        raise EdgeClipError("no labels given (--labels 'cat,dog,car' or --labels @labels.txt)")
-    if isinstance(labels, str):
-        if labels.startswith("@"):
-            p = Path(labels[1:])
-            if not p.is_file():
-                raise EdgeClipError(f"label file not found: {p}")
-            items = p.read_text(encoding="utf-8").splitlines()
-        else:
-            items = labels.split(",")
-    else:
-        items = list(labels)
-    out, seen = [], set()
-    for it in items:
-        it = " ".join(str(it).split())
-        if it and it not in seen:
-            out.append(it)
-            seen.add(it)
-    if not out:
-        raise EdgeClipError("the label list is empty")
-    return out
-
-
-def check_templates(templates: Sequence[str]) -> List[str]:
-    templates = list(templates) or DEFAULT_TEMPLATES
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise EdgeClipError(f"prompt template {bad[0]!r} has no '{{}}' placeholder")
-    return templates
+@torch.no_grad()
+def text_classifier(encode_text: Callable[[List[str]], torch.Tensor], labels: Sequence[str],
+                    templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+    """The zero-shot classifier (L, D): per label, the normalised mean over templates of the normalised text
+    embeddings of its prompts. ``encode_text``: list of prompts -> (N, D) embeddings (any text tower)."""
+    labels = parse_labels(list(labels))
+    templates = check_templates(templates)
+    per_t = [F.normalize(encode_text([t.format(lb) for lb in labels]).float().cpu(), dim=-1) for t in templates]
+    return F.normalize(torch.stack(per_t).mean(0), dim=-1)
 
 
 @torch.no_grad()
@@ -65,8 +41,7 @@ def text_embeddings(teacher, labels: Sequence[str], templates: Sequence[str] = D
         arr = np.load(path)
         if arr.shape == (len(labels), teacher.embed_dim):
             return torch.from_numpy(arr)
-    per_t = [teacher.encode_text([t.format(l) for l in labels]).cpu() for t in templates]
-    emb = F.normalize(torch.stack(per_t).mean(0), dim=-1)
+    emb = text_classifier(teacher.encode_text, labels, templates)
     if use_cache:
         try:
             with atomic_path(path) as tmp:

@@ -8,37 +8,20 @@ against the frozen, real all-MiniLM-L6-v2 text encoder. It is saved as a checkpo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict
 
-import torch
-import torch.nn.functional as F
-
-from edgeclip.core.errors import CheckpointError, EdgeClipError
-from edgeclip.core.io import read_checkpoint, save_checkpoint, sha256_file
+from edgeclip.core.checkpoint import read_checkpoint, save_checkpoint
+from edgeclip.core.errors import CheckpointError
+from edgeclip.core.io import sha256_file
 from edgeclip.data.transforms import Preprocess
 from edgeclip.models.teachers.base import Teacher
 from edgeclip.models.teachers.minilm import (
     TEXT_DIM,
     TEXT_MODEL_ID,
-    embed_texts,
     shared_text_tower,
 )
 
 REFERENCE_FORMAT = "edgeclip-reference-lit/1"
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
-
-
-def class_prompt_embeddings(classes: Sequence[str], templates: Sequence[str], device: str = "cpu") -> torch.Tensor:
-    """Template-ensembled, normalised text embeddings (C, D) of ``classes``."""
-    if not classes:
-        raise EdgeClipError("no class names / labels given")
-    if not templates:
-        raise EdgeClipError("no prompt templates given")
-    for t in templates:
-        if "{}" not in t:
-            raise EdgeClipError(f"prompt template {t!r} has no '{{}}' placeholder")
-    per_t = [embed_texts([t.format(c) for c in classes], device) for t in templates]
-    return F.normalize(torch.stack(per_t).mean(0), dim=-1)
 
 
 def save_reference(tower, path: Path, preprocess: Preprocess, logit_scale: float, info: Dict) -> None:

@@ -1,0 +1,58 @@
+"""Prompt templates and label lists: the one place that knows what a template and a label look like.
+
+Torch-free, so the bundle runtime and the server clean labels exactly as training and evaluation do.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import List, Sequence
+
+from edgeclip.core.errors import EdgeClipError
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+DEFAULT_TEMPLATES = (DEFAULT_TEMPLATE,)
+
+
+def check_templates(templates: Sequence[str] | None) -> List[str]:
+    """Templates with exactly one positional ``{}`` (the label); the default when none are given."""
+    templates = list(templates or DEFAULT_TEMPLATES)
+    for t in templates:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+        except ValueError as e:
+            raise EdgeClipError(f"prompt template {t!r} is not a valid format string ({e})") from None
+        if fields != [""]:
+            raise EdgeClipError(f"prompt template {t!r} must hold exactly one '{{}}' placeholder for the label")
+    return templates
+
+
+def parse_labels(labels: str | Sequence[str] | None) -> List[str]:
+    """``"cat,dog"``, a list, or ``@file.txt`` (one label per line) -> cleaned, de-duplicated labels."""
+    if labels is None:
+        raise EdgeClipError("no labels given (--labels 'cat,dog,car' or --labels @labels.txt)")
+    if isinstance(labels, str):
+        if labels.startswith("@"):
+            p = Path(labels[1:])
+            if not p.is_file():
+                raise EdgeClipError(f"label file not found: {p}")
+            items = p.read_text(encoding="utf-8").splitlines()
+        else:
+            items = labels.split(",")
+    else:
+        items = list(labels)
+    out, seen = [], set()
+    for it in items:
+        it = " ".join(str(it).split())
+        if it and it not in seen:
+            out.append(it)
+            seen.add(it)
+    if not out:
+        raise EdgeClipError("the label list is empty")
+    return out
+
+
+def class_names(classes: Sequence[str]) -> List[str]:
+    """ImageFolder class folders as prompt words (``pickup_truck`` -> ``pickup truck``)."""
+    return [c.replace("_", " ") for c in classes]

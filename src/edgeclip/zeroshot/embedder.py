@@ -1,0 +1,144 @@
+"""Embedders: one protocol for everything that turns images into embeddings in a teacher's text space.
+
+A teacher, a distilled student (torch), an exported ONNX student and an edge bundle (ONNX Runtime, no torch)
+all answer ``embed(images) -> (B, D)`` and ``text(labels, templates) -> (L, D)``, unit-length numpy arrays,
+so one labeling loop and one zero-shot evaluation (``edgeclip.zeroshot.evaluate``) serve them all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+
+import numpy as np
+
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.zeroshot.scores import unit
+
+
+class TeacherInfo(Protocol):
+    id: str
+    spec: str
+    embed_dim: int
+    logit_scale: float
+
+
+class Embedder(Protocol):
+    name: str
+    teacher: TeacherInfo
+    info: Dict[str, Any]
+
+    def embed(self, images: List) -> np.ndarray: ...
+
+    def text(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class TorchEmbedder:
+    """PIL images -> embeddings by a torch function; the teacher's text tower names the labels."""
+
+    name: str
+    embed_fn: Callable[[List], Any]
+    teacher: Any  # a Teacher: encode_text / id / spec / embed_dim / logit_scale
+    info: Dict = field(default_factory=dict)
+
+    def embed(self, images: List) -> np.ndarray:
+        return unit(self.embed_fn(images).float().cpu().numpy())
+
+    def text(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        from edgeclip.zeroshot.text import text_embeddings
+
+        return text_embeddings(self.teacher, labels, templates).numpy()
+
+
+def onnx_embedder(onnx_path: str | os.PathLike, preprocess, teacher, name: str, threads: Optional[int] = None,
+                  info: Optional[Dict] = None) -> TorchEmbedder:
+    """An exported student run by ONNX Runtime, with the student's own (torch) preprocessing."""
+    import torch
+
+    from edgeclip.runtime.session import ort_session
+
+    sess = ort_session(onnx_path, threads)
+    inp = sess.get_inputs()[0].name
+    tf = preprocess.torch_transform()
+
+    def fn(imgs):
+        x = torch.stack([tf(i) for i in imgs]).numpy().astype(np.float32)
+        return torch.from_numpy(sess.run(None, {inp: x})[0])
+
+    return TorchEmbedder(name, fn, teacher, info or {})
+
+
+@dataclass
+class _BundleTeacher:
+    id: str
+    spec: str
+    embed_dim: int
+    logit_scale: float
+
+
+class BundleEmbedder:
+    """An edge bundle (ONNX Runtime, numpy): its label embeddings were made by the teacher at export time."""
+
+    def __init__(self, labeler):
+        self.labeler = labeler
+        self.name = labeler.name
+        t = labeler.manifest.get("teacher") or {}
+        self.teacher = _BundleTeacher(str(t.get("id", "?")), str(t.get("spec", "?")), labeler.embed_dim,
+                                      labeler.logit_scale)
+        self.info = labeler.describe()
+
+    def embed(self, images: List) -> np.ndarray:
+        return unit(self.labeler.embed(images))
+
+    def text(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        """The bundle's precomputed embeddings of ``labels``; they were made with the bundle's templates."""
+        have = self.labeler.known.templates
+        if have and list(templates) != list(have):
+            raise EdgeClipError(f"this bundle's label embeddings were computed with the templates {have}, not "
+                                f"{list(templates)}: pass --template for each of those, or re-export the bundle")
+        return unit(self.labeler.known.subset(list(labels)).embeddings)
+
+
+def load_embedder(teacher: Optional[str] = None, student: Optional[str] = None, bundle: Optional[str] = None,
+                  device: str = "cpu", precision: str = "auto", threads: Optional[int] = None) -> Embedder:
+    """A teacher (``--teacher``), a student checkpoint (``--student``; its own teacher names the labels) or an
+    edge bundle (``--bundle``, torch-free)."""
+    if bundle:
+        from edgeclip.runtime.labeler import Labeler
+
+        return BundleEmbedder(Labeler(bundle, precision=precision, threads=threads))
+    import torch
+
+    from edgeclip.models.teachers import load_teacher
+
+    if student:
+        from edgeclip.models.student import load_student
+
+        st, pp, ck = load_student(student, map_location=device)
+        st.to(device)
+        t = load_teacher(teacher or ck["teacher"]["spec"], device=device)
+        if t.id != ck["teacher"]["id"]:
+            raise EdgeClipError(f"student {student} was distilled from {ck['teacher']['id']}, not {t.id}: "
+                                "its embeddings do not live in this teacher's text space")
+        if t.embed_dim != st.embed_dim:
+            raise EdgeClipError(f"student head gives {st.embed_dim}-d embeddings, teacher text is {t.embed_dim}-d")
+        tf = pp.torch_transform()
+
+        @torch.no_grad()
+        def fn(imgs):
+            return st(torch.stack([tf(i) for i in imgs]).to(device))
+
+        return TorchEmbedder(f"student:{Path(student).name}", fn, t,
+                             {"arch": st.arch, "params": sum(p.numel() for p in st.parameters())})
+    if not teacher:
+        raise EdgeClipError("give --teacher SPEC or --student CHECKPOINT (or --bundle DIR)")
+    t = load_teacher(teacher, device=device)
+
+    @torch.no_grad()
+    def tfn(imgs):
+        return t.encode_image(torch.stack([t.preprocess(i) for i in imgs]).to(device), normalize=False)
+
+    return TorchEmbedder(f"teacher:{t.id}", tfn, t, {})
