@@ -23,7 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from lab_caption import model_cost, throughput  # noqa: E402
 
 from edgeclip.core.config import load_config  # noqa: E402
 from edgeclip.core.env import machine_info, shared_data_dir  # noqa: E402
@@ -33,6 +32,7 @@ from edgeclip.data.memory import preload  # noqa: E402
 from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess  # noqa: E402
 from edgeclip.data.vocab import Vocab  # noqa: E402
 from edgeclip.models.captioner import build_captioner  # noqa: E402
+from lab_caption import model_cost, throughput  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,17 +61,30 @@ def main(argv=None) -> None:
     res = throughput(model, x, pp, threads=args.threads)
     out = {
         "what": "captioner end-to-end images/s on CPU, untrained weights = every caption decodes max_len=20 steps "
-                "(worst case; a trained model stops earlier)",
+        "(worst case; a trained model stops earlier)",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "OMP_NUM_THREADS=2 python benchmarks/caption_speed.py",
-        "vocab_size": len(vocab), "max_len": 20, "config": Path(args.config).name, "note": args.note,
-        "throughput_cpu": res, "load_average_before": load_before,
-        "targets": {"beam5_ge_30_images_per_s_batch32": res["beam5_batch32"]["images_per_s"] >= 30,
-                    "beam5_ge_30_images_per_s_batch1": res["beam5_batch1"]["images_per_s"] >= 30},
-        "cost": model_cost(model), "machine": machine_info(),
+        "vocab_size": len(vocab),
+        "max_len": 20,
+        "config": Path(args.config).name,
+        "note": args.note,
+        "throughput_cpu": res,
+        "load_average_before": load_before,
+        "targets": {
+            "beam5_ge_30_images_per_s_batch32": res["beam5_batch32"]["images_per_s"] >= 30,
+            "beam5_ge_30_images_per_s_batch1": res["beam5_batch1"]["images_per_s"] >= 30,
+        },
+        "cost": model_cost(model),
+        "machine": machine_info(),
     }
     write_json(args.out, out)
-    print({k: round(v["images_per_s"], 1) for k, v in res.items() if isinstance(v, dict) and "images_per_s" in v})
+    print(
+        {
+            k: round(v["images_per_s"], 1)
+            for k, v in res.items()
+            if isinstance(v, dict) and "images_per_s" in v
+        }
+    )
 
 
 if __name__ == "__main__":

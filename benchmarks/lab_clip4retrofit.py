@@ -56,41 +56,79 @@ def main() -> None:
 
     tt = cfg["teacher_train"]
     if not (art / "teacher" / "teacher.pt").exists():
-        train_reference(str(train_dir), art / "teacher", templates=templates, seed=cfg["seed"], resume=True,
-                        val_data=str(test_dir), progress=False, **tt)
+        train_reference(
+            str(train_dir),
+            art / "teacher",
+            templates=templates,
+            seed=cfg["seed"],
+            resume=True,
+            val_data=str(test_dir),
+            progress=False,
+            **tt,
+        )
     timings["teacher_train_minutes"] = read_json(art / "teacher" / "history.json")["train_seconds"] / 60
     teacher_spec = f"reference-lit:{art / 'teacher' / 'teacher.pt'}"
     teacher = load_teacher(teacher_spec)
 
     t1 = time.time()
-    summary = build_cache(open_source(str(train_dir)), teacher, art / "cache", views=cfg["cache"]["views"],
-                          batch_size=cfg["cache"]["batch_size"], progress=False)
+    summary = build_cache(
+        open_source(str(train_dir)),
+        teacher,
+        art / "cache",
+        views=cfg["cache"]["views"],
+        batch_size=cfg["cache"]["batch_size"],
+        progress=False,
+    )
     cache_info = summary.as_dict()
     teacher_sha = sha256_file(art / "teacher" / "teacher.pt")
     prev = read_json(args.out) if Path(args.out).is_file() else {}
-    if summary.computed == 0 and prev.get("checkpoints", {}).get("teacher.pt") == teacher_sha and prev.get("cache"):
+    if (
+        summary.computed == 0
+        and prev.get("checkpoints", {}).get("teacher.pt") == teacher_sha
+        and prev.get("cache")
+    ):
         cache_info = prev["cache"]  # a re-run (e.g. evaluation only): keep what building the cache took
-        timings["cache_minutes"] = prev["timings"].get("cache_minutes", prev["timings"].get("cache_minutes_this_run"))
+        timings["cache_minutes"] = prev["timings"].get(
+            "cache_minutes", prev["timings"].get("cache_minutes_this_run")
+        )
     else:
         timings["cache_minutes"] = (time.time() - t1) / 60
 
     dcfg = cfg["distill"]
-    names = lab_student_names(dcfg)  # one folder per student schedule, so a new schedule never resumes an old one
+    names = lab_student_names(
+        dcfg
+    )  # one folder per student schedule, so a new schedule never resumes an old one
     sdir = art / names[0]
-    dc = DistillConfig(teacher=teacher_spec, data=str(train_dir), cache=str(art / "cache"), out=str(sdir),
-                       student=dcfg["student"], loss=dcfg["loss"], templates=templates,
-                       train=dict(dcfg["train"], seed=cfg["seed"]))
+    dc = DistillConfig(
+        teacher=teacher_spec,
+        data=str(train_dir),
+        cache=str(art / "cache"),
+        out=str(sdir),
+        student=dcfg["student"],
+        loss=dcfg["loss"],
+        templates=templates,
+        train=dict(dcfg["train"], seed=cfg["seed"]),
+    )
     if not (sdir / "student.pt").exists():
         distill(dc, resume=True, progress=False, teacher=teacher)
     timings["student_train_minutes"] = read_json(sdir / "history.json")["train_seconds"] / 60
     final = sdir
     students = {}
-    cont = dcfg.get("continue")  # a second cosine cycle from the first student (distill --init), label-free as well
+    cont = dcfg.get(
+        "continue"
+    )  # a second cosine cycle from the first student (distill --init), label-free as well
     if cont:
         cdir = art / names[-1]
-        cc = DistillConfig(teacher=teacher_spec, data=str(train_dir), cache=str(art / "cache"),
-                           out=str(cdir), init=str(sdir / "student.pt"), loss=dcfg["loss"],
-                           templates=templates, train=dict(dcfg["train"], **cont, seed=cfg["seed"]))
+        cc = DistillConfig(
+            teacher=teacher_spec,
+            data=str(train_dir),
+            cache=str(art / "cache"),
+            out=str(cdir),
+            init=str(sdir / "student.pt"),
+            loss=dcfg["loss"],
+            templates=templates,
+            train=dict(dcfg["train"], **cont, seed=cfg["seed"]),
+        )
         if not (cdir / "student.pt").exists():
             distill(cc, resume=True, progress=False, teacher=teacher)
         timings["student_continue_minutes"] = read_json(cdir / "history.json")["train_seconds"] / 60
@@ -98,47 +136,92 @@ def main() -> None:
         final = cdir
 
     t2 = time.time()
-    res = evaluate(load_embedder(teacher=teacher_spec), {"student": load_embedder(student=str(final / "student.pt")),
-                                                          **students}, str(test_dir), templates, batch_size=500)
+    res = evaluate(
+        load_embedder(teacher=teacher_spec),
+        {"student": load_embedder(student=str(final / "student.pt")), **students},
+        str(test_dir),
+        templates,
+        batch_size=500,
+    )
     timings["eval_minutes"] = (time.time() - t2) / 60
     t_hist = read_json(art / "teacher" / "history.json")
     s_hist = read_json(sdir / "history.json")
     c_hist = read_json(final / "history.json") if cont else None
     result = {
         "what": f"reference-lit teacher ({cfg['teacher_train']['arch']}) trained on CIFAR-10 train (50k); "
-                f"{dcfg['student']['arch']} student distilled from it without labels (teacher-embedding cache, "
-                f"{cfg['cache']['views']} deterministic views); zero-shot top-1 on the 5k test set",
-        "teacher_top1": res["teacher_top1"], "teacher_top5": res["teacher_top5"],
-        "student_top1": res["student_top1"], "student_top5": res["student_top5"],
-        "retention": res["student_top1"] / res["teacher_top1"], "agreement": res["agreement"], "n": res["n"],
-        "targets": {"teacher_top1>=0.85": res["teacher_top1"] >= 0.85,
-                    "student>=0.97*teacher": res["student_top1"] >= 0.97 * res["teacher_top1"]},
-        "config": cfg, "teacher_epochs": len(t_hist["epochs"]),
+        f"{dcfg['student']['arch']} student distilled from it without labels (teacher-embedding cache, "
+        f"{cfg['cache']['views']} deterministic views); zero-shot top-1 on the 5k test set",
+        "teacher_top1": res["teacher_top1"],
+        "teacher_top5": res["teacher_top5"],
+        "student_top1": res["student_top1"],
+        "student_top5": res["student_top5"],
+        "retention": res["student_top1"] / res["teacher_top1"],
+        "agreement": res["agreement"],
+        "n": res["n"],
+        "targets": {
+            "teacher_top1>=0.85": res["teacher_top1"] >= 0.85,
+            "student>=0.97*teacher": res["student_top1"] >= 0.97 * res["teacher_top1"],
+        },
+        "config": cfg,
+        "teacher_epochs": len(t_hist["epochs"]),
         "student_epochs": len(s_hist["epochs"]) + (len(c_hist["epochs"]) if c_hist else 0),
-        **({"first_cycle": {"epochs": len(s_hist["epochs"]), "student_top1": res["first_cycle_top1"],
-                            "retention": res["first_cycle_retention"], "agreement": res["first_cycle_agreement"]},
-            "continue_curve": [{k: e.get(k) for k in ("epoch", "loss", "cos", "lr")} for e in c_hist["epochs"]]}
-           if c_hist else {}),
-        "teacher_curve": [{k: e.get(k) for k in ("epoch", "loss", "acc", "val_top1")} for e in t_hist["epochs"]],
+        **(
+            {
+                "first_cycle": {
+                    "epochs": len(s_hist["epochs"]),
+                    "student_top1": res["first_cycle_top1"],
+                    "retention": res["first_cycle_retention"],
+                    "agreement": res["first_cycle_agreement"],
+                },
+                "continue_curve": [
+                    {k: e.get(k) for k in ("epoch", "loss", "cos", "lr")} for e in c_hist["epochs"]
+                ],
+            }
+            if c_hist
+            else {}
+        ),
+        "teacher_curve": [
+            {k: e.get(k) for k in ("epoch", "loss", "acc", "val_top1")} for e in t_hist["epochs"]
+        ],
         "student_curve": [{k: e.get(k) for k in ("epoch", "loss", "cos")} for e in s_hist["epochs"]],
-        "timings": timings, "device": t_hist.get("device", "cpu"), "cache": cache_info,
-        "checkpoints": {"teacher.pt": teacher_sha,
-                        "student.pt": sha256_file(final / "student.pt"),
-                        **({"first_cycle_student.pt": sha256_file(sdir / "student.pt")} if cont else {})},
+        "timings": timings,
+        "device": t_hist.get("device", "cpu"),
+        "cache": cache_info,
+        "checkpoints": {
+            "teacher.pt": teacher_sha,
+            "student.pt": sha256_file(final / "student.pt"),
+            **({"first_cycle_student.pt": sha256_file(sdir / "student.pt")} if cont else {}),
+        },
         "note": "the per-epoch teacher val_top1 is measured on the test set for monitoring only; the final epoch is "
-                "used (no selection on test).",
+        "used (no selection on test).",
         "machine": machine_info(),
     }
     # a changed student schedule keeps the earlier lab outcomes on record instead of overwriting them
     earlier = list(prev.get("earlier_attempts", []))
     if prev.get("checkpoints", {}).get("student.pt") not in (None, result["checkpoints"]["student.pt"]):
-        earlier.append({k: prev.get(k) for k in ("student_top1", "retention", "agreement", "student_epochs",
-                                                  "first_cycle", "timings", "checkpoints")}
-                       | {"distill": prev.get("config", {}).get("distill")})
+        earlier.append(
+            {
+                k: prev.get(k)
+                for k in (
+                    "student_top1",
+                    "retention",
+                    "agreement",
+                    "student_epochs",
+                    "first_cycle",
+                    "timings",
+                    "checkpoints",
+                )
+            }
+            | {"distill": prev.get("config", {}).get("distill")}
+        )
     if earlier:
         result["earlier_attempts"] = earlier
     write_json(args.out, result)
-    print(json.dumps({k: result[k] for k in ("teacher_top1", "student_top1", "retention", "agreement", "n")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("teacher_top1", "student_top1", "retention", "agreement", "n")}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

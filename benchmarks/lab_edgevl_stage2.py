@@ -21,17 +21,28 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from lab_edgevl import FIRST_MINING  # noqa: E402
 
 OLD = {k: v for k, v in FIRST_MINING.items() if k != "margin"}  # the lab's first mining
-NOTE = ("Each run is qat_pairs() with the settings shown, from the lab's curated stage-1 student. The runs of"
-        ' 2026-11-26 were trained by a first, uncommitted form of this script with the same settings (the fol'
-        'ders were renamed) and evaluated by this one; re-running re-trains any run whose folder is missing.')
+NOTE = (
+    "Each run is qat_pairs() with the settings shown, from the lab's curated stage-1 student. The runs of"
+    " 2026-11-26 were trained by a first, uncommitted form of this script with the same settings (the fol"
+    "ders were renamed) and evaluated by this one; re-running re-trains any run whose folder is missing."
+)
 RUNS = {  # name: QAT settings on top of the lab's (curated pairs, lr 2e-4, 100 steps)
     "lr0": {"lr": 0.0, "note": "plain QAT at lr 0: fake-quant calibration only"},
     "pool_plain": {"pool": True, "note": "plain QAT on all 20k pool pairs instead of the curated 4k"},
     "triplet_old_m03": {"tw": 1.0, "margin": 0.3, **OLD, "note": "the lab's mining at EdgeVL's margin 0.3"},
-    "triplet_edgevl": {"tw": 1.0, "margin": 0.3, "note": "EdgeVL's mining: nearest positive of the same modality, "
-                                                          "3 random semi-hard negatives, margin 0.3, + KD"},
-    "triplet_edgevl_only": {"tw": 1.0, "margin": 0.3, "lr": 2e-5, "weights": {"rgb": 0.0, "mono": 0.0},
-                            "note": "EdgeVL's stage 2 as published: triplet only (no KD), low lr"},
+    "triplet_edgevl": {
+        "tw": 1.0,
+        "margin": 0.3,
+        "note": "EdgeVL's mining: nearest positive of the same modality, "
+        "3 random semi-hard negatives, margin 0.3, + KD",
+    },
+    "triplet_edgevl_only": {
+        "tw": 1.0,
+        "margin": 0.3,
+        "lr": 2e-5,
+        "weights": {"rgb": 0.0, "mono": 0.0},
+        "note": "EdgeVL's stage 2 as published: triplet only (no KD), low lr",
+    },
     "prompt_kl": {"loss": "mse+prompt_kl", "note": "plain QAT, KD + the teacher's prompt distribution"},
     "prompt_kl_0.1": {"loss": "mse+0.1*prompt_kl", "note": "the same at weight 0.1"},
 }
@@ -42,7 +53,6 @@ def main() -> None:
 
     torch.set_num_threads(2)
     import lab_edgevl as L
-
     from edgeclip.core.env import machine_info
     from edgeclip.core.io import read_json, sha256_file, write_json
     from edgeclip.data.pairs import open_pairs, preload_pairs
@@ -75,17 +85,27 @@ def main() -> None:
         return {k: {m: round(100 * v["top1"], 2) for m, v in e[k].items()} for k in ["teacher", *models]}
 
     def save():
-        res.update(what=__doc__.splitlines()[0], command="python benchmarks/lab_edgevl_stage2.py", note=NOTE,
-                   machine=machine_info(), val_images=len(vd), start="s1_curated of the EdgeVL lab",
-                   start_sha256=sha256_file(work / "s1_curated/student.pt"))
+        res.update(
+            what=__doc__.splitlines()[0],
+            command="python benchmarks/lab_edgevl_stage2.py",
+            note=NOTE,
+            machine=machine_info(),
+            val_images=len(vd),
+            start="s1_curated of the EdgeVL lab",
+            start_sha256=sha256_file(work / "s1_curated/student.pt"),
+        )
         write_json(out, res)
 
     if "baseline" not in res:
-        res["baseline"] = ev({"fp32_curated": torch_embedder(cur),
-                              "fp32_all": torch_embedder(load_pair_student(work / "s1_all/student.pt")[0]),
-                              "int8_ptq": exported_embedder(work / "ptq/ptq.json"),
-                              "int8_qat_plain": exported_embedder(work / "qat_plain/qat.json"),
-                              "int8_qat_triplet": exported_embedder(work / "qat_triplet/qat.json")})
+        res["baseline"] = ev(
+            {
+                "fp32_curated": torch_embedder(cur),
+                "fp32_all": torch_embedder(load_pair_student(work / "s1_all/student.pt")[0]),
+                "int8_ptq": exported_embedder(work / "ptq/ptq.json"),
+                "int8_qat_plain": exported_embedder(work / "qat_plain/qat.json"),
+                "int8_qat_triplet": exported_embedder(work / "qat_triplet/qat.json"),
+            }
+        )
         save()
     pool_manifest = dw / "curate_all/manifest.json"
     for name, spec in RUNS.items():
@@ -97,16 +117,35 @@ def main() -> None:
         manifest = pool_manifest if spec.get("pool") else work / "curate/manifest.json"
         n = read_json(manifest)["summary"]["n_kept"]
         ep = max(1, -(-100 * 64 // n))
-        cfg = QATConfig(student=str(work / "s1_curated/student.pt"), data=str(data["train"]), derive=derive,
-                        out=str(dw / name), cache=cache, manifest=str(manifest),
-                        triplet_weight=spec.get("tw", 0.0), seed=0, **{"margin": 0.2, **kw},
-                        train={"epochs": ep, "batch_size": 64, "lr": spec.get("lr", 2e-4), "warmup_epochs": 0.0,
-                               "weight_decay": 0.0, "max_steps_per_epoch": -(-100 // ep), "threads": 2,
-                               "log_every": 10**9})
+        cfg = QATConfig(
+            student=str(work / "s1_curated/student.pt"),
+            data=str(data["train"]),
+            derive=derive,
+            out=str(dw / name),
+            cache=cache,
+            manifest=str(manifest),
+            triplet_weight=spec.get("tw", 0.0),
+            seed=0,
+            **{"margin": 0.2, **kw},
+            train={
+                "epochs": ep,
+                "batch_size": 64,
+                "lr": spec.get("lr", 2e-4),
+                "warmup_epochs": 0.0,
+                "weight_decay": 0.0,
+                "max_steps_per_epoch": -(-100 // ep),
+                "threads": 2,
+                "log_every": 10**9,
+            },
+        )
         done = dw / name / "qat.json"
         r = read_json(done) if done.exists() else qat_pairs(cfg, teacher=teacher)  # a finished run is kept
-        runs[name] = {**ev({name: exported_embedder(done)})[name], "semi_hard_fraction": r["semi_hard_fraction"],
-                      "train_seconds": round(r["seconds"]["train"]), "settings": spec}
+        runs[name] = {
+            **ev({name: exported_embedder(done)})[name],
+            "semi_hard_fraction": r["semi_hard_fraction"],
+            "train_seconds": round(r["seconds"]["train"]),
+            "settings": spec,
+        }
         save()
         print(name, json.dumps(runs[name]), flush=True)
 

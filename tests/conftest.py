@@ -41,8 +41,16 @@ def tiny_teacher(shapes, tmp_path_factory):
     from edgeclip.train.reference import train_reference
 
     out = tmp_path_factory.mktemp("teacher")
-    train_reference(str(shapes["train"]), out, arch="shufflenet_v2_x0_5", img_size=32, epochs=1,
-                    batch_size=64, progress=False, head_hidden=256)
+    train_reference(
+        str(shapes["train"]),
+        out,
+        arch="shufflenet_v2_x0_5",
+        img_size=32,
+        epochs=1,
+        batch_size=64,
+        progress=False,
+        head_hidden=256,
+    )
     return f"reference-lit:{out / 'teacher.pt'}"
 
 

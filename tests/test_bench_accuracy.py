@@ -14,9 +14,14 @@ def tiny_student(tiny_teacher, shapes, tmp_path_factory):
     from edgeclip.train.distill import DistillConfig, distill
 
     out = tmp_path_factory.mktemp("student")
-    cfg = DistillConfig(teacher=tiny_teacher, data=str(shapes["train"]), out=str(out),
-                        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
-                        loss="cosine", train={"epochs": 2, "batch_size": 48, "lr": 3e-3, "accelerator": "cpu"})
+    cfg = DistillConfig(
+        teacher=tiny_teacher,
+        data=str(shapes["train"]),
+        out=str(out),
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
+        loss="cosine",
+        train={"epochs": 2, "batch_size": 48, "lr": 3e-3, "accelerator": "cpu"},
+    )
     distill(cfg, progress=False)
     return out / "student.pt"
 
@@ -25,20 +30,36 @@ def test_accuracy_int8_pareto_and_report(tiny_teacher, tiny_student, shapes, tmp
     from edgeclip.lab.suite import BenchConfig, run_bench
 
     logs = []
-    res = run_bench(BenchConfig(out=str(tmp_path / "res"), quick=True, teacher=tiny_teacher, students=[str(tiny_student)],
-                                data=str(shapes["test"]), train_data=str(shapes["train"]), workdir=str(tmp_path / "w"),
-                                models=["shufflenet_v2_x0_5"], skip=["train_cost"], use_lab=False), log=logs.append)
+    res = run_bench(
+        BenchConfig(
+            out=str(tmp_path / "res"),
+            quick=True,
+            teacher=tiny_teacher,
+            students=[str(tiny_student)],
+            data=str(shapes["test"]),
+            train_data=str(shapes["train"]),
+            workdir=str(tmp_path / "w"),
+            models=["shufflenet_v2_x0_5"],
+            skip=["train_cost"],
+            use_lab=False,
+        ),
+        log=logs.append,
+    )
     acc = res["sections"]["accuracy"]
     n = acc["n"]
     assert n == 36  # 6 classes x 6 test images of the shapes fixture
     for k in ("teacher_top1", "student_top1", "student_int8_top1"):
-        assert 0.0 <= acc[k] <= 1.0 and (acc[k] * n) == pytest.approx(round(acc[k] * n))  # a real fraction of n
+        assert 0.0 <= acc[k] <= 1.0 and (acc[k] * n) == pytest.approx(
+            round(acc[k] * n)
+        )  # a real fraction of n
     assert acc["retention"] == pytest.approx(acc["student_top1"] / acc["teacher_top1"])
     assert acc["models"]["student_int8"]["onnx_int8_mb"] > 0
     assert len(acc["samples"]) >= 6 and all(s["true"] and len(s["labels"]) == 3 for s in acc["samples"])
     # the lab/user models were timed at their own size (32 px) next to the speed-suite models
     names = {m["name"]: m for m in res["sections"]["speed"]["models"]}
-    assert names[f"ckpt:{tiny_student}"]["img_size"] == 32 and names[f"teacher:{tiny_teacher}"]["img_size"] == 32
+    assert (
+        names[f"ckpt:{tiny_student}"]["img_size"] == 32 and names[f"teacher:{tiny_teacher}"]["img_size"] == 32
+    )
     assert any(r["teacher"] == f"teacher:{tiny_teacher}" for r in res["sections"]["speed"]["ratios"])
     assert res["checkpoints_sha256"][str(tiny_student)]
     rep = Path(res["report"]["markdown"]).read_text()
@@ -51,12 +72,25 @@ def test_accuracy_int8_pareto_and_report(tiny_teacher, tiny_student, shapes, tmp
 def test_gpu_throughput_code_path_on_cpu(tiny_teacher, shapes, tmp_path):
     from edgeclip.lab.train_cost import gpu_throughput
 
-    r = gpu_throughput(shapes["train"], tmp_path / "g", teacher_spec=tiny_teacher, student="shufflenet_v2_x0_5",
-                       img_size=32, n_images=64, batch_size=16, steps=2, workers=0, device="cpu", log=lambda _: None)
+    r = gpu_throughput(
+        shapes["train"],
+        tmp_path / "g",
+        teacher_spec=tiny_teacher,
+        student="shufflenet_v2_x0_5",
+        img_size=32,
+        n_images=64,
+        batch_size=16,
+        steps=2,
+        workers=0,
+        device="cpu",
+        log=lambda _: None,
+    )
     assert r["accelerator"] == "cpu" and r["precision"] == "32-true" and r["steps"] == 2
     assert r["data_loading_images_per_s"] > 0 and r["distill_images_per_s"] > 0
     assert r["distill"]["images"] == 32
-    assert r["distill_vs_loading"] == pytest.approx(r["distill_images_per_s"] / r["data_loading_images_per_s"])
+    assert r["distill_vs_loading"] == pytest.approx(
+        r["distill_images_per_s"] / r["data_loading_images_per_s"]
+    )
 
 
 def test_gpu_throughput_refuses_cuda_without_gpu(tmp_path, shapes):

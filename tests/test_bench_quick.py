@@ -44,8 +44,15 @@ def test_bench_quick_end_to_end(tmp_path, capsys):
     rep = out / "report_quick"
     md = (rep / "report.md").read_text()
     html = (rep / "index.html").read_text()
-    for text in ("Speed and size at 224 px", "Training cost", "Published numbers", "EdgeVL", "depth.student_top1",
-                 "not yet measured", "Energy per image"):
+    for text in (
+        "Speed and size at 224 px",
+        "Training cost",
+        "Published numbers",
+        "EdgeVL",
+        "depth.student_top1",
+        "not yet measured",
+        "Energy per image",
+    ):
         assert text in md, text
     assert "<table>" in html and "speed.png" in html
     for png in ("speed.png", "curves.png"):

@@ -24,7 +24,10 @@ def test_measure_model_and_ratios_same_run(tmp_path, shapes):
     cal = calibration_images([shapes["train"]], n=4, batch=2)
     t = build_speed_model("resnet18", img_size=64, embed_dim=32, role="teacher")
     s = build_speed_model("shufflenet_v2_x0_5", img_size=64, embed_dim=32)
-    recs = [measure_model(m, tmp_path, cal, threads=1, batch=2, reps=2, thr_reps=1, log=lambda _: None) for m in (t, s)]
+    recs = [
+        measure_model(m, tmp_path, cal, threads=1, batch=2, reps=2, thr_reps=1, log=lambda _: None)
+        for m in (t, s)
+    ]
     for r in recs:
         for be in ("torch", "ort_fp32", "ort_int8"):
             assert r[be]["b1_median_ms"] > 0 and r[be]["throughput_images_per_s"] > 0, (r["name"], be, r[be])
@@ -34,7 +37,9 @@ def test_measure_model_and_ratios_same_run(tmp_path, shapes):
     assert row["student"] == "shufflenet_v2_x0_5" and row["teacher"] == "resnet18"
     assert row["params_reduction"] == pytest.approx(recs[0]["params"] / recs[1]["params"])
     assert row["params_reduction"] > 5 and row["gflops_reduction"] > 5
-    assert row["torch_b1_speedup"] == pytest.approx(recs[0]["torch"]["b1_median_ms"] / recs[1]["torch"]["b1_median_ms"])
+    assert row["torch_b1_speedup"] == pytest.approx(
+        recs[0]["torch"]["b1_median_ms"] / recs[1]["torch"]["b1_median_ms"]
+    )
     # different input sizes are never compared
     recs[1]["img_size"] = 32
     assert ratios(recs) == []
@@ -52,16 +57,28 @@ def test_speed_model_specs(tmp_path):
 
 
 def test_pareto_front():
-    pts = [{"name": "teacher", "top1": 0.80, "latency_ms": 100.0}, {"name": "student", "top1": 0.75, "latency_ms": 5.0},
-           {"name": "int8", "top1": 0.74, "latency_ms": 2.0}, {"name": "bad", "top1": 0.70, "latency_ms": 6.0}]
+    pts = [
+        {"name": "teacher", "top1": 0.80, "latency_ms": 100.0},
+        {"name": "student", "top1": 0.75, "latency_ms": 5.0},
+        {"name": "int8", "top1": 0.74, "latency_ms": 2.0},
+        {"name": "bad", "top1": 0.70, "latency_ms": 6.0},
+    ]
     assert [p["name"] for p in pareto_front(pts)] == ["int8", "student", "teacher"]
 
 
 def test_collect_lab_results_reads_defensively(tmp_path):
-    (tmp_path / "lab_clip4retrofit.json").write_text(json.dumps({
-        "machine": {"date": "x", "cpu_count": 2}, "teacher": {"top1": 0.81}, "student": {"top1": 0.7, "retention": 0.864},
-        "int8": {"retention": 0.85}, "history": {"epochs": [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}]},
-        "samples": [{"image": "a.jpg", "labels": ["cat"]}]}))
+    (tmp_path / "lab_clip4retrofit.json").write_text(
+        json.dumps(
+            {
+                "machine": {"date": "x", "cpu_count": 2},
+                "teacher": {"top1": 0.81},
+                "student": {"top1": 0.7, "retention": 0.864},
+                "int8": {"retention": 0.85},
+                "history": {"epochs": [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}]},
+                "samples": [{"image": "a.jpg", "labels": ["cat"]}],
+            }
+        )
+    )
     (tmp_path / "lab_caption.json").write_text('{"cider": 0.4, ')  # half-written by a run still going
     (tmp_path / "bench.json").write_text(json.dumps({"teacher_top1": 1.0}))  # our own output: excluded
     (tmp_path / "lab_other.json").write_text(json.dumps({"val_top1": 0.5}))
@@ -73,14 +90,17 @@ def test_collect_lab_results_reads_defensively(tmp_path):
     assert not any(k.startswith("machine") for k in f["metrics"])  # machine facts are not metrics
     assert f["curves"]["history.epochs.loss"] == [1.0, 0.5]
     assert f["samples"][0]["image"] == "a.jpg"
-    assert a["caption"]["status"] == "not yet measured" and "not valid JSON" in a["caption"]["files"][0]["error"]
+    assert (
+        a["caption"]["status"] == "not yet measured" and "not valid JSON" in a["caption"]["files"][0]["error"]
+    )
     assert a["edgevl"] == {"measures": a["edgevl"]["measures"], "files": [], "status": "not yet measured"}
     assert [o["file"] for o in res["other"]] == ["lab_other.json"]
     assert collect_lab_results(tmp_path / "absent")["areas"]["bundle"]["status"] == "not yet measured"
     assert pick_metrics({"a": {"cider": 1.2, "name": "x", "flag": True}}) == {"a.cider": 1.2}
     # a metric table keyed by model and modality (the EdgeVL lab's zero_shot_top1)
-    assert pick_metrics({"zero_shot_top1": {"fp32": {"rgb": 0.8}}, "seconds": {"qat": 3.0}}) == \
-        {"zero_shot_top1.fp32.rgb": 0.8}
+    assert pick_metrics({"zero_shot_top1": {"fp32": {"rgb": 0.8}}, "seconds": {"qat": 3.0}}) == {
+        "zero_shot_top1.fp32.rgb": 0.8
+    }
     assert find_curves({"epochs": [{"epoch": 1}]}) == {}
 
 
@@ -110,9 +130,23 @@ def test_rapl_reader_and_wraparound(tmp_path):
 
 
 def test_energy_table_labels_estimates():
-    models = [{"name": "t", "role": "teacher", "img_size": 224, "gflops": 4.0, "torch": {"throughput_images_per_s": 10.0}},
-              {"name": "s", "role": "student", "img_size": 224, "gflops": 0.2, "torch": {"throughput_images_per_s": 200.0},
-               "energy_rapl": {"joules_per_image": 0.03, "watts": 12.0}}]
+    models = [
+        {
+            "name": "t",
+            "role": "teacher",
+            "img_size": 224,
+            "gflops": 4.0,
+            "torch": {"throughput_images_per_s": 10.0},
+        },
+        {
+            "name": "s",
+            "role": "student",
+            "img_size": 224,
+            "gflops": 0.2,
+            "torch": {"throughput_images_per_s": 200.0},
+            "energy_rapl": {"joules_per_image": 0.03, "watts": 12.0},
+        },
+    ]
     e = energy_table(models, threads=2, joules_per_gflop=0.1)
     t, s = e["rows"]
     assert t["method"].startswith("estimate") and t["estimate_joules_per_image"] == pytest.approx(0.4)
@@ -152,8 +186,26 @@ def test_cuda_mode_skips_cleanly_on_cpu(tmp_path, capsys):
         pytest.skip("a CUDA GPU is present: the skip path is not taken here")
     from edgeclip.cli import main
 
-    main(["bench", "--quick", "--device", "cuda", "--out", str(tmp_path), "--workdir", str(tmp_path / "w"), "--no-lab",
-          "--skip", "speed", "--skip", "train", "--skip", "accuracy", "--no-report"])
+    main(
+        [
+            "bench",
+            "--quick",
+            "--device",
+            "cuda",
+            "--out",
+            str(tmp_path),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--no-lab",
+            "--skip",
+            "speed",
+            "--skip",
+            "train",
+            "--skip",
+            "accuracy",
+            "--no-report",
+        ]
+    )
     out = capsys.readouterr().out
     assert "no CUDA GPU on this machine; GPU throughput section skipped" in out
     d = json.loads((tmp_path / "bench_quick.json").read_text())
@@ -186,8 +238,12 @@ def test_lab_student_path_follows_the_lab_json(tmp_path):
     lab, res = tmp_path / "benchmarks" / "artifacts" / "lab", tmp_path / "benchmarks" / "results"
     res.mkdir(parents=True)
     assert lab_student_path(lab) == lab / "student" / "student.pt"  # no lab JSON yet
-    for distill, name in (({"name": "student_e30"}, "student_e30"), ({"continue": {"epochs": 6}}, "student_cont"),
-                          ({"name": "s", "continue": {"epochs": 2}}, "s_cont"), ({}, "student")):
+    for distill, name in (
+        ({"name": "student_e30"}, "student_e30"),
+        ({"continue": {"epochs": 6}}, "student_cont"),
+        ({"name": "s", "continue": {"epochs": 2}}, "s_cont"),
+        ({}, "student"),
+    ):
         (res / "lab_clip4retrofit.json").write_text(json.dumps({"config": {"distill": distill}}))
         assert lab_student_path(lab) == lab / name / "student.pt"
     (res / "lab_clip4retrofit.json").write_text("{not json")
@@ -197,7 +253,11 @@ def test_lab_student_path_follows_the_lab_json(tmp_path):
 def test_report_target_rows():
     from edgeclip.lab.report import target_rows
 
-    t = {"ratio": {"value": 0.95, "target": 0.97, "met": False}, "diff_points": {"value": -1.2},
-         "nested": {"x": {"value": 2.0, "target": 1.0, "met": True}}, "main_student": "fp32"}
+    t = {
+        "ratio": {"value": 0.95, "target": 0.97, "met": False},
+        "diff_points": {"value": -1.2},
+        "nested": {"x": {"value": 2.0, "target": 1.0, "met": True}},
+        "main_student": "fp32",
+    }
     assert target_rows(t) == [["ratio", "0.950", 0.97, "not met"], ["nested.x", "2.000", 1.0, "met"]]
     assert target_rows(None) == []

@@ -26,35 +26,49 @@ def test_csv_format_with_bad_rows_and_splits(tmp_path, imgs):
     (tmp_path / "captions.txt").write_text(
         "im0.jpg, Một người leo núi .\n"
         "im0.jpg, Người leo núi, trên đỉnh  \n"
-        "im1.jpg,   \n"            # empty caption
-        "im1.jpg, ... !\n"         # no word at all: empty too
+        "im1.jpg,   \n"  # empty caption
+        "im1.jpg, ... !\n"  # no word at all: empty too
         "im2.jpg, a dog\n"
-        "missing.jpg, a cat\n"     # refers to a missing image
-        "no comma here\n"          # malformed
+        "missing.jpg, a cat\n"  # refers to a missing image
+        "no comma here\n"  # malformed
         "\n"
-        "im3.jpg, a bird\n", encoding="utf-8")
+        "im3.jpg, a bird\n",
+        encoding="utf-8",
+    )
     cs = load_captions(tmp_path / "captions.txt")
     assert cs.fmt == "csv"
     assert [it.name for it in cs.items] == ["im0.jpg", "im2.jpg", "im3.jpg"]
-    assert cs.items[0].captions == ["Một người leo núi .", "Người leo núi, trên đỉnh"]  # comma kept, blanks collapsed
+    assert cs.items[0].captions == [
+        "Một người leo núi .",
+        "Người leo núi, trên đỉnh",
+    ]  # comma kept, blanks collapsed
     assert cs.skipped == {"empty_caption": 2, "missing_image": 1, "bad_line": 1, "no_captions": 1}
-    (tmp_path / "splits.json").write_text(json.dumps({"train": ["im0.jpg", "im2.jpg"], "test": ["im3.jpg", "gone.jpg"]}))
+    (tmp_path / "splits.json").write_text(
+        json.dumps({"train": ["im0.jpg", "im2.jpg"], "test": ["im3.jpg", "gone.jpg"]})
+    )
     tr = load_captions(tmp_path / "captions.txt", split="train")
     assert [it.name for it in tr.items] == ["im0.jpg", "im2.jpg"]
     te = load_captions(tmp_path / "captions.txt", split="test")
-    assert [it.name for it in te.items] == ["im3.jpg"] and te.skipped["no_captions"] == 1  # gone.jpg listed, no captions
+    assert [it.name for it in te.items] == ["im3.jpg"] and te.skipped[
+        "no_captions"
+    ] == 1  # gone.jpg listed, no captions
     with pytest.raises(EdgeClipError, match="split 'val' not in"):
         load_captions(tmp_path / "captions.txt", split="val")
 
 
 def test_coco_json(tmp_path, imgs):
-    d = {"images": [{"id": i, "file_name": f"im{i}.jpg"} for i in range(4)] + [{"id": 9, "file_name": "im9.jpg"}],
-         "annotations": [{"id": 1, "image_id": 0, "caption": "A plane on a lake."},
-                         {"id": 2, "image_id": 0, "caption": "A seaplane."},
-                         {"id": 3, "image_id": 1, "caption": ""},
-                         {"id": 4, "image_id": 2, "caption": "Two dogs."},
-                         {"id": 5, "image_id": 42, "caption": "orphan"},
-                         {"id": 6, "image_id": 9, "caption": "image file is missing"}]}
+    d = {
+        "images": [{"id": i, "file_name": f"im{i}.jpg"} for i in range(4)]
+        + [{"id": 9, "file_name": "im9.jpg"}],
+        "annotations": [
+            {"id": 1, "image_id": 0, "caption": "A plane on a lake."},
+            {"id": 2, "image_id": 0, "caption": "A seaplane."},
+            {"id": 3, "image_id": 1, "caption": ""},
+            {"id": 4, "image_id": 2, "caption": "Two dogs."},
+            {"id": 5, "image_id": 42, "caption": "orphan"},
+            {"id": 6, "image_id": 9, "caption": "image file is missing"},
+        ],
+    }
     p = tmp_path / "captions_val2017.json"
     p.write_text(json.dumps(d))
     cs = load_captions(p)
@@ -64,11 +78,19 @@ def test_coco_json(tmp_path, imgs):
 
 
 def test_karpathy_json_and_flickr_token(tmp_path, imgs):
-    d = {"dataset": "flickr8k", "images": [
-        {"filename": "im0.jpg", "split": "train", "sentences": [{"raw": "A dog runs.", "tokens": ["a", "dog", "runs"]}]},
-        {"filename": "im1.jpg", "split": "restval", "sentences": [{"tokens": ["a", "cat"]}]},
-        {"filename": "im2.jpg", "split": "test", "sentences": [{"raw": "A bird."}]},
-        {"filename": "im3.jpg", "split": "val", "sentences": []}]}
+    d = {
+        "dataset": "flickr8k",
+        "images": [
+            {
+                "filename": "im0.jpg",
+                "split": "train",
+                "sentences": [{"raw": "A dog runs.", "tokens": ["a", "dog", "runs"]}],
+            },
+            {"filename": "im1.jpg", "split": "restval", "sentences": [{"tokens": ["a", "cat"]}]},
+            {"filename": "im2.jpg", "split": "test", "sentences": [{"raw": "A bird."}]},
+            {"filename": "im3.jpg", "split": "val", "sentences": []},
+        ],
+    }
     p = tmp_path / "dataset_flickr8k.json"
     p.write_text(json.dumps(d))
     tr = load_captions(p, images=imgs, split="train")
@@ -78,8 +100,11 @@ def test_karpathy_json_and_flickr_token(tmp_path, imgs):
     with pytest.raises(EdgeClipError, match="no split 'dev'"):
         load_captions(p, images=imgs, split="dev")
     tok = tmp_path / "Flickr8k.token.txt"
-    tok.write_text("im0.jpg#0\tA child in a pink dress .\nim0.jpg#1\tA girl .\nim5.jpg#0\tmissing\n"
-                   "im1.jpg#0\t\nbroken line\n", encoding="utf-8")
+    tok.write_text(
+        "im0.jpg#0\tA child in a pink dress .\nim0.jpg#1\tA girl .\nim5.jpg#0\tmissing\n"
+        "im1.jpg#0\t\nbroken line\n",
+        encoding="utf-8",
+    )
     fl = load_captions(tok, images=imgs)
     assert fl.fmt == "flickr" and [it.name for it in fl.items] == ["im0.jpg"]
     assert fl.skipped == {"missing_image": 1, "empty_caption": 1, "no_captions": 1, "bad_line": 1}

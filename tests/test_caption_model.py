@@ -93,7 +93,7 @@ def test_beam_one_equals_greedy_and_batch_independence():
     assert torch.equal(g, b1)
     full = generate(m, x, beam=5, max_len=8)
     assert all(full) and len(set(full)) > 1
-    one_by_one = [generate(m, x[i:i + 1], beam=5, max_len=8)[0] for i in range(4)]
+    one_by_one = [generate(m, x[i : i + 1], beam=5, max_len=8)[0] for i in range(4)]
     assert full == one_by_one
     with pytest.raises(EdgeClipError):
         beam_decode(step, (h, c), (feats, keys), 0, 8)
@@ -110,8 +110,12 @@ def test_length_normalisation_changes_the_choice():
     lp = torch.log_softmax(lp, -1)
     step = lambda w, d, s: (lp[w], d)  # noqa: E731
     z = torch.zeros(1, 2)
-    short, _ = beam_decode(step, (z, z), (z,), beam=3, max_len=5, length_penalty=0.0)  # raw log-prob: w4 <eos> (0.30)
-    longer, _ = beam_decode(step, (z, z), (z,), beam=3, max_len=5, length_penalty=1.0)  # per token: w5 w6 <eos> (0.24 over 3)
+    short, _ = beam_decode(
+        step, (z, z), (z,), beam=3, max_len=5, length_penalty=0.0
+    )  # raw log-prob: w4 <eos> (0.30)
+    longer, _ = beam_decode(
+        step, (z, z), (z,), beam=3, max_len=5, length_penalty=1.0
+    )  # per token: w5 w6 <eos> (0.24 over 3)
     assert short[0, :2].tolist() == [4, EOS_ID]
     assert longer[0, :3].tolist() == [5, 6, EOS_ID]
 
@@ -157,18 +161,33 @@ def test_encoder_init_from_a_distilled_student(tmp_path):
     torch.manual_seed(1)
     st = create_student("shufflenet_v2_x0_5", 16, small_input=True, stem_stride=1, img_size=32, head_hidden=0)
     save_student(st, tmp_path / "s.pt", Preprocess(size=32), {"id": "t"})
-    cfg = CaptionModelConfig(arch="shufflenet_v2_x0_5", img_size=64, teacher_dim=16, feat_dim=32, hidden=32,
-                             embed=16, att_dim=16)
+    cfg = CaptionModelConfig(
+        arch="shufflenet_v2_x0_5", img_size=64, teacher_dim=16, feat_dim=32, hidden=32, embed=16, att_dim=16
+    )
     m = build_captioner(VOCAB, cfg)
     info = init_encoder_from_student(m, tmp_path / "s.pt")
     assert info["head_loaded"] and info["teacher"] == "t" and len(info["sha256"]) == 64
     for k, v in st.backbone.state_dict().items():
         assert torch.equal(m.student.backbone.state_dict()[k], v), k
     assert m.student.grid(torch.randn(1, 3, 64, 64)).shape[-2:] == (2, 2)  # the captioner's own strides
-    other = build_captioner(VOCAB, CaptionModelConfig(arch="shufflenet_v2_x0_5", img_size=64, teacher_dim=8,
-                                                      feat_dim=32, hidden=32, embed=16, att_dim=16))
-    assert not init_encoder_from_student(other, tmp_path / "s.pt")["head_loaded"]  # other teacher size: fresh head
+    other = build_captioner(
+        VOCAB,
+        CaptionModelConfig(
+            arch="shufflenet_v2_x0_5",
+            img_size=64,
+            teacher_dim=8,
+            feat_dim=32,
+            hidden=32,
+            embed=16,
+            att_dim=16,
+        ),
+    )
+    assert not init_encoder_from_student(other, tmp_path / "s.pt")[
+        "head_loaded"
+    ]  # other teacher size: fresh head
     with pytest.raises(CheckpointError, match="cannot initialise a shufflenet_v2_x1_0"):
-        init_encoder_from_student(build_captioner(VOCAB, CaptionModelConfig(teacher_dim=16)), tmp_path / "s.pt")
+        init_encoder_from_student(
+            build_captioner(VOCAB, CaptionModelConfig(teacher_dim=16)), tmp_path / "s.pt"
+        )
     with pytest.raises(CheckpointError):
         init_encoder_from_student(m, tmp_path / "missing.pt")

@@ -11,7 +11,14 @@ import torch
 from edgeclip.core.errors import CheckpointError, EdgeClipError
 from edgeclip.metrics import score_captions
 
-WORDS = {"circle": "round", "square": "boxy", "triangle": "pointy", "star": "shiny", "cross": "plus", "ring": "hollow"}
+WORDS = {
+    "circle": "round",
+    "square": "boxy",
+    "triangle": "pointy",
+    "star": "shiny",
+    "cross": "plus",
+    "ring": "hollow",
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +41,17 @@ def caption_data(shapes, tmp_path_factory):
 def _cfg(caption_data, out, **kw):
     from edgeclip.train.caption import CaptionTrainConfig
 
-    base = dict(data=str(caption_data["captions"]), images=str(caption_data["images"]), out=str(out),
-                model={"img_size": 64, "teacher_dim": 384}, vocab={"min_count": 1, "max_len": 8},
-                train={"epochs": 2, "batch_size": 32, "lr": 3e-3, "max_steps_per_epoch": 3}, captions_per_image=3,
-                patience=0, val_max_images=12)
+    base = dict(
+        data=str(caption_data["captions"]),
+        images=str(caption_data["images"]),
+        out=str(out),
+        model={"img_size": 64, "teacher_dim": 384},
+        vocab={"min_count": 1, "max_len": 8},
+        train={"epochs": 2, "batch_size": 32, "lr": 3e-3, "max_steps_per_epoch": 3},
+        captions_per_image=3,
+        patience=0,
+        val_max_images=12,
+    )
     base.update(kw)
     return CaptionTrainConfig(**base)
 
@@ -89,8 +103,14 @@ def test_distilled_training_resume_and_eval(caption_data, tiny_teacher, tmp_path
 def test_beta_only_needs_no_teacher_and_early_stops(caption_data, tmp_path):
     from edgeclip.train.caption import train_captioner
 
-    cfg = _cfg(caption_data, tmp_path / "b", alpha=0.0, beta=1.0, patience=1, train={"epochs": 6, "batch_size": 32,
-               "lr": 0.0, "max_steps_per_epoch": 1, "warmup_epochs": 0})  # lr 0: val CIDEr cannot improve
+    cfg = _cfg(
+        caption_data,
+        tmp_path / "b",
+        alpha=0.0,
+        beta=1.0,
+        patience=1,
+        train={"epochs": 6, "batch_size": 32, "lr": 0.0, "max_steps_per_epoch": 1, "warmup_epochs": 0},
+    )  # lr 0: val CIDEr cannot improve
     h = train_captioner(cfg, progress=False)
     assert h.get("stopped_early_at") == 2 and len(h["epochs"]) == 2 and "mse" not in h["epochs"][0]
     assert h["best"]["best_epoch"] == 1
@@ -101,8 +121,13 @@ def test_beta_only_needs_no_teacher_and_early_stops(caption_data, tmp_path):
 
 
 def test_metrics_known_values():
-    refs = {"1": ["a dog runs on the grass", "the dog is running"], "2": ["một người leo núi", "người leo núi"]}
-    perfect = score_captions(refs, {"1": "a dog runs on the grass", "2": "một người leo núi"}, metrics=("BLEU", "CIDEr"))
+    refs = {
+        "1": ["a dog runs on the grass", "the dog is running"],
+        "2": ["một người leo núi", "người leo núi"],
+    }
+    perfect = score_captions(
+        refs, {"1": "a dog runs on the grass", "2": "một người leo núi"}, metrics=("BLEU", "CIDEr")
+    )
     worse = score_captions(refs, {"1": "a cat", "2": "một con mèo"}, metrics=("BLEU", "CIDEr"))
     assert perfect["Bleu_1"] == pytest.approx(1.0, abs=1e-6) and perfect["CIDEr"] > worse["CIDEr"]
     assert worse["Bleu_4"] < 0.01
@@ -129,9 +154,11 @@ def test_cli_train_caption_eval(caption_data, tmp_path, capsys):
     from edgeclip.cli import main
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {caption_data['captions']}\nimages: {caption_data['images']}\nalpha: 0\nbeta: 1\n"
-                   "model: {img_size: 64, teacher_dim: 16}\nvocab: {min_count: 1, max_len: 6}\ncaptions_per_image: 2\n"
-                   "val_max_images: 6\ntrain: {epochs: 1, batch_size: 32, lr: 0.003, max_steps_per_epoch: 2}\n")
+    cfg.write_text(
+        f"data: {caption_data['captions']}\nimages: {caption_data['images']}\nalpha: 0\nbeta: 1\n"
+        "model: {img_size: 64, teacher_dim: 16}\nvocab: {min_count: 1, max_len: 6}\ncaptions_per_image: 2\n"
+        "val_max_images: 6\ntrain: {epochs: 1, batch_size: 32, lr: 0.003, max_steps_per_epoch: 2}\n"
+    )
     out = tmp_path / "run"
     main(["caption-train", str(cfg), "--out", str(out)])
     assert (out / "captioner.pt").is_file()
@@ -145,5 +172,15 @@ def test_cli_train_caption_eval(caption_data, tmp_path, capsys):
     first = sorted(img_dir.glob("*.jpg"))[0]
     foreign.write_text(f"{first.name}, zebras grazing beside acacia trees\n")
     with pytest.raises(SystemExit) as e:
-        main(["caption-eval", "--model", str(out / "captioner.pt"), "--data", str(foreign), "--images", str(img_dir)])
+        main(
+            [
+                "caption-eval",
+                "--model",
+                str(out / "captioner.pt"),
+                "--data",
+                str(foreign),
+                "--images",
+                str(img_dir),
+            ]
+        )
     assert e.value.code == 2 and "vocabulary mismatch" in capsys.readouterr().err

@@ -82,9 +82,17 @@ def test_checkpoint_of_an_earlier_release_loads_and_converts(tmp_path, capsys):
 
     st, _ = _student(tmp_path)
     old = tmp_path / "old.pt"
-    torch.save({"format": "edgeclip-student/1", "config": st.config, "preprocess": {"size": 32},
-                "teacher": {"id": "t:1"}, "state_dict": st.state_dict(),
-                "extra": {"val_top1": np.float64(0.5), "out": Path("runs/x")}}, old)
+    torch.save(
+        {
+            "format": "edgeclip-student/1",
+            "config": st.config,
+            "preprocess": {"size": 32},
+            "teacher": {"id": "t:1"},
+            "state_dict": st.state_dict(),
+            "extra": {"val_top1": np.float64(0.5), "out": Path("runs/x")},
+        },
+        old,
+    )
     st2, _, ck = load_student(old)
     assert ck["extra"]["val_top1"] == 0.5
     code, err = _cli(["checkpoint", "convert", old, "--out", tmp_path / "new.pt"], capsys)
@@ -105,7 +113,7 @@ def test_corrupt_metadata_and_plain_safetensors_are_one_line(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "bad.safetensors"), metadata={"edgeclip": "{not json"})
     with pytest.raises(CheckpointError, match="corrupt checkpoint metadata"):
         load_student(tmp_path / "bad.safetensors")
-    (tmp_path / "trunc.pt").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"w\"")
+    (tmp_path / "trunc.pt").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"w"')
     with pytest.raises(CheckpointError):
         load_student(tmp_path / "trunc.pt")
 
@@ -139,9 +147,15 @@ def test_payload_never_runs_from_third_party_weights_or_resume_state(tmp_path, m
     with pytest.raises(EdgeClipError):  # backbone weights (--set student.weights=...)
         create_student("shufflenet_v2_x0_5", 16, weights=str(evil))
     cfg = tmp_path / "edgeclip-test-safety-vit.json"
-    cfg.write_text(json.dumps({
-        "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "embed_dim": 16,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+                "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+            }
+        )
+    )
     open_clip.add_model_config(cfg)
     with pytest.raises(EdgeClipError):  # open_clip ARCH:FILE
         load_teacher(f"edgeclip-test-safety-vit:{evil}")
@@ -151,14 +165,20 @@ def test_payload_never_runs_from_third_party_weights_or_resume_state(tmp_path, m
     model = torch.nn.Linear(2, 1)
     data = torch.utils.data.TensorDataset(torch.randn(4, 2))
     with pytest.raises(CheckpointError, match="never unpickles"):
-        fit(TrainConfig(epochs=1, batch_size=2), model, data, lambda m, b: {"loss": m(b[0]).sum()}, run,
-            resume=True, progress=False)
+        fit(
+            TrainConfig(epochs=1, batch_size=2),
+            model,
+            data,
+            lambda m, b: {"loss": m(b[0]).sum()},
+            run,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_payload_never_runs_from_a_hugging_face_bin(tmp_path, marker):
-    from test_teachers import _save_tiny_hf
-
     from edgeclip.models.teachers import load_teacher
+    from test_teachers import _save_tiny_hf
 
     _save_tiny_hf(tmp_path)
     (tmp_path / "model.safetensors").unlink()
@@ -167,13 +187,16 @@ def test_payload_never_runs_from_a_hugging_face_bin(tmp_path, marker):
         load_teacher(f"hf:{tmp_path}")
 
 
-@pytest.mark.parametrize("args", [
-    ["stats", "--student", "{p}"],
-    ["label", "{img}", "--student", "{p}", "--labels", "a,b"],
-    ["teacher", "info", "reference-lit:{p}"],
-    ["export", "{p}", "--out", "{tmp}/bundle", "--labels", "a,b"],
-    ["caption", "{img}", "--model", "{p}"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stats", "--student", "{p}"],
+        ["label", "{img}", "--student", "{p}", "--labels", "a,b"],
+        ["teacher", "info", "reference-lit:{p}"],
+        ["export", "{p}", "--out", "{tmp}/bundle", "--labels", "a,b"],
+        ["caption", "{img}", "--model", "{p}"],
+    ],
+)
 def test_cli_commands_refuse_a_planted_checkpoint_in_one_line(args, tmp_path, marker, capsys):
     from PIL import Image
 

@@ -30,22 +30,48 @@ def student_ckpt(tiny_teacher, shapes, tmp_path_factory):
     from edgeclip.train.distill import DistillConfig, distill
 
     out = tmp_path_factory.mktemp("student")
-    distill(DistillConfig(teacher=tiny_teacher, data=str(shapes["train"]), out=str(out),
-                          student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
-                          train={"epochs": 1, "batch_size": 32}), progress=False)
+    distill(
+        DistillConfig(
+            teacher=tiny_teacher,
+            data=str(shapes["train"]),
+            out=str(out),
+            student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
+            train={"epochs": 1, "batch_size": 32},
+        ),
+        progress=False,
+    )
     return out / "student.pt"
 
 
 def test_label_teacher_and_student_jsonl_csv(tiny_teacher, student_ckpt, shapes, tmp_path, capsys):
     imgs = sorted(Path(shapes["test"]).rglob("*.jpg"))[:3]
-    code, out, err = run_cli(["label", *imgs, "--labels", "circle,square,star", "--teacher", tiny_teacher, "--topk", "2"], capsys)
+    code, out, err = run_cli(
+        ["label", *imgs, "--labels", "circle,square,star", "--teacher", tiny_teacher, "--topk", "2"], capsys
+    )
     assert code == 0, err
-    rows = [json.loads(l) for l in out.splitlines()]
-    assert len(rows) == 3 and all(len(r["labels"]) == 2 and r["labels"][0] in ("circle", "square", "star") for r in rows)
+    rows = [json.loads(lb) for lb in out.splitlines()]
+    assert len(rows) == 3 and all(
+        len(r["labels"]) == 2 and r["labels"][0] in ("circle", "square", "star") for r in rows
+    )
     assert all(1 >= r["scores"][0] >= r["scores"][1] >= 0 for r in rows)  # softmax probabilities, best first
     csvp = tmp_path / "o.csv"
-    code, out, err = run_cli(["label", shapes["test"], "--labels", "circle,square", "--student", student_ckpt,
-                              "--template", "a photo of a {}.", "--template", "a drawing of a {}.", "--out", csvp], capsys)
+    code, out, err = run_cli(
+        [
+            "label",
+            shapes["test"],
+            "--labels",
+            "circle,square",
+            "--student",
+            student_ckpt,
+            "--template",
+            "a photo of a {}.",
+            "--template",
+            "a drawing of a {}.",
+            "--out",
+            csvp,
+        ],
+        capsys,
+    )
     assert code == 0, err
     lines = csvp.read_text().splitlines()
     assert lines[0].startswith("image,region,rank,label") and len(lines) == 1 + 36 * 2
@@ -54,26 +80,34 @@ def test_label_teacher_and_student_jsonl_csv(tiny_teacher, student_ckpt, shapes,
 
 def test_label_grid_and_boxes(tiny_teacher, shapes, tmp_path, capsys):
     img = sorted(Path(shapes["test"]).rglob("*.jpg"))[0]
-    code, out, err = run_cli(["label", img, "--labels", "circle,square", "--teacher", tiny_teacher, "--grid", "2"], capsys)
+    code, out, err = run_cli(
+        ["label", img, "--labels", "circle,square", "--teacher", tiny_teacher, "--grid", "2"], capsys
+    )
     assert code == 0, err
-    rows = [json.loads(l) for l in out.splitlines()]
+    rows = [json.loads(lb) for lb in out.splitlines()]
     assert len(rows) == 4 and rows[3]["region"] == [20, 20, 40, 40]
     boxes = tmp_path / "b.json"
     boxes.write_text(json.dumps({img.name: [[0, 0, 20, 30], [0.5, 0.5, 1.0, 1.0]]}))
-    code, out, err = run_cli(["label", img, "--labels", "circle,square", "--teacher", tiny_teacher, "--boxes", boxes], capsys)
+    code, out, err = run_cli(
+        ["label", img, "--labels", "circle,square", "--teacher", tiny_teacher, "--boxes", boxes], capsys
+    )
     assert code == 0, err
-    assert [json.loads(l)["region"] for l in out.splitlines()] == [[0, 0, 20, 30], [0.5, 0.5, 1.0, 1.0]]
+    assert [json.loads(lb)["region"] for lb in out.splitlines()] == [[0, 0, 20, 30], [0.5, 0.5, 1.0, 1.0]]
 
 
 def test_label_bad_inputs_are_one_line(tiny_teacher, shapes, tmp_path, capsys):
     img = sorted(Path(shapes["test"]).rglob("*.jpg"))[0]
     code, out, err = run_cli(["label", img, "--labels", " , ,", "--teacher", tiny_teacher], capsys)
     assert code == 2 and err.strip() == "error: the label list is empty"
-    code, out, err = run_cli(["label", tmp_path / "missing.jpg", "--labels", "a", "--teacher", tiny_teacher], capsys)
+    code, out, err = run_cli(
+        ["label", tmp_path / "missing.jpg", "--labels", "a", "--teacher", tiny_teacher], capsys
+    )
     assert code == 2 and err.startswith("error: no images found") and len(err.strip().splitlines()) == 1
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xffnope")
-    code, out, err = run_cli(["label", img, bad, "--labels", "circle,square", "--teacher", tiny_teacher], capsys)
+    code, out, err = run_cli(
+        ["label", img, bad, "--labels", "circle,square", "--teacher", tiny_teacher], capsys
+    )
     assert code == 0 and len(out.splitlines()) == 1 and "skipped 1" in err and "bad.jpg" in err
     code, out, err = run_cli(["label", img, "--labels", "a,b", "--teacher", "reference-lit:/nope.pt"], capsys)
     assert code == 2 and "not found" in err and len(err.strip().splitlines()) == 1
@@ -81,8 +115,20 @@ def test_label_bad_inputs_are_one_line(tiny_teacher, shapes, tmp_path, capsys):
 
 def test_eval_json_keys(tiny_teacher, student_ckpt, shapes, tmp_path, capsys):
     out_json = tmp_path / "e.json"
-    code, out, err = run_cli(["eval", shapes["test"], "--teacher", tiny_teacher, "--student", student_ckpt, "--json",
-                              "--out", out_json], capsys)
+    code, out, err = run_cli(
+        [
+            "eval",
+            shapes["test"],
+            "--teacher",
+            tiny_teacher,
+            "--student",
+            student_ckpt,
+            "--json",
+            "--out",
+            out_json,
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(out)
     for k in ("teacher_top1", "student_top1", "agreement", "n", "teacher_top5", "student_top5"):
@@ -97,14 +143,25 @@ def test_student_of_other_teacher_or_head_size(student_ckpt, shapes, tmp_path, c
     st, pp, ck = load_student(student_ckpt)
     wrong = dict(ck["teacher"], id="reference-lit:sha256:1234")
     save_student(st, tmp_path / "w.pt", pp, wrong)
-    code, out, err = run_cli(["eval", shapes["test"], "--student", tmp_path / "w.pt", "--teacher", ck["teacher"]["spec"]], capsys)
+    code, out, err = run_cli(
+        ["eval", shapes["test"], "--student", tmp_path / "w.pt", "--teacher", ck["teacher"]["spec"]], capsys
+    )
     assert code == 2 and "was distilled from" in err
     from edgeclip.models import create_student
 
     small = create_student("shufflenet_v2_x0_5", 128, img_size=32)
     save_student(small, tmp_path / "h.pt", pp, ck["teacher"])
-    code, out, err = run_cli(["label", sorted(Path(shapes["test"]).rglob("*.jpg"))[0], "--labels", "a,b",
-                              "--student", tmp_path / "h.pt"], capsys)
+    code, out, err = run_cli(
+        [
+            "label",
+            sorted(Path(shapes["test"]).rglob("*.jpg"))[0],
+            "--labels",
+            "a,b",
+            "--student",
+            tmp_path / "h.pt",
+        ],
+        capsys,
+    )
     assert code == 2 and "128-d" in err and "384-d" in err
     torch.save({"x": 1}, tmp_path / "notstudent.pt")
     code, out, err = run_cli(["eval", shapes["test"], "--student", tmp_path / "notstudent.pt"], capsys)
@@ -112,20 +169,30 @@ def test_student_of_other_teacher_or_head_size(student_ckpt, shapes, tmp_path, c
 
 
 def test_cache_cli_and_mismatch(tiny_teacher, shapes, tmp_path, capsys):
-    code, out, err = run_cli(["cache", shapes["test"], "--teacher", tiny_teacher, "--out", tmp_path / "c", "--views", "2"], capsys)
+    code, out, err = run_cli(
+        ["cache", shapes["test"], "--teacher", tiny_teacher, "--out", tmp_path / "c", "--views", "2"], capsys
+    )
     assert code == 0, err
     assert json.loads(out)["computed"] == 36
-    code, out, err = run_cli(["cache", shapes["test"], "--teacher", tiny_teacher, "--out", tmp_path / "c", "--views", "2"], capsys)
+    code, out, err = run_cli(
+        ["cache", shapes["test"], "--teacher", tiny_teacher, "--out", tmp_path / "c", "--views", "2"], capsys
+    )
     assert json.loads(out)["reused"] == 36
-    code, out, err = run_cli(["cache", shapes["test"], "--teacher", tiny_teacher, "--out", tmp_path / "c"], capsys)
+    code, out, err = run_cli(
+        ["cache", shapes["test"], "--teacher", tiny_teacher, "--out", tmp_path / "c"], capsys
+    )
     assert code == 2 and "views=2" in err
 
 
 def test_distill_config_file_and_overrides(tiny_teacher, shapes, tmp_path, capsys):
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text(f"teacher: {tiny_teacher}\ndata: {shapes['test']}\nstudent:\n  arch: mobilenet_v3_small\n  img_size: 32\n"
-                   f"loss: mse\ntrain:\n  epochs: 3\n  batch_size: 12\n")
-    code, out, err = run_cli(["distill", cfg, "--out", tmp_path / "s", "--set", "train.epochs=1", "--set", "loss=l1"], capsys)
+    cfg.write_text(
+        f"teacher: {tiny_teacher}\ndata: {shapes['test']}\nstudent:\n  arch: mobilenet_v3_small\n  img_size: 32\n"
+        f"loss: mse\ntrain:\n  epochs: 3\n  batch_size: 12\n"
+    )
+    code, out, err = run_cli(
+        ["distill", cfg, "--out", tmp_path / "s", "--set", "train.epochs=1", "--set", "loss=l1"], capsys
+    )
     assert code == 0, err
     hist = json.loads((tmp_path / "s" / "history.json").read_text())
     assert len(hist["epochs"]) == 1
@@ -138,10 +205,36 @@ def test_ddp_two_cpu_processes_identical_weights(tiny_teacher, shapes, tmp_path)
     out = tmp_path / "ddp"
     exe = Path(sys.executable).with_name("edgeclip")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([str(exe), "distill", "--teacher", tiny_teacher, "--data", str(shapes["train"]), "--student",
-                        "shufflenet_v2_x0_5", "--img-size", "32", "--epochs", "1", "--batch-size", "16", "--out", str(out),
-                        "--devices", "2", "--accelerator", "cpu", "--strategy", "ddp"],
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            str(exe),
+            "distill",
+            "--teacher",
+            tiny_teacher,
+            "--data",
+            str(shapes["train"]),
+            "--student",
+            "shufflenet_v2_x0_5",
+            "--img-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--out",
+            str(out),
+            "--devices",
+            "2",
+            "--accelerator",
+            "cpu",
+            "--strategy",
+            "ddp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     h0, h1 = (out / "rank0.weights.sha256").read_text(), (out / "rank1.weights.sha256").read_text()
     assert h0 == h1 and len(h0.strip()) == 64
@@ -150,13 +243,17 @@ def test_ddp_two_cpu_processes_identical_weights(tiny_teacher, shapes, tmp_path)
     assert hist["epochs"][0]["steps"] == 144 // 16 // 2  # each rank saw half the data
 
 
-@pytest.mark.parametrize("name,cls", [
-    ("distill_cifar10_shufflenet", "edgeclip.train.distill:DistillConfig"),
-    ("clip4retrofit_effnet_b3", "edgeclip.train.distill:DistillConfig"),
-    ("caption_vi", "edgeclip.train.caption:CaptionTrainConfig"),
-    ("edgevl_cifar_mono", "edgeclip.train.pair:PairDistillConfig"),
-    ("edgevl_rgbd", "edgeclip.train.pair:PairDistillConfig"),
-    ("edgevl_qat", "edgeclip.train.pair:QATConfig")])
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("distill_cifar10_shufflenet", "edgeclip.train.distill:DistillConfig"),
+        ("clip4retrofit_effnet_b3", "edgeclip.train.distill:DistillConfig"),
+        ("caption_vi", "edgeclip.train.caption:CaptionTrainConfig"),
+        ("edgevl_cifar_mono", "edgeclip.train.pair:PairDistillConfig"),
+        ("edgevl_rgbd", "edgeclip.train.pair:PairDistillConfig"),
+        ("edgevl_qat", "edgeclip.train.pair:QATConfig"),
+    ],
+)
 def test_shipped_configs_build(name, cls):
     """Every experiment file in configs/ builds the dataclass its command reads (no unknown or misspelt keys)."""
     import importlib

@@ -46,8 +46,10 @@ def test_any_mode_becomes_rgb(odd_images, name):
     assert arr.dtype == np.uint8 and arr.std() > 0  # 16-bit / float rescaled, not clipped to black/white
 
 
-@pytest.mark.parametrize("name,msg", [("truncated", "truncated"), ("garbage", "not a readable image"),
-                                      ("empty", "empty image file")])
+@pytest.mark.parametrize(
+    "name,msg",
+    [("truncated", "truncated"), ("garbage", "not a readable image"), ("empty", "empty image file")],
+)
 def test_bad_files_one_line_error(odd_images, name, msg):
     with pytest.raises(ImageLoadError, match=msg) as e:
         load_image(odd_images[name])
@@ -94,10 +96,12 @@ def test_webdataset_shards(shapes, tmp_path):
     recs = open_source(shapes["test"]).records
     for shard in range(2):
         with tarfile.open(tmp_path / f"shard-{shard:03d}.tar", "w") as tf:
-            for r in recs[shard * 10:(shard + 1) * 10]:
+            for r in recs[shard * 10 : (shard + 1) * 10]:
                 data = r.path.read_bytes()
-                for name, payload in ((f"s{shard}_{r.path.stem}_{r.label}.jpg", data),
-                                      (f"s{shard}_{r.path.stem}_{r.label}.cls", str(r.label).encode())):
+                for name, payload in (
+                    (f"s{shard}_{r.path.stem}_{r.label}.jpg", data),
+                    (f"s{shard}_{r.path.stem}_{r.label}.cls", str(r.label).encode()),
+                ):
                     ti = tarfile.TarInfo(name)
                     ti.size = len(payload)
                     tf.addfile(ti, io.BytesIO(payload))

@@ -41,7 +41,11 @@ def test_cache_matches_teacher_and_resumes(teacher, shapes, tmp_path):
     last.unlink()
     s2 = build_cache(recs, teacher, tmp_path / "c", views=3, chunk=8, progress=False)
     assert s2.reused == 16 and s2.computed == 20 and s2.total == 36
-    assert not [p for p in (tmp_path / "c").glob("part-*.npy") if not p.with_name(p.name.replace(".npy", ".keys.json")).exists()]
+    assert not [
+        p
+        for p in (tmp_path / "c").glob("part-*.npy")
+        if not p.with_name(p.name.replace(".npy", ".keys.json")).exists()
+    ]
     again = EmbeddingCache(tmp_path / "c")
     assert np.array_equal(again[recs[0].key], e)
 
@@ -98,7 +102,9 @@ def test_prompt_kl_matches_the_teachers_prompt_distribution():
     at_match.backward()
     p_t = (t @ te.t() * 20.0).softmax(-1)
     entropy = -(p_t * p_t.log()).sum(-1).mean()
-    assert torch.isclose(at_match, entropy, atol=1e-5)  # soft CE at the match = the teacher's entropy (KL = 0)
+    assert torch.isclose(
+        at_match, entropy, atol=1e-5
+    )  # soft CE at the match = the teacher's entropy (KL = 0)
     assert s.grad.abs().max() < 1e-5  # and it is the minimum
     with pytest.raises(EdgeClipError, match="prompt vocabulary"):
         fn(s, t)
@@ -115,9 +121,16 @@ def test_loss_spec_combination_and_errors():
 
 def test_distill_from_cache_then_resume(teacher, tiny_teacher, shapes, tmp_path):
     build_cache(open_source(shapes["train"]), teacher, tmp_path / "c", views=2, progress=False)
-    cfg = DistillConfig(teacher=tiny_teacher, data=str(shapes["train"]), cache=str(tmp_path / "c"), out=str(tmp_path / "s"),
-                        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
-                        loss="cosine", val=str(shapes["test"]), train={"epochs": 2, "batch_size": 32, "lr": 2e-3})
+    cfg = DistillConfig(
+        teacher=tiny_teacher,
+        data=str(shapes["train"]),
+        cache=str(tmp_path / "c"),
+        out=str(tmp_path / "s"),
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
+        loss="cosine",
+        val=str(shapes["test"]),
+        train={"epochs": 2, "batch_size": 32, "lr": 2e-3},
+    )
     hist = distill(cfg, progress=False, teacher=teacher)
     assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
     assert hist["epochs"][-1]["loss"] < hist["epochs"][0]["loss"]
@@ -129,23 +142,37 @@ def test_distill_from_cache_then_resume(teacher, tiny_teacher, shapes, tmp_path)
     hist2 = distill(cfg, resume=True, progress=False, teacher=teacher)
     assert [e["epoch"] for e in hist2["epochs"]] == [1, 2, 3]
     # --init: a new run that starts from the student (architecture from the checkpoint, not the default)
-    fine = DistillConfig(teacher=tiny_teacher, data=str(shapes["train"]), cache=str(tmp_path / "c"),
-                         out=str(tmp_path / "f"), init=str(tmp_path / "s" / "student.pt"), loss="cosine",
-                         train={"epochs": 1, "batch_size": 32, "lr": 1e-9, "max_steps_per_epoch": 1})
+    fine = DistillConfig(
+        teacher=tiny_teacher,
+        data=str(shapes["train"]),
+        cache=str(tmp_path / "c"),
+        out=str(tmp_path / "f"),
+        init=str(tmp_path / "s" / "student.pt"),
+        loss="cosine",
+        train={"epochs": 1, "batch_size": 32, "lr": 1e-9, "max_steps_per_epoch": 1},
+    )
     distill(fine, progress=False, teacher=teacher)
     got = load_student(tmp_path / "f" / "student.pt")[0]
     assert got.config == st.config
     w = "head.net.0.weight"
-    assert torch.allclose(got.state_dict()[w], load_student(tmp_path / "s" / "student.pt")[0].state_dict()[w], atol=1e-6)
+    assert torch.allclose(
+        got.state_dict()[w], load_student(tmp_path / "s" / "student.pt")[0].state_dict()[w], atol=1e-6
+    )
     fine.student = {"img_size": 64}
     with pytest.raises(EdgeClipError, match="img_size=32 in the checkpoint, 64 in the config"):
         distill(fine, progress=False, teacher=teacher)
 
 
 def test_distill_online_teacher_from_files(tiny_teacher, shapes, tmp_path):
-    cfg = DistillConfig(teacher=tiny_teacher, data=str(shapes["test"]), out=str(tmp_path / "s"), preload=False,
-                        student={"arch": "mobilenet_v3_small", "img_size": 32, "head_hidden": 0}, loss="clipkd",
-                        train={"epochs": 1, "batch_size": 12})
+    cfg = DistillConfig(
+        teacher=tiny_teacher,
+        data=str(shapes["test"]),
+        out=str(tmp_path / "s"),
+        preload=False,
+        student={"arch": "mobilenet_v3_small", "img_size": 32, "head_hidden": 0},
+        loss="clipkd",
+        train={"epochs": 1, "batch_size": 12},
+    )
     hist = distill(cfg, progress=False)
     assert hist["epochs"][0]["steps"] == 3 and np.isfinite(hist["epochs"][0]["loss"])
 
@@ -155,8 +182,13 @@ def test_distill_rejects_cache_of_other_teacher(teacher, tiny_teacher, shapes, t
     other = load_teacher(tiny_teacher)
     other.id = "reference-lit:sha256:ffffffffffffffff"
     build_cache(recs, other, tmp_path / "c", progress=False)
-    cfg = DistillConfig(teacher=tiny_teacher, data=str(shapes["test"]), cache=str(tmp_path / "c"), out=str(tmp_path / "s"),
-                        student={"arch": "shufflenet_v2_x0_5", "img_size": 32})
+    cfg = DistillConfig(
+        teacher=tiny_teacher,
+        data=str(shapes["test"]),
+        cache=str(tmp_path / "c"),
+        out=str(tmp_path / "s"),
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 32},
+    )
     with pytest.raises(CacheMismatchError):
         distill(cfg, progress=False, teacher=teacher)
 
@@ -171,8 +203,12 @@ def test_student_registry_shapes():
     with torch.no_grad():
         assert vit.grid(torch.randn(1, 3, 32, 32)).shape[-2:] == (2, 2)
     # model_args reach timm: a ViT with 4-px patches keeps an 8x8 grid at 32 px, and the config records them
-    small = create_student("timm:vit_tiny_patch16_224", 64, img_size=32,
-                           model_args={"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2}).eval()
+    small = create_student(
+        "timm:vit_tiny_patch16_224",
+        64,
+        img_size=32,
+        model_args={"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2},
+    ).eval()
     with torch.no_grad():
         assert small.grid(torch.randn(1, 3, 32, 32)).shape[-3:] == (32, 8, 8)
     assert small.config["model_args"]["patch_size"] == 4
@@ -198,9 +234,15 @@ def test_distill_streams_tar_shards_with_cache(teacher, tiny_teacher, shapes, tm
             tf.addfile(ti, io.BytesIO(data))
     s = build_cache(open_source(str(shard)), teacher, tmp_path / "c", views=2, progress=False)
     assert s.computed == 36
-    cfg = DistillConfig(teacher=tiny_teacher, data=str(shard), cache=str(tmp_path / "c"), out=str(tmp_path / "s"),
-                        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "head_hidden": 64}, loss="cosine",
-                        train={"epochs": 2, "batch_size": 12})
+    cfg = DistillConfig(
+        teacher=tiny_teacher,
+        data=str(shard),
+        cache=str(tmp_path / "c"),
+        out=str(tmp_path / "s"),
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "head_hidden": 64},
+        loss="cosine",
+        train={"epochs": 2, "batch_size": 12},
+    )
     hist = distill(cfg, progress=False, teacher=teacher)
     assert hist["n_train"] == 36 and [e["steps"] for e in hist["epochs"]] == [3, 3]
     st, pp, ck = load_student(tmp_path / "s" / "student.pt")

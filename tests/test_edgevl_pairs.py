@@ -27,7 +27,11 @@ def _rgb(path: Path, w=40, h=30, seed=0):
 
 def _depth(path: Path, w=40, h=30, value=None, seed=0):
     rng = np.random.default_rng(seed)
-    a = rng.integers(500, 4000, (h, w)).astype(np.uint16) if value is None else np.full((h, w), value, np.uint16)
+    a = (
+        rng.integers(500, 4000, (h, w)).astype(np.uint16)
+        if value is None
+        else np.full((h, w), value, np.uint16)
+    )
     Image.fromarray(a).save(path)  # 16-bit PNG (mode I;16)
     return a
 
@@ -93,12 +97,18 @@ def test_formats_ir_multiband_and_conv_adapter(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(2):
         _rgb(root / "rgb" / "field" / f"{i}.png", seed=i)
-        Image.fromarray(rng.integers(0, 255, (30, 40), dtype=np.uint8)).save(root / "ir" / "field" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (30, 40), dtype=np.uint8)).save(
+            root / "ir" / "field" / f"{i}.png"
+        )
         bands = rng.integers(0, 4000, (30, 40, 5)).astype(np.uint16)
         if i == 0:  # band-interleaved
-            tifffile.imwrite(root / "swir" / "field" / f"{i}.tif", bands, photometric="minisblack", planarconfig="contig")
+            tifffile.imwrite(
+                root / "swir" / "field" / f"{i}.tif", bands, photometric="minisblack", planarconfig="contig"
+            )
         else:  # planar (band, H, W), as most multispectral GeoTIFFs
-            tifffile.imwrite(root / "swir" / "field" / f"{i}.tif", bands.transpose(2, 0, 1), photometric="minisblack")
+            tifffile.imwrite(
+                root / "swir" / "field" / f"{i}.tif", bands.transpose(2, 0, 1), photometric="minisblack"
+            )
     ps = open_pairs(root)
     assert ps.primary == "rgb" and ps.classes == ["field"] and len(ps) == 2
     specs = default_specs(ps, {"swir": {"adapter": "conv"}})
@@ -110,8 +120,13 @@ def test_formats_ir_multiband_and_conv_adapter(tmp_path):
         preload_pairs(ps, default_specs(ps), 16, strict=True)
     from edgeclip.models.pair import build_pair_student, modality_student
 
-    model = build_pair_student({"arch": "shufflenet_v2_x0_5", "img_size": 16, "small_input": True, "head_hidden": 0},
-                               8, specs, "rgb", {"rgb": 3, "ir": 3, "swir": 5})
+    model = build_pair_student(
+        {"arch": "shufflenet_v2_x0_5", "img_size": 16, "small_input": True, "head_hidden": 0},
+        8,
+        specs,
+        "rgb",
+        {"rgb": 3, "ir": 3, "swir": 5},
+    )
     assert set(model.adapters) == {"swir"}
     from edgeclip.data.pairs import fill_stats
 
@@ -138,7 +153,9 @@ def test_luminance_and_colormap():
     assert cm.shape == (1, 3, 4, 4)
     import matplotlib
 
-    assert torch.allclose(cm[0, :, 0, 0], torch.tensor(matplotlib.colormaps["viridis"](0.0)[:3], dtype=torch.float32))
+    assert torch.allclose(
+        cm[0, :, 0, 0], torch.tensor(matplotlib.colormaps["viridis"](0.0)[:3], dtype=torch.float32)
+    )
     with pytest.raises(EdgeClipError, match="colour map"):
         ModalitySpec("depth", adapter="colormap", colormap="no-such-map")
     with pytest.raises(EdgeClipError, match="adapter"):
@@ -160,11 +177,27 @@ def test_cli_one_line_errors(tmp_path, capsys):
     _rgb(tmp_path / "rgb" / "a.jpg")
     (tmp_path / "depth").mkdir()
     _depth(tmp_path / "depth" / "b.png")
-    for argv, msg in ((["pairs", str(tmp_path), "--modality", "rgb", "--modality", "depth"], "no complete pairs"),
-                      (["curate", str(tmp_path), "--teacher", "x", "--out", str(tmp_path / "o"), "--fraction", "0"],
-                       "fraction must be in (0, 1]"),
-                      (["curate", str(tmp_path), "--teacher", "x", "--out", str(tmp_path / "o"), "--threshold", "0.5",
-                        "--per-label"], "per-label curation keeps a top fraction")):
+    for argv, msg in (
+        (["pairs", str(tmp_path), "--modality", "rgb", "--modality", "depth"], "no complete pairs"),
+        (
+            ["curate", str(tmp_path), "--teacher", "x", "--out", str(tmp_path / "o"), "--fraction", "0"],
+            "fraction must be in (0, 1]",
+        ),
+        (
+            [
+                "curate",
+                str(tmp_path),
+                "--teacher",
+                "x",
+                "--out",
+                str(tmp_path / "o"),
+                "--threshold",
+                "0.5",
+                "--per-label",
+            ],
+            "per-label curation keeps a top fraction",
+        ),
+    ):
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
             main(argv)

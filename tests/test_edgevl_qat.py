@@ -36,16 +36,30 @@ def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
     from edgeclip.models.teachers import load_teacher
 
     t = load_teacher(tiny_teacher)
-    s1 = PairDistillConfig(teacher=t.spec, data=str(shapes["train"]), derive=DERIVE, out=str(tmp_path / "s1"),
-                           cache=str(tmp_path / "cache"), classes=["circle", "square", "star"],
-                           student={"arch": "shufflenet_v2_x0_5", "img_size": 16, "head_hidden": 0},
-                           train={"epochs": 1, "batch_size": 24})
+    s1 = PairDistillConfig(
+        teacher=t.spec,
+        data=str(shapes["train"]),
+        derive=DERIVE,
+        out=str(tmp_path / "s1"),
+        cache=str(tmp_path / "cache"),
+        classes=["circle", "square", "star"],
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 16, "head_hidden": 0},
+        train={"epochs": 1, "batch_size": 24},
+    )
     distill_pairs(s1, teacher=t)
-    cfg = QATConfig(student=str(tmp_path / "s1" / "student.pt"), data=str(shapes["train"]), derive=DERIVE,
-                    out=str(tmp_path / "qat"), cache=str(tmp_path / "cache"), classes=["circle", "square", "star"],
-                    labels=["circle", "square", "star"], triplet_weight=1.0, margin=0.5,
-                    loss="mse+0.5*prompt_kl",  # the prompt vocabulary reaches the loss
-                    train={"epochs": 2, "batch_size": 24, "lr": 1e-4})
+    cfg = QATConfig(
+        student=str(tmp_path / "s1" / "student.pt"),
+        data=str(shapes["train"]),
+        derive=DERIVE,
+        out=str(tmp_path / "qat"),
+        cache=str(tmp_path / "cache"),
+        classes=["circle", "square", "star"],
+        labels=["circle", "square", "star"],
+        triplet_weight=1.0,
+        margin=0.5,
+        loss="mse+0.5*prompt_kl",  # the prompt vocabulary reaches the loss
+        train={"epochs": 2, "batch_size": 24, "lr": 1e-4},
+    )
     res = qat_pairs(cfg, teacher=t)
     hist = res["history"]
     assert len(hist) == 2 and all("triplet" in h and "semi_hard_fraction" in h for h in hist)
@@ -62,8 +76,14 @@ def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
     model, size, _ = load_pair_student(tmp_path / "s1" / "student.pt")
     ps = open_pairs(shapes["test"], derive=DERIVE)
     d = preload_pairs(ps, model.specs, size)
-    ev = evaluate_pairs(d, ps.classes, "rgb", ["rgb", "mono"], {"int8": exported_embedder(tmp_path / "qat" / "qat.json")},
-                        teacher=t)
+    ev = evaluate_pairs(
+        d,
+        ps.classes,
+        "rgb",
+        ["rgb", "mono"],
+        {"int8": exported_embedder(tmp_path / "qat" / "qat.json")},
+        teacher=t,
+    )
     assert ev["int8"]["mono"]["n"] == 36
     with pytest.raises(Exception, match="margin"):
         qat_pairs(QATConfig(student=cfg.student, data=cfg.data, derive=DERIVE, margin=0.0), teacher=t)
@@ -88,7 +108,9 @@ def test_qat_weight_scales_and_bits(per_channel, bits):
     assert any("dequantize_per_tensor" in o for o in ops)
     assert any("dequantize_per_channel" in o for o in ops) == per_channel
     assert q(torch.randn(2, 3, 16, 16)).shape == (2, 8)
-    w = torch.cat([t.flatten() for _, t in (*q.named_buffers(), *q.named_parameters()) if t.dtype == torch.int8])
+    w = torch.cat(
+        [t.flatten() for _, t in (*q.named_buffers(), *q.named_parameters()) if t.dtype == torch.int8]
+    )
     assert len(w) > 1000  # every conv/linear weight, stored as int8
     assert (int(w.min()), int(w.max())) == ((-8, 7) if bits == 4 else (-128, 127))
 
@@ -116,12 +138,18 @@ def test_qat_and_ptq_of_a_transformer_student(tmp_path):
     from edgeclip.quant.qat import convert_qat, export_qdq_onnx, prepare_qat
 
     torch.manual_seed(0)
-    m = create_student("timm:vit_tiny_patch16_224", 16, img_size=16, head_hidden=0,
-                       model_args={"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2}).eval()
+    m = create_student(
+        "timm:vit_tiny_patch16_224",
+        16,
+        img_size=16,
+        head_hidden=0,
+        model_args={"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2},
+    ).eval()
     x = torch.randn(8, 3, 16, 16)
     f32 = export_onnx(m, tmp_path / "fp32.onnx", (1, 3, 16, 16))
-    ptq = quantize_static_onnx(f32, tmp_path / "ptq.onnx", [x.numpy()], per_channel=True, method="minmax",
-                               reduce_range=False)
+    ptq = quantize_static_onnx(
+        f32, tmp_path / "ptq.onnx", [x.numpy()], per_channel=True, method="minmax", reduce_range=False
+    )
     ptq4 = quantize_static_onnx(f32, tmp_path / "ptq4.onnx", [x.numpy()], weight_bits=4, reduce_range=False)
     import onnx
 
@@ -137,6 +165,9 @@ def test_qat_and_ptq_of_a_transformer_student(tmp_path):
         s = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
         got = torch.from_numpy(s.run(None, {s.get_inputs()[0].name: x.numpy()})[0])
         assert got.shape == (8, 16) and np.isfinite(got.numpy()).all()
-    got = torch.from_numpy(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"image": x.numpy()})[0])
-    assert float((ref * torch.nn.functional.normalize(got, dim=-1)).sum(-1).min()) > 0.99  # ORT int8 == torch int8
+    got = torch.from_numpy(
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    )
+    assert (
+        float((ref * torch.nn.functional.normalize(got, dim=-1)).sum(-1).min()) > 0.99
+    )  # ORT int8 == torch int8

@@ -1,4 +1,5 @@
-"""EdgeVL curation, stage-1 dual-modality distillation, the triplet miner, PTQ and per-modality evaluation (CPU, tiny)."""
+"""EdgeVL curation, stage-1 dual-modality distillation, the triplet miner, PTQ and per-modality evaluation
+(CPU, tiny)."""
 
 from __future__ import annotations
 
@@ -41,10 +42,17 @@ def stage1(shapes, teacher, tmp_path_factory):
     w = tmp_path_factory.mktemp("edgevl")
     ps = open_pairs(shapes["train"], derive=DERIVE)
     cur = curate(teacher, ps, w / "cur", fraction=0.25, cache=w / "cache")
-    cfg = PairDistillConfig(teacher=teacher.spec, data=str(shapes["train"]), derive=DERIVE, out=str(w / "s1"),
-                            cache=str(w / "cache"), manifest=cur["manifest"],
-                            student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "head_hidden": 64},
-                            loss="cosine", train={"epochs": 2, "batch_size": 12, "lr": 2e-3})
+    cfg = PairDistillConfig(
+        teacher=teacher.spec,
+        data=str(shapes["train"]),
+        derive=DERIVE,
+        out=str(w / "s1"),
+        cache=str(w / "cache"),
+        manifest=cur["manifest"],
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "head_hidden": 64},
+        loss="cosine",
+        train={"epochs": 2, "batch_size": 12, "lr": 2e-3},
+    )
     hist = distill_pairs(cfg, teacher=teacher)
     return {"dir": w, "curate": cur, "hist": hist, "ps": ps}
 
@@ -67,15 +75,31 @@ def test_curation_manifest(stage1, teacher):
 
     it = items[0]
     img = teacher.preprocess(load_image(it["file"]))[None]
-    p = (teacher.logit_scale * teacher.encode_image(img) @ text_embeddings(teacher, man["labels"]).t()).softmax(-1)
+    p = (
+        teacher.logit_scale * teacher.encode_image(img) @ text_embeddings(teacher, man["labels"]).t()
+    ).softmax(-1)
     assert abs(float(p.max()) - it["confidence"]) < 2e-3  # fp16 cache
     # threshold mode
-    thr = curate(teacher, stage1["ps"], stage1["dir"] / "cur_thr", threshold=0.0, fraction=None,
-                 cache=stage1["dir"] / "cache", plot=False)
+    thr = curate(
+        teacher,
+        stage1["ps"],
+        stage1["dir"] / "cur_thr",
+        threshold=0.0,
+        fraction=None,
+        cache=stage1["dir"] / "cache",
+        plot=False,
+    )
     assert thr["n_kept"] == n
     # per-label: the top 25 % within each pseudo-label, so every pseudo-label the teacher gave keeps pairs
-    pl = curate(teacher, stage1["ps"], stage1["dir"] / "cur_pl", fraction=0.25, per_label=True,
-                cache=stage1["dir"] / "cache", plot=False)
+    pl = curate(
+        teacher,
+        stage1["ps"],
+        stage1["dir"] / "cur_pl",
+        fraction=0.25,
+        per_label=True,
+        cache=stage1["dir"] / "cache",
+        plot=False,
+    )
     pitems = json.loads(open(pl["manifest"]).read())["items"]
     assert pl["per_label"] is True and cur["per_label"] is False
     for lab in {it["pseudo_label"] for it in pitems}:
@@ -83,7 +107,9 @@ def test_curation_manifest(stage1, teacher):
         kept = [it for it in group if it["kept"]]
         assert len(kept) == math.ceil(0.25 * len(group)) == pl["kept_per_label"][lab]
         if len(kept) < len(group):
-            assert min(it["confidence"] for it in kept) >= max(it["confidence"] for it in group if not it["kept"])
+            assert min(it["confidence"] for it in kept) >= max(
+                it["confidence"] for it in group if not it["kept"]
+            )
     with pytest.raises(EdgeClipError, match="per-label curation keeps a top fraction"):
         curate(teacher, stage1["ps"], stage1["dir"] / "x", threshold=0.5, fraction=None, per_label=True)
     for bad in (0.0, -0.1, 1.5, float("nan")):
@@ -125,8 +151,9 @@ def test_semi_hard_mining():
     assert n2 == 0 and float(loss2) == 0.0
     # the anchor's own bank row is never its positive
     bank2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    _, n3 = semi_hard_triplet(a.detach(), torch.tensor([0]), bank2, torch.tensor([0, 1]), 3.0,
-                              exclude=torch.tensor([[True, False]]))
+    _, n3 = semi_hard_triplet(
+        a.detach(), torch.tensor([0]), bank2, torch.tensor([0, 1]), 3.0, exclude=torch.tensor([[True, False]])
+    )
     assert n3 == 0
 
 
@@ -159,9 +186,12 @@ def test_triplet_mining_options():
 
 def test_ptq_and_eval_per_modality(stage1, shapes, teacher):
     w = stage1["dir"]
-    r = ptq_pairs(str(w / "s1" / "student.pt"), PairDataConfig(data=str(shapes["train"]), derive=DERIVE,
-                                                               out=str(w / "ptq"), cache=str(w / "cache")),
-                  calib_images=48, teacher=teacher)
+    r = ptq_pairs(
+        str(w / "s1" / "student.pt"),
+        PairDataConfig(data=str(shapes["train"]), derive=DERIVE, out=str(w / "ptq"), cache=str(w / "cache")),
+        calib_images=48,
+        teacher=teacher,
+    )
     assert r["calib_images"] == 48 and r["calibrated_on"] == ["rgb", "mono"]
     assert r["exports"]["rgb"] == r["exports"]["mono"]  # one shared int8 model (repeat adapter)
     import onnx
@@ -171,8 +201,14 @@ def test_ptq_and_eval_per_modality(stage1, shapes, teacher):
     model, size, _ = load_pair_student(w / "s1" / "student.pt")
     tps = open_pairs(shapes["test"], derive=DERIVE)
     d = preload_pairs(tps, model.specs, size)
-    res = evaluate_pairs(d, tps.classes, "rgb", ["rgb", "mono"],
-                         {"fp32": torch_embedder(model), "int8": exported_embedder(w / "ptq" / "ptq.json")}, teacher=teacher)
+    res = evaluate_pairs(
+        d,
+        tps.classes,
+        "rgb",
+        ["rgb", "mono"],
+        {"fp32": torch_embedder(model), "int8": exported_embedder(w / "ptq" / "ptq.json")},
+        teacher=teacher,
+    )
     assert res["n"] == 36 and set(res["teacher"]) == {"rgb"}
     for k in ("fp32", "int8"):
         for m in ("rgb", "mono"):
@@ -183,8 +219,15 @@ def test_ptq_and_eval_per_modality(stage1, shapes, teacher):
     e8 = torch.nn.functional.normalize(exported_embedder(w / "ptq" / "ptq.json")("mono", x).float(), dim=-1)
     assert float((e32 * e8).sum(-1).mean()) > 0.9
     # the unseen-class protocol: evaluate only on some classes, choosing among them
-    sub = evaluate_pairs(d, tps.classes, "rgb", ["mono"], {"fp32": torch_embedder(model)}, teacher=teacher,
-                         class_subset=["star", "ring"])
+    sub = evaluate_pairs(
+        d,
+        tps.classes,
+        "rgb",
+        ["mono"],
+        {"fp32": torch_embedder(model)},
+        teacher=teacher,
+        class_subset=["star", "ring"],
+    )
     assert sub["n"] == 12 and sub["classes"] == ["star", "ring"]
 
 
@@ -202,36 +245,115 @@ def _cli(argv, capsys):
 
 
 def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
-    rc, out, err = _cli(["distill-pair", "--teacher", teacher.spec, "--data", str(shapes["train"]),
-                         "--derive", "mono=luminance", "--out", str(tmp_path / "s1"),
-                         "--cache", str(stage1["dir"] / "cache"), "--student", "shufflenet_v2_x0_5",
-                         "--img-size", "32", "--epochs", "1", "--batch-size", "48", "--loss", "l1",
-                         "--set", "student.head_hidden=0", "--set", "classes=[circle,square]"], capsys)
+    rc, out, err = _cli(
+        [
+            "distill-pair",
+            "--teacher",
+            teacher.spec,
+            "--data",
+            str(shapes["train"]),
+            "--derive",
+            "mono=luminance",
+            "--out",
+            str(tmp_path / "s1"),
+            "--cache",
+            str(stage1["dir"] / "cache"),
+            "--student",
+            "shufflenet_v2_x0_5",
+            "--img-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "48",
+            "--loss",
+            "l1",
+            "--set",
+            "student.head_hidden=0",
+            "--set",
+            "classes=[circle,square]",
+        ],
+        capsys,
+    )
     assert rc == 0, err[-2000:]
     assert (tmp_path / "s1" / "student.pt").is_file() and '"n_train": 48' in out
-    rc, out, err = _cli(["ptq", "--student", str(tmp_path / "s1" / "student.pt"), "--data", str(shapes["train"]),
-                         "--derive", "mono=luminance", "--out", str(tmp_path / "ptq"),
-                         "--cache", str(stage1["dir"] / "cache"), "--calib-images", "24", "--per-tensor"], capsys)
+    rc, out, err = _cli(
+        [
+            "ptq",
+            "--student",
+            str(tmp_path / "s1" / "student.pt"),
+            "--data",
+            str(shapes["train"]),
+            "--derive",
+            "mono=luminance",
+            "--out",
+            str(tmp_path / "ptq"),
+            "--cache",
+            str(stage1["dir"] / "cache"),
+            "--calib-images",
+            "24",
+            "--per-tensor",
+        ],
+        capsys,
+    )
     assert rc == 0, err[-2000:]
     assert json.loads(out)["calib_images"] == 24 and json.loads(out)["per_channel"] is False
-    ptq_args = ["ptq", "--student", str(tmp_path / "s1" / "student.pt"), "--data", str(shapes["train"]),
-                "--derive", "mono=luminance", "--cache", str(stage1["dir"] / "cache"), "--calib-images", "24"]
+    ptq_args = [
+        "ptq",
+        "--student",
+        str(tmp_path / "s1" / "student.pt"),
+        "--data",
+        str(shapes["train"]),
+        "--derive",
+        "mono=luminance",
+        "--cache",
+        str(stage1["dir"] / "cache"),
+        "--calib-images",
+        "24",
+    ]
     rc, out, err = _cli([*ptq_args, "--out", str(tmp_path / "ptq4"), "--weight-bits", "4"], capsys)
     assert rc == 0, err[-2000:]
     res = json.loads(out)
     assert res["weight_bits"] == 4 and res["exports"]["rgb"].endswith("ptq_w4a8.onnx")
     rc, out, err = _cli([*ptq_args, "--out", str(tmp_path / "ptq3"), "--weight-bits", "3"], capsys)
     assert rc == 2 and "weight_bits must be one of (4, 8), got 3" in err and "Traceback" not in err
-    rc, out, err = _cli(["eval-pair", str(shapes["test"]), "--student", str(tmp_path / "s1" / "student.pt"),
-                         "--derive", "mono=luminance", "--classes", "triangle,star,cross",
-                         "--onnx", str(tmp_path / "ptq" / "ptq.json"), "--out", str(tmp_path / "ev.json")], capsys)
+    rc, out, err = _cli(
+        [
+            "eval-pair",
+            str(shapes["test"]),
+            "--student",
+            str(tmp_path / "s1" / "student.pt"),
+            "--derive",
+            "mono=luminance",
+            "--classes",
+            "triangle,star,cross",
+            "--onnx",
+            str(tmp_path / "ptq" / "ptq.json"),
+            "--out",
+            str(tmp_path / "ev.json"),
+        ],
+        capsys,
+    )
     assert rc == 0, err[-2000:]
     res = json.loads(out)
     assert res["n"] == 18 and set(res["fp32"]) == {"rgb", "mono"} and set(res["ptq"]) == {"rgb", "mono"}
     assert json.loads((tmp_path / "ev.json").read_text())["machine"]["cpu_count"]
-    rc, out, err = _cli(["distill-pair", "--teacher", teacher.spec, "--data", str(shapes["train"]),
-                         "--derive", "mono=luminance", "--out", str(tmp_path / "bad"),
-                         "--set", "classes=[unicorn]"], capsys)
+    rc, out, err = _cli(
+        [
+            "distill-pair",
+            "--teacher",
+            teacher.spec,
+            "--data",
+            str(shapes["train"]),
+            "--derive",
+            "mono=luminance",
+            "--out",
+            str(tmp_path / "bad"),
+            "--set",
+            "classes=[unicorn]",
+        ],
+        capsys,
+    )
     assert rc == 2 and "unknown class 'unicorn'" in err
 
 
@@ -240,12 +362,29 @@ def test_cli_qat_from_the_shipped_config(stage1, shapes, teacher, tmp_path, caps
     """`edgeclip qat edgevl_qat` (the shipped config, by name) with CLI overrides: W4A8 QAT + triplet."""
     from pathlib import Path
 
-    args = ["qat", "edgevl_qat", "--student", str(stage1["dir"] / "s1" / "student.pt"), "--data", str(shapes["train"]),
-            "--manifest", stage1["curate"]["manifest"], "--cache", str(stage1["dir"] / "cache"),
-            "--teacher", teacher.spec, "--out", str(tmp_path / "qat"), "--epochs", "1", "--batch-size", "12"]
+    args = [
+        "qat",
+        "edgevl_qat",
+        "--student",
+        str(stage1["dir"] / "s1" / "student.pt"),
+        "--data",
+        str(shapes["train"]),
+        "--manifest",
+        stage1["curate"]["manifest"],
+        "--cache",
+        str(stage1["dir"] / "cache"),
+        "--teacher",
+        teacher.spec,
+        "--out",
+        str(tmp_path / "qat"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "12",
+    ]
     rc, out, err = _cli([*args, "--weight-bits", "4"], capsys)
     assert rc == 0, err[-2000:]
-    res = json.loads(out[out.index("{\n"):])  # per-epoch lines first, then the result
+    res = json.loads(out[out.index("{\n") :])  # per-epoch lines first, then the result
     assert res["exports"]["rgb"].endswith("w4a8.onnx") and Path(res["exports"]["rgb"]).is_file()
     assert res["semi_hard_fraction"] is not None and min(res["onnx_min_cosine_vs_torch_int8"].values()) > 0.99
     saved = json.loads((tmp_path / "qat" / "qat.json").read_text())
@@ -261,9 +400,19 @@ def test_real_rgbd_conv_adapter_from_yaml(shared_data, teacher, tmp_path):
     from edgeclip.models.pair import modality_student
 
     d = load_config("edgevl_rgbd")
-    d = apply_overrides(d, [f"data={shared_data / 'rgbd-samples'}", f"out={tmp_path / 'rgbd'}",
-                            f"teacher={teacher.spec}", "student.img_size=32", "student.head_hidden=0",
-                            "student.arch=shufflenet_v2_x0_5", "train.epochs=2", "train.batch_size=5"])
+    d = apply_overrides(
+        d,
+        [
+            f"data={shared_data / 'rgbd-samples'}",
+            f"out={tmp_path / 'rgbd'}",
+            f"teacher={teacher.spec}",
+            "student.img_size=32",
+            "student.head_hidden=0",
+            "student.arch=shufflenet_v2_x0_5",
+            "train.epochs=2",
+            "train.batch_size=5",
+        ],
+    )
     cfg = build_dataclass(PairDistillConfig, d)
     hist = distill_pairs(cfg, teacher=teacher)
     assert hist["data_info"]["n_train"] == 5
@@ -278,8 +427,11 @@ def test_real_rgbd_conv_adapter_from_yaml(shared_data, teacher, tmp_path):
     assert dd.x["depth"].shape == (5, 1, 32, 32)
     from edgeclip.data.pairs import normalize_modality
 
-    assert torch.allclose(st.eval()(normalize_modality(dd.x["depth"], model.specs["depth"])),
-                          torch_embedder(model)("depth", dd.x["depth"]), atol=1e-5)
+    assert torch.allclose(
+        st.eval()(normalize_modality(dd.x["depth"], model.specs["depth"])),
+        torch_embedder(model)("depth", dd.x["depth"]),
+        atol=1e-5,
+    )
 
 
 def test_stage1_init_from_rgb_student(stage1, shapes, teacher, tmp_path):
@@ -289,9 +441,18 @@ def test_stage1_init_from_rgb_student(stage1, shapes, teacher, tmp_path):
 
     pair, size, _ = load_pair_student(stage1["dir"] / "s1" / "student.pt")
     rgb = tmp_path / "rgb.pt"
-    save_student(pair.student, rgb, Preprocess(size=size, mean=teacher.mean, std=teacher.std), teacher.describe())
-    base = dict(teacher=teacher.spec, data=str(shapes["train"]), derive=DERIVE, cache=str(stage1["dir"] / "cache"),
-                init=str(rgb), loss="cosine", train={"epochs": 1, "batch_size": 12, "lr": 1e-9, "max_steps_per_epoch": 1})
+    save_student(
+        pair.student, rgb, Preprocess(size=size, mean=teacher.mean, std=teacher.std), teacher.describe()
+    )
+    base = dict(
+        teacher=teacher.spec,
+        data=str(shapes["train"]),
+        derive=DERIVE,
+        cache=str(stage1["dir"] / "cache"),
+        init=str(rgb),
+        loss="cosine",
+        train={"epochs": 1, "batch_size": 12, "lr": 1e-9, "max_steps_per_epoch": 1},
+    )
     distill_pairs(PairDistillConfig(out=str(tmp_path / "a"), **base), teacher=teacher)
     got, _, _ = load_pair_student(tmp_path / "a" / "student.pt")
     assert got.student.config["head_hidden"] == 64  # from the checkpoint, not the default
@@ -299,4 +460,6 @@ def test_stage1_init_from_rgb_student(stage1, shapes, teacher, tmp_path):
     w = "backbone.body.0.0.weight"
     assert torch.allclose(got.student.state_dict()[w], want[w], atol=1e-5)  # lr ~0: weights are the init's
     with pytest.raises(EdgeClipError, match="head_hidden=64 in the checkpoint, 128 in the config"):
-        distill_pairs(PairDistillConfig(out=str(tmp_path / "b"), student={"head_hidden": 128}, **base), teacher=teacher)
+        distill_pairs(
+            PairDistillConfig(out=str(tmp_path / "b"), student={"head_hidden": 128}, **base), teacher=teacher
+        )

@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from test_export_fixtures import SHAPE_LABELS, make_student
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import sha256_file
 from edgeclip.core.prompts import DEFAULT_TEMPLATES
 from edgeclip.export.bundle import export_bundle, is_transformer
 from edgeclip.runtime import Labeler, read_manifest
+from test_export_fixtures import SHAPE_LABELS, make_student
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +24,38 @@ def test_cli_export_writes_a_complete_bundle(student, shapes, tiny_teacher, tmp_
     from edgeclip.cli import main
 
     out = tmp_path / "bundle"
-    main(["export", str(student), "--out", str(out), "--labels", ",".join(SHAPE_LABELS),
-          "--template", "a photo of a {}.", "--template", "a drawing of a {}.",
-          "--calib", str(shapes["test"]), "--calib-images", "36", "--eval", str(shapes["test"])])
+    main(
+        [
+            "export",
+            str(student),
+            "--out",
+            str(out),
+            "--labels",
+            ",".join(SHAPE_LABELS),
+            "--template",
+            "a photo of a {}.",
+            "--template",
+            "a drawing of a {}.",
+            "--calib",
+            str(shapes["test"]),
+            "--calib-images",
+            "36",
+            "--eval",
+            str(shapes["test"]),
+        ]
+    )
     cap = capsys.readouterr()
     summary = json.loads(cap.out)
     assert "fp32 parity: max abs diff" in cap.err and "int8 parity: top-1 agreement" in cap.err
     names = {p.name for p in out.iterdir()}
-    assert names == {"model.onnx", "model.int8.onnx", "labels.json", "preprocess.json", "manifest.json", "MODEL_CARD.md"}
+    assert names == {
+        "model.onnx",
+        "model.int8.onnx",
+        "labels.json",
+        "preprocess.json",
+        "manifest.json",
+        "MODEL_CARD.md",
+    }
     man = read_manifest(out)  # verifies every hash
     assert set(man["files"]) == names - {"manifest.json"}
     for n, meta in man["files"].items():
@@ -42,20 +66,34 @@ def test_cli_export_writes_a_complete_bundle(student, shapes, tiny_teacher, tmp_
     assert man["parity"]["fp32"]["max_abs_diff"] < 1e-4 and man["parity"]["fp32"]["n"] == 9
     p8 = man["parity"]["int8"]
     assert 0.0 <= p8["top1_agreement"] <= 1.0 and p8["n"] == 9 and p8["mean_cosine"] > 0.9
-    assert man["versions"]["onnxruntime"] and man["versions"]["numpy"] and man["teacher"]["spec"] == tiny_teacher
+    assert (
+        man["versions"]["onnxruntime"] and man["versions"]["numpy"] and man["teacher"]["spec"] == tiny_teacher
+    )
     assert man["files"]["model.int8.onnx"]["bytes"] < man["files"]["model.onnx"]["bytes"]
     assert all(v > 0 for v in man["latency_ms"].values())
     acc = man["accuracy"]
     assert acc["n"] == 36 and set(acc) >= {"torch_fp32", "bundle_fp32", "bundle_int8"}
-    assert acc["bundle_fp32"] == pytest.approx(acc["torch_fp32"], abs=1 / 36 + 1e-9)  # at most one image flips
+    assert acc["bundle_fp32"] == pytest.approx(
+        acc["torch_fp32"], abs=1 / 36 + 1e-9
+    )  # at most one image flips
     labels = json.loads((out / "labels.json").read_text())
-    assert labels["labels"] == SHAPE_LABELS and labels["templates"] == ["a photo of a {}.", "a drawing of a {}."]
+    assert labels["labels"] == SHAPE_LABELS and labels["templates"] == [
+        "a photo of a {}.",
+        "a drawing of a {}.",
+    ]
     emb = np.asarray(labels["embeddings"])
     assert emb.shape == (6, man["embed_dim"]) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     pp = json.loads((out / "preprocess.json").read_text())
     assert pp["size"] == 32 and pp["resize"] == "shortest" and pp["input_name"] == "image"
     card = (out / "MODEL_CARD.md").read_text()
-    for needle in ("shufflenet_v2_x0_5", man["teacher"]["id"], "top-1 agreement", "model.int8.onnx", "ms", "top-1"):
+    for needle in (
+        "shufflenet_v2_x0_5",
+        man["teacher"]["id"],
+        "top-1 agreement",
+        "model.int8.onnx",
+        "ms",
+        "top-1",
+    ):
         assert needle in card
 
 
@@ -72,7 +110,9 @@ def test_text_embeddings_are_the_teachers(student, shapes, tiny_teacher, tmp_pat
 
 def test_dynamic_int8_and_overwrite_rules(student, shapes, tmp_path):
     out = tmp_path / "b"
-    man = export_bundle(student, out, SHAPE_LABELS, calib=str(shapes["test"]), quant="dynamic", calib_images=12)
+    man = export_bundle(
+        student, out, SHAPE_LABELS, calib=str(shapes["test"]), quant="dynamic", calib_images=12
+    )
     assert man["quantization"]["method"] == "dynamic" and "int8" in man["models"]
     assert Labeler(out, precision="int8").label_batch(sorted(shapes["test"].glob("*/*.jpg"))[:2], topk=2)
     with pytest.raises(EdgeClipError, match="--overwrite"):
@@ -116,8 +156,12 @@ def test_transformer_student_gets_dynamic_int8(tiny_teacher, shapes, tmp_path):
     assert is_transformer(vit)
     assert not is_transformer(create_student("shufflenet_v2_x0_5", 8, small_input=True, img_size=32))
     save_student(vit, tmp_path / "vit.pt", Preprocess(size=32), t.describe())
-    man = export_bundle(tmp_path / "vit.pt", tmp_path / "b", SHAPE_LABELS, calib=str(shapes["test"]), calib_images=16)
+    man = export_bundle(
+        tmp_path / "vit.pt", tmp_path / "b", SHAPE_LABELS, calib=str(shapes["test"]), calib_images=16
+    )
     assert man["quantization"]["method"] == "dynamic" and man["input"]["dynamic_hw"] is False
     assert man["parity"]["fp32"]["max_abs_diff"] < 1e-4 and man["parity"]["int8"]["mean_cosine"] > 0.9
-    rows = Labeler(tmp_path / "b", precision="int8").label_batch(sorted(shapes["test"].glob("*/*.jpg"))[:3], topk=2)
+    rows = Labeler(tmp_path / "b", precision="int8").label_batch(
+        sorted(shapes["test"].glob("*/*.jpg"))[:3], topk=2
+    )
     assert [len(r) for r in rows] == [2, 2, 2]

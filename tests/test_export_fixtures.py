@@ -13,9 +13,13 @@ def make_student(teacher_spec: str, data: Path, out: Path) -> Path:
     """A ShuffleNetV2 x0.5 student at 32 px, distilled label-free from the tiny teacher for one short epoch."""
     from edgeclip.train.distill import DistillConfig, distill
 
-    cfg = DistillConfig(teacher=teacher_spec, data=str(data), out=str(out),
-                        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
-                        train={"epochs": 1, "batch_size": 48, "lr": 2e-3, "seed": 0, "accelerator": "cpu"})
+    cfg = DistillConfig(
+        teacher=teacher_spec,
+        data=str(data),
+        out=str(out),
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
+        train={"epochs": 1, "batch_size": 48, "lr": 2e-3, "seed": 0, "accelerator": "cpu"},
+    )
     distill(cfg, progress=False)
     return out / "student.pt"
 
@@ -39,6 +43,11 @@ def bundle_for_tests(tmp_path_factory, tiny_teacher: str, shapes) -> dict:
     student = make_student(tiny_teacher, shapes["train"], root / "student")
     bundle = make_bundle(student, shapes["test"], root / "bundle")
     images = sorted(Path(shapes["test"]).glob("*/*.jpg"))
-    _BUILT[tiny_teacher] = {"student": student, "bundle": bundle, "images": images, "teacher": tiny_teacher, "root": root}
+    _BUILT[tiny_teacher] = {
+        "student": student,
+        "bundle": bundle,
+        "images": images,
+        "teacher": tiny_teacher,
+        "root": root,
+    }
     return _BUILT[tiny_teacher]
-

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export_fixtures import SHAPE_LABELS, bundle_for_tests
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.io import sha256_file
 from edgeclip.runtime import BundleError, Labeler, load_bundle
+from test_export_fixtures import SHAPE_LABELS, bundle_for_tests
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +39,11 @@ def test_runtime_imports_and_labels_without_torch(tb):
                     raise ImportError('blocked for this test: ' + name)
         sys.meta_path.insert(0, Block())
         import edgeclip.runtime as rt
-        lab = rt.load_bundle({str(tb['bundle'])!r}, precision='int8', threads=1)
-        one = lab.label({str(tb['images'][0])!r}, topk=3)
-        many = lab.label_batch({[str(p) for p in tb['images'][:4]]!r}, topk=2)
+        lab = rt.load_bundle({str(tb["bundle"])!r}, precision='int8', threads=1)
+        one = lab.label({str(tb["images"][0])!r}, topk=3)
+        many = lab.label_batch({[str(p) for p in tb["images"][:4]]!r}, topk=2)
         lab.set_labels(['circle', 'star'])
-        two = lab.label({str(tb['images'][0])!r})
+        two = lab.label({str(tb["images"][0])!r})
         bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]
         assert not bad, bad
         print(len(one), len(many), [len(r) for r in many], sorted(r['label'] for r in two))
@@ -137,7 +137,10 @@ def test_labels_json_of_wrong_dimension(tb, tmp_path):
     d["embed_dim"] = len(d["embeddings"][0])
     (b / "labels.json").write_text(json.dumps(d))
     man = json.loads((b / "manifest.json").read_text())  # re-sign it so that only the size mismatch is left
-    man["files"]["labels.json"] = {"sha256": sha256_file(b / "labels.json"), "bytes": (b / "labels.json").stat().st_size}
+    man["files"]["labels.json"] = {
+        "sha256": sha256_file(b / "labels.json"),
+        "bytes": (b / "labels.json").stat().st_size,
+    }
     (b / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(BundleError, match=r"\d+-d but the model outputs \d+-d"):
         Labeler(b)
@@ -170,8 +173,20 @@ def test_cli_label_with_bundle(tb, tmp_path, capsys):
     for p in tb["images"][:3]:
         shutil.copy(p, bad / p.name)
     (bad / "broken.jpg").write_bytes(b"nope")
-    main(["label", str(bad), "--bundle", str(tb["bundle"]), "--labels", "circle,square,star", "--topk", "2",
-          "--out", str(out)])
+    main(
+        [
+            "label",
+            str(bad),
+            "--bundle",
+            str(tb["bundle"]),
+            "--labels",
+            "circle,square,star",
+            "--topk",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 3
     assert all(len(r["labels"]) == 2 and set(r["labels"]) <= {"circle", "square", "star"} for r in rows)

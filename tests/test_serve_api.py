@@ -8,11 +8,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, running_server
 
 from edgeclip.runtime import Labeler
 from edgeclip.serve.app import create_app
 from edgeclip.serve.loadtest import load_test
+from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, running_server
 
 LIMIT = 200_000
 
@@ -53,17 +53,25 @@ def test_label_matches_runtime(tb, client):
     assert client.post("/label", files={"file": ("a.png", buf.getvalue())}).status_code == 200
 
 
-@pytest.mark.parametrize("files,data,status,needle", [
-    ({"file": ("notes.txt", b"just some text", "text/plain")}, {}, 415, "not a readable image"),
-    ({"file": ("empty.jpg", b"", "image/jpeg")}, {}, 400, "empty upload"),
-    (None, {}, 422, "file"),
-    ({"file": ("x.jpg", b"x" * (LIMIT + 100 * 1024))}, {}, 413, "too large"),
-    ({"file": ("x.jpg", b"x" * (LIMIT + 10))}, {}, 413, "too large"),  # under the framing allowance: read check
-    ("IMG", {"topk": "lots"}, 422, "topk"),
-    ("IMG", {"topk": "0"}, 422, "topk"),
-    ("IMG", {"labels": "zebra"}, 400, "no embedding"),
-    ("IMG", {"labels": " , "}, 400, "empty"),
-])
+@pytest.mark.parametrize(
+    "files,data,status,needle",
+    [
+        ({"file": ("notes.txt", b"just some text", "text/plain")}, {}, 415, "not a readable image"),
+        ({"file": ("empty.jpg", b"", "image/jpeg")}, {}, 400, "empty upload"),
+        (None, {}, 422, "file"),
+        ({"file": ("x.jpg", b"x" * (LIMIT + 100 * 1024))}, {}, 413, "too large"),
+        (
+            {"file": ("x.jpg", b"x" * (LIMIT + 10))},
+            {},
+            413,
+            "too large",
+        ),  # under the framing allowance: read check
+        ("IMG", {"topk": "lots"}, 422, "topk"),
+        ("IMG", {"topk": "0"}, 422, "topk"),
+        ("IMG", {"labels": "zebra"}, 400, "no embedding"),
+        ("IMG", {"labels": " , "}, 400, "empty"),
+    ],
+)
 def test_bad_requests_get_json_4xx(tb, client, files, data, status, needle):
     if files == "IMG":
         files = {"file": ("ok.jpg", tb["images"][0].read_bytes())}
@@ -80,7 +88,9 @@ def test_truncated_image_and_caption_on_a_labeler(tb, client):
     r = client.post("/caption", files={"file": ("ok.jpg", raw)})
     assert r.status_code == 404 and "captioner" in r.json()["error"]
     assert client.get("/no/such/page").json() == {"error": "Not Found"}
-    r = client.post("/label", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"})
+    r = client.post(
+        "/label", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"}
+    )
     assert 400 <= r.status_code < 500 and "error" in r.json()
 
 
@@ -96,7 +106,9 @@ def test_edit_labels(tb, client):
     r = client.put("/api/labels", json={"nope": 1})
     assert r.status_code == 422
     dim = info["embed_dim"]
-    r = client.post("/api/labels/embeddings", json={"labels": ["zebra"], "embeddings": [[1.0] + [0.0] * (dim - 1)]})
+    r = client.post(
+        "/api/labels/embeddings", json={"labels": ["zebra"], "embeddings": [[1.0] + [0.0] * (dim - 1)]}
+    )
     assert r.status_code == 200 and r.json()["labels"] == ["ring", "circle", "zebra"]
     r = client.post("/api/labels/embeddings", json={"labels": ["bad"], "embeddings": [[1.0, 2.0]]})
     assert r.status_code == 400 and str(dim) in r.json()["error"]
@@ -119,8 +131,10 @@ def test_text_encoder_adds_free_text_labels(tb):
 def test_load_test_200_requests_16_concurrent(tb, server, capsys):
     res = load_test(server, tb["images"][0].read_bytes(), requests=200, concurrency=16)
     with capsys.disabled():  # reported in every test run, not only with -s
-        print(f"\nload test: {res['requests']} requests, {res['concurrency']} concurrent, errors {res['errors']}, "
-              f"p50 {res['p50_ms']:.1f} ms, p95 {res['p95_ms']:.1f} ms, {res['requests_per_s']:.1f} req/s")
+        print(
+            f"\nload test: {res['requests']} requests, {res['concurrency']} concurrent, errors {res['errors']}, "
+            f"p50 {res['p50_ms']:.1f} ms, p95 {res['p95_ms']:.1f} ms, {res['requests_per_s']:.1f} req/s"
+        )
     assert res["errors"] == 0, res["error_examples"]
     assert 0 < res["p50_ms"] <= res["p95_ms"] <= res["max_ms"]
     with pytest.raises(Exception, match="loopback"):

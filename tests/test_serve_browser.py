@@ -1,4 +1,5 @@
-"""The web page in a real headless Chromium (Debian's `chromium`, driven by Playwright): upload, see labels, edit them."""
+"""The web page in a real headless Chromium (Debian's `chromium`, driven by Playwright): upload, see labels,
+edit them."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, running_server
 
 from edgeclip.serve.app import create_app
+from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, running_server
 
 CHROMIUM = os.environ.get("EDGECLIP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,9 @@ def _rows(page):
 def test_upload_shows_the_labels_of_the_api(site, browser, tmp_path):
     tb, url = site
     img = tb["images"][7]
-    expected = httpx.post(f"{url}/label", files={"file": (img.name, img.read_bytes())}, data={"topk": "5"}).json()
+    expected = httpx.post(
+        f"{url}/label", files={"file": (img.name, img.read_bytes())}, data={"topk": "5"}
+    ).json()
     page = browser.new_page()
     try:
         page.goto(url + "/")
@@ -58,7 +67,10 @@ def test_upload_shows_the_labels_of_the_api(site, browser, tmp_path):
         names, scores, widths = _rows(page)
         assert names == [x["label"] for x in expected["labels"]]
         assert scores == [f"{100 * x['score']:.1f}%" for x in expected["labels"]]
-        assert widths == sorted(widths, reverse=True) and abs(widths[0] - 100 * expected["labels"][0]["score"]) < 0.1
+        assert (
+            widths == sorted(widths, reverse=True)
+            and abs(widths[0] - 100 * expected["labels"][0]["score"]) < 0.1
+        )
         assert page.is_visible("#preview") and not page.is_visible("#error")
         page.screenshot(path=str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 1000
@@ -77,7 +89,9 @@ def test_upload_shows_the_labels_of_the_api(site, browser, tmp_path):
         page.wait_for_selector("#error:not([hidden])")
         assert "no embedding for 'zebra'" in page.inner_text("#error")
         page.click("#reset-labels")
-        page.wait_for_function(f"document.querySelectorAll('#results li.result').length === {min(5, len(SHAPE_LABELS))}")
+        page.wait_for_function(
+            f"document.querySelectorAll('#results li.result').length === {min(5, len(SHAPE_LABELS))}"
+        )
     finally:
         page.close()
 

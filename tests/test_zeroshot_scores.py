@@ -15,7 +15,9 @@ def test_topk_and_accuracy_by_hand():
     imgs = np.array([[0.9, 0.1, 0.0], [0.0, 0.2, 1.0], [0.1, 0.8, 0.9], [5.0, 0.0, 0.1]], np.float32)
     top = topk(imgs, classes, 2)
     assert top.tolist() == [[0, 1], [2, 1], [2, 1], [0, 2]]
-    acc = accuracy(top, [0, 2, 1, 1])  # images 0, 1 right at top-1; 2 at rank 2; 3 wrong (class 1 not in top-2)
+    acc = accuracy(
+        top, [0, 2, 1, 1]
+    )  # images 0, 1 right at top-1; 2 at rank 2; 3 wrong (class 1 not in top-2)
     assert acc == {"top1": 0.5, "top5": 0.75}
     assert accuracy(top[:0], []) == {"top1": 0.0, "top5": 0.0}
     with pytest.raises(EdgeClipError, match="embedding sizes differ"):
@@ -25,13 +27,16 @@ def test_topk_and_accuracy_by_hand():
 def test_retrieval_recall_by_hand():
     # 3 images along the axes; 5 captions: image 0 has captions 0, 1; image 1 has 2, 3; image 2 has 4
     imgs = np.eye(3, dtype=np.float32)
-    caps = np.array([
-        [1.0, 0.0, 0.0],   # cap 0 -> image 0 exactly
-        [0.0, 1.0, 0.1],   # cap 1 (of image 0) looks like image 1
-        [0.2, 1.0, 0.0],   # cap 2 -> image 1
-        [0.0, 0.1, 1.0],   # cap 3 (of image 1) looks like image 2
-        [0.9, 0.0, 0.5],   # cap 4 (of image 2) looks more like image 0
-    ], np.float32)
+    caps = np.array(
+        [
+            [1.0, 0.0, 0.0],  # cap 0 -> image 0 exactly
+            [0.0, 1.0, 0.1],  # cap 1 (of image 0) looks like image 1
+            [0.2, 1.0, 0.0],  # cap 2 -> image 1
+            [0.0, 0.1, 1.0],  # cap 3 (of image 1) looks like image 2
+            [0.9, 0.0, 0.5],  # cap 4 (of image 2) looks more like image 0
+        ],
+        np.float32,
+    )
     r = retrieval(imgs, caps, [0, 0, 1, 1, 2], ks=(1, 2, 5))
     # i2t: image 0 -> nearest caption 0 (own): rank 1. image 1 -> caption 1 (0.995) then 2 (0.98, own): rank 2.
     # image 2 -> caption 3 (0.995, not own), then caption 4 (0.486, own): rank 2.

@@ -7,7 +7,7 @@ embeddings arrive unnormalised; teacher embeddings normalised (as cached). ``ctx
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,9 @@ def cosine(**_) -> Callable:
     return lambda s, t, **c: (1 - (_n(s) * _n(t)).sum(-1)).mean()
 
 
-@LOSSES.register("contrastive", help="InfoNCE: student i must pick teacher i among the batch (both directions)")
+@LOSSES.register(
+    "contrastive", help="InfoNCE: student i must pick teacher i among the batch (both directions)"
+)
 def contrastive(temperature: float = 0.07, **_) -> Callable:
     def f(s, t, **c):
         logits = _n(s) @ _n(t).t() / temperature
@@ -47,7 +49,10 @@ def contrastive(temperature: float = 0.07, **_) -> Callable:
     return f
 
 
-@LOSSES.register("affinity", help="affinity mimicking (TinyCLIP / open_clip DistillClipLoss): match the teacher's similarity distributions")
+@LOSSES.register(
+    "affinity",
+    help="affinity mimicking (TinyCLIP / open_clip DistillClipLoss): match the teacher's similarity distributions",
+)
 def affinity(temperature: float = 0.07, weight_text: float = 1.0, **_) -> Callable:
     def soft_ce(student_logits, teacher_logits):
         return -(teacher_logits.softmax(-1) * student_logits.log_softmax(-1)).sum(-1).mean()
@@ -64,13 +69,17 @@ def affinity(temperature: float = 0.07, weight_text: float = 1.0, **_) -> Callab
     return f
 
 
-@LOSSES.register("prompt_kl", help="the teacher's zero-shot distribution over the prompt vocabulary, matched by the "
-                "student (soft cross-entropy at the teacher's logit scale); label-free, needs the prompts")
+@LOSSES.register(
+    "prompt_kl",
+    help="the teacher's zero-shot distribution over the prompt vocabulary, matched by the "
+    "student (soft cross-entropy at the teacher's logit scale); label-free, needs the prompts",
+)
 def prompt_kl(temperature: float = 0.0, **_) -> Callable:
     def f(s, t, text_emb=None, logit_scale=None, **c):
         if text_emb is None:
-            raise EdgeClipError("loss prompt_kl needs the prompt vocabulary (labels, class folders or a curation "
-                                "manifest)")
+            raise EdgeClipError(
+                "loss prompt_kl needs the prompt vocabulary (labels, class folders or a curation manifest)"
+            )
         scale = 1.0 / temperature if temperature else float(logit_scale or 100.0)
         te = _n(text_emb).to(s.dtype)
         p_t = (_n(t).to(s.dtype) @ te.t() * scale).softmax(-1)
@@ -97,7 +106,7 @@ def clipkd(fd_weight: float = 1.0, icl_weight: float = 1.0, temperature: float =
     return f
 
 
-def build_loss(spec: str | Dict) -> Callable:
+def build_loss(spec: str | dict) -> Callable:
     """``"mse"``, ``"cosine+0.5*affinity"``, or ``{"name": "clipkd", "icl_weight": 0.5}``."""
     if isinstance(spec, dict):
         d = dict(spec)

@@ -13,7 +13,8 @@ import contextlib
 import os
 import shutil
 import socket
-from typing import Any, Dict, Iterable, List
+from collections.abc import Iterable
+from typing import Any
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.data.vocab import tokenize
@@ -43,7 +44,7 @@ def java_available() -> bool:
     return shutil.which("java") is not None
 
 
-def _tokenize(refs: Dict[str, List[str]], hyps: Dict[str, str], use_java: bool):
+def _tokenize(refs: dict[str, list[str]], hyps: dict[str, str], use_java: bool):
     if use_java:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -70,9 +71,12 @@ def _spice(gts, res, timeout: float) -> float:
     return float(score)
 
 
-def score_captions(refs: Dict[str, List[str]], hyps: Dict[str, str],
-                   metrics: Iterable[str] = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE"),
-                   spice_timeout: float = 20.0) -> Dict[str, Any]:
+def score_captions(
+    refs: dict[str, list[str]],
+    hyps: dict[str, str],
+    metrics: Iterable[str] = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE"),
+    spice_timeout: float = 20.0,
+) -> dict[str, Any]:
     """Corpus scores of ``hyps`` (image id -> caption) against ``refs`` (image id -> reference captions).
 
     Returns ``{"Bleu_1": .., ..., "CIDEr": .., "SPICE": float|None, "unavailable": {metric: reason}, "n": ..}``.
@@ -89,8 +93,8 @@ def score_captions(refs: Dict[str, List[str]], hyps: Dict[str, str],
         raise EdgeClipError(f"{len(empty)} images have no reference caption (first: {empty[0]})")
     use_java = java_available()
     gts, res, tok_name = _tokenize(refs, hyps, use_java)
-    out: Dict[str, Any] = {}
-    unavailable: Dict[str, str] = {}
+    out: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
     if "BLEU" in metrics:
         from pycocoevalcap.bleu.bleu import Bleu
 
@@ -126,7 +130,9 @@ def score_captions(refs: Dict[str, List[str]], hyps: Dict[str, str],
                 out["SPICE"] = _spice(gts, res, spice_timeout)
             except Exception as e:  # download or Java failure: report, never invent a number
                 out["SPICE"] = None
-                unavailable["SPICE"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".strip()
+                unavailable["SPICE"] = (
+                    f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".strip()
+                )
     out["unavailable"] = unavailable
     out["tokenizer"] = tok_name
     out["n"] = len(hyps)

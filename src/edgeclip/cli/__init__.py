@@ -9,7 +9,6 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
 
 from edgeclip.core.prompts import DEFAULT_TEMPLATES
 
@@ -22,16 +21,27 @@ import typer  # noqa: E402
 
 from edgeclip.core.errors import EdgeClipError  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Distil CLIP teachers into small, fast students for edge devices.")
-teacher_app = typer.Typer(no_args_is_help=True, help="Teachers: train the reference teacher, inspect any teacher.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Distil CLIP teachers into small, fast students for edge devices.",
+)
+teacher_app = typer.Typer(
+    no_args_is_help=True, help="Teachers: train the reference teacher, inspect any teacher."
+)
 app.add_typer(teacher_app, name="teacher")
 checkpoint_app = typer.Typer(no_args_is_help=True, help="Checkpoints: convert files of earlier releases.")
 app.add_typer(checkpoint_app, name="checkpoint")
 
 # feature packages add their commands here (each module defines register(app))
-PLUGINS = ["edgeclip.cli.edgevl", "edgeclip.cli.caption", "edgeclip.cli.export", "edgeclip.cli.serve",
-           "edgeclip.cli.bench"]
+PLUGINS = [
+    "edgeclip.cli.edgevl",
+    "edgeclip.cli.caption",
+    "edgeclip.cli.export",
+    "edgeclip.cli.serve",
+    "edgeclip.cli.bench",
+]
 
 
 def _echo_json(obj) -> None:
@@ -48,20 +58,43 @@ def _device(device: str) -> str:
 @teacher_app.command("train-reference")
 def teacher_train_reference(
     data: str = typer.Option(..., help="ImageFolder (ROOT/<class>/<image>) to train on"),
-    out: Path = typer.Option(Path("runs/teacher"), help="output folder (teacher.pt, history.json, last.ckpt)"),
-    template: List[str] = typer.Option(list(DEFAULT_TEMPLATES), help="prompt template(s); repeat for an ensemble"),
+    out: Path = typer.Option(
+        Path("runs/teacher"), help="output folder (teacher.pt, history.json, last.ckpt)"
+    ),
+    template: list[str] = typer.Option(
+        list(DEFAULT_TEMPLATES), help="prompt template(s); repeat for an ensemble"
+    ),
     arch: str = typer.Option("resnet18", help="image tower backbone (any student backbone)"),
-    img_size: int = typer.Option(32), epochs: int = typer.Option(10), batch_size: int = typer.Option(256),
-    lr: float = typer.Option(2e-3), seed: int = typer.Option(0), val: Optional[str] = typer.Option(None, help="ImageFolder for zero-shot top-1 per epoch"),
-    max_images: int = typer.Option(0, help="train on a random subset"), devices: int = typer.Option(1),
-    accelerator: str = typer.Option("auto"), resume: bool = typer.Option(False, help="continue from out/last.ckpt"),
+    img_size: int = typer.Option(32),
+    epochs: int = typer.Option(10),
+    batch_size: int = typer.Option(256),
+    lr: float = typer.Option(2e-3),
+    seed: int = typer.Option(0),
+    val: str | None = typer.Option(None, help="ImageFolder for zero-shot top-1 per epoch"),
+    max_images: int = typer.Option(0, help="train on a random subset"),
+    devices: int = typer.Option(1),
+    accelerator: str = typer.Option("auto"),
+    resume: bool = typer.Option(False, help="continue from out/last.ckpt"),
 ):
     """Train the reference-lit teacher: an image tower locked to the real MiniLM text tower (LiT)."""
     from edgeclip.train.reference import train_reference
 
-    hist = train_reference(data, out, arch=arch, templates=template, img_size=img_size, epochs=epochs,
-                           batch_size=batch_size, lr=lr, seed=seed, resume=resume, devices=devices,
-                           accelerator=accelerator, max_images=max_images, val_data=val)
+    hist = train_reference(
+        data,
+        out,
+        arch=arch,
+        templates=template,
+        img_size=img_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        resume=resume,
+        devices=devices,
+        accelerator=accelerator,
+        max_images=max_images,
+        val_data=val,
+    )
     typer.echo(f"teacher saved: {out / 'teacher.pt'}  (use --teacher reference-lit:{out / 'teacher.pt'})")
     if hist.get("skipped"):
         typer.echo(f"skipped {len(hist['skipped'])} unreadable images, e.g. {hist['skipped'][0]}")
@@ -86,8 +119,10 @@ def teacher_kinds():
 
 
 @checkpoint_app.command("convert")
-def checkpoint_convert(src: Path = typer.Argument(..., help="an edgeclip checkpoint (any kind, any release)"),
-                       out: Path = typer.Option(..., help="the safetensors checkpoint to write")):
+def checkpoint_convert(
+    src: Path = typer.Argument(..., help="an edgeclip checkpoint (any kind, any release)"),
+    out: Path = typer.Option(..., help="the safetensors checkpoint to write"),
+):
     """Re-save an edgeclip checkpoint as safetensors (tensors + JSON, readable without unpickling anything)."""
     from edgeclip.core.checkpoint import convert_checkpoint
 
@@ -101,7 +136,9 @@ def students_list():
 
     for k, h in BACKBONES.describe().items():
         typer.echo(f"{k:22s} {h}")
-    typer.echo(f"{'timm:<name>':22s} any timm model (e.g. timm:vit_small_patch16_224, timm:swin_tiny_patch4_window7_224)")
+    typer.echo(
+        f"{'timm:<name>':22s} any timm model (e.g. timm:vit_small_patch16_224, timm:swin_tiny_patch4_window7_224)"
+    )
 
 
 # ------------------------------------------------------------------------------------------- cache
@@ -111,7 +148,8 @@ def cache_cmd(
     teacher: str = typer.Option(..., help="teacher spec"),
     out: Path = typer.Option(..., help="cache folder"),
     views: int = typer.Option(1, help="augmented views per image (view 0 = the plain image)"),
-    batch_size: int = typer.Option(64), workers: int = typer.Option(0, help="DataLoader workers"),
+    batch_size: int = typer.Option(64),
+    workers: int = typer.Option(0, help="DataLoader workers"),
     kind: str = typer.Option("auto", help="auto | imagefolder | folder | list | wds"),
     retry_failed: bool = typer.Option(False, help="try images that failed before again"),
     device: str = typer.Option("auto"),
@@ -123,7 +161,9 @@ def cache_cmd(
 
     t = load_teacher(teacher, device=_device(device))
     src = open_source(data, kind)
-    s = build_cache(src, t, out, views=views, batch_size=batch_size, num_workers=workers, retry_failed=retry_failed)
+    s = build_cache(
+        src, t, out, views=views, batch_size=batch_size, num_workers=workers, retry_failed=retry_failed
+    )
     _echo_json(s.as_dict())
     for r in src.skipped:
         typer.echo(f"skipped: {r}", err=True)
@@ -132,28 +172,57 @@ def cache_cmd(
 # ----------------------------------------------------------------------------------------- distill
 @app.command("distill")
 def distill_cmd(
-    config: Optional[Path] = typer.Argument(None, help="YAML experiment (configs/*.yaml)"),
-    teacher: Optional[str] = typer.Option(None), data: Optional[str] = typer.Option(None),
-    cache: Optional[str] = typer.Option(None, help="teacher-embedding cache (omit to run the teacher online)"),
-    student: Optional[str] = typer.Option(None, help="student backbone, e.g. shufflenet_v2_x1_0"),
-    img_size: Optional[int] = typer.Option(None), loss: Optional[str] = typer.Option(None, help="mse | cosine | l1 | affinity | contrastive | clipkd | a+0.5*b"),
-    epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None), lr: Optional[float] = typer.Option(None),
-    out: Optional[str] = typer.Option(None), val: Optional[str] = typer.Option(None),
-    devices: Optional[int] = typer.Option(None), strategy: Optional[str] = typer.Option(None),
-    accelerator: Optional[str] = typer.Option(None), precision: Optional[str] = typer.Option(None),
+    config: Path | None = typer.Argument(None, help="YAML experiment (configs/*.yaml)"),
+    teacher: str | None = typer.Option(None),
+    data: str | None = typer.Option(None),
+    cache: str | None = typer.Option(None, help="teacher-embedding cache (omit to run the teacher online)"),
+    student: str | None = typer.Option(None, help="student backbone, e.g. shufflenet_v2_x1_0"),
+    img_size: int | None = typer.Option(None),
+    loss: str | None = typer.Option(
+        None, help="mse | cosine | l1 | affinity | contrastive | clipkd | a+0.5*b"
+    ),
+    epochs: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None),
+    lr: float | None = typer.Option(None),
+    out: str | None = typer.Option(None),
+    val: str | None = typer.Option(None),
+    devices: int | None = typer.Option(None),
+    strategy: str | None = typer.Option(None),
+    accelerator: str | None = typer.Option(None),
+    precision: str | None = typer.Option(None),
     resume: bool = typer.Option(False, help="continue from OUT/last.ckpt"),
-    init: Optional[str] = typer.Option(None, help="start from this student checkpoint (same teacher; its architecture)"),
-    set_: List[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
+    init: str | None = typer.Option(
+        None, help="start from this student checkpoint (same teacher; its architecture)"
+    ),
+    set_: list[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
 ):
     """Distil the teacher's image embedding into a student, without labels."""
     from edgeclip.core.config import config_from_cli
     from edgeclip.train.distill import DistillConfig, distill
 
-    cfg = config_from_cli(DistillConfig, config, [
-        ("teacher", teacher), ("data", data), ("cache", cache), ("student.arch", student),
-        ("student.img_size", img_size), ("loss", loss), ("train.epochs", epochs), ("train.batch_size", batch_size),
-        ("train.lr", lr), ("out", out), ("val", val), ("train.devices", devices), ("train.strategy", strategy),
-        ("train.accelerator", accelerator), ("train.precision", precision), ("init", init)], set_)
+    cfg = config_from_cli(
+        DistillConfig,
+        config,
+        [
+            ("teacher", teacher),
+            ("data", data),
+            ("cache", cache),
+            ("student.arch", student),
+            ("student.img_size", img_size),
+            ("loss", loss),
+            ("train.epochs", epochs),
+            ("train.batch_size", batch_size),
+            ("train.lr", lr),
+            ("out", out),
+            ("val", val),
+            ("train.devices", devices),
+            ("train.strategy", strategy),
+            ("train.accelerator", accelerator),
+            ("train.precision", precision),
+            ("init", init),
+        ],
+        set_,
+    )
     hist = distill(cfg, resume=resume)
     if hist.get("world_size", 1) == 1 or os.environ.get("LOCAL_RANK", "0") == "0":
         last = hist["epochs"][-1] if hist["epochs"] else {}
@@ -163,17 +232,22 @@ def distill_cmd(
 # ------------------------------------------------------------------------------------------- label
 @app.command("label")
 def label_cmd(
-    images: List[str] = typer.Argument(..., help="image files, folders, a list/CSV, or tar shards"),
+    images: list[str] = typer.Argument(..., help="image files, folders, a list/CSV, or tar shards"),
     labels: str = typer.Option(..., help="'cat,dog,car' or @labels.txt"),
-    template: List[str] = typer.Option(list(DEFAULT_TEMPLATES), help="prompt template(s) (ensemble when repeated)"),
-    teacher: Optional[str] = typer.Option(None), student: Optional[str] = typer.Option(None),
-    bundle: Optional[Path] = typer.Option(None, help="an exported edge bundle (runs without torch)"),
-    topk: int = typer.Option(5), grid: int = typer.Option(0, help="also label an N x N grid of regions"),
-    boxes: Optional[Path] = typer.Option(None, help='JSON {"image.jpg": [[x0,y0,x1,y1], ...]}'),
-    out: Optional[Path] = typer.Option(None, help="write .jsonl or .csv (default: JSONL to stdout)"),
-    batch_size: int = typer.Option(32), device: str = typer.Option("auto"),
+    template: list[str] = typer.Option(
+        list(DEFAULT_TEMPLATES), help="prompt template(s) (ensemble when repeated)"
+    ),
+    teacher: str | None = typer.Option(None),
+    student: str | None = typer.Option(None),
+    bundle: Path | None = typer.Option(None, help="an exported edge bundle (runs without torch)"),
+    topk: int = typer.Option(5),
+    grid: int = typer.Option(0, help="also label an N x N grid of regions"),
+    boxes: Path | None = typer.Option(None, help='JSON {"image.jpg": [[x0,y0,x1,y1], ...]}'),
+    out: Path | None = typer.Option(None, help="write .jsonl or .csv (default: JSONL to stdout)"),
+    batch_size: int = typer.Option(32),
+    device: str = typer.Option("auto"),
     precision: str = typer.Option("auto", help="bundle model: auto | fp32 | int8"),
-    threads: Optional[int] = typer.Option(None, help="bundle runtime threads (default: ONNX Runtime's)"),
+    threads: int | None = typer.Option(None, help="bundle runtime threads (default: ONNX Runtime's)"),
 ):
     """Label images with any text prompts (open vocabulary) using a teacher, a student or a bundle."""
     from edgeclip.core.prompts import parse_labels
@@ -184,9 +258,25 @@ def label_cmd(
     src = _images_source(images)
     box_map = read_boxes(boxes) if boxes else None
     stats: dict = {}
-    emb = load_embedder(teacher, student, bundle, device=_device(device) if bundle is None else "cpu",
-                        precision=precision, threads=threads)
-    rows = label_images(iter(src), emb, labs, template, topk=topk, grid=grid, boxes=box_map, batch_size=batch_size, stats=stats)
+    emb = load_embedder(
+        teacher,
+        student,
+        bundle,
+        device=_device(device) if bundle is None else "cpu",
+        precision=precision,
+        threads=threads,
+    )
+    rows = label_images(
+        iter(src),
+        emb,
+        labs,
+        template,
+        topk=topk,
+        grid=grid,
+        boxes=box_map,
+        batch_size=batch_size,
+        stats=stats,
+    )
     n = 0
     if out is None:
         for r in rows:
@@ -199,26 +289,42 @@ def label_cmd(
                 w = csv.writer(fh)
                 w.writerow(["image", "region", "rank", "label", "score", "cosine"])
                 for r in rows:
-                    for i, (l, s, c) in enumerate(zip(r["labels"], r["scores"], r["cosines"])):
-                        w.writerow([r["image"], json.dumps(r.get("region")) if r.get("region") else "", i + 1, l, s, c])
+                    for i, (lb, s, c) in enumerate(zip(r["labels"], r["scores"], r["cosines"])):
+                        w.writerow(
+                            [
+                                r["image"],
+                                json.dumps(r.get("region")) if r.get("region") else "",
+                                i + 1,
+                                lb,
+                                s,
+                                c,
+                            ]
+                        )
                     n += 1
             else:
                 for r in rows:
                     fh.write(json.dumps(r, ensure_ascii=False) + "\n")
                     n += 1
     skipped = stats.get("skipped", []) + list(src.skipped)
-    typer.echo(f"labeled {stats.get('images', 0)} images ({n} rows) with {emb.name}; skipped {len(skipped)}", err=True)
+    typer.echo(
+        f"labeled {stats.get('images', 0)} images ({n} rows) with {emb.name}; skipped {len(skipped)}",
+        err=True,
+    )
     for s in skipped[:20]:
         typer.echo(f"  skipped: {s}", err=True)
 
 
-def _images_source(images: List[str]):
+def _images_source(images: list[str]):
     """One list/CSV/tar argument -> that source; otherwise files and folders (recursively)."""
     from edgeclip.data.sources import files_source, open_source
 
     if len(images) == 1:
         a = images[0]
-        if a.endswith(".tar") or "{" in a or (Path(a).is_file() and Path(a).suffix.lower() in (".txt", ".csv", ".tsv", ".lst")):
+        if (
+            a.endswith(".tar")
+            or "{" in a
+            or (Path(a).is_file() and Path(a).suffix.lower() in (".txt", ".csv", ".tsv", ".lst"))
+        ):
             return open_source(a)
     return files_source(images)
 
@@ -227,10 +333,14 @@ def _images_source(images: List[str]):
 @app.command("eval")
 def eval_cmd(
     data: str = typer.Argument(..., help="ImageFolder with class sub-folders"),
-    teacher: Optional[str] = typer.Option(None), student: List[str] = typer.Option([], help="student checkpoint(s)"),
-    template: List[str] = typer.Option(list(DEFAULT_TEMPLATES)), batch_size: int = typer.Option(128),
-    max_images: int = typer.Option(0), as_json: bool = typer.Option(False, "--json", help="print JSON"),
-    out: Optional[Path] = typer.Option(None, help="also write the JSON here"), device: str = typer.Option("auto"),
+    teacher: str | None = typer.Option(None),
+    student: list[str] = typer.Option([], help="student checkpoint(s)"),
+    template: list[str] = typer.Option(list(DEFAULT_TEMPLATES)),
+    batch_size: int = typer.Option(128),
+    max_images: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    out: Path | None = typer.Option(None, help="also write the JSON here"),
+    device: str = typer.Option("auto"),
 ):
     """Zero-shot top-1/top-5 of teacher and student(s), and teacher-student agreement."""
     from edgeclip.core.env import machine_info
@@ -253,15 +363,27 @@ def eval_cmd(
     if as_json:
         _echo_json(res)
     else:
-        for k in ("teacher_top1", "teacher_top5", "student_top1", "student_top5", "agreement", "retention", "n"):
+        for k in (
+            "teacher_top1",
+            "teacher_top5",
+            "student_top1",
+            "student_top5",
+            "agreement",
+            "retention",
+            "n",
+        ):
             if k in res:
                 typer.echo(f"{k:14s} {res[k]:.4f}" if isinstance(res[k], float) else f"{k:14s} {res[k]}")
 
 
 # ------------------------------------------------------------------------------------------- stats
 @app.command("stats")
-def stats_cmd(student: Optional[Path] = typer.Option(None), arch: Optional[str] = typer.Option(None),
-              img_size: int = typer.Option(224), embed_dim: int = typer.Option(512)):
+def stats_cmd(
+    student: Path | None = typer.Option(None),
+    arch: str | None = typer.Option(None),
+    img_size: int = typer.Option(224),
+    embed_dim: int = typer.Option(512),
+):
     """Parameters, GFLOPs and batch-1 CPU latency of a student checkpoint or backbone."""
     from edgeclip.models import create_student, load_student
     from edgeclip.models.stats import model_stats
@@ -278,8 +400,11 @@ def stats_cmd(student: Optional[Path] = typer.Option(None), arch: Optional[str] 
 
 # -------------------------------------------------------------------------------------------- demo
 @app.command("demo")
-def demo_cmd(out: Path = typer.Option(Path("demo_out")), mode: str = typer.Option("auto", help="auto | synthetic | cifar10"),
-             fast: bool = typer.Option(False, help="tiny budget (used by the tests)")):
+def demo_cmd(
+    out: Path = typer.Option(Path("demo_out")),
+    mode: str = typer.Option("auto", help="auto | synthetic | cifar10"),
+    fast: bool = typer.Option(False, help="tiny budget (used by the tests)"),
+):
     """The whole pipeline end to end: reference teacher -> cache -> distil -> label -> compare."""
     from edgeclip.lab.demo import run_demo
 
@@ -300,7 +425,7 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except EdgeClipError as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,18 +12,31 @@ SECTIONS = ("speed", "train", "accuracy", "fidelity", "energy", "gpu")
 
 
 def bench_cmd(
-    out: Path = typer.Option(Path("benchmarks/results"), help="where bench.json (bench_quick.json) and the report go"),
-    quick: bool = typer.Option(False, "--quick", help="few models, few repetitions, tiny training-cost run (< 3 min)"),
-    device: str = typer.Option("cpu", help="cpu | cuda | auto: cuda adds the GPU throughput section (AMP + channels_last)"),
-    threads: int = typer.Option(0, help="torch / ONNX Runtime threads (0: as set by OMP_NUM_THREADS / torch)"),
-    teacher: Optional[str] = typer.Option(None, help="teacher spec of your models (accuracy + Pareto)"),
-    student: List[str] = typer.Option([], help="your student checkpoint(s) (repeatable)"),
-    data: Optional[str] = typer.Option(None, help="ImageFolder for zero-shot accuracy (default: CIFAR-10 test)"),
-    train_data: Optional[str] = typer.Option(None, help="images for the training-cost run (default: CIFAR-10 train)"),
+    out: Path = typer.Option(
+        Path("benchmarks/results"), help="where bench.json (bench_quick.json) and the report go"
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="few models, few repetitions, tiny training-cost run (< 3 min)"
+    ),
+    device: str = typer.Option(
+        "cpu", help="cpu | cuda | auto: cuda adds the GPU throughput section (AMP + channels_last)"
+    ),
+    threads: int = typer.Option(
+        0, help="torch / ONNX Runtime threads (0: as set by OMP_NUM_THREADS / torch)"
+    ),
+    teacher: str | None = typer.Option(None, help="teacher spec of your models (accuracy + Pareto)"),
+    student: list[str] = typer.Option([], help="your student checkpoint(s) (repeatable)"),
+    data: str | None = typer.Option(None, help="ImageFolder for zero-shot accuracy (default: CIFAR-10 test)"),
+    train_data: str | None = typer.Option(
+        None, help="images for the training-cost run (default: CIFAR-10 train)"
+    ),
     max_images: int = typer.Option(0, help="accuracy images (0: 200 quick / 2000 full)"),
-    model: List[str] = typer.Option([], help="speed-suite models instead of the default list (clip:ARCH, backbone name, "
-                                               "timm:NAME, ckpt:PATH, teacher:SPEC)"),
-    skip: List[str] = typer.Option([], help=f"skip a section ({', '.join(SECTIONS)}); repeatable"),
+    model: list[str] = typer.Option(
+        [],
+        help="speed-suite models instead of the default list (clip:ARCH, backbone name, "
+        "timm:NAME, ckpt:PATH, teacher:SPEC)",
+    ),
+    skip: list[str] = typer.Option([], help=f"skip a section ({', '.join(SECTIONS)}); repeatable"),
     no_lab: bool = typer.Option(False, "--no-lab", help="do not default to the lab teacher/student"),
     report: bool = typer.Option(True, "--report/--no-report", help="also build the HTML/Markdown report"),
     workdir: Path = typer.Option(Path("benchmarks/artifacts/bench"), help="scratch (ONNX files, caches)"),
@@ -43,24 +55,46 @@ def bench_cmd(
         if not Path(s).is_file():
             raise EdgeClipError(f"student checkpoint not found: {s}")
     if data is not None and not Path(data).is_dir():
-        raise EdgeClipError(f"--data {data} is not a folder (an ImageFolder with class sub-folders is needed)")
+        raise EdgeClipError(
+            f"--data {data} is not a folder (an ImageFolder with class sub-folders is needed)"
+        )
     skip_names = ["train_cost" if s == "train" else s for s in skip]
-    cfg = BenchConfig(out=str(out), quick=quick, device=device, threads=threads, teacher=teacher, students=list(student),
-                      data=data, train_data=train_data, max_images=max_images, models=list(model), skip=skip_names,
-                      workdir=str(workdir), report=report, use_lab=not no_lab)
+    cfg = BenchConfig(
+        out=str(out),
+        quick=quick,
+        device=device,
+        threads=threads,
+        teacher=teacher,
+        students=list(student),
+        data=data,
+        train_data=train_data,
+        max_images=max_images,
+        models=list(model),
+        skip=skip_names,
+        workdir=str(workdir),
+        report=report,
+        use_lab=not no_lab,
+    )
     run_bench(cfg, log=typer.echo)
 
 
 def report_cmd(
-    bench: Path = typer.Option(Path("benchmarks/results/bench.json"), help="a bench JSON written by `edgeclip bench`"),
-    out: Optional[Path] = typer.Option(None, help="report folder (default: <bench folder>/report)"),
-    results: Optional[Path] = typer.Option(None, help="folder of lab results to fold in (default: the bench folder)"),
+    bench: Path = typer.Option(
+        Path("benchmarks/results/bench.json"), help="a bench JSON written by `edgeclip bench`"
+    ),
+    out: Path | None = typer.Option(None, help="report folder (default: <bench folder>/report)"),
+    results: Path | None = typer.Option(
+        None, help="folder of lab results to fold in (default: the bench folder)"
+    ),
 ):
     """Build the one-page report (HTML + Markdown + plots) from a bench JSON and the lab results."""
     from edgeclip.lab.report import build_report
 
-    rep = build_report(bench, out or bench.parent / ("report_quick" if bench.name == "bench_quick.json" else "report"),
-                       results_dir=results)
+    rep = build_report(
+        bench,
+        out or bench.parent / ("report_quick" if bench.name == "bench_quick.json" else "report"),
+        results_dir=results,
+    )
     typer.echo(f"report: {rep['html']}\nmarkdown: {rep['markdown']}")
 
 

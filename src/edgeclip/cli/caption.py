@@ -4,28 +4,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from edgeclip.core.errors import EdgeClipError
 
 
-def _images(images: List[str]):
+def _images(images: list[str]):
     from edgeclip.data.sources import files_source, open_source
 
-    if len(images) == 1 and Path(images[0]).is_file() and Path(images[0]).suffix.lower() in (".txt", ".csv", ".tsv", ".lst"):
+    if (
+        len(images) == 1
+        and Path(images[0]).is_file()
+        and Path(images[0]).suffix.lower() in (".txt", ".csv", ".tsv", ".lst")
+    ):
         return open_source(images[0], "list")
     return files_source(images)
 
 
 def caption_cmd(
-    images: List[str] = typer.Argument(..., help="image files and/or folders, or one list file"),
-    model: Optional[Path] = typer.Option(None, help="captioner checkpoint (captioner.pt)"),
-    onnx: Optional[Path] = typer.Option(None, help="an exported captioner folder (ONNX Runtime, no torch model needed)"),
-    beam: int = typer.Option(5, help="beam size (1 = greedy)"), max_len: int = typer.Option(20, help="max words"),
+    images: list[str] = typer.Argument(..., help="image files and/or folders, or one list file"),
+    model: Path | None = typer.Option(None, help="captioner checkpoint (captioner.pt)"),
+    onnx: Path | None = typer.Option(
+        None, help="an exported captioner folder (ONNX Runtime, no torch model needed)"
+    ),
+    beam: int = typer.Option(5, help="beam size (1 = greedy)"),
+    max_len: int = typer.Option(20, help="max words"),
     length_penalty: float = typer.Option(1.0, help="beam scores are divided by length ** this"),
-    batch_size: int = typer.Option(16), out: Optional[Path] = typer.Option(None, help="write JSONL here (default stdout)"),
+    batch_size: int = typer.Option(16),
+    out: Path | None = typer.Option(None, help="write JSONL here (default stdout)"),
 ):
     """Caption images with a trained captioner (torch checkpoint or exported ONNX folder)."""
     import torch
@@ -83,36 +90,61 @@ def caption_cmd(
 
 
 def caption_train_cmd(
-    config: Optional[Path] = typer.Argument(None, help="YAML experiment (configs/caption_vi.yaml)"),
-    data: Optional[str] = typer.Option(None, help="captions file"), images: Optional[str] = typer.Option(None),
-    teacher: Optional[str] = typer.Option(None), out: Optional[str] = typer.Option(None),
-    alpha: Optional[float] = typer.Option(None), beta: Optional[float] = typer.Option(None),
-    epochs: Optional[int] = typer.Option(None), resume: bool = typer.Option(False, help="continue from OUT/last.ckpt"),
-    init: Optional[str] = typer.Option(None, help="start the encoder from a distilled edgeclip student (student.pt)"),
-    set_: List[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
+    config: Path | None = typer.Argument(None, help="YAML experiment (configs/caption_vi.yaml)"),
+    data: str | None = typer.Option(None, help="captions file"),
+    images: str | None = typer.Option(None),
+    teacher: str | None = typer.Option(None),
+    out: str | None = typer.Option(None),
+    alpha: float | None = typer.Option(None),
+    beta: float | None = typer.Option(None),
+    epochs: int | None = typer.Option(None),
+    resume: bool = typer.Option(False, help="continue from OUT/last.ckpt"),
+    init: str | None = typer.Option(
+        None, help="start the encoder from a distilled edgeclip student (student.pt)"
+    ),
+    set_: list[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
 ):
     """Train a captioner (alpha * teacher-embedding MSE + beta * cross-entropy), early-stopped on val CIDEr."""
     from edgeclip.core.config import config_from_cli
     from edgeclip.train.caption import CaptionTrainConfig, train_captioner
 
-    cfg = config_from_cli(CaptionTrainConfig, config, [
-        ("data", data), ("images", images), ("teacher", teacher), ("out", out), ("alpha", alpha), ("beta", beta),
-        ("train.epochs", epochs), ("init", init)], set_)
+    cfg = config_from_cli(
+        CaptionTrainConfig,
+        config,
+        [
+            ("data", data),
+            ("images", images),
+            ("teacher", teacher),
+            ("out", out),
+            ("alpha", alpha),
+            ("beta", beta),
+            ("train.epochs", epochs),
+            ("init", init),
+        ],
+        set_,
+    )
     hist = train_captioner(cfg, resume=resume)
     best = hist.get("best", {})
-    typer.echo(f"captioner saved: {Path(cfg.out) / 'captioner.pt'}  best val CIDEr {best.get('best')} "
-               f"(epoch {best.get('best_epoch')}); skipped {hist['data']['train']['skipped']}")
+    typer.echo(
+        f"captioner saved: {Path(cfg.out) / 'captioner.pt'}  best val CIDEr {best.get('best')} "
+        f"(epoch {best.get('best_epoch')}); skipped {hist['data']['train']['skipped']}"
+    )
 
 
 def caption_eval_cmd(
     model: Path = typer.Option(..., help="captioner checkpoint"),
-    data: str = typer.Option(..., help="captions file (COCO JSON, Karpathy JSON, Flickr token.txt, IMAGE, caption)"),
-    images: Optional[str] = typer.Option(None, help="images folder (default: found beside the captions file)"),
-    split: Optional[str] = typer.Option(None, help="split to evaluate (test, val, ...)"),
-    splits: Optional[str] = typer.Option(None, help="splits file (default: splits.json beside the captions)"),
-    beam: int = typer.Option(5), max_len: int = typer.Option(20), length_penalty: float = typer.Option(1.0),
-    samples: int = typer.Option(10, help="sample captions in the JSON"), batch_size: int = typer.Option(32),
-    out: Optional[Path] = typer.Option(None, help="write the results JSON here"),
+    data: str = typer.Option(
+        ..., help="captions file (COCO JSON, Karpathy JSON, Flickr token.txt, IMAGE, caption)"
+    ),
+    images: str | None = typer.Option(None, help="images folder (default: found beside the captions file)"),
+    split: str | None = typer.Option(None, help="split to evaluate (test, val, ...)"),
+    splits: str | None = typer.Option(None, help="splits file (default: splits.json beside the captions)"),
+    beam: int = typer.Option(5),
+    max_len: int = typer.Option(20),
+    length_penalty: float = typer.Option(1.0),
+    samples: int = typer.Option(10, help="sample captions in the JSON"),
+    batch_size: int = typer.Option(32),
+    out: Path | None = typer.Option(None, help="write the results JSON here"),
     allow_vocab_mismatch: bool = typer.Option(False, help="score even when most reference words are unknown"),
 ):
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE when available) of a captioner on a caption set."""
@@ -124,18 +156,39 @@ def caption_eval_cmd(
 
     m, pp, ck = load_captioner(model)
     cs = load_captions(data, images, split, splits)
-    res = evaluate_captioner(m, pp, cs, beam=beam, max_len=max_len, batch_size=batch_size,
-                             length_penalty=length_penalty, samples=samples, allow_vocab_mismatch=allow_vocab_mismatch)
-    res.update({"model": str(model), "model_sha256": sha256_file(model), "data": cs.summary(), "machine": machine_info()})
+    res = evaluate_captioner(
+        m,
+        pp,
+        cs,
+        beam=beam,
+        max_len=max_len,
+        batch_size=batch_size,
+        length_penalty=length_penalty,
+        samples=samples,
+        allow_vocab_mismatch=allow_vocab_mismatch,
+    )
+    res.update(
+        {
+            "model": str(model),
+            "model_sha256": sha256_file(model),
+            "data": cs.summary(),
+            "machine": machine_info(),
+        }
+    )
     if out:
         write_json(out, res)
     for k, v in res["metrics"].items():
-        typer.echo(f"{k:8s} {v:.4f}" if isinstance(v, float) else f"{k:8s} unavailable ({res['unavailable'].get(k, '')})")
+        typer.echo(
+            f"{k:8s} {v:.4f}"
+            if isinstance(v, float)
+            else f"{k:8s} unavailable ({res['unavailable'].get(k, '')})"
+        )
     typer.echo(f"{res['n_images']} images, beam {beam}; skipped {res['skipped']}")
 
 
 def caption_export_cmd(
-    model: Path = typer.Option(..., help="captioner checkpoint"), out: Path = typer.Option(..., help="output folder"),
+    model: Path = typer.Option(..., help="captioner checkpoint"),
+    out: Path = typer.Option(..., help="output folder"),
     check: bool = typer.Option(True, help="compare ONNX Runtime and torch greedy captions on random inputs"),
 ):
     """Export encoder + decoder step to ONNX (caption_encoder.onnx, caption_decoder_step.onnx, caption_meta.json)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,10 +16,12 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", help="address to bind (default loopback only)"),
         port: int = typer.Option(8000),
         precision: str = typer.Option("auto", help="auto (int8 when present) | fp32 | int8"),
-        threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads"),
+        threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads"),
         max_upload_mb: float = typer.Option(8.0, help="reject uploads larger than this (HTTP 413)"),
         topk: int = typer.Option(5, help="default number of labels shown"),
-        teacher: Optional[str] = typer.Option(None, help="teacher spec: lets the page add free-text labels (needs torch)"),
+        teacher: str | None = typer.Option(
+            None, help="teacher spec: lets the page add free-text labels (needs torch)"
+        ),
     ):
         """Serve a bundle: POST /label, a web page at / to upload an image and edit the labels."""
         import uvicorn
@@ -28,8 +29,14 @@ def register(app: typer.Typer) -> None:
         from edgeclip.serve.app import create_app
 
         enc = _text_encoder(bundle, teacher) if teacher else None
-        application = create_app(bundle, precision=precision, threads=threads,
-                                 max_upload_bytes=int(max_upload_mb * 1024 * 1024), topk=topk, text_encoder=enc)
+        application = create_app(
+            bundle,
+            precision=precision,
+            threads=threads,
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            topk=topk,
+            text_encoder=enc,
+        )
         typer.echo(f"serving {bundle} ({application.state.model.name}) on http://{host}:{port}/", err=True)
         uvicorn.run(application, host=host, port=port, log_level="warning")
 

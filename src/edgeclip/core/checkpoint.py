@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from edgeclip.core.errors import CheckpointError
 from edgeclip.core.io import atomic_path, json_default
@@ -86,14 +87,17 @@ def read_checkpoint(path: str | os.PathLike, fmt: str | None, what: str, map_loc
         elif zipfile.is_zipfile(p):  # torch's file format since 1.6: a zip holding a pickle and the tensors
             ck = _read_legacy(p, map_location)
         else:
-            raise CheckpointError(f"cannot read {p} as an edgeclip {what} checkpoint: neither a safetensors "
-                                  "nor a torch file")
+            raise CheckpointError(
+                f"cannot read {p} as an edgeclip {what} checkpoint: neither a safetensors nor a torch file"
+            )
     except CheckpointError:
         raise
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read {p} as an edgeclip {what} checkpoint: {msg[:300]}") from None
-    ok = isinstance(ck, dict) and (ck.get("format") == fmt if fmt else str(ck.get("format")).startswith("edgeclip-"))
+    ok = isinstance(ck, dict) and (
+        ck.get("format") == fmt if fmt else str(ck.get("format")).startswith("edgeclip-")
+    )
     if not ok:
         got = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
         raise CheckpointError(f"{p} is not an edgeclip {what} checkpoint (format: {got!r})")
@@ -108,8 +112,10 @@ def _read_safetensors(p: Path, map_location: str) -> dict:
     with safe_open(str(p), framework="pt", device=map_location) as f:
         header = (f.metadata() or {}).get(CHECKPOINT_META_KEY)
         if header is None:
-            raise CheckpointError(f"{p} is a safetensors file without edgeclip metadata (plain weights, "
-                                  "not an edgeclip checkpoint)")
+            raise CheckpointError(
+                f"{p} is a safetensors file without edgeclip metadata (plain weights, "
+                "not an edgeclip checkpoint)"
+            )
         sd = {k: f.get_tensor(k) for k in f.keys()}
     try:
         meta = json.loads(header)
@@ -140,10 +146,15 @@ def _legacy_safe_globals() -> list:
 def unsafe_content_error(p: Path, e: Exception):
     """The one-line CheckpointError for a file that torch's weights-only unpickler refused."""
     text = " ".join(str(e).split())
-    why = text.split("WeightsUnpickler error:", 1)[-1].split(" Check the documentation")[0].strip() or "unsafe content"
+    why = (
+        text.split("WeightsUnpickler error:", 1)[-1].split(" Check the documentation")[0].strip()
+        or "unsafe content"
+    )
     why = why.split(" was not an allowed global")[0]
-    return CheckpointError(f"{p} holds Python objects beyond tensors and plain data ({why[:160]}), which edgeclip "
-                           "never unpickles: it was not written by edgeclip, or has been tampered with")
+    return CheckpointError(
+        f"{p} holds Python objects beyond tensors and plain data ({why[:160]}), which edgeclip "
+        "never unpickles: it was not written by edgeclip, or has been tampered with"
+    )
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:

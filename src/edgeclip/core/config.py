@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable
+from typing import Any
 
 import yaml
 
@@ -18,7 +19,7 @@ def shipped_configs() -> list[str]:
     return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
 
 
-def load_config(path: str | Path | None) -> Dict[str, Any]:
+def load_config(path: str | Path | None) -> dict[str, Any]:
     """A YAML file by path, or a shipped config by name (``edgevl_qat`` or ``edgevl_qat.yaml``)."""
     if path is None:
         return {}
@@ -40,7 +41,7 @@ def load_config(path: str | Path | None) -> Dict[str, Any]:
     return d
 
 
-def set_path(d: Dict[str, Any], dotted: str, value: Any) -> None:
+def set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     cur = d
     for k in keys[:-1]:
@@ -50,7 +51,7 @@ def set_path(d: Dict[str, Any], dotted: str, value: Any) -> None:
     cur[keys[-1]] = value
 
 
-def apply_overrides(d: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+def apply_overrides(d: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     d = copy.deepcopy(d)
     for o in overrides or []:
         if "=" not in o:
@@ -60,7 +61,7 @@ def apply_overrides(d: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, An
     return d
 
 
-def build_dataclass(cls, d: Dict[str, Any]):
+def build_dataclass(cls, d: dict[str, Any]):
     fields = cls.__dataclass_fields__
     unknown = [k for k in d if k not in fields]
     if unknown:

@@ -7,7 +7,7 @@ import os
 import platform
 import random
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 
 def shared_data_dir() -> Path:
@@ -32,8 +32,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def machine_info() -> Dict[str, Any]:
-    info: Dict[str, Any] = {
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "platform": platform.platform(),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -19,7 +18,7 @@ from edgeclip.core.errors import ImageLoadError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
-Source = Union[str, os.PathLike, bytes, io.BytesIO]
+Source = str | os.PathLike | bytes | io.BytesIO
 
 
 def _open(src: Source) -> Image.Image:

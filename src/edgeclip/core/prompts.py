@@ -6,8 +6,8 @@ Torch-free, so the bundle runtime and the server clean labels exactly as trainin
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence
 
 from edgeclip.core.errors import EdgeClipError
 
@@ -15,7 +15,7 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 DEFAULT_TEMPLATES = (DEFAULT_TEMPLATE,)
 
 
-def check_templates(templates: Sequence[str] | None) -> List[str]:
+def check_templates(templates: Sequence[str] | None) -> list[str]:
     """Templates with exactly one positional ``{}`` (the label); the default when none are given."""
     templates = list(templates or DEFAULT_TEMPLATES)
     for t in templates:
@@ -24,11 +24,13 @@ def check_templates(templates: Sequence[str] | None) -> List[str]:
         except ValueError as e:
             raise EdgeClipError(f"prompt template {t!r} is not a valid format string ({e})") from None
         if fields != [""]:
-            raise EdgeClipError(f"prompt template {t!r} must hold exactly one '{{}}' placeholder for the label")
+            raise EdgeClipError(
+                f"prompt template {t!r} must hold exactly one '{{}}' placeholder for the label"
+            )
     return templates
 
 
-def parse_labels(labels: str | Sequence[str] | None) -> List[str]:
+def parse_labels(labels: str | Sequence[str] | None) -> list[str]:
     """``"cat,dog"``, a list, or ``@file.txt`` (one label per line) -> cleaned, de-duplicated labels."""
     if labels is None:
         raise EdgeClipError("no labels given (--labels 'cat,dog,car' or --labels @labels.txt)")
@@ -53,6 +55,6 @@ def parse_labels(labels: str | Sequence[str] | None) -> List[str]:
     return out
 
 
-def class_names(classes: Sequence[str]) -> List[str]:
+def class_names(classes: Sequence[str]) -> list[str]:
     """ImageFolder class folders as prompt words (``pickup_truck`` -> ``pickup truck``)."""
     return [c.replace("_", " ") for c in classes]

@@ -6,7 +6,8 @@ Modelled on timm's ``@register_model``: register a factory under a name, then bu
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from edgeclip.core.errors import EdgeClipError
 
@@ -16,8 +17,8 @@ T = TypeVar("T", bound=Callable)
 class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
-        self._items: Dict[str, T] = {}
-        self._help: Dict[str, str] = {}
+        self._items: dict[str, T] = {}
+        self._help: dict[str, str] = {}
 
     def register(self, name: str | None = None, *, help: str = "") -> Callable[[T], T]:
         def deco(fn: T) -> T:
@@ -25,7 +26,9 @@ class Registry(Generic[T]):
             if key in self._items:
                 raise ValueError(f"{self.kind} {key!r} registered twice")
             self._items[key] = fn
-            self._help[key] = help or (fn.__doc__ or "").strip().splitlines()[0:1][0] if (help or fn.__doc__) else ""
+            self._help[key] = (
+                help or (fn.__doc__ or "").strip().splitlines()[0:1][0] if (help or fn.__doc__) else ""
+            )
             return fn
 
         return deco
@@ -49,5 +52,5 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
-    def describe(self) -> Dict[str, str]:
+    def describe(self) -> dict[str, str]:
         return {k: self._help.get(k, "") for k in sorted(self._items)}

@@ -19,7 +19,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.data.sources import ImageRecord, file_key
@@ -34,8 +33,8 @@ _HEADER_NAMES = {"image", "image_name", "filename", "file", "file_name", "path",
 class CaptionItem:
     name: str  # how the image is named in the captions file (its id in results)
     path: Path
-    captions: List[str]
-    split: Optional[str] = None
+    captions: list[str]
+    split: str | None = None
 
     def record(self) -> ImageRecord:
         """The image as an :class:`ImageRecord` (same cache key as ``edgeclip cache`` gives this file)."""
@@ -44,13 +43,13 @@ class CaptionItem:
 
 @dataclass
 class CaptionSet:
-    items: List[CaptionItem]
+    items: list[CaptionItem]
     fmt: str
     source: str
     images_dir: str
-    split: Optional[str] = None
-    skipped: Dict[str, int] = field(default_factory=dict)
-    examples: List[str] = field(default_factory=list)  # a few skip reasons, for the user
+    split: str | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)  # a few skip reasons, for the user
 
     def __len__(self) -> int:
         return len(self.items)
@@ -59,18 +58,25 @@ class CaptionSet:
     def n_captions(self) -> int:
         return sum(len(it.captions) for it in self.items)
 
-    def all_captions(self) -> List[str]:
+    def all_captions(self) -> list[str]:
         return [c for it in self.items for c in it.captions]
 
-    def summary(self) -> Dict:
-        return {"source": self.source, "format": self.fmt, "split": self.split, "images": len(self.items),
-                "captions": self.n_captions, "skipped": dict(self.skipped), "skip_examples": self.examples[:5]}
+    def summary(self) -> dict:
+        return {
+            "source": self.source,
+            "format": self.fmt,
+            "split": self.split,
+            "images": len(self.items),
+            "captions": self.n_captions,
+            "skipped": dict(self.skipped),
+            "skip_examples": self.examples[:5],
+        }
 
 
 class _Skips:
     def __init__(self):
         self.counts: Counter = Counter()
-        self.examples: List[str] = []
+        self.examples: list[str] = []
 
     def add(self, kind: str, why: str) -> None:
         self.counts[kind] += 1
@@ -78,7 +84,7 @@ class _Skips:
             self.examples.append(f"{kind}: {why}")
 
 
-def detect_format(path: Path) -> Tuple[str, object]:
+def detect_format(path: Path) -> tuple[str, object]:
     """(format, parsed payload) of a captions file."""
     if not path.is_file():
         raise EdgeClipError(f"captions file not found: {path}")
@@ -87,13 +93,22 @@ def detect_format(path: Path) -> Tuple[str, object]:
             d = json.loads(path.read_text(encoding="utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise EdgeClipError(f"{path} is not valid JSON: {str(e).splitlines()[0]}") from None
-        if isinstance(d, dict) and isinstance(d.get("annotations"), list) and isinstance(d.get("images"), list):
+        if (
+            isinstance(d, dict)
+            and isinstance(d.get("annotations"), list)
+            and isinstance(d.get("images"), list)
+        ):
             return "coco", d
-        if isinstance(d, dict) and isinstance(d.get("images"), list) and (
-                not d["images"] or isinstance(d["images"][0], dict) and "sentences" in d["images"][0]):
+        if (
+            isinstance(d, dict)
+            and isinstance(d.get("images"), list)
+            and (not d["images"] or isinstance(d["images"][0], dict) and "sentences" in d["images"][0])
+        ):
             return "karpathy", d
-        raise EdgeClipError(f"{path}: JSON is neither COCO captions (images + annotations) nor a Karpathy split "
-                            "file (images with sentences)")
+        raise EdgeClipError(
+            f"{path}: JSON is neither COCO captions (images + annotations) nor a Karpathy split "
+            "file (images with sentences)"
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -104,7 +119,7 @@ def detect_format(path: Path) -> Tuple[str, object]:
     return "csv", text
 
 
-def _load_splits(splits: Optional[Path]) -> Optional[Dict[str, set]]:
+def _load_splits(splits: Path | None) -> dict[str, set] | None:
     if splits is None:
         return None
     if not splits.is_file():
@@ -115,15 +130,15 @@ def _load_splits(splits: Optional[Path]) -> Optional[Dict[str, set]]:
         except json.JSONDecodeError as e:
             raise EdgeClipError(f"{splits} is not valid JSON: {str(e).splitlines()[0]}") from None
         if not isinstance(d, dict) or not all(isinstance(v, list) for v in d.values()):
-            raise EdgeClipError(f"{splits}: expected {{\"train\": [image, ...], \"val\": [...], ...}}")
+            raise EdgeClipError(f'{splits}: expected {{"train": [image, ...], "val": [...], ...}}')
         return {k: {str(x).strip() for x in v} for k, v in d.items()}
     names = {ln.strip() for ln in splits.read_text(encoding="utf-8").splitlines() if ln.strip()}
     return {"__list__": names}
 
 
-def _parse(fmt: str, payload, path: Path, skips: _Skips) -> List[Tuple[str, str, Optional[str], str]]:
+def _parse(fmt: str, payload, path: Path, skips: _Skips) -> list[tuple[str, str, str | None, str]]:
     """Rows of (image name, caption, split or None, sub-folder hint)."""
-    rows: List[Tuple[str, str, Optional[str], str]] = []
+    rows: list[tuple[str, str, str | None, str]] = []
     if fmt == "coco":
         names = {}
         for im in payload["images"]:
@@ -133,7 +148,9 @@ def _parse(fmt: str, payload, path: Path, skips: _Skips) -> List[Tuple[str, str,
         for a in payload["annotations"]:
             iid = a.get("image_id")
             if iid not in names:
-                skips.add("missing_image", f"annotation {a.get('id')} refers to image id {iid} not listed in images")
+                skips.add(
+                    "missing_image", f"annotation {a.get('id')} refers to image id {iid} not listed in images"
+                )
                 continue
             seen.add(iid)
             rows.append((names[iid], str(a.get("caption") or ""), None, ""))
@@ -184,7 +201,7 @@ def _parse(fmt: str, payload, path: Path, skips: _Skips) -> List[Tuple[str, str,
     return rows
 
 
-def _images_dir(fmt: str, path: Path, images: Optional[Path], rows) -> Path:
+def _images_dir(fmt: str, path: Path, images: Path | None, rows) -> Path:
     if images is not None:
         if not images.is_dir():
             raise EdgeClipError(f"images folder not found: {images}")
@@ -202,12 +219,20 @@ def _images_dir(fmt: str, path: Path, images: Optional[Path], rows) -> Path:
         for name, _, _, sub in rows[:50]:
             if (c / sub / name).is_file() or (c / name).is_file():
                 return c
-    raise EdgeClipError(f"cannot find the images of {path}: none of the first images exist under "
-                        f"{', '.join(map(str, cands)) or base}; pass the images folder (--images)")
+    raise EdgeClipError(
+        f"cannot find the images of {path}: none of the first images exist under "
+        f"{', '.join(map(str, cands)) or base}; pass the images folder (--images)"
+    )
 
 
-def load_captions(path: str | Path, images: str | Path | None = None, split: Optional[str] = None,
-                  splits: str | Path | None = None, fmt: str = "auto", check_images: bool = True) -> CaptionSet:
+def load_captions(
+    path: str | Path,
+    images: str | Path | None = None,
+    split: str | None = None,
+    splits: str | Path | None = None,
+    fmt: str = "auto",
+    check_images: bool = True,
+) -> CaptionSet:
     """Load a captions file of any supported format, optionally one split of it.
 
     ``splits``: a JSON ``{"train": [names], "val": [...], "test": [...]}`` or a text file of image names
@@ -236,21 +261,30 @@ def load_captions(path: str | Path, images: str | Path | None = None, split: Opt
             want = {"train", "restval"} if split == "train" else {split}
             known = {r[2] for r in rows}
             if not known & want:
-                raise EdgeClipError(f"{path} has no split {split!r} (splits: {', '.join(sorted(map(str, known)))})")
+                raise EdgeClipError(
+                    f"{path} has no split {split!r} (splits: {', '.join(sorted(map(str, known)))})"
+                )
             rows = [r for r in rows if r[2] in want]
         elif split_sets is None:
-            raise EdgeClipError(f"{path} has no split information; pass a splits file or leave the split empty")
+            raise EdgeClipError(
+                f"{path} has no split information; pass a splits file or leave the split empty"
+            )
         else:
             names = split_sets.get("__list__") or split_sets.get(split)
             if names is None:
-                raise EdgeClipError(f"split {split!r} not in {sp_path} (splits: {', '.join(sorted(split_sets))})")
+                raise EdgeClipError(
+                    f"split {split!r} not in {sp_path} (splits: {', '.join(sorted(split_sets))})"
+                )
             in_file = {r[0] for r in rows}
             for n in sorted(names - in_file):
                 skips.add("no_captions", f"{n} (listed in split {split!r})")
             rows = [r for r in rows if r[0] in names]
-    img_dir = _images_dir(fmt, path, Path(images) if images else None, rows) if check_images else (
-        Path(images) if images else path.parent)
-    grouped: Dict[str, CaptionItem] = {}
+    img_dir = (
+        _images_dir(fmt, path, Path(images) if images else None, rows)
+        if check_images
+        else (Path(images) if images else path.parent)
+    )
+    grouped: dict[str, CaptionItem] = {}
     missing = set()
     for name, cap, sp, sub in rows:
         if name in missing:

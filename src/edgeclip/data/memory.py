@@ -6,7 +6,7 @@ on CPU and GPU alike. Unreadable files are skipped and counted, never silently d
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,11 +24,13 @@ def resize_center(img: Image.Image, size: int) -> Image.Image:
     s = size / min(w, h)
     img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
     w, h = img.size
-    l, t = (w - size) // 2, (h - size) // 2
-    return img.crop((l, t, l + size, t + size))
+    lb, t = (w - size) // 2, (h - size) // 2
+    return img.crop((lb, t, lb + size, t + size))
 
 
-def preload(records: Sequence[ImageRecord], size: int, progress: bool = True) -> Tuple[torch.Tensor, List[int], List[str]]:
+def preload(
+    records: Sequence[ImageRecord], size: int, progress: bool = True
+) -> tuple[torch.Tensor, list[int], list[str]]:
     """Decode ``records`` into a (N,3,size,size) uint8 tensor. Returns (images, kept indices, skipped reasons)."""
     arrs, kept, skipped = [], [], []
     it = records
@@ -71,7 +73,9 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return (x.float() / 255.0 - m) / s
 
 
-def augment_batch(x: torch.Tensor, pad: int = 4, flip: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Random crop with reflection padding + horizontal flip on a uint8/float batch (B,C,H,W)."""
     B, C, H, W = x.shape
     if pad:

@@ -22,9 +22,9 @@ its RGB image, an all-zero map, or an unreadable file is skipped and listed in `
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -58,70 +58,88 @@ class ModalitySpec:
     channels: object = "auto"
     adapter: str = "repeat"
     colormap: str = "turbo"
-    derive: Optional[str] = None
-    mean: Optional[List[float]] = None
-    std: Optional[List[float]] = None
+    derive: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
     allow_resize: bool = False  # a map of another size than its RGB: resize instead of skipping
 
     def __post_init__(self):
         if self.adapter not in ADAPTERS:
-            raise EdgeClipError(f"modality {self.name}: unknown adapter {self.adapter!r} ({', '.join(ADAPTERS)})")
+            raise EdgeClipError(
+                f"modality {self.name}: unknown adapter {self.adapter!r} ({', '.join(ADAPTERS)})"
+            )
         if self.derive is not None and self.derive not in DERIVATIONS:
-            raise EdgeClipError(f"modality {self.name}: unknown derivation {self.derive!r} ({', '.join(DERIVATIONS)})")
-        if not (self.scale in ("auto", "minmax") or (isinstance(self.scale, (int, float)) and self.scale > 0)):
-            raise EdgeClipError(f"modality {self.name}: scale must be 'auto', 'minmax' or a positive number, got {self.scale!r}")
+            raise EdgeClipError(
+                f"modality {self.name}: unknown derivation {self.derive!r} ({', '.join(DERIVATIONS)})"
+            )
+        if not (
+            self.scale in ("auto", "minmax") or (isinstance(self.scale, (int, float)) and self.scale > 0)
+        ):
+            raise EdgeClipError(
+                f"modality {self.name}: scale must be 'auto', 'minmax' or a positive number, got {self.scale!r}"
+            )
         if self.adapter == "colormap":
             import matplotlib
 
             if self.colormap not in matplotlib.colormaps:
                 raise EdgeClipError(f"modality {self.name}: unknown matplotlib colour map {self.colormap!r}")
 
-    def to_dict(self) -> Dict:
+    def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Dict) -> "ModalitySpec":
+    def from_dict(cls, d: dict) -> ModalitySpec:
         unknown = [k for k in d if k not in cls.__dataclass_fields__]
         if unknown:
-            raise EdgeClipError(f"unknown modality keys {unknown} (known: {', '.join(cls.__dataclass_fields__)})")
+            raise EdgeClipError(
+                f"unknown modality keys {unknown} (known: {', '.join(cls.__dataclass_fields__)})"
+            )
         return cls(**d)
 
 
 @dataclass
 class PairRecord:
     key: str  # stem (relative path without extension)
-    files: Dict[str, Path]  # modality -> file (derived modalities have none)
-    label: Optional[int] = None
+    files: dict[str, Path]  # modality -> file (derived modalities have none)
+    label: int | None = None
 
 
 @dataclass
 class PairSet:
     root: str
     primary: str
-    modalities: List[str]  # primary first
-    records: List[PairRecord]
-    classes: Optional[List[str]] = None
-    derived: Dict[str, str] = field(default_factory=dict)
-    skipped: List[str] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)  # e.g. folders that are not modalities of this set
+    modalities: list[str]  # primary first
+    records: list[PairRecord]
+    classes: list[str] | None = None
+    derived: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. folders that are not modalities of this set
 
     def __len__(self) -> int:
         return len(self.records)
 
     @property
-    def others(self) -> List[str]:
+    def others(self) -> list[str]:
         return [m for m in self.modalities if m != self.primary]
 
-    def subset(self, idx: Sequence[int]) -> "PairSet":
-        return PairSet(self.root, self.primary, list(self.modalities), [self.records[i] for i in idx],
-                       self.classes, dict(self.derived), list(self.skipped), list(self.notes))
+    def subset(self, idx: Sequence[int]) -> PairSet:
+        return PairSet(
+            self.root,
+            self.primary,
+            list(self.modalities),
+            [self.records[i] for i in idx],
+            self.classes,
+            dict(self.derived),
+            list(self.skipped),
+            list(self.notes),
+        )
 
 
-def _files_under(d: Path) -> List[Path]:
+def _files_under(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("*") if p.is_file() and is_image(p) and not p.name.startswith("."))
 
 
-def _pick_primary(mods: Sequence[str], primary: Optional[str]) -> str:
+def _pick_primary(mods: Sequence[str], primary: str | None) -> str:
     if primary:
         if primary not in mods:
             raise EdgeClipError(f"primary modality {primary!r} not found (have: {', '.join(mods)})")
@@ -132,7 +150,7 @@ def _pick_primary(mods: Sequence[str], primary: Optional[str]) -> str:
     raise EdgeClipError(f"cannot tell which modality is RGB among {', '.join(mods)}: pass primary=/--primary")
 
 
-def _match(per_mod: Dict[str, Dict[str, Path]], primary: str, root: str, derived: Dict[str, str]) -> PairSet:
+def _match(per_mod: dict[str, dict[str, Path]], primary: str, root: str, derived: dict[str, str]) -> PairSet:
     mods = [primary] + sorted(m for m in per_mod if m != primary)
     all_keys = sorted(set().union(*[set(v) for v in per_mod.values()]))
     records, skipped = [], []
@@ -150,13 +168,19 @@ def _match(per_mod: Dict[str, Dict[str, Path]], primary: str, root: str, derived
         for r in records:
             r.label = idx[r.key.split("/", 1)[0]]
     if not records:
-        raise EdgeClipError(f"{root}: no complete pairs of {', '.join(mods)} "
-                            f"({len(skipped)} unpaired stems, e.g. {skipped[0] if skipped else '-'})")
+        raise EdgeClipError(
+            f"{root}: no complete pairs of {', '.join(mods)} "
+            f"({len(skipped)} unpaired stems, e.g. {skipped[0] if skipped else '-'})"
+        )
     return PairSet(root, primary, mods + list(derived), records, classes, dict(derived), skipped)
 
 
-def open_pairs(root: str | os.PathLike, modalities: Optional[Sequence[str]] = None, primary: Optional[str] = None,
-               derive: Optional[Dict[str, str]] = None) -> PairSet:
+def open_pairs(
+    root: str | os.PathLike,
+    modalities: Sequence[str] | None = None,
+    primary: str | None = None,
+    derive: dict[str, str] | None = None,
+) -> PairSet:
     """Open a paired-modality dataset (see the module docstring for the layouts)."""
     root_p = Path(root)
     if not root_p.exists():
@@ -169,10 +193,14 @@ def open_pairs(root: str | os.PathLike, modalities: Optional[Sequence[str]] = No
         # a plain image source; every other modality is computed from its RGB images
         src = open_source(root_p)
         prim = primary or "rgb"
-        recs = [PairRecord(Path(r.name).with_suffix("").as_posix(), {prim: r.path}, r.label) for r in src.records]
+        recs = [
+            PairRecord(Path(r.name).with_suffix("").as_posix(), {prim: r.path}, r.label) for r in src.records
+        ]
         return PairSet(str(root_p), prim, [prim] + list(derive), recs, src.classes, derive, list(src.skipped))
     if not root_p.is_dir():
-        raise EdgeClipError(f"{root_p}: a paired dataset is a folder (ROOT/<modality>/... or <stem>_<modality> files)")
+        raise EdgeClipError(
+            f"{root_p}: a paired dataset is a folder (ROOT/<modality>/... or <stem>_<modality> files)"
+        )
     subdirs = sorted(d.name for d in root_p.iterdir() if d.is_dir() and not d.name.startswith("."))
     mods = list(modalities) if modalities else None
     if mods and all((root_p / m).is_dir() for m in mods) or (not mods and len(subdirs) >= 2):
@@ -186,8 +214,9 @@ def open_pairs(root: str | os.PathLike, modalities: Optional[Sequence[str]] = No
             for f in files:
                 k = f.relative_to(root_p / m).with_suffix("").as_posix()
                 if k in per_mod[m]:
-                    raise EdgeClipError(f"{root_p / m}: two files share the stem {k!r} "
-                                        f"({per_mod[m][k].name}, {f.name})")
+                    raise EdgeClipError(
+                        f"{root_p / m}: two files share the stem {k!r} ({per_mod[m][k].name}, {f.name})"
+                    )
                 per_mod[m][k] = f
         prim = _pick_primary(mods, primary)
         ignored = []
@@ -196,22 +225,30 @@ def open_pairs(root: str | os.PathLike, modalities: Optional[Sequence[str]] = No
             for m in ignored:
                 del per_mod[m]
             if len(per_mod) < 2:
-                raise EdgeClipError(f"{root_p}: no folder shares file stems with {prim}/ (pass the modality names)")
+                raise EdgeClipError(
+                    f"{root_p}: no folder shares file stems with {prim}/ (pass the modality names)"
+                )
         ps = _match(per_mod, prim, str(root_p), derive)
-        ps.notes = [f"folder {m}/: no file stem in common with {prim}/, not used as a modality" for m in ignored]
+        ps.notes = [
+            f"folder {m}/: no file stem in common with {prim}/, not used as a modality" for m in ignored
+        ]
         return ps
     # flat layout: <stem>_<modality>.<ext>
     files = [f for f in sorted(root_p.iterdir()) if f.is_file() and is_image(f) and "_" in f.stem]
     if not files:
-        raise EdgeClipError(f"{root_p}: no modality folders (ROOT/rgb, ROOT/depth, ...) and no <stem>_<modality> files")
-    per_mod: Dict[str, Dict[str, Path]] = {}
+        raise EdgeClipError(
+            f"{root_p}: no modality folders (ROOT/rgb, ROOT/depth, ...) and no <stem>_<modality> files"
+        )
+    per_mod: dict[str, dict[str, Path]] = {}
     for f in files:
         stem, mod = f.stem.rsplit("_", 1)
         if mods and mod not in mods:
             continue
         per_mod.setdefault(mod, {})[stem] = f
     if len(per_mod) < 2:
-        raise EdgeClipError(f"{root_p}: found only the modality {', '.join(per_mod) or '(none)'}; a pair needs two")
+        raise EdgeClipError(
+            f"{root_p}: found only the modality {', '.join(per_mod) or '(none)'}; a pair needs two"
+        )
     return _match(per_mod, _pick_primary(list(per_mod), primary), str(root_p), derive)
 
 
@@ -233,12 +270,16 @@ def read_array(path: Path) -> np.ndarray:
         except ImportError:  # pragma: no cover - tifffile is a dependency
             return load_array(path)
         except Exception as e:
-            raise ImageLoadError(f"corrupt or unreadable TIFF {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise ImageLoadError(
+                f"corrupt or unreadable TIFF {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
         a = np.squeeze(a)
         if a.ndim == 3 and int(np.argmin(a.shape)) == 0:
             a = np.moveaxis(a, 0, -1)
         if a.ndim not in (2, 3):
-            raise ImageLoadError(f"{path}: expected a 2-D or multi-band image, got an array of shape {a.shape}")
+            raise ImageLoadError(
+                f"{path}: expected a 2-D or multi-band image, got an array of shape {a.shape}"
+            )
         return a
     return load_array(path)
 
@@ -282,8 +323,11 @@ def _resize_center(x: torch.Tensor, size: int, masked: bool = False) -> torch.Te
     s = size / min(H, W)
     nh, nw = max(size, round(H * s)), max(size, round(W * s))
     if (nh, nw) != (H, W):
+
         def rs(t):
-            return F.interpolate(t[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+            return F.interpolate(
+                t[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False
+            )[0]
 
         if masked and bool((x == 0).any()):
             valid = (x != 0).float()
@@ -291,11 +335,11 @@ def _resize_center(x: torch.Tensor, size: int, masked: bool = False) -> torch.Te
             x = torch.where(w > 1e-3, rs(x * valid) / w.clamp_min(1e-3), torch.zeros_like(w))
         else:
             x = rs(x)
-    t, l = (nh - size) // 2, (nw - size) // 2
-    return x[:, t:t + size, l:l + size].clamp(0, 1)
+    t, lb = (nh - size) // 2, (nw - size) // 2
+    return x[:, t : t + size, lb : lb + size].clamp(0, 1)
 
 
-_LUTS: Dict[str, torch.Tensor] = {}
+_LUTS: dict[str, torch.Tensor] = {}
 
 
 def apply_adapter(x: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
@@ -304,16 +348,21 @@ def apply_adapter(x: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
         if x.shape[-3] == 3:
             return x
         if x.shape[-3] != 1:
-            raise PairError(f"{spec.name}: adapter 'repeat' needs 1 channel, got {x.shape[-3]} (use adapter 'conv')")
+            raise PairError(
+                f"{spec.name}: adapter 'repeat' needs 1 channel, got {x.shape[-3]} (use adapter 'conv')"
+            )
         return x.expand(*x.shape[:-3], 3, *x.shape[-2:])
     if spec.adapter == "colormap":
         if x.shape[-3] != 1:
-            raise PairError(f"{spec.name}: adapter 'colormap' needs 1 channel, got {x.shape[-3]} (use adapter 'conv')")
+            raise PairError(
+                f"{spec.name}: adapter 'colormap' needs 1 channel, got {x.shape[-3]} (use adapter 'conv')"
+            )
         if spec.colormap not in _LUTS:
             import matplotlib
 
-            _LUTS[spec.colormap] = torch.tensor(matplotlib.colormaps[spec.colormap](np.linspace(0, 1, 256))[:, :3],
-                                                dtype=torch.float32)
+            _LUTS[spec.colormap] = torch.tensor(
+                matplotlib.colormaps[spec.colormap](np.linspace(0, 1, 256))[:, :3], dtype=torch.float32
+            )
         lut = _LUTS[spec.colormap]
         idx = (x.float().clamp(0, 1) * 255).round().long().squeeze(-3)  # (..., H, W)
         return lut[idx].movedim(-1, -3).to(x.dtype)
@@ -322,8 +371,9 @@ def apply_adapter(x: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
     return x
 
 
-def load_pair(rec: PairRecord, specs: Dict[str, ModalitySpec], primary: str, size: Optional[int] = None
-              ) -> Dict[str, torch.Tensor]:
+def load_pair(
+    rec: PairRecord, specs: dict[str, ModalitySpec], primary: str, size: int | None = None
+) -> dict[str, torch.Tensor]:
     """Decode one pair: modality -> (C, H, W) float tensor in [0,1] after the data-side adapter.
 
     ``size`` resizes (shorter side) and centre-crops every modality alike; the maps must have the RGB
@@ -350,15 +400,21 @@ def load_pair(rec: PairRecord, specs: Dict[str, ModalitySpec], primary: str, siz
                 raise PairError(f"{rec.key}: {e}") from None
             a = _scale(arr, spec, f"{rec.key} ({Path(f).name})")
             if a.shape[1:] != (H, W) and not spec.allow_resize:
-                raise PairError(f"{rec.key}: {m} map is {a.shape[2]}x{a.shape[1]} but its {primary} image is "
-                                f"{W}x{H} (set allow_resize to resize it)")
+                raise PairError(
+                    f"{rec.key}: {m} map is {a.shape[2]}x{a.shape[1]} but its {primary} image is "
+                    f"{W}x{H} (set allow_resize to resize it)"
+                )
             if a.shape[1:] != (H, W):
-                a = F.interpolate(torch.from_numpy(a)[None], size=(H, W), mode="bilinear", align_corners=False)[0].numpy()
+                a = F.interpolate(
+                    torch.from_numpy(a)[None], size=(H, W), mode="bilinear", align_corners=False
+                )[0].numpy()
         out[m] = torch.from_numpy(np.ascontiguousarray(a))
     res = {}
     for m, x in out.items():
         if size:
-            x = _resize_center(x, size, masked=m != primary and specs.get(m) is not None and specs[m].derive is None)
+            x = _resize_center(
+                x, size, masked=m != primary and specs.get(m) is not None and specs[m].derive is None
+            )
         res[m] = apply_adapter(x, specs[m]) if m in specs else x
     return res
 
@@ -367,22 +423,24 @@ def load_pair(rec: PairRecord, specs: Dict[str, ModalitySpec], primary: str, siz
 class PairTensors:
     """A paired dataset in memory: modality -> (N, C, S, S) float16 in [0,1]; labels (N,) or None."""
 
-    x: Dict[str, torch.Tensor]
-    keys: List[str]
-    records: List[PairRecord]
-    labels: Optional[torch.Tensor]
-    skipped: List[str]
+    x: dict[str, torch.Tensor]
+    keys: list[str]
+    records: list[PairRecord]
+    labels: torch.Tensor | None
+    skipped: list[str]
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
-def default_specs(ps: PairSet, overrides: Optional[Dict[str, Dict]] = None) -> Dict[str, ModalitySpec]:
+def default_specs(ps: PairSet, overrides: dict[str, dict] | None = None) -> dict[str, ModalitySpec]:
     """A spec for every modality of ``ps`` (primary: plain RGB), updated by ``overrides``."""
     overrides = overrides or {}
     unknown = [m for m in overrides if m not in ps.modalities]
     if unknown:
-        raise EdgeClipError(f"settings for unknown modality {unknown[0]!r} (have: {', '.join(ps.modalities)})")
+        raise EdgeClipError(
+            f"settings for unknown modality {unknown[0]!r} (have: {', '.join(ps.modalities)})"
+        )
     specs = {}
     for m in ps.modalities:
         d = {"name": m, "adapter": "none" if m == ps.primary else "repeat"}
@@ -394,10 +452,11 @@ def default_specs(ps: PairSet, overrides: Optional[Dict[str, Dict]] = None) -> D
     return specs
 
 
-def preload_pairs(ps: PairSet, specs: Dict[str, ModalitySpec], size: int, strict: bool = False,
-                  progress: bool = False) -> PairTensors:
+def preload_pairs(
+    ps: PairSet, specs: dict[str, ModalitySpec], size: int, strict: bool = False, progress: bool = False
+) -> PairTensors:
     """Decode every pair at ``size`` px into memory; bad pairs are skipped and listed (or raise when strict)."""
-    bufs: Dict[str, List[torch.Tensor]] = {m: [] for m in ps.modalities}
+    bufs: dict[str, list[torch.Tensor]] = {m: [] for m in ps.modalities}
     keys, recs, labels, skipped = [], [], [], list(ps.skipped)
     if strict and ps.skipped:
         raise PairError(ps.skipped[0])
@@ -420,14 +479,18 @@ def preload_pairs(ps: PairSet, specs: Dict[str, ModalitySpec], size: int, strict
         recs.append(r)
         labels.append(r.label)
     if not keys:
-        raise EdgeClipError(f"{ps.root}: none of the {len(ps.records)} pairs could be used "
-                            f"(e.g. {skipped[0] if skipped else '-'})")
+        raise EdgeClipError(
+            f"{ps.root}: none of the {len(ps.records)} pairs could be used "
+            f"(e.g. {skipped[0] if skipped else '-'})"
+        )
     x = {m: torch.stack(v) for m, v in bufs.items()}
-    lab = torch.tensor(labels) if all(l is not None for l in labels) else None
+    lab = torch.tensor(labels) if all(lb is not None for lb in labels) else None
     return PairTensors(x, keys, recs, lab, skipped)
 
 
-def fill_stats(specs: Dict[str, ModalitySpec], data: PairTensors, primary: str, primary_mean, primary_std) -> None:
+def fill_stats(
+    specs: dict[str, ModalitySpec], data: PairTensors, primary: str, primary_mean, primary_std
+) -> None:
     """Per-modality normalisation: the teacher's for RGB, measured on ``data`` for the others (unless set)."""
     for m, s in specs.items():
         if s.mean is not None and s.std is not None:
@@ -446,9 +509,15 @@ def normalize_modality(x: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
     return (x.float() - m) / s
 
 
-def summarize(ps: PairSet, data: Optional[PairTensors] = None) -> Dict:
-    d = {"root": ps.root, "primary": ps.primary, "modalities": ps.modalities, "pairs": len(ps.records),
-         "classes": ps.classes, "derived": ps.derived}
+def summarize(ps: PairSet, data: PairTensors | None = None) -> dict:
+    d = {
+        "root": ps.root,
+        "primary": ps.primary,
+        "modalities": ps.modalities,
+        "pairs": len(ps.records),
+        "classes": ps.classes,
+        "derived": ps.derived,
+    }
     sk = data.skipped if data is not None else ps.skipped
     d["notes"] = ps.notes
     d["skipped"] = len(sk)

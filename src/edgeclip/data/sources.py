@@ -10,9 +10,9 @@ import csv
 import glob
 import os
 import tarfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.images import load_image
@@ -34,9 +34,9 @@ def file_key(path: Path) -> str:
 class ImageRecord:
     key: str
     name: str  # display name (relative path or sample key)
-    label: Optional[int] = None
-    path: Optional[Path] = None
-    data: Optional[bytes] = None  # in-memory payload (tar shards)
+    label: int | None = None
+    path: Path | None = None
+    data: bytes | None = None  # in-memory payload (tar shards)
 
     def load(self):
         """Decode to an RGB PIL image (raises ImageLoadError with one clear line)."""
@@ -49,10 +49,10 @@ class ImageSource:
 
     kind: str
     root: str
-    classes: Optional[List[str]] = None
-    records: Optional[List[ImageRecord]] = None
-    stream: Optional[Callable[[], Iterator[ImageRecord]]] = None
-    skipped: List[str] = field(default_factory=list)
+    classes: list[str] | None = None
+    records: list[ImageRecord] | None = None
+    stream: Callable[[], Iterator[ImageRecord]] | None = None
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def is_stream(self) -> bool:
@@ -67,7 +67,7 @@ class ImageSource:
         return len(self.records)
 
 
-def _sorted_images(root: Path) -> List[Path]:
+def _sorted_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and is_image(p))
 
 
@@ -77,7 +77,7 @@ def image_folder(root: str | os.PathLike) -> ImageSource:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise EdgeClipError(f"{root} has no class sub-folders (expected ROOT/<class>/<image>)")
-    recs: List[ImageRecord] = []
+    recs: list[ImageRecord] = []
     for ci, c in enumerate(classes):
         for p in _sorted_images(root / c):
             recs.append(ImageRecord(file_key(p), str(p.relative_to(root)), ci, p))
@@ -101,7 +101,7 @@ def file_list(path: str | os.PathLike) -> ImageSource:
     """
     path = Path(path)
     base = path.parent
-    rows: List[Sequence[str]] = []
+    rows: list[Sequence[str]] = []
     if path.suffix.lower() in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8-sig") as fh:
             dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
@@ -109,7 +109,11 @@ def file_list(path: str | os.PathLike) -> ImageSource:
         if rows and rows[0][0].strip().lower() in ("path", "image", "file", "filename", "filepath"):
             rows = rows[1:]
     else:
-        rows = [[ln.strip()] for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        rows = [
+            [ln.strip()]
+            for ln in path.read_text(encoding="utf-8").splitlines()
+            if ln.strip() and not ln.startswith("#")
+        ]
     label_names = sorted({r[1].strip() for r in rows if len(r) > 1 and r[1].strip()})
     idx = {c: i for i, c in enumerate(label_names)}
     recs, skipped = [], []
@@ -126,14 +130,14 @@ def file_list(path: str | os.PathLike) -> ImageSource:
     return ImageSource("list", str(path), label_names or None, recs, skipped=skipped)
 
 
-def _expand_shards(spec: str) -> List[str]:
+def _expand_shards(spec: str) -> list[str]:
     try:
         import braceexpand
 
         pats = list(braceexpand.braceexpand(spec))
     except ImportError:  # pragma: no cover
         pats = [spec]
-    out: List[str] = []
+    out: list[str] = []
     for p in pats:
         out.extend(sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else [p])
     missing = [p for p in out if not Path(p).is_file()]
@@ -142,7 +146,7 @@ def _expand_shards(spec: str) -> List[str]:
     return out
 
 
-def webdataset(spec: str, classes: Optional[List[str]] = None) -> ImageSource:
+def webdataset(spec: str, classes: list[str] | None = None) -> ImageSource:
     """WebDataset tar shards (``shard-{000..009}.tar`` or a glob), streamed with the webdataset library.
 
     Samples carry an image under one of jpg/png/webp/... and optionally ``cls`` (int) or ``txt``.
@@ -209,7 +213,9 @@ def labelled_source(spec: str | os.PathLike, purpose: str, max_images: int = 0, 
     """-> (ImageFolder source, its records, or a seeded random ``max_images`` of them); one clear error otherwise."""
     src = open_source(spec)
     if not src.classes:
-        raise EdgeClipError(f"{spec}: {purpose} needs an ImageFolder (ROOT/<class>/<image>) to know the true labels")
+        raise EdgeClipError(
+            f"{spec}: {purpose} needs an ImageFolder (ROOT/<class>/<image>) to know the true labels"
+        )
     recs = src.records
     if max_images:
         import torch

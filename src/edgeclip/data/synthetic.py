@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Sequence
 
 from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
-COLOURS = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (230, 200, 40), (160, 60, 200), (240, 130, 30), (30, 30, 30), (250, 250, 250)]
+COLOURS = [
+    (220, 40, 40),
+    (40, 160, 60),
+    (40, 80, 220),
+    (230, 200, 40),
+    (160, 60, 200),
+    (240, 130, 30),
+    (30, 30, 30),
+    (250, 250, 250),
+]
 
 
 def _star(cx, cy, r, n=5):
@@ -32,7 +41,11 @@ def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
     d = ImageDraw.Draw(img)
     for _ in range(rng.randint(0, 4)):  # background clutter
         x, y = rng.randint(0, size), rng.randint(0, size)
-        d.line([(x, y), (rng.randint(0, size), rng.randint(0, size))], fill=tuple(rng.randint(0, 255) for _ in range(3)), width=1)
+        d.line(
+            [(x, y), (rng.randint(0, size), rng.randint(0, size))],
+            fill=tuple(rng.randint(0, 255) for _ in range(3)),
+            width=1,
+        )
     colour = rng.choice([c for c in COLOURS if sum(abs(a - b) for a, b in zip(c, bg)) > 120] or COLOURS)
     r = rng.uniform(0.22, 0.42) * size
     cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
@@ -42,10 +55,22 @@ def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
         d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=max(2, int(r * 0.3)))
     elif shape == "square":
         a = rng.uniform(0, math.pi / 2)
-        d.polygon([(cx + r * math.cos(a + k * math.pi / 2), cy + r * math.sin(a + k * math.pi / 2)) for k in range(4)], fill=colour)
+        d.polygon(
+            [
+                (cx + r * math.cos(a + k * math.pi / 2), cy + r * math.sin(a + k * math.pi / 2))
+                for k in range(4)
+            ],
+            fill=colour,
+        )
     elif shape == "triangle":
         a = rng.uniform(0, 2 * math.pi)
-        d.polygon([(cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3)) for k in range(3)], fill=colour)
+        d.polygon(
+            [
+                (cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3))
+                for k in range(3)
+            ],
+            fill=colour,
+        )
     elif shape == "star":
         d.polygon(_star(cx, cy, r), fill=colour)
     elif shape == "cross":
@@ -59,8 +84,14 @@ def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
     return img
 
 
-def make_shapes(root: str | Path, n_train: int = 150, n_test: int = 40, size: int = 48,
-                shapes: Sequence[str] = SHAPES, seed: int = 0) -> Dict[str, Path]:
+def make_shapes(
+    root: str | Path,
+    n_train: int = 150,
+    n_test: int = 40,
+    size: int = 48,
+    shapes: Sequence[str] = SHAPES,
+    seed: int = 0,
+) -> dict[str, Path]:
     """Write ``root/train/<shape>/*.jpg`` and ``root/test/<shape>/*.jpg``; idempotent."""
     root = Path(root)
     done = root / ".complete"

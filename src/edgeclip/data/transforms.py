@@ -11,7 +11,6 @@ import hashlib
 import math
 import random
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Tuple
 
 from PIL import Image
 
@@ -26,24 +25,25 @@ class Preprocess:
     """Resize (shorter side) + centre crop to ``size``, then normalise. ``resize='squash'`` skips the crop."""
 
     size: int = 224
-    mean: Tuple[float, ...] = CLIP_MEAN
-    std: Tuple[float, ...] = CLIP_STD
+    mean: tuple[float, ...] = CLIP_MEAN
+    std: tuple[float, ...] = CLIP_STD
     resize: str = "shortest"  # shortest | squash
     interpolation: str = "bicubic"
 
-    def to_dict(self) -> Dict:
+    def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         d = dict(d)
         d["mean"], d["std"] = tuple(d.get("mean", CLIP_MEAN)), tuple(d.get("std", CLIP_STD))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def describe(self) -> str:
-        return f"{self.resize}-{self.size}-{self.interpolation}-m{','.join(f'{m:.4f}' for m in self.mean)}-s{','.join(f'{s:.4f}' for s in self.std)}"
+        mean, std = ",".join(f"{m:.4f}" for m in self.mean), ",".join(f"{s:.4f}" for s in self.std)
+        return f"{self.resize}-{self.size}-{self.interpolation}-m{mean}-s{std}"
 
     def torch_transform(self):
         from torchvision import transforms as T
@@ -60,16 +60,16 @@ class Preprocess:
 class ViewSpec:
     """How augmented view ``v >= 1`` is drawn (view 0 is always the plain image)."""
 
-    scale: Tuple[float, float] = (0.35, 1.0)
-    ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    scale: tuple[float, float] = (0.35, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
     seed: int = 0
 
-    def to_dict(self) -> Dict:
+    def to_dict(self) -> dict:
         return {"scale": list(self.scale), "ratio": list(self.ratio), "flip": self.flip, "seed": self.seed}
 
 
-def view_params(key: str, view: int, spec: ViewSpec) -> Tuple[Tuple[float, float, float, float], bool]:
+def view_params(key: str, view: int, spec: ViewSpec) -> tuple[tuple[float, float, float, float], bool]:
     """Relative crop box (x0, y0, x1, y1) and flip flag of ``view`` of the image with cache key ``key``."""
     if view == 0:
         return (0.0, 0.0, 1.0, 1.0), False
@@ -86,17 +86,21 @@ def view_params(key: str, view: int, spec: ViewSpec) -> Tuple[Tuple[float, float
     return (0.0, 0.0, 1.0, 1.0), bool(spec.flip and rng.random() < 0.5)
 
 
-def apply_view(img: Image.Image, box: Tuple[float, float, float, float], flip: bool) -> Image.Image:
+def apply_view(img: Image.Image, box: tuple[float, float, float, float], flip: bool) -> Image.Image:
     if box != (0.0, 0.0, 1.0, 1.0):
         W, H = img.size
-        px = (round(box[0] * W), round(box[1] * H), max(round(box[2] * W), round(box[0] * W) + 1),
-              max(round(box[3] * H), round(box[1] * H) + 1))
+        px = (
+            round(box[0] * W),
+            round(box[1] * H),
+            max(round(box[2] * W), round(box[0] * W) + 1),
+            max(round(box[3] * H), round(box[1] * H) + 1),
+        )
         img = img.crop(px)
     if flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return img
 
 
-def grid_boxes(n: int) -> List[Tuple[float, float, float, float]]:
+def grid_boxes(n: int) -> list[tuple[float, float, float, float]]:
     """An n x n grid of relative boxes, row-major."""
     return [(c / n, r / n, (c + 1) / n, (r + 1) / n) for r in range(n) for c in range(n)]

@@ -11,8 +11,8 @@ import hashlib
 import json
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Sequence
 
 from edgeclip.core.errors import CheckpointError, EdgeClipError
 
@@ -21,14 +21,14 @@ SPECIALS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 
-def tokenize(text: str) -> List[str]:
+def tokenize(text: str) -> list[str]:
     """Lower-cased word tokens of ``text`` (letters, digits and combining marks; everything else splits)."""
     if not isinstance(text, str):
         raise EdgeClipError(f"caption must be text, got {type(text).__name__}")
     s = unicodedata.normalize("NFC", text).casefold()
     s = unicodedata.normalize("NFC", s)  # casefold can decompose (e.g. U+0130)
-    out: List[str] = []
-    cur: List[str] = []
+    out: list[str] = []
+    cur: list[str] = []
     for ch in s:
         cat = unicodedata.category(ch)
         if cat[0] in "LN" or (cat[0] == "M" and cur):
@@ -45,9 +45,9 @@ def tokenize(text: str) -> List[str]:
 class Vocab:
     """Word <-> id map with ``<pad> <bos> <eos> <unk>`` at ids 0..3."""
 
-    words: List[str]
+    words: list[str]
     min_count: int = 1
-    counts: Dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         if tuple(self.words[:4]) != SPECIALS:
@@ -57,7 +57,7 @@ class Vocab:
             raise CheckpointError("vocabulary has duplicate words")
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 5, max_size: int = 0) -> "Vocab":
+    def build(cls, captions: Iterable[str], min_count: int = 5, max_size: int = 0) -> Vocab:
         if min_count < 1:
             raise EdgeClipError(f"min_count must be >= 1, got {min_count}")
         c: Counter = Counter()
@@ -75,7 +75,7 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.words)
 
-    def encode(self, text: str, max_len: int) -> List[int]:
+    def encode(self, text: str, max_len: int) -> list[int]:
         """``<bos> w1 .. wn <eos>`` ids, with at most ``max_len`` words (longer captions are cut)."""
         ids = [self.index.get(w, UNK_ID) for w in tokenize(text)[:max_len]]
         return [BOS_ID] + ids + [EOS_ID]
@@ -100,11 +100,11 @@ class Vocab:
                 unk += w not in self.index
         return unk / n if n else 0.0
 
-    def to_dict(self) -> Dict:
+    def to_dict(self) -> dict:
         return {"words": list(self.words), "min_count": self.min_count, "sha256": self.fingerprint()}
 
     @classmethod
-    def from_dict(cls, d: Dict) -> "Vocab":
+    def from_dict(cls, d: dict) -> Vocab:
         try:
             v = cls(list(d["words"]), int(d.get("min_count", 1)))
         except (KeyError, TypeError) as e:

@@ -18,8 +18,9 @@ import datetime as _dt
 import os
 import random
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,9 @@ def is_transformer(model) -> bool:
     """True when the model has attention blocks (ViT/Swin/...): those get dynamic int8 and a fixed input size."""
     from torch import nn
 
-    return any(isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__ for m in model.modules())
+    return any(
+        isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__ for m in model.modules()
+    )
 
 
 def load_calibration(data: str, n: int, preprocess: NumpyPreprocess, seed: int = 0):
@@ -53,7 +56,9 @@ def load_calibration(data: str, n: int, preprocess: NumpyPreprocess, seed: int =
     from edgeclip.data.sources import open_source
 
     src = open_source(data)
-    recs = list(src.records) if not src.is_stream else [r for _, r in zip(range(max(n * 2, n + 16)), iter(src))]
+    recs = (
+        list(src.records) if not src.is_stream else [r for _, r in zip(range(max(n * 2, n + 16)), iter(src))]
+    )
     random.Random(seed).shuffle(recs)
     arrs, names, skipped = [], [], list(src.skipped)
     for r in recs:
@@ -71,10 +76,10 @@ def load_calibration(data: str, n: int, preprocess: NumpyPreprocess, seed: int =
 
 def _batches(x: np.ndarray, bs: int):
     for i in range(0, len(x), bs):
-        yield x[i:i + bs]
+        yield x[i : i + bs]
 
 
-def int8_parity(fp32_path: Path, int8_path: Path, x: np.ndarray, text_emb: np.ndarray) -> Dict[str, float]:
+def int8_parity(fp32_path: Path, int8_path: Path, x: np.ndarray, text_emb: np.ndarray) -> dict[str, float]:
     """Top-1 agreement (over the label set) and embedding cosine of the int8 model with fp32 on ``x``."""
     from edgeclip.runtime.session import ort_session, run_batched
     from edgeclip.zeroshot.scores import topk, unit
@@ -83,10 +88,15 @@ def int8_parity(fp32_path: Path, int8_path: Path, x: np.ndarray, text_emb: np.nd
     b = unit(run_batched(ort_session(int8_path), x))
     agree = float((topk(a, text_emb, 1) == topk(b, text_emb, 1)).mean())
     cos = (a * b).sum(1)
-    return {"top1_agreement": agree, "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "n": int(len(x))}
+    return {
+        "top1_agreement": agree,
+        "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()),
+        "n": int(len(x)),
+    }
 
 
-def ort_latency_ms(path: Path, size: int, threads: int = 1, reps: int = 30) -> Dict[str, float]:
+def ort_latency_ms(path: Path, size: int, threads: int = 1, reps: int = 30) -> dict[str, float]:
     """Batch-1 ONNX Runtime latency at ``size`` px (median after warm-up)."""
     from edgeclip.models.stats import latency_ms
     from edgeclip.runtime.session import ort_session
@@ -97,9 +107,17 @@ def ort_latency_ms(path: Path, size: int, threads: int = 1, reps: int = 30) -> D
     return latency_ms(lambda: sess.run(None, {name: x}), warmup=5, reps=reps)
 
 
-def bundle_accuracy(bundle: str | os.PathLike, data: str, precision: str, templates: Sequence[str],
-                    max_images: int = 0, batch_size: int = 256, threads: Optional[int] = None,
-                    text_emb: Optional[np.ndarray] = None, seed: int = 0) -> Dict[str, Any]:
+def bundle_accuracy(
+    bundle: str | os.PathLike,
+    data: str,
+    precision: str,
+    templates: Sequence[str],
+    max_images: int = 0,
+    batch_size: int = 256,
+    threads: int | None = None,
+    text_emb: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Zero-shot top-1 of a bundle on an ImageFolder, through the same loop as ``edgeclip eval``.
     Class-name embeddings: ``text_emb`` (C, D) in class order, else the bundle's own labels.json when it
     names every class."""
@@ -120,11 +138,16 @@ def bundle_accuracy(bundle: str | os.PathLike, data: str, precision: str, templa
         recs = random.Random(seed).sample(recs, max_images)
     top, kept, skipped, dt = predict(emb, recs, class_emb, batch_size)
     n = len(kept)
-    return {"top1": accuracy(top, [recs[i].label for i in kept])["top1"], "n": n, "skipped": len(skipped),
-            "precision": lab.precision, "images_per_s": n / max(1e-9, dt)}
+    return {
+        "top1": accuracy(top, [recs[i].label for i in kept])["top1"],
+        "n": n,
+        "skipped": len(skipped),
+        "precision": lab.precision,
+        "images_per_s": n / max(1e-9, dt),
+    }
 
 
-def _versions() -> Dict[str, str]:
+def _versions() -> dict[str, str]:
     out = {}
     for mod in ("edgeclip", "torch", "onnx", "onnxruntime", "numpy", "PIL"):
         try:
@@ -135,27 +158,40 @@ def _versions() -> Dict[str, str]:
     return out
 
 
-def _model_card(m: Dict[str, Any]) -> str:
+def _model_card(m: dict[str, Any]) -> str:
     t, s = m["teacher"], m["student"]
-    lines = [f"# Edge bundle: {s['arch']} student of {t['id']}", "",
-             "Open-vocabulary image labeler. Runs with numpy + Pillow + ONNX Runtime (`edgeclip.runtime`).", "",
-             "## Source",
-             f"- teacher: `{t['spec']}` (id `{t['id']}`, {t['embed_dim']}-d embeddings, logit scale {t['logit_scale']:.1f})",
-             f"- student: `{s['arch']}` at {m['input']['size']} px, checkpoint sha256 `{s['checkpoint_sha256'][:16]}...`",
-             f"- distillation data: {s.get('data') or 'not recorded in the checkpoint'}"
-             + (f" ({s['n_train']} images)" if s.get("n_train") else ""),
-             f"- labels ({len(m['labels'])}): {', '.join(m['labels'][:30])}{' ...' if len(m['labels']) > 30 else ''}",
-             f"- prompt templates: {', '.join(repr(x) for x in m['templates'])}", "",
-             "## Files and size", "| file | bytes |", "| --- | ---: |"]
+    lines = [
+        f"# Edge bundle: {s['arch']} student of {t['id']}",
+        "",
+        "Open-vocabulary image labeler. Runs with numpy + Pillow + ONNX Runtime (`edgeclip.runtime`).",
+        "",
+        "## Source",
+        f"- teacher: `{t['spec']}` (id `{t['id']}`, {t['embed_dim']}-d embeddings, logit scale {t['logit_scale']:.1f})",
+        f"- student: `{s['arch']}` at {m['input']['size']} px, checkpoint sha256 `{s['checkpoint_sha256'][:16]}...`",
+        f"- distillation data: {s.get('data') or 'not recorded in the checkpoint'}"
+        + (f" ({s['n_train']} images)" if s.get("n_train") else ""),
+        f"- labels ({len(m['labels'])}): {', '.join(m['labels'][:30])}{' ...' if len(m['labels']) > 30 else ''}",
+        f"- prompt templates: {', '.join(repr(x) for x in m['templates'])}",
+        "",
+        "## Files and size",
+        "| file | bytes |",
+        "| --- | ---: |",
+    ]
     lines += [f"| {k} | {v['bytes']:,} |" for k, v in m["files"].items()]
-    lines += ["", "## Parity and quantisation",
-              f"- fp32 ONNX vs torch: max abs diff {m['parity']['fp32']['max_abs_diff']:.2e} on {m['parity']['fp32']['n']} images"]
+    lines += [
+        "",
+        "## Parity and quantisation",
+        f"- fp32 ONNX vs torch: max abs diff {m['parity']['fp32']['max_abs_diff']:.2e} on "
+        f"{m['parity']['fp32']['n']} images",
+    ]
     if "int8" in m["parity"]:
         p = m["parity"]["int8"]
         q = m["quantization"]
-        lines.append(f"- int8 ({q['method']}{', per-channel' if q.get('per_channel') else ''}, calibrated on "
-                     f"{q.get('calibration_images', 0)} images): top-1 agreement with fp32 {p['top1_agreement']:.3f}, "
-                     f"mean embedding cosine {p['mean_cosine']:.4f} on {p['n']} hold-out images")
+        lines.append(
+            f"- int8 ({q['method']}{', per-channel' if q.get('per_channel') else ''}, calibrated on "
+            f"{q.get('calibration_images', 0)} images): top-1 agreement with fp32 {p['top1_agreement']:.3f}, "
+            f"mean embedding cosine {p['mean_cosine']:.4f} on {p['n']} hold-out images"
+        )
     lines += ["", "## Latency (batch 1, ONNX Runtime, 1 thread, this machine)"]
     for k, v in m.get("latency_ms", {}).items():
         lines.append(f"- {k}: {v:.2f} ms")
@@ -166,17 +202,37 @@ def _model_card(m: Dict[str, Any]) -> str:
             if k in a:
                 lines.append(f"- {k}: top-1 {a[k]:.4f}")
     else:
-        lines += ["", "## Accuracy", "Not measured at export (`edgeclip export ... --eval IMAGEFOLDER` adds it here)."]
-    lines += ["", f"Created {m['created']} on {m['machine'].get('cpu_model', m['machine'].get('processor', '?'))}.", ""]
+        lines += [
+            "",
+            "## Accuracy",
+            "Not measured at export (`edgeclip export ... --eval IMAGEFOLDER` adds it here).",
+        ]
+    lines += [
+        "",
+        f"Created {m['created']} on {m['machine'].get('cpu_model', m['machine'].get('processor', '?'))}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Sequence[str] | str,
-                  templates: Sequence[str] = DEFAULT_TEMPLATES, calib: Optional[str] = None,
-                  quant: str = "auto", calib_images: int = 200, holdout: float = 0.25, per_channel: bool = True,
-                  teacher: Optional[str] = None, eval_data: Optional[str] = None, eval_images: int = 0,
-                  overwrite: bool = False, seed: int = 0, opset: int = 17,
-                  log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+def export_bundle(
+    student: str | os.PathLike,
+    out: str | os.PathLike,
+    labels: Sequence[str] | str,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    calib: str | None = None,
+    quant: str = "auto",
+    calib_images: int = 200,
+    holdout: float = 0.25,
+    per_channel: bool = True,
+    teacher: str | None = None,
+    eval_data: str | None = None,
+    eval_images: int = 0,
+    overwrite: bool = False,
+    seed: int = 0,
+    opset: int = 17,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
     """Build a bundle folder at ``out``; returns its manifest (parity, sizes, latency, accuracy)."""
     import torch
 
@@ -212,7 +268,9 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
     transformer = is_transformer(st)
     mode = ("dynamic" if transformer else "static") if quant == "auto" else quant
     if mode != "none" and not calib:
-        raise EdgeClipError("int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only")
+        raise EdgeClipError(
+            "int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only"
+        )
 
     if calib:
         x, _, skipped = load_calibration(calib, calib_images, npp, seed)
@@ -221,7 +279,9 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
         log(f"calibration: {len(x_cal)} images, hold-out: {len(x_hold)} (skipped {len(skipped)} unreadable)")
     else:
         skipped = []
-        x_cal = x_hold = np.random.default_rng(seed).standard_normal((8, 3, pp.size, pp.size)).astype(np.float32)
+        x_cal = x_hold = (
+            np.random.default_rng(seed).standard_normal((8, 3, pp.size, pp.size)).astype(np.float32)
+        )
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -231,46 +291,84 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
         axes = {"image": {0: "batch"}, "embedding": {0: "batch"}}
         if not transformer:
             axes["image"].update({2: "height", 3: "width"})
-        export_onnx(st, tmp / MODEL_FP32, input_shape=(1, 3, pp.size, pp.size), dynamic_axes=axes, opset=opset)
+        export_onnx(
+            st, tmp / MODEL_FP32, input_shape=(1, 3, pp.size, pp.size), dynamic_axes=axes, opset=opset
+        )
         with torch.no_grad():
             par = onnx_parity(st, tmp / MODEL_FP32, torch.from_numpy(x_hold))
-        parity: Dict[str, Any] = {"fp32": {**par, "n": int(len(x_hold)), "inputs": "hold-out images" if calib else "random"}}
+        parity: dict[str, Any] = {
+            "fp32": {**par, "n": int(len(x_hold)), "inputs": "hold-out images" if calib else "random"}
+        }
         log(f"fp32 parity: max abs diff vs torch {par['max_abs_diff']:.2e} (mean {par['mean_abs_diff']:.2e})")
         models = {"fp32": MODEL_FP32}
-        quantization: Dict[str, Any] = {"method": mode}
+        quantization: dict[str, Any] = {"method": mode}
         if mode != "none":
             from edgeclip.quant.ort import quantize_dynamic_onnx, quantize_static_onnx
 
             if mode == "static":
-                quantize_static_onnx(tmp / MODEL_FP32, tmp / MODEL_INT8, list(_batches(x_cal, 16)), per_channel=per_channel)
-                quantization.update(per_channel=per_channel, format="QDQ", activations="uint8", weights="int8",
-                                    calibration="minmax", calibration_images=int(len(x_cal)), calibration_data=str(calib))
+                quantize_static_onnx(
+                    tmp / MODEL_FP32, tmp / MODEL_INT8, list(_batches(x_cal, 16)), per_channel=per_channel
+                )
+                quantization.update(
+                    per_channel=per_channel,
+                    format="QDQ",
+                    activations="uint8",
+                    weights="int8",
+                    calibration="minmax",
+                    calibration_images=int(len(x_cal)),
+                    calibration_data=str(calib),
+                )
             else:
                 quantize_dynamic_onnx(tmp / MODEL_FP32, tmp / MODEL_INT8)
                 quantization.update(per_channel=False, weights="int8", activations="dynamic uint8")
             models["int8"] = MODEL_INT8
             parity["int8"] = int8_parity(tmp / MODEL_FP32, tmp / MODEL_INT8, x_hold, text)
-            log(f"int8 parity: top-1 agreement with fp32 {parity['int8']['top1_agreement']:.3f}, mean cosine "
-                f"{parity['int8']['mean_cosine']:.4f} on {parity['int8']['n']} hold-out images")
+            log(
+                f"int8 parity: top-1 agreement with fp32 {parity['int8']['top1_agreement']:.3f}, mean cosine "
+                f"{parity['int8']['mean_cosine']:.4f} on {parity['int8']['n']} hold-out images"
+            )
 
         LabelSet(labels, text, templates)  # validates before writing
         write_json(tmp / LABELS, {**LabelSet(labels, text, templates).to_dict(), "teacher": t.id})
-        write_json(tmp / PREPROCESS, {**pp.to_dict(), "input_name": "image", "layout": "NCHW", "dtype": "float32",
-                                      "output_name": "embedding", "output": "unnormalised embedding; L2-normalise"})
+        write_json(
+            tmp / PREPROCESS,
+            {
+                **pp.to_dict(),
+                "input_name": "image",
+                "layout": "NCHW",
+                "dtype": "float32",
+                "output_name": "embedding",
+                "output": "unnormalised embedding; L2-normalise",
+            },
+        )
         latency = {k: ort_latency_ms(tmp / f, pp.size)["median_ms"] for k, f in models.items()}
         extra = ck.get("extra") or {}
         dcfg = extra.get("distill_config") or {}
-        manifest: Dict[str, Any] = {
-            "format": BUNDLE_FORMAT, "kind": "labeler",
+        manifest: dict[str, Any] = {
+            "format": BUNDLE_FORMAT,
+            "kind": "labeler",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "teacher": t.describe(),
-            "student": {"arch": st.arch, "config": st.config, "checkpoint": Path(student).name,
-                        "checkpoint_sha256": sha256_file(student), "data": dcfg.get("data"),
-                        "n_train": extra.get("n_train"), "transformer": transformer},
-            "embed_dim": int(st.embed_dim), "input": {"name": "image", "size": pp.size, "dynamic_hw": not transformer},
-            "labels": labels, "templates": templates, "models": models, "quantization": quantization,
-            "parity": parity, "latency_ms": latency, "latency_setup": {"batch": 1, "threads": 1, "size": pp.size},
-            "calibration_skipped": len(skipped), "versions": {**_versions(), "opset": opset},
+            "student": {
+                "arch": st.arch,
+                "config": st.config,
+                "checkpoint": Path(student).name,
+                "checkpoint_sha256": sha256_file(student),
+                "data": dcfg.get("data"),
+                "n_train": extra.get("n_train"),
+                "transformer": transformer,
+            },
+            "embed_dim": int(st.embed_dim),
+            "input": {"name": "image", "size": pp.size, "dynamic_hw": not transformer},
+            "labels": labels,
+            "templates": templates,
+            "models": models,
+            "quantization": quantization,
+            "parity": parity,
+            "latency_ms": latency,
+            "latency_setup": {"batch": 1, "threads": 1, "size": pp.size},
+            "calibration_skipped": len(skipped),
+            "versions": {**_versions(), "opset": opset},
             "machine": machine_info(),
         }
         _finish(tmp, manifest)
@@ -279,12 +377,19 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
             from edgeclip.zeroshot.evaluate import evaluate
 
             log(f"zero-shot accuracy on {eval_data} ...")
-            res = evaluate(None, {"student": load_embedder(student=str(student), teacher=t_spec)}, eval_data,
-                           templates, max_images=eval_images)
+            res = evaluate(
+                None,
+                {"student": load_embedder(student=str(student), teacher=t_spec)},
+                eval_data,
+                templates,
+                max_images=eval_images,
+            )
             cemb = text_embeddings(t, res["classes"], templates).numpy()
             acc = {"data": str(eval_data), "n": res["n"], "torch_fp32": res["student_top1"]}
             for k in models:
-                acc[f"bundle_{k}"] = bundle_accuracy(tmp, eval_data, k, templates, eval_images, text_emb=cemb)["top1"]
+                acc[f"bundle_{k}"] = bundle_accuracy(
+                    tmp, eval_data, k, templates, eval_images, text_emb=cemb
+                )["top1"]
             manifest["accuracy"] = acc
             log("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if isinstance(v, float)))
             _finish(tmp, manifest)
@@ -297,13 +402,19 @@ def export_bundle(student: str | os.PathLike, out: str | os.PathLike, labels: Se
     return manifest
 
 
-def _finish(folder: Path, manifest: Dict[str, Any]) -> None:
+def _finish(folder: Path, manifest: dict[str, Any]) -> None:
     """Hash every file, write the model card, then the manifest (with the card's hash) last."""
-    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (MANIFEST, MODEL_CARD)}
+    files = {
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name not in (MANIFEST, MODEL_CARD)
+    }
     manifest["files"] = files
     (folder / MODEL_CARD).write_text(_model_card(manifest), encoding="utf-8")
-    files[MODEL_CARD] = {"sha256": sha256_file(folder / MODEL_CARD), "bytes": (folder / MODEL_CARD).stat().st_size}
+    files[MODEL_CARD] = {
+        "sha256": sha256_file(folder / MODEL_CARD),
+        "bytes": (folder / MODEL_CARD).stat().st_size,
+    }
     write_json(folder / MANIFEST, manifest)
     for p in folder.iterdir():
         p.chmod(0o644)  # atomic writes create 0600 files; a bundle is meant to be copied and shared

@@ -1,14 +1,13 @@
 """ONNX export of the captioner (encoder + one decoder step) and decoding with ONNX Runtime.
 
-    paths = export_captioner(model, pp, "out/")        # out/caption_encoder.onnx, out/caption_decoder_step.onnx, out/caption_meta.json
-    cap = OrtCaptioner("out/"); cap.caption(images)    # greedy or beam search, same decoding code as torch
+paths = export_captioner(model, pp, "out/")   # caption_encoder.onnx, caption_decoder_step.onnx, caption_meta.json
+cap = OrtCaptioner("out/"); cap.caption(images)    # greedy or beam search, same decoding code as torch
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import torch
@@ -36,24 +35,46 @@ class _DecoderExport(nn.Module):
         return logp, h, c
 
 
-def export_captioner(model, pp: Preprocess, out_dir: str | Path, opset: int = 17) -> Dict[str, str]:
-    """Write ``caption_encoder.onnx``, ``caption_decoder_step.onnx`` and ``caption_meta.json`` (vocab, preprocessing)."""
+def export_captioner(model, pp: Preprocess, out_dir: str | Path, opset: int = 17) -> dict[str, str]:
+    """Write ``caption_encoder.onnx``, ``caption_decoder_step.onnx`` and ``caption_meta.json``
+    (vocabulary, preprocessing)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     size = model.cfg.img_size
     enc = out / "caption_encoder.onnx"
-    export_onnx(model.encoder, enc, input_names=("image",), output_names=ENC_OUT,
-                example_inputs=(torch.zeros(1, 3, size, size),), opset=opset,
-                dynamic_axes={n: {0: "batch"} for n in ("image",) + ENC_OUT})
+    export_onnx(
+        model.encoder,
+        enc,
+        input_names=("image",),
+        output_names=ENC_OUT,
+        example_inputs=(torch.zeros(1, 3, size, size),),
+        opset=opset,
+        dynamic_axes={n: {0: "batch"} for n in ("image",) + ENC_OUT},
+    )
     feats, keys, h, c = model.encoder(torch.zeros(2, 3, size, size))
     dec = out / "caption_decoder_step.onnx"
-    export_onnx(_DecoderExport(model.decoder), dec, input_names=DEC_IN, output_names=DEC_OUT,
-                example_inputs=(torch.ones(2, dtype=torch.long), h, c, feats, keys), opset=opset,
-                dynamic_axes={n: {0: "batch"} for n in DEC_IN + DEC_OUT})
+    export_onnx(
+        _DecoderExport(model.decoder),
+        dec,
+        input_names=DEC_IN,
+        output_names=DEC_OUT,
+        example_inputs=(torch.ones(2, dtype=torch.long), h, c, feats, keys),
+        opset=opset,
+        dynamic_axes={n: {0: "batch"} for n in DEC_IN + DEC_OUT},
+    )
     meta = out / "caption_meta.json"
-    write_json(meta, {"format": "edgeclip-caption-onnx/1", "vocab": model.vocab.to_dict(), "preprocess": pp.to_dict(),
-                      "encoder": enc.name, "decoder_step": dec.name, "config": dict(model.cfg.__dict__)})
+    write_json(
+        meta,
+        {
+            "format": "edgeclip-caption-onnx/1",
+            "vocab": model.vocab.to_dict(),
+            "preprocess": pp.to_dict(),
+            "encoder": enc.name,
+            "decoder_step": dec.name,
+            "config": dict(model.cfg.__dict__),
+        },
+    )
     return {"encoder": str(enc), "decoder_step": str(dec), "meta": str(meta)}
 
 
@@ -74,12 +95,21 @@ class OrtCaptioner:
         self.dec = ort_session(folder / meta["decoder_step"], threads or None)
 
     def _step(self, words, dyn, static):
-        logp, h, c = self.dec.run(None, {"word": words.numpy().astype(np.int64), "h": dyn[0].numpy(), "c": dyn[1].numpy(),
-                                         "feats": static[0].numpy(), "keys": static[1].numpy()})
+        logp, h, c = self.dec.run(
+            None,
+            {
+                "word": words.numpy().astype(np.int64),
+                "h": dyn[0].numpy(),
+                "c": dyn[1].numpy(),
+                "feats": static[0].numpy(),
+                "keys": static[1].numpy(),
+            },
+        )
         return torch.from_numpy(logp), (torch.from_numpy(h), torch.from_numpy(c))
 
-    def caption(self, images: torch.Tensor | np.ndarray, beam: int = 1, max_len: int = 20,
-                length_penalty: float = 1.0) -> List[str]:
+    def caption(
+        self, images: torch.Tensor | np.ndarray, beam: int = 1, max_len: int = 20, length_penalty: float = 1.0
+    ) -> list[str]:
         """Captions of a normalised (B,3,H,W) float batch."""
         x = images.numpy() if isinstance(images, torch.Tensor) else images
         feats, keys, h, c = (torch.from_numpy(a) for a in self.enc.run(None, {"image": x.astype(np.float32)}))

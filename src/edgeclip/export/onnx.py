@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -13,10 +13,17 @@ from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import atomic_path
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int] = (1, 3, 224, 224),
-                input_names: Sequence[str] = ("image",), output_names: Sequence[str] = ("embedding",),
-                dynamic_batch: bool = True, opset: int = 17, example_inputs: Optional[Tuple] = None,
-                dynamic_axes: Optional[Dict] = None) -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_shape: Sequence[int] = (1, 3, 224, 224),
+    input_names: Sequence[str] = ("image",),
+    output_names: Sequence[str] = ("embedding",),
+    dynamic_batch: bool = True,
+    opset: int = 17,
+    example_inputs: tuple | None = None,
+    dynamic_axes: dict | None = None,
+) -> Path:
     """Export ``model`` (eval mode, CPU) to ``path`` atomically; returns the path.
 
     Uses the TorchScript-based exporter (``dynamo=False``), which is the most robust for CNN
@@ -29,14 +36,23 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int] =
         dynamic_axes = {n: {0: "batch"} for n in list(input_names) + list(output_names)}
     with atomic_path(path) as tmp:
         try:
-            torch.onnx.export(model, args, str(tmp), input_names=list(input_names), output_names=list(output_names),
-                              dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                model,
+                args,
+                str(tmp),
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         except Exception as e:  # pragma: no cover - exporter failures are model specific
             raise EdgeClipError(f"ONNX export failed: {str(e).splitlines()[0][:300]}") from None
     return path
 
 
-def onnx_parity(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor) -> Dict[str, float]:
+def onnx_parity(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor) -> dict[str, float]:
     """Max / mean absolute difference between torch and ONNX Runtime outputs on ``inputs``."""
     from edgeclip.runtime.session import ort_session
 

@@ -67,8 +67,18 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
     _say(f"2/6 training the reference teacher ({t_arch}) against the frozen MiniLM text tower")
     tdir = out / "teacher"
     if not (tdir / "teacher.pt").exists():
-        train_reference(str(train_dir), tdir, arch=t_arch, templates=templates, img_size=size, epochs=t_epochs,
-                        batch_size=128, lr=3e-3, max_images=max_train, progress=False)
+        train_reference(
+            str(train_dir),
+            tdir,
+            arch=t_arch,
+            templates=templates,
+            img_size=size,
+            epochs=t_epochs,
+            batch_size=128,
+            lr=3e-3,
+            max_images=max_train,
+            progress=False,
+        )
     teacher_spec = f"reference-lit:{tdir / 'teacher.pt'}"
     teacher = load_teacher(teacher_spec)
 
@@ -78,14 +88,23 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
     if max_train:
         g = torch.Generator().manual_seed(0)
         recs = [recs[i] for i in torch.randperm(len(recs), generator=g)[:max_train].tolist()]
-    summary = build_cache(recs, teacher, out / "cache", views=1 if fast else 8, batch_size=128, progress=False)
+    summary = build_cache(
+        recs, teacher, out / "cache", views=1 if fast else 8, batch_size=128, progress=False
+    )
     print(json.dumps(summary.as_dict()))
 
     _say(f"4/6 distilling a {s_arch} student from the cache, without labels")
-    cfg = DistillConfig(teacher=teacher_spec, data=str(train_dir), out=str(out / "student"), cache=str(out / "cache"),
-                        student={"arch": s_arch, "img_size": size, "small_input": True}, loss="cosine+mse",
-                        templates=templates, max_images=max_train,
-                        train={"epochs": s_epochs, "batch_size": 128, "lr": 3e-3, "log_every": 1000})
+    cfg = DistillConfig(
+        teacher=teacher_spec,
+        data=str(train_dir),
+        out=str(out / "student"),
+        cache=str(out / "cache"),
+        student={"arch": s_arch, "img_size": size, "small_input": True},
+        loss="cosine+mse",
+        templates=templates,
+        max_images=max_train,
+        train={"epochs": s_epochs, "batch_size": 128, "lr": 3e-3, "log_every": 1000},
+    )
     if not (out / "student" / "student.pt").exists():
         distill(cfg, progress=False, teacher=teacher)
 
@@ -95,7 +114,10 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
     test_src = open_source(str(test_dir))
     sample = test_src.records[:: max(1, len(test_src.records) // 6)][:6]
     for row in label_images(sample, s_emb, labels, templates, topk=3):
-        print(f"  {row['image']:28s} -> " + ", ".join(f"{l} ({s:.2f})" for l, s in zip(row["labels"], row["scores"])))
+        print(
+            f"  {row['image']:28s} -> "
+            + ", ".join(f"{lb} ({s:.2f})" for lb, s in zip(row["labels"], row["scores"]))
+        )
 
     _say("6/6 teacher vs student on the held-out set")
     t_emb = load_embedder(teacher=teacher_spec)
@@ -103,18 +125,41 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
     st, _, _ = load_student(out / "student" / "student.pt")
     tstats = model_stats(teacher.image_encoder, size)
     sstats = model_stats(st, size)
-    table = Table(title=f"edgeclip demo ({mode}, {res['n']} held-out images, {size}px, {torch.get_num_threads()} threads)")
+    table = Table(
+        title=f"edgeclip demo ({mode}, {res['n']} held-out images, {size}px, {torch.get_num_threads()} threads)"
+    )
     for c in ("model", "top-1", "top-5", "params (M)", "GFLOPs", "latency b1 (ms)"):
         table.add_column(c, justify="right" if c != "model" else "left")
-    table.add_row(f"teacher {t_arch}", f"{res['teacher_top1']:.3f}", f"{res['teacher_top5']:.3f}", f"{tstats['params_m']:.2f}",
-                  f"{tstats['gflops']:.4f}", f"{tstats['latency_ms']:.2f}")
-    table.add_row(f"student {s_arch}", f"{res['student_top1']:.3f}", f"{res['student_top5']:.3f}", f"{sstats['params_m']:.2f}",
-                  f"{sstats['gflops']:.4f}", f"{sstats['latency_ms']:.2f}")
+    table.add_row(
+        f"teacher {t_arch}",
+        f"{res['teacher_top1']:.3f}",
+        f"{res['teacher_top5']:.3f}",
+        f"{tstats['params_m']:.2f}",
+        f"{tstats['gflops']:.4f}",
+        f"{tstats['latency_ms']:.2f}",
+    )
+    table.add_row(
+        f"student {s_arch}",
+        f"{res['student_top1']:.3f}",
+        f"{res['student_top5']:.3f}",
+        f"{sstats['params_m']:.2f}",
+        f"{sstats['gflops']:.4f}",
+        f"{sstats['latency_ms']:.2f}",
+    )
     Console().print(table)
-    print(f"teacher-student agreement: {res['agreement']:.3f}   retention: {res.get('retention', 0):.3f}   "
-          f"speed-up: {tstats['latency_ms'] / sstats['latency_ms']:.2f}x   total time: {time.time() - t_start:.0f}s")
-    result = {"mode": mode, "eval": res, "teacher_stats": tstats, "student_stats": sstats, "cache": summary.as_dict(),
-              "seconds": time.time() - t_start, "machine": machine_info()}
+    print(
+        f"teacher-student agreement: {res['agreement']:.3f}   retention: {res.get('retention', 0):.3f}   "
+        f"speed-up: {tstats['latency_ms'] / sstats['latency_ms']:.2f}x   total time: {time.time() - t_start:.0f}s"
+    )
+    result = {
+        "mode": mode,
+        "eval": res,
+        "teacher_stats": tstats,
+        "student_stats": sstats,
+        "cache": summary.as_dict(),
+        "seconds": time.time() - t_start,
+        "machine": machine_info(),
+    }
     write_json(out / "demo_result.json", result)
     print(f"results: {out / 'demo_result.json'}")
     return result

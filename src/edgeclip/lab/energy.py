@@ -20,8 +20,9 @@ threads) is reported: on one machine, energy scales with it at a given power dra
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 POWERCAP = Path("/sys/class/powercap")
 DEFAULT_J_PER_GFLOP = 0.1
@@ -32,7 +33,7 @@ class Rapl:
 
     def __init__(self, root: Path = POWERCAP):
         self.root = Path(root)
-        self.domains: List[Path] = []
+        self.domains: list[Path] = []
         if self.root.is_dir():
             for d in sorted(self.root.glob("intel-rapl:*")):
                 if d.name.count(":") != 1:  # intel-rapl:0:0 etc. are sub-domains of a package
@@ -48,7 +49,7 @@ class Rapl:
     def available(self) -> bool:
         return bool(self.domains)
 
-    def read(self) -> List[int]:
+    def read(self) -> list[int]:
         return [int((d / "energy_uj").read_text().strip()) for d in self.domains]
 
     def delta_joules(self, before: Sequence[int], after: Sequence[int]) -> float:
@@ -65,8 +66,9 @@ class Rapl:
         return total / 1e6
 
 
-def measure_energy(run: Callable[[], object], images_per_call: int, seconds: float = 3.0,
-                   rapl: Optional[Rapl] = None) -> Optional[Dict[str, float]]:
+def measure_energy(
+    run: Callable[[], object], images_per_call: int, seconds: float = 3.0, rapl: Rapl | None = None
+) -> dict[str, float] | None:
     """Joules per image of ``run`` over at least ``seconds`` (None when RAPL is not readable)."""
     rapl = rapl or Rapl()
     if not rapl.available:
@@ -84,8 +86,12 @@ def measure_energy(run: Callable[[], object], images_per_call: int, seconds: flo
     return {"joules_per_image": j / n, "watts": j / dt, "images": n, "seconds": dt}
 
 
-def energy_table(models: Sequence[Dict[str, Any]], threads: int, joules_per_gflop: float = DEFAULT_J_PER_GFLOP,
-                 backend: str = "torch") -> Dict[str, Any]:
+def energy_table(
+    models: Sequence[dict[str, Any]],
+    threads: int,
+    joules_per_gflop: float = DEFAULT_J_PER_GFLOP,
+    backend: str = "torch",
+) -> dict[str, Any]:
     """Per-model energy per image from speed-suite records: measured (their ``energy_rapl``) where
     present, else the FLOPs estimate (labelled as such)."""
     measured = {m["name"]: m["energy_rapl"] for m in models if m.get("energy_rapl")}
@@ -94,8 +100,13 @@ def energy_table(models: Sequence[Dict[str, Any]], threads: int, joules_per_gflo
         if "gflops" not in m:
             continue
         be = m.get(backend, {})
-        row: Dict[str, Any] = {"name": m["name"], "role": m["role"], "img_size": m["img_size"], "gflops": m["gflops"],
-                               "estimate_joules_per_image": m["gflops"] * joules_per_gflop}
+        row: dict[str, Any] = {
+            "name": m["name"],
+            "role": m["role"],
+            "img_size": m["img_size"],
+            "gflops": m["gflops"],
+            "estimate_joules_per_image": m["gflops"] * joules_per_gflop,
+        }
         if "throughput_images_per_s" in be:
             row["cpu_core_seconds_per_image"] = threads / be["throughput_images_per_s"]
         if m["name"] in measured:
@@ -105,5 +116,10 @@ def energy_table(models: Sequence[Dict[str, Any]], threads: int, joules_per_gflo
         else:
             row["method"] = "estimate (FLOPs x assumed J/GFLOP)"
         rows.append(row)
-    return {"rapl_available": bool(measured), "joules_per_gflop_assumed": joules_per_gflop, "backend": backend,
-            "rows": rows, "method": __doc__.split("Method (in this order):", 1)[1].strip()}
+    return {
+        "rapl_available": bool(measured),
+        "joules_per_gflop_assumed": joules_per_gflop,
+        "backend": backend,
+        "rows": rows,
+        "method": __doc__.split("Method (in this order):", 1)[1].strip(),
+    }

@@ -15,8 +15,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -24,23 +25,39 @@ from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 
 # area -> (glob patterns of its results files in benchmarks/results, what it measures)
-LAB_AREAS: Dict[str, Tuple[Tuple[str, ...], str]] = {
-    "clip4retrofit": (("lab_clip4retrofit*.json",), "label-free distillation: accuracy retention, int8 retention"),
-    "edgevl": (("lab_edgevl*.json", "*edgevl*.json"), "other visual modalities (depth): zero-shot accuracy, int8"),
-    "caption": (("lab_caption*.json", "*caption*.json"), "captioner: BLEU/METEOR/ROUGE-L/CIDEr/SPICE, images/s"),
-    "bundle": (("lab_bundle*.json", "*bundle*.json", "*export*.json"), "edge bundle: size, parity, latency without torch"),
+LAB_AREAS: dict[str, tuple[tuple[str, ...], str]] = {
+    "clip4retrofit": (
+        ("lab_clip4retrofit*.json",),
+        "label-free distillation: accuracy retention, int8 retention",
+    ),
+    "edgevl": (
+        ("lab_edgevl*.json", "*edgevl*.json"),
+        "other visual modalities (depth): zero-shot accuracy, int8",
+    ),
+    "caption": (
+        ("lab_caption*.json", "*caption*.json"),
+        "captioner: BLEU/METEOR/ROUGE-L/CIDEr/SPICE, images/s",
+    ),
+    "bundle": (
+        ("lab_bundle*.json", "*bundle*.json", "*export*.json"),
+        "edge bundle: size, parity, latency without torch",
+    ),
 }
 
 # metric names worth showing (matched anywhere in the dotted key, case-insensitive)
 METRIC_RE = re.compile(
     r"(top-?1|top-?5|acc(uracy)?|retention|agreement|int8|bleu|meteor|rouge|cider|spice|images_per_s|img_per_s|"
     r"throughput|latency|_ms$|size_mb|_mb$|bytes|params|gflops|gmacs|speedup|max_abs_diff|cos(ine)?|recall|map|miou)",
-    re.IGNORECASE)
-SKIP_RE = re.compile(r"(^|\.)(machine|config|versions|env|history|epochs|curve|args|load_average\w*)(\.|\[|$)",
-                     re.IGNORECASE)
+    re.IGNORECASE,
+)
+SKIP_RE = re.compile(
+    r"(^|\.)(machine|config|versions|env|history|epochs|curve|args|load_average\w*)(\.|\[|$)", re.IGNORECASE
+)
 
 
-def flatten(obj: Any, prefix: str = "", out: Optional[Dict[str, Any]] = None, max_items: int = 2000) -> Dict[str, Any]:
+def flatten(
+    obj: Any, prefix: str = "", out: dict[str, Any] | None = None, max_items: int = 2000
+) -> dict[str, Any]:
     """Dotted-key view of nested dicts (lists are indexed ``key[i]``); leaves only."""
     out = {} if out is None else out
     if len(out) >= max_items:
@@ -56,7 +73,7 @@ def flatten(obj: Any, prefix: str = "", out: Optional[Dict[str, Any]] = None, ma
     return out
 
 
-def pick_metrics(data: Any) -> Dict[str, float]:
+def pick_metrics(data: Any) -> dict[str, float]:
     """Numeric leaves whose names look like metrics (accuracy, retention, caption scores, speed, size)."""
     picked = {}
     for k, v in flatten(data).items():
@@ -70,16 +87,22 @@ def pick_metrics(data: Any) -> Dict[str, float]:
     return picked
 
 
-def find_samples(data: Any, limit: int = 8) -> List[Dict[str, Any]]:
+def find_samples(data: Any, limit: int = 8) -> list[dict[str, Any]]:
     """Sample predictions (labels or captions) a lab JSON carries under 'samples'/'examples'/'captions'."""
-    found: List[Dict[str, Any]] = []
+    found: list[dict[str, Any]] = []
 
     def walk(o: Any, depth: int = 0):
         if depth > 4 or len(found) >= limit:
             return
         if isinstance(o, dict):
             for k, v in o.items():
-                if k.lower() in ("samples", "examples", "sample_captions", "sample_labels", "predictions") and isinstance(v, list):
+                if k.lower() in (
+                    "samples",
+                    "examples",
+                    "sample_captions",
+                    "sample_labels",
+                    "predictions",
+                ) and isinstance(v, list):
                     for it in v[: limit - len(found)]:
                         found.append(it if isinstance(it, dict) else {"value": it})
                 else:
@@ -92,9 +115,9 @@ def find_samples(data: Any, limit: int = 8) -> List[Dict[str, Any]]:
     return found
 
 
-def find_curves(data: Any) -> Dict[str, List[float]]:
+def find_curves(data: Any) -> dict[str, list[float]]:
     """Per-epoch series (loss, val_top1, ...) from 'history'/'epochs' lists of per-epoch dicts."""
-    curves: Dict[str, List[float]] = {}
+    curves: dict[str, list[float]] = {}
 
     def walk(o: Any, path: str, depth: int = 0):
         if depth > 5:
@@ -112,7 +135,7 @@ def find_curves(data: Any) -> Dict[str, List[float]]:
     return curves
 
 
-def _read(path: Path) -> Tuple[Optional[Any], Optional[str]]:
+def _read(path: Path) -> tuple[Any | None, str | None]:
     try:
         return json.loads(path.read_text()), None
     except (OSError, UnicodeDecodeError) as e:
@@ -121,20 +144,27 @@ def _read(path: Path) -> Tuple[Optional[Any], Optional[str]]:
         return None, f"not valid JSON ({e.msg} at line {e.lineno}); being written?"
 
 
-def collect_lab_results(results_dir: str | Path, exclude: Sequence[str] = ("bench*.json",)) -> Dict[str, Any]:
+def collect_lab_results(results_dir: str | Path, exclude: Sequence[str] = ("bench*.json",)) -> dict[str, Any]:
     """One summary of every lab result in ``results_dir`` (grouped by area; missing = not yet measured)."""
     root = Path(results_dir)
-    files = sorted(p for p in root.glob("*.json") if p.is_file() and not any(fnmatch.fnmatch(p.name, e) for e in exclude)) \
-        if root.is_dir() else []
+    files = (
+        sorted(
+            p
+            for p in root.glob("*.json")
+            if p.is_file() and not any(fnmatch.fnmatch(p.name, e) for e in exclude)
+        )
+        if root.is_dir()
+        else []
+    )
     used = set()
-    areas: Dict[str, Any] = {}
+    areas: dict[str, Any] = {}
     for area, (patterns, what) in LAB_AREAS.items():
         mine = [p for p in files if p not in used and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
         used.update(mine)
-        entry: Dict[str, Any] = {"measures": what, "files": []}
+        entry: dict[str, Any] = {"measures": what, "files": []}
         for p in mine:
             data, err = _read(p)
-            f: Dict[str, Any] = {"file": p.name}
+            f: dict[str, Any] = {"file": p.name}
             if err:
                 f["error"] = err
             else:
@@ -154,16 +184,28 @@ def collect_lab_results(results_dir: str | Path, exclude: Sequence[str] = ("benc
     other_entries = []
     for p in others:
         data, err = _read(p)
-        other_entries.append({"file": p.name, "error": err} if err else
-                             {"file": p.name, "metrics": pick_metrics(data), "curves": find_curves(data)})
+        other_entries.append(
+            {"file": p.name, "error": err}
+            if err
+            else {"file": p.name, "metrics": pick_metrics(data), "curves": find_curves(data)}
+        )
     return {"results_dir": str(root), "areas": areas, "other": other_entries}
 
 
 # ------------------------------------------------------------------------------------- measured here
-def measure_accuracy(teacher_spec: Optional[str], students: Sequence[str], data: str, workdir: Path,
-                     templates: Sequence[str] = DEFAULT_TEMPLATES, max_images: int = 0, int8: bool = True,
-                     calib: Optional[str] = None, calib_images: int = 64, threads: int = 1,
-                     log=print) -> Dict[str, Any]:
+def measure_accuracy(
+    teacher_spec: str | None,
+    students: Sequence[str],
+    data: str,
+    workdir: Path,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    max_images: int = 0,
+    int8: bool = True,
+    calib: str | None = None,
+    calib_images: int = 64,
+    threads: int = 1,
+    log=print,
+) -> dict[str, Any]:
     """Zero-shot accuracy of the teacher and of each student checkpoint (torch fp32, and ONNX int8).
 
     int8 students are exported with :func:`export_onnx` and quantised statically with calibration
@@ -180,10 +222,10 @@ def measure_accuracy(teacher_spec: Optional[str], students: Sequence[str], data:
         raise EdgeClipError("measure_accuracy needs at least one student checkpoint")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    embs: Dict[str, Any] = {}
+    embs: dict[str, Any] = {}
     first = load_embedder(teacher=teacher_spec, student=students[0])
     t_emb = load_embedder(teacher=teacher_spec or first.teacher.spec)
-    info: Dict[str, Any] = {}
+    info: dict[str, Any] = {}
     if calib is None:
         sib = Path(data).parent / "train"
         calib = str(sib) if sib.is_dir() and sib.resolve() != Path(data).resolve() else data
@@ -201,8 +243,13 @@ def measure_accuracy(teacher_spec: Optional[str], students: Sequence[str], data:
                 export_onnx(st, fp32, input_shape=(1, 3, pp.size, pp.size))
                 quantize_static_onnx(fp32, q, cal(pp.size))
                 embs[f"{role}_int8"] = onnx_embedder(q, pp, emb.teacher, f"{emb.name} (ONNX int8)", threads)
-                info[f"{role}_int8"] = {"checkpoint": str(ck), "onnx": q.name, "method": "static QDQ per-channel MinMax",
-                                        "calibration": str(calib), "onnx_int8_mb": q.stat().st_size / 2**20}
+                info[f"{role}_int8"] = {
+                    "checkpoint": str(ck),
+                    "onnx": q.name,
+                    "method": "static QDQ per-channel MinMax",
+                    "calibration": str(calib),
+                    "onnx_int8_mb": q.stat().st_size / 2**20,
+                }
             except Exception as e:  # record, do not hide: the fp32 numbers still stand
                 info[f"{role}_int8"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
                 log(f"  int8 export of {ck} failed: {info[f'{role}_int8']['error']}")
@@ -216,8 +263,13 @@ def measure_accuracy(teacher_spec: Optional[str], students: Sequence[str], data:
     return res
 
 
-def sample_labels(student: str, data: str, n: int = 8, templates: Sequence[str] = DEFAULT_TEMPLATES,
-                  teacher_spec: Optional[str] = None) -> List[Dict[str, Any]]:
+def sample_labels(
+    student: str,
+    data: str,
+    n: int = 8,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    teacher_spec: str | None = None,
+) -> list[dict[str, Any]]:
     """Top-3 open-vocabulary labels of ``n`` evenly spaced images of ``data`` by the student (and the true class)."""
     from edgeclip.data.sources import open_source
     from edgeclip.zeroshot.embedder import load_embedder
@@ -230,5 +282,12 @@ def sample_labels(student: str, data: str, n: int = 8, templates: Sequence[str] 
     emb = load_embedder(teacher=teacher_spec, student=student)
     labels = class_names(src.classes)
     truth = {r.name: labels[r.label] for r in recs if r.label is not None}
-    return [{"image": row["image"], "true": truth.get(row["image"]), "labels": row["labels"], "scores": row["scores"]}
-            for row in label_images(recs, emb, labels, templates, topk=3)]
+    return [
+        {
+            "image": row["image"],
+            "true": truth.get(row["image"]),
+            "labels": row["labels"],
+            "scores": row["scores"],
+        }
+        for row in label_images(recs, emb, labels, templates, topk=3)
+    ]

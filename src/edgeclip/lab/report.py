@@ -11,39 +11,50 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import atomic_path, read_json
 
 # The seed systems' published figures. Only figures we could check are quoted; the rest is said plainly.
-PUBLISHED: List[Dict[str, str]] = [
-    {"system": "Clip4Retrofit",
-     "source": "Zhong et al., \"Clip4Retrofit: Enabling Real-Time Image Labeling on Edge Devices via Cross-Architecture "
-               "CLIP Distillation\", CVPR 2025 Workshops, arXiv:2505.18039",
-     "published": "CLIP distilled into EfficientNet-B3 + MLP projection heads, real-time labeling on the Retrofit "
-                  "in-car camera. No accuracy or latency figure is quoted here: the abstract gives none and we have "
-                  "not verified the paper's tables.",
-     "compare": "clip4retrofit",
-     "data": "Theirs: a real CLIP ViT teacher, in-vehicle camera images, the Retrofit device. Ours: a reference LiT "
-             "teacher (MiniLM text tower) on CIFAR-10 at 32 px, and random-weight CLIP towers for speed, on the CPU the bench JSON names."},
-    {"system": "EdgeVL",
-     "source": "Cai et al., \"Self-Adapting Large Visual-Language Models to Edge Devices across Visual Modalities\", "
-               "ECCV 2024, arXiv:2403.04908",
-     "published": "Up to 15.4 % accuracy improvement on multiple datasets and up to 93-fold model-size reduction "
-                  "(abstract). Pseudo-label selection keeps the top 20 % of samples by teacher confidence (project brief).",
-     "compare": "edgevl",
-     "data": "Theirs: full-scale paired RGB / non-RGB benchmark datasets and a real CLIP teacher. Ours: CIFAR-10 RGB + "
-             "monochrome (luminance) pairs with the reference LiT teacher for accuracy, the handful of real RGB-D pairs "
-             "in ../shared/data/rgbd-samples for loading, and CLIP towers with random weights for size/speed."},
-    {"system": "CLIP-distilled ShuffleNetV2 captioner",
-     "source": "the seed captioning system named in the project brief (we could not identify the paper, so only the "
-               "brief's figures are quoted)",
-     "published": "5.7 images/s; training loss 0.7 x MSE (to the CLIP embedding) + 0.3 x cross-entropy (captions).",
-     "compare": "caption",
-     "data": "Theirs: device and dataset not known to us. Ours: vi-captions / coco-mini images from ../shared/data on a "
-             "shared 2-core CPU."},
+PUBLISHED: list[dict[str, str]] = [
+    {
+        "system": "Clip4Retrofit",
+        "source": 'Zhong et al., "Clip4Retrofit: Enabling Real-Time Image Labeling on Edge Devices via '
+        "Cross-Architecture "
+        'CLIP Distillation", CVPR 2025 Workshops, arXiv:2505.18039',
+        "published": "CLIP distilled into EfficientNet-B3 + MLP projection heads, real-time labeling on the Retrofit "
+        "in-car camera. No accuracy or latency figure is quoted here: the abstract gives none and we have "
+        "not verified the paper's tables.",
+        "compare": "clip4retrofit",
+        "data": "Theirs: a real CLIP ViT teacher, in-vehicle camera images, the Retrofit device. Ours: a reference LiT "
+        "teacher (MiniLM text tower) on CIFAR-10 at 32 px, and random-weight CLIP towers for speed, on "
+        "the CPU the bench JSON names.",
+    },
+    {
+        "system": "EdgeVL",
+        "source": 'Cai et al., "Self-Adapting Large Visual-Language Models to Edge Devices across Visual Modalities", '
+        "ECCV 2024, arXiv:2403.04908",
+        "published": "Up to 15.4 % accuracy improvement on multiple datasets and up to 93-fold model-size reduction "
+        "(abstract). Pseudo-label selection keeps the top 20 % of samples by teacher confidence (project brief).",
+        "compare": "edgevl",
+        "data": "Theirs: full-scale paired RGB / non-RGB benchmark datasets and a real CLIP teacher. "
+        "Ours: CIFAR-10 RGB + "
+        "monochrome (luminance) pairs with the reference LiT teacher for accuracy, the handful of real RGB-D pairs "
+        "in ../shared/data/rgbd-samples for loading, and CLIP towers with random weights for size/speed.",
+    },
+    {
+        "system": "CLIP-distilled ShuffleNetV2 captioner",
+        "source": "the seed captioning system named in the project brief (we could not identify the paper, so only the "
+        "brief's figures are quoted)",
+        "published": "5.7 images/s; training loss 0.7 x MSE (to the CLIP embedding) + 0.3 x cross-entropy (captions).",
+        "compare": "caption",
+        "data": "Theirs: device and dataset not known to us. Ours: vi-captions / coco-mini images from "
+        "../shared/data on a "
+        "shared 2-core CPU.",
+    },
 ]
 
 
@@ -57,7 +68,7 @@ def _f(v: Any, nd: int = 2) -> str:
         return f"{v:,}"
     if isinstance(v, float):
         a = abs(v)
-        if a != 0 and (a < 10 ** -nd or a >= 1e6):
+        if a != 0 and (a < 10**-nd or a >= 1e6):
             return f"{v:.3g}"
         return f"{v:,.{nd}f}"
     return str(v)
@@ -68,7 +79,7 @@ class Doc:
 
     def __init__(self, title: str):
         self.title = title
-        self.blocks: List[Tuple[str, Any]] = []
+        self.blocks: list[tuple[str, Any]] = []
 
     def h(self, text: str, level: int = 2):
         self.blocks.append(("h", (level, text)))
@@ -101,12 +112,16 @@ class Doc:
 
     def html(self) -> str:
         e = html.escape
-        out = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{e(self.title)}</title>",
-               "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-               "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}"
-               "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
-               "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}"
-               "p{line-height:1.45}</style></head><body>", f"<h1>{e(self.title)}</h1>"]
+        out = [
+            "<!doctype html><html><head><meta charset='utf-8'>",
+            f"<title>{e(self.title)}</title>",
+            "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+            "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}"
+            "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+            "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}"
+            "p{line-height:1.45}</style></head><body>",
+            f"<h1>{e(self.title)}</h1>",
+        ]
         for kind, b in self.blocks:
             if kind == "h":
                 out.append(f"<h{b[0]}>{e(b[1])}</h{b[0]}>")
@@ -138,7 +153,7 @@ def _plt():
 
 
 # ------------------------------------------------------------------------------------------- plots
-def pareto_points(bench: Dict[str, Any]) -> List[Dict[str, Any]]:
+def pareto_points(bench: dict[str, Any]) -> list[dict[str, Any]]:
     """(name, top-1, batch-1 latency) of the measured teacher/student variants of the accuracy section."""
     acc = bench.get("sections", {}).get("accuracy")
     speed = bench.get("sections", {}).get("speed")
@@ -146,12 +161,22 @@ def pareto_points(bench: Dict[str, Any]) -> List[Dict[str, Any]]:
         return []
     by_name = {m["name"]: m for m in speed.get("models", [])}
     pts = []
-    t = by_name.get(f"teacher:{bench.get('inputs', {}).get('teacher')}") if bench.get("inputs", {}).get("teacher") else None
+    t = (
+        by_name.get(f"teacher:{bench.get('inputs', {}).get('teacher')}")
+        if bench.get("inputs", {}).get("teacher")
+        else None
+    )
     if t is None:
         t = next((m for m in speed.get("models", []) if m["name"].startswith("teacher:")), None)
     if t and "teacher_top1" in acc and "b1_median_ms" in t.get("torch", {}):
-        pts.append({"name": "teacher (torch fp32)", "top1": acc["teacher_top1"], "latency_ms": t["torch"]["b1_median_ms"],
-                    "params_m": t["params_m"]})
+        pts.append(
+            {
+                "name": "teacher (torch fp32)",
+                "top1": acc["teacher_top1"],
+                "latency_ms": t["torch"]["b1_median_ms"],
+                "params_m": t["params_m"],
+            }
+        )
     for i, ck in enumerate(bench.get("inputs", {}).get("students", [])):
         role = "student" if i == 0 else f"student{i + 1}"
         m = by_name.get(f"ckpt:{ck}")
@@ -159,32 +184,59 @@ def pareto_points(bench: Dict[str, Any]) -> List[Dict[str, Any]]:
             continue
         label = Path(ck).parent.name or Path(ck).stem
         # only pairs whose accuracy was measured on that very backend (torch fp32, ONNX Runtime int8)
-        for be, key, tag in (("torch", f"{role}_top1", "torch fp32"), ("ort_int8", f"{role}_int8_top1", "ONNX int8")):
+        for be, key, tag in (
+            ("torch", f"{role}_top1", "torch fp32"),
+            ("ort_int8", f"{role}_int8_top1", "ONNX int8"),
+        ):
             if key in acc and "b1_median_ms" in m.get(be, {}):
-                pts.append({"name": f"{label} ({tag})", "top1": acc[key], "latency_ms": m[be]["b1_median_ms"],
-                            "params_m": m["params_m"]})
+                pts.append(
+                    {
+                        "name": f"{label} ({tag})",
+                        "top1": acc[key],
+                        "latency_ms": m[be]["b1_median_ms"],
+                        "params_m": m["params_m"],
+                    }
+                )
     return pts
 
 
-def pareto_front(pts: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def pareto_front(pts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Points not dominated by another (higher-or-equal top-1 at lower-or-equal latency, one strictly)."""
     front = []
     for p in pts:
-        dominated = any(q is not p and q["top1"] >= p["top1"] and q["latency_ms"] <= p["latency_ms"]
-                        and (q["top1"] > p["top1"] or q["latency_ms"] < p["latency_ms"]) for q in pts)
+        dominated = any(
+            q is not p
+            and q["top1"] >= p["top1"]
+            and q["latency_ms"] <= p["latency_ms"]
+            and (q["top1"] > p["top1"] or q["latency_ms"] < p["latency_ms"])
+            for q in pts
+        )
         if not dominated:
             front.append(p)
     return sorted(front, key=lambda p: p["latency_ms"])
 
 
-def plot_pareto(pts: Sequence[Dict[str, Any]], path: Path, title: str) -> None:
+def plot_pareto(pts: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for p in pts:
         ax.scatter(p["latency_ms"], p["top1"] * 100, s=40)
-        ax.annotate(p["name"], (p["latency_ms"], p["top1"] * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(
+            p["name"],
+            (p["latency_ms"], p["top1"] * 100),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
     fr = pareto_front(pts)
-    ax.plot([p["latency_ms"] for p in fr], [p["top1"] * 100 for p in fr], "--", color="grey", lw=1, label="Pareto front")
+    ax.plot(
+        [p["latency_ms"] for p in fr],
+        [p["top1"] * 100 for p in fr],
+        "--",
+        color="grey",
+        lw=1,
+        label="Pareto front",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 latency (ms, log scale)")
     ax.set_ylabel("zero-shot top-1 (%)")
@@ -195,10 +247,14 @@ def plot_pareto(pts: Sequence[Dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_speed(models: Sequence[Dict[str, Any]], path: Path, title: str) -> None:
+def plot_speed(models: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    marks = {"torch": ("o", "torch fp32"), "ort_fp32": ("s", "ONNX Runtime fp32"), "ort_int8": ("^", "ONNX Runtime int8")}
+    marks = {
+        "torch": ("o", "torch fp32"),
+        "ort_fp32": ("s", "ONNX Runtime fp32"),
+        "ort_int8": ("^", "ONNX Runtime int8"),
+    }
     for be, (mk, lab) in marks.items():
         xs, ys = [], []
         for m in models:
@@ -208,8 +264,13 @@ def plot_speed(models: Sequence[Dict[str, Any]], path: Path, title: str) -> None
         ax.scatter(xs, ys, marker=mk, label=lab, s=36, alpha=0.8)
     for m in models:
         if "b1_median_ms" in m.get("torch", {}):
-            ax.annotate(m["name"].replace("timm:", "").replace("clip:", "CLIP "), (m["gflops"], m["torch"]["b1_median_ms"]),
-                        textcoords="offset points", xytext=(4, 3), fontsize=7)
+            ax.annotate(
+                m["name"].replace("timm:", "").replace("clip:", "CLIP "),
+                (m["gflops"], m["torch"]["b1_median_ms"]),
+                textcoords="offset points",
+                xytext=(4, 3),
+                fontsize=7,
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("GFLOPs per image")
@@ -221,7 +282,7 @@ def plot_speed(models: Sequence[Dict[str, Any]], path: Path, title: str) -> None
     plt.close(fig)
 
 
-def plot_curves(curves: Dict[str, List[float]], path: Path) -> None:
+def plot_curves(curves: dict[str, list[float]], path: Path) -> None:
     plt = _plt()
     losses = {k: v for k, v in curves.items() if not k.endswith(("val_top1", "acc"))}
     accs = {k: v for k, v in curves.items() if k.endswith(("val_top1", "acc"))}
@@ -245,15 +306,15 @@ def _load(la: Any) -> str:
     return ", ".join(f"{x:.2f}" for x in la) if isinstance(la, list) else "?"
 
 
-def _cell(rec: Dict[str, Any], backend: str, key: str) -> Any:
+def _cell(rec: dict[str, Any], backend: str, key: str) -> Any:
     d = rec.get(backend, {})
     return d[key] if key in d else ("failed" if "error" in d else None)
 
 
-def _curves(bench: Dict[str, Any], fid: Dict[str, Any]) -> Dict[str, List[float]]:
+def _curves(bench: dict[str, Any], fid: dict[str, Any]) -> dict[str, list[float]]:
     from edgeclip.lab.fidelity import find_curves
 
-    curves: Dict[str, List[float]] = {}
+    curves: dict[str, list[float]] = {}
     inp = bench.get("inputs", {})
     paths = {}
     if inp.get("teacher", "") and inp["teacher"].startswith("reference-lit:"):
@@ -274,15 +335,17 @@ def _curves(bench: Dict[str, Any], fid: Dict[str, Any]) -> Dict[str, List[float]
     return curves
 
 
-def target_rows(targets: Any) -> List[List[Any]]:
+def target_rows(targets: Any) -> list[list[Any]]:
     """The rows of a lab JSON's ``targets`` that name a target: [name, value, target, met] (met as text)."""
-    rows: List[List[Any]] = []
+    rows: list[list[Any]] = []
 
     def walk(o: Any, path: str) -> None:
         if not isinstance(o, dict):
             return
         if "target" in o and "value" in o:
-            rows.append([path, _f(o["value"], 3), o["target"], {True: "met", False: "not met"}.get(o.get("met"), "")])
+            rows.append(
+                [path, _f(o["value"], 3), o["target"], {True: "met", False: "not met"}.get(o.get("met"), "")]
+            )
             return
         for k, v in o.items():
             walk(v, f"{path}.{k}" if path else str(k))
@@ -291,7 +354,11 @@ def target_rows(targets: Any) -> List[List[Any]]:
     return rows
 
 
-def _best_lab_metrics(fid: Dict[str, Any], area: str, pattern: str) -> List[Tuple[str, float]]:
+def _student_dir(acc: dict) -> str:
+    return Path(str(acc.get("models", {}).get("student", {}).get("checkpoint", "?"))).parent.name
+
+
+def _best_lab_metrics(fid: dict[str, Any], area: str, pattern: str) -> list[tuple[str, float]]:
     import re
 
     rx = re.compile(pattern, re.IGNORECASE)
@@ -303,7 +370,9 @@ def _best_lab_metrics(fid: Dict[str, Any], area: str, pattern: str) -> List[Tupl
     return out
 
 
-def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optional[str | Path] = None) -> Dict[str, str]:
+def build_report(
+    bench_json: str | Path, out_dir: str | Path, results_dir: str | Path | None = None
+) -> dict[str, str]:
     """Write ``out_dir/index.html``, ``out_dir/report.md`` and the plots; returns their paths."""
     from edgeclip.lab.fidelity import collect_lab_results
 
@@ -315,19 +384,27 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
     except json.JSONDecodeError as e:
         raise EdgeClipError(f"{bp} is not valid JSON ({e.msg}, line {e.lineno})") from None
     if not isinstance(bench, dict) or bench.get("kind") != "edgeclip-bench/1":
-        raise EdgeClipError(f"{bp} is not an edgeclip bench result (kind: {bench.get('kind') if isinstance(bench, dict) else '?'})")
+        raise EdgeClipError(
+            f"{bp} is not an edgeclip bench result (kind: {bench.get('kind') if isinstance(bench, dict) else '?'})"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fid = collect_lab_results(results_dir or bp.parent)  # re-read: lab results that landed since the bench run
+    fid = collect_lab_results(
+        results_dir or bp.parent
+    )  # re-read: lab results that landed since the bench run
     secs = bench.get("sections", {})
     m = bench.get("machine", {})
     doc = Doc("edgeclip benchmark: what the student gains and what it loses")
-    doc.p(f"Run {bench.get('date')} ({bench.get('mode')} mode) on {m.get('cpu_model', m.get('processor', '?'))}, "
-          f"{m.get('cpu_count')} logical CPUs, {bench.get('threads')} torch/ORT thread(s); torch {m.get('torch')}, "
-          f"onnxruntime {m.get('onnxruntime')}, timm {m.get('timm')}, open_clip {m.get('open_clip')}. "
-          f"Budget: {_f(bench.get('budget', {}).get('minutes'), 1)} minutes on {bench.get('budget', {}).get('device', 'cpu')}. "
-          f"Load average at start / end: {_load(bench.get('load_average_start'))} / {_load(bench.get('load_average_end'))}: "
-          "the CPU is shared with other jobs, so absolute timings are noisy; ratios come from the same run.")
+    doc.p(
+        f"Run {bench.get('date')} ({bench.get('mode')} mode) on {m.get('cpu_model', m.get('processor', '?'))}, "
+        f"{m.get('cpu_count')} logical CPUs, {bench.get('threads')} torch/ORT thread(s); torch {m.get('torch')}, "
+        f"onnxruntime {m.get('onnxruntime')}, timm {m.get('timm')}, open_clip {m.get('open_clip')}. "
+        f"Budget: {_f(bench.get('budget', {}).get('minutes'), 1)} minutes on "
+        f"{bench.get('budget', {}).get('device', 'cpu')}. "
+        f"Load average at start / end: {_load(bench.get('load_average_start'))} / "
+        f"{_load(bench.get('load_average_end'))}: "
+        "the CPU is shared with other jobs, so absolute timings are noisy; ratios come from the same run."
+    )
     if bench.get("skipped"):
         doc.p("Not measured in this run: " + "; ".join(f"{k}: {v}" for k, v in bench["skipped"].items()))
 
@@ -338,34 +415,59 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
     if acc:
         rows.append(["zero-shot top-1 retention (student fp32 / teacher)", _f(acc.get("retention"), 3)])
         if "student_int8_top1" in acc:
-            rows.append(["int8 retention (student ONNX int8 / teacher)",
-                         _f(acc["student_int8_top1"] / acc["teacher_top1"], 3) if acc.get("teacher_top1") else "-"])
+            rows.append(
+                [
+                    "int8 retention (student ONNX int8 / teacher)",
+                    _f(acc["student_int8_top1"] / acc["teacher_top1"], 3) if acc.get("teacher_top1") else "-",
+                ]
+            )
         rows.append(["teacher-student top-1 agreement", _f(acc.get("agreement"), 3)])
     sp = secs.get("speed", {})
     for r in sp.get("ratios", []):
-        if r["teacher"] == "clip:ViT-B-32" and r["student"] in ("shufflenet_v2_x1_0", "efficientnet_b3", "shufflenet_v2_x0_5"):
-            rows.append([f"{r['student']} vs CLIP ViT-B-32 tower at {r['img_size']} px: speed-up torch / int8-vs-teacher-fp32 / size",
-                         f"{_f(r.get('torch_b1_speedup'), 1)}x / {_f(r.get('int8_vs_teacher_fp32_b1_speedup'), 1)}x / "
-                         f"{_f(r['params_reduction'], 1)}x fewer parameters"])
+        if r["teacher"] == "clip:ViT-B-32" and r["student"] in (
+            "shufflenet_v2_x1_0",
+            "efficientnet_b3",
+            "shufflenet_v2_x0_5",
+        ):
+            rows.append(
+                [
+                    f"{r['student']} vs CLIP ViT-B-32 tower at {r['img_size']} px: speed-up torch / "
+                    "int8-vs-teacher-fp32 / size",
+                    f"{_f(r.get('torch_b1_speedup'), 1)}x / {_f(r.get('int8_vs_teacher_fp32_b1_speedup'), 1)}x / "
+                    f"{_f(r['params_reduction'], 1)}x fewer parameters",
+                ]
+            )
     tc = secs.get("train_cost", {}).get("runs", {})
     if tc:
         h = tc.get(secs["train_cost"].get("headline")) or next(iter(tc.values()))
-        rows.append(["training epoch, cached teacher vs online (target >= 5x)",
-                     f"{_f(h['speedup_cached_vs_online'], 1)}x ({'met' if h['target_met'] else 'NOT met'})"])
+        rows.append(
+            [
+                "training epoch, cached teacher vs online (target >= 5x)",
+                f"{_f(h['speedup_cached_vs_online'], 1)}x ({'met' if h['target_met'] else 'NOT met'})",
+            ]
+        )
     doc.table(["what", "measured"], rows or [["(nothing measured yet)", "-"]])
 
     # ---- Pareto
     doc.h("Accuracy vs latency (Pareto)")
     pts = pareto_points(bench)
     if pts:
-        plot_pareto(pts, out / "pareto.png", f"zero-shot top-1 on {Path(str(acc.get('data', ''))).name} "
-                                             f"({acc.get('n')} images) vs batch-1 CPU latency")
+        plot_pareto(
+            pts,
+            out / "pareto.png",
+            f"zero-shot top-1 on {Path(str(acc.get('data', ''))).name} "
+            f"({acc.get('n')} images) vs batch-1 CPU latency",
+        )
         doc.img("pareto.png", "accuracy vs latency")
-        doc.table(["model", "top-1", "batch-1 latency (ms)", "params (M)", "on the Pareto front"],
-                  [[p["name"], p["top1"], p["latency_ms"], p["params_m"], p in pareto_front(pts)] for p in pts])
+        doc.table(
+            ["model", "top-1", "batch-1 latency (ms)", "params (M)", "on the Pareto front"],
+            [[p["name"], p["top1"], p["latency_ms"], p["params_m"], p in pareto_front(pts)] for p in pts],
+        )
     else:
-        doc.p("No accuracy measured in this run (no student checkpoint given and no lab student yet): "
-              "run `edgeclip bench --teacher SPEC --student student.pt --data TEST_IMAGEFOLDER`.")
+        doc.p(
+            "No accuracy measured in this run (no student checkpoint given and no lab student yet): "
+            "run `edgeclip bench --teacher SPEC --student student.pt --data TEST_IMAGEFOLDER`."
+        )
 
     # ---- speed
     doc.h(f"Speed and size at {sp.get('img_size', 224)} px" if sp else "Speed and size")
@@ -374,14 +476,39 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
         plot_speed(models, out / "speed.png", f"batch-1 latency vs FLOPs ({sp.get('threads')} thread(s))")
         doc.img("speed.png", "latency vs FLOPs")
         bs = sp.get("batch", 32)
-        hdr = ["model", "role", "px", "params (M)", "GFLOPs", "ONNX fp32 MB", "ONNX int8 MB",
-               "torch b1 ms", "ORT fp32 b1 ms", "ORT int8 b1 ms", f"torch b{bs} img/s", f"ORT fp32 b{bs} img/s",
-               f"ORT int8 b{bs} img/s"]
+        hdr = [
+            "model",
+            "role",
+            "px",
+            "params (M)",
+            "GFLOPs",
+            "ONNX fp32 MB",
+            "ONNX int8 MB",
+            "torch b1 ms",
+            "ORT fp32 b1 ms",
+            "ORT int8 b1 ms",
+            f"torch b{bs} img/s",
+            f"ORT fp32 b{bs} img/s",
+            f"ORT int8 b{bs} img/s",
+        ]
         trs = []
         for x in models:
-            trs.append([x["name"], x["role"], x["img_size"], x["params_m"], x["gflops"], x.get("onnx_fp32_mb"),
-                        x.get("onnx_int8_mb")] + [_cell(x, be, k) for k in ("b1_median_ms", "throughput_images_per_s")
-                                                  for be in ("torch", "ort_fp32", "ort_int8")])
+            trs.append(
+                [
+                    x["name"],
+                    x["role"],
+                    x["img_size"],
+                    x["params_m"],
+                    x["gflops"],
+                    x.get("onnx_fp32_mb"),
+                    x.get("onnx_int8_mb"),
+                ]
+                + [
+                    _cell(x, be, k)
+                    for k in ("b1_median_ms", "throughput_images_per_s")
+                    for be in ("torch", "ort_fp32", "ort_int8")
+                ]
+            )
         doc.table(hdr, trs)
         for x in models:
             for be in ("torch", "ort_fp32", "ort_int8"):
@@ -390,17 +517,49 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
         for x in sp.get("models", []):
             if "error" in x:
                 doc.p(f"{x['name']}: not measured ({x['error']})")
-        cap = (f" (each timed loop capped at {_f(sp['max_seconds_b1'], 0)} s / {_f(sp['max_seconds_throughput'], 0)} s, "
-               "at least 3 runs; the runs actually timed are in the JSON)") if sp.get("max_seconds_b1") else ""
-        doc.p(f"Method: {sp.get('method')}. Batch-1: {sp.get('reps_b1')} timed runs after {sp.get('warmup', 3)} warm-up "
-              f"runs; batch {bs}: {sp.get('reps_throughput')} timed runs after 1 warm-up{cap}; medians. int8: static QDQ for CNNs, dynamic for transformers.")
+        cap = (
+            (
+                f" (each timed loop capped at {_f(sp['max_seconds_b1'], 0)} s / "
+                f"{_f(sp['max_seconds_throughput'], 0)} s, "
+                "at least 3 runs; the runs actually timed are in the JSON)"
+            )
+            if sp.get("max_seconds_b1")
+            else ""
+        )
+        doc.p(
+            f"Method: {sp.get('method')}. Batch-1: {sp.get('reps_b1')} timed runs after {sp.get('warmup', 3)} warm-up "
+            f"runs; batch {bs}: {sp.get('reps_throughput')} timed runs after 1 warm-up{cap}; medians. "
+            "int8: static QDQ for CNNs, dynamic for transformers."
+        )
         if sp.get("ratios"):
             doc.h("Student vs teacher, same run", 3)
-            doc.table(["student", "teacher", "px", "fewer params", "fewer FLOPs", "torch b1 speed-up",
-                       "ORT fp32 b1 speed-up", "ORT int8 b1 speed-up", "student int8 vs teacher torch fp32"],
-                      [[r["student"], r["teacher"], r["img_size"], r["params_reduction"], r["gflops_reduction"],
-                        r.get("torch_b1_speedup"), r.get("ort_fp32_b1_speedup"), r.get("ort_int8_b1_speedup"),
-                        r.get("int8_vs_teacher_fp32_b1_speedup")] for r in sp["ratios"]])
+            doc.table(
+                [
+                    "student",
+                    "teacher",
+                    "px",
+                    "fewer params",
+                    "fewer FLOPs",
+                    "torch b1 speed-up",
+                    "ORT fp32 b1 speed-up",
+                    "ORT int8 b1 speed-up",
+                    "student int8 vs teacher torch fp32",
+                ],
+                [
+                    [
+                        r["student"],
+                        r["teacher"],
+                        r["img_size"],
+                        r["params_reduction"],
+                        r["gflops_reduction"],
+                        r.get("torch_b1_speedup"),
+                        r.get("ort_fp32_b1_speedup"),
+                        r.get("ort_int8_b1_speedup"),
+                        r.get("int8_vs_teacher_fp32_b1_speedup"),
+                    ]
+                    for r in sp["ratios"]
+                ],
+            )
 
     # ---- accuracy detail + samples
     if acc:
@@ -413,22 +572,64 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
                 ret = acc.get("retention") if role == "student" else acc.get(f"{role}_retention")
                 rws.append([role, acc[k], acc.get(f"{role}_top5"), agr, ret])
         doc.table(["model", "top-1", "top-5", "agreement with teacher", "retention"], rws)
-        doc.p(f"{acc.get('n')} images of {acc.get('data')}; teacher {acc.get('teacher_id')}; prompts {acc.get('templates')}.")
+        doc.p(
+            f"{acc.get('n')} images of {acc.get('data')}; teacher {acc.get('teacher_id')}; prompts "
+            f"{acc.get('templates')}."
+        )
         if acc.get("samples"):
             doc.h("Sample labels (student, open vocabulary)", 3)
-            doc.table(["image", "true class", "top-3 labels (softmax score)"],
-                      [[s["image"], s.get("true"), ", ".join(f"{l} ({sc:.2f})" for l, sc in zip(s["labels"], s["scores"]))]
-                       for s in acc["samples"]])
+            doc.table(
+                ["image", "true class", "top-3 labels (softmax score)"],
+                [
+                    [
+                        s["image"],
+                        s.get("true"),
+                        ", ".join(f"{lb} ({sc:.2f})" for lb, sc in zip(s["labels"], s["scores"])),
+                    ]
+                    for s in acc["samples"]
+                ],
+            )
 
     # ---- training cost
     doc.h("Training cost: cached teacher vs teacher run online")
     if tc:
-        doc.table(["run", "teacher", "student", "images", "cache build s", "cached epoch s", "online epoch s",
-                   "speed-up", "target 5x", "break-even epochs"],
-                  [[k, v["teacher"], f"{v['student']} @ {v['student_img_size']} px", v["n_images"], v["cache_build_seconds"],
-                    v["cached"]["epoch_seconds"], v["online"]["epoch_seconds"], v["speedup_cached_vs_online"],
-                    "met" if v["target_met"] else "not met", v.get("break_even_epochs")] for k, v in tc.items()])
-        doc.p((secs["train_cost"].get("note", "") + " Method: " + next(iter(tc.values())).get("method", "") + ".").strip())
+        doc.table(
+            [
+                "run",
+                "teacher",
+                "student",
+                "images",
+                "cache build s",
+                "cached epoch s",
+                "online epoch s",
+                "speed-up",
+                "target 5x",
+                "break-even epochs",
+            ],
+            [
+                [
+                    k,
+                    v["teacher"],
+                    f"{v['student']} @ {v['student_img_size']} px",
+                    v["n_images"],
+                    v["cache_build_seconds"],
+                    v["cached"]["epoch_seconds"],
+                    v["online"]["epoch_seconds"],
+                    v["speedup_cached_vs_online"],
+                    "met" if v["target_met"] else "not met",
+                    v.get("break_even_epochs"),
+                ]
+                for k, v in tc.items()
+            ],
+        )
+        doc.p(
+            (
+                secs["train_cost"].get("note", "")
+                + " Method: "
+                + next(iter(tc.values())).get("method", "")
+                + "."
+            ).strip()
+        )
     else:
         doc.p("not measured in this run")
 
@@ -445,8 +646,12 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
                 doc.p(f"{f['file']}: {f['error']}")
                 continue
             mets = list((f.get("metrics") or {}).items())
-            doc.p(f"{f['file']}" + (f" ({f['date']})" if f.get("date") else "") + f": {len(mets)} metrics"
-                  + (" (first 40 shown)" if len(mets) > 40 else ""))
+            doc.p(
+                f"{f['file']}"
+                + (f" ({f['date']})" if f.get("date") else "")
+                + f": {len(mets)} metrics"
+                + (" (first 40 shown)" if len(mets) > 40 else "")
+            )
             tgt = target_rows(f.get("targets"))
             if tgt:
                 doc.table(["target", "value", "target value", "met"], tgt)
@@ -472,13 +677,39 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
     en = secs.get("energy")
     doc.h("Energy per image")
     if en:
-        doc.table(["model", "px", "GFLOPs", "estimate J/image", "measured J/image (RAPL)", "CPU core-s/image (measured)", "method"],
-                  [[r["name"], r["img_size"], r["gflops"], r["estimate_joules_per_image"], r.get("measured_joules_per_image"),
-                    r.get("cpu_core_seconds_per_image"), r["method"]] for r in en["rows"]])
-        doc.p(("RAPL counters were read on this machine. " if en["rapl_available"] else
-               "RAPL energy counters are not readable on this machine, so energy is an ESTIMATE: "
-               f"GFLOPs x {en['joules_per_gflop_assumed']} J/GFLOP (an assumption; only the ratios between models are "
-               "meaningful). ") + "CPU core-seconds per image are measured (batch throughput x threads).")
+        doc.table(
+            [
+                "model",
+                "px",
+                "GFLOPs",
+                "estimate J/image",
+                "measured J/image (RAPL)",
+                "CPU core-s/image (measured)",
+                "method",
+            ],
+            [
+                [
+                    r["name"],
+                    r["img_size"],
+                    r["gflops"],
+                    r["estimate_joules_per_image"],
+                    r.get("measured_joules_per_image"),
+                    r.get("cpu_core_seconds_per_image"),
+                    r["method"],
+                ]
+                for r in en["rows"]
+            ],
+        )
+        doc.p(
+            (
+                "RAPL counters were read on this machine. "
+                if en["rapl_available"]
+                else "RAPL energy counters are not readable on this machine, so energy is an ESTIMATE: "
+                f"GFLOPs x {en['joules_per_gflop_assumed']} J/GFLOP (an assumption; only the ratios between models are "
+                "meaningful). "
+            )
+            + "CPU core-seconds per image are measured (batch throughput x threads)."
+        )
     else:
         doc.p("not measured in this run")
 
@@ -486,10 +717,34 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
     doc.h("GPU throughput")
     g = secs.get("gpu")
     if g:
-        doc.table(["device", "precision", "channels_last", "student", "px", "batch", "workers",
-                   "data loading only img/s", "distillation img/s", "distillation / loading"],
-                  [[g["device"], g["precision"], g["channels_last"], g["student"], g["img_size"], g["batch_size"],
-                    g["workers"], g["data_loading_images_per_s"], g["distill_images_per_s"], g["distill_vs_loading"]]])
+        doc.table(
+            [
+                "device",
+                "precision",
+                "channels_last",
+                "student",
+                "px",
+                "batch",
+                "workers",
+                "data loading only img/s",
+                "distillation img/s",
+                "distillation / loading",
+            ],
+            [
+                [
+                    g["device"],
+                    g["precision"],
+                    g["channels_last"],
+                    g["student"],
+                    g["img_size"],
+                    g["batch_size"],
+                    g["workers"],
+                    g["data_loading_images_per_s"],
+                    g["distill_images_per_s"],
+                    g["distill_vs_loading"],
+                ]
+            ],
+        )
     else:
         doc.p(bench.get("skipped", {}).get("gpu", "not measured"))
 
@@ -509,30 +764,46 @@ def build_report(bench_json: str | Path, out_dir: str | Path, results_dir: Optio
     return {"html": str(out / "index.html"), "markdown": str(out / "report.md")}
 
 
-def _ours_for(kind: str, bench: Dict[str, Any], fid: Dict[str, Any]) -> str:
+def _ours_for(kind: str, bench: dict[str, Any], fid: dict[str, Any]) -> str:
     sp = bench.get("sections", {}).get("speed", {})
     ratios = sp.get("ratios", [])
     models = {m["name"]: m for m in sp.get("models", []) if "error" not in m}
     parts = []
     if kind == "clip4retrofit":
-        r = next((r for r in ratios if r["student"] == "efficientnet_b3" and r["teacher"] == "clip:ViT-B-32"), None)
+        r = next(
+            (r for r in ratios if r["student"] == "efficientnet_b3" and r["teacher"] == "clip:ViT-B-32"), None
+        )
         if r:
-            parts.append(f"EfficientNet-B3 student vs CLIP ViT-B-32 tower (224 px, CPU): {_f(r.get('torch_b1_speedup'), 1)}x "
-                         f"faster (torch), {_f(r['params_reduction'], 1)}x fewer parameters")
+            parts.append(
+                f"EfficientNet-B3 student vs CLIP ViT-B-32 tower (224 px, CPU): {_f(r.get('torch_b1_speedup'), 1)}x "
+                f"faster (torch), {_f(r['params_reduction'], 1)}x fewer parameters"
+            )
         acc = bench.get("sections", {}).get("accuracy")
         if acc and acc.get("retention") is not None:
-            parts.append(f"measured student ({Path(str(acc.get('models', {}).get('student', {}).get('checkpoint', '?'))).parent.name}) "
-                         f"retention {_f(acc['retention'], 3)} of its teacher's top-1")
+            parts.append(
+                f"measured student ({_student_dir(acc)}) "
+                f"retention {_f(acc['retention'], 3)} of its teacher's top-1"
+            )
         parts += [f"{k} = {_f(v, 3)}" for k, v in _best_lab_metrics(fid, "clip4retrofit", "retention")[:3]]
     elif kind == "edgevl":
         t = models.get("clip:ViT-B-32")
-        smalls = [m for m in models.values() if m["role"] == "student" and m.get("onnx_int8_mb") and m["img_size"] == 224]
+        smalls = [
+            m
+            for m in models.values()
+            if m["role"] == "student" and m.get("onnx_int8_mb") and m["img_size"] == 224
+        ]
         if t and t.get("onnx_fp32_mb") and smalls:
             s = min(smalls, key=lambda m: m["onnx_int8_mb"])
-            parts.append(f"size: CLIP ViT-B-32 tower fp32 ONNX {_f(t['onnx_fp32_mb'], 1)} MB vs {s['name']} int8 ONNX "
-                         f"{_f(s['onnx_int8_mb'], 2)} MB = {_f(t['onnx_fp32_mb'] / s['onnx_int8_mb'], 1)}-fold")
-        parts += [f"{k} = {_f(v, 3)}" for k, v in _best_lab_metrics(fid, "edgevl", r"top-?1|acc|retention")[:4]]
+            parts.append(
+                f"size: CLIP ViT-B-32 tower fp32 ONNX {_f(t['onnx_fp32_mb'], 1)} MB vs {s['name']} int8 ONNX "
+                f"{_f(s['onnx_int8_mb'], 2)} MB = {_f(t['onnx_fp32_mb'] / s['onnx_int8_mb'], 1)}-fold"
+            )
+        parts += [
+            f"{k} = {_f(v, 3)}" for k, v in _best_lab_metrics(fid, "edgevl", r"top-?1|acc|retention")[:4]
+        ]
     elif kind == "caption":
-        parts += [f"{k} = {_f(v, 2)}" for k, v in _best_lab_metrics(fid, "caption", r"(images|img)_per_s$")[:4]]
+        parts += [
+            f"{k} = {_f(v, 2)}" for k, v in _best_lab_metrics(fid, "caption", r"(images|img)_per_s$")[:4]
+        ]
         parts += [f"{k} = {_f(v, 3)}" for k, v in _best_lab_metrics(fid, "caption", r"^cider$")[:2]]
     return "; ".join(parts) if parts else "not yet measured"

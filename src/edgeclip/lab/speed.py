@@ -21,9 +21,10 @@ Model specs:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +35,15 @@ from edgeclip.models.stats import count_params, flops, latency_ms
 from edgeclip.runtime.session import ort_session
 
 TEACHERS_FULL = ["clip:ViT-B-32", "clip:RN50"]
-STUDENTS_FULL = ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "mobilenet_v3_small", "mobilenet_v3_large",
-                 "efficientnet_b0", "efficientnet_b3", "timm:vit_small_patch16_224"]
+STUDENTS_FULL = [
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_b3",
+    "timm:vit_small_patch16_224",
+]
 TEACHERS_QUICK = ["clip:ViT-B-32"]
 STUDENTS_QUICK = ["shufflenet_v2_x0_5", "mobilenet_v3_small"]
 BACKENDS = ("torch", "ort_fp32", "ort_int8")
@@ -50,7 +58,7 @@ class SpeedModel:
     img_size: int
     module: nn.Module
     transformer: bool = False
-    info: Dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class _ClipTower(nn.Module):
@@ -62,7 +70,9 @@ class _ClipTower(nn.Module):
         return self.visual(x)
 
 
-def build_speed_model(spec: str, img_size: int = 224, embed_dim: int = 512, role: Optional[str] = None) -> SpeedModel:
+def build_speed_model(
+    spec: str, img_size: int = 224, embed_dim: int = 512, role: str | None = None
+) -> SpeedModel:
     """Build the module named by ``spec`` (see the module docstring) in eval mode on the CPU."""
     if spec.startswith("clip:"):
         import open_clip
@@ -74,36 +84,69 @@ def build_speed_model(spec: str, img_size: int = 224, embed_dim: int = 512, role
         m = open_clip.create_model(arch, pretrained=None)  # random weights: no hub, same speed
         size = m.visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        return SpeedModel(spec, role or "teacher", size, _ClipTower(m.visual).eval(),
-                          transformer="vit" in arch.lower(), info={"weights": "random (speed only)"})
+        return SpeedModel(
+            spec,
+            role or "teacher",
+            size,
+            _ClipTower(m.visual).eval(),
+            transformer="vit" in arch.lower(),
+            info={"weights": "random (speed only)"},
+        )
     if spec.startswith("ckpt:"):
         from edgeclip.models.student import load_student
 
         st, pp, ck = load_student(spec[5:])
-        return SpeedModel(spec, role or "student", pp.size, st.eval(), transformer="vit" in st.arch.lower(),
-                          info={"arch": st.arch, "teacher": ck.get("teacher", {}).get("id")})
+        return SpeedModel(
+            spec,
+            role or "student",
+            pp.size,
+            st.eval(),
+            transformer="vit" in st.arch.lower(),
+            info={"arch": st.arch, "teacher": ck.get("teacher", {}).get("id")},
+        )
     if spec.startswith("teacher:"):
         from edgeclip.models.teachers import load_teacher
 
         t = load_teacher(spec[8:], device="cpu")
         arch = str(t.extra.get("arch", t.id))
-        return SpeedModel(spec, role or "teacher", t.image_size, t.image_encoder.eval(),
-                          transformer="vit" in arch.lower(), info={"id": t.id})
+        return SpeedModel(
+            spec,
+            role or "teacher",
+            t.image_size,
+            t.image_encoder.eval(),
+            transformer="vit" in arch.lower(),
+            info={"id": t.id},
+        )
     from edgeclip.models.student import create_student
 
     torch.manual_seed(0)
     st = create_student(spec, embed_dim, img_size=img_size)
-    return SpeedModel(spec, role or "student", img_size, st.eval(), transformer="vit" in spec.lower(),
-                      info={"embed_dim": embed_dim, "weights": "random (speed only)"})
+    return SpeedModel(
+        spec,
+        role or "student",
+        img_size,
+        st.eval(),
+        transformer="vit" in spec.lower(),
+        info={"embed_dim": embed_dim, "weights": "random (speed only)"},
+    )
 
 
-def _timed(fn: Callable[[], object], batch: int, warmup: int, reps: int, max_seconds: float) -> Dict[str, float]:
+def _timed(
+    fn: Callable[[], object], batch: int, warmup: int, reps: int, max_seconds: float
+) -> dict[str, float]:
     r = latency_ms(fn, warmup=warmup, reps=reps, max_seconds=max_seconds, min_reps=min(reps, 3))
     return {**r, "images_per_s": batch / (r["median_ms"] / 1000.0)}
 
 
-def measure_backend(run: Callable[[np.ndarray], object], img_size: int, batch: int, reps: int,
-                    thr_reps: int, warmup: int = 3, max_seconds: float = 0.0) -> Dict[str, float]:
+def measure_backend(
+    run: Callable[[np.ndarray], object],
+    img_size: int,
+    batch: int,
+    reps: int,
+    thr_reps: int,
+    warmup: int = 3,
+    max_seconds: float = 0.0,
+) -> dict[str, float]:
     """Batch-1 latency and batch-``batch`` throughput of ``run`` (a callable on a float32 NCHW array).
 
     ``max_seconds`` caps each timed loop (at least 3 runs) so that slow teachers do not take forever;
@@ -114,9 +157,15 @@ def measure_backend(run: Callable[[np.ndarray], object], img_size: int, batch: i
     xb = rng.standard_normal((batch, 3, img_size, img_size), dtype=np.float32)
     b1 = _timed(lambda: run(x1), 1, warmup, reps, max_seconds)
     bn = _timed(lambda: run(xb), batch, 1, thr_reps, max_seconds * 3)
-    return {"b1_median_ms": b1["median_ms"], "b1_p90_ms": b1["p90_ms"], "b1_reps": b1["reps"],
-            f"b{batch}_median_ms": bn["median_ms"], "throughput_images_per_s": bn["images_per_s"],
-            "throughput_batch": batch, "throughput_reps": bn["reps"]}
+    return {
+        "b1_median_ms": b1["median_ms"],
+        "b1_p90_ms": b1["p90_ms"],
+        "b1_reps": b1["reps"],
+        f"b{batch}_median_ms": bn["median_ms"],
+        "throughput_images_per_s": bn["images_per_s"],
+        "throughput_batch": batch,
+        "throughput_reps": bn["reps"],
+    }
 
 
 def _torch_runner(module: nn.Module) -> Callable[[np.ndarray], object]:
@@ -139,16 +188,32 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
-def measure_model(sm: SpeedModel, workdir: Path, calibration: Callable[[int], List[np.ndarray]], threads: int,
-                  batch: int = 32, reps: int = 20, thr_reps: int = 5, backends: Sequence[str] = BACKENDS,
-                  log: Callable[[str], None] = print, rapl=None, energy_seconds: float = 3.0,
-                  warmup: int = 3, max_seconds: float = 0.0) -> Dict[str, Any]:
+def measure_model(
+    sm: SpeedModel,
+    workdir: Path,
+    calibration: Callable[[int], list[np.ndarray]],
+    threads: int,
+    batch: int = 32,
+    reps: int = 20,
+    thr_reps: int = 5,
+    backends: Sequence[str] = BACKENDS,
+    log: Callable[[str], None] = print,
+    rapl=None,
+    energy_seconds: float = 3.0,
+    warmup: int = 3,
+    max_seconds: float = 0.0,
+) -> dict[str, Any]:
     """Measure one model on every backend. A backend that fails is recorded with its error, never hidden."""
     from edgeclip.export.onnx import export_onnx
     from edgeclip.quant.ort import quantize_dynamic_onnx, quantize_static_onnx
 
-    rec: Dict[str, Any] = {"name": sm.name, "role": sm.role, "img_size": sm.img_size, "transformer": sm.transformer,
-                           **sm.info}
+    rec: dict[str, Any] = {
+        "name": sm.name,
+        "role": sm.role,
+        "img_size": sm.img_size,
+        "transformer": sm.transformer,
+        **sm.info,
+    }
     rec["params"] = count_params(sm.module)
     rec["params_m"] = rec["params"] / 1e6
     rec["torch_fp32_mb"] = sum(p.numel() * p.element_size() for p in sm.module.parameters()) / 2**20
@@ -178,22 +243,30 @@ def measure_model(sm: SpeedModel, workdir: Path, calibration: Callable[[int], Li
                 run = _ort_runner(int8, threads)
             else:
                 raise EdgeClipError(f"unknown backend {be!r} ({', '.join(BACKENDS)})")
-            rec[be] = measure_backend(run, sm.img_size, batch, reps, thr_reps, warmup=warmup, max_seconds=max_seconds)
+            rec[be] = measure_backend(
+                run, sm.img_size, batch, reps, thr_reps, warmup=warmup, max_seconds=max_seconds
+            )
             rec[be]["seconds"] = time.time() - t0
             if be == "torch" and rapl is not None and rapl.available:
                 from edgeclip.lab.energy import measure_energy
 
-                xb = np.random.default_rng(1).standard_normal((batch, 3, sm.img_size, sm.img_size), dtype=np.float32)
-                rec["energy_rapl"] = measure_energy(lambda: run(xb), batch, seconds=energy_seconds, rapl=rapl)
-            log(f"  {sm.name:32s} {be:9s} b1 {rec[be]['b1_median_ms']:9.2f} ms   "
-                f"b{batch} {rec[be]['throughput_images_per_s']:8.1f} img/s")
+                xb = np.random.default_rng(1).standard_normal(
+                    (batch, 3, sm.img_size, sm.img_size), dtype=np.float32
+                )
+                rec["energy_rapl"] = measure_energy(
+                    lambda run=run, xb=xb: run(xb), batch, seconds=energy_seconds, rapl=rapl
+                )
+            log(
+                f"  {sm.name:32s} {be:9s} b1 {rec[be]['b1_median_ms']:9.2f} ms   "
+                f"b{batch} {rec[be]['throughput_images_per_s']:8.1f} img/s"
+            )
         except Exception as e:  # export/quantisation failures are model specific: record and go on
             rec[be] = {"error": _short(e)}
             log(f"  {sm.name:32s} {be:9s} FAILED: {rec[be]['error']}")
     return rec
 
 
-def ratios(records: Sequence[Dict[str, Any]], backends: Sequence[str] = BACKENDS) -> List[Dict[str, Any]]:
+def ratios(records: Sequence[dict[str, Any]], backends: Sequence[str] = BACKENDS) -> list[dict[str, Any]]:
     """Student vs teacher within the same run (same input size): speed-up, size and FLOPs reduction.
 
     ``speedup_*`` = teacher latency / student latency; ``int8_vs_teacher_fp32`` compares the deployable
@@ -205,16 +278,24 @@ def ratios(records: Sequence[Dict[str, Any]], backends: Sequence[str] = BACKENDS
         for t in teachers:
             if t["img_size"] != s["img_size"]:
                 continue
-            row: Dict[str, Any] = {"student": s["name"], "teacher": t["name"], "img_size": s["img_size"],
-                                   "params_reduction": t["params"] / max(1, s["params"]),
-                                   "gflops_reduction": t["gflops"] / s["gflops"] if s["gflops"] else None}
+            row: dict[str, Any] = {
+                "student": s["name"],
+                "teacher": t["name"],
+                "img_size": s["img_size"],
+                "params_reduction": t["params"] / max(1, s["params"]),
+                "gflops_reduction": t["gflops"] / s["gflops"] if s["gflops"] else None,
+            }
             for be in backends:
                 ts, ss = t.get(be, {}), s.get(be, {})
                 if "b1_median_ms" in ts and "b1_median_ms" in ss:
                     row[f"{be}_b1_speedup"] = ts["b1_median_ms"] / ss["b1_median_ms"]
-                    row[f"{be}_throughput_ratio"] = ss["throughput_images_per_s"] / ts["throughput_images_per_s"]
+                    row[f"{be}_throughput_ratio"] = (
+                        ss["throughput_images_per_s"] / ts["throughput_images_per_s"]
+                    )
             if "b1_median_ms" in s.get("ort_int8", {}) and "b1_median_ms" in t.get("torch", {}):
-                row["int8_vs_teacher_fp32_b1_speedup"] = t["torch"]["b1_median_ms"] / s["ort_int8"]["b1_median_ms"]
+                row["int8_vs_teacher_fp32_b1_speedup"] = (
+                    t["torch"]["b1_median_ms"] / s["ort_int8"]["b1_median_ms"]
+                )
             out.append(row)
     return out
 
@@ -240,9 +321,9 @@ def calibration_images(sources: Iterable[Path], n: int, batch: int = 4, seed: in
         raise EdgeClipError("no calibration images found for int8 quantisation")
     rng = np.random.default_rng(seed)
     pick = [recs[i] for i in rng.permutation(len(recs))[: max(n * 2, n)]]
-    cache: Dict[int, List[np.ndarray]] = {}
+    cache: dict[int, list[np.ndarray]] = {}
 
-    def get(size: int) -> List[np.ndarray]:
+    def get(size: int) -> list[np.ndarray]:
         if size not in cache:
             tf = Preprocess(size=size).torch_transform()
             xs = []
@@ -253,17 +334,29 @@ def calibration_images(sources: Iterable[Path], n: int, batch: int = 4, seed: in
                     continue
                 if len(xs) >= n:
                     break
-            cache[size] = [np.stack(xs[i:i + batch]) for i in range(0, len(xs), batch)]
+            cache[size] = [np.stack(xs[i : i + batch]) for i in range(0, len(xs), batch)]
         return cache[size]
 
     return get
 
 
-def run_speed_suite(models: Sequence[str], workdir: Path, calibration, threads: int, img_size: int = 224,
-                    embed_dim: int = 512, batch: int = 32, reps: int = 20, thr_reps: int = 5,
-                    backends: Sequence[str] = BACKENDS, log: Callable[[str], None] = print,
-                    roles: Optional[Dict[str, str]] = None, energy_seconds: float = 3.0,
-                    warmup: int = 3, max_seconds: float = 0.0) -> Dict[str, Any]:
+def run_speed_suite(
+    models: Sequence[str],
+    workdir: Path,
+    calibration,
+    threads: int,
+    img_size: int = 224,
+    embed_dim: int = 512,
+    batch: int = 32,
+    reps: int = 20,
+    thr_reps: int = 5,
+    backends: Sequence[str] = BACKENDS,
+    log: Callable[[str], None] = print,
+    roles: dict[str, str] | None = None,
+    energy_seconds: float = 3.0,
+    warmup: int = 3,
+    max_seconds: float = 0.0,
+) -> dict[str, Any]:
     from edgeclip.lab.energy import Rapl
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -277,14 +370,38 @@ def run_speed_suite(models: Sequence[str], workdir: Path, calibration, threads: 
             records.append({"name": spec, "role": (roles or {}).get(spec, "?"), "error": str(e)})
             log(f"  {spec}: skipped ({e})")
             continue
-        records.append(measure_model(sm, workdir, calibration, threads, batch, reps, thr_reps, backends, log,
-                                     rapl=rapl, energy_seconds=energy_seconds, warmup=warmup,
-                                     max_seconds=max_seconds))
+        records.append(
+            measure_model(
+                sm,
+                workdir,
+                calibration,
+                threads,
+                batch,
+                reps,
+                thr_reps,
+                backends,
+                log,
+                rapl=rapl,
+                energy_seconds=energy_seconds,
+                warmup=warmup,
+                max_seconds=max_seconds,
+            )
+        )
         del sm
     ok = [r for r in records if "error" not in r]
-    return {"img_size": img_size, "batch": batch, "reps_b1": reps, "reps_throughput": thr_reps, "warmup": warmup,
-            "max_seconds_b1": max_seconds, "max_seconds_throughput": max_seconds * 3, "threads": threads,
-            "backends": list(backends), "models": records, "ratios": ratios(ok, backends),
-            "seconds": time.time() - t0,
-            "method": "median wall-clock of repeated runs after warm-up, all models in one process with the "
-                      "same thread count; random inputs; teacher towers have random weights (speed only)"}
+    return {
+        "img_size": img_size,
+        "batch": batch,
+        "reps_b1": reps,
+        "reps_throughput": thr_reps,
+        "warmup": warmup,
+        "max_seconds_b1": max_seconds,
+        "max_seconds_throughput": max_seconds * 3,
+        "threads": threads,
+        "backends": list(backends),
+        "models": records,
+        "ratios": ratios(ok, backends),
+        "seconds": time.time() - t0,
+        "method": "median wall-clock of repeated runs after warm-up, all models in one process with the "
+        "same thread count; random inputs; teacher towers have random weights (speed only)",
+    }

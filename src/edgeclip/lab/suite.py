@@ -12,9 +12,10 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 import torch
 
@@ -26,14 +27,14 @@ from edgeclip.lab import speed as speed_mod
 LAB = Path("benchmarks/artifacts/lab")
 
 
-def lab_student_names(distill: Dict[str, Any]) -> List[str]:
+def lab_student_names(distill: dict[str, Any]) -> list[str]:
     """Folders of the foundation lab's students in training order, from its config's ``distill`` block:
     ``name`` (default "student"), then ``<name>_cont`` when ``continue`` adds a second cycle. The last is final."""
     name = distill.get("name", "student")
     return [name] + ([name + "_cont"] if distill.get("continue") else [])
 
 
-def lab_student_path(lab: Path = LAB, results: Optional[Path] = None) -> Path:
+def lab_student_path(lab: Path = LAB, results: Path | None = None) -> Path:
     """The final student of the foundation lab, as its results JSON names it; ``lab/student/student.pt`` when
     there is no such JSON."""
     from edgeclip.core.io import read_json
@@ -52,20 +53,20 @@ class BenchConfig:
     quick: bool = False
     device: str = "cpu"  # cpu | cuda | auto
     threads: int = 0  # 0: leave torch's setting (OMP_NUM_THREADS)
-    teacher: Optional[str] = None  # a teacher spec for the accuracy / Pareto section
-    students: List[str] = field(default_factory=list)  # student checkpoints
-    data: Optional[str] = None  # ImageFolder for zero-shot accuracy (default: CIFAR-10 test)
-    train_data: Optional[str] = None  # images for the training-cost run (default: CIFAR-10 train)
+    teacher: str | None = None  # a teacher spec for the accuracy / Pareto section
+    students: list[str] = field(default_factory=list)  # student checkpoints
+    data: str | None = None  # ImageFolder for zero-shot accuracy (default: CIFAR-10 test)
+    train_data: str | None = None  # images for the training-cost run (default: CIFAR-10 train)
     max_images: int = 0  # accuracy images (0: mode default)
-    models: List[str] = field(default_factory=list)  # speed-suite models (default: the mode's list)
-    skip: List[str] = field(default_factory=list)  # sections to skip: speed, train, accuracy, gpu
+    models: list[str] = field(default_factory=list)  # speed-suite models (default: the mode's list)
+    skip: list[str] = field(default_factory=list)  # sections to skip: speed, train, accuracy, gpu
     workdir: str = "benchmarks/artifacts/bench"
     report: bool = True
     seed: int = 0
     use_lab: bool = True  # default to the lab teacher/student under benchmarks/artifacts/lab when present
 
 
-def _cifar(split: str, base: Path) -> Optional[Path]:
+def _cifar(split: str, base: Path) -> Path | None:
     """CIFAR-10 ``split`` folder: already extracted under ``base``, else extracted from ../shared/data."""
     from edgeclip.data.sources import ensure_extracted
 
@@ -79,13 +80,13 @@ def _cifar(split: str, base: Path) -> Optional[Path]:
     return None
 
 
-def _shapes(workdir: Path) -> Dict[str, Path]:
+def _shapes(workdir: Path) -> dict[str, Path]:
     from edgeclip.data.synthetic import make_shapes
 
     return make_shapes(workdir / "shapes", n_train=40, n_test=10, size=48)
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "random weights" notice is expected here
     t_start = time.time()
     if cfg.threads:
@@ -108,13 +109,26 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
         teacher = f"reference-lit:{(LAB / 'teacher' / 'teacher.pt').resolve()}"
         if lab_student.is_file():
             students = [str(lab_student.resolve())]
-    result: Dict[str, Any] = {"kind": "edgeclip-bench/1", "mode": mode, "date": machine_info()["date"],
-                              "machine": machine_info(), "threads": threads, "config": asdict(cfg),
-                              "inputs": {"train_data": str(train_dir), "eval_data": str(test_dir) if test_dir else None,
-                                         "teacher": teacher, "students": students},
-                              "sections": {}, "skipped": {},
-                              "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-    ckpts = [s for s in students] + ([teacher.split(":", 1)[1]] if teacher and teacher.startswith("reference-lit:") else [])
+    result: dict[str, Any] = {
+        "kind": "edgeclip-bench/1",
+        "mode": mode,
+        "date": machine_info()["date"],
+        "machine": machine_info(),
+        "threads": threads,
+        "config": asdict(cfg),
+        "inputs": {
+            "train_data": str(train_dir),
+            "eval_data": str(test_dir) if test_dir else None,
+            "teacher": teacher,
+            "students": students,
+        },
+        "sections": {},
+        "skipped": {},
+        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    ckpts = [s for s in students] + (
+        [teacher.split(":", 1)[1]] if teacher and teacher.startswith("reference-lit:") else []
+    )
     result["checkpoints_sha256"] = {c: sha256_file(c) for c in ckpts if Path(c).is_file()}
 
     def section(name: str, fn: Callable[[], Any]):
@@ -130,7 +144,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
             log(f"  {name} skipped: {e}")
             return None
         except Exception as e:  # one broken section must not lose the others: record it with the trace tail
-            result["skipped"][name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            result["skipped"][name] = (
+                f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            )
             result.setdefault("errors", {})[name] = traceback.format_exc()[-2000:]
             log(f"  {name} FAILED: {result['skipped'][name]}")
             return None
@@ -139,8 +155,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
         return val
 
     # ---- speed -------------------------------------------------------------------------------------
-    models = list(cfg.models) or (speed_mod.TEACHERS_QUICK + speed_mod.STUDENTS_QUICK if cfg.quick
-                                  else speed_mod.TEACHERS_FULL + speed_mod.STUDENTS_FULL)
+    models = list(cfg.models) or (
+        speed_mod.TEACHERS_QUICK + speed_mod.STUDENTS_QUICK
+        if cfg.quick
+        else speed_mod.TEACHERS_FULL + speed_mod.STUDENTS_FULL
+    )
     roles = {m: ("teacher" if m.startswith("clip:") else "student") for m in models}
     if teacher:
         models.append(f"teacher:{teacher}")
@@ -151,25 +170,65 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
     calib_sources = [shared_data_dir() / "coco-mini" / "images", train_dir]
     # full: 20 batch-1 runs / 5 batch-32 runs, each loop capped at 8 s / 24 s (at least 3 runs) for the big towers
     batch, reps, thr_reps, warmup, cap = (4, 5, 2, 1, 0.0) if cfg.quick else (32, 20, 5, 3, 8.0)
-    section("speed", lambda: speed_mod.run_speed_suite(
-        models, work / "onnx", speed_mod.calibration_images(calib_sources, 8 if cfg.quick else 32), threads,
-        batch=batch, reps=reps, thr_reps=thr_reps, log=log, roles=roles, energy_seconds=1.0 if cfg.quick else 3.0,
-        warmup=warmup, max_seconds=cap))
+    section(
+        "speed",
+        lambda: speed_mod.run_speed_suite(
+            models,
+            work / "onnx",
+            speed_mod.calibration_images(calib_sources, 8 if cfg.quick else 32),
+            threads,
+            batch=batch,
+            reps=reps,
+            thr_reps=thr_reps,
+            log=log,
+            roles=roles,
+            energy_seconds=1.0 if cfg.quick else 3.0,
+            warmup=warmup,
+            max_seconds=cap,
+        ),
+    )
 
     # ---- training cost -----------------------------------------------------------------------------
     def train_cost():
         from edgeclip.lab.train_cost import training_cost
 
         n, bs = (32, 16) if cfg.quick else (512, 64)
-        runs = {"clip_vit_b32_teacher": training_cost(train_dir, work / "train_cost", "open_clip:ViT-B-32",
-                                                      "shufflenet_v2_x1_0", 32, n, bs, cfg.seed, log=log)}
+        runs = {
+            "clip_vit_b32_teacher": training_cost(
+                train_dir,
+                work / "train_cost",
+                "open_clip:ViT-B-32",
+                "shufflenet_v2_x1_0",
+                32,
+                n,
+                bs,
+                cfg.seed,
+                log=log,
+            )
+        }
         if teacher and not cfg.quick:
-            runs["lab_teacher"] = training_cost(train_dir, work / "train_cost_lab", teacher, "shufflenet_v2_x1_0", 32,
-                                                n, bs, cfg.seed, log=log)
-        return {"runs": runs, "headline": "clip_vit_b32_teacher",
-                "note": "open_clip ViT-B-32 with random weights costs what the real CLIP teacher costs to run. "
-                        + ("The lab_teacher run uses the given reference teacher (a small tower at its own input "
-                           "size), so the cache saves less per image there." if "lab_teacher" in runs else "")}
+            runs["lab_teacher"] = training_cost(
+                train_dir,
+                work / "train_cost_lab",
+                teacher,
+                "shufflenet_v2_x1_0",
+                32,
+                n,
+                bs,
+                cfg.seed,
+                log=log,
+            )
+        return {
+            "runs": runs,
+            "headline": "clip_vit_b32_teacher",
+            "note": "open_clip ViT-B-32 with random weights costs what the real CLIP teacher costs to run. "
+            + (
+                "The lab_teacher run uses the given reference teacher (a small tower at its own input "
+                "size), so the cache saves less per image there."
+                if "lab_teacher" in runs
+                else ""
+            ),
+        }
 
     section("train_cost", train_cost)
 
@@ -178,13 +237,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
         from edgeclip.lab.fidelity import measure_accuracy, sample_labels
 
         if not students:
-            raise EdgeClipError("no student checkpoint given (--student) and no lab student at "
-                                f"{lab_student}: accuracy not measured")
+            raise EdgeClipError(
+                "no student checkpoint given (--student) and no lab student at "
+                f"{lab_student}: accuracy not measured"
+            )
         if test_dir is None:
             raise EdgeClipError("no evaluation ImageFolder (--data) and no CIFAR-10 in ../shared/data")
         n = cfg.max_images or (200 if cfg.quick else 2000)
-        res = measure_accuracy(teacher, students, str(test_dir), work / "accuracy", max_images=n, threads=threads,
-                               log=log)
+        res = measure_accuracy(
+            teacher, students, str(test_dir), work / "accuracy", max_images=n, threads=threads, log=log
+        )
         res["samples"] = sample_labels(students[0], str(test_dir), n=8, teacher_spec=teacher)
         return res
 
@@ -196,8 +258,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
 
     section("fidelity", lambda: collect_lab_results(out))
     if "speed" in result["sections"]:
-        section("energy", lambda: energy_table([m for m in result["sections"]["speed"]["models"] if "error" not in m],
-                                               threads))
+        section(
+            "energy",
+            lambda: energy_table(
+                [m for m in result["sections"]["speed"]["models"] if "error" not in m], threads
+            ),
+        )
 
     # ---- GPU ---------------------------------------------------------------------------------------
     dev = cfg.device
@@ -212,17 +278,32 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
             from edgeclip.lab.train_cost import gpu_throughput
 
             gdata = _cifar("train", data_base) or train_dir
-            section("gpu", lambda: gpu_throughput(gdata, work / "gpu", n_images=512 if cfg.quick else 8192,
-                                                  batch_size=64 if cfg.quick else 256, steps=4 if cfg.quick else 30,
-                                                  workers=4 if cfg.quick else 8, log=log))
+            section(
+                "gpu",
+                lambda: gpu_throughput(
+                    gdata,
+                    work / "gpu",
+                    n_images=512 if cfg.quick else 8192,
+                    batch_size=64 if cfg.quick else 256,
+                    steps=4 if cfg.quick else 30,
+                    workers=4 if cfg.quick else 8,
+                    log=log,
+                ),
+            )
     else:
-        result["skipped"]["gpu"] = "CPU run (pass --device cuda on a GPU machine for the GPU throughput section)"
+        result["skipped"]["gpu"] = (
+            "CPU run (pass --device cuda on a GPU machine for the GPU throughput section)"
+        )
 
     result["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    result["budget"] = {"mode": mode, "minutes": (time.time() - t_start) / 60, "threads": threads,
-                        "device": "cuda" if "gpu" in result["sections"] else "cpu",
-                        "training_cost_epochs": "1 cached + 1 online per run",
-                        "speed_reps": {"batch1": reps, "throughput": thr_reps, "batch": batch, "warmup": warmup}}
+    result["budget"] = {
+        "mode": mode,
+        "minutes": (time.time() - t_start) / 60,
+        "threads": threads,
+        "device": "cuda" if "gpu" in result["sections"] else "cpu",
+        "training_cost_epochs": "1 cached + 1 online per run",
+        "speed_reps": {"batch1": reps, "throughput": thr_reps, "batch": batch, "warmup": warmup},
+    }
     out.mkdir(parents=True, exist_ok=True)
     name = "bench_quick.json" if cfg.quick else "bench.json"
     write_json(out / name, result)

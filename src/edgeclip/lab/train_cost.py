@@ -14,8 +14,9 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any
 
 import torch
 
@@ -41,16 +42,30 @@ def write_subset(data: str | Path, n: int, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def _epoch_rate(hist: Dict[str, Any], batch: int) -> Dict[str, float]:
+def _epoch_rate(hist: dict[str, Any], batch: int) -> dict[str, float]:
     ep = hist["epochs"][-1]
     n = ep["steps"] * batch
-    return {"epoch_seconds": ep["seconds"], "steps": ep["steps"], "images": n,
-            "images_per_s": n / ep["seconds"] if ep["seconds"] > 0 else 0.0, "final_loss": ep.get("loss")}
+    return {
+        "epoch_seconds": ep["seconds"],
+        "steps": ep["steps"],
+        "images": n,
+        "images_per_s": n / ep["seconds"] if ep["seconds"] > 0 else 0.0,
+        "final_loss": ep.get("loss"),
+    }
 
 
-def training_cost(data: str | Path, workdir: Path, teacher_spec: str = "open_clip:ViT-B-32", student: str = "shufflenet_v2_x1_0",
-                  img_size: int = 32, n_images: int = 1000, batch_size: int = 64, seed: int = 0,
-                  loss: str = "cosine", log: Callable[[str], None] = print) -> Dict[str, Any]:
+def training_cost(
+    data: str | Path,
+    workdir: Path,
+    teacher_spec: str = "open_clip:ViT-B-32",
+    student: str = "shufflenet_v2_x1_0",
+    img_size: int = 32,
+    n_images: int = 1000,
+    batch_size: int = 64,
+    seed: int = 0,
+    loss: str = "cosine",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Cached vs online distillation epoch on the same ``n_images`` images of ``data``.
 
     ``teacher_spec`` is any teacher spec; a bare open_clip architecture (``open_clip:ViT-B-32``, no tag) gives that
@@ -69,43 +84,81 @@ def training_cost(data: str | Path, workdir: Path, teacher_spec: str = "open_cli
     teacher = load_teacher(teacher_spec, device="cpu")
     small = img_size <= 64
     student_cfg = {"arch": student, "img_size": img_size, "small_input": small}
-    train = {"epochs": 1, "batch_size": batch_size, "lr": 1e-3, "seed": seed, "accelerator": "cpu", "log_every": 10**6}
+    train = {
+        "epochs": 1,
+        "batch_size": batch_size,
+        "lr": 1e-3,
+        "seed": seed,
+        "accelerator": "cpu",
+        "log_every": 10**6,
+    }
 
     log(f"  building the teacher cache ({teacher.id}, {n_images} images)")
     t0 = time.perf_counter()
-    summ = build_cache(open_source(str(subset)), teacher, workdir / "cache", views=1, batch_size=batch_size,
-                       progress=False)
+    summ = build_cache(
+        open_source(str(subset)), teacher, workdir / "cache", views=1, batch_size=batch_size, progress=False
+    )
     cache_s = time.perf_counter() - t0
 
-    runs: Dict[str, Dict[str, Any]] = {}
+    runs: dict[str, dict[str, Any]] = {}
     for mode in ("cached", "online"):
-        cfg = DistillConfig(teacher=teacher_spec, data=str(subset), out=str(workdir / f"run-{mode}"),
-                            cache=str(workdir / "cache") if mode == "cached" else None, student=dict(student_cfg),
-                            loss=loss, train=dict(train))
+        cfg = DistillConfig(
+            teacher=teacher_spec,
+            data=str(subset),
+            out=str(workdir / f"run-{mode}"),
+            cache=str(workdir / "cache") if mode == "cached" else None,
+            student=dict(student_cfg),
+            loss=loss,
+            train=dict(train),
+        )
         t0 = time.perf_counter()
         hist = distill(cfg, progress=False, teacher=teacher)
         wall = time.perf_counter() - t0
         runs[mode] = {**_epoch_rate(hist, batch_size), "wall_seconds_incl_setup": wall}
-        log(f"  {mode:6s} epoch: {runs[mode]['epoch_seconds']:.1f} s  ({runs[mode]['images_per_s']:.1f} img/s)")
+        log(
+            f"  {mode:6s} epoch: {runs[mode]['epoch_seconds']:.1f} s  ({runs[mode]['images_per_s']:.1f} img/s)"
+        )
     speedup = runs["online"]["epoch_seconds"] / runs["cached"]["epoch_seconds"]
     per_epoch_saving = runs["online"]["epoch_seconds"] - runs["cached"]["epoch_seconds"]
     return {
-        "teacher": teacher.id, "teacher_spec": teacher_spec, "teacher_image_size": teacher.image_size,
-        "student": student, "student_img_size": img_size, "n_images": summ.total, "batch_size": batch_size,
-        "loss": loss, "threads": torch.get_num_threads(), "data": str(data),
-        "cache_build_seconds": cache_s, "cache_images_per_s": summ.images_per_s, "cache_failed": summ.failed,
-        "cached": runs["cached"], "online": runs["online"],
-        "speedup_cached_vs_online": speedup, "target_speedup": 5.0, "target_met": speedup >= 5.0,
+        "teacher": teacher.id,
+        "teacher_spec": teacher_spec,
+        "teacher_image_size": teacher.image_size,
+        "student": student,
+        "student_img_size": img_size,
+        "n_images": summ.total,
+        "batch_size": batch_size,
+        "loss": loss,
+        "threads": torch.get_num_threads(),
+        "data": str(data),
+        "cache_build_seconds": cache_s,
+        "cache_images_per_s": summ.images_per_s,
+        "cache_failed": summ.failed,
+        "cached": runs["cached"],
+        "online": runs["online"],
+        "speedup_cached_vs_online": speedup,
+        "target_speedup": 5.0,
+        "target_met": speedup >= 5.0,
         "break_even_epochs": cache_s / per_epoch_saving if per_epoch_saving > 0 else None,
         "method": "same images (seeded subset), same student/loss/batch/threads, one epoch each through "
-                  "edgeclip.train.distill.distill; epoch_seconds = the training loop only (data already in memory)",
+        "edgeclip.train.distill.distill; epoch_seconds = the training loop only (data already in memory)",
     }
 
 
-def gpu_throughput(data: str | Path, workdir: Path, teacher_spec: str = "open_clip:ViT-B-32", student: str = "shufflenet_v2_x1_0",
-                   img_size: int = 224, n_images: int = 2048, batch_size: int = 128, steps: int = 20,
-                   workers: int = 8, device: str = "cuda", seed: int = 0,
-                   log: Callable[[str], None] = print) -> Dict[str, Any]:
+def gpu_throughput(
+    data: str | Path,
+    workdir: Path,
+    teacher_spec: str = "open_clip:ViT-B-32",
+    student: str = "shufflenet_v2_x1_0",
+    img_size: int = 224,
+    n_images: int = 2048,
+    batch_size: int = 128,
+    steps: int = 20,
+    workers: int = 8,
+    device: str = "cuda",
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Distillation images/s (AMP + channels_last on GPU) vs the data-loading-only rate of the same loader.
 
     Images stream from disk through a DataLoader (``workers`` processes, student preprocessing at
@@ -119,15 +172,24 @@ def gpu_throughput(data: str | Path, workdir: Path, teacher_spec: str = "open_cl
     from edgeclip.train.distill import DistillConfig, _FileViews, distill
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EdgeClipError("CUDA is not available on this machine (GPU throughput needs --device cuda on a GPU)")
+        raise EdgeClipError(
+            "CUDA is not available on this machine (GPU throughput needs --device cuda on a GPU)"
+        )
     workdir = Path(workdir)
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     subset = write_subset(data, n_images, workdir / "subset.csv", seed)
     teacher = load_teacher(teacher_spec, device=device)
-    summ = build_cache(open_source(str(subset)), teacher, workdir / "cache", views=1, batch_size=batch_size,
-                       num_workers=workers, progress=False)
+    summ = build_cache(
+        open_source(str(subset)),
+        teacher,
+        workdir / "cache",
+        views=1,
+        batch_size=batch_size,
+        num_workers=workers,
+        progress=False,
+    )
     teacher.to("cpu")
     accel = "cuda" if device.startswith("cuda") else "cpu"
     steps = max(1, min(steps, summ.total // batch_size)) if summ.total >= batch_size else 1
@@ -136,9 +198,18 @@ def gpu_throughput(data: str | Path, workdir: Path, teacher_spec: str = "open_cl
     cache = EmbeddingCache(workdir / "cache")
     recs = [r for r in open_source(str(subset)).records if r.key in cache]
     pp = Preprocess(size=img_size, mean=tuple(teacher.mean), std=tuple(teacher.std))
-    ds = _FileViews(recs, pp.torch_transform(), teacher.preprocess, cache.views, cache.view_spec, cache, online=False)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                                     pin_memory=accel == "cuda", persistent_workers=False)
+    ds = _FileViews(
+        recs, pp.torch_transform(), teacher.preprocess, cache.views, cache.view_spec, cache, online=False
+    )
+    dl = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=accel == "cuda",
+        persistent_workers=False,
+    )
     n = 0
     it = iter(dl)
     next(it)  # warm-up (worker start)
@@ -158,21 +229,49 @@ def gpu_throughput(data: str | Path, workdir: Path, teacher_spec: str = "open_cl
     log(f"  data loading only: {load_rate:.1f} img/s ({workers} workers)")
 
     # 2) distillation through the engine (AMP bf16/fp16 + channels_last on GPU); epoch 1 warms up
-    cfg = DistillConfig(teacher=teacher_spec, data=str(subset), out=str(workdir / "run"), cache=str(workdir / "cache"),
-                        student={"arch": student, "img_size": img_size}, preload=False, loss="cosine",
-                        train={"epochs": 2, "batch_size": batch_size, "num_workers": workers, "accelerator": accel,
-                               "max_steps_per_epoch": steps, "channels_last": True, "seed": seed, "log_every": 10**6})
+    cfg = DistillConfig(
+        teacher=teacher_spec,
+        data=str(subset),
+        out=str(workdir / "run"),
+        cache=str(workdir / "cache"),
+        student={"arch": student, "img_size": img_size},
+        preload=False,
+        loss="cosine",
+        train={
+            "epochs": 2,
+            "batch_size": batch_size,
+            "num_workers": workers,
+            "accelerator": accel,
+            "max_steps_per_epoch": steps,
+            "channels_last": True,
+            "seed": seed,
+            "log_every": 10**6,
+        },
+    )
     hist = distill(cfg, progress=False, teacher=teacher)
     rate = _epoch_rate(hist, batch_size)
     log(f"  distillation: {rate['images_per_s']:.1f} img/s")
     prec = hist["config"]["precision"]
     if prec == "auto":  # the engine's rule: bf16 AMP where supported, else fp16 AMP; fp32 on CPU
-        prec = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if accel == "cuda" else "32-true"
-    return {"device": torch.cuda.get_device_name(0) if accel == "cuda" else "cpu", "accelerator": accel,
-            "precision": prec, "channels_last": accel == "cuda", "student": student, "img_size": img_size,
-            "teacher": teacher.id, "batch_size": batch_size, "workers": workers, "steps": steps,
-            "n_images": summ.total, "data_loading_images_per_s": load_rate, "distill": rate,
-            "distill_images_per_s": rate["images_per_s"],
-            "distill_vs_loading": rate["images_per_s"] / load_rate if load_rate else None,
-            "method": "data-loading rate: the trainer's own dataset + DataLoader iterated (and copied to the "
-                      "device) without a model; distillation rate: second epoch of edgeclip distill from the cache"}
+        prec = (
+            ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if accel == "cuda" else "32-true"
+        )
+    return {
+        "device": torch.cuda.get_device_name(0) if accel == "cuda" else "cpu",
+        "accelerator": accel,
+        "precision": prec,
+        "channels_last": accel == "cuda",
+        "student": student,
+        "img_size": img_size,
+        "teacher": teacher.id,
+        "batch_size": batch_size,
+        "workers": workers,
+        "steps": steps,
+        "n_images": summ.total,
+        "data_loading_images_per_s": load_rate,
+        "distill": rate,
+        "distill_images_per_s": rate["images_per_s"],
+        "distill_vs_loading": rate["images_per_s"] / load_rate if load_rate else None,
+        "method": "data-loading rate: the trainer's own dataset + DataLoader iterated (and copied to the "
+        "device) without a model; distillation rate: second epoch of edgeclip distill from the cache",
+    }

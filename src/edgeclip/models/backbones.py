@@ -9,7 +9,7 @@ attribute swaps on the torchvision model, not rewritten models.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,13 +17,15 @@ from torch import nn
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.registry import Registry
 
-BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("student backbone")
+BACKBONES: Registry[Callable[..., Backbone]] = Registry("student backbone")
 
 
 class Backbone(nn.Module):
     """Wraps a feature extractor; ``forward`` returns (B, C, H, W)."""
 
-    def __init__(self, body: nn.Module, out_dim: int, name: str, tokens: str = "nchw", prefix_tokens: int = 0):
+    def __init__(
+        self, body: nn.Module, out_dim: int, name: str, tokens: str = "nchw", prefix_tokens: int = 0
+    ):
         super().__init__()
         self.body = body
         self.out_dim = out_dim
@@ -36,9 +38,9 @@ class Backbone(nn.Module):
         if self.tokens == "nhwc":
             f = f.permute(0, 3, 1, 2)
         elif self.tokens == "nlc":
-            f = f[:, self.prefix_tokens:, :]
+            f = f[:, self.prefix_tokens :, :]
             n = int(f.shape[1])  # a plain int also when traced (ONNX export of ViT students)
-            s = int(round(n ** 0.5))
+            s = int(round(n**0.5))
             if s * s != n:
                 raise EdgeClipError(f"{self.name}: {n} patch tokens do not form a square grid")
             f = f.transpose(1, 2).reshape(f.shape[0], f.shape[2], s, s)
@@ -59,7 +61,8 @@ def _load_weights(model: nn.Module, weights: str | None, name: str) -> None:
     p = Path(weights)
     if not p.is_file():
         raise EdgeClipError(
-            f"backbone weights for {name} not found: {weights} (pass a local .pth file; hub downloads are not used)")
+            f"backbone weights for {name} not found: {weights} (pass a local .pth file; hub downloads are not used)"
+        )
     from edgeclip.core.checkpoint import safe_torch_load
 
     try:
@@ -67,11 +70,15 @@ def _load_weights(model: nn.Module, weights: str | None, name: str) -> None:
     except EdgeClipError:
         raise
     except Exception as e:
-        raise EdgeClipError(f"cannot read backbone weights {weights}: {str(e).strip().splitlines()[0][:200]}") from None
+        raise EdgeClipError(
+            f"cannot read backbone weights {weights}: {str(e).strip().splitlines()[0][:200]}"
+        ) from None
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if len(missing) > len(sd) // 2:
-        raise EdgeClipError(f"{weights} does not look like weights for {name} ({len(missing)} tensors missing)")
+        raise EdgeClipError(
+            f"{weights} does not look like weights for {name} ({len(missing)} tensors missing)"
+        )
 
 
 def _set_stem_stride(conv: nn.Conv2d, stride: int, name: str) -> None:
@@ -121,31 +128,44 @@ def _resnet(depth: int):
 
 
 for _w in ("x0_5", "x1_0", "x1_5", "x2_0"):
-    BACKBONES.register(f"shufflenet_v2_{_w}", help=f"torchvision ShuffleNetV2 {_w.replace('_', '.')}")(_shufflenet(_w))
+    BACKBONES.register(f"shufflenet_v2_{_w}", help=f"torchvision ShuffleNetV2 {_w.replace('_', '.')}")(
+        _shufflenet(_w)
+    )
 for _s in ("small", "large"):
-    BACKBONES.register(f"mobilenet_v3_{_s}", help=f"torchvision MobileNetV3 {_s}")(_features(f"mobilenet_v3_{_s}"))
+    BACKBONES.register(f"mobilenet_v3_{_s}", help=f"torchvision MobileNetV3 {_s}")(
+        _features(f"mobilenet_v3_{_s}")
+    )
 for _v in ("b0", "b1", "b2", "b3"):
-    BACKBONES.register(f"efficientnet_{_v}", help=f"torchvision EfficientNet-{_v.upper()}")(_features(f"efficientnet_{_v}"))
+    BACKBONES.register(f"efficientnet_{_v}", help=f"torchvision EfficientNet-{_v.upper()}")(
+        _features(f"efficientnet_{_v}")
+    )
 for _d in (18, 34, 50):
     BACKBONES.register(f"resnet{_d}", help=f"torchvision ResNet-{_d}")(_resnet(_d))
 
 
-def _timm(name: str, img_size: int | None = None, weights: str | None = None, model_args: Dict | None = None,
-          **kw) -> Backbone:
+def _timm(
+    name: str, img_size: int | None = None, weights: str | None = None, model_args: dict | None = None, **kw
+) -> Backbone:
     """``model_args`` go to ``timm.create_model`` (e.g. ``{"patch_size": 4, "depth": 6}``: a ViT for 32-px input)."""
     import timm
 
     if kw.get("stem_stride"):
-        raise EdgeClipError(f"timm:{name}: stem_stride is only supported for the torchvision backbones "
-                            "(timm models take their stem from the model name, e.g. resnet18d)")
+        raise EdgeClipError(
+            f"timm:{name}: stem_stride is only supported for the torchvision backbones "
+            "(timm models take their stem from the model name, e.g. resnet18d)"
+        )
     if name not in timm.list_models():
         close = timm.list_models(f"*{name}*")[:5]
-        raise EdgeClipError(f"unknown timm model {name!r}" + (f" (close: {', '.join(close)})" if close else ""))
-    extra: Dict = {}
+        raise EdgeClipError(
+            f"unknown timm model {name!r}" + (f" (close: {', '.join(close)})" if close else "")
+        )
+    extra: dict = {}
     if img_size is not None and any(k in name for k in ("vit", "deit", "swin", "eva", "beit")):
         extra["img_size"] = img_size
     try:
-        m = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **extra, **(model_args or {}))
+        m = timm.create_model(
+            name, pretrained=False, num_classes=0, global_pool="", **extra, **(model_args or {})
+        )
     except TypeError as e:
         raise EdgeClipError(f"timm:{name} does not take model_args {model_args}: {e}") from None
     _load_weights(m, weights, name)
@@ -177,10 +197,12 @@ def create_backbone(name: str, **kw) -> Backbone:
     if name.startswith("timm:"):
         return _timm(name[5:], **kw)
     if kw.pop("model_args", None):
-        raise EdgeClipError(f"{name}: model_args are for timm backbones (timm:<name>); the torchvision ones take "
-                            "small_input / stem_stride")
+        raise EdgeClipError(
+            f"{name}: model_args are for timm backbones (timm:<name>); the torchvision ones take "
+            "small_input / stem_stride"
+        )
     return BACKBONES.get(name)(**kw)
 
 
-def list_backbones() -> Tuple[str, ...]:
+def list_backbones() -> tuple[str, ...]:
     return tuple(BACKBONES.names()) + ("timm:<any timm model>",)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,9 @@ class CaptionEncoder(nn.Module):
         self.proj = nn.Linear(student.feat_dim, cfg.feat_dim)
         self.att_enc = nn.Linear(cfg.feat_dim, cfg.att_dim)
         if cfg.hidden != cfg.feat_dim:
-            raise CheckpointError(f"hidden ({cfg.hidden}) must equal feat_dim ({cfg.feat_dim}): h0 is the mean feature")
+            raise CheckpointError(
+                f"hidden ({cfg.hidden}) must equal feat_dim ({cfg.feat_dim}): h0 is the mean feature"
+            )
 
     def features(self, grid: torch.Tensor):
         B, C = grid.shape[:2]
@@ -92,12 +94,13 @@ class DecoderStep(nn.Module):
 
 
 class Captioner(nn.Module):
-    def __init__(self, vocab: Vocab, cfg: CaptionModelConfig, weights: Optional[str] = None):
+    def __init__(self, vocab: Vocab, cfg: CaptionModelConfig, weights: str | None = None):
         super().__init__()
         self.cfg = cfg
         self.vocab = vocab
-        student = create_student(cfg.arch, cfg.teacher_dim, img_size=cfg.img_size, keep_grid=True, head_hidden=0,
-                                 weights=weights)
+        student = create_student(
+            cfg.arch, cfg.teacher_dim, img_size=cfg.img_size, keep_grid=True, head_hidden=0, weights=weights
+        )
         self.encoder = CaptionEncoder(student, cfg)
         self.decoder = DecoderStep(len(vocab), cfg)
 
@@ -114,7 +117,8 @@ class Captioner(nn.Module):
         return state
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, captions_per_image: int = 1):
-        """Teacher forcing. ``tokens`` (B*k, T) starts with <bos>; returns (logits (B*k, T-1, V), teacher-space emb (B, D)).
+        """Teacher forcing. ``tokens`` (B*k, T) starts with <bos>;
+        returns (logits (B*k, T-1, V), teacher-space emb (B, D)).
 
         Each image is encoded once and shared by its ``captions_per_image`` captions.
         """
@@ -132,15 +136,20 @@ class Captioner(nn.Module):
             outs.append(lg)
         return torch.stack(outs, 1)
 
-    def param_counts(self) -> Dict[str, int]:
+    def param_counts(self) -> dict[str, int]:
         n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         st = self.student
-        return {"total": n(self), "encoder_backbone": n(st.backbone), "encoder_projection": n(self.encoder) - n(st),
-                "distill_head": n(st.head), "decoder": n(self.decoder),
-                "inference": n(self) - n(st.head)}
+        return {
+            "total": n(self),
+            "encoder_backbone": n(st.backbone),
+            "encoder_projection": n(self.encoder) - n(st),
+            "distill_head": n(st.head),
+            "decoder": n(self.decoder),
+            "inference": n(self) - n(st.head),
+        }
 
 
-def init_encoder_from_student(model: Captioner, path: str | Path) -> Dict[str, Any]:
+def init_encoder_from_student(model: Captioner, path: str | Path) -> dict[str, Any]:
     """Start the encoder from a distilled edgeclip student (e.g. the foundation lab's CLIP-distilled ShuffleNetV2).
 
     The backbone weights are copied (architecture must match; ``small_input``/``stem_stride`` are not weights, so
@@ -160,11 +169,19 @@ def init_encoder_from_student(model: Captioner, path: str | Path) -> Dict[str, A
     head = set(head_sd) == set(mine) and all(head_sd[k].shape == mine[k].shape for k in mine)
     if head:
         model.student.head.load_state_dict(head_sd)
-    return {"checkpoint": str(path), "sha256": sha256_file(path), "arch": arch, "head_loaded": head,
-            "student_config": st.config, "teacher": (ck.get("teacher") or {}).get("id")}
+    return {
+        "checkpoint": str(path),
+        "sha256": sha256_file(path),
+        "arch": arch,
+        "head_loaded": head,
+        "student_config": st.config,
+        "teacher": (ck.get("teacher") or {}).get("id"),
+    }
 
 
-def build_captioner(vocab: Vocab, cfg: CaptionModelConfig | Dict[str, Any], weights: Optional[str] = None) -> Captioner:
+def build_captioner(
+    vocab: Vocab, cfg: CaptionModelConfig | dict[str, Any], weights: str | None = None
+) -> Captioner:
     if isinstance(cfg, dict):
         from edgeclip.core.config import build_dataclass
 
@@ -172,15 +189,27 @@ def build_captioner(vocab: Vocab, cfg: CaptionModelConfig | Dict[str, Any], weig
     return Captioner(vocab, cfg, weights=weights)
 
 
-def save_captioner(model: Captioner, path: str | Path, preprocess: Preprocess, teacher: Optional[Dict] = None,
-                   extra: Optional[Dict] = None) -> None:
+def save_captioner(
+    model: Captioner,
+    path: str | Path,
+    preprocess: Preprocess,
+    teacher: dict | None = None,
+    extra: dict | None = None,
+) -> None:
     """Atomic checkpoint with everything needed to rebuild it: config, vocabulary, preprocessing, teacher."""
-    save_checkpoint(path, CAPTIONER_FORMAT, model.state_dict(), config=asdict(model.cfg),
-                    vocab=model.vocab.to_dict(), preprocess=preprocess.to_dict(), teacher=teacher,
-                    extra=extra or {})
+    save_checkpoint(
+        path,
+        CAPTIONER_FORMAT,
+        model.state_dict(),
+        config=asdict(model.cfg),
+        vocab=model.vocab.to_dict(),
+        preprocess=preprocess.to_dict(),
+        teacher=teacher,
+        extra=extra or {},
+    )
 
 
-def load_captioner(path: str | Path, map_location: str = "cpu") -> Tuple[Captioner, Preprocess, Dict]:
+def load_captioner(path: str | Path, map_location: str = "cpu") -> tuple[Captioner, Preprocess, dict]:
     """(captioner in eval mode, preprocessing, checkpoint dict); CheckpointError for anything else."""
     p = Path(path)
     ck = read_checkpoint(p, CAPTIONER_FORMAT, "captioner", map_location)
@@ -189,6 +218,8 @@ def load_captioner(path: str | Path, map_location: str = "cpu") -> Tuple[Caption
     try:
         model.load_state_dict(ck["state_dict"])
     except RuntimeError as e:
-        raise CheckpointError(f"{p}: weights do not fit the saved config/vocabulary: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{p}: weights do not fit the saved config/vocabulary: {str(e).splitlines()[0]}"
+        ) from None
     model.eval()
     return model, Preprocess.from_dict(ck["preprocess"]), ck

@@ -8,15 +8,15 @@ All images and all beams advance together: one step call per time step, no Pytho
 
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from collections.abc import Callable
 
 import torch
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
-State = Tuple[torch.Tensor, ...]
-StepFn = Callable[[torch.Tensor, State, State], Tuple[torch.Tensor, State]]
+State = tuple[torch.Tensor, ...]
+StepFn = Callable[[torch.Tensor, State, State], tuple[torch.Tensor, State]]
 
 
 def _mask_specials(logp: torch.Tensor, allow_unk: bool) -> torch.Tensor:
@@ -29,7 +29,9 @@ def _mask_specials(logp: torch.Tensor, allow_unk: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_decode(step: StepFn, dyn: State, static: State, max_len: int = 20, allow_unk: bool = False) -> torch.Tensor:
+def greedy_decode(
+    step: StepFn, dyn: State, static: State, max_len: int = 20, allow_unk: bool = False
+) -> torch.Tensor:
     """(N, max_len) token ids (PAD after <eos>)."""
     if max_len < 1:
         raise EdgeClipError(f"max_len must be >= 1, got {max_len}")
@@ -50,8 +52,15 @@ def greedy_decode(step: StepFn, dyn: State, static: State, max_len: int = 20, al
 
 
 @torch.no_grad()
-def beam_decode(step: StepFn, dyn: State, static: State, beam: int = 5, max_len: int = 20,
-                length_penalty: float = 1.0, allow_unk: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+def beam_decode(
+    step: StepFn,
+    dyn: State,
+    static: State,
+    beam: int = 5,
+    max_len: int = 20,
+    length_penalty: float = 1.0,
+    allow_unk: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched beam search. Returns ((N, max_len) ids of the best beam, (N,) its length-normalised log-prob).
 
     Finished hypotheses stay in the beam (extended with PAD at no cost); the final choice divides each
@@ -72,7 +81,7 @@ def beam_decode(step: StepFn, dyn: State, static: State, beam: int = 5, max_len:
     finished = torch.zeros(B, k, dtype=torch.bool)
     lengths = torch.zeros(B, k)
     offsets = (torch.arange(B) * k).view(B, 1)
-    for t in range(max_len):
+    for _t in range(max_len):
         logp, dyn = step(words, dyn, static)
         V = logp.shape[-1]
         logp = _mask_specials(logp.view(B, k, V).float(), allow_unk)
@@ -84,7 +93,9 @@ def beam_decode(step: StepFn, dyn: State, static: State, beam: int = 5, max_len:
         top, idx = cand.topk(min(k, k * V), dim=-1)
         src, tok = idx // V, idx % V
         scores = top
-        seqs = torch.cat([seqs.gather(1, src.unsqueeze(-1).expand(-1, -1, seqs.shape[2])), tok.unsqueeze(-1)], -1)
+        seqs = torch.cat(
+            [seqs.gather(1, src.unsqueeze(-1).expand(-1, -1, seqs.shape[2])), tok.unsqueeze(-1)], -1
+        )
         prev_fin = finished.gather(1, src)
         lengths = lengths.gather(1, src) + (~prev_fin).float()
         finished = prev_fin | (tok == EOS_ID)
@@ -112,9 +123,16 @@ def torch_step(decoder) -> StepFn:
 
 
 @torch.no_grad()
-def generate(model, images: torch.Tensor, beam: int = 5, max_len: int = 20, length_penalty: float = 1.0,
-             allow_unk: bool = False) -> List[str]:
-    """Captions of a normalised image batch with a :class:`~edgeclip.models.captioner.Captioner` (``beam=1``: greedy)."""
+def generate(
+    model,
+    images: torch.Tensor,
+    beam: int = 5,
+    max_len: int = 20,
+    length_penalty: float = 1.0,
+    allow_unk: bool = False,
+) -> list[str]:
+    """Captions of a normalised image batch with a :class:`~edgeclip.models.captioner.Captioner`
+    (``beam=1``: greedy)."""
     was = model.training
     model.eval()
     feats, keys, h, c = model.encode(images)
@@ -127,5 +145,5 @@ def generate(model, images: torch.Tensor, beam: int = 5, max_len: int = 20, leng
     return decode_ids(model.vocab, ids)
 
 
-def decode_ids(vocab, ids: torch.Tensor) -> List[str]:
+def decode_ids(vocab, ids: torch.Tensor) -> list[str]:
     return [vocab.decode(r.tolist()) for r in ids]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -32,8 +31,13 @@ def conv_adapter(in_chans: int) -> nn.Conv2d:
 
 
 class PairStudent(nn.Module):
-    def __init__(self, student: Student, specs: Dict[str, ModalitySpec], primary: str,
-                 conv_channels: Optional[Dict[str, int]] = None):
+    def __init__(
+        self,
+        student: Student,
+        specs: dict[str, ModalitySpec],
+        primary: str,
+        conv_channels: dict[str, int] | None = None,
+    ):
         super().__init__()
         self.student = student
         self.specs = specs
@@ -48,7 +52,7 @@ class PairStudent(nn.Module):
         """Normalised modality tensor (B,C,H,W) -> 3-channel backbone input."""
         return self.adapters[modality](x) if modality in self.adapters else x
 
-    def forward(self, x: torch.Tensor, modality: Optional[str] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
         return self.student(self.prepare(x, modality or self.primary))
 
     def embed_unit(self, x01: torch.Tensor, modality: str) -> torch.Tensor:
@@ -56,8 +60,9 @@ class PairStudent(nn.Module):
         return self(normalize_modality(x01, self.specs[modality]), modality)
 
 
-def build_pair_student(student_cfg: Dict, embed_dim: int, specs: Dict[str, ModalitySpec], primary: str,
-                       channels: Dict[str, int]) -> PairStudent:
+def build_pair_student(
+    student_cfg: dict, embed_dim: int, specs: dict[str, ModalitySpec], primary: str, channels: dict[str, int]
+) -> PairStudent:
     cfg = dict(student_cfg)
     arch = cfg.pop("arch", "shufflenet_v2_x1_0")
     st = create_student(arch, embed_dim, **cfg)
@@ -65,12 +70,19 @@ def build_pair_student(student_cfg: Dict, embed_dim: int, specs: Dict[str, Modal
     return PairStudent(st, specs, primary, conv)
 
 
-def save_pair_student(model: PairStudent, path: str | Path, size: int, teacher_desc: Dict, extra: Optional[Dict] = None) -> None:
+def save_pair_student(
+    model: PairStudent, path: str | Path, size: int, teacher_desc: dict, extra: dict | None = None
+) -> None:
     ps = model.specs[model.primary]
     pp = Preprocess(size=size, mean=tuple(ps.mean), std=tuple(ps.std))
-    ev = {"primary": model.primary, "specs": {m: s.to_dict() for m, s in model.specs.items()},
-          "adapters": {m: {k: v.detach().cpu() for k, v in a.state_dict().items()} for m, a in model.adapters.items()},
-          "adapter_channels": {m: int(a.in_channels) for m, a in model.adapters.items()}}
+    ev = {
+        "primary": model.primary,
+        "specs": {m: s.to_dict() for m, s in model.specs.items()},
+        "adapters": {
+            m: {k: v.detach().cpu() for k, v in a.state_dict().items()} for m, a in model.adapters.items()
+        },
+        "adapter_channels": {m: int(a.in_channels) for m, a in model.adapters.items()},
+    }
     save_student(model.student, path, pp, teacher_desc, {**(extra or {}), "edgevl": ev})
 
 
@@ -79,8 +91,10 @@ def load_pair_student(path: str | Path):
     st, pp, ck = load_student(path)
     ev = ck.get("extra", {}).get("edgevl")
     if not ev:
-        raise CheckpointError(f"{path} is a student checkpoint without modality information "
-                              "(train it with `edgeclip distill-pair`)")
+        raise CheckpointError(
+            f"{path} is a student checkpoint without modality information "
+            "(train it with `edgeclip distill-pair`)"
+        )
     specs = {m: ModalitySpec.from_dict(d) for m, d in ev["specs"].items()}
     model = PairStudent(st, specs, ev["primary"], ev.get("adapter_channels", {}))
     for m, sd in ev.get("adapters", {}).items():
@@ -91,7 +105,7 @@ def load_pair_student(path: str | Path):
 class ModalityModel(nn.Module):
     """What is exported for one modality: (optional learned adapter) -> core network."""
 
-    def __init__(self, core: nn.Module, adapter: Optional[nn.Module] = None):
+    def __init__(self, core: nn.Module, adapter: nn.Module | None = None):
         super().__init__()
         self.core = core
         self.adapter = adapter if adapter is not None else nn.Identity()
@@ -109,4 +123,3 @@ def modality_student(model: PairStudent, modality: str) -> Student:
         st.input_adapter = copy.deepcopy(model.adapters[modality])
         st.config["in_chans"] = model.adapters[modality].in_channels
     return st
-

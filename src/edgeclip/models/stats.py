@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _extra_flop_formulas() -> Dict:
+def _extra_flop_formulas() -> dict:
     """torch's own attention formula for the CPU flash-attention kernel, which its registry lacks."""
     from torch.utils import flop_counter as fcm
 
@@ -47,8 +47,14 @@ def flops(model: nn.Module, input_size: int, batch: int = 1, channels: int = 3) 
     return fc.get_total_flops() / batch
 
 
-def latency_ms(fn: Callable[[], object], warmup: int = 5, reps: int = 20, min_seconds: float = 0.0,
-               max_seconds: float = 0.0, min_reps: int = 3) -> Dict[str, float]:
+def latency_ms(
+    fn: Callable[[], object],
+    warmup: int = 5,
+    reps: int = 20,
+    min_seconds: float = 0.0,
+    max_seconds: float = 0.0,
+    min_reps: int = 3,
+) -> dict[str, float]:
     """Median / p90 wall-clock milliseconds of ``fn()`` over ``reps`` runs after ``warmup`` runs.
 
     ``max_seconds`` > 0 caps the timed loop for slow models: it stops once ``min_reps`` runs are done
@@ -67,17 +73,29 @@ def latency_ms(fn: Callable[[], object], warmup: int = 5, reps: int = 20, min_se
         if max_seconds and len(times) >= min_reps and (time.perf_counter() - t_start) >= max_seconds:
             break
     times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
-            "min_ms": times[0], "reps": len(times)}
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": times[int(0.9 * (len(times) - 1))],
+        "min_ms": times[0],
+        "reps": len(times),
+    }
 
 
 @torch.no_grad()
-def model_stats(model: nn.Module, input_size: int, batch: int = 1, reps: int = 20) -> Dict[str, float]:
+def model_stats(model: nn.Module, input_size: int, batch: int = 1, reps: int = 20) -> dict[str, float]:
     model.eval()
     dev = next(model.parameters()).device
     x = torch.randn(batch, 3, input_size, input_size, device=dev)
     f = flops(model, input_size)
     lat = latency_ms(lambda: model(x), reps=reps)
-    return {"params": count_params(model), "params_m": count_params(model) / 1e6, "gflops": f / 1e9,
-            "gmacs": f / 2e9, "input_size": input_size, "batch": batch,
-            "latency_ms": lat["median_ms"], "latency_p90_ms": lat["p90_ms"], "threads": torch.get_num_threads()}
+    return {
+        "params": count_params(model),
+        "params_m": count_params(model) / 1e6,
+        "gflops": f / 1e9,
+        "gmacs": f / 2e9,
+        "input_size": input_size,
+        "batch": batch,
+        "latency_ms": lat["median_ms"],
+        "latency_p90_ms": lat["p90_ms"],
+        "threads": torch.get_num_threads(),
+    }

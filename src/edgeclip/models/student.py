@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +22,9 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, dropout: float = 0.0):
         super().__init__()
         if hidden and hidden > 0:
-            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+            self.net = nn.Sequential(
+                nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+            )
         else:
             self.net = nn.Linear(in_dim, out_dim)
 
@@ -33,14 +35,31 @@ class ProjectionHead(nn.Module):
 class Student(nn.Module):
     """Image -> embedding in the teacher's space. ``grid(x)`` gives the spatial features."""
 
-    def __init__(self, arch: str, embed_dim: int, head_hidden: int = 1024, head_dropout: float = 0.0,
-                 small_input: bool = False, keep_grid: bool = False, img_size: int = 224,
-                 in_chans: int = 3, weights: Optional[str] = None, stem_stride: int = 0,
-                 model_args: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        arch: str,
+        embed_dim: int,
+        head_hidden: int = 1024,
+        head_dropout: float = 0.0,
+        small_input: bool = False,
+        keep_grid: bool = False,
+        img_size: int = 224,
+        in_chans: int = 3,
+        weights: str | None = None,
+        stem_stride: int = 0,
+        model_args: dict[str, Any] | None = None,
+    ):
         super().__init__()
-        self.config: Dict[str, Any] = dict(arch=arch, embed_dim=embed_dim, head_hidden=head_hidden,
-                                           head_dropout=head_dropout, small_input=small_input,
-                                           keep_grid=keep_grid, img_size=img_size, in_chans=in_chans)
+        self.config: dict[str, Any] = dict(
+            arch=arch,
+            embed_dim=embed_dim,
+            head_hidden=head_hidden,
+            head_dropout=head_dropout,
+            small_input=small_input,
+            keep_grid=keep_grid,
+            img_size=img_size,
+            in_chans=in_chans,
+        )
         if stem_stride:  # only recorded when set, so older checkpoints and configs stay identical
             self.config["stem_stride"] = stem_stride
         if model_args:  # timm constructor arguments (patch_size, depth, ...), recorded when set
@@ -49,8 +68,14 @@ class Student(nn.Module):
         self.embed_dim = embed_dim
         self.keep_grid = keep_grid
         self.input_adapter: nn.Module = nn.Identity() if in_chans == 3 else nn.Conv2d(in_chans, 3, 1)
-        self.backbone = create_backbone(arch, small_input=small_input, img_size=img_size, weights=weights,
-                                        stem_stride=stem_stride, model_args=model_args)
+        self.backbone = create_backbone(
+            arch,
+            small_input=small_input,
+            img_size=img_size,
+            weights=weights,
+            stem_stride=stem_stride,
+            model_args=model_args,
+        )
         self.feat_dim = self.backbone.out_dim
         self.head = ProjectionHead(self.feat_dim, embed_dim, head_hidden, head_dropout)
 
@@ -80,14 +105,26 @@ def list_students():
     return list_backbones()
 
 
-def save_student(student: Student, path: str | Path, preprocess: Preprocess, teacher: Dict[str, Any],
-                 extra: Optional[Dict[str, Any]] = None) -> None:
+def save_student(
+    student: Student,
+    path: str | Path,
+    preprocess: Preprocess,
+    teacher: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Save atomically with everything needed to rebuild it (arch, preprocessing, teacher identity)."""
-    save_checkpoint(path, STUDENT_FORMAT, student.state_dict(), config=student.config,
-                    preprocess=preprocess.to_dict(), teacher=teacher, extra=extra or {})
+    save_checkpoint(
+        path,
+        STUDENT_FORMAT,
+        student.state_dict(),
+        config=student.config,
+        preprocess=preprocess.to_dict(),
+        teacher=teacher,
+        extra=extra or {},
+    )
 
 
-def init_student_config(path: str | Path, teacher_id: str, student_cfg: Dict[str, Any]):
+def init_student_config(path: str | Path, teacher_id: str, student_cfg: dict[str, Any]):
     """Start from a student checkpoint: -> (student config, the checkpoint's Student).
 
     The architecture comes from the checkpoint; keys given in ``student_cfg`` must agree with it, and the
@@ -96,10 +133,14 @@ def init_student_config(path: str | Path, teacher_id: str, student_cfg: Dict[str
     init, _, ck = load_student(path)
     if ck["teacher"].get("id") != teacher_id:
         raise EdgeClipError(f"--init {path} was distilled from {ck['teacher'].get('id')}, not {teacher_id}")
-    clash = {k: (v, init.config.get(k)) for k, v in student_cfg.items() if k in init.config and init.config[k] != v}
+    clash = {
+        k: (v, init.config.get(k)) for k, v in student_cfg.items() if k in init.config and init.config[k] != v
+    }
     if clash:
         k, (mine, theirs) = next(iter(clash.items()))
-        raise EdgeClipError(f"--init {path}: student {k}={theirs!r} in the checkpoint, {mine!r} in the config")
+        raise EdgeClipError(
+            f"--init {path}: student {k}={theirs!r} in the checkpoint, {mine!r} in the config"
+        )
     return {**{k: v for k, v in init.config.items() if k != "embed_dim"}, **student_cfg}, init
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -54,13 +54,21 @@ class _Reader:
         pass
 
 
-def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: Iterable[np.ndarray],
-                         per_channel: bool = True, method: str = "minmax", preprocess: bool = True,
-                         reduce_range="auto", weight_bits: int = 8) -> Path:
+def quantize_static_onnx(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    calibration: Iterable[np.ndarray],
+    per_channel: bool = True,
+    method: str = "minmax",
+    preprocess: bool = True,
+    reduce_range="auto",
+    weight_bits: int = 8,
+) -> Path:
     """Static int8 QDQ quantisation (ONNX Runtime), activations calibrated on ``calibration`` batches.
 
     ``method``: minmax | entropy | percentile. The graph is first run through ORT's quantisation
-    pre-processing (shape inference + optimisation), as ORT recommends. ``reduce_range`` (auto | True | False; auto = when this CPU lacks VNNI): 7-bit weights,
+    pre-processing (shape inference + optimisation), as ORT recommends.
+    ``reduce_range`` (auto | True | False; auto = when this CPU lacks VNNI): 7-bit weights,
     which avoids the u8 x s8 saturation of ORT's int8 kernels on x86 CPUs without VNNI.
     ``weight_bits=4``: W4A8, int4 weights (ONNX Runtime's QInt4; com.microsoft Q/DQ below opset 21).
     """
@@ -87,8 +95,11 @@ def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibrati
         except Exception:
             src, tmp_pre = fp32_path, None
     input_name = ort_session(src, optimize=False).get_inputs()[0].name
-    meth = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}.get(method)
+    meth = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }.get(method)
     if meth is None:
         raise EdgeClipError(f"unknown calibration method {method!r} (minmax, entropy, percentile)")
     batches = list(calibration)
@@ -96,9 +107,17 @@ def quantize_static_onnx(fp32_path: str | Path, int8_path: str | Path, calibrati
         raise EdgeClipError("static quantisation needs calibration images (got none)")
     try:
         with atomic_path(int8_path) as tmp:
-            quantize_static(str(src), str(tmp), _Reader(input_name, batches), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=wtype,
-                            calibrate_method=meth, reduce_range=resolve_reduce_range(reduce_range, weight_bits))
+            quantize_static(
+                str(src),
+                str(tmp),
+                _Reader(input_name, batches),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=wtype,
+                calibrate_method=meth,
+                reduce_range=resolve_reduce_range(reduce_range, weight_bits),
+            )
     finally:
         if tmp_pre is not None and tmp_pre.exists():
             tmp_pre.unlink()

@@ -16,8 +16,8 @@ runs unchanged (ONNX Runtime's PTQ with ``weight_bits=4`` is the matching baseli
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -92,9 +92,16 @@ def qat_quantization_config(reduce_range: bool = False, per_channel: bool = True
     cfg = get_default_x86_inductor_quantization_config(is_qat=True, reduce_range=reduce_range)
     w = cfg.weight
     if not per_channel:
-        w = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric,
-                             is_dynamic=False, observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
-                                 eps=2 ** -12, observer=MovingAverageMinMaxObserver))
+        w = QuantizationSpec(
+            dtype=torch.int8,
+            quant_min=-128,
+            quant_max=127,
+            qscheme=torch.per_tensor_symmetric,
+            is_dynamic=False,
+            observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
+                eps=2**-12, observer=MovingAverageMinMaxObserver
+            ),
+        )
     if check_weight_bits(weight_bits) != 8:
         w = dataclasses.replace(w, quant_min=-(2 ** (weight_bits - 1)), quant_max=2 ** (weight_bits - 1) - 1)
     if w is cfg.weight:
@@ -102,8 +109,16 @@ def qat_quantization_config(reduce_range: bool = False, per_channel: bool = True
     return QuantizationConfig(cfg.input_activation, cfg.output_activation, w, cfg.bias, True)
 
 
-def prepare_qat(model: nn.Module, example_shape: Sequence[int], max_batch: int = 4096, fold_bn: bool = True,
-                reduce_range: bool = False, per_channel: bool = True, weight_bits: int = 8, **attrs) -> QATModule:
+def prepare_qat(
+    model: nn.Module,
+    example_shape: Sequence[int],
+    max_batch: int = 4096,
+    fold_bn: bool = True,
+    reduce_range: bool = False,
+    per_channel: bool = True,
+    weight_bits: int = 8,
+    **attrs,
+) -> QATModule:
     """torch.export ``model`` (dynamic batch) and insert QAT fake-quantisation. Extra ``attrs`` are kept
     on the wrapper (e.g. ``embed_dim``). ``reduce_range``: 7-bit activations, for x86 CPUs without VNNI
     (see :func:`resolve_reduce_range`). ``per_channel=False``: per-tensor weight scales (see
@@ -120,16 +135,22 @@ def prepare_qat(model: nn.Module, example_shape: Sequence[int], max_batch: int =
     model = model.train()
     ex = torch.randn(*example_shape)
     try:
-        gm = torch.export.export(model, (ex,), dynamic_shapes=({0: torch.export.Dim("batch", min=2, max=max_batch)},)).module()
+        gm = torch.export.export(
+            model, (ex,), dynamic_shapes=({0: torch.export.Dim("batch", min=2, max=max_batch)},)
+        ).module()
     except Exception as e:  # pragma: no cover - depends on the architecture
-        raise EdgeClipError(f"torch.export of the model failed (QAT needs an exportable model): "
-                            f"{str(e).splitlines()[0][:300]}") from None
+        raise EdgeClipError(
+            f"torch.export of the model failed (QAT needs an exportable model): "
+            f"{str(e).splitlines()[0][:300]}"
+        ) from None
     q = X86InductorQuantizer().set_global(qat_quantization_config(reduce_range, per_channel, weight_bits))
     try:
         prepared = prepare_qat_pt2e(gm, q)
     except Exception as e:  # e.g. torchao's X86 quantizer refuses some conv-bn-add patterns (ResNet)
-        raise EdgeClipError(f"QAT preparation failed for {type(model).__name__} "
-                            f"({getattr(model, 'arch', '?')}): {str(e).splitlines()[0][:300]}") from None
+        raise EdgeClipError(
+            f"QAT preparation failed for {type(model).__name__} "
+            f"({getattr(model, 'arch', '?')}): {str(e).splitlines()[0][:300]}"
+        ) from None
     return QATModule(prepared, **attrs)
 
 
@@ -141,7 +162,9 @@ def convert_qat(core: QATModule) -> nn.Module:
     return convert_pt2e(core.gm)
 
 
-def export_qdq_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int], max_batch: int = 4096) -> Path:
+def export_qdq_onnx(
+    model: nn.Module, path: str | Path, input_shape: Sequence[int], max_batch: int = 4096
+) -> Path:
     """Export a converted PT2E model (or a module wrapping one) to ONNX QDQ with a dynamic batch axis.
 
     Uses the dynamo exporter, which maps the quantize/dequantize ops to QuantizeLinear/DequantizeLinear.
@@ -149,9 +172,16 @@ def export_qdq_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[in
     path = Path(path)
     with atomic_path(path) as tmp:
         try:
-            torch.onnx.export(model, (torch.randn(*input_shape),), str(tmp), dynamo=True, verbose=False,
-                              input_names=["image"], output_names=["embedding"],
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=max_batch)},))
+            torch.onnx.export(
+                model,
+                (torch.randn(*input_shape),),
+                str(tmp),
+                dynamo=True,
+                verbose=False,
+                input_names=["image"],
+                output_names=["embedding"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=max_batch)},),
+            )
         except Exception as e:  # pragma: no cover
             raise EdgeClipError(f"int8 ONNX export failed: {str(e).splitlines()[0][:300]}") from None
     return path

@@ -11,7 +11,8 @@ loader here under the ``kind`` its manifest records.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from edgeclip.core.registry import Registry
 from edgeclip.runtime.bundle import (
@@ -28,11 +29,22 @@ RUNTIMES: Registry[Callable[..., Any]] = Registry("bundle kind")
 RUNTIMES.register("labeler", help="open-vocabulary labeler: image -> embedding -> top-k labels")(Labeler)
 
 
-def load_bundle(path: str | os.PathLike, precision: str = "auto", threads: int | None = None, verify: bool = True):
+def load_bundle(
+    path: str | os.PathLike, precision: str = "auto", threads: int | None = None, verify: bool = True
+):
     """Load any bundle by the ``kind`` its manifest records (verifying file hashes first)."""
     man = read_manifest(path, verify=verify)
     return RUNTIMES.get(man.get("kind", "labeler"))(path, precision=precision, threads=threads, verify=False)
 
 
-__all__ = ["BUNDLE_FORMAT", "BundleError", "LabelSet", "Labeler", "NumpyPreprocess", "RUNTIMES", "load_bundle",
-           "read_labels", "read_manifest"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BundleError",
+    "LabelSet",
+    "Labeler",
+    "NumpyPreprocess",
+    "RUNTIMES",
+    "load_bundle",
+    "read_labels",
+    "read_manifest",
+]

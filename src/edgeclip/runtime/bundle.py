@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def _read_json(path: Path) -> Any:
         raise BundleError(f"{path} is not valid JSON: {e}") from None
 
 
-def read_manifest(root: str | os.PathLike, verify: bool = True) -> Dict[str, Any]:
+def read_manifest(root: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """Read ``manifest.json``; with ``verify`` every listed file must exist with its recorded sha256 and size."""
     root = Path(root)
     if not root.is_dir():
@@ -56,7 +57,9 @@ def read_manifest(root: str | os.PathLike, verify: bool = True) -> Dict[str, Any
     man = _read_json(root / MANIFEST)
     if not isinstance(man, dict) or man.get("format") != BUNDLE_FORMAT:
         fmt = man.get("format") if isinstance(man, dict) else type(man).__name__
-        raise BundleError(f"{root / MANIFEST} is not an edgeclip bundle manifest (format {fmt!r}, want {BUNDLE_FORMAT!r})")
+        raise BundleError(
+            f"{root / MANIFEST} is not an edgeclip bundle manifest (format {fmt!r}, want {BUNDLE_FORMAT!r})"
+        )
     files = man.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{root / MANIFEST} lists no files")
@@ -66,7 +69,9 @@ def read_manifest(root: str | os.PathLike, verify: bool = True) -> Dict[str, Any
             if not p.is_file():
                 raise BundleError(f"bundle file missing: {p} (listed in the manifest)")
             if p.stat().st_size != meta.get("bytes"):
-                raise BundleError(f"bundle file altered: {p} has {p.stat().st_size} bytes, the manifest says {meta.get('bytes')}")
+                raise BundleError(
+                    f"bundle file altered: {p} has {p.stat().st_size} bytes, the manifest says {meta.get('bytes')}"
+                )
             if sha256_file(p) != meta.get("sha256"):
                 raise BundleError(f"bundle file altered: {p} does not match its sha256 in the manifest")
     return man
@@ -76,9 +81,9 @@ def read_manifest(root: str | os.PathLike, verify: bool = True) -> Dict[str, Any
 class LabelSet:
     """Label names and their normalised text embeddings (L, D), with the templates that made them."""
 
-    names: List[str]
+    names: list[str]
     embeddings: np.ndarray
-    templates: List[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.embeddings = _normalise(np.asarray(self.embeddings, dtype=np.float32), "label embeddings")
@@ -91,21 +96,27 @@ class LabelSet:
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
 
-    def index(self, names: Sequence[str]) -> List[int]:
+    def index(self, names: Sequence[str]) -> list[int]:
         pos = {n: i for i, n in enumerate(self.names)}
         missing = [n for n in names if n not in pos]
         if missing:
-            raise EdgeClipError(f"label(s) {', '.join(map(repr, missing[:5]))} have no embedding in this bundle "
-                                f"(it has: {', '.join(self.names[:20])}{' ...' if len(self.names) > 20 else ''})")
+            raise EdgeClipError(
+                f"label(s) {', '.join(map(repr, missing[:5]))} have no embedding in this bundle "
+                f"(it has: {', '.join(self.names[:20])}{' ...' if len(self.names) > 20 else ''})"
+            )
         return [pos[n] for n in names]
 
-    def subset(self, names: Sequence[str]) -> "LabelSet":
+    def subset(self, names: Sequence[str]) -> LabelSet:
         idx = self.index(names)
         return LabelSet([self.names[i] for i in idx], self.embeddings[idx], self.templates)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {"labels": list(self.names), "templates": list(self.templates), "embed_dim": self.dim,
-                "embeddings": [[round(float(v), 7) for v in row] for row in self.embeddings]}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "labels": list(self.names),
+            "templates": list(self.templates),
+            "embed_dim": self.dim,
+            "embeddings": [[round(float(v), 7) for v in row] for row in self.embeddings],
+        }
 
 
 def _normalise(a: np.ndarray, what: str) -> np.ndarray:
@@ -136,13 +147,13 @@ def read_labels(path: str | os.PathLike) -> LabelSet:
         raise BundleError(f"{path}: {e}") from None
 
 
-def model_output_dim(session) -> Optional[int]:
+def model_output_dim(session) -> int | None:
     """The embedding size an ONNX Runtime session declares (None if symbolic)."""
     shape = session.get_outputs()[0].shape
     return shape[-1] if shape and isinstance(shape[-1], int) else None
 
 
-def make_session(path: str | os.PathLike, threads: Optional[int] = None):
+def make_session(path: str | os.PathLike, threads: int | None = None):
     """The bundle's model session (the shared factory); a file ONNX Runtime cannot open is a BundleError."""
     try:
         return ort_session(path, threads)
@@ -150,7 +161,7 @@ def make_session(path: str | os.PathLike, threads: Optional[int] = None):
         raise BundleError(str(e)) from None
 
 
-def pick_model(man: Dict[str, Any], precision: str) -> str:
+def pick_model(man: dict[str, Any], precision: str) -> str:
     """File name of the model for ``precision`` (auto: int8 when the bundle has it, else fp32)."""
     models = man.get("models") or {}
     if precision == "auto":

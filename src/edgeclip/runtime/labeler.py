@@ -1,19 +1,20 @@
 """Open-vocabulary labeling with an edge bundle: numpy + Pillow + ONNX Runtime, no torch.
 
-    from edgeclip.runtime import Labeler
-    lab = Labeler("bundle/", precision="int8", threads=2)
-    lab.label("cat.jpg")                        # [{'label': 'cat', 'score': 0.93, 'cosine': 0.41}, ...]
-    lab.label_batch(["a.jpg", "b.png"], topk=3)
-    lab.add_labels(["zebra"], zebra_embedding)  # precomputed teacher text embeddings (L, D)
-    lab.set_labels(["cat", "dog"])              # keep a subset of the bundle's labels
+from edgeclip.runtime import Labeler
+lab = Labeler("bundle/", precision="int8", threads=2)
+lab.label("cat.jpg")                        # [{'label': 'cat', 'score': 0.93, 'cosine': 0.41}, ...]
+lab.label_batch(["a.jpg", "b.png"], topk=3)
+lab.add_labels(["zebra"], zebra_embedding)  # precomputed teacher text embeddings (L, D)
+lab.set_labels(["cat", "dog"])              # keep a subset of the bundle's labels
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -35,7 +36,7 @@ from edgeclip.runtime.bundle import (
 )
 from edgeclip.runtime.preprocess import NumpyPreprocess
 
-ImageInput = Union[str, os.PathLike, bytes, io.BytesIO, Image.Image]
+ImageInput = str | os.PathLike | bytes | io.BytesIO | Image.Image
 
 
 def to_image(x: ImageInput) -> Image.Image:
@@ -52,12 +53,19 @@ class Labeler:
 
     kind = "labeler"
 
-    def __init__(self, path: str | os.PathLike, precision: str = "auto", threads: Optional[int] = None,
-                 verify: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        precision: str = "auto",
+        threads: int | None = None,
+        verify: bool = True,
+    ):
         self.root = Path(path)
         self.manifest = read_manifest(self.root, verify=verify)
         if self.manifest.get("kind", "labeler") != self.kind:
-            raise BundleError(f"{self.root} is a {self.manifest.get('kind')!r} bundle, not a {self.kind!r} one")
+            raise BundleError(
+                f"{self.root} is a {self.manifest.get('kind')!r} bundle, not a {self.kind!r} one"
+            )
         self.model_file = pick_model(self.manifest, precision)
         self.precision = next(k for k, v in self.manifest["models"].items() if v == self.model_file)
         self.preprocess = NumpyPreprocess.from_dict(_read_json(self.root / PREPROCESS))
@@ -67,8 +75,10 @@ class Labeler:
         self.embed_dim = model_output_dim(self.session) or int(self.manifest.get("embed_dim", 0))
         self.bundle_labels = read_labels(self.root / LABELS)
         if self.bundle_labels.dim != self.embed_dim:
-            raise BundleError(f"{self.root / LABELS}: label embeddings are {self.bundle_labels.dim}-d but the model "
-                              f"outputs {self.embed_dim}-d embeddings")
+            raise BundleError(
+                f"{self.root / LABELS}: label embeddings are {self.bundle_labels.dim}-d but the model "
+                f"outputs {self.embed_dim}-d embeddings"
+            )
         self.known: LabelSet = self.bundle_labels  # every label with an embedding
         self.labels: LabelSet = self.bundle_labels  # the active ones
         teacher = self.manifest.get("teacher") or {}
@@ -86,10 +96,10 @@ class Labeler:
 
     # ------------------------------------------------------------------ labels
     @property
-    def label_names(self) -> List[str]:
+    def label_names(self) -> list[str]:
         return list(self.labels.names)
 
-    def set_labels(self, names: Sequence[str], embeddings: Optional[np.ndarray] = None) -> None:
+    def set_labels(self, names: Sequence[str], embeddings: np.ndarray | None = None) -> None:
         """Replace the active labels: known names (the bundle's or added ones), or new names with embeddings (L, D)."""
         names = clean_labels(names)
         if embeddings is not None:
@@ -104,19 +114,24 @@ class Labeler:
 
     def _remember(self, new: LabelSet) -> None:
         keep = [i for i, n in enumerate(self.known.names) if n not in set(new.names)]
-        self.known = LabelSet([self.known.names[i] for i in keep] + new.names,
-                              np.concatenate([self.known.embeddings[keep], new.embeddings]), self.known.templates)
+        self.known = LabelSet(
+            [self.known.names[i] for i in keep] + new.names,
+            np.concatenate([self.known.embeddings[keep], new.embeddings]),
+            self.known.templates,
+        )
 
-    def _checked(self, names: List[str], embeddings) -> LabelSet:
+    def _checked(self, names: list[str], embeddings) -> LabelSet:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim == 1:
             emb = emb[None]
         if emb.ndim != 2 or emb.shape[1] != self.embed_dim:
-            raise EdgeClipError(f"label embeddings must be (L, {self.embed_dim}) for this model, got {emb.shape}")
+            raise EdgeClipError(
+                f"label embeddings must be (L, {self.embed_dim}) for this model, got {emb.shape}"
+            )
         return LabelSet(names, emb, self.labels.templates)
 
     # ------------------------------------------------------------------ labeling
-    def scores(self, emb: np.ndarray, labels: Optional[LabelSet] = None) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, emb: np.ndarray, labels: LabelSet | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(cosines (B, L), softmax probabilities (B, L)) against ``labels`` (default: the active labels)."""
         labels = labels if labels is not None else self.labels
         cos = emb @ labels.embeddings.T
@@ -124,12 +139,15 @@ class Labeler:
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return cos, z / z.sum(axis=1, keepdims=True)
 
-    def label_batch(self, images: Sequence[ImageInput], topk: int = 5,
-                    labels: Optional[LabelSet] = None) -> List[List[Dict[str, Any]]]:
+    def label_batch(
+        self, images: Sequence[ImageInput], topk: int = 5, labels: LabelSet | None = None
+    ) -> list[list[dict[str, Any]]]:
         """For each image, the top-k labels: [{'label', 'score' (softmax), 'cosine'}, ...] best first."""
         if topk < 1:
             raise EdgeClipError(f"topk must be >= 1, got {topk}")
-        labels = labels if labels is not None else self.labels  # one snapshot: set_labels may run concurrently
+        labels = (
+            labels if labels is not None else self.labels
+        )  # one snapshot: set_labels may run concurrently
         cos, prob = self.scores(self.embed(images), labels)
         k = min(topk, len(labels.names))
         out = []
@@ -138,22 +156,32 @@ class Labeler:
             out.append([{"label": labels.names[i], "score": float(p[i]), "cosine": float(c[i])} for i in idx])
         return out
 
-    def label(self, image: ImageInput, topk: int = 5, labels: Optional[LabelSet] = None) -> List[Dict[str, Any]]:
+    def label(self, image: ImageInput, topk: int = 5, labels: LabelSet | None = None) -> list[dict[str, Any]]:
         return self.label_batch([image], topk, labels)[0]
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         m = self.manifest
-        return {"kind": self.kind, "bundle": self.root.name, "precision": self.precision, "model": self.model_file,
-                "models": m.get("models"), "input_size": self.preprocess.size, "embed_dim": self.embed_dim,
-                "labels": self.label_names, "known_labels": list(self.known.names),
-                "templates": self.bundle_labels.templates, "teacher": m.get("teacher", {}).get("id"),
-                "student": m.get("student", {}).get("arch"), "threads": self.threads}
+        return {
+            "kind": self.kind,
+            "bundle": self.root.name,
+            "precision": self.precision,
+            "model": self.model_file,
+            "models": m.get("models"),
+            "input_size": self.preprocess.size,
+            "embed_dim": self.embed_dim,
+            "labels": self.label_names,
+            "known_labels": list(self.known.names),
+            "templates": self.bundle_labels.templates,
+            "teacher": m.get("teacher", {}).get("id"),
+            "student": m.get("student", {}).get("arch"),
+            "threads": self.threads,
+        }
 
 
-def clean_labels(names: Sequence[str]) -> List[str]:
+def clean_labels(names: Sequence[str]) -> list[str]:
     if isinstance(names, str):
         names = names.split(",")
-    out: List[str] = []
+    out: list[str] = []
     for n in names:
         n = " ".join(str(n).split())
         if n and n not in out:

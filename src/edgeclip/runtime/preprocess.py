@@ -7,8 +7,8 @@ resampled pixels are identical; the output size, centre-crop offsets, ``ToTensor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -30,13 +30,13 @@ class NumpyPreprocess:
     """Resize (shorter side, or ``squash`` to a square), centre crop, scale to [0, 1], normalise -> CHW float32."""
 
     size: int
-    mean: Tuple[float, float, float]
-    std: Tuple[float, float, float]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
     resize: str = "shortest"
     interpolation: str = "bicubic"
 
     @classmethod
-    def from_dict(cls, d: Dict) -> "NumpyPreprocess":
+    def from_dict(cls, d: dict) -> NumpyPreprocess:
         try:
             size = int(d["size"])
             mean = tuple(float(v) for v in d["mean"])
@@ -53,7 +53,7 @@ class NumpyPreprocess:
             raise EdgeClipError(f"preprocess.json: bad size/mean/std ({size}, {mean}, {std})")
         return cls(size, mean, std, resize, interp)  # type: ignore[arg-type]
 
-    def output_size(self, width: int, height: int) -> Tuple[int, int]:
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize step (torchvision's ``_compute_resized_output_size``)."""
         if self.resize == "squash":
             return self.size, self.size

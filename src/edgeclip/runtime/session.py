@@ -4,7 +4,6 @@ captioners, quantised pair students, benchmarks, parity checks) is opened here, 
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from edgeclip.core.errors import EdgeClipError
 
@@ -13,7 +12,7 @@ class OnnxLoadError(EdgeClipError):
     """An ONNX file that ONNX Runtime cannot open."""
 
 
-def ort_session(path: str | os.PathLike, threads: Optional[int] = None, optimize: bool = True):
+def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True):
     """An ONNX Runtime CPU session. ``threads``: intra-op threads (None: ONNX Runtime's default, every core);
     ``optimize``: full graph optimisation (off for sessions that only read a graph's input names)."""
     import onnxruntime as ort
@@ -24,8 +23,9 @@ def ort_session(path: str | os.PathLike, threads: Optional[int] = None, optimize
             raise EdgeClipError(f"threads must be >= 1, got {threads}")
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     so.log_severity_level = 3
     if not os.path.isfile(path):
         raise OnnxLoadError(f"ONNX model not found: {path}")
@@ -40,4 +40,6 @@ def run_batched(session, x, batch_size: int = 64):
     import numpy as np
 
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
+    return np.concatenate(
+        [session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    )

@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -40,12 +40,12 @@ TextEncoder = Callable[[Sequence[str]], np.ndarray]
 
 
 class LabelsIn(BaseModel):
-    labels: List[str]
+    labels: list[str]
 
 
 class EmbeddingsIn(BaseModel):
-    labels: List[str]
-    embeddings: List[List[float]]
+    labels: list[str]
+    embeddings: list[list[float]]
 
 
 class ApiError(Exception):
@@ -58,9 +58,14 @@ def _err(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Optional[int] = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, topk: int = 5,
-               text_encoder: Optional[TextEncoder] = None) -> FastAPI:
+def create_app(
+    bundle: str | os.PathLike,
+    precision: str = "auto",
+    threads: int | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    topk: int = 5,
+    text_encoder: TextEncoder | None = None,
+) -> FastAPI:
     """Load the bundle (hashes verified) and build the app. ``text_encoder``: names -> (L, D) teacher text
     embeddings, to let the page add labels the bundle has no embedding for (needs the teacher and torch)."""
     model = load_bundle(bundle, precision=precision, threads=threads)
@@ -86,14 +91,18 @@ def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Opti
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):  # pragma: no cover - a bug, not bad input
-        return _err(500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        return _err(
+            500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        )
 
     @app.middleware("http")
     async def _limit_body(request: Request, call_next):
         if request.method in ("POST", "PUT"):
             cl = request.headers.get("content-length")
             try:
-                too_big = cl is not None and int(cl) > max_upload_bytes + 64 * 1024  # multipart framing allowance
+                too_big = (
+                    cl is not None and int(cl) > max_upload_bytes + 64 * 1024
+                )  # multipart framing allowance
             except ValueError:
                 return _err(400, "bad Content-Length header")
             if too_big:
@@ -126,17 +135,27 @@ def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Opti
     @app.get("/api/info")
     def info():
         desc = model.describe() if hasattr(model, "describe") else {"kind": getattr(model, "kind", "?")}
-        return {**desc, "max_upload_bytes": max_upload_bytes, "topk": topk,
-                "can_add_free_text_labels": text_encoder is not None,
-                "caption": hasattr(model, "caption")}
+        return {
+            **desc,
+            "max_upload_bytes": max_upload_bytes,
+            "topk": topk,
+            "can_add_free_text_labels": text_encoder is not None,
+            "caption": hasattr(model, "caption"),
+        }
 
     # ------------------------------------------------------------------ inference
     @app.post("/label")
-    def label(file: UploadFile = File(...), topk_: int = Form(topk, alias="topk"), labels: Optional[str] = Form(None)):
+    def label(
+        file: UploadFile = File(...),
+        topk_: int = Form(topk, alias="topk"),
+        labels: str | None = Form(None),
+    ):
         if not 1 <= topk_ <= 1000:
             raise ApiError(422, f"topk must be between 1 and 1000, got {topk_}")
         if not hasattr(model, "label"):
-            raise ApiError(404, f"this is a {getattr(model, 'kind', '?')!r} bundle: it does not label (use /caption)")
+            raise ApiError(
+                404, f"this is a {getattr(model, 'kind', '?')!r} bundle: it does not label (use /caption)"
+            )
         img = _decode(_read_upload(file), file.filename)
         try:
             active = model.known.subset(_names(labels)) if labels else None
@@ -144,13 +163,21 @@ def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Opti
             raise ApiError(400, str(e)) from None
         t0 = time.perf_counter()
         res = model.label(img, topk_, active)
-        return {"image": file.filename, "labels": res, "model": model.name, "ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return {
+            "image": file.filename,
+            "labels": res,
+            "model": model.name,
+            "ms": round((time.perf_counter() - t0) * 1000, 2),
+        }
 
     @app.post("/caption")
     def caption(file: UploadFile = File(...)):
         if not hasattr(model, "caption"):
-            raise ApiError(404, f"this is a {getattr(model, 'kind', '?')!r} bundle: /caption needs a captioner bundle "
-                                "(use POST /label)")
+            raise ApiError(
+                404,
+                f"this is a {getattr(model, 'kind', '?')!r} bundle: /caption needs a captioner bundle "
+                "(use POST /label)",
+            )
         img = _decode(_read_upload(file), file.filename)
         return {"image": file.filename, "caption": model.caption(img), "model": model.name}
 
@@ -172,9 +199,12 @@ def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Opti
             unknown = [n for n in names if n not in model.known.names]
             if unknown:
                 if text_encoder is None:
-                    raise ApiError(400, f"no embedding for {', '.join(map(repr, unknown[:5]))}: this server has no text "
-                                        "encoder (start it with --teacher SPEC), or add precomputed embeddings via "
-                                        "POST /api/labels/embeddings")
+                    raise ApiError(
+                        400,
+                        f"no embedding for {', '.join(map(repr, unknown[:5]))}: this server has no text "
+                        "encoder (start it with --teacher SPEC), or add precomputed embeddings via "
+                        "POST /api/labels/embeddings",
+                    )
                 try:
                     model.add_labels(unknown, np.asarray(text_encoder(unknown), dtype=np.float32))
                 except EdgeClipError as e:
@@ -195,7 +225,7 @@ def create_app(bundle: str | os.PathLike, precision: str = "auto", threads: Opti
     return app
 
 
-def _names(labels) -> List[str]:
+def _names(labels) -> list[str]:
     from edgeclip.runtime.labeler import clean_labels
 
     try:

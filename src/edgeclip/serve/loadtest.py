@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from typing import Any, Dict
+from typing import Any
 from urllib.parse import urlparse
 
 from edgeclip.core.errors import EdgeClipError
@@ -13,8 +13,15 @@ from edgeclip.core.errors import EdgeClipError
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-def load_test(url: str, image: bytes, filename: str = "image.jpg", requests: int = 200, concurrency: int = 16,
-              timeout_s: float = 60.0, path: str = "/label") -> Dict[str, Any]:
+def load_test(
+    url: str,
+    image: bytes,
+    filename: str = "image.jpg",
+    requests: int = 200,
+    concurrency: int = 16,
+    timeout_s: float = 60.0,
+    path: str = "/label",
+) -> dict[str, Any]:
     """POST ``image`` to ``url + path`` ``requests`` times with ``concurrency`` in flight (loopback only)."""
     import httpx
 
@@ -24,16 +31,19 @@ def load_test(url: str, image: bytes, filename: str = "image.jpg", requests: int
     if not (1 <= requests <= 10000 and 1 <= concurrency <= 256):
         raise EdgeClipError("load test bounds: 1..10000 requests, 1..256 concurrent")
 
-    async def run() -> Dict[str, Any]:
+    async def run() -> dict[str, Any]:
         sem = asyncio.Semaphore(concurrency)
         lat, errors = [], []
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
+
             async def one(i: int):
                 async with sem:
                     t0 = time.perf_counter()
                     try:
-                        r = await client.post(path, files={"file": (filename, image, "application/octet-stream")})
+                        r = await client.post(
+                            path, files={"file": (filename, image, "application/octet-stream")}
+                        )
                         ok = r.status_code == 200 and "labels" in r.json()
                         if not ok:
                             errors.append(f"#{i}: HTTP {r.status_code} {r.text[:120]}")
@@ -45,9 +55,17 @@ def load_test(url: str, image: bytes, filename: str = "image.jpg", requests: int
             await asyncio.gather(*(one(i) for i in range(requests)))
             wall = time.perf_counter() - t0
         lat.sort()
-        return {"requests": requests, "concurrency": concurrency, "errors": len(errors), "error_examples": errors[:5],
-                "p50_ms": statistics.median(lat), "p95_ms": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))],
-                "max_ms": lat[-1], "wall_s": wall, "requests_per_s": requests / wall}
+        return {
+            "requests": requests,
+            "concurrency": concurrency,
+            "errors": len(errors),
+            "error_examples": errors[:5],
+            "p50_ms": statistics.median(lat),
+            "p95_ms": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))],
+            "max_ms": lat[-1],
+            "wall_s": wall,
+            "requests_per_s": requests / wall,
+        }
 
     return asyncio.run(run())
 

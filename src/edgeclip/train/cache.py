@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,13 +37,15 @@ class EmbeddingCache:
         self.root = Path(root)
         mp = self.root / "meta.json"
         if not mp.is_file():
-            raise EdgeClipError(f"{self.root} is not an edgeclip cache (no meta.json); build one with `edgeclip cache`")
+            raise EdgeClipError(
+                f"{self.root} is not an edgeclip cache (no meta.json); build one with `edgeclip cache`"
+            )
         self.meta = read_json(mp)
         if self.meta.get("format") != CACHE_FORMAT:
             raise EdgeClipError(f"{self.root}: unsupported cache format {self.meta.get('format')!r}")
-        self._index: Dict[str, Tuple[int, int]] = {}
-        self._parts: List[np.ndarray] = []
-        for i, kp in enumerate(sorted(self.root.glob("part-*.keys.json"))):
+        self._index: dict[str, tuple[int, int]] = {}
+        self._parts: list[np.ndarray] = []
+        for _i, kp in enumerate(sorted(self.root.glob("part-*.keys.json"))):
             arr = np.load(kp.with_name(kp.name.replace(".keys.json", ".npy")), mmap_mode="r")
             self._parts.append(arr)
             for row, k in enumerate(json.loads(kp.read_text())):
@@ -51,7 +53,7 @@ class EmbeddingCache:
         self.failed = _read_failed(self.root)
 
     @property
-    def teacher(self) -> Dict:
+    def teacher(self) -> dict:
         return self.meta["teacher"]
 
     @property
@@ -80,21 +82,25 @@ class EmbeddingCache:
     def get_many(self, keys: Sequence[str]) -> np.ndarray:
         missing = [k for k in keys if k not in self._index]
         if missing:
-            raise EdgeClipError(f"{len(missing)} images are not in the cache {self.root} (first: {missing[0].split('|')[0]}); "
-                                "run `edgeclip cache` on the same data first")
+            raise EdgeClipError(
+                f"{len(missing)} images are not in the cache {self.root} (first: {missing[0].split('|')[0]}); "
+                "run `edgeclip cache` on the same data first"
+            )
         return np.stack([self[k] for k in keys])
 
-    def check_teacher(self, teacher_desc: Dict) -> None:
+    def check_teacher(self, teacher_desc: dict) -> None:
         mine = self.teacher
         for field in ("id", "preprocess"):
             if mine.get(field) != teacher_desc.get(field):
-                raise CacheMismatchError(f"cache {self.root} was built with teacher {mine.get('id')} "
-                                         f"({field} differs from {teacher_desc.get('id')}); use another --cache folder")
+                raise CacheMismatchError(
+                    f"cache {self.root} was built with teacher {mine.get('id')} "
+                    f"({field} differs from {teacher_desc.get('id')}); use another --cache folder"
+                )
 
 
-def _read_failed(root: Path) -> Dict[str, str]:
+def _read_failed(root: Path) -> dict[str, str]:
     fp = root / "failed.jsonl"
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     if fp.is_file():
         for ln in fp.read_text().splitlines():
             if ln.strip():
@@ -113,7 +119,7 @@ class CacheSummary:
     seconds: float
     images_per_s: float
 
-    def as_dict(self) -> Dict:
+    def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
@@ -141,27 +147,47 @@ def _collate(items):
     return items
 
 
-def build_cache(source: ImageSource | Iterable[ImageRecord], teacher, out: str | Path, views: int = 1,
-                view_spec: Optional[ViewSpec] = None, batch_size: int = 64, chunk: int = 1024,
-                num_workers: int = 0, retry_failed: bool = False, progress: bool = True) -> CacheSummary:
+def build_cache(
+    source: ImageSource | Iterable[ImageRecord],
+    teacher,
+    out: str | Path,
+    views: int = 1,
+    view_spec: ViewSpec | None = None,
+    batch_size: int = 64,
+    chunk: int = 1024,
+    num_workers: int = 0,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> CacheSummary:
     """Compute (or complete) the cache of ``source`` under ``out`` with ``teacher``."""
     if views < 1:
         raise EdgeClipError(f"views must be >= 1, got {views}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     view_spec = view_spec or ViewSpec()
-    meta = {"format": CACHE_FORMAT, "teacher": teacher.describe(), "views": views, "view_spec": view_spec.to_dict(),
-            "dim": teacher.embed_dim, "dtype": "float16", "normalized": True,
-            "source": getattr(source, "root", None)}
+    meta = {
+        "format": CACHE_FORMAT,
+        "teacher": teacher.describe(),
+        "views": views,
+        "view_spec": view_spec.to_dict(),
+        "dim": teacher.embed_dim,
+        "dtype": "float16",
+        "normalized": True,
+        "source": getattr(source, "root", None),
+    }
     if (out / "meta.json").is_file():
         old = read_json(out / "meta.json")
         old_t, new_t = old.get("teacher", {}), meta["teacher"]
         if old_t.get("id") != new_t["id"] or old_t.get("preprocess") != new_t["preprocess"]:
-            raise CacheMismatchError(f"{out} holds embeddings of teacher {old_t.get('id')}, not {new_t['id']}; "
-                                     "refusing to mix teachers (use another --out folder)")
+            raise CacheMismatchError(
+                f"{out} holds embeddings of teacher {old_t.get('id')}, not {new_t['id']}; "
+                "refusing to mix teachers (use another --out folder)"
+            )
         if old.get("views") != views or old.get("view_spec") != meta["view_spec"]:
-            raise CacheMismatchError(f"{out} was built with views={old.get('views')} {old.get('view_spec')}; "
-                                     f"asked for views={views} {meta['view_spec']} (use another --out folder)")
+            raise CacheMismatchError(
+                f"{out} was built with views={old.get('views')} {old.get('view_spec')}; "
+                f"asked for views={views} {meta['view_spec']} (use another --out folder)"
+            )
     else:
         write_json(out / "meta.json", meta)
     have = EmbeddingCache(out)
@@ -169,11 +195,17 @@ def build_cache(source: ImageSource | Iterable[ImageRecord], teacher, out: str |
     n_parts = len(list(out.glob("part-*.keys.json")))
     t0 = time.time()
     computed = reused = 0
-    records = source if isinstance(source, list) else list(source) if not getattr(source, "is_stream", False) else None
+    records = (
+        source
+        if isinstance(source, list)
+        else list(source)
+        if not getattr(source, "is_stream", False)
+        else None
+    )
 
     def pending_iter() -> Iterator[ImageRecord]:
         nonlocal reused
-        for r in (records if records is not None else source):
+        for r in records if records is not None else source:
             if r.key in have or (r.key in failed and not retry_failed):
                 reused += 1
                 continue
@@ -183,16 +215,23 @@ def build_cache(source: ImageSource | Iterable[ImageRecord], teacher, out: str |
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(records) if records is not None else None, desc="teacher embeddings", unit="img", mininterval=1.0)
-    buf: List[ImageRecord] = []
+        bar = tqdm(
+            total=len(records) if records is not None else None,
+            desc="teacher embeddings",
+            unit="img",
+            mininterval=1.0,
+        )
+    buf: list[ImageRecord] = []
     dev = teacher.device
 
-    def flush(recs: List[ImageRecord]):
+    def flush(recs: list[ImageRecord]):
         nonlocal n_parts, computed
         ds = _ViewBatch(recs, teacher.preprocess, views, view_spec)
-        dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-        embs: List[np.ndarray] = []
-        keys: List[str] = []
+        dl = torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+        )
+        embs: list[np.ndarray] = []
+        keys: list[str] = []
         new_failed = []
         for items in dl:
             ok = [(i, x) for i, x, err in items if x is not None]
@@ -218,7 +257,9 @@ def build_cache(source: ImageSource | Iterable[ImageRecord], teacher, out: str |
             with atomic_path(out / f"{name}.npy") as tmp:
                 with open(tmp, "wb") as fh:
                     np.save(fh, arr)
-            with atomic_path(out / f"{name}.keys.json") as tmp:  # keys last: a part counts only once both exist
+            with atomic_path(
+                out / f"{name}.keys.json"
+            ) as tmp:  # keys last: a part counts only once both exist
                 tmp.write_text(json.dumps(keys))
             n_parts += 1
             computed += len(keys)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,49 +41,62 @@ from edgeclip.train.engine import TrainConfig, fit
 
 # batch_size counts images; with captions_per_image 4 a step sees 64 (image, caption) pairs, the published batch,
 # and an epoch has ~5x the optimiser steps of 64 images x 5 captions (the decoder's gradient signal per epoch).
-DEFAULT_TRAIN = {"lr": 1.5e-4, "batch_size": 16, "grad_clip": 5.0, "epochs": 30, "weight_decay": 1e-4,
-                 "warmup_epochs": 0.5, "min_lr_ratio": 0.05}
+DEFAULT_TRAIN = {
+    "lr": 1.5e-4,
+    "batch_size": 16,
+    "grad_clip": 5.0,
+    "epochs": 30,
+    "weight_decay": 1e-4,
+    "warmup_epochs": 0.5,
+    "min_lr_ratio": 0.05,
+}
 
 
 @dataclass
 class CaptionTrainConfig:
     data: str = ""  # captions file (COCO JSON, Karpathy JSON, Flickr token.txt, IMAGE, caption CSV)
-    images: Optional[str] = None  # images folder (default: found next to the captions file)
-    splits: Optional[str] = None  # splits JSON / name list (default: splits.json next to a CSV/Flickr file)
-    train_split: Optional[str] = "train"
-    val_split: Optional[str] = "val"
-    val_data: Optional[str] = None  # a separate captions file for validation (e.g. COCO val JSON)
-    val_images: Optional[str] = None
-    teacher: Optional[str] = None  # teacher spec (for the distillation cache)
-    cache: Optional[str] = None  # teacher-embedding cache folder (default: OUT/teacher-cache, built when missing)
+    images: str | None = None  # images folder (default: found next to the captions file)
+    splits: str | None = None  # splits JSON / name list (default: splits.json next to a CSV/Flickr file)
+    train_split: str | None = "train"
+    val_split: str | None = "val"
+    val_data: str | None = None  # a separate captions file for validation (e.g. COCO val JSON)
+    val_images: str | None = None
+    teacher: str | None = None  # teacher spec (for the distillation cache)
+    cache: str | None = (
+        None  # teacher-embedding cache folder (default: OUT/teacher-cache, built when missing)
+    )
     alpha: float = 0.7
     beta: float = 0.3
     out: str = "runs/caption"
-    model: Dict[str, Any] = field(default_factory=dict)  # CaptionModelConfig fields
-    vocab: Dict[str, Any] = field(default_factory=lambda: {"min_count": 5, "max_len": 20})
+    model: dict[str, Any] = field(default_factory=dict)  # CaptionModelConfig fields
+    vocab: dict[str, Any] = field(default_factory=lambda: {"min_count": 5, "max_len": 20})
     captions_per_image: int = 4  # captions decoded per encoded image in a batch (a random subset each epoch)
-    augment: Dict[str, Any] = field(default_factory=lambda: {"pad": 16, "flip": True})
-    train: Dict[str, Any] = field(default_factory=dict)  # TrainConfig fields (defaults: DEFAULT_TRAIN)
+    augment: dict[str, Any] = field(default_factory=lambda: {"pad": 16, "flip": True})
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields (defaults: DEFAULT_TRAIN)
     patience: int = 5  # early stopping on val CIDEr (0: off)
     val_beam: int = 1
     val_max_images: int = 0
     max_images: int = 0  # train on the first N images (smoke tests)
-    weights: Optional[str] = None  # local ImageNet weights for the backbone (.pth)
-    init: Optional[str] = None  # edgeclip student checkpoint (a distilled encoder) to start the encoder from
+    weights: str | None = None  # local ImageNet weights for the backbone (.pth)
+    init: str | None = None  # edgeclip student checkpoint (a distilled encoder) to start the encoder from
 
 
-def _vocab_cfg(cfg: CaptionTrainConfig) -> Tuple[int, int]:
+def _vocab_cfg(cfg: CaptionTrainConfig) -> tuple[int, int]:
     v = dict(cfg.vocab or {})
     unknown = set(v) - {"min_count", "max_len", "max_size"}
     if unknown:
-        raise EdgeClipError(f"unknown vocab keys: {', '.join(sorted(unknown))} (min_count, max_len, max_size)")
+        raise EdgeClipError(
+            f"unknown vocab keys: {', '.join(sorted(unknown))} (min_count, max_len, max_size)"
+        )
     return int(v.get("min_count", 5)), int(v.get("max_len", 20))
 
 
 class CaptionTrainSet(torch.utils.data.Dataset):
     """(uint8 image, k caption token rows (k, T), teacher embedding (D,)) per image."""
 
-    def __init__(self, images: torch.Tensor, captions: List[List[List[int]]], targets: torch.Tensor, k: int, T: int):
+    def __init__(
+        self, images: torch.Tensor, captions: list[list[list[int]]], targets: torch.Tensor, k: int, T: int
+    ):
         self.images, self.captions, self.targets, self.k, self.T = images, captions, targets, k, T
 
     def __len__(self) -> int:
@@ -96,7 +109,7 @@ class CaptionTrainSet(torch.utils.data.Dataset):
         return self.images[i], pad_ids([caps[j] for j in idx.tolist()], self.T), self.targets[i]
 
 
-def pad_ids(rows: List[List[int]], length: int) -> torch.Tensor:
+def pad_ids(rows: list[list[int]], length: int) -> torch.Tensor:
     """Token id rows -> (len(rows), length) tensor, each row cut to ``length`` and padded with <pad>."""
     toks = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
     for r, ids in enumerate(rows):
@@ -106,9 +119,14 @@ def pad_ids(rows: List[List[int]], length: int) -> torch.Tensor:
 
 
 def next_word_ce(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of teacher-forced ``logits`` (N, T-1, V) against ``tokens`` (N, T) shifted by one; <pad> ignored."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1),
-                           ignore_index=PAD_ID, reduction=reduction)
+    """Cross-entropy of teacher-forced ``logits`` (N, T-1, V) against ``tokens`` (N, T) shifted by one;
+    <pad> ignored."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        tokens[:, 1:].reshape(-1),
+        ignore_index=PAD_ID,
+        reduction=reduction,
+    )
 
 
 def _prepare(cs: CaptionSet, size: int, progress: bool):
@@ -116,8 +134,16 @@ def _prepare(cs: CaptionSet, size: int, progress: bool):
     return x, [cs.items[i] for i in kept], skipped
 
 
-def caption_loss(model: Captioner, x: torch.Tensor, tokens: torch.Tensor, target: Optional[torch.Tensor],
-                 alpha: float, beta: float, k: int, mse) -> Dict[str, torch.Tensor]:
+def caption_loss(
+    model: Captioner,
+    x: torch.Tensor,
+    tokens: torch.Tensor,
+    target: torch.Tensor | None,
+    alpha: float,
+    beta: float,
+    k: int,
+    mse,
+) -> dict[str, torch.Tensor]:
     logits, emb = model(x, tokens, k)
     ce = next_word_ce(logits, tokens)
     out = {"ce": ce}
@@ -131,17 +157,24 @@ def caption_loss(model: Captioner, x: torch.Tensor, tokens: torch.Tensor, target
 
 
 @torch.no_grad()
-def caption_tensor(model: Captioner, x_uint8: torch.Tensor, pp: Preprocess, beam: int, max_len: int,
-                   batch_size: int = 32, length_penalty: float = 1.0) -> List[str]:
+def caption_tensor(
+    model: Captioner,
+    x_uint8: torch.Tensor,
+    pp: Preprocess,
+    beam: int,
+    max_len: int,
+    batch_size: int = 32,
+    length_penalty: float = 1.0,
+) -> list[str]:
     dev = next(model.parameters()).device
-    out: List[str] = []
+    out: list[str] = []
     for i in range(0, len(x_uint8), batch_size):
-        xb = normalize(x_uint8[i:i + batch_size].to(dev), pp.mean, pp.std)
+        xb = normalize(x_uint8[i : i + batch_size].to(dev), pp.mean, pp.std)
         out.extend(generate(model, xb, beam=beam, max_len=max_len, length_penalty=length_penalty))
     return out
 
 
-def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a captioner; writes OUT/captioner.pt (best val CIDEr), captioner_last.pt, history.json."""
     if not cfg.data:
         raise EdgeClipError("no captions file given (`data:` in the config)")
@@ -160,18 +193,26 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         train_set.items = train_set.items[: cfg.max_images]
     val_set = None
     if cfg.val_data or cfg.val_split:
-        val_set = load_captions(cfg.val_data or cfg.data, cfg.val_images or (cfg.images if not cfg.val_data else None),
-                                cfg.val_split if cfg.val_data is None else None, cfg.splits if not cfg.val_data else None)
+        val_set = load_captions(
+            cfg.val_data or cfg.data,
+            cfg.val_images or (cfg.images if not cfg.val_data else None),
+            cfg.val_split if cfg.val_data is None else None,
+            cfg.splits if not cfg.val_data else None,
+        )
         if cfg.val_max_images:
             val_set.items = val_set.items[: cfg.val_max_images]
 
-    vocab = Vocab.build(train_set.all_captions(), min_count=min_count, max_size=int((cfg.vocab or {}).get("max_size", 0)))
+    vocab = Vocab.build(
+        train_set.all_captions(), min_count=min_count, max_size=int((cfg.vocab or {}).get("max_size", 0))
+    )
     vpath = out / "vocab.json"
     if resume and vpath.is_file():
         old = Vocab.from_dict(read_json(vpath))
         if old.fingerprint() != vocab.fingerprint():
-            raise CheckpointError(f"vocabulary mismatch: {out} was trained with a {len(old)}-word vocabulary, the data now "
-                                  f"gives {len(vocab)} words (data or vocab settings changed); use another --out")
+            raise CheckpointError(
+                f"vocabulary mismatch: {out} was trained with a {len(old)}-word vocabulary, the data now "
+                f"gives {len(vocab)} words (data or vocab settings changed); use another --out"
+            )
     write_json(vpath, vocab.to_dict())
 
     # teacher embeddings (distillation targets)
@@ -195,11 +236,15 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
             cache = EmbeddingCache(cache_dir)
             teacher_desc = cache.teacher
         else:
-            raise EdgeClipError("alpha > 0 needs a teacher (`teacher:`) or a built teacher-embedding cache (`cache:`); "
-                                "set alpha: 0 to train without distillation")
+            raise EdgeClipError(
+                "alpha > 0 needs a teacher (`teacher:`) or a built teacher-embedding cache (`cache:`); "
+                "set alpha: 0 to train without distillation"
+            )
         mcfg.setdefault("teacher_dim", cache.dim)
         if int(mcfg["teacher_dim"]) != cache.dim:
-            raise EdgeClipError(f"model.teacher_dim {mcfg['teacher_dim']} != teacher embedding size {cache.dim}")
+            raise EdgeClipError(
+                f"model.teacher_dim {mcfg['teacher_dim']} != teacher embedding size {cache.dim}"
+            )
     elif cfg.teacher and "teacher_dim" not in mcfg:
         from edgeclip.models.teachers import load_teacher
 
@@ -221,7 +266,9 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         not_cached = 0
         targets = torch.zeros(len(items), 1)
     if not items:
-        raise EdgeClipError(f"no trainable images in {cfg.data} (skipped: {train_set.skipped}, unreadable: {len(skipped)})")
+        raise EdgeClipError(
+            f"no trainable images in {cfg.data} (skipped: {train_set.skipped}, unreadable: {len(skipped)})"
+        )
     caps = [[vocab.encode(c, max_len) for c in it.captions] for it in items]
     dataset = CaptionTrainSet(x, caps, targets, cfg.captions_per_image, max_len + 2)
 
@@ -230,8 +277,10 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         vx, vitems, vskipped = _prepare(val_set, size, progress=False)
         oov = vocab.oov_rate(c for it in vitems for c in it.captions)
         if oov > 0.5:
-            raise EdgeClipError(f"vocabulary mismatch: {oov:.0%} of the validation words are not in the training "
-                                "vocabulary (another language or dataset?)")
+            raise EdgeClipError(
+                f"vocabulary mismatch: {oov:.0%} of the validation words are not in the training "
+                "vocabulary (another language or dataset?)"
+            )
         val = (vx, {it.name: it.captions for it in vitems}, [it.name for it in vitems])
 
     from edgeclip.losses import build_loss
@@ -244,12 +293,28 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
     def step(m, batch):
         img, toks, tgt = batch
         xb = normalize(augment_batch(img, pad=pad, flip=flip), pp.mean, pp.std)
-        return caption_loss(m, xb, toks.reshape(-1, toks.shape[-1]), tgt if cache is not None else None,
-                            cfg.alpha, cfg.beta, k, mse)
+        return caption_loss(
+            m,
+            xb,
+            toks.reshape(-1, toks.shape[-1]),
+            tgt if cache is not None else None,
+            cfg.alpha,
+            cfg.beta,
+            k,
+            mse,
+        )
 
-    extra_base = {"train_config": asdict(cfg), "n_train_images": len(items), "vocab_size": len(vocab), "init": init_info,
-                  "skipped": {"captions": train_set.skipped, "unreadable_images": len(skipped),
-                              "not_in_cache": not_cached}}
+    extra_base = {
+        "train_config": asdict(cfg),
+        "n_train_images": len(items),
+        "vocab_size": len(vocab),
+        "init": init_info,
+        "skipped": {
+            "captions": train_set.skipped,
+            "unreadable_images": len(skipped),
+            "not_in_cache": not_cached,
+        },
+    }
     state = {"best": float("-inf"), "best_epoch": 0, "bad": 0}
     hist_path = out / "history.json"
     if resume and (out / "best.json").is_file():
@@ -266,8 +331,13 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         res = {"val_cider": cider, "val_seconds": time.time() - t0, "val_sample": hyps[0] if hyps else ""}
         if cider > state["best"]:
             state.update(best=cider, best_epoch=epoch, bad=0)
-            save_captioner(raw, out / "captioner.pt", pp, teacher_desc,
-                           {**extra_base, "epoch": epoch, "val_cider": cider})
+            save_captioner(
+                raw,
+                out / "captioner.pt",
+                pp,
+                teacher_desc,
+                {**extra_base, "epoch": epoch, "val_cider": cider},
+            )
         else:
             state["bad"] += 1
         write_json(out / "best.json", state)
@@ -277,18 +347,38 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
 
     def save(m, out_dir: Path, history):
         last = history["epochs"][-1] if history["epochs"] else {}
-        save_captioner(m, out_dir / "captioner_last.pt", pp, teacher_desc,
-                       {**extra_base, "epoch": last.get("epoch"), "val_cider": last.get("val_cider")})
+        save_captioner(
+            m,
+            out_dir / "captioner_last.pt",
+            pp,
+            teacher_desc,
+            {**extra_base, "epoch": last.get("epoch"), "val_cider": last.get("val_cider")},
+        )
         if val is None or not (out_dir / "captioner.pt").is_file():
-            save_captioner(m, out_dir / "captioner.pt", pp, teacher_desc, {**extra_base, "epoch": last.get("epoch")})
+            save_captioner(
+                m, out_dir / "captioner.pt", pp, teacher_desc, {**extra_base, "epoch": last.get("epoch")}
+            )
 
-    hist = fit(tcfg, model, dataset, step, out, resume=resume, save_fn=save,
-               on_epoch_end=on_epoch_end if val is not None else None, progress=progress)
+    hist = fit(
+        tcfg,
+        model,
+        dataset,
+        step,
+        out,
+        resume=resume,
+        save_fn=save,
+        on_epoch_end=on_epoch_end if val is not None else None,
+        progress=progress,
+    )
     hist["best"] = dict(state)
     hist["params"] = model.param_counts()
     hist["init"] = init_info
-    hist["data"] = {"train": train_set.summary(), "val": val_set.summary() if val_set else None,
-                    "unreadable_train_images": skipped, "not_in_cache": not_cached}
+    hist["data"] = {
+        "train": train_set.summary(),
+        "val": val_set.summary() if val_set else None,
+        "unreadable_train_images": skipped,
+        "not_in_cache": not_cached,
+    }
     write_json(hist_path, hist)
     return hist
 
@@ -307,14 +397,25 @@ def _unwrap(m):
     return u(m)
 
 
-def evaluate_captioner(model: Captioner, pp: Preprocess, cs: CaptionSet, beam: int = 5, max_len: int = 20,
-                       batch_size: int = 32, length_penalty: float = 1.0, samples: int = 10,
-                       progress: bool = False, allow_vocab_mismatch: bool = False) -> Dict[str, Any]:
+def evaluate_captioner(
+    model: Captioner,
+    pp: Preprocess,
+    cs: CaptionSet,
+    beam: int = 5,
+    max_len: int = 20,
+    batch_size: int = 32,
+    length_penalty: float = 1.0,
+    samples: int = 10,
+    progress: bool = False,
+    allow_vocab_mismatch: bool = False,
+) -> dict[str, Any]:
     """Caption every image of ``cs`` and score against its references (all metrics + sample captions)."""
     oov = model.vocab.oov_rate(cs.all_captions())
     if oov > 0.5 and not allow_vocab_mismatch:
-        raise EdgeClipError(f"vocabulary mismatch: {oov:.0%} of the reference words are unknown to the model's "
-                            f"{len(model.vocab)}-word vocabulary (wrong language or dataset?)")
+        raise EdgeClipError(
+            f"vocabulary mismatch: {oov:.0%} of the reference words are unknown to the model's "
+            f"{len(model.vocab)}-word vocabulary (wrong language or dataset?)"
+        )
     x, items, skipped = _prepare(cs, pp.size, progress)
     if not items:
         raise EdgeClipError("no readable images to caption")
@@ -323,18 +424,29 @@ def evaluate_captioner(model: Captioner, pp: Preprocess, cs: CaptionSet, beam: i
     dt = time.time() - t0
     names = [it.name for it in items]
     sc = score_captions({it.name: it.captions for it in items}, dict(zip(names, hyps)))
-    return {"metrics": {k: v for k, v in sc.items() if k not in ("unavailable", "tokenizer", "n")},
-            "unavailable": sc["unavailable"], "tokenizer": sc["tokenizer"], "n_images": len(items),
-            "beam": beam, "max_len": max_len, "length_penalty": length_penalty, "reference_oov_rate": oov,
-            "decode_seconds": dt, "skipped": {"captions": cs.skipped, "unreadable_images": len(skipped)},
-            "samples": [{"image": n, "caption": h, "references": it.captions} for n, h, it in
-                        list(zip(names, hyps, items))[:samples]],
-            "captions": dict(zip(names, hyps))}
+    return {
+        "metrics": {k: v for k, v in sc.items() if k not in ("unavailable", "tokenizer", "n")},
+        "unavailable": sc["unavailable"],
+        "tokenizer": sc["tokenizer"],
+        "n_images": len(items),
+        "beam": beam,
+        "max_len": max_len,
+        "length_penalty": length_penalty,
+        "reference_oov_rate": oov,
+        "decode_seconds": dt,
+        "skipped": {"captions": cs.skipped, "unreadable_images": len(skipped)},
+        "samples": [
+            {"image": n, "caption": h, "references": it.captions}
+            for n, h, it in list(zip(names, hyps, items))[:samples]
+        ],
+        "captions": dict(zip(names, hyps)),
+    }
 
 
 @torch.no_grad()
-def image_grounding(model: Captioner, pp: Preprocess, cs: CaptionSet, max_len: int = 20, batch_size: int = 32,
-                    seed: int = 0) -> Dict[str, Any]:
+def image_grounding(
+    model: Captioner, pp: Preprocess, cs: CaptionSet, max_len: int = 20, batch_size: int = 32, seed: int = 0
+) -> dict[str, Any]:
     """How much the decoder uses the image: reference-caption cross-entropy (nats/word, teacher forcing) with each
     image's own encoder state vs with another image's (a fixed derangement). A decoder that ignores the image
     has a gain near 0, however good its language model; greedy/beam captions then collapse to a few sentences."""
@@ -342,11 +454,15 @@ def image_grounding(model: Captioner, pp: Preprocess, cs: CaptionSet, max_len: i
     x, items, _ = _prepare(cs, pp.size, progress=False)
     if len(items) < 2:
         raise EdgeClipError("image_grounding needs at least 2 readable images")
-    states = [model.encode(normalize(x[i:i + batch_size], pp.mean, pp.std)) for i in range(0, len(x), batch_size)]
+    states = [
+        model.encode(normalize(x[i : i + batch_size], pp.mean, pp.std)) for i in range(0, len(x), batch_size)
+    ]
     state = tuple(torch.cat(parts) for parts in zip(*states))
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(items), generator=g)
-    perm = torch.where(perm == torch.arange(len(items)), torch.roll(perm, 1), perm)  # nobody keeps its own image
+    perm = torch.where(
+        perm == torch.arange(len(items)), torch.roll(perm, 1), perm
+    )  # nobody keeps its own image
     rows, owner = [], []
     for i, it in enumerate(items):
         for cap in it.captions:
@@ -365,5 +481,10 @@ def image_grounding(model: Captioner, pp: Preprocess, cs: CaptionSet, max_len: i
         return tot / n
 
     own, other = ce(owner_t), ce(perm[owner_t])
-    return {"ce_own_image": own, "ce_other_image": other, "gain_nats_per_word": other - own,
-            "n_images": len(items), "n_captions": len(rows)}
+    return {
+        "ce_own_image": own,
+        "ce_other_image": other,
+        "gain_nats_per_word": other - own,
+        "n_images": len(items),
+        "n_captions": len(rows),
+    }

@@ -11,8 +11,8 @@ records every pair (kept or not) with its pseudo-label and confidence; a histogr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,25 +28,32 @@ from edgeclip.zeroshot.text import text_embeddings
 MANIFEST_FORMAT = "edgeclip-curation/1"
 
 
-def check_fraction(fraction: Optional[float], threshold: Optional[float], per_label: bool = False) -> None:
+def check_fraction(fraction: float | None, threshold: float | None, per_label: bool = False) -> None:
     if threshold is not None and per_label:
-        raise EdgeClipError("per-label curation keeps a top fraction of each pseudo-label: give a fraction, not a threshold")
+        raise EdgeClipError(
+            "per-label curation keeps a top fraction of each pseudo-label: give a fraction, not a threshold"
+        )
     if threshold is not None:
         if not (0.0 <= threshold <= 1.0):
-            raise EdgeClipError(f"curation threshold must be in [0, 1] (a softmax confidence), got {threshold}")
+            raise EdgeClipError(
+                f"curation threshold must be in [0, 1] (a softmax confidence), got {threshold}"
+            )
         return
     if fraction is None or not (0.0 < fraction <= 1.0) or math.isnan(fraction):
         raise EdgeClipError(f"curation fraction must be in (0, 1], got {fraction}")
 
 
-def primary_records(ps: PairSet) -> List[ImageRecord]:
+def primary_records(ps: PairSet) -> list[ImageRecord]:
     """Foundation image records of the RGB side of every pair (cache keys: path|size|mtime)."""
-    return [ImageRecord(file_key(Path(r.files[ps.primary])), r.key, r.label, Path(r.files[ps.primary]))
-            for r in ps.records]
+    return [
+        ImageRecord(file_key(Path(r.files[ps.primary])), r.key, r.label, Path(r.files[ps.primary]))
+        for r in ps.records
+    ]
 
 
-def teacher_embeddings(ps: PairSet, teacher, cache_dir: str | Path, views: int = 1, batch_size: int = 64,
-                       progress: bool = False) -> Tuple[EmbeddingCache, List[str], List[int]]:
+def teacher_embeddings(
+    ps: PairSet, teacher, cache_dir: str | Path, views: int = 1, batch_size: int = 64, progress: bool = False
+) -> tuple[EmbeddingCache, list[str], list[int]]:
     """Build (or reuse) the teacher-embedding cache of the RGB images; -> (cache, file keys, usable pair indices)."""
     recs = primary_records(ps)
     build_cache(recs, teacher, cache_dir, views=views, batch_size=batch_size, progress=progress)
@@ -56,16 +63,29 @@ def teacher_embeddings(ps: PairSet, teacher, cache_dir: str | Path, views: int =
     return cache, [recs[i].key for i in ok], ok
 
 
-def curate(teacher, ps: PairSet, out: str | Path, labels: Optional[Sequence[str]] = None,
-           templates: Sequence[str] = DEFAULT_TEMPLATES, fraction: Optional[float] = 0.2,
-           threshold: Optional[float] = None, cache: Optional[str | Path] = None, views: int = 1,
-           batch_size: int = 64, plot: bool = True, progress: bool = False, per_label: bool = False) -> Dict:
+def curate(
+    teacher,
+    ps: PairSet,
+    out: str | Path,
+    labels: Sequence[str] | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    fraction: float | None = 0.2,
+    threshold: float | None = None,
+    cache: str | Path | None = None,
+    views: int = 1,
+    batch_size: int = 64,
+    plot: bool = True,
+    progress: bool = False,
+    per_label: bool = False,
+) -> dict:
     """Score every pair with the teacher, keep the most confident, write ``out/manifest.json`` (+ histogram)."""
     check_fraction(fraction, threshold, per_label)
     out = Path(out)
     if labels is None:
         if not ps.classes:
-            raise EdgeClipError("curation needs the label vocabulary: give labels (--labels 'a,b,c' or @file.txt)")
+            raise EdgeClipError(
+                "curation needs the label vocabulary: give labels (--labels 'a,b,c' or @file.txt)"
+            )
         labels = class_names(ps.classes)
     labels = parse_labels(list(labels))
     cache_dir = Path(cache) if cache else out / "cache"
@@ -83,34 +103,62 @@ def curate(teacher, ps: PairSet, out: str | Path, labels: Optional[Sequence[str]
         groups = [torch.nonzero(pl == c).flatten() for c in pl.unique()] if per_label else [torch.arange(n)]
         for g in groups:
             order = g[torch.sort(conf[g], descending=True, stable=True).indices]
-            keep[order[:max(1, int(math.ceil(fraction * len(g))))]] = True
+            keep[order[: max(1, int(math.ceil(fraction * len(g))))]] = True
     cut = float(conf[keep].min()) if keep.any() else float("nan")
     items = []
     for j, i in enumerate(ok):
         r = ps.records[i]
-        d = {"key": r.key, "file": str(r.files[ps.primary]), "pseudo_label": labels[int(pl[j])],
-             "label_index": int(pl[j]), "confidence": round(float(conf[j]), 6), "kept": bool(keep[j])}
+        d = {
+            "key": r.key,
+            "file": str(r.files[ps.primary]),
+            "pseudo_label": labels[int(pl[j])],
+            "label_index": int(pl[j]),
+            "confidence": round(float(conf[j]), 6),
+            "kept": bool(keep[j]),
+        }
         if r.label is not None and ps.classes:
             d["true_label"] = class_names(ps.classes)[r.label]
         items.append(d)
     true = [it for it in items if "true_label" in it]
-    summary = {"n_pairs": len(ps.records), "n_scored": n, "n_kept": int(keep.sum()),
-               "skipped_unreadable": n_failed, "skipped_unpaired": len(ps.skipped),
-               "fraction": fraction if threshold is None else None, "threshold": threshold, "per_label": per_label,
-               "cut_confidence": cut, "mean_confidence_all": float(conf.mean()) if n else 0.0,
-               "mean_confidence_kept": float(conf[keep].mean()) if keep.any() else 0.0,
-               "kept_per_label": {l: int(((pl == i) & keep).sum()) for i, l in enumerate(labels)}}
+    summary = {
+        "n_pairs": len(ps.records),
+        "n_scored": n,
+        "n_kept": int(keep.sum()),
+        "skipped_unreadable": n_failed,
+        "skipped_unpaired": len(ps.skipped),
+        "fraction": fraction if threshold is None else None,
+        "threshold": threshold,
+        "per_label": per_label,
+        "cut_confidence": cut,
+        "mean_confidence_all": float(conf.mean()) if n else 0.0,
+        "mean_confidence_kept": float(conf[keep].mean()) if keep.any() else 0.0,
+        "kept_per_label": {lb: int(((pl == i) & keep).sum()) for i, lb in enumerate(labels)},
+    }
     if true:
-        summary["pseudo_label_accuracy_all"] = sum(it["pseudo_label"] == it["true_label"] for it in true) / len(true)
+        summary["pseudo_label_accuracy_all"] = sum(
+            it["pseudo_label"] == it["true_label"] for it in true
+        ) / len(true)
         tk = [it for it in true if it["kept"]]
-        summary["pseudo_label_accuracy_kept"] = sum(it["pseudo_label"] == it["true_label"] for it in tk) / max(1, len(tk))
-    manifest = {"format": MANIFEST_FORMAT, "teacher": teacher.describe(), "data": ps.root, "primary": ps.primary,
-                "modalities": ps.modalities, "labels": labels, "templates": list(templates),
-                "summary": summary, "skipped": list(ps.skipped) + [f"{k.split('|')[0]}: {v}" for k, v in emb_cache.failed.items()],
-                "items": items}
+        summary["pseudo_label_accuracy_kept"] = sum(
+            it["pseudo_label"] == it["true_label"] for it in tk
+        ) / max(1, len(tk))
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "teacher": teacher.describe(),
+        "data": ps.root,
+        "primary": ps.primary,
+        "modalities": ps.modalities,
+        "labels": labels,
+        "templates": list(templates),
+        "summary": summary,
+        "skipped": list(ps.skipped) + [f"{k.split('|')[0]}: {v}" for k, v in emb_cache.failed.items()],
+        "items": items,
+    }
     write_json(out / "manifest.json", manifest)
     if plot:
-        summary["histogram"] = str(_histogram(conf.numpy(), keep.numpy(), cut, out / "confidence_hist.png", labels))
+        summary["histogram"] = str(
+            _histogram(conf.numpy(), keep.numpy(), cut, out / "confidence_hist.png", labels)
+        )
     return {"manifest": str(out / "manifest.json"), **summary}
 
 
@@ -137,7 +185,7 @@ def _histogram(conf: np.ndarray, keep: np.ndarray, cut: float, path: Path, label
     return path
 
 
-def load_manifest(path: str | Path) -> Dict:
+def load_manifest(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise EdgeClipError(f"curation manifest not found: {p}")
@@ -150,7 +198,9 @@ def load_manifest(path: str | Path) -> Dict:
     return m
 
 
-def apply_manifest(ps: PairSet, manifest: Dict, kept_only: bool = True) -> Tuple[PairSet, Dict[str, int], int]:
+def apply_manifest(
+    ps: PairSet, manifest: dict, kept_only: bool = True
+) -> tuple[PairSet, dict[str, int], int]:
     """Restrict ``ps`` to the manifest's kept pairs; -> (subset, pair key -> pseudo-label index, missing count)."""
     items = {it["key"]: it for it in manifest["items"]}
     idx, pseudo = [], {}

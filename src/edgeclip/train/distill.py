@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,20 +33,20 @@ class DistillConfig:
     teacher: str = ""
     data: str = ""
     out: str = "runs/distill"
-    cache: Optional[str] = None  # None: run the teacher online
+    cache: str | None = None  # None: run the teacher online
     # student config; unset keys: from ``init`` when given, else shufflenet_v2_x1_0 at 224 px
-    student: Dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
     loss: Any = "cosine"
     views: int = 1  # online mode: random views per epoch; cached mode: taken from the cache
     preload: Any = "auto"  # hold images in memory (auto: when the student input is <= 64 px)
-    val: Optional[str] = None  # ImageFolder for zero-shot top-1 after each epoch
-    templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    train: Dict[str, Any] = field(default_factory=dict)
+    val: str | None = None  # ImageFolder for zero-shot top-1 after each epoch
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    train: dict[str, Any] = field(default_factory=dict)
     max_images: int = 0
-    init: Optional[str] = None  # start from this student checkpoint (same teacher; its architecture is used)
+    init: str | None = None  # start from this student checkpoint (same teacher; its architecture is used)
 
 
-def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, teacher=None) -> Dict[str, Any]:
+def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, teacher=None) -> dict[str, Any]:
     from edgeclip.models.teachers import load_teacher
 
     if not cfg.teacher:
@@ -67,7 +67,9 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
     student = create_student(arch, teacher.embed_dim, **scfg)
     if init is not None:
         student.load_state_dict(init.state_dict())
-    pp = Preprocess(size=size, mean=tuple(teacher.mean), std=tuple(teacher.std))  # student sees the teacher's normalisation
+    pp = Preprocess(
+        size=size, mean=tuple(teacher.mean), std=tuple(teacher.std)
+    )  # student sees the teacher's normalisation
     src = open_source(cfg.data)
     if src.is_stream:
         return _distill_stream(cfg, src, teacher, student, pp, tcfg, resume, progress)
@@ -84,8 +86,10 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
         n_before = len(records)
         records = [r for r in records if r.key in cache]
         if not records:
-            raise EdgeClipError(f"none of the {n_before} images of {cfg.data} are in cache {cfg.cache} "
-                                "(files changed since? rebuild with `edgeclip cache`)")
+            raise EdgeClipError(
+                f"none of the {n_before} images of {cfg.data} are in cache {cfg.cache} "
+                "(files changed since? rebuild with `edgeclip cache`)"
+            )
         skipped_not_cached = n_before - len(records)
     else:
         skipped_not_cached = 0
@@ -94,14 +98,16 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
     views = cache.views if cache else max(1, cfg.views)
     vspec = cache.view_spec if cache else ViewSpec(seed=tcfg.seed)
     teacher_size = teacher.image_size
-    skipped: List[str] = []
+    skipped: list[str] = []
 
     if do_preload:
         psize = max(size, teacher_size if cache is None else size)
         x, kept, skipped = preload(records, psize, progress=progress)
         records = [records[i] for i in kept]
         N = len(records)
-        boxes = torch.tensor([[view_params(r.key, v, vspec)[0] for v in range(views)] for r in records], dtype=torch.float32)
+        boxes = torch.tensor(
+            [[view_params(r.key, v, vspec)[0] for v in range(views)] for r in records], dtype=torch.float32
+        )
         flips = torch.tensor([[view_params(r.key, v, vspec)[1] for v in range(views)] for r in records])
         if cache is not None:
             targets = torch.from_numpy(cache.get_many([r.key for r in records]).astype(np.float32))
@@ -129,7 +135,10 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
                 sin = sin.contiguous(memory_format=torch.channels_last)
             emb = model(sin)
             loss = loss_fn(emb, tgt)
-            return {"loss": loss, "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean()}
+            return {
+                "loss": loss,
+                "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean(),
+            }
     else:
         spp, tpp = pp.torch_transform(), teacher.preprocess
         dataset = _FileViews(records, spp, tpp, views, vspec, cache, online=cache is None)
@@ -144,14 +153,28 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
         return {"val_top1": tensor_top1(model, val[0], val[1], val[2])}
 
     def save(model, out_dir: Path, history):
-        extra = {"distill_config": asdict(cfg), "n_train": len(records), "skipped": len(skipped),
-                 "views": views, "final": history["epochs"][-1] if history["epochs"] else {}}
+        extra = {
+            "distill_config": asdict(cfg),
+            "n_train": len(records),
+            "skipped": len(skipped),
+            "views": views,
+            "final": history["epochs"][-1] if history["epochs"] else {},
+        }
         save_student(model, out_dir / "student.pt", pp, teacher.describe(), extra)
 
     if cache is None and dev == "cuda":
         teacher.to("cuda")
-    hist = fit(tcfg, student, dataset, step, cfg.out, resume=resume, save_fn=save,
-               on_epoch_end=on_epoch_end if val is not None else None, progress=progress)
+    hist = fit(
+        tcfg,
+        student,
+        dataset,
+        step,
+        cfg.out,
+        resume=resume,
+        save_fn=save,
+        on_epoch_end=on_epoch_end if val is not None else None,
+        progress=progress,
+    )
     hist["skipped_images"] = skipped
     hist["skipped_not_in_cache"] = skipped_not_cached
     return hist
@@ -180,14 +203,25 @@ def _pil_step(teacher, cache, loss_fn):
         else:
             tgt = tin_or_tgt
         emb = model(sin)
-        return {"loss": loss_fn(emb, tgt), "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean()}
+        return {
+            "loss": loss_fn(emb, tgt),
+            "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean(),
+        }
 
     return step
 
 
 class _FileViews(torch.utils.data.Dataset):
     def __init__(self, records, spp, tpp, views, vspec, cache, online):
-        self.records, self.spp, self.tpp, self.views, self.vspec, self.cache, self.online = records, spp, tpp, views, vspec, cache, online
+        self.records, self.spp, self.tpp, self.views, self.vspec, self.cache, self.online = (
+            records,
+            spp,
+            tpp,
+            views,
+            vspec,
+            cache,
+            online,
+        )
         self.failed_loads = 0
 
     def __len__(self):
@@ -216,7 +250,9 @@ def _prepare_val(cfg: DistillConfig, teacher, pp: Preprocess, size: int):
     x, kept, _ = preload(vsrc.records, size, progress=False) if size <= 64 else (None, None, None)
     temb = text_embeddings(teacher, class_names(vsrc.classes), cfg.templates)
     if x is None:
-        raise EdgeClipError("per-epoch --val is supported for inputs <= 64 px; use `edgeclip eval` for larger ones")
+        raise EdgeClipError(
+            "per-epoch --val is supported for inputs <= 64 px; use `edgeclip eval` for larger ones"
+        )
     y = torch.tensor([vsrc.records[i].label for i in kept])
     return normalize(x, pp.mean, pp.std), y, temb
 
@@ -227,14 +263,28 @@ class _StreamViews(torch.utils.data.IterableDataset):
 
     def __init__(self, src, n: int, spp, tpp, views, vspec, cache, online, shuffle_buffer: int = 1000):
         self.src, self.n, self.spp, self.tpp = src, n, spp, tpp
-        self.views, self.vspec, self.cache, self.online, self.buf = views, vspec, cache, online, shuffle_buffer
+        self.views, self.vspec, self.cache, self.online, self.buf = (
+            views,
+            vspec,
+            cache,
+            online,
+            shuffle_buffer,
+        )
 
     def __len__(self):
-        ws = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        ws = (
+            torch.distributed.get_world_size()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 1
+        )
         return max(1, self.n // ws)
 
     def _mine(self):
-        ws = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        ws = (
+            torch.distributed.get_world_size()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 1
+        )
         rk = torch.distributed.get_rank() if ws > 1 else 0
         wi = torch.utils.data.get_worker_info()
         nw, wid = (wi.num_workers, wi.id) if wi else (1, 0)
@@ -270,8 +320,9 @@ class _StreamViews(torch.utils.data.IterableDataset):
         return _view_item(self, r, img)
 
 
-def _distill_stream(cfg: DistillConfig, src, teacher, student, pp: Preprocess, tcfg: TrainConfig, resume: bool,
-                    progress: bool) -> Dict[str, Any]:
+def _distill_stream(
+    cfg: DistillConfig, src, teacher, student, pp: Preprocess, tcfg: TrainConfig, resume: bool, progress: bool
+) -> dict[str, Any]:
     """Distil from WebDataset shards without holding the corpus on disk as files or in memory."""
     cache = None
     if cfg.cache:
@@ -279,19 +330,28 @@ def _distill_stream(cfg: DistillConfig, src, teacher, student, pp: Preprocess, t
         cache.check_teacher(teacher.describe())
         n = sum(1 for r in src if r.key in cache)
         if n == 0:
-            raise EdgeClipError(f"none of the samples of {cfg.data} are in cache {cfg.cache}; run `edgeclip cache` on them")
+            raise EdgeClipError(
+                f"none of the samples of {cfg.data} are in cache {cfg.cache}; run `edgeclip cache` on them"
+            )
     else:
         n = sum(1 for _ in src)
     views = cache.views if cache else max(1, cfg.views)
     vspec = cache.view_spec if cache else ViewSpec(seed=tcfg.seed)
-    dataset = _StreamViews(src, n, pp.torch_transform(), teacher.preprocess, views, vspec, cache, cache is None)
+    dataset = _StreamViews(
+        src, n, pp.torch_transform(), teacher.preprocess, views, vspec, cache, cache is None
+    )
     loss_fn = build_loss(cfg.loss)
 
     step = _pil_step(teacher, cache, loss_fn)
 
     def save(model, out_dir: Path, history):
-        save_student(model, out_dir / "student.pt", pp, teacher.describe(),
-                     {"distill_config": asdict(cfg), "n_train": n, "views": views, "streamed": True})
+        save_student(
+            model,
+            out_dir / "student.pt",
+            pp,
+            teacher.describe(),
+            {"distill_config": asdict(cfg), "n_train": n, "views": views, "streamed": True},
+        )
 
     hist = fit(tcfg, student, dataset, step, cfg.out, resume=resume, save_fn=save, progress=progress)
     hist["n_train"] = n

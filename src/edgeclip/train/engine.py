@@ -12,9 +12,10 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,7 +53,9 @@ def make_fabric(cfg: TrainConfig):
         accel = "cuda" if torch.cuda.is_available() else "cpu"
     prec = cfg.precision
     if prec == "auto":
-        prec = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if accel == "cuda" else "32-true"
+        prec = (
+            ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if accel == "cuda" else "32-true"
+        )
     strategy = cfg.strategy
     if strategy == "auto" and cfg.devices > 1:
         strategy = "ddp"
@@ -74,13 +77,24 @@ def cosine_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return f
 
 
-StepFn = Callable[[nn.Module, Any], Dict[str, torch.Tensor]]
+StepFn = Callable[[nn.Module, Any], dict[str, torch.Tensor]]
 
 
-def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: str | Path, *,
-        resume: bool = False, save_fn: Optional[Callable[[nn.Module, Path, Dict], None]] = None,
-        on_epoch_end: Optional[Callable[[nn.Module, int, Dict], Dict]] = None, fabric=None,
-        collate_fn=None, params=None, progress: bool = True) -> Dict[str, Any]:
+def fit(
+    cfg: TrainConfig,
+    model: nn.Module,
+    dataset,
+    step_fn: StepFn,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    save_fn: Callable[[nn.Module, Path, dict], None] | None = None,
+    on_epoch_end: Callable[[nn.Module, int, dict], dict] | None = None,
+    fabric=None,
+    collate_fn=None,
+    params=None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train ``model`` with ``step_fn(model, batch) -> {'loss': ..., other metrics}``.
 
     Writes ``out_dir/last.ckpt`` (resumable state) every epoch, ``history.json`` and, via ``save_fn``,
@@ -98,18 +112,30 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     iterable = isinstance(dataset, torch.utils.data.IterableDataset)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not iterable,
-                                         drop_last=len(dataset) > cfg.batch_size,
-                                         num_workers=cfg.num_workers, collate_fn=collate_fn,
-                                         persistent_workers=cfg.num_workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=not iterable,
+        drop_last=len(dataset) > cfg.batch_size,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+        persistent_workers=cfg.num_workers > 0,
+    )
     model, opt = fabric.setup(model, opt)
     loader = fabric.setup_dataloaders(loader)
     n_batches = len(loader) if not iterable else max(1, len(dataset) // cfg.batch_size)
     steps_per_epoch = n_batches if not cfg.max_steps_per_epoch else min(n_batches, cfg.max_steps_per_epoch)
     total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio))
-    history: Dict[str, Any] = {"config": asdict(cfg), "epochs": [], "world_size": fabric.world_size,
-                               "device": str(fabric.device), "torch_threads": torch.get_num_threads()}
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, cosine_lambda(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
+    )
+    history: dict[str, Any] = {
+        "config": asdict(cfg),
+        "epochs": [],
+        "world_size": fabric.world_size,
+        "device": str(fabric.device),
+        "torch_threads": torch.get_num_threads(),
+    }
     start_epoch = 0
     ck_path = out / "last.ckpt"
     if resume and ck_path.exists():
@@ -132,7 +158,7 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch)
-        sums: Dict[str, float] = {}
+        sums: dict[str, float] = {}
         n = 0
         te = time.time()
         it = loader
@@ -140,7 +166,9 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
         if progress and fabric.is_global_zero:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
+            bar = tqdm(
+                total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0
+            )
         for i, batch in enumerate(it):
             if i >= steps_per_epoch:
                 break
@@ -161,8 +189,13 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
                     bar.set_postfix(loss=f"{float(loss):.4f}")
         if bar is not None:
             bar.close()
-        rec = {"epoch": epoch + 1, **{k: v / max(1, n) for k, v in sums.items()}, "seconds": time.time() - te,
-               "lr": sched.get_last_lr()[0], "steps": n}
+        rec = {
+            "epoch": epoch + 1,
+            **{k: v / max(1, n) for k, v in sums.items()},
+            "seconds": time.time() - te,
+            "lr": sched.get_last_lr()[0],
+            "steps": n,
+        }
         if on_epoch_end is not None:
             rec.update(on_epoch_end(model, epoch + 1, rec) or {})
         stop = bool(rec.pop("stop_training", False))  # on_epoch_end may ask to stop (early stopping)
@@ -171,8 +204,16 @@ def fit(cfg: TrainConfig, model: nn.Module, dataset, step_fn: StepFn, out_dir: s
         history["epochs"].append(rec)
         fabric.print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in rec.items()}))
         tmp = out / ".last.ckpt.tmp"
-        fabric.save(tmp, {"model": model, "optimizer": opt, "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                          "history": history})
+        fabric.save(
+            tmp,
+            {
+                "model": model,
+                "optimizer": opt,
+                "scheduler": sched.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+            },
+        )
         if fabric.is_global_zero:
             os.replace(tmp, ck_path)  # atomic: a kill never leaves a half-written checkpoint
         fabric.barrier()

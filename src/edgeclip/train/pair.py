@@ -23,7 +23,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,13 +68,13 @@ class PairDataConfig:
     teacher: str = ""
     data: str = ""
     out: str = "runs/edgevl"
-    modalities: Optional[List[str]] = None
-    primary: Optional[str] = None
-    derive: Dict[str, str] = field(default_factory=dict)  # e.g. {"mono": "luminance"}
-    modality: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per-modality ModalitySpec settings
-    manifest: Optional[str] = None  # curation manifest: train on its kept pairs
-    classes: Optional[List[str]] = None  # only pairs of these (folder) classes: the unseen-class protocol
-    cache: Optional[str] = None  # teacher-embedding cache folder (default OUT/cache)
+    modalities: list[str] | None = None
+    primary: str | None = None
+    derive: dict[str, str] = field(default_factory=dict)  # e.g. {"mono": "luminance"}
+    modality: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-modality ModalitySpec settings
+    manifest: str | None = None  # curation manifest: train on its kept pairs
+    classes: list[str] | None = None  # only pairs of these (folder) classes: the unseen-class protocol
+    cache: str | None = None  # teacher-embedding cache folder (default OUT/cache)
     views: int = 1
     max_images: int = 0
     seed: int = 0
@@ -84,52 +84,56 @@ class PairDataConfig:
 @dataclass
 class PairDistillConfig(PairDataConfig):
     # student config; unset keys: from ``init`` when given, else shufflenet_v2_x1_0 at 32 px
-    student: Dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
     loss: Any = "mse"
-    weights: Dict[str, float] = field(default_factory=dict)  # per-modality loss weight (default 1)
-    train: Dict[str, Any] = field(default_factory=dict)
-    init: Optional[str] = None  # start from a student checkpoint (e.g. an RGB-distilled one)
+    weights: dict[str, float] = field(default_factory=dict)  # per-modality loss weight (default 1)
+    train: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # start from a student checkpoint (e.g. an RGB-distilled one)
 
 
 @dataclass
 class QATConfig(PairDataConfig):
     student: str = ""  # stage-1 checkpoint
     loss: Any = "mse"
-    weights: Dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
     triplet_weight: float = 1.0  # 0 = plain QAT (no contrastive term)
     margin: float = 0.3  # EdgeVL's published setting
-    positive: str = "easy"  # easy (nearest, EdgeVL) | random | hard: which same-label bank entry is the positive
+    positive: str = (
+        "easy"  # easy (nearest, EdgeVL) | random | hard: which same-label bank entry is the positive
+    )
     negative: str = "random"  # random (EdgeVL) | hardest: which semi-hard negatives are used
     negatives: int = 3  # semi-hard negatives per anchor (EdgeVL: 3)
     same_modality: bool = True  # positives and negatives from the anchor's own modality (EdgeVL)
-    labels: Optional[List[str]] = None  # pseudo-label vocabulary when no manifest is given
-    templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    labels: list[str] | None = None  # pseudo-label vocabulary when no manifest is given
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     reduce_range: Any = "auto"  # 7-bit activations; auto: when this CPU lacks VNNI (int8 kernels saturate)
     per_channel: bool = True  # False: one weight scale per tensor (per-tensor-only accelerators)
     weight_bits: int = 8  # 4: W4A8 (4-bit weights, uint8 activations)
-    train: Dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Prepared:
     ps: Any
-    specs: Dict
+    specs: dict
     data: PairTensors
     targets: torch.Tensor  # (N, V, D)
     boxes: torch.Tensor  # (N, V, 4)
     flips: torch.Tensor  # (N, V)
-    fkeys: List[str]
-    pseudo: Optional[torch.Tensor]
+    fkeys: list[str]
+    pseudo: torch.Tensor | None
     size: int
-    info: Dict
+    info: dict
 
 
-def prepare_pairs(cfg: PairDataConfig, teacher, size: int, primary_stats=None, progress: bool = False) -> Prepared:
+def prepare_pairs(
+    cfg: PairDataConfig, teacher, size: int, primary_stats=None, progress: bool = False
+) -> Prepared:
     """Open, filter (classes, manifest, max_images), cache teacher targets, and preload the pairs."""
     if not cfg.data:
         raise EdgeClipError("no training data given (--data or `data:` in the config)")
     ps = open_pairs(cfg.data, cfg.modalities, cfg.primary, cfg.derive)
-    info: Dict[str, Any] = {"pairs_found": len(ps), "skipped_unpaired": len(ps.skipped)}
+    info: dict[str, Any] = {"pairs_found": len(ps), "skipped_unpaired": len(ps.skipped)}
     if cfg.classes:
         if not ps.classes:
             raise EdgeClipError("`classes` needs class sub-folders in the data")
@@ -144,7 +148,9 @@ def prepare_pairs(cfg: PairDataConfig, teacher, size: int, primary_stats=None, p
     if cfg.manifest:
         man = load_manifest(cfg.manifest)
         if man["teacher"]["id"] != teacher.id:
-            raise EdgeClipError(f"manifest {cfg.manifest} was made with teacher {man['teacher']['id']}, not {teacher.id}")
+            raise EdgeClipError(
+                f"manifest {cfg.manifest} was made with teacher {man['teacher']['id']}, not {teacher.id}"
+            )
         ps, pseudo_map, missing = apply_manifest(ps, man)
         info.update(manifest=cfg.manifest, manifest_missing=missing, manifest_labels=man["labels"])
     if cfg.max_images and len(ps) > cfg.max_images:
@@ -171,18 +177,26 @@ def prepare_pairs(cfg: PairDataConfig, teacher, size: int, primary_stats=None, p
     return Prepared(ps, specs, data, targets, boxes, flips, fkeys, pseudo, size, info)
 
 
-def _raw_channels(p: Prepared) -> Dict[str, int]:
+def _raw_channels(p: Prepared) -> dict[str, int]:
     return {m: int(v.shape[1]) for m, v in p.data.x.items()}
 
 
-def modality_batch(model: PairStudent, p: Prepared, m: str, idx: torch.Tensor, box: torch.Tensor, flip: torch.Tensor):
+def modality_batch(
+    model: PairStudent, p: Prepared, m: str, idx: torch.Tensor, box: torch.Tensor, flip: torch.Tensor
+):
     """Cropped, normalised, adapted 3-channel input of modality ``m`` for pairs ``idx``."""
     x = crop_views(p.data.x[m][idx.cpu()].to(box.device), box, flip, p.size)
     return model.prepare(normalize_modality(x, p.specs[m]), m)
 
 
-def kd_terms(model: PairStudent, p: Prepared, idx: torch.Tensor, loss_fn, weights: Dict[str, float],
-             ctx: Optional[Dict[str, Any]] = None):
+def kd_terms(
+    model: PairStudent,
+    p: Prepared,
+    idx: torch.Tensor,
+    loss_fn,
+    weights: dict[str, float],
+    ctx: dict[str, Any] | None = None,
+):
     """Mixed batch: every modality of the pairs ``idx`` through the student at once. ``ctx`` goes to the
     loss (``text_emb``, ``logit_scale``). -> (weighted KD loss, {modality: embeddings}, metrics)."""
     B = idx.shape[0]
@@ -203,13 +217,13 @@ def kd_terms(model: PairStudent, p: Prepared, idx: torch.Tensor, loss_fn, weight
     return loss, embs, metrics
 
 
-def _train_cfg(d: Dict, seed: int) -> TrainConfig:
+def _train_cfg(d: dict, seed: int) -> TrainConfig:
     d = dict(d)
     d.setdefault("seed", seed)
     return TrainConfig(**d)
 
 
-def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, progress: bool = False) -> Dict:
+def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, progress: bool = False) -> dict:
     """Stage 1: dual-modality distillation. Writes OUT/student.pt (+ history.json, last.ckpt)."""
     from edgeclip.models.teachers import load_teacher
 
@@ -240,8 +254,11 @@ def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, pr
         return {"loss": loss, **metrics}
 
     def save(m, out_dir: Path, history):
-        extra = {"edgevl_config": asdict(cfg), "data_info": p.info,
-                 "final": history["epochs"][-1] if history["epochs"] else {}}
+        extra = {
+            "edgevl_config": asdict(cfg),
+            "data_info": p.info,
+            "final": history["epochs"][-1] if history["epochs"] else {},
+        }
         save_pair_student(m, out_dir / "student.pt", size, teacher.describe(), extra)
 
     hist = fit(tcfg, model, dataset, step, cfg.out, resume=resume, save_fn=save, progress=progress)
@@ -257,13 +274,25 @@ NEGATIVES = ("random", "hardest")
 def check_mining(positive: str, negative: str, negatives: int) -> None:
     """One clear error for triplet-mining settings (QATConfig and :func:`semi_hard_triplet`)."""
     if positive not in POSITIVES or negative not in NEGATIVES or negatives < 1:
-        raise EdgeClipError(f"triplet mining: positive must be one of {', '.join(POSITIVES)}, negative one of "
-                            f"{', '.join(NEGATIVES)} and negatives >= 1 (got {positive!r}, {negative!r}, {negatives})")
+        raise EdgeClipError(
+            f"triplet mining: positive must be one of {', '.join(POSITIVES)}, negative one of "
+            f"{', '.join(NEGATIVES)} and negatives >= 1 (got {positive!r}, {negative!r}, {negatives})"
+        )
 
 
-def semi_hard_triplet(anchor: torch.Tensor, labels: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
-                      margin: float, exclude: Optional[torch.Tensor] = None, allowed: Optional[torch.Tensor] = None,
-                      positive: str = "easy", negative: str = "random", negatives: int = 3, generator=None):
+def semi_hard_triplet(
+    anchor: torch.Tensor,
+    labels: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    margin: float,
+    exclude: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+    positive: str = "easy",
+    negative: str = "random",
+    negatives: int = 3,
+    generator=None,
+):
     """Triplet loss with semi-hard negatives from an embedding bank (FaceNet; EdgeVL stage 2).
 
     ``anchor`` (B,D) unnormalised student embeddings; ``bank`` (N,D) normalised, detached. Distances are
@@ -309,16 +338,26 @@ def quant_stem(weight_bits: int) -> str:
     return "int8" if weight_bits == 8 else f"w{weight_bits}a8"
 
 
-def export_int8_onnx(core: nn.Module, adapters: Dict[str, nn.Module], modalities: List[str], out: Path,
-                     size: int, channels: Dict[str, int], stem: str = "int8") -> Dict[str, str]:
+def export_int8_onnx(
+    core: nn.Module,
+    adapters: dict[str, nn.Module],
+    modalities: list[str],
+    out: Path,
+    size: int,
+    channels: dict[str, int],
+    stem: str = "int8",
+) -> dict[str, str]:
     """Export the converted (QDQ) model once, plus one file per modality with a learned conv adapter."""
-    exports: Dict[str, str] = {}
+    exports: dict[str, str] = {}
     groups = {m: (m if m in adapters else None) for m in modalities}
     for g in sorted(set(groups.values()), key=lambda x: (x is not None, x or "")):
         model = ModalityModel(core, adapters[g].eval() if g else None)
         model.training = False  # not .eval(): that would recurse into the converted graph module
-        path = export_qdq_onnx(model, out / (f"{stem}.onnx" if g is None else f"{stem}_{g}.onnx"),
-                               (4, channels[g] if g else 3, size, size))
+        path = export_qdq_onnx(
+            model,
+            out / (f"{stem}.onnx" if g is None else f"{stem}_{g}.onnx"),
+            (4, channels[g] if g else 3, size, size),
+        )
         for m, gg in groups.items():
             if gg == g:
                 exports[m] = str(path)
@@ -333,13 +372,13 @@ def embedding_bank(model: PairStudent, p: Prepared, bs: int = 512) -> torch.Tens
     out = []
     for m in p.ps.modalities:
         for i in range(0, len(p.data), bs):
-            x = p.data.x[m][i:i + bs]
+            x = p.data.x[m][i : i + bs]
             out.append(F.normalize(model(normalize_modality(x, p.specs[m]), m).float(), dim=-1))
     model.train(was)
     return torch.cat(out)
 
 
-def vocabulary_embeddings(p: Prepared, teacher, labels: Optional[List[str]], templates) -> torch.Tensor:
+def vocabulary_embeddings(p: Prepared, teacher, labels: list[str] | None, templates) -> torch.Tensor:
     """Teacher text embeddings (L, D) of the stage-2 prompt vocabulary: the curation manifest's labels,
     else ``labels``, else the class folders."""
     labels = p.info.get("manifest_labels") or labels
@@ -350,7 +389,7 @@ def vocabulary_embeddings(p: Prepared, teacher, labels: Optional[List[str]], tem
     return text_embeddings(teacher, labels, templates)
 
 
-def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool = False) -> Dict:
+def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool = False) -> dict:
     """Stage 2: QAT (+ semi-hard triplet) from a stage-1 student; writes OUT/int8.onnx and OUT/qat.json."""
     from edgeclip.models.teachers import load_teacher
 
@@ -359,7 +398,9 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     fp, size, ck = load_pair_student(cfg.student)
     teacher = teacher or load_teacher(cfg.teacher or ck["teacher"]["spec"], device="cpu")
     if teacher.id != ck["teacher"]["id"]:
-        raise EdgeClipError(f"student {cfg.student} was distilled from {ck['teacher']['id']}, not {teacher.id}")
+        raise EdgeClipError(
+            f"student {cfg.student} was distilled from {ck['teacher']['id']}, not {teacher.id}"
+        )
     if cfg.triplet_weight < 0 or cfg.margin <= 0:
         raise EdgeClipError("triplet_weight must be >= 0 and margin > 0")
     check_mining(cfg.positive, cfg.negative, cfg.negatives)  # before any data is read
@@ -375,8 +416,14 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     bank_labels = p.pseudo.repeat(M)
     t0 = time.time()
     reduce_range = resolve_reduce_range(cfg.reduce_range)
-    core = prepare_qat(fp.student, (8, 3, size, size), reduce_range=reduce_range, per_channel=cfg.per_channel,
-                       weight_bits=cfg.weight_bits, embed_dim=fp.student.embed_dim)
+    core = prepare_qat(
+        fp.student,
+        (8, 3, size, size),
+        reduce_range=reduce_range,
+        per_channel=cfg.per_channel,
+        weight_bits=cfg.weight_bits,
+        embed_dim=fp.student.embed_dim,
+    )
     model = PairStudent(core, p.specs, p.ps.primary)
     model.adapters = fp.adapters
     prep_s = time.time() - t0
@@ -398,9 +445,18 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
             if cfg.same_modality:  # bank rows are modality-major: column c belongs to modality c // N
                 allowed = (rows // N)[:, None] == (torch.arange(M * N) // N)[None, :]
             dev = anchors.device
-            tl, nv = semi_hard_triplet(anchors, lab, state["bank"].to(dev), bank_labels.to(dev), cfg.margin,
-                                       excl.to(dev), None if allowed is None else allowed.to(dev),
-                                       cfg.positive, cfg.negative, cfg.negatives)
+            tl, nv = semi_hard_triplet(
+                anchors,
+                lab,
+                state["bank"].to(dev),
+                bank_labels.to(dev),
+                cfg.margin,
+                excl.to(dev),
+                None if allowed is None else allowed.to(dev),
+                cfg.positive,
+                cfg.negative,
+                cfg.negatives,
+            )
             loss = loss + cfg.triplet_weight * tl
             metrics["triplet"] = tl.detach()
             stats["semi_hard"] += nv
@@ -409,15 +465,26 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
 
     def refresh(m, epoch, rec):
         state["bank"] = embedding_bank(m, p)  # the bank follows the model, once per epoch
-        return {"semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"])} if cfg.triplet_weight > 0 else {}
+        return (
+            {"semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"])}
+            if cfg.triplet_weight > 0
+            else {}
+        )
 
     tcfg = _train_cfg(cfg.train, cfg.seed)
     out = Path(cfg.out)
     hist = fit(tcfg, model, dataset, step, out, resume=resume, on_epoch_end=refresh, progress=progress)
     t1 = time.time()
     converted = convert_qat(core)
-    exports = export_int8_onnx(converted, dict(model.adapters), p.ps.modalities, out, size, _raw_channels(p),
-                               stem=quant_stem(cfg.weight_bits))
+    exports = export_int8_onnx(
+        converted,
+        dict(model.adapters),
+        p.ps.modalities,
+        out,
+        size,
+        _raw_channels(p),
+        stem=quant_stem(cfg.weight_bits),
+    )
     # parity: ONNX Runtime int8 vs the converted torch model on a few training pairs
     from edgeclip.zeroshot.modalities import onnx_sessions
 
@@ -428,20 +495,45 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
         ref = ModalityModel(converted, model.adapters[m] if m in model.adapters else None)(x).detach()
         got = torch.from_numpy(sess[m].run(None, {sess[m].get_inputs()[0].name: x.numpy()})[0])
         parity[m] = float((F.normalize(ref, dim=-1) * F.normalize(got, dim=-1)).sum(-1).min())
-    res = {"format": "edgeclip-edgevl-qat/1", "student": cfg.student, "config": asdict(cfg), "exports": exports,
-           "specs": {m: s.to_dict() for m, s in p.specs.items()}, "primary": p.ps.primary, "img_size": size,
-           "teacher": teacher.describe(), "data_info": p.info, "history": hist["epochs"],
-           "reduce_range": reduce_range, "per_channel": cfg.per_channel, "weight_bits": cfg.weight_bits,
-           "semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"]) if cfg.triplet_weight > 0 else None,
-           "onnx_min_cosine_vs_torch_int8": parity, "seconds": {"prepare": prep_s, "train": hist.get("train_seconds"),
-                                                                 "convert_export": time.time() - t1}}
+    res = {
+        "format": "edgeclip-edgevl-qat/1",
+        "student": cfg.student,
+        "config": asdict(cfg),
+        "exports": exports,
+        "specs": {m: s.to_dict() for m, s in p.specs.items()},
+        "primary": p.ps.primary,
+        "img_size": size,
+        "teacher": teacher.describe(),
+        "data_info": p.info,
+        "history": hist["epochs"],
+        "reduce_range": reduce_range,
+        "per_channel": cfg.per_channel,
+        "weight_bits": cfg.weight_bits,
+        "semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"])
+        if cfg.triplet_weight > 0
+        else None,
+        "onnx_min_cosine_vs_torch_int8": parity,
+        "seconds": {
+            "prepare": prep_s,
+            "train": hist.get("train_seconds"),
+            "convert_export": time.time() - t1,
+        },
+    }
     write_json(out / "qat.json", res)
     return res
 
 
-def ptq_pairs(student: str, cfg: PairDataConfig, calib_images: int = 256, per_channel: bool = True,
-              method: str = "minmax", teacher=None, reduce_range: Any = "auto", weight_bits: int = 8,
-              progress: bool = False) -> Dict:
+def ptq_pairs(
+    student: str,
+    cfg: PairDataConfig,
+    calib_images: int = 256,
+    per_channel: bool = True,
+    method: str = "minmax",
+    teacher=None,
+    reduce_range: Any = "auto",
+    weight_bits: int = 8,
+    progress: bool = False,
+) -> dict:
     """Baseline: ONNX Runtime static int8 of a stage-1 student, calibrated on every modality's images
     (``weight_bits=4``: W4A8, int4 weights)."""
     from edgeclip.export.onnx import export_onnx
@@ -468,16 +560,32 @@ def ptq_pairs(student: str, cfg: PairDataConfig, calib_images: int = 256, per_ch
         batches = []
         for m in mods:  # the shared model sees every modality it serves, in equal parts
             x = normalize_modality(p.data.x[m], fp.specs[m])
-            batches += [x[i:i + 32].numpy() for i in range(0, len(x), 32)]
-        i8 = quantize_static_onnx(f32, out / f"{stem.replace('fp32', 'ptq_' + quant_stem(weight_bits))}.onnx", batches,
-                                  per_channel=per_channel, method=method, reduce_range=reduce_range,
-                                  weight_bits=weight_bits)
+            batches += [x[i : i + 32].numpy() for i in range(0, len(x), 32)]
+        i8 = quantize_static_onnx(
+            f32,
+            out / f"{stem.replace('fp32', 'ptq_' + quant_stem(weight_bits))}.onnx",
+            batches,
+            per_channel=per_channel,
+            method=method,
+            reduce_range=reduce_range,
+            weight_bits=weight_bits,
+        )
         for m in mods:
             exports[m] = str(i8)
-    res = {"format": "edgeclip-edgevl-ptq/1", "student": student, "exports": exports, "calib_images": len(p.data),
-           "calibrated_on": p.ps.modalities, "per_channel": per_channel, "weight_bits": weight_bits, "method": method,
-           "reduce_range": reduce_range,
-           "specs": {m: s.to_dict() for m, s in fp.specs.items()}, "primary": fp.primary, "img_size": size,
-           "teacher": teacher.describe()}
+    res = {
+        "format": "edgeclip-edgevl-ptq/1",
+        "student": student,
+        "exports": exports,
+        "calib_images": len(p.data),
+        "calibrated_on": p.ps.modalities,
+        "per_channel": per_channel,
+        "weight_bits": weight_bits,
+        "method": method,
+        "reduce_range": reduce_range,
+        "specs": {m: s.to_dict() for m, s in fp.specs.items()},
+        "primary": fp.primary,
+        "img_size": size,
+        "teacher": teacher.describe(),
+    }
     write_json(out / "ptq.json", res)
     return res

@@ -6,8 +6,8 @@ The result is a reference-lit checkpoint (``edgeclip.models.teachers.reference``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,13 +34,28 @@ class LiTModel(nn.Module):
         return self.logit_scale.clamp(max=math.log(100)).exp() * img @ self.text_emb.t()
 
 
-
-def train_reference(data: str, out: str | Path, arch: str = "resnet18", templates: Sequence[str] = DEFAULT_TEMPLATES,
-                    img_size: int = 32, small_input: Optional[bool] = None, epochs: int = 10, batch_size: int = 256,
-                    lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0, resume: bool = False,
-                    devices: int = 1, accelerator: str = "auto", max_images: int = 0, val_data: Optional[str] = None,
-                    head_hidden: int = 1024, stem_stride: int = 0, label_smoothing: float = 0.0,
-                    progress: bool = True) -> Dict:
+def train_reference(
+    data: str,
+    out: str | Path,
+    arch: str = "resnet18",
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    img_size: int = 32,
+    small_input: bool | None = None,
+    epochs: int = 10,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    weight_decay: float = 0.05,
+    seed: int = 0,
+    resume: bool = False,
+    devices: int = 1,
+    accelerator: str = "auto",
+    max_images: int = 0,
+    val_data: str | None = None,
+    head_hidden: int = 1024,
+    stem_stride: int = 0,
+    label_smoothing: float = 0.0,
+    progress: bool = True,
+) -> dict:
     """Train the image tower LiT-style against the frozen MiniLM class-prompt embeddings of ``data`` (ImageFolder)."""
     from edgeclip.data.memory import MemoryImages, augment_batch, normalize, preload
     from edgeclip.data.sources import labelled_source, open_source
@@ -53,8 +68,9 @@ def train_reference(data: str, out: str | Path, arch: str = "resnet18", template
     x, kept, skipped = preload(recs, img_size, progress=progress)
     labels = torch.tensor([recs[i].label for i in kept])
     small = img_size <= 64 if small_input is None else small_input
-    tower = Student(arch, TEXT_DIM, head_hidden=head_hidden, small_input=small, img_size=img_size,
-                    stem_stride=stem_stride)
+    tower = Student(
+        arch, TEXT_DIM, head_hidden=head_hidden, small_input=small, img_size=img_size, stem_stride=stem_stride
+    )
     model = LiTModel(tower, text_emb)
     pp = Preprocess(size=img_size, mean=CLIP_MEAN, std=CLIP_STD)
     pad = max(1, img_size // 8)
@@ -81,14 +97,39 @@ def train_reference(data: str, out: str | Path, arch: str = "resnet18", template
 
     def save(m, out_dir: Path, history):
         scale = float(m.logit_scale.detach().clamp(max=math.log(100)).exp())
-        info = {"data": str(data), "classes": classes, "templates": list(templates), "n_train": len(kept),
-                "skipped": len(skipped), "epochs": epochs, "arch": arch, "img_size": img_size,
-                "final": history["epochs"][-1] if history["epochs"] else {}}
+        info = {
+            "data": str(data),
+            "classes": classes,
+            "templates": list(templates),
+            "n_train": len(kept),
+            "skipped": len(skipped),
+            "epochs": epochs,
+            "arch": arch,
+            "img_size": img_size,
+            "final": history["epochs"][-1] if history["epochs"] else {},
+        }
         save_reference(m.image_tower, out_dir / "teacher.pt", pp, scale, info)
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
-                      devices=devices, accelerator=accelerator, warmup_epochs=min(1.0, epochs / 10))
-    hist = fit(cfg, model, MemoryImages(x, labels), step, out, resume=resume, save_fn=save,
-               on_epoch_end=on_epoch_end if val is not None else None, progress=progress)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        devices=devices,
+        accelerator=accelerator,
+        warmup_epochs=min(1.0, epochs / 10),
+    )
+    hist = fit(
+        cfg,
+        model,
+        MemoryImages(x, labels),
+        step,
+        out,
+        resume=resume,
+        save_fn=save,
+        on_epoch_end=on_epoch_end if val is not None else None,
+        progress=progress,
+    )
     hist["skipped"] = skipped
     return hist

@@ -8,9 +8,10 @@ so one labeling loop and one zero-shot evaluation (``edgeclip.zeroshot.evaluate`
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,9 +29,9 @@ class TeacherInfo(Protocol):
 class Embedder(Protocol):
     name: str
     teacher: TeacherInfo
-    info: Dict[str, Any]
+    info: dict[str, Any]
 
-    def embed(self, images: List) -> np.ndarray: ...
+    def embed(self, images: list) -> np.ndarray: ...
 
     def text(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray: ...
 
@@ -40,11 +41,11 @@ class TorchEmbedder:
     """PIL images -> embeddings by a torch function; the teacher's text tower names the labels."""
 
     name: str
-    embed_fn: Callable[[List], Any]
+    embed_fn: Callable[[list], Any]
     teacher: Any  # a Teacher: encode_text / id / spec / embed_dim / logit_scale
-    info: Dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
 
-    def embed(self, images: List) -> np.ndarray:
+    def embed(self, images: list) -> np.ndarray:
         return unit(self.embed_fn(images).float().cpu().numpy())
 
     def text(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
@@ -53,8 +54,14 @@ class TorchEmbedder:
         return text_embeddings(self.teacher, labels, templates).numpy()
 
 
-def onnx_embedder(onnx_path: str | os.PathLike, preprocess, teacher, name: str, threads: Optional[int] = None,
-                  info: Optional[Dict] = None) -> TorchEmbedder:
+def onnx_embedder(
+    onnx_path: str | os.PathLike,
+    preprocess,
+    teacher,
+    name: str,
+    threads: int | None = None,
+    info: dict | None = None,
+) -> TorchEmbedder:
     """An exported student run by ONNX Runtime, with the student's own (torch) preprocessing."""
     import torch
 
@@ -86,24 +93,33 @@ class BundleEmbedder:
         self.labeler = labeler
         self.name = labeler.name
         t = labeler.manifest.get("teacher") or {}
-        self.teacher = _BundleTeacher(str(t.get("id", "?")), str(t.get("spec", "?")), labeler.embed_dim,
-                                      labeler.logit_scale)
+        self.teacher = _BundleTeacher(
+            str(t.get("id", "?")), str(t.get("spec", "?")), labeler.embed_dim, labeler.logit_scale
+        )
         self.info = labeler.describe()
 
-    def embed(self, images: List) -> np.ndarray:
+    def embed(self, images: list) -> np.ndarray:
         return unit(self.labeler.embed(images))
 
     def text(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """The bundle's precomputed embeddings of ``labels``; they were made with the bundle's templates."""
         have = self.labeler.known.templates
         if have and list(templates) != list(have):
-            raise EdgeClipError(f"this bundle's label embeddings were computed with the templates {have}, not "
-                                f"{list(templates)}: pass --template for each of those, or re-export the bundle")
+            raise EdgeClipError(
+                f"this bundle's label embeddings were computed with the templates {have}, not "
+                f"{list(templates)}: pass --template for each of those, or re-export the bundle"
+            )
         return unit(self.labeler.known.subset(list(labels)).embeddings)
 
 
-def load_embedder(teacher: Optional[str] = None, student: Optional[str] = None, bundle: Optional[str] = None,
-                  device: str = "cpu", precision: str = "auto", threads: Optional[int] = None) -> Embedder:
+def load_embedder(
+    teacher: str | None = None,
+    student: str | None = None,
+    bundle: str | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
+    threads: int | None = None,
+) -> Embedder:
     """A teacher (``--teacher``), a student checkpoint (``--student``; its own teacher names the labels) or an
     edge bundle (``--bundle``, torch-free)."""
     if bundle:
@@ -121,18 +137,26 @@ def load_embedder(teacher: Optional[str] = None, student: Optional[str] = None, 
         st.to(device)
         t = load_teacher(teacher or ck["teacher"]["spec"], device=device)
         if t.id != ck["teacher"]["id"]:
-            raise EdgeClipError(f"student {student} was distilled from {ck['teacher']['id']}, not {t.id}: "
-                                "its embeddings do not live in this teacher's text space")
+            raise EdgeClipError(
+                f"student {student} was distilled from {ck['teacher']['id']}, not {t.id}: "
+                "its embeddings do not live in this teacher's text space"
+            )
         if t.embed_dim != st.embed_dim:
-            raise EdgeClipError(f"student head gives {st.embed_dim}-d embeddings, teacher text is {t.embed_dim}-d")
+            raise EdgeClipError(
+                f"student head gives {st.embed_dim}-d embeddings, teacher text is {t.embed_dim}-d"
+            )
         tf = pp.torch_transform()
 
         @torch.no_grad()
         def fn(imgs):
             return st(torch.stack([tf(i) for i in imgs]).to(device))
 
-        return TorchEmbedder(f"student:{Path(student).name}", fn, t,
-                             {"arch": st.arch, "params": sum(p.numel() for p in st.parameters())})
+        return TorchEmbedder(
+            f"student:{Path(student).name}",
+            fn,
+            t,
+            {"arch": st.arch, "params": sum(p.numel() for p in st.parameters())},
+        )
     if not teacher:
         raise EdgeClipError("give --teacher SPEC or --student CHECKPOINT (or --bundle DIR)")
     t = load_teacher(teacher, device=device)

@@ -4,7 +4,7 @@ agreement and retention against the teacher. Export's bundle accuracy and the be
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -15,7 +15,9 @@ from edgeclip.zeroshot.embedder import Embedder
 from edgeclip.zeroshot.scores import accuracy, topk
 
 
-def predict(embedder: Embedder, records, class_emb: np.ndarray, batch_size: int = 128, progress: bool = False):
+def predict(
+    embedder: Embedder, records, class_emb: np.ndarray, batch_size: int = 128, progress: bool = False
+):
     """The one zero-shot loop over images: -> (top-5 class indices (N, <=5), kept record indices,
     skipped reasons, seconds). Unreadable images are skipped and counted."""
     preds, kept, skipped, batch, idx = [], [], [], [], []
@@ -48,13 +50,19 @@ def predict(embedder: Embedder, records, class_emb: np.ndarray, batch_size: int 
     return (np.concatenate(preds) if preds else np.zeros((0, k), dtype=np.int64)), kept, skipped, dt
 
 
-def evaluate(teacher: Optional[Embedder], students: Dict[str, Embedder], data: str,
-             templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = 128, max_images: int = 0,
-             progress: bool = False) -> Dict:
+def evaluate(
+    teacher: Embedder | None,
+    students: dict[str, Embedder],
+    data: str,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    batch_size: int = 128,
+    max_images: int = 0,
+    progress: bool = False,
+) -> dict:
     src, recs = labelled_source(data, "evaluation", max_images, seed=0)
     names = class_names(src.classes)
     y_all = np.array([r.label for r in recs])
-    out: Dict = {"data": str(data), "classes": names, "templates": list(templates)}
+    out: dict = {"data": str(data), "classes": names, "templates": list(templates)}
     results = {}
     models = ([("teacher", teacher)] if teacher is not None else []) + list(students.items())
     if not models:
@@ -81,7 +89,9 @@ def evaluate(teacher: Optional[Embedder], students: Dict[str, Embedder], data: s
             key = "agreement" if role == "student" else f"{role}_agreement"
             out[key] = agree
             if out["teacher_top1"] > 0:
-                out[f"{role}_retention" if role != "student" else "retention"] = out[f"{role}_top1"] / out["teacher_top1"]
+                out[f"{role}_retention" if role != "student" else "retention"] = (
+                    out[f"{role}_top1"] / out["teacher_top1"]
+                )
     return out
 
 
@@ -94,8 +104,11 @@ def tensor_top1(model, x, y, text_emb=None, bs: int = 500) -> float:
     model.eval()
     dev = next(model.parameters()).device
     with torch.no_grad():
-        outs = np.concatenate([model(x[i:i + bs].to(dev)).float().cpu().numpy() for i in range(0, len(x), bs)]) \
-            if len(x) else np.zeros((0, 1), np.float32)
+        outs = (
+            np.concatenate([model(x[i : i + bs].to(dev)).float().cpu().numpy() for i in range(0, len(x), bs)])
+            if len(x)
+            else np.zeros((0, 1), np.float32)
+        )
     model.train(was)
     top = topk(outs, text_emb.cpu().numpy(), 1) if text_emb is not None else outs.argmax(1)[:, None]
     return accuracy(top, np.asarray(y))["top1"]

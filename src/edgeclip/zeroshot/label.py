@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from edgeclip.data.transforms import apply_view, grid_boxes
 from edgeclip.zeroshot.embedder import Embedder
 
 
-def read_boxes(path: str | Path) -> Dict[str, List[Tuple[float, float, float, float]]]:
+def read_boxes(path: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
     """``{"image.jpg": [[x0, y0, x1, y1], ...]}`` in pixels (values > 1) or relative (all <= 1)."""
     p = Path(path)
     if not p.is_file():
@@ -34,7 +34,7 @@ def read_boxes(path: str | Path) -> Dict[str, List[Tuple[float, float, float, fl
     return out
 
 
-def _regions(img, name: str, grid: int, boxes: Optional[Dict]) -> List[Tuple[Optional[list], object]]:
+def _regions(img, name: str, grid: int, boxes: dict | None) -> list[tuple[list | None, object]]:
     if boxes is not None:
         bl = boxes.get(name) or boxes.get(Path(name).name)
         if not bl:
@@ -48,14 +48,24 @@ def _regions(img, name: str, grid: int, boxes: Optional[Dict]) -> List[Tuple[Opt
         return out
     if grid and grid > 1:
         W, H = img.size
-        return [([round(b[0] * W), round(b[1] * H), round(b[2] * W), round(b[3] * H)], apply_view(img, b, False))
-                for b in grid_boxes(grid)]
+        return [
+            ([round(b[0] * W), round(b[1] * H), round(b[2] * W), round(b[3] * H)], apply_view(img, b, False))
+            for b in grid_boxes(grid)
+        ]
     return [(None, img)]
 
 
-def label_images(records: Iterable[ImageRecord], embedder: Embedder, labels: Sequence[str],
-                 templates: Sequence[str], topk: int = 5, grid: int = 0, boxes: Optional[Dict] = None,
-                 batch_size: int = 32, stats: Optional[Dict] = None) -> Iterator[Dict]:
+def label_images(
+    records: Iterable[ImageRecord],
+    embedder: Embedder,
+    labels: Sequence[str],
+    templates: Sequence[str],
+    topk: int = 5,
+    grid: int = 0,
+    boxes: dict | None = None,
+    batch_size: int = 32,
+    stats: dict | None = None,
+) -> Iterator[dict]:
     """Yield one row per image (or region): image, region, labels, scores (softmax), cosines."""
     temb = embedder.text(labels, templates)
     scale = float(getattr(embedder.teacher, "logit_scale", 100.0))
@@ -63,7 +73,7 @@ def label_images(records: Iterable[ImageRecord], embedder: Embedder, labels: Seq
     stats = stats if stats is not None else {}
     stats.setdefault("images", 0)
     stats.setdefault("skipped", [])
-    pending: List[Tuple[str, Optional[list], object]] = []
+    pending: list[tuple[str, list | None, object]] = []
 
     for r in records:
         try:
@@ -88,8 +98,12 @@ def _emit(pending, embedder, temb, scale, k, labels):
     prob /= prob.sum(1, keepdims=True)
     top = np.argsort(-prob, axis=1, kind="stable")[:, :k]
     for j, ((name, region, _), idx) in enumerate(zip(pending, top.tolist())):
-        row = {"image": name, "labels": [labels[i] for i in idx], "scores": [round(float(prob[j, i]), 4) for i in idx],
-               "cosines": [round(float(cos[j, i]), 4) for i in idx]}
+        row = {
+            "image": name,
+            "labels": [labels[i] for i in idx],
+            "scores": [round(float(prob[j, i]), 4) for i in idx],
+            "cosines": [round(float(cos[j, i]), 4) for i in idx],
+        }
         if region is not None:
             row["region"] = region
         yield row

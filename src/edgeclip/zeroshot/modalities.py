@@ -4,8 +4,8 @@ modality; a loop over modalities around the shared scores of ``edgeclip.zeroshot
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,10 +33,10 @@ def torch_embedder(model: PairStudent) -> Embed:
     return f
 
 
-def onnx_sessions(exports: Dict[str, str]) -> Dict:
+def onnx_sessions(exports: dict[str, str]) -> dict:
     from edgeclip.runtime.session import ort_session
 
-    made: Dict[str, object] = {}
+    made: dict[str, object] = {}
     out = {}
     for m, path in exports.items():
         if not Path(path).is_file():
@@ -47,7 +47,7 @@ def onnx_sessions(exports: Dict[str, str]) -> Dict:
     return out
 
 
-def onnx_embedder(exports: Dict[str, str], specs: Dict) -> Embed:
+def onnx_embedder(exports: dict[str, str], specs: dict) -> Embed:
     """Embedder over exported ONNX models (one per modality, possibly shared)."""
     sess = onnx_sessions(exports)
 
@@ -77,7 +77,9 @@ def teacher_embedder(teacher, primary: str) -> Embed:
             raise EdgeClipError("the teacher only sees RGB")
         x = x01.float()
         if x.shape[-1] != teacher.image_size:
-            x = F.interpolate(x, size=(teacher.image_size,) * 2, mode="bicubic", align_corners=False).clamp(0, 1)
+            x = F.interpolate(x, size=(teacher.image_size,) * 2, mode="bicubic", align_corners=False).clamp(
+                0, 1
+            )
         mean = torch.tensor(teacher.mean).view(1, -1, 1, 1)
         std = torch.tensor(teacher.std).view(1, -1, 1, 1)
         return teacher.encode_image((x - mean) / std)
@@ -85,20 +87,35 @@ def teacher_embedder(teacher, primary: str) -> Embed:
     return f
 
 
-def zero_shot(embed: Embed, data: PairTensors, modality: str, text_emb: torch.Tensor,
-              labels: torch.Tensor, bs: int = 256) -> Dict[str, float]:
+def zero_shot(
+    embed: Embed,
+    data: PairTensors,
+    modality: str,
+    text_emb: torch.Tensor,
+    labels: torch.Tensor,
+    bs: int = 256,
+) -> dict[str, float]:
     """Top-1 of one model on one modality: its embeddings scored by the shared zero-shot code."""
     t0 = time.perf_counter()
-    embs = [embed(modality, data.x[modality][i:i + bs]).float().cpu().numpy() for i in range(0, len(data), bs)]
+    embs = [
+        embed(modality, data.x[modality][i : i + bs]).float().cpu().numpy() for i in range(0, len(data), bs)
+    ]
     dt = time.perf_counter() - t0
     n = sum(len(e) for e in embs)
     top1 = accuracy(topk(np.concatenate(embs), text_emb.numpy(), 1), labels.numpy())["top1"] if n else 0.0
     return {"top1": top1, "n": n, "images_per_s": n / dt if dt > 0 else 0.0}
 
 
-def evaluate_pairs(data: PairTensors, classes: Sequence[str], primary: str, modalities: Sequence[str],
-                   models: Dict[str, Embed], teacher=None, templates: Sequence[str] = DEFAULT_TEMPLATES,
-                   class_subset: Optional[List[str]] = None) -> Dict:
+def evaluate_pairs(
+    data: PairTensors,
+    classes: Sequence[str],
+    primary: str,
+    modalities: Sequence[str],
+    models: dict[str, Embed],
+    teacher=None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    class_subset: list[str] | None = None,
+) -> dict:
     """Top-1 of every model on every modality (and the teacher on RGB).
 
     ``class_subset``: evaluate only on the images of these classes, choosing among them (unseen classes).
@@ -117,13 +134,18 @@ def evaluate_pairs(data: PairTensors, classes: Sequence[str], primary: str, moda
         ids = [names.index(c) for c in class_subset]
         keep = torch.isin(labels, torch.tensor(ids))
         remap = {c: i for i, c in enumerate(ids)}
-        labels = torch.tensor([remap.get(int(l), -1) for l in labels])
+        labels = torch.tensor([remap.get(int(lb), -1) for lb in labels])
         names = list(class_subset)
         sel = keep.nonzero().squeeze(1)
-        data = PairTensors({m: v[sel] for m, v in data.x.items()}, [data.keys[i] for i in sel.tolist()],
-                           [data.records[i] for i in sel.tolist()], labels[sel], data.skipped)
+        data = PairTensors(
+            {m: v[sel] for m, v in data.x.items()},
+            [data.keys[i] for i in sel.tolist()],
+            [data.records[i] for i in sel.tolist()],
+            labels[sel],
+            data.skipped,
+        )
         labels = data.labels
-    out: Dict = {"classes": names, "n": len(data), "templates": list(templates)}
+    out: dict = {"classes": names, "n": len(data), "templates": list(templates)}
     temb = text_embeddings(teacher, names, templates)
     out["teacher"] = {primary: zero_shot(teacher_embedder(teacher, primary), data, primary, temb, labels)}
     for name, emb in models.items():

@@ -3,7 +3,7 @@ bundle) and every caller (eval, export's bundle accuracy, EdgeVL per modality, b
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,10 +21,10 @@ def topk(image_emb, class_emb, k: int = 5) -> np.ndarray:
     a, c = unit(image_emb), unit(class_emb)
     if a.ndim != 2 or c.ndim != 2 or a.shape[1] != c.shape[1]:
         raise EdgeClipError(f"embedding sizes differ: images {a.shape}, classes {c.shape}")
-    return np.argsort(-(a @ c.T), axis=1, kind="stable")[:, :min(k, c.shape[0])]
+    return np.argsort(-(a @ c.T), axis=1, kind="stable")[:, : min(k, c.shape[0])]
 
 
-def accuracy(top: np.ndarray, y: Sequence[int]) -> Dict[str, float]:
+def accuracy(top: np.ndarray, y: Sequence[int]) -> dict[str, float]:
     """top-1 and top-5 of predictions ``top`` (N, k) against labels ``y`` (N,); 0 for no images."""
     y = np.asarray(y)
     if len(y) == 0:
@@ -32,7 +32,9 @@ def accuracy(top: np.ndarray, y: Sequence[int]) -> Dict[str, float]:
     return {"top1": float((top[:, 0] == y).mean()), "top5": float((top[:, :5] == y[:, None]).any(1).mean())}
 
 
-def retrieval(image_emb, text_emb, text_image: Sequence[int], ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
+def retrieval(
+    image_emb, text_emb, text_image: Sequence[int], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
     """Image->text and text->image Recall@K in the standard protocol (each image with its captions).
 
     ``text_image[j]``: the index of the image that caption ``j`` describes. i2t R@K: the fraction of images
@@ -46,7 +48,7 @@ def retrieval(image_emb, text_emb, text_image: Sequence[int], ks: Sequence[int] 
     if len(a) == 0 or len(t) == 0:
         raise EdgeClipError("retrieval needs at least one image and one caption")
     sims = a @ t.T  # (N images, M captions)
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     # rank of the best-ranked own caption of each image; rank of the own image of each caption
     order_t = np.argsort(-sims, axis=1)
     own = owner[order_t] == np.arange(len(a))[:, None]

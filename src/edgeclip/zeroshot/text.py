@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, List, Sequence
 
 import numpy as np
 import torch
@@ -19,19 +19,25 @@ def cache_dir() -> Path:
 
 
 @torch.no_grad()
-def text_classifier(encode_text: Callable[[List[str]], torch.Tensor], labels: Sequence[str],
-                    templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+def text_classifier(
+    encode_text: Callable[[list[str]], torch.Tensor],
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+) -> torch.Tensor:
     """The zero-shot classifier (L, D): per label, the normalised mean over templates of the normalised text
     embeddings of its prompts. ``encode_text``: list of prompts -> (N, D) embeddings (any text tower)."""
     labels = parse_labels(list(labels))
     templates = check_templates(templates)
-    per_t = [F.normalize(encode_text([t.format(lb) for lb in labels]).float().cpu(), dim=-1) for t in templates]
+    per_t = [
+        F.normalize(encode_text([t.format(lb) for lb in labels]).float().cpu(), dim=-1) for t in templates
+    ]
     return F.normalize(torch.stack(per_t).mean(0), dim=-1)
 
 
 @torch.no_grad()
-def text_embeddings(teacher, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
-                    use_cache: bool = True) -> torch.Tensor:
+def text_embeddings(
+    teacher, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES, use_cache: bool = True
+) -> torch.Tensor:
     """(L, D) normalised, template-ensembled text embeddings of ``labels``, cached on disk per teacher."""
     labels = parse_labels(list(labels))
     templates = check_templates(templates)

@@ -1,18 +1,18 @@
 """Teachers: one registry, one call.
 
-    from edgeclip.models.teachers import load_teacher
-    t = load_teacher("ViT-B-32:openai")            # open_clip tag (needs the hub)
-    t = load_teacher("ViT-B-32:/models/vitb32.pt")  # open_clip local weights
-    t = load_teacher("local-dir:/models/my_clip")   # open_clip folder
-    t = load_teacher("hf:/models/clip-vit-base")    # Hugging Face CLIP folder
-    t = load_teacher("reference-lit:runs/teacher/teacher.pt")
-    emb = t.encode_image(t.preprocess(img)[None]); txt = t.encode_text(["a photo of a cat"])
+from edgeclip.models.teachers import load_teacher
+t = load_teacher("ViT-B-32:openai")            # open_clip tag (needs the hub)
+t = load_teacher("ViT-B-32:/models/vitb32.pt")  # open_clip local weights
+t = load_teacher("local-dir:/models/my_clip")   # open_clip folder
+t = load_teacher("hf:/models/clip-vit-base")    # Hugging Face CLIP folder
+t = load_teacher("reference-lit:runs/teacher/teacher.pt")
+emb = t.encode_image(t.preprocess(img)[None]); txt = t.encode_text(["a photo of a cat"])
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.registry import Registry
@@ -21,7 +21,9 @@ from edgeclip.models.teachers.base import Teacher
 TEACHERS: Registry[Callable[..., Teacher]] = Registry("teacher kind")
 
 
-@TEACHERS.register("open_clip", help="open_clip: ARCH:TAG, ARCH:/weights/file, local-dir:/folder, hf-hub:org/repo")
+@TEACHERS.register(
+    "open_clip", help="open_clip: ARCH:TAG, ARCH:/weights/file, local-dir:/folder, hf-hub:org/repo"
+)
 def _open_clip(spec: str, device: str = "cpu") -> Teacher:
     from edgeclip.models.teachers.open_clip import load_open_clip
 
@@ -48,7 +50,7 @@ def resolve_kind(spec: str) -> tuple[str, str]:
         raise EdgeClipError("empty teacher spec")
     for kind in ("open_clip", "hf", "reference-lit"):
         if spec.startswith(kind + ":"):
-            return kind, (spec[len(kind) + 1:] if kind == "open_clip" else spec)
+            return kind, (spec[len(kind) + 1 :] if kind == "open_clip" else spec)
     if spec.startswith(("local-dir:", "hf-hub:")):
         return "open_clip", spec
     p = Path(spec)
@@ -60,8 +62,10 @@ def resolve_kind(spec: str) -> tuple[str, str]:
         return "reference-lit", f"reference-lit:{p}"
     if ":" in spec:
         return "open_clip", spec
-    raise EdgeClipError(f"cannot tell how to load teacher {spec!r}: use ARCH:TAG, ARCH:/file, local-dir:/folder, "
-                        "hf:/folder or reference-lit:/file.pt")
+    raise EdgeClipError(
+        f"cannot tell how to load teacher {spec!r}: use ARCH:TAG, ARCH:/file, local-dir:/folder, "
+        "hf:/folder or reference-lit:/file.pt"
+    )
 
 
 def load_teacher(spec: str, device: str = "cpu") -> Teacher:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +32,10 @@ class Teacher:
     logit_scale: float
     mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073)
     std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711)
-    extra: Dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
 
-    def to(self, device: str) -> "Teacher":
+    def to(self, device: str) -> Teacher:
         self.image_encoder.to(device)
         mover = getattr(self.text_encoder, "to", None)
         if callable(mover):
@@ -42,7 +43,7 @@ class Teacher:
         self.device = device
         return self
 
-    def eval(self) -> "Teacher":
+    def eval(self) -> Teacher:
         self.image_encoder.eval()
         ev = getattr(self.text_encoder, "eval", None)
         if callable(ev):
@@ -57,19 +58,31 @@ class Teacher:
         return F.normalize(f, dim=-1) if normalize else f
 
     @torch.no_grad()
-    def encode_text(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
+    def encode_text(
+        self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256
+    ) -> torch.Tensor:
         texts = list(texts)
         if not texts:
             raise EdgeClipError("no text prompts given (the label list is empty)")
-        outs: List[torch.Tensor] = []
+        outs: list[torch.Tensor] = []
         for i in range(0, len(texts), batch_size):
-            toks = self.tokenizer(texts[i:i + batch_size])
-            toks = {k: v.to(self.device) for k, v in toks.items()} if isinstance(toks, dict) else toks.to(self.device)
+            toks = self.tokenizer(texts[i : i + batch_size])
+            toks = (
+                {k: v.to(self.device) for k, v in toks.items()}
+                if isinstance(toks, dict)
+                else toks.to(self.device)
+            )
             f = self.text_encoder(toks).float()
             outs.append(F.normalize(f, dim=-1) if normalize else f)
         return torch.cat(outs)
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """What a cache, a student or a bundle records about its teacher."""
-        return {"spec": self.spec, "id": self.id, "embed_dim": self.embed_dim, "logit_scale": self.logit_scale,
-                "image_size": self.image_size, "preprocess": self.preprocess_desc}
+        return {
+            "spec": self.spec,
+            "id": self.id,
+            "embed_dim": self.embed_dim,
+            "logit_scale": self.logit_scale,
+            "image_size": self.image_size,
+            "preprocess": self.preprocess_desc,
+        }

@@ -25,7 +25,7 @@ def load_hf_clip(spec: str, device: str = "cpu") -> Teacher:
     try:
         from transformers import AutoConfig, AutoTokenizer, CLIPModel
     except ImportError:  # pragma: no cover
-        raise EdgeClipError("Hugging Face teachers need the transformers package")
+        raise EdgeClipError("Hugging Face teachers need the transformers package") from None
     try:
         cfg = AutoConfig.from_pretrained(src)
         if getattr(cfg, "model_type", None) != "clip":
@@ -37,8 +37,10 @@ def load_hf_clip(spec: str, device: str = "cpu") -> Teacher:
     except Exception as e:
         msg = str(e).splitlines()[0][:300]
         where = f"local folder {p}" if is_local else f"hub model {src!r} (model hubs may be unreachable)"
-        raise EdgeClipError(f"could not load Hugging Face CLIP from {where}: {msg}. "
-                            "Pass a local folder saved with CLIPModel.save_pretrained: --teacher hf:/path/to/folder") from None
+        raise EdgeClipError(
+            f"could not load Hugging Face CLIP from {where}: {msg}. "
+            "Pass a local folder saved with CLIPModel.save_pretrained: --teacher hf:/path/to/folder"
+        ) from None
     pp = _preprocess(p if is_local else None, cfg)
     max_len = int(cfg.text_config.max_position_embeddings)
 
@@ -50,10 +52,21 @@ def load_hf_clip(spec: str, device: str = "cpu") -> Teacher:
         wid = "sha256:" + sha256_text("".join(sha256_file(f) for f in files))[:16]
     else:
         wid = f"hub:{src}"
-    return Teacher(spec=spec, id=f"hf:{wid}", image_encoder=_Image(model), text_encoder=_Text(model),
-                   tokenizer=tokenizer, preprocess=pp.torch_transform(), preprocess_desc=pp.describe(),
-                   image_size=pp.size, embed_dim=int(cfg.projection_dim),
-                   logit_scale=float(model.logit_scale.exp().item()), mean=pp.mean, std=pp.std, device=device)
+    return Teacher(
+        spec=spec,
+        id=f"hf:{wid}",
+        image_encoder=_Image(model),
+        text_encoder=_Text(model),
+        tokenizer=tokenizer,
+        preprocess=pp.torch_transform(),
+        preprocess_desc=pp.describe(),
+        image_size=pp.size,
+        embed_dim=int(cfg.projection_dim),
+        logit_scale=float(model.logit_scale.exp().item()),
+        mean=pp.mean,
+        std=pp.std,
+        device=device,
+    )
 
 
 def _preprocess(folder: Path | None, cfg) -> Preprocess:

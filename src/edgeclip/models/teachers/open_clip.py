@@ -26,7 +26,9 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
     try:
         import open_clip
     except ImportError:  # pragma: no cover
-        raise EdgeClipError("open_clip teachers need the open_clip_torch package (pip install open_clip_torch)")
+        raise EdgeClipError(
+            "open_clip teachers need the open_clip_torch package (pip install open_clip_torch)"
+        ) from None
     arch, pretrained = _split(spec)
     if arch.endswith(".json"):
         cfg = Path(arch)
@@ -36,19 +38,32 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
         arch = cfg.stem
     if not arch.startswith(("local-dir:", "hf-hub:")) and arch not in open_clip.list_models():
         raise EdgeClipError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
-    looks_like_file = pretrained is not None and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
+    looks_like_file = pretrained is not None and (
+        os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    )
     if looks_like_file and not Path(pretrained).is_file():
         raise EdgeClipError(f"open_clip weights file not found: {pretrained}")
-    if pretrained and not looks_like_file and pretrained not in [t for a, t in open_clip.list_pretrained() if a == arch]:
+    if (
+        pretrained
+        and not looks_like_file
+        and pretrained not in [t for a, t in open_clip.list_pretrained() if a == arch]
+    ):
         tags = [t for a, t in open_clip.list_pretrained() if a == arch]
-        raise EdgeClipError(f"open_clip has no pretrained tag {pretrained!r} for {arch} (known: {', '.join(tags) or 'none'}); "
-                            f"or pass a local file: {arch}:/path/to/open_clip_weights.safetensors")
+        raise EdgeClipError(
+            f"open_clip has no pretrained tag {pretrained!r} for {arch} (known: {', '.join(tags) or 'none'}); "
+            f"or pass a local file: {arch}:/path/to/open_clip_weights.safetensors"
+        )
     try:
         # an open_clip .pt/.bin file is read by torch's restricted unpickler (weights_only), never run as code;
         # open_clip releases without the argument call torch.load, whose default is weights_only from torch 2.6
-        safe = {"weights_only": True} if "weights_only" in inspect.signature(
-            open_clip.create_model_and_transforms).parameters else {}
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device, **safe)
+        safe = (
+            {"weights_only": True}
+            if "weights_only" in inspect.signature(open_clip.create_model_and_transforms).parameters
+            else {}
+        )
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=pretrained, device=device, **safe
+        )
         tokenizer = open_clip.get_tokenizer(arch)
     except EdgeClipError:
         raise
@@ -56,8 +71,13 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
         msg = str(e).splitlines()[0][:300]
         raise EdgeClipError(
             f"could not load open_clip teacher {spec!r}: {msg}. Looked for "
-            + (f"weights file {pretrained}" if looks_like_file else f"pretrained tag {pretrained!r} of {arch} (needs the model hub)")
-            + f". Offline, pass a local checkpoint: --teacher {arch}:/path/to/weights.safetensors or local-dir:/folder") from None
+            + (
+                f"weights file {pretrained}"
+                if looks_like_file
+                else f"pretrained tag {pretrained!r} of {arch} (needs the model hub)"
+            )
+            + f". Offline, pass a local checkpoint: --teacher {arch}:/path/to/weights.safetensors or local-dir:/folder"
+        ) from None
     model.eval()
     if looks_like_file:
         wid = "sha256:" + sha256_file(pretrained)[:16]
@@ -71,17 +91,31 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
     mean = getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
     std = getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
-    embed_dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None and hasattr(model.text_projection, "shape") else None
+    embed_dim = (
+        int(model.text_projection.shape[1])
+        if getattr(model, "text_projection", None) is not None and hasattr(model.text_projection, "shape")
+        else None
+    )
     if embed_dim is None:
         import torch
 
         with torch.no_grad():
             embed_dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
     return Teacher(
-        spec=spec, id=f"open_clip:{arch}:{wid}", image_encoder=_ImageTower(model), text_encoder=_TextTower(model),
-        tokenizer=tokenizer, preprocess=preprocess, preprocess_desc=repr(preprocess).replace("\n", " "),
-        image_size=image_size, embed_dim=embed_dim, logit_scale=float(model.logit_scale.exp().item()),
-        mean=tuple(mean), std=tuple(std), device=device)
+        spec=spec,
+        id=f"open_clip:{arch}:{wid}",
+        image_encoder=_ImageTower(model),
+        text_encoder=_TextTower(model),
+        tokenizer=tokenizer,
+        preprocess=preprocess,
+        preprocess_desc=repr(preprocess).replace("\n", " "),
+        image_size=image_size,
+        embed_dim=embed_dim,
+        logit_scale=float(model.logit_scale.exp().item()),
+        mean=tuple(mean),
+        std=tuple(std),
+        device=device,
+    )
 
 
 import torch  # noqa: E402

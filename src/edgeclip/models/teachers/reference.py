@@ -8,7 +8,6 @@ against the frozen, real all-MiniLM-L6-v2 text encoder. It is saved as a checkpo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
 
 from edgeclip.core.checkpoint import read_checkpoint, save_checkpoint
 from edgeclip.core.errors import CheckpointError
@@ -24,10 +23,18 @@ from edgeclip.models.teachers.minilm import (
 REFERENCE_FORMAT = "edgeclip-reference-lit/1"
 
 
-def save_reference(tower, path: Path, preprocess: Preprocess, logit_scale: float, info: Dict) -> None:
-    save_checkpoint(path, REFERENCE_FORMAT, tower.state_dict(), tower_config=tower.config,
-                    preprocess=preprocess.to_dict(), text_model=TEXT_MODEL_ID, embed_dim=TEXT_DIM,
-                    logit_scale=logit_scale, info=info)
+def save_reference(tower, path: Path, preprocess: Preprocess, logit_scale: float, info: dict) -> None:
+    save_checkpoint(
+        path,
+        REFERENCE_FORMAT,
+        tower.state_dict(),
+        tower_config=tower.config,
+        preprocess=preprocess.to_dict(),
+        text_model=TEXT_MODEL_ID,
+        embed_dim=TEXT_DIM,
+        logit_scale=logit_scale,
+        info=info,
+    )
 
 
 def load_reference(spec: str, device: str = "cpu") -> Teacher:
@@ -35,8 +42,10 @@ def load_reference(spec: str, device: str = "cpu") -> Teacher:
 
     path = Path(spec.split(":", 1)[1] if spec.startswith("reference-lit:") else spec)
     if not path.is_file():
-        raise CheckpointError(f"reference teacher checkpoint not found: {path} "
-                              "(train one with: edgeclip teacher train-reference --data IMAGEFOLDER --out DIR)")
+        raise CheckpointError(
+            f"reference teacher checkpoint not found: {path} "
+            "(train one with: edgeclip teacher train-reference --data IMAGEFOLDER --out DIR)"
+        )
     ck = read_checkpoint(path, REFERENCE_FORMAT, "reference-lit teacher")
     cfg = dict(ck["tower_config"])
     tower = Student(cfg.pop("arch"), cfg.pop("embed_dim"), **cfg)
@@ -44,8 +53,19 @@ def load_reference(spec: str, device: str = "cpu") -> Teacher:
     tower.eval().to(device)
     pp = Preprocess.from_dict(ck["preprocess"])
     text = shared_text_tower().to(device)
-    return Teacher(spec=f"reference-lit:{path}", id=f"reference-lit:sha256:{sha256_file(path)[:16]}",
-                   image_encoder=tower, text_encoder=text, tokenizer=text.tokenize, preprocess=pp.torch_transform(),
-                   preprocess_desc=pp.describe(), image_size=pp.size, embed_dim=int(ck["embed_dim"]),
-                   logit_scale=float(ck["logit_scale"]), mean=pp.mean, std=pp.std,
-                   extra={"info": ck.get("info", {}), "arch": tower.arch}, device=device)
+    return Teacher(
+        spec=f"reference-lit:{path}",
+        id=f"reference-lit:sha256:{sha256_file(path)[:16]}",
+        image_encoder=tower,
+        text_encoder=text,
+        tokenizer=text.tokenize,
+        preprocess=pp.torch_transform(),
+        preprocess_desc=pp.describe(),
+        image_size=pp.size,
+        embed_dim=int(ck["embed_dim"]),
+        logit_scale=float(ck["logit_scale"]),
+        mean=pp.mean,
+        std=pp.std,
+        extra={"info": ck.get("info", {}), "arch": tower.arch},
+        device=device,
+    )
