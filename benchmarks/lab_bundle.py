@@ -10,7 +10,7 @@ then measures on the CIFAR-10 test folder: zero-shot top-1 of torch fp32 / bundl
 file sizes, batch-1 latency of each at 224 px (and at the student's own input size) on this CPU,
 and a bounded loopback load test of `edgeclip serve` (200 requests, 16 concurrent).
 
-When the lab student is not there yet, ``--interim-teacher SPEC`` distils an interim student first
+When the lab student is not there yet, ``--interim-teacher SPEC`` distills an interim student first
 (same architecture, a small budget recorded in the JSON) and the JSON says so. The interim result in
 benchmarks/results/bundle_interim.json was made, while the lab teacher was still training, with
 
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument(
         "--interim-teacher",
         default=None,
-        help="distil an interim student from this teacher when --student is missing",
+        help="distill an interim student from this teacher when --student is missing",
     )
     ap.add_argument(
         "--interim-teacher-ckpt",

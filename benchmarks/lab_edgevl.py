@@ -6,7 +6,7 @@ The reference teacher sees RGB; one student learns RGB and monochrome from it, l
      with --per-tensor the same three again with one weight scale per tensor (per-tensor-only accelerators);
   3. curation: stage 1 on the teacher's top-20 % vs on all pairs, the same number of steps (with --per-label the
      main run keeps the top 20 % of each pseudo-label, and EdgeVL's global top 20 % runs beside it);
-  4. unseen classes (EdgeVL's EuroSAT protocol): distil on the images of 5 classes, zero-shot on the other 5.
+  4. unseen classes (EdgeVL's EuroSAT protocol): distill on the images of 5 classes, zero-shot on the other 5.
 
 One command (fixed seeds; resumes finished stages):
     python benchmarks/lab_edgevl.py                       # everything, sequentially

@@ -141,12 +141,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys, caption_data):
     bogus = tmp_path / "x.pt"
     torch.save({"format": "nope"}, bogus)
     with pytest.raises(SystemExit) as e:
-        main(["caption-eval", "--model", str(bogus), "--data", str(caption_data["captions"])])
+        main(["caption", "eval", "--model", str(bogus), "--data", str(caption_data["captions"])])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not an edgeclip captioner" in err[0]
     with pytest.raises(SystemExit) as e:
-        main(["caption", str(caption_data["captions"])])
+        main(["caption", "run", str(caption_data["captions"])])
     assert e.value.code == 2 and "exactly one of --model" in capsys.readouterr().err
 
 
@@ -160,11 +160,23 @@ def test_cli_train_caption_eval(caption_data, tmp_path, capsys):
         "val_max_images: 6\ntrain: {epochs: 1, batch_size: 32, lr: 0.003, max_steps_per_epoch: 2}\n"
     )
     out = tmp_path / "run"
-    main(["caption-train", str(cfg), "--out", str(out)])
+    main(["caption", "train", str(cfg), "--out", str(out)])
     assert (out / "captioner.pt").is_file()
     assert "captioner saved" in capsys.readouterr().out
     img_dir = caption_data["images"] / "test" / "star"
-    main(["caption", str(img_dir), "--model", str(out / "captioner.pt"), "--beam", "2", "--max-len", "6"])
+    main(
+        [
+            "caption",
+            "run",
+            str(img_dir),
+            "--model",
+            str(out / "captioner.pt"),
+            "--beam",
+            "2",
+            "--max-len",
+            "6",
+        ]
+    )
     rows = [json.loads(ln) for ln in capsys.readouterr().out.strip().splitlines()]
     assert len(rows) == len(list(img_dir.glob("*.jpg"))) and all("caption" in r for r in rows)
     # references in a vocabulary the model never saw (another language/dataset) are refused with one line
@@ -174,7 +186,8 @@ def test_cli_train_caption_eval(caption_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(
             [
-                "caption-eval",
+                "caption",
+                "eval",
                 "--model",
                 str(out / "captioner.pt"),
                 "--data",

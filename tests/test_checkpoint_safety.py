@@ -194,7 +194,7 @@ def test_payload_never_runs_from_a_hugging_face_bin(tmp_path, marker):
         ["label", "{img}", "--student", "{p}", "--labels", "a,b"],
         ["teacher", "info", "reference-lit:{p}"],
         ["export", "{p}", "--out", "{tmp}/bundle", "--labels", "a,b"],
-        ["caption", "{img}", "--model", "{p}"],
+        ["caption", "run", "{img}", "--model", "{p}"],
     ],
 )
 def test_cli_commands_refuse_a_planted_checkpoint_in_one_line(args, tmp_path, marker, capsys):

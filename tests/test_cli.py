@@ -264,3 +264,23 @@ def test_shipped_configs_build(name, cls):
     cfg = build_dataclass(getattr(importlib.import_module(mod), attr), load_config(name + ".yaml"))
     if name == "edgevl_qat":
         assert (cfg.weight_bits, cfg.per_channel, cfg.margin, cfg.negatives) == (8, True, 0.3, 3)
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["no-such-command"], "No such command"),
+        (["distill", "--no-such-option"], "No such option"),
+        (["label", "x.jpg"], "Missing option '--labels'"),
+        (["label", "x.jpg", "--labels", "a", "--topk", "many"], "Invalid value for '--topk'"),
+        (["edgevl", "curate"], "Missing argument"),
+        (["distill-pair"], "`edgeclip distill-pair` is now `edgeclip edgevl distill`"),
+        (["caption-train"], "is now `edgeclip caption train`"),
+        (["teacher", "train-reference"], "is now `edgeclip teacher train`"),
+    ],
+)
+def test_usage_errors_are_one_line(argv, msg, capsys):
+    code, out, err = run_cli(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err
+    assert "Traceback" not in err + out

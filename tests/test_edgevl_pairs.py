@@ -178,13 +178,24 @@ def test_cli_one_line_errors(tmp_path, capsys):
     (tmp_path / "depth").mkdir()
     _depth(tmp_path / "depth" / "b.png")
     for argv, msg in (
-        (["pairs", str(tmp_path), "--modality", "rgb", "--modality", "depth"], "no complete pairs"),
+        (["edgevl", "pairs", str(tmp_path), "--modality", "rgb", "--modality", "depth"], "no complete pairs"),
         (
-            ["curate", str(tmp_path), "--teacher", "x", "--out", str(tmp_path / "o"), "--fraction", "0"],
+            [
+                "edgevl",
+                "curate",
+                str(tmp_path),
+                "--teacher",
+                "x",
+                "--out",
+                str(tmp_path / "o"),
+                "--fraction",
+                "0",
+            ],
             "fraction must be in (0, 1]",
         ),
         (
             [
+                "edgevl",
                 "curate",
                 str(tmp_path),
                 "--teacher",

@@ -93,7 +93,7 @@ def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
 
 @pytest.mark.parametrize("per_channel,bits", [(True, 8), (False, 8), (True, 4)])
 def test_qat_weight_scales_and_bits(per_channel, bits):
-    """per_channel=False (accelerators with one scale per tensor) leaves no per-channel weight quantisation;
+    """per_channel=False (accelerators with one scale per tensor) leaves no per-channel weight quantization;
     weight_bits=4 keeps every stored weight on the 4-bit grid [-8, 7]."""
     from edgeclip.models import create_student
     from edgeclip.quant.qat import convert_qat, prepare_qat

@@ -247,7 +247,8 @@ def _cli(argv, capsys):
 def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
     rc, out, err = _cli(
         [
-            "distill-pair",
+            "edgevl",
+            "distill",
             "--teacher",
             teacher.spec,
             "--data",
@@ -279,6 +280,7 @@ def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
     assert (tmp_path / "s1" / "student.pt").is_file() and '"n_train": 48' in out
     rc, out, err = _cli(
         [
+            "edgevl",
             "ptq",
             "--student",
             str(tmp_path / "s1" / "student.pt"),
@@ -299,6 +301,7 @@ def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
     assert rc == 0, err[-2000:]
     assert json.loads(out)["calib_images"] == 24 and json.loads(out)["per_channel"] is False
     ptq_args = [
+        "edgevl",
         "ptq",
         "--student",
         str(tmp_path / "s1" / "student.pt"),
@@ -319,7 +322,8 @@ def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
     assert rc == 2 and "weight_bits must be one of (4, 8), got 3" in err and "Traceback" not in err
     rc, out, err = _cli(
         [
-            "eval-pair",
+            "edgevl",
+            "eval",
             str(shapes["test"]),
             "--student",
             str(tmp_path / "s1" / "student.pt"),
@@ -340,7 +344,8 @@ def test_cli_distill_pair_and_eval(stage1, shapes, teacher, tmp_path, capsys):
     assert json.loads((tmp_path / "ev.json").read_text())["machine"]["cpu_count"]
     rc, out, err = _cli(
         [
-            "distill-pair",
+            "edgevl",
+            "distill",
             "--teacher",
             teacher.spec,
             "--data",
@@ -363,6 +368,7 @@ def test_cli_qat_from_the_shipped_config(stage1, shapes, teacher, tmp_path, caps
     from pathlib import Path
 
     args = [
+        "edgevl",
         "qat",
         "edgevl_qat",
         "--student",

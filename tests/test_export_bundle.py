@@ -131,7 +131,7 @@ def test_dynamic_int8_and_overwrite_rules(student, shapes, tmp_path):
 def test_bad_export_requests(student, shapes, tmp_path):
     with pytest.raises(EdgeClipError, match="calibration images"):
         export_bundle(student, tmp_path / "a", SHAPE_LABELS, quant="static")
-    with pytest.raises(EdgeClipError, match="unknown quantisation"):
+    with pytest.raises(EdgeClipError, match="unknown quantization"):
         export_bundle(student, tmp_path / "a", SHAPE_LABELS, quant="fp8")
     with pytest.raises(EdgeClipError, match="placeholder"):
         export_bundle(student, tmp_path / "a", SHAPE_LABELS, templates=["no slot"], quant="none")

@@ -117,7 +117,7 @@ def test_edit_labels(tb, client):
 
 def test_text_encoder_adds_free_text_labels(tb):
     """With a text encoder (here the teacher's real text tower), the page can add any label."""
-    from edgeclip.cli.serve import _text_encoder
+    from edgeclip.cli.bundle import _text_encoder
 
     enc = _text_encoder(tb["bundle"], tb["teacher"])
     app = create_app(tb["bundle"], text_encoder=enc)

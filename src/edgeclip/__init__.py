@@ -1,4 +1,4 @@
-"""edgeclip: distil CLIP vision-language teachers into small, fast edge students.
+"""edgeclip: distill CLIP vision-language teachers into small, fast edge students.
 
 The top-level package imports nothing heavy, so that ``edgeclip.runtime`` stays
 usable on devices without torch. Import the parts you need::

@@ -1,453 +1,110 @@
-"""The ``edgeclip`` command line (Typer). Every user error prints one line and exits 2."""
+"""The ``edgeclip`` command line (Typer): one module per command group, one registration style.
+
+Each module under ``edgeclip.cli`` defines ``app = typer.Typer(...)``; the groups below are mounted by name
+(``edgeclip edgevl curate``), and modules mounted without a name put their commands at the top level
+(``edgeclip distill``). Command modules import torch and the heavy libraries inside the command bodies only.
+Every user error, usage errors included, is one ``error: ...`` line and exit code 2.
+"""
 
 from __future__ import annotations
 
-import csv
-import importlib
-import json
 import os
 import sys
 import warnings
-from pathlib import Path
 
-from edgeclip.core.prompts import DEFAULT_TEMPLATES
+import typer
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-warnings.filterwarnings("ignore", category=UserWarning)
-warnings.filterwarnings("ignore", category=FutureWarning)
-warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-import typer  # noqa: E402
-
-from edgeclip.core.errors import EdgeClipError  # noqa: E402
+from edgeclip.cli import bundle, caption, checkpoint, core, edgevl, lab, teacher
+from edgeclip.core.errors import EdgeClipError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Distil CLIP teachers into small, fast students for edge devices.",
+    help="Distill CLIP teachers into small, fast students for edge devices.",
 )
-teacher_app = typer.Typer(
-    no_args_is_help=True, help="Teachers: train the reference teacher, inspect any teacher."
-)
-app.add_typer(teacher_app, name="teacher")
-checkpoint_app = typer.Typer(no_args_is_help=True, help="Checkpoints: convert files of earlier releases.")
-app.add_typer(checkpoint_app, name="checkpoint")
-
-# feature packages add their commands here (each module defines register(app))
-PLUGINS = [
-    "edgeclip.cli.edgevl",
-    "edgeclip.cli.caption",
-    "edgeclip.cli.export",
-    "edgeclip.cli.serve",
-    "edgeclip.cli.bench",
+# (name, module): None puts the module's commands at the top level
+GROUPS = [
+    (None, core),
+    ("teacher", teacher),
+    ("edgevl", edgevl),
+    ("caption", caption),
+    (None, bundle),
+    (None, lab),
+    ("checkpoint", checkpoint),
 ]
+for _name, _mod in GROUPS:
+    app.add_typer(_mod.app, name=_name)
+
+# commands of earlier releases -> their place now
+RENAMED = {
+    "train-reference": "teacher train",
+    "pairs": "edgevl pairs",
+    "curate": "edgevl curate",
+    "distill-pair": "edgevl distill",
+    "qat": "edgevl qat",
+    "ptq": "edgevl ptq",
+    "eval-pair": "edgevl eval",
+    "caption-train": "caption train",
+    "caption-eval": "caption eval",
+    "caption-export": "caption export",
+}
 
 
-def _echo_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+def _quiet_libraries() -> None:
+    """Third-party deprecation chatter is not the user's business; set once, for the command line only."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for cat in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=cat)
 
 
-def _device(device: str) -> str:
-    from edgeclip.core.env import resolve_device
-
-    return resolve_device(device)
-
-
-# ----------------------------------------------------------------------------------------- teacher
-@teacher_app.command("train-reference")
-def teacher_train_reference(
-    data: str = typer.Option(..., help="ImageFolder (ROOT/<class>/<image>) to train on"),
-    out: Path = typer.Option(
-        Path("runs/teacher"), help="output folder (teacher.pt, history.json, last.ckpt)"
-    ),
-    template: list[str] = typer.Option(
-        list(DEFAULT_TEMPLATES), help="prompt template(s); repeat for an ensemble"
-    ),
-    arch: str = typer.Option("resnet18", help="image tower backbone (any student backbone)"),
-    img_size: int = typer.Option(32),
-    epochs: int = typer.Option(10),
-    batch_size: int = typer.Option(256),
-    lr: float = typer.Option(2e-3),
-    seed: int = typer.Option(0),
-    val: str | None = typer.Option(None, help="ImageFolder for zero-shot top-1 per epoch"),
-    max_images: int = typer.Option(0, help="train on a random subset"),
-    devices: int = typer.Option(1),
-    accelerator: str = typer.Option("auto"),
-    resume: bool = typer.Option(False, help="continue from out/last.ckpt"),
-):
-    """Train the reference-lit teacher: an image tower locked to the real MiniLM text tower (LiT)."""
-    from edgeclip.train.reference import train_reference
-
-    hist = train_reference(
-        data,
-        out,
-        arch=arch,
-        templates=template,
-        img_size=img_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        resume=resume,
-        devices=devices,
-        accelerator=accelerator,
-        max_images=max_images,
-        val_data=val,
-    )
-    typer.echo(f"teacher saved: {out / 'teacher.pt'}  (use --teacher reference-lit:{out / 'teacher.pt'})")
-    if hist.get("skipped"):
-        typer.echo(f"skipped {len(hist['skipped'])} unreadable images, e.g. {hist['skipped'][0]}")
+def _fail(msg: str, code: int = 2):
+    typer.echo(f"error: {msg}", err=True)
+    sys.exit(code)
 
 
-@teacher_app.command("info")
-def teacher_info(spec: str, device: str = typer.Option("cpu")):
-    """Load a teacher and print what edgeclip knows about it."""
-    from edgeclip.models.teachers import load_teacher
+def _click_exceptions():
+    """Usage-error and abort classes of click and of the click copy that newer typer releases bundle."""
+    import click
 
-    t = load_teacher(spec, device=_device(device))
-    _echo_json(t.describe())
+    usage, abort = [click.exceptions.ClickException], [click.exceptions.Abort]
+    try:
+        from typer._click import exceptions as tc
 
-
-@teacher_app.command("kinds")
-def teacher_kinds():
-    """List the teacher kinds (registry)."""
-    from edgeclip.models.teachers import TEACHERS
-
-    for k, h in TEACHERS.describe().items():
-        typer.echo(f"{k:15s} {h}")
-
-
-@checkpoint_app.command("convert")
-def checkpoint_convert(
-    src: Path = typer.Argument(..., help="an edgeclip checkpoint (any kind, any release)"),
-    out: Path = typer.Option(..., help="the safetensors checkpoint to write"),
-):
-    """Re-save an edgeclip checkpoint as safetensors (tensors + JSON, readable without unpickling anything)."""
-    from edgeclip.core.checkpoint import convert_checkpoint
-
-    typer.echo(f"{out}: {convert_checkpoint(src, out)}")
-
-
-@app.command("students")
-def students_list():
-    """List the student backbones (registry); any timm model works as timm:<name>."""
-    from edgeclip.models.backbones import BACKBONES
-
-    for k, h in BACKBONES.describe().items():
-        typer.echo(f"{k:22s} {h}")
-    typer.echo(
-        f"{'timm:<name>':22s} any timm model (e.g. timm:vit_small_patch16_224, timm:swin_tiny_patch4_window7_224)"
-    )
-
-
-# ------------------------------------------------------------------------------------------- cache
-@app.command("cache")
-def cache_cmd(
-    data: str = typer.Argument(..., help="images: ImageFolder, folder, list/CSV, or tar shards"),
-    teacher: str = typer.Option(..., help="teacher spec"),
-    out: Path = typer.Option(..., help="cache folder"),
-    views: int = typer.Option(1, help="augmented views per image (view 0 = the plain image)"),
-    batch_size: int = typer.Option(64),
-    workers: int = typer.Option(0, help="DataLoader workers"),
-    kind: str = typer.Option("auto", help="auto | imagefolder | folder | list | wds"),
-    retry_failed: bool = typer.Option(False, help="try images that failed before again"),
-    device: str = typer.Option("auto"),
-):
-    """Compute teacher image embeddings once (fp16, memory-mapped, resumable)."""
-    from edgeclip.data.sources import open_source
-    from edgeclip.models.teachers import load_teacher
-    from edgeclip.train.cache import build_cache
-
-    t = load_teacher(teacher, device=_device(device))
-    src = open_source(data, kind)
-    s = build_cache(
-        src, t, out, views=views, batch_size=batch_size, num_workers=workers, retry_failed=retry_failed
-    )
-    _echo_json(s.as_dict())
-    for r in src.skipped:
-        typer.echo(f"skipped: {r}", err=True)
-
-
-# ----------------------------------------------------------------------------------------- distill
-@app.command("distill")
-def distill_cmd(
-    config: Path | None = typer.Argument(None, help="YAML experiment (configs/*.yaml)"),
-    teacher: str | None = typer.Option(None),
-    data: str | None = typer.Option(None),
-    cache: str | None = typer.Option(None, help="teacher-embedding cache (omit to run the teacher online)"),
-    student: str | None = typer.Option(None, help="student backbone, e.g. shufflenet_v2_x1_0"),
-    img_size: int | None = typer.Option(None),
-    loss: str | None = typer.Option(
-        None, help="mse | cosine | l1 | affinity | contrastive | clipkd | a+0.5*b"
-    ),
-    epochs: int | None = typer.Option(None),
-    batch_size: int | None = typer.Option(None),
-    lr: float | None = typer.Option(None),
-    out: str | None = typer.Option(None),
-    val: str | None = typer.Option(None),
-    devices: int | None = typer.Option(None),
-    strategy: str | None = typer.Option(None),
-    accelerator: str | None = typer.Option(None),
-    precision: str | None = typer.Option(None),
-    resume: bool = typer.Option(False, help="continue from OUT/last.ckpt"),
-    init: str | None = typer.Option(
-        None, help="start from this student checkpoint (same teacher; its architecture)"
-    ),
-    set_: list[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
-):
-    """Distil the teacher's image embedding into a student, without labels."""
-    from edgeclip.core.config import config_from_cli
-    from edgeclip.train.distill import DistillConfig, distill
-
-    cfg = config_from_cli(
-        DistillConfig,
-        config,
-        [
-            ("teacher", teacher),
-            ("data", data),
-            ("cache", cache),
-            ("student.arch", student),
-            ("student.img_size", img_size),
-            ("loss", loss),
-            ("train.epochs", epochs),
-            ("train.batch_size", batch_size),
-            ("train.lr", lr),
-            ("out", out),
-            ("val", val),
-            ("train.devices", devices),
-            ("train.strategy", strategy),
-            ("train.accelerator", accelerator),
-            ("train.precision", precision),
-            ("init", init),
-        ],
-        set_,
-    )
-    hist = distill(cfg, resume=resume)
-    if hist.get("world_size", 1) == 1 or os.environ.get("LOCAL_RANK", "0") == "0":
-        last = hist["epochs"][-1] if hist["epochs"] else {}
-        typer.echo(f"student saved: {Path(cfg.out) / 'student.pt'}  last epoch: {json.dumps(last)}")
-
-
-# ------------------------------------------------------------------------------------------- label
-@app.command("label")
-def label_cmd(
-    images: list[str] = typer.Argument(..., help="image files, folders, a list/CSV, or tar shards"),
-    labels: str = typer.Option(..., help="'cat,dog,car' or @labels.txt"),
-    template: list[str] = typer.Option(
-        list(DEFAULT_TEMPLATES), help="prompt template(s) (ensemble when repeated)"
-    ),
-    teacher: str | None = typer.Option(None),
-    student: str | None = typer.Option(None),
-    bundle: Path | None = typer.Option(None, help="an exported edge bundle (runs without torch)"),
-    topk: int = typer.Option(5),
-    grid: int = typer.Option(0, help="also label an N x N grid of regions"),
-    boxes: Path | None = typer.Option(None, help='JSON {"image.jpg": [[x0,y0,x1,y1], ...]}'),
-    out: Path | None = typer.Option(None, help="write .jsonl or .csv (default: JSONL to stdout)"),
-    batch_size: int = typer.Option(32),
-    device: str = typer.Option("auto"),
-    precision: str = typer.Option("auto", help="bundle model: auto | fp32 | int8"),
-    threads: int | None = typer.Option(None, help="bundle runtime threads (default: ONNX Runtime's)"),
-):
-    """Label images with any text prompts (open vocabulary) using a teacher, a student or a bundle."""
-    from edgeclip.core.prompts import parse_labels
-    from edgeclip.zeroshot.embedder import load_embedder
-    from edgeclip.zeroshot.label import label_images, read_boxes
-
-    labs = parse_labels(labels)
-    src = _images_source(images)
-    box_map = read_boxes(boxes) if boxes else None
-    stats: dict = {}
-    emb = load_embedder(
-        teacher,
-        student,
-        bundle,
-        device=_device(device) if bundle is None else "cpu",
-        precision=precision,
-        threads=threads,
-    )
-    rows = label_images(
-        iter(src),
-        emb,
-        labs,
-        template,
-        topk=topk,
-        grid=grid,
-        boxes=box_map,
-        batch_size=batch_size,
-        stats=stats,
-    )
-    n = 0
-    if out is None:
-        for r in rows:
-            typer.echo(json.dumps(r, ensure_ascii=False))
-            n += 1
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", newline="", encoding="utf-8") as fh:
-            if out.suffix.lower() == ".csv":
-                w = csv.writer(fh)
-                w.writerow(["image", "region", "rank", "label", "score", "cosine"])
-                for r in rows:
-                    for i, (lb, s, c) in enumerate(zip(r["labels"], r["scores"], r["cosines"])):
-                        w.writerow(
-                            [
-                                r["image"],
-                                json.dumps(r.get("region")) if r.get("region") else "",
-                                i + 1,
-                                lb,
-                                s,
-                                c,
-                            ]
-                        )
-                    n += 1
-            else:
-                for r in rows:
-                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-                    n += 1
-    skipped = stats.get("skipped", []) + list(src.skipped)
-    typer.echo(
-        f"labeled {stats.get('images', 0)} images ({n} rows) with {emb.name}; skipped {len(skipped)}",
-        err=True,
-    )
-    for s in skipped[:20]:
-        typer.echo(f"  skipped: {s}", err=True)
-
-
-def _images_source(images: list[str]):
-    """One list/CSV/tar argument -> that source; otherwise files and folders (recursively)."""
-    from edgeclip.data.sources import files_source, open_source
-
-    if len(images) == 1:
-        a = images[0]
-        if (
-            a.endswith(".tar")
-            or "{" in a
-            or (Path(a).is_file() and Path(a).suffix.lower() in (".txt", ".csv", ".tsv", ".lst"))
-        ):
-            return open_source(a)
-    return files_source(images)
-
-
-# -------------------------------------------------------------------------------------------- eval
-@app.command("eval")
-def eval_cmd(
-    data: str = typer.Argument(..., help="ImageFolder with class sub-folders"),
-    teacher: str | None = typer.Option(None),
-    student: list[str] = typer.Option([], help="student checkpoint(s)"),
-    template: list[str] = typer.Option(list(DEFAULT_TEMPLATES)),
-    batch_size: int = typer.Option(128),
-    max_images: int = typer.Option(0),
-    as_json: bool = typer.Option(False, "--json", help="print JSON"),
-    out: Path | None = typer.Option(None, help="also write the JSON here"),
-    device: str = typer.Option("auto"),
-):
-    """Zero-shot top-1/top-5 of teacher and student(s), and teacher-student agreement."""
-    from edgeclip.core.env import machine_info
-    from edgeclip.core.io import write_json
-    from edgeclip.zeroshot.embedder import load_embedder
-    from edgeclip.zeroshot.evaluate import evaluate
-
-    dev = _device(device)
-    t_emb = load_embedder(teacher=teacher, device=dev) if teacher else None
-    studs = {}
-    for i, s in enumerate(student):
-        e = load_embedder(teacher=teacher, student=s, device=dev)
-        studs["student" if i == 0 else f"student{i + 1}"] = e
-        if t_emb is None:
-            t_emb = load_embedder(teacher=e.teacher.spec, device=dev)
-    res = evaluate(t_emb, studs, data, template, batch_size=batch_size, max_images=max_images)
-    res["machine"] = machine_info()
-    if out:
-        write_json(out, res)
-    if as_json:
-        _echo_json(res)
-    else:
-        for k in (
-            "teacher_top1",
-            "teacher_top5",
-            "student_top1",
-            "student_top5",
-            "agreement",
-            "retention",
-            "n",
-        ):
-            if k in res:
-                typer.echo(f"{k:14s} {res[k]:.4f}" if isinstance(res[k], float) else f"{k:14s} {res[k]}")
-
-
-# ------------------------------------------------------------------------------------------- stats
-@app.command("stats")
-def stats_cmd(
-    student: Path | None = typer.Option(None),
-    arch: str | None = typer.Option(None),
-    img_size: int = typer.Option(224),
-    embed_dim: int = typer.Option(512),
-):
-    """Parameters, GFLOPs and batch-1 CPU latency of a student checkpoint or backbone."""
-    from edgeclip.models import create_student, load_student
-    from edgeclip.models.stats import model_stats
-
-    if student:
-        m, pp, _ = load_student(student)
-        img_size = pp.size
-    elif arch:
-        m = create_student(arch, embed_dim)
-    else:
-        raise EdgeClipError("give --student CHECKPOINT or --arch NAME")
-    _echo_json(model_stats(m, img_size))
-
-
-# -------------------------------------------------------------------------------------------- demo
-@app.command("demo")
-def demo_cmd(
-    out: Path = typer.Option(Path("demo_out")),
-    mode: str = typer.Option("auto", help="auto | synthetic | cifar10"),
-    fast: bool = typer.Option(False, help="tiny budget (used by the tests)"),
-):
-    """The whole pipeline end to end: reference teacher -> cache -> distil -> label -> compare."""
-    from edgeclip.lab.demo import run_demo
-
-    run_demo(out, mode=mode, fast=fast)
-
-
-def _register_plugins() -> None:
-    for name in PLUGINS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and (name.startswith(e.name) or e.name.startswith(name)):
-                continue  # feature not installed in this tree
-            raise
-        mod.register(app)
-
-
-_register_plugins()
+        usage.append(tc.ClickException)
+        abort += [getattr(tc, "Abort", click.exceptions.Abort)]
+    except ImportError:  # typer releases that use click itself
+        pass
+    return tuple(usage), tuple(abort)
 
 
 def main(argv: list[str] | None = None) -> None:
+    _quiet_libraries()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in RENAMED:
+        _fail(f"`edgeclip {args[0]}` is now `edgeclip {RENAMED[args[0]]}`")
+    if args[:2] == ["teacher", "train-reference"]:
+        _fail("`edgeclip teacher train-reference` is now `edgeclip teacher train`")
+    usage, abort = _click_exceptions()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=args, standalone_mode=False)
     except EdgeClipError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(str(e))
     except FileNotFoundError as e:
-        typer.echo(f"error: file not found: {e.filename or e}", err=True)
-        sys.exit(2)
+        _fail(f"file not found: {e.filename or e}")
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    except abort:
+        sys.exit(1)
+    except usage as e:  # usage errors: unknown command or option, missing option, bad value
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare group: its help was asked for, in effect
+            typer.echo(e.format_message() if hasattr(e, "format_message") else "", err=True)
+            sys.exit(2)
+        msg = " ".join(e.format_message().split())
+        ctx = getattr(e, "ctx", None)
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        _fail(f"{msg}{where}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""CLI: ``edgeclip caption``, ``caption-train``, ``caption-eval``, ``caption-export``."""
+"""``edgeclip caption``: ``run`` (caption images), ``train``, ``eval``, ``export``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def _images(images: list[str]):
     return files_source(images)
 
 
+app = typer.Typer(
+    no_args_is_help=True, help="Captioner: caption images, train, evaluate (COCO metrics), export to ONNX."
+)
+
+
+@app.command("run")
 def caption_cmd(
     images: list[str] = typer.Argument(..., help="image files and/or folders, or one list file"),
     model: Path | None = typer.Option(None, help="captioner checkpoint (captioner.pt)"),
@@ -89,6 +95,7 @@ def caption_cmd(
         typer.echo(f"  skipped: {s}", err=True)
 
 
+@app.command("train")
 def caption_train_cmd(
     config: Path | None = typer.Argument(None, help="YAML experiment (configs/caption_vi.yaml)"),
     data: str | None = typer.Option(None, help="captions file"),
@@ -131,6 +138,7 @@ def caption_train_cmd(
     )
 
 
+@app.command("eval")
 def caption_eval_cmd(
     model: Path = typer.Option(..., help="captioner checkpoint"),
     data: str = typer.Option(
@@ -186,6 +194,7 @@ def caption_eval_cmd(
     typer.echo(f"{res['n_images']} images, beam {beam}; skipped {res['skipped']}")
 
 
+@app.command("export")
 def caption_export_cmd(
     model: Path = typer.Option(..., help="captioner checkpoint"),
     out: Path = typer.Option(..., help="output folder"),
@@ -208,10 +217,3 @@ def caption_export_cmd(
         if not same:
             raise EdgeClipError("ONNX Runtime greedy captions differ from torch's")
     typer.echo(json.dumps(paths, indent=2))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("caption")(caption_cmd)
-    app.command("caption-train")(caption_train_cmd)
-    app.command("caption-eval")(caption_eval_cmd)
-    app.command("caption-export")(caption_export_cmd)

@@ -1,4 +1,4 @@
-"""EdgeVL commands: ``pairs``, ``curate``, ``distill-pair`` (stage 1), ``qat`` (stage 2), ``ptq``, ``eval-pair``."""
+"""``edgeclip edgevl``: ``pairs``, ``curate``, ``distill`` (stage 1), ``qat`` (stage 2), ``ptq``, ``eval``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from edgeclip.cli.common import device_of
 from edgeclip.core.config import config_from_cli
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES
@@ -43,276 +44,274 @@ def _echo(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("pairs")
-    def pairs_cmd(
-        data: str = typer.Argument(..., help=DATA_HELP),
-        modality: Modality = [],
-        primary: str | None = typer.Option(None, help="the RGB modality (default: rgb/color/...)"),
-        derive: Derive = [],
-        size: int = typer.Option(64, help="decode at this size to check every pair"),
-        set_: list[str] = typer.Option([], "--set", help="modality settings, e.g. depth.adapter=colormap"),
-    ):
-        """Check a paired-modality dataset: pairs found, pairs usable, and why any were skipped."""
-        from edgeclip.core.config import apply_overrides
-        from edgeclip.data.pairs import (
-            default_specs,
-            open_pairs,
-            preload_pairs,
-            summarize,
+app = typer.Typer(
+    no_args_is_help=True,
+    help="EdgeVL: paired RGB + depth/IR students, curation, int8 QAT/PTQ, per-modality eval.",
+)
+
+
+@app.command("pairs")
+def pairs_cmd(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    modality: Modality = [],
+    primary: str | None = typer.Option(None, help="the RGB modality (default: rgb/color/...)"),
+    derive: Derive = [],
+    size: int = typer.Option(64, help="decode at this size to check every pair"),
+    set_: list[str] = typer.Option([], "--set", help="modality settings, e.g. depth.adapter=colormap"),
+):
+    """Check a paired-modality dataset: pairs found, pairs usable, and why any were skipped."""
+    from edgeclip.core.config import apply_overrides
+    from edgeclip.data.pairs import (
+        default_specs,
+        open_pairs,
+        preload_pairs,
+        summarize,
+    )
+
+    ps = open_pairs(data, modality or None, primary, _derive(derive))
+    specs = default_specs(ps, apply_overrides({}, set_))
+    _echo(summarize(ps, preload_pairs(ps, specs, size)))
+
+
+@app.command("curate")
+def curate_cmd(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    teacher: str = typer.Option(..., help="teacher spec"),
+    out: Path = typer.Option(..., help="folder for manifest.json + confidence_hist.png"),
+    labels: str | None = typer.Option(None, help="'a,b,c' or @labels.txt (default: the class folder names)"),
+    template: Templates = list(DEFAULT_TEMPLATES),
+    fraction: float = typer.Option(0.2, help="keep this top fraction (0, 1] of the pairs by confidence"),
+    threshold: float | None = typer.Option(None, help="keep pairs with confidence >= this instead"),
+    per_label: bool = typer.Option(
+        False,
+        "--per-label",
+        help="keep the top fraction within each pseudo-label (no class left out) instead of over all pairs",
+    ),
+    modality: Modality = [],
+    primary: str | None = typer.Option(None),
+    derive: Derive = [],
+    cache: Path | None = typer.Option(None, help="teacher-embedding cache (default OUT/cache)"),
+    views: int = typer.Option(
+        1, help="cache views (reuse the cache for `edgevl distill` with the same number)"
+    ),
+    device: str = typer.Option("auto"),
+):
+    """Teacher confidence on RGB (max softmax over prompts); keep the top fraction; write the manifest."""
+    from edgeclip.core.prompts import parse_labels
+    from edgeclip.data.pairs import open_pairs
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.curate import check_fraction, curate
+
+    check_fraction(fraction, threshold, per_label)
+    t = load_teacher(teacher, device=device_of(device))
+    ps = open_pairs(data, modality or None, primary, _derive(derive))
+    res = curate(
+        t,
+        ps,
+        out,
+        labels=parse_labels(labels) if labels else None,
+        templates=template,
+        fraction=fraction,
+        threshold=threshold,
+        cache=cache,
+        views=views,
+        per_label=per_label,
+    )
+    _echo(res)
+
+
+@app.command("distill")
+def distill_pair_cmd(
+    config: Path | None = typer.Argument(None, help="YAML experiment (configs/edgevl*.yaml)"),
+    teacher: str | None = typer.Option(None),
+    data: DataOpt = None,
+    out: str | None = typer.Option(None),
+    manifest: Manifest = None,
+    derive: Derive = [],
+    modality: Modality = [],
+    cache: Cache = None,
+    student: str | None = typer.Option(None, help="student backbone"),
+    img_size: int | None = typer.Option(None),
+    init: str | None = typer.Option(None, help="start from this RGB student checkpoint (its architecture)"),
+    loss: str | None = typer.Option(None, help="any foundation loss: mse | l1 | cosine | affinity | ..."),
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    resume: bool = typer.Option(False),
+    set_: Sets = [],
+):
+    """Stage 1: distill the teacher (on RGB) into one student for RGB and the other modality, label-free."""
+    from edgeclip.train.pair import PairDistillConfig, distill_pairs
+
+    cfg = config_from_cli(
+        PairDistillConfig,
+        config,
+        [
+            ("teacher", teacher),
+            ("data", data),
+            ("out", out),
+            ("manifest", manifest),
+            ("derive", _derive(derive)),
+            ("modalities", modality or None),
+            ("cache", cache),
+            ("student.arch", student),
+            ("student.img_size", img_size),
+            ("init", init),
+            ("loss", loss),
+            ("train.epochs", epochs),
+            ("train.batch_size", batch_size),
+            ("train.lr", lr),
+        ],
+        set_,
+    )
+    hist = distill_pairs(cfg, resume=resume, progress=True)
+    typer.echo(f"student saved: {Path(cfg.out) / 'student.pt'}  last epoch: {json.dumps(hist['epochs'][-1])}")
+    typer.echo(f"data: {json.dumps(hist['data_info'])}")
+
+
+@app.command("qat")
+def qat_cmd(
+    config: Path | None = typer.Argument(None, help="YAML experiment"),
+    student: str | None = typer.Option(None, help="stage-1 student checkpoint"),
+    data: DataOpt = None,
+    out: str | None = typer.Option(None),
+    manifest: Manifest = None,
+    derive: Derive = [],
+    modality: Modality = [],
+    cache: Cache = None,
+    teacher: str | None = typer.Option(None),
+    triplet_weight: float | None = typer.Option(None, help="0 = plain QAT without the contrastive term"),
+    margin: float | None = typer.Option(None),
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    per_channel: bool | None = typer.Option(
+        None,
+        "--per-channel/--per-tensor",
+        help="weight scales per output channel (default) or one per tensor",
+    ),
+    weight_bits: WeightBits = None,
+    set_: Sets = [],
+):
+    """Stage 2: quantization-aware training (torchao PT2E) + semi-hard triplet; int8 QDQ ONNX out."""
+    from edgeclip.train.pair import QATConfig, qat_pairs
+
+    cfg = config_from_cli(
+        QATConfig,
+        config,
+        [
+            ("student", student),
+            ("data", data),
+            ("out", out),
+            ("manifest", manifest),
+            ("derive", _derive(derive)),
+            ("modalities", modality or None),
+            ("cache", cache),
+            ("teacher", teacher),
+            ("triplet_weight", triplet_weight),
+            ("margin", margin),
+            ("per_channel", per_channel),
+            ("weight_bits", weight_bits),
+            ("train.epochs", epochs),
+            ("train.batch_size", batch_size),
+            ("train.lr", lr),
+        ],
+        set_,
+    )
+    res = qat_pairs(cfg, progress=True)
+    _echo({k: res[k] for k in ("exports", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")})
+
+
+@app.command("ptq")
+def ptq_cmd(
+    student: str = typer.Option(..., help="stage-1 student checkpoint"),
+    data: str = typer.Option(..., help="calibration pairs (" + DATA_HELP + ")"),
+    out: str = typer.Option(...),
+    derive: Derive = [],
+    modality: Modality = [],
+    cache: Cache = None,
+    calib_images: int = typer.Option(256),
+    method: str = typer.Option("minmax", help="minmax | entropy | percentile"),
+    reduce_range: str = typer.Option(
+        "auto", help="auto | true | false: 7-bit weights for x86 CPUs without VNNI"
+    ),
+    per_channel: bool = typer.Option(
+        True,
+        "--per-channel/--per-tensor",
+        help="weight scales per output channel (default) or one per tensor",
+    ),
+    weight_bits: int = typer.Option(8, help=WEIGHT_BITS_HELP),
+):
+    """Baseline: ONNX Runtime static int8 (QDQ), calibrated on images of every modality."""
+    from edgeclip.train.pair import PairDataConfig, ptq_pairs
+
+    cfg = PairDataConfig(data=data, out=out, derive=_derive(derive), modalities=modality or None, cache=cache)
+    rr = {"auto": "auto", "true": True, "false": False}.get(reduce_range.lower())
+    if rr is None:
+        raise EdgeClipError(f"--reduce-range must be auto, true or false, got {reduce_range!r}")
+    _echo(
+        ptq_pairs(
+            student,
+            cfg,
+            calib_images=calib_images,
+            method=method,
+            reduce_range=rr,
+            per_channel=per_channel,
+            weight_bits=weight_bits,
         )
+    )
 
-        ps = open_pairs(data, modality or None, primary, _derive(derive))
-        specs = default_specs(ps, apply_overrides({}, set_))
-        _echo(summarize(ps, preload_pairs(ps, specs, size)))
 
-    @app.command("curate")
-    def curate_cmd(
-        data: str = typer.Argument(..., help=DATA_HELP),
-        teacher: str = typer.Option(..., help="teacher spec"),
-        out: Path = typer.Option(..., help="folder for manifest.json + confidence_hist.png"),
-        labels: str | None = typer.Option(
-            None, help="'a,b,c' or @labels.txt (default: the class folder names)"
-        ),
-        template: Templates = list(DEFAULT_TEMPLATES),
-        fraction: float = typer.Option(0.2, help="keep this top fraction (0, 1] of the pairs by confidence"),
-        threshold: float | None = typer.Option(None, help="keep pairs with confidence >= this instead"),
-        per_label: bool = typer.Option(
-            False,
-            "--per-label",
-            help="keep the top fraction within each pseudo-label "
-            "(no class left out) instead of over all pairs",
-        ),
-        modality: Modality = [],
-        primary: str | None = typer.Option(None),
-        derive: Derive = [],
-        cache: Path | None = typer.Option(None, help="teacher-embedding cache (default OUT/cache)"),
-        views: int = typer.Option(
-            1, help="cache views (reuse the cache for distill-pair with the same number)"
-        ),
-        device: str = typer.Option("auto"),
-    ):
-        """Teacher confidence on RGB (max softmax over prompts); keep the top fraction; write the manifest."""
-        from edgeclip.core.env import resolve_device
-        from edgeclip.core.prompts import parse_labels
-        from edgeclip.data.pairs import open_pairs
-        from edgeclip.models.teachers import load_teacher
-        from edgeclip.train.curate import check_fraction, curate
+@app.command("eval")
+def eval_pair_cmd(
+    data: str = typer.Argument(..., help="labelled paired data (class sub-folders)"),
+    student: str = typer.Option(..., help="stage-1 student checkpoint (fp32)"),
+    onnx: list[Path] = typer.Option([], help="qat.json / ptq.json of int8 exports (repeatable)"),
+    derive: Derive = [],
+    modality: Modality = [],
+    classes: str | None = typer.Option(None, help="only these classes, e.g. unseen ones: 'cat,dog'"),
+    template: Templates = list(DEFAULT_TEMPLATES),
+    max_images: int = typer.Option(0),
+    out: Path | None = typer.Option(None, help="also write the JSON here"),
+):
+    """Zero-shot top-1 per modality: teacher on RGB; the student fp32 and int8 on every modality."""
+    from edgeclip.core.env import machine_info
+    from edgeclip.core.io import write_json
+    from edgeclip.core.prompts import parse_labels
+    from edgeclip.data.pairs import open_pairs, preload_pairs
+    from edgeclip.models.pair import load_pair_student
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.zeroshot.modalities import (
+        evaluate_pairs,
+        exported_embedder,
+        torch_embedder,
+    )
 
-        check_fraction(fraction, threshold, per_label)
-        t = load_teacher(teacher, device=resolve_device(device))
-        ps = open_pairs(data, modality or None, primary, _derive(derive))
-        res = curate(
-            t,
-            ps,
-            out,
-            labels=parse_labels(labels) if labels else None,
-            templates=template,
-            fraction=fraction,
-            threshold=threshold,
-            cache=cache,
-            views=views,
-            per_label=per_label,
-        )
-        _echo(res)
+    model, size, ck = load_pair_student(student)
+    t = load_teacher(ck["teacher"]["spec"])
+    ps = open_pairs(data, modality or None, model.primary, _derive(derive))
+    if max_images and len(ps) > max_images:
+        import random
 
-    @app.command("distill-pair")
-    def distill_pair_cmd(
-        config: Path | None = typer.Argument(None, help="YAML experiment (configs/edgevl*.yaml)"),
-        teacher: str | None = typer.Option(None),
-        data: DataOpt = None,
-        out: str | None = typer.Option(None),
-        manifest: Manifest = None,
-        derive: Derive = [],
-        modality: Modality = [],
-        cache: Cache = None,
-        student: str | None = typer.Option(None, help="student backbone"),
-        img_size: int | None = typer.Option(None),
-        init: str | None = typer.Option(
-            None, help="start from this RGB student checkpoint (its architecture)"
-        ),
-        loss: str | None = typer.Option(None, help="any foundation loss: mse | l1 | cosine | affinity | ..."),
-        epochs: Epochs = None,
-        batch_size: BatchSize = None,
-        lr: Lr = None,
-        resume: bool = typer.Option(False),
-        set_: Sets = [],
-    ):
-        """Stage 1: distil the teacher (on RGB) into one student for RGB and the other modality, label-free."""
-        from edgeclip.train.pair import PairDistillConfig, distill_pairs
-
-        cfg = config_from_cli(
-            PairDistillConfig,
-            config,
-            [
-                ("teacher", teacher),
-                ("data", data),
-                ("out", out),
-                ("manifest", manifest),
-                ("derive", _derive(derive)),
-                ("modalities", modality or None),
-                ("cache", cache),
-                ("student.arch", student),
-                ("student.img_size", img_size),
-                ("init", init),
-                ("loss", loss),
-                ("train.epochs", epochs),
-                ("train.batch_size", batch_size),
-                ("train.lr", lr),
-            ],
-            set_,
-        )
-        hist = distill_pairs(cfg, resume=resume, progress=True)
-        typer.echo(
-            f"student saved: {Path(cfg.out) / 'student.pt'}  last epoch: {json.dumps(hist['epochs'][-1])}"
-        )
-        typer.echo(f"data: {json.dumps(hist['data_info'])}")
-
-    @app.command("qat")
-    def qat_cmd(
-        config: Path | None = typer.Argument(None, help="YAML experiment"),
-        student: str | None = typer.Option(None, help="stage-1 student checkpoint"),
-        data: DataOpt = None,
-        out: str | None = typer.Option(None),
-        manifest: Manifest = None,
-        derive: Derive = [],
-        modality: Modality = [],
-        cache: Cache = None,
-        teacher: str | None = typer.Option(None),
-        triplet_weight: float | None = typer.Option(None, help="0 = plain QAT without the contrastive term"),
-        margin: float | None = typer.Option(None),
-        epochs: Epochs = None,
-        batch_size: BatchSize = None,
-        lr: Lr = None,
-        per_channel: bool | None = typer.Option(
-            None,
-            "--per-channel/--per-tensor",
-            help="weight scales per output channel (default) or one per tensor",
-        ),
-        weight_bits: WeightBits = None,
-        set_: Sets = [],
-    ):
-        """Stage 2: quantization-aware training (torchao PT2E) + semi-hard triplet; int8 QDQ ONNX out."""
-        from edgeclip.train.pair import QATConfig, qat_pairs
-
-        cfg = config_from_cli(
-            QATConfig,
-            config,
-            [
-                ("student", student),
-                ("data", data),
-                ("out", out),
-                ("manifest", manifest),
-                ("derive", _derive(derive)),
-                ("modalities", modality or None),
-                ("cache", cache),
-                ("teacher", teacher),
-                ("triplet_weight", triplet_weight),
-                ("margin", margin),
-                ("per_channel", per_channel),
-                ("weight_bits", weight_bits),
-                ("train.epochs", epochs),
-                ("train.batch_size", batch_size),
-                ("train.lr", lr),
-            ],
-            set_,
-        )
-        res = qat_pairs(cfg, progress=True)
-        _echo(
-            {k: res[k] for k in ("exports", "semi_hard_fraction", "onnx_min_cosine_vs_torch_int8", "seconds")}
-        )
-
-    @app.command("ptq")
-    def ptq_cmd(
-        student: str = typer.Option(..., help="stage-1 student checkpoint"),
-        data: str = typer.Option(..., help="calibration pairs (" + DATA_HELP + ")"),
-        out: str = typer.Option(...),
-        derive: Derive = [],
-        modality: Modality = [],
-        cache: Cache = None,
-        calib_images: int = typer.Option(256),
-        method: str = typer.Option("minmax", help="minmax | entropy | percentile"),
-        reduce_range: str = typer.Option(
-            "auto", help="auto | true | false: 7-bit weights for x86 CPUs without VNNI"
-        ),
-        per_channel: bool = typer.Option(
-            True,
-            "--per-channel/--per-tensor",
-            help="weight scales per output channel (default) or one per tensor",
-        ),
-        weight_bits: int = typer.Option(8, help=WEIGHT_BITS_HELP),
-    ):
-        """Baseline: ONNX Runtime static int8 (QDQ), calibrated on images of every modality."""
-        from edgeclip.train.pair import PairDataConfig, ptq_pairs
-
-        cfg = PairDataConfig(
-            data=data, out=out, derive=_derive(derive), modalities=modality or None, cache=cache
-        )
-        rr = {"auto": "auto", "true": True, "false": False}.get(reduce_range.lower())
-        if rr is None:
-            raise EdgeClipError(f"--reduce-range must be auto, true or false, got {reduce_range!r}")
-        _echo(
-            ptq_pairs(
-                student,
-                cfg,
-                calib_images=calib_images,
-                method=method,
-                reduce_range=rr,
-                per_channel=per_channel,
-                weight_bits=weight_bits,
-            )
-        )
-
-    @app.command("eval-pair")
-    def eval_pair_cmd(
-        data: str = typer.Argument(..., help="labelled paired data (class sub-folders)"),
-        student: str = typer.Option(..., help="stage-1 student checkpoint (fp32)"),
-        onnx: list[Path] = typer.Option([], help="qat.json / ptq.json of int8 exports (repeatable)"),
-        derive: Derive = [],
-        modality: Modality = [],
-        classes: str | None = typer.Option(None, help="only these classes, e.g. unseen ones: 'cat,dog'"),
-        template: Templates = list(DEFAULT_TEMPLATES),
-        max_images: int = typer.Option(0),
-        out: Path | None = typer.Option(None, help="also write the JSON here"),
-    ):
-        """Zero-shot top-1 per modality: teacher on RGB; the student fp32 and int8 on every modality."""
-        from edgeclip.core.env import machine_info
-        from edgeclip.core.io import write_json
-        from edgeclip.core.prompts import parse_labels
-        from edgeclip.data.pairs import open_pairs, preload_pairs
-        from edgeclip.models.pair import load_pair_student
-        from edgeclip.models.teachers import load_teacher
-        from edgeclip.zeroshot.modalities import (
-            evaluate_pairs,
-            exported_embedder,
-            torch_embedder,
-        )
-
-        model, size, ck = load_pair_student(student)
-        t = load_teacher(ck["teacher"]["spec"])
-        ps = open_pairs(data, modality or None, model.primary, _derive(derive))
-        if max_images and len(ps) > max_images:
-            import random
-
-            ps = ps.subset(sorted(random.Random(0).sample(range(len(ps)), max_images)))
-        if not ps.classes:
-            raise EdgeClipError(f"{data}: evaluation needs class sub-folders to know the true labels")
-        d = preload_pairs(ps, model.specs, size)
-        models = {"fp32": torch_embedder(model)}
-        for p in onnx:
-            models[p.stem] = exported_embedder(p)
-        res = evaluate_pairs(
-            d,
-            ps.classes,
-            ps.primary,
-            ps.modalities,
-            models,
-            teacher=t,
-            templates=template,
-            class_subset=parse_labels(classes) if classes else None,
-        )
-        res["skipped"] = len(d.skipped)
-        res["machine"] = machine_info()
-        if out:
-            write_json(out, res)
-        _echo(res)
+        ps = ps.subset(sorted(random.Random(0).sample(range(len(ps)), max_images)))
+    if not ps.classes:
+        raise EdgeClipError(f"{data}: evaluation needs class sub-folders to know the true labels")
+    d = preload_pairs(ps, model.specs, size)
+    models = {"fp32": torch_embedder(model)}
+    for p in onnx:
+        models[p.stem] = exported_embedder(p)
+    res = evaluate_pairs(
+        d,
+        ps.classes,
+        ps.primary,
+        ps.modalities,
+        models,
+        teacher=t,
+        templates=template,
+        class_subset=parse_labels(classes) if classes else None,
+    )
+    res["skipped"] = len(d.skipped)
+    res["machine"] = machine_info()
+    if out:
+        write_json(out, res)
+    _echo(res)

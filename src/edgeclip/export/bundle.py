@@ -180,7 +180,7 @@ def _model_card(m: dict[str, Any]) -> str:
     lines += [f"| {k} | {v['bytes']:,} |" for k, v in m["files"].items()]
     lines += [
         "",
-        "## Parity and quantisation",
+        "## Parity and quantization",
         f"- fp32 ONNX vs torch: max abs diff {m['parity']['fp32']['max_abs_diff']:.2e} on "
         f"{m['parity']['fp32']['n']} images",
     ]
@@ -244,7 +244,7 @@ def export_bundle(
     from edgeclip.zeroshot.text import text_embeddings
 
     if quant not in QUANT_MODES:
-        raise EdgeClipError(f"unknown quantisation {quant!r} ({', '.join(QUANT_MODES)})")
+        raise EdgeClipError(f"unknown quantization {quant!r} ({', '.join(QUANT_MODES)})")
     if not 0.0 < holdout < 1.0:
         raise EdgeClipError(f"holdout must be a fraction in (0, 1), got {holdout}")
     out = Path(out)

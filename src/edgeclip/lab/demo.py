@@ -1,7 +1,7 @@
 """``edgeclip demo``: the whole Clip4Retrofit pipeline on a fresh clone, offline, on 2 CPU cores.
 
 synthetic mode (default without ../shared): draws a shapes dataset, trains a small reference
-teacher locked to the real MiniLM text tower, caches its embeddings (8 views), distils a student
+teacher locked to the real MiniLM text tower, caches its embeddings (8 views), distills a student
 without labels, labels held-out images and prints teacher vs student accuracy, size and speed.
 cifar10 mode (../shared/data present and --mode cifar10): the same on a CIFAR-10 subset.
 """

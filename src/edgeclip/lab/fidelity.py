@@ -208,7 +208,7 @@ def measure_accuracy(
 ) -> dict[str, Any]:
     """Zero-shot accuracy of the teacher and of each student checkpoint (torch fp32, and ONNX int8).
 
-    int8 students are exported with :func:`export_onnx` and quantised statically with calibration
+    int8 students are exported with :func:`export_onnx` and quantized statically with calibration
     images from ``calib`` (default: the ``train`` folder beside ``data`` when it exists, else ``data``).
     """
     from edgeclip.export.onnx import export_onnx

@@ -5,7 +5,7 @@ latency (median of repeated runs after warm-up) and batch-N throughput, for thre
 
 * ``torch``: eager PyTorch fp32 (``torch.inference_mode``);
 * ``ort_fp32``: the model exported with :func:`edgeclip.export.onnx.export_onnx`, run by ONNX Runtime;
-* ``ort_int8``: that graph quantised by :func:`edgeclip.quant.ort.quantize_static_onnx` (static QDQ,
+* ``ort_int8``: that graph quantized by :func:`edgeclip.quant.ort.quantize_static_onnx` (static QDQ,
   calibrated on real images) or, for transformers, :func:`quantize_dynamic_onnx`.
 
 Model specs:
@@ -260,7 +260,7 @@ def measure_model(
                 f"  {sm.name:32s} {be:9s} b1 {rec[be]['b1_median_ms']:9.2f} ms   "
                 f"b{batch} {rec[be]['throughput_images_per_s']:8.1f} img/s"
             )
-        except Exception as e:  # export/quantisation failures are model specific: record and go on
+        except Exception as e:  # export/quantization failures are model specific: record and go on
             rec[be] = {"error": _short(e)}
             log(f"  {sm.name:32s} {be:9s} FAILED: {rec[be]['error']}")
     return rec
@@ -318,7 +318,7 @@ def calibration_images(sources: Iterable[Path], n: int, batch: int = 4, seed: in
             except EdgeClipError:
                 continue
     if not recs:
-        raise EdgeClipError("no calibration images found for int8 quantisation")
+        raise EdgeClipError("no calibration images found for int8 quantization")
     rng = np.random.default_rng(seed)
     pick = [recs[i] for i in rng.permutation(len(recs))[: max(n * 2, n)]]
     cache: dict[int, list[np.ndarray]] = {}

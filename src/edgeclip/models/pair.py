@@ -93,7 +93,7 @@ def load_pair_student(path: str | Path):
     if not ev:
         raise CheckpointError(
             f"{path} is a student checkpoint without modality information "
-            "(train it with `edgeclip distill-pair`)"
+            "(train it with `edgeclip edgevl distill`)"
         )
     specs = {m: ModalitySpec.from_dict(d) for m, d in ev["specs"].items()}
     model = PairStudent(st, specs, ev["primary"], ev.get("adapter_channels", {}))

@@ -1,4 +1,4 @@
-"""Quantisation: ONNX Runtime post-training int8 (static QDQ, dynamic), and QAT (edgeclip.quant.qat)."""
+"""Quantization: ONNX Runtime post-training int8 (static QDQ, dynamic), and QAT (edgeclip.quant.qat)."""
 
 from edgeclip.quant.ort import quantize_dynamic_onnx, quantize_static_onnx
 

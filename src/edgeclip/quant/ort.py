@@ -1,4 +1,4 @@
-"""ONNX Runtime int8 quantisation: static QDQ (per-channel, calibrated on real images) and dynamic."""
+"""ONNX Runtime int8 quantization: static QDQ (per-channel, calibrated on real images) and dynamic."""
 
 from __future__ import annotations
 
@@ -64,9 +64,9 @@ def quantize_static_onnx(
     reduce_range="auto",
     weight_bits: int = 8,
 ) -> Path:
-    """Static int8 QDQ quantisation (ONNX Runtime), activations calibrated on ``calibration`` batches.
+    """Static int8 QDQ quantization (ONNX Runtime), activations calibrated on ``calibration`` batches.
 
-    ``method``: minmax | entropy | percentile. The graph is first run through ORT's quantisation
+    ``method``: minmax | entropy | percentile. The graph is first run through ORT's quantization
     pre-processing (shape inference + optimisation), as ORT recommends.
     ``reduce_range`` (auto | True | False; auto = when this CPU lacks VNNI): 7-bit weights,
     which avoids the u8 x s8 saturation of ORT's int8 kernels on x86 CPUs without VNNI.
@@ -104,7 +104,7 @@ def quantize_static_onnx(
         raise EdgeClipError(f"unknown calibration method {method!r} (minmax, entropy, percentile)")
     batches = list(calibration)
     if not batches:
-        raise EdgeClipError("static quantisation needs calibration images (got none)")
+        raise EdgeClipError("static quantization needs calibration images (got none)")
     try:
         with atomic_path(int8_path) as tmp:
             quantize_static(
@@ -125,7 +125,7 @@ def quantize_static_onnx(
 
 
 def quantize_dynamic_onnx(fp32_path: str | Path, int8_path: str | Path, per_channel: bool = False) -> Path:
-    """Dynamic int8 (weights int8, activations quantised at run time): for transformer students."""
+    """Dynamic int8 (weights int8, activations quantized at run time): for transformer students."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)

@@ -7,7 +7,7 @@
 
 The quantizer is torchao's X86 inductor quantizer in QAT mode: int8 symmetric per-channel weights,
 uint8 affine per-tensor activations, conv + batch-norm folded during training. The same scheme as
-ONNX Runtime's static QDQ quantisation, so the QAT model and the PTQ baseline are comparable.
+ONNX Runtime's static QDQ quantization, so the QAT model and the PTQ baseline are comparable.
 ``per_channel=False`` gives one weight scale per tensor instead (accelerators that only support
 per-tensor scales; ONNX Runtime's ``per_channel=False`` is the matching PTQ). ``weight_bits=4`` trains
 4-bit weights (W4A8); the exported QDQ graph stores them as int8 values in [-8, 7], which ONNX Runtime
@@ -119,7 +119,7 @@ def prepare_qat(
     weight_bits: int = 8,
     **attrs,
 ) -> QATModule:
-    """torch.export ``model`` (dynamic batch) and insert QAT fake-quantisation. Extra ``attrs`` are kept
+    """torch.export ``model`` (dynamic batch) and insert QAT fake-quantization. Extra ``attrs`` are kept
     on the wrapper (e.g. ``embed_dim``). ``reduce_range``: 7-bit activations, for x86 CPUs without VNNI
     (see :func:`resolve_reduce_range`). ``per_channel=False``: per-tensor weight scales (see
     :func:`qat_quantization_config`); ``weight_bits=4``: W4A8 (same function). ``fold_bn`` folds conv+BN

@@ -1,5 +1,5 @@
 """The one ONNX Runtime session factory: every ONNX model edgeclip runs (bundles, exported students and
-captioners, quantised pair students, benchmarks, parity checks) is opened here, with the same options."""
+captioners, quantized pair students, benchmarks, parity checks) is opened here, with the same options."""
 
 from __future__ import annotations
 

@@ -323,7 +323,7 @@ class _StreamViews(torch.utils.data.IterableDataset):
 def _distill_stream(
     cfg: DistillConfig, src, teacher, student, pp: Preprocess, tcfg: TrainConfig, resume: bool, progress: bool
 ) -> dict[str, Any]:
-    """Distil from WebDataset shards without holding the corpus on disk as files or in memory."""
+    """Distill from WebDataset shards without holding the corpus on disk as files or in memory."""
     cache = None
     if cfg.cache:
         cache = EmbeddingCache(cfg.cache)

@@ -62,7 +62,7 @@ def onnx_embedder(exports: dict[str, str], specs: dict) -> Embed:
 
 
 def exported_embedder(result_json: str | Path) -> Embed:
-    """Embedder of a ``qat.json`` / ``ptq.json`` written by ``edgeclip qat`` / ``edgeclip ptq``."""
+    """Embedder of a ``qat.json`` / ``ptq.json`` written by ``edgeclip edgevl qat`` / ``edgeclip edgevl ptq``."""
     from edgeclip.data.pairs import ModalitySpec
 
     r = read_json(result_json)

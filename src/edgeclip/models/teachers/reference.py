@@ -44,7 +44,7 @@ def load_reference(spec: str, device: str = "cpu") -> Teacher:
     if not path.is_file():
         raise CheckpointError(
             f"reference teacher checkpoint not found: {path} "
-            "(train one with: edgeclip teacher train-reference --data IMAGEFOLDER --out DIR)"
+            "(train one with: edgeclip teacher train --data IMAGEFOLDER --out DIR)"
         )
     ck = read_checkpoint(path, REFERENCE_FORMAT, "reference-lit teacher")
     cfg = dict(ck["tower_config"])

@@ -1,4 +1,4 @@
-"""``edgeclip bench`` and ``edgeclip report`` (registered into the main CLI by ``register(app)``)."""
+"""The lab: ``edgeclip bench``, ``edgeclip report`` and ``edgeclip demo``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from edgeclip.core.errors import EdgeClipError
 SECTIONS = ("speed", "train", "accuracy", "fidelity", "energy", "gpu")
 
 
+app = typer.Typer()
+
+
+@app.command("bench")
 def bench_cmd(
     out: Path = typer.Option(
         Path("benchmarks/results"), help="where bench.json (bench_quick.json) and the report go"
@@ -78,6 +82,7 @@ def bench_cmd(
     run_bench(cfg, log=typer.echo)
 
 
+@app.command("report")
 def report_cmd(
     bench: Path = typer.Option(
         Path("benchmarks/results/bench.json"), help="a bench JSON written by `edgeclip bench`"
@@ -98,6 +103,13 @@ def report_cmd(
     typer.echo(f"report: {rep['html']}\nmarkdown: {rep['markdown']}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("bench")(bench_cmd)
-    app.command("report")(report_cmd)
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("demo_out")),
+    mode: str = typer.Option("auto", help="auto | synthetic | cifar10"),
+    fast: bool = typer.Option(False, help="tiny budget (used by the tests)"),
+):
+    """The whole pipeline end to end: reference teacher -> cache -> distill -> label -> compare."""
+    from edgeclip.lab.demo import run_demo
+
+    run_demo(out, mode=mode, fast=fast)

@@ -1,0 +1,114 @@
+"""Edge bundles: ``edgeclip export`` (student -> bundle folder) and ``edgeclip serve`` (HTTP service + web page)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from edgeclip.core.prompts import DEFAULT_TEMPLATES
+
+app = typer.Typer()
+
+
+@app.command("export")
+def export_cmd(
+    student: Path = typer.Argument(..., help="student checkpoint (student.pt)"),
+    out: Path = typer.Option(..., help="bundle folder to write"),
+    labels: str = typer.Option(
+        ..., help="'cat,dog,car' or @labels.txt: embedded now with the teacher's text tower"
+    ),
+    template: list[str] = typer.Option(
+        list(DEFAULT_TEMPLATES), help="prompt template(s) (ensemble when repeated)"
+    ),
+    calib: str | None = typer.Option(None, help="calibration images (folder, list, ImageFolder, shards)"),
+    calib_images: int = typer.Option(200, help="images to take from --calib (a hold-out share checks int8)"),
+    holdout: float = typer.Option(0.25, help="share of the calibration images held out for the parity check"),
+    quant: str = typer.Option(
+        "auto", help="auto (static QDQ for CNNs, dynamic for transformers) | static | dynamic | none"
+    ),
+    per_channel: bool = typer.Option(True, help="per-channel weight scales (static int8)"),
+    teacher: str | None = typer.Option(None, help="teacher spec (default: the one the student records)"),
+    eval_data: str | None = typer.Option(
+        None, "--eval", help="ImageFolder: zero-shot accuracy for the model card"
+    ),
+    eval_images: int = typer.Option(0, help="evaluate on a random subset of this size (0: all)"),
+    overwrite: bool = typer.Option(False, help="replace an existing bundle at --out"),
+):
+    """Export a student to a bundle: ONNX fp32 + int8, labels.json, preprocess.json, manifest, model card."""
+    from edgeclip.export.bundle import export_bundle
+
+    man = export_bundle(
+        student,
+        out,
+        labels,
+        template,
+        calib=calib,
+        quant=quant,
+        calib_images=calib_images,
+        holdout=holdout,
+        per_channel=per_channel,
+        teacher=teacher,
+        eval_data=eval_data,
+        eval_images=eval_images,
+        overwrite=overwrite,
+        log=lambda s: typer.echo(s, err=True),
+    )
+    summary = {
+        "bundle": str(out),
+        "models": man["models"],
+        "parity": man["parity"],
+        "bytes": {k: v["bytes"] for k, v in man["files"].items()},
+        "latency_ms": man["latency_ms"],
+    }
+    if "accuracy" in man:
+        summary["accuracy"] = man["accuracy"]
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("serve")
+def serve_cmd(
+    bundle: Path = typer.Argument(..., help="an exported bundle folder"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (default loopback only)"),
+    port: int = typer.Option(8000),
+    precision: str = typer.Option("auto", help="auto (int8 when present) | fp32 | int8"),
+    threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads"),
+    max_upload_mb: float = typer.Option(8.0, help="reject uploads larger than this (HTTP 413)"),
+    topk: int = typer.Option(5, help="default number of labels shown"),
+    teacher: str | None = typer.Option(
+        None, help="teacher spec: lets the page add free-text labels (needs torch)"
+    ),
+):
+    """Serve a bundle: POST /label, a web page at / to upload an image and edit the labels."""
+    import uvicorn
+
+    from edgeclip.serve.app import create_app
+
+    enc = _text_encoder(bundle, teacher) if teacher else None
+    application = create_app(
+        bundle,
+        precision=precision,
+        threads=threads,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        topk=topk,
+        text_encoder=enc,
+    )
+    typer.echo(f"serving {bundle} ({application.state.model.name}) on http://{host}:{port}/", err=True)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+def _text_encoder(bundle: Path, spec: str):
+    """names -> (L, D) embeddings with the bundle's teacher text tower and templates (checked by teacher id)."""
+    from edgeclip.core.errors import EdgeClipError
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.runtime.bundle import read_manifest
+    from edgeclip.zeroshot.text import text_embeddings
+
+    man = read_manifest(bundle)
+    t = load_teacher(spec, device="cpu")
+    want = (man.get("teacher") or {}).get("id")
+    if t.id != want:
+        raise EdgeClipError(f"--teacher {spec} is {t.id}, but the bundle's labels come from {want}")
+    templates = man.get("templates") or list(DEFAULT_TEMPLATES)
+    return lambda names: text_embeddings(t, names, templates).numpy()

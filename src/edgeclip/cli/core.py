@@ -1,0 +1,280 @@
+"""The main job (Clip4Retrofit): list students, cache teacher embeddings, distill, label, evaluate, measure."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from edgeclip.cli.common import device_of, echo_json
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.prompts import DEFAULT_TEMPLATES
+
+app = typer.Typer()
+
+
+@app.command("students")
+def students_list():
+    """List the student backbones (registry); any timm model works as timm:<name>."""
+    from edgeclip.models.backbones import BACKBONES
+
+    for k, h in BACKBONES.describe().items():
+        typer.echo(f"{k:22s} {h}")
+    typer.echo(
+        f"{'timm:<name>':22s} any timm model (e.g. timm:vit_small_patch16_224, timm:swin_tiny_patch4_window7_224)"
+    )
+
+
+@app.command("cache")
+def cache_cmd(
+    data: str = typer.Argument(..., help="images: ImageFolder, folder, list/CSV, or tar shards"),
+    teacher: str = typer.Option(..., help="teacher spec"),
+    out: Path = typer.Option(..., help="cache folder"),
+    views: int = typer.Option(1, help="augmented views per image (view 0 = the plain image)"),
+    batch_size: int = typer.Option(64),
+    workers: int = typer.Option(0, help="DataLoader workers"),
+    kind: str = typer.Option("auto", help="auto | imagefolder | folder | list | wds"),
+    retry_failed: bool = typer.Option(False, help="try images that failed before again"),
+    device: str = typer.Option("auto"),
+):
+    """Compute teacher image embeddings once (fp16, memory-mapped, resumable)."""
+    from edgeclip.data.sources import open_source
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.cache import build_cache
+
+    t = load_teacher(teacher, device=device_of(device))
+    src = open_source(data, kind)
+    s = build_cache(
+        src, t, out, views=views, batch_size=batch_size, num_workers=workers, retry_failed=retry_failed
+    )
+    echo_json(s.as_dict())
+    for r in src.skipped:
+        typer.echo(f"skipped: {r}", err=True)
+
+
+@app.command("distill")
+def distill_cmd(
+    config: Path | None = typer.Argument(None, help="YAML experiment (configs/*.yaml)"),
+    teacher: str | None = typer.Option(None),
+    data: str | None = typer.Option(None),
+    cache: str | None = typer.Option(None, help="teacher-embedding cache (omit to run the teacher online)"),
+    student: str | None = typer.Option(None, help="student backbone, e.g. shufflenet_v2_x1_0"),
+    img_size: int | None = typer.Option(None),
+    loss: str | None = typer.Option(
+        None, help="mse | cosine | l1 | affinity | contrastive | clipkd | a+0.5*b"
+    ),
+    epochs: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None),
+    lr: float | None = typer.Option(None),
+    out: str | None = typer.Option(None),
+    val: str | None = typer.Option(None),
+    devices: int | None = typer.Option(None),
+    strategy: str | None = typer.Option(None),
+    accelerator: str | None = typer.Option(None),
+    precision: str | None = typer.Option(None),
+    resume: bool = typer.Option(False, help="continue from OUT/last.ckpt"),
+    init: str | None = typer.Option(
+        None, help="start from this student checkpoint (same teacher; its architecture)"
+    ),
+    set_: list[str] = typer.Option([], "--set", help="config override key.sub=value (repeatable)"),
+):
+    """Distill the teacher's image embedding into a student, without labels."""
+    from edgeclip.core.config import config_from_cli
+    from edgeclip.train.distill import DistillConfig, distill
+
+    cfg = config_from_cli(
+        DistillConfig,
+        config,
+        [
+            ("teacher", teacher),
+            ("data", data),
+            ("cache", cache),
+            ("student.arch", student),
+            ("student.img_size", img_size),
+            ("loss", loss),
+            ("train.epochs", epochs),
+            ("train.batch_size", batch_size),
+            ("train.lr", lr),
+            ("out", out),
+            ("val", val),
+            ("train.devices", devices),
+            ("train.strategy", strategy),
+            ("train.accelerator", accelerator),
+            ("train.precision", precision),
+            ("init", init),
+        ],
+        set_,
+    )
+    hist = distill(cfg, resume=resume)
+    if hist.get("world_size", 1) == 1 or os.environ.get("LOCAL_RANK", "0") == "0":
+        last = hist["epochs"][-1] if hist["epochs"] else {}
+        typer.echo(f"student saved: {Path(cfg.out) / 'student.pt'}  last epoch: {json.dumps(last)}")
+
+
+@app.command("label")
+def label_cmd(
+    images: list[str] = typer.Argument(..., help="image files, folders, a list/CSV, or tar shards"),
+    labels: str = typer.Option(..., help="'cat,dog,car' or @labels.txt"),
+    template: list[str] = typer.Option(
+        list(DEFAULT_TEMPLATES), help="prompt template(s) (ensemble when repeated)"
+    ),
+    teacher: str | None = typer.Option(None),
+    student: str | None = typer.Option(None),
+    bundle: Path | None = typer.Option(None, help="an exported edge bundle (runs without torch)"),
+    topk: int = typer.Option(5),
+    grid: int = typer.Option(0, help="also label an N x N grid of regions"),
+    boxes: Path | None = typer.Option(None, help='JSON {"image.jpg": [[x0,y0,x1,y1], ...]}'),
+    out: Path | None = typer.Option(None, help="write .jsonl or .csv (default: JSONL to stdout)"),
+    batch_size: int = typer.Option(32),
+    device: str = typer.Option("auto"),
+    precision: str = typer.Option("auto", help="bundle model: auto | fp32 | int8"),
+    threads: int | None = typer.Option(None, help="bundle runtime threads (default: ONNX Runtime's)"),
+):
+    """Label images with any text prompts (open vocabulary) using a teacher, a student or a bundle."""
+    from edgeclip.core.prompts import parse_labels
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.label import label_images, read_boxes
+
+    labs = parse_labels(labels)
+    src = _images_source(images)
+    box_map = read_boxes(boxes) if boxes else None
+    stats: dict = {}
+    emb = load_embedder(
+        teacher,
+        student,
+        bundle,
+        device=device_of(device) if bundle is None else "cpu",
+        precision=precision,
+        threads=threads,
+    )
+    rows = label_images(
+        iter(src),
+        emb,
+        labs,
+        template,
+        topk=topk,
+        grid=grid,
+        boxes=box_map,
+        batch_size=batch_size,
+        stats=stats,
+    )
+    n = 0
+    if out is None:
+        for r in rows:
+            typer.echo(json.dumps(r, ensure_ascii=False))
+            n += 1
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="", encoding="utf-8") as fh:
+            if out.suffix.lower() == ".csv":
+                w = csv.writer(fh)
+                w.writerow(["image", "region", "rank", "label", "score", "cosine"])
+                for r in rows:
+                    for i, (lb, s, c) in enumerate(zip(r["labels"], r["scores"], r["cosines"])):
+                        w.writerow(
+                            [
+                                r["image"],
+                                json.dumps(r.get("region")) if r.get("region") else "",
+                                i + 1,
+                                lb,
+                                s,
+                                c,
+                            ]
+                        )
+                    n += 1
+            else:
+                for r in rows:
+                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+                    n += 1
+    skipped = stats.get("skipped", []) + list(src.skipped)
+    typer.echo(
+        f"labeled {stats.get('images', 0)} images ({n} rows) with {emb.name}; skipped {len(skipped)}",
+        err=True,
+    )
+    for s in skipped[:20]:
+        typer.echo(f"  skipped: {s}", err=True)
+
+
+def _images_source(images: list[str]):
+    """One list/CSV/tar argument -> that source; otherwise files and folders (recursively)."""
+    from edgeclip.data.sources import files_source, open_source
+
+    if len(images) == 1:
+        a = images[0]
+        if (
+            a.endswith(".tar")
+            or "{" in a
+            or (Path(a).is_file() and Path(a).suffix.lower() in (".txt", ".csv", ".tsv", ".lst"))
+        ):
+            return open_source(a)
+    return files_source(images)
+
+
+@app.command("eval")
+def eval_cmd(
+    data: str = typer.Argument(..., help="ImageFolder with class sub-folders"),
+    teacher: str | None = typer.Option(None),
+    student: list[str] = typer.Option([], help="student checkpoint(s)"),
+    template: list[str] = typer.Option(list(DEFAULT_TEMPLATES)),
+    batch_size: int = typer.Option(128),
+    max_images: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    out: Path | None = typer.Option(None, help="also write the JSON here"),
+    device: str = typer.Option("auto"),
+):
+    """Zero-shot top-1/top-5 of teacher and student(s), and teacher-student agreement."""
+    from edgeclip.core.env import machine_info
+    from edgeclip.core.io import write_json
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.evaluate import evaluate
+
+    dev = device_of(device)
+    t_emb = load_embedder(teacher=teacher, device=dev) if teacher else None
+    studs = {}
+    for i, s in enumerate(student):
+        e = load_embedder(teacher=teacher, student=s, device=dev)
+        studs["student" if i == 0 else f"student{i + 1}"] = e
+        if t_emb is None:
+            t_emb = load_embedder(teacher=e.teacher.spec, device=dev)
+    res = evaluate(t_emb, studs, data, template, batch_size=batch_size, max_images=max_images)
+    res["machine"] = machine_info()
+    if out:
+        write_json(out, res)
+    if as_json:
+        echo_json(res)
+    else:
+        for k in (
+            "teacher_top1",
+            "teacher_top5",
+            "student_top1",
+            "student_top5",
+            "agreement",
+            "retention",
+            "n",
+        ):
+            if k in res:
+                typer.echo(f"{k:14s} {res[k]:.4f}" if isinstance(res[k], float) else f"{k:14s} {res[k]}")
+
+
+@app.command("stats")
+def stats_cmd(
+    student: Path | None = typer.Option(None),
+    arch: str | None = typer.Option(None),
+    img_size: int = typer.Option(224),
+    embed_dim: int = typer.Option(512),
+):
+    """Parameters, GFLOPs and batch-1 CPU latency of a student checkpoint or backbone."""
+    from edgeclip.models import create_student, load_student
+    from edgeclip.models.stats import model_stats
+
+    if student:
+        m, pp, _ = load_student(student)
+        img_size = pp.size
+    elif arch:
+        m = create_student(arch, embed_dim)
+    else:
+        raise EdgeClipError("give --student CHECKPOINT or --arch NAME")
+    echo_json(model_stats(m, img_size))
