@@ -371,7 +371,8 @@ def report(args, work: Path, data, teacher, derive, timings) -> None:
         tp = work / f"timings_{p}.json"
         if tp.exists():
             timings.update(json.loads(tp.read_text()))
-    allm, size, _ = load_pair_student(work / "s1_all/student.pt")
+    allm, pre, _ = load_pair_student(work / "s1_all/student.pt")
+    size = pre.size
     cur = None if args.only_main else load_pair_student(work / "s1_curated/student.pt")[0]
     uns = None if args.only_main else load_pair_student(work / "s1_unseen/student.pt")[0]
     glob = (

@@ -74,7 +74,8 @@ def main() -> None:
     ps = open_pairs(data["train"], derive=derive)
     pool = set(L.subset_indices(len(ps), 20000, 0))  # the lab's pool (same seed)
     val = sorted(random.Random(123).sample([i for i in range(len(ps)) if i not in pool], 2000))
-    cur, size, _ = load_pair_student(work / "s1_curated/student.pt")
+    cur, pre, _ = load_pair_student(work / "s1_curated/student.pt")
+    size = pre.size
     vps = ps.subset(val)
     vd = preload_pairs(vps, cur.specs, size)
     res = read_json(out) if out.exists() else {}

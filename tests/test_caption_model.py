@@ -132,7 +132,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not an edgeclip captioner"):
         load_captioner(tmp_path / "other.pt")
     ck["vocab"] = Vocab(list(SPECIALS) + ["a", "b"]).to_dict()  # vocabulary that does not fit the weights
-    torch.save(ck, tmp_path / "mismatch.pt")
+    torch.save({**ck, "state_dict": m2.state_dict()}, tmp_path / "mismatch.pt")  # info + the weights
     with pytest.raises(CheckpointError, match="do not fit"):
         load_captioner(tmp_path / "mismatch.pt")
 

@@ -73,7 +73,8 @@ def test_qat_triplet_to_int8_onnx(shapes, tiny_teacher, tmp_path):
     # ONNX Runtime's int8 graph agrees with the converted torch model
     assert all(v > 0.99 for v in res["onnx_min_cosine_vs_torch_int8"].values())
     # and it evaluates on both modalities
-    model, size, _ = load_pair_student(tmp_path / "s1" / "student.pt")
+    model, pre, _ = load_pair_student(tmp_path / "s1" / "student.pt")
+    size = pre.size
     ps = open_pairs(shapes["test"], derive=DERIVE)
     d = preload_pairs(ps, model.specs, size)
     ev = evaluate_pairs(

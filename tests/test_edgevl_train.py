@@ -123,7 +123,8 @@ def test_stage1_trains_both_modalities(stage1, shapes):
     first, last = h["epochs"][0], h["epochs"][-1]
     assert {"cos_rgb", "cos_mono"} <= set(last)
     assert last["loss"] < first["loss"]
-    model, size, ck = load_pair_student(stage1["dir"] / "s1" / "student.pt")
+    model, pre, ck = load_pair_student(stage1["dir"] / "s1" / "student.pt")
+    size = pre.size
     assert model.primary == "rgb" and set(model.specs) == {"rgb", "mono"} and size == 32
     assert ck["extra"]["edgevl"]["specs"]["mono"]["derive"] == "luminance"
     assert len(model.specs["mono"].mean) == 3  # per-modality normalisation measured on the data
@@ -198,7 +199,8 @@ def test_ptq_and_eval_per_modality(stage1, shapes, teacher):
 
     ops = {n.op_type for n in onnx.load(r["exports"]["rgb"]).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    model, size, _ = load_pair_student(w / "s1" / "student.pt")
+    model, pre, _ = load_pair_student(w / "s1" / "student.pt")
+    size = pre.size
     tps = open_pairs(shapes["test"], derive=DERIVE)
     d = preload_pairs(tps, model.specs, size)
     res = evaluate_pairs(
@@ -422,7 +424,8 @@ def test_real_rgbd_conv_adapter_from_yaml(shared_data, teacher, tmp_path):
     cfg = build_dataclass(PairDistillConfig, d)
     hist = distill_pairs(cfg, teacher=teacher)
     assert hist["data_info"]["n_train"] == 5
-    model, size, ck = load_pair_student(tmp_path / "rgbd" / "student.pt")
+    model, pre, ck = load_pair_student(tmp_path / "rgbd" / "student.pt")
+    size = pre.size
     assert set(model.adapters) == {"depth"} and model.adapters["depth"].in_channels == 1
     w0 = torch.full((3, 1, 1, 1), 1.0)
     assert not torch.allclose(model.adapters["depth"].weight, w0)  # the adapter was trained
@@ -445,7 +448,8 @@ def test_stage1_init_from_rgb_student(stage1, shapes, teacher, tmp_path):
     from edgeclip.data.transforms import Preprocess
     from edgeclip.models.student import load_student, save_student
 
-    pair, size, _ = load_pair_student(stage1["dir"] / "s1" / "student.pt")
+    pair, pre, _ = load_pair_student(stage1["dir"] / "s1" / "student.pt")
+    size = pre.size
     rgb = tmp_path / "rgb.pt"
     save_student(
         pair.student, rgb, Preprocess(size=size, mean=teacher.mean, std=teacher.std), teacher.describe()

@@ -287,7 +287,8 @@ def eval_pair_cmd(
         torch_embedder,
     )
 
-    model, size, ck = load_pair_student(student)
+    model, pre, ck = load_pair_student(student)
+    size = pre.size
     t = load_teacher(ck["teacher"]["spec"])
     ps = open_pairs(data, modality or None, model.primary, _derive(derive))
     if max_images and len(ps) > max_images:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from edgeclip.core.errors import EdgeClipError
 
@@ -19,13 +19,18 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str | None = None, *, help: str = "") -> Callable[[T], T]:
+    def register(self, name: str | None = None, *, help: str = "", **meta: Any) -> Callable[[T], T]:
+        """Register under ``name``; ``meta`` is data that travels with the entry (e.g. a teacher kind's
+        spec prefixes, a checkpoint format's model kind)."""
+
         def deco(fn: T) -> T:
             key = name or fn.__name__
             if key in self._items:
                 raise ValueError(f"{self.kind} {key!r} registered twice")
             self._items[key] = fn
+            self._meta[key] = dict(meta)
             self._help[key] = (
                 help or (fn.__doc__ or "").strip().splitlines()[0:1][0] if (help or fn.__doc__) else ""
             )
@@ -42,6 +47,10 @@ class Registry(Generic[T]):
             raise EdgeClipError(
                 f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._items))}"
             ) from None
+
+    def meta(self, name: str) -> dict[str, Any]:
+        self.get(name)  # unknown names: the one-line error with "did you mean"
+        return self._meta[name]
 
     def __contains__(self, name: str) -> bool:
         return name in self._items

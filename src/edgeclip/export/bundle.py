@@ -240,7 +240,7 @@ def export_bundle(
     from edgeclip.core.prompts import check_templates, parse_labels
     from edgeclip.export.onnx import export_onnx, onnx_parity
     from edgeclip.models.student import load_student
-    from edgeclip.models.teachers import load_teacher
+    from edgeclip.models.teachers import teacher_of
     from edgeclip.zeroshot.text import text_embeddings
 
     if quant not in QUANT_MODES:
@@ -257,12 +257,7 @@ def export_bundle(
     templates = check_templates(templates)
 
     st, pp, ck = load_student(student)
-    t_spec = teacher or ck["teacher"]["spec"]
-    t = load_teacher(t_spec, device="cpu")
-    if t.id != ck["teacher"]["id"]:
-        raise EdgeClipError(f"student {student} was distilled from {ck['teacher']['id']}, not {t.id}")
-    if t.embed_dim != st.embed_dim:
-        raise EdgeClipError(f"student gives {st.embed_dim}-d embeddings, teacher text is {t.embed_dim}-d")
+    t = teacher_of(ck, f"student {student}", teacher, embed_dim=st.embed_dim)
     text = text_embeddings(t, labels, templates).numpy().astype(np.float32)
     npp = NumpyPreprocess.from_dict(pp.to_dict())
     transformer = is_transformer(st)
@@ -379,7 +374,7 @@ def export_bundle(
             log(f"zero-shot accuracy on {eval_data} ...")
             res = evaluate(
                 None,
-                {"student": load_embedder(student=str(student), teacher=t_spec)},
+                {"student": load_embedder(student=str(student), teacher=t.spec)},
                 eval_data,
                 templates,
                 max_images=eval_images,

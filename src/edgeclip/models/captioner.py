@@ -27,6 +27,7 @@ from edgeclip.core.checkpoint import read_checkpoint, save_checkpoint
 from edgeclip.core.errors import CheckpointError
 from edgeclip.data.transforms import Preprocess
 from edgeclip.data.vocab import PAD_ID, Vocab
+from edgeclip.models.base import CHECKPOINT_KINDS, MODEL_KINDS, Loaded
 from edgeclip.models.student import Student, create_student
 
 CAPTIONER_FORMAT = "edgeclip-captioner/1"
@@ -209,17 +210,25 @@ def save_captioner(
     )
 
 
-def load_captioner(path: str | Path, map_location: str = "cpu") -> tuple[Captioner, Preprocess, dict]:
-    """(captioner in eval mode, preprocessing, checkpoint dict); CheckpointError for anything else."""
-    p = Path(path)
-    ck = read_checkpoint(p, CAPTIONER_FORMAT, "captioner", map_location)
+@CHECKPOINT_KINDS.register(CAPTIONER_FORMAT, help="captioner (ShuffleNetV2 grid encoder + LSTM/attention)")
+def captioner_from_checkpoint(ck: dict, path: Path) -> Loaded:
     vocab = Vocab.from_dict(ck["vocab"])
     model = build_captioner(vocab, ck["config"])
     try:
         model.load_state_dict(ck["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(
-            f"{p}: weights do not fit the saved config/vocabulary: {str(e).splitlines()[0]}"
+            f"{path}: weights do not fit the saved config/vocabulary: {str(e).splitlines()[0]}"
         ) from None
-    model.eval()
-    return model, Preprocess.from_dict(ck["preprocess"]), ck
+    info = {k: v for k, v in ck.items() if k != "state_dict"}
+    return Loaded(model.eval(), Preprocess.from_dict(ck["preprocess"]), info, "captioner")
+
+
+MODEL_KINDS.register("captioner", help="build_captioner(vocab, config)")(build_captioner)
+
+
+def load_captioner(path: str | Path, map_location: str = "cpu") -> Loaded:
+    """(captioner in eval mode, preprocessing, checkpoint info); CheckpointError for anything else."""
+    return captioner_from_checkpoint(
+        read_checkpoint(path, CAPTIONER_FORMAT, "captioner", map_location), Path(path)
+    )

@@ -18,6 +18,7 @@ from torch import nn
 from edgeclip.core.errors import CheckpointError, EdgeClipError
 from edgeclip.data.pairs import ModalitySpec, normalize_modality
 from edgeclip.data.transforms import Preprocess
+from edgeclip.models.base import MODEL_KINDS, Loaded, load_weights
 from edgeclip.models.student import Student, create_student, load_student, save_student
 
 
@@ -86,20 +87,30 @@ def save_pair_student(
     save_student(model.student, path, pp, teacher_desc, {**(extra or {}), "edgevl": ev})
 
 
-def load_pair_student(path: str | Path):
-    """-> (PairStudent in eval mode, image size, checkpoint dict)."""
-    st, pp, ck = load_student(path)
-    ev = ck.get("extra", {}).get("edgevl")
+def pair_from_student(loaded: Loaded, path: str | Path) -> Loaded:
+    """The PairStudent around a student checkpoint's Student (its modality specs and adapters)."""
+    ck = loaded.info
+    ev = (ck.get("extra") or {}).get("edgevl")
     if not ev:
         raise CheckpointError(
             f"{path} is a student checkpoint without modality information "
             "(train it with `edgeclip edgevl distill`)"
         )
     specs = {m: ModalitySpec.from_dict(d) for m, d in ev["specs"].items()}
-    model = PairStudent(st, specs, ev["primary"], ev.get("adapter_channels", {}))
+    model = PairStudent(loaded.model, specs, ev["primary"], ev.get("adapter_channels", {}))
     for m, sd in ev.get("adapters", {}).items():
-        model.adapters[m].load_state_dict(sd)
-    return model.eval(), pp.size, ck
+        load_weights(model.adapters[m], sd, path, f"{m} adapter")
+    return Loaded(model.eval(), loaded.preprocess, ck, "pair-student")
+
+
+MODEL_KINDS.register(
+    "pair-student", help="build_pair_student(student_cfg, embed_dim, specs, primary, channels)"
+)(build_pair_student)
+
+
+def load_pair_student(path: str | Path) -> Loaded:
+    """(PairStudent in eval mode, preprocessing of its primary modality, checkpoint info)."""
+    return pair_from_student(load_student(path), path)
 
 
 class ModalityModel(nn.Module):

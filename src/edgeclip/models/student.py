@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from edgeclip.core.checkpoint import read_checkpoint, save_checkpoint
-from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.errors import CheckpointError, EdgeClipError
 from edgeclip.data.transforms import Preprocess
 from edgeclip.models.backbones import create_backbone, list_backbones
+from edgeclip.models.base import CHECKPOINT_KINDS, MODEL_KINDS, Loaded, load_weights
 
 STUDENT_FORMAT = "edgeclip-student/1"
 
@@ -131,8 +132,11 @@ def init_student_config(path: str | Path, teacher_id: str, student_cfg: dict[str
     checkpoint must have been distilled from the same teacher (one clear error otherwise).
     """
     init, _, ck = load_student(path)
-    if ck["teacher"].get("id") != teacher_id:
-        raise EdgeClipError(f"--init {path} was distilled from {ck['teacher'].get('id')}, not {teacher_id}")
+    if (ck.get("teacher") or {}).get("id") != teacher_id:
+        raise EdgeClipError(
+            f"--init {path} was made with teacher {(ck.get('teacher') or {}).get('id')}, not {teacher_id}: "
+            "its embeddings do not live in this teacher's text space"
+        )
     clash = {
         k: (v, init.config.get(k)) for k, v in student_cfg.items() if k in init.config and init.config[k] != v
     }
@@ -144,12 +148,31 @@ def init_student_config(path: str | Path, teacher_id: str, student_cfg: dict[str
     return {**{k: v for k, v in init.config.items() if k != "embed_dim"}, **student_cfg}, init
 
 
-def load_student(path: str | Path, map_location: str = "cpu"):
-    """Return (student, preprocess, checkpoint dict). Raises CheckpointError for other files."""
-    ck = read_checkpoint(path, STUDENT_FORMAT, "student", map_location)
+def student_from_checkpoint(ck: dict, path: str | Path) -> Loaded:
+    """The Student of a student checkpoint (a pair student's RGB student too)."""
     cfg = dict(ck["config"])
-    arch, embed_dim = cfg.pop("arch"), cfg.pop("embed_dim")
-    st = Student(arch, embed_dim, **cfg)
-    st.load_state_dict(ck["state_dict"])
-    st.eval()
-    return st, Preprocess.from_dict(ck["preprocess"]), ck
+    try:
+        arch, embed_dim = cfg.pop("arch"), cfg.pop("embed_dim")
+        st = Student(arch, embed_dim, **cfg)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: corrupt student config ({type(e).__name__}: {e})") from None
+    load_weights(st, ck["state_dict"], path, "student")
+    info = {k: v for k, v in ck.items() if k != "state_dict"}
+    return Loaded(st.eval(), Preprocess.from_dict(ck["preprocess"]), info, "student")
+
+
+@CHECKPOINT_KINDS.register(STUDENT_FORMAT, help="student (backbone + projection head); pair students too")
+def _student_kind(ck: dict, path: Path) -> Loaded:
+    if (ck.get("extra") or {}).get("edgevl"):
+        from edgeclip.models.pair import pair_from_student
+
+        return pair_from_student(student_from_checkpoint(ck, path), path)
+    return student_from_checkpoint(ck, path)
+
+
+MODEL_KINDS.register("student", help="create_student(arch, embed_dim, **options)")(create_student)
+
+
+def load_student(path: str | Path, map_location: str = "cpu") -> Loaded:
+    """(student, preprocess, checkpoint info) of any student checkpoint; CheckpointError for other files."""
+    return student_from_checkpoint(read_checkpoint(path, STUDENT_FORMAT, "student", map_location), path)

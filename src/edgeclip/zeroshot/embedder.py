@@ -128,23 +128,14 @@ def load_embedder(
         return BundleEmbedder(Labeler(bundle, precision=precision, threads=threads))
     import torch
 
-    from edgeclip.models.teachers import load_teacher
+    from edgeclip.models.teachers import load_teacher, teacher_of
 
     if student:
         from edgeclip.models.student import load_student
 
         st, pp, ck = load_student(student, map_location=device)
         st.to(device)
-        t = load_teacher(teacher or ck["teacher"]["spec"], device=device)
-        if t.id != ck["teacher"]["id"]:
-            raise EdgeClipError(
-                f"student {student} was distilled from {ck['teacher']['id']}, not {t.id}: "
-                "its embeddings do not live in this teacher's text space"
-            )
-        if t.embed_dim != st.embed_dim:
-            raise EdgeClipError(
-                f"student head gives {st.embed_dim}-d embeddings, teacher text is {t.embed_dim}-d"
-            )
+        t = teacher_of(ck, f"student {student}", teacher, device=device, embed_dim=st.embed_dim)
         tf = pp.torch_transform()
 
         @torch.no_grad()

@@ -19,10 +19,29 @@ from edgeclip.core.registry import Registry
 from edgeclip.models.teachers.base import Teacher
 
 TEACHERS: Registry[Callable[..., Teacher]] = Registry("teacher kind")
+# Each kind declares the spec prefixes it answers to (``strip``: the prefix is removed before loading) and,
+# for a bare path, how to recognise its files (``sniff``: Path -> spec or None). resolve_kind reads only these.
+
+
+def _open_clip_dir(p: Path) -> str | None:
+    return f"local-dir:{p}" if p.is_dir() and (p / "open_clip_config.json").is_file() else None
+
+
+def _hf_dir(p: Path) -> str | None:
+    return f"hf:{p}" if p.is_dir() and (p / "config.json").is_file() else None
+
+
+def _reference_file(p: Path) -> str | None:
+    return f"reference-lit:{p}" if p.is_file() else None
 
 
 @TEACHERS.register(
-    "open_clip", help="open_clip: ARCH:TAG, ARCH:/weights/file, local-dir:/folder, hf-hub:org/repo"
+    "open_clip",
+    help="open_clip: ARCH:TAG, ARCH:/weights/file, local-dir:/folder, hf-hub:org/repo",
+    prefixes=("local-dir:", "hf-hub:"),
+    strip=("open_clip:",),
+    sniff=_open_clip_dir,
+    fallback=True,
 )
 def _open_clip(spec: str, device: str = "cpu") -> Teacher:
     from edgeclip.models.teachers.open_clip import load_open_clip
@@ -30,14 +49,21 @@ def _open_clip(spec: str, device: str = "cpu") -> Teacher:
     return load_open_clip(spec, device)
 
 
-@TEACHERS.register("hf", help="Hugging Face CLIP: hf:/folder or hf:org/name")
+@TEACHERS.register(
+    "hf", help="Hugging Face CLIP: hf:/folder or hf:org/name", prefixes=("hf:",), sniff=_hf_dir
+)
 def _hf(spec: str, device: str = "cpu") -> Teacher:
     from edgeclip.models.teachers.hf_clip import load_hf_clip
 
     return load_hf_clip(spec, device)
 
 
-@TEACHERS.register("reference-lit", help="offline reference teacher: reference-lit:/path/teacher.pt")
+@TEACHERS.register(
+    "reference-lit",
+    help="offline reference teacher: reference-lit:/path/teacher.pt",
+    prefixes=("reference-lit:",),
+    sniff=_reference_file,
+)
 def _reference(spec: str, device: str = "cpu") -> Teacher:
     from edgeclip.models.teachers.reference import load_reference
 
@@ -45,23 +71,25 @@ def _reference(spec: str, device: str = "cpu") -> Teacher:
 
 
 def resolve_kind(spec: str) -> tuple[str, str]:
-    """Map a user spec to (registry kind, spec for that loader)."""
+    """Map a user spec to (teacher kind, spec for that kind's loader), by the prefixes the kinds declare."""
     if not spec or not spec.strip():
         raise EdgeClipError("empty teacher spec")
-    for kind in ("open_clip", "hf", "reference-lit"):
-        if spec.startswith(kind + ":"):
-            return kind, (spec[len(kind) + 1 :] if kind == "open_clip" else spec)
-    if spec.startswith(("local-dir:", "hf-hub:")):
-        return "open_clip", spec
-    p = Path(spec)
-    if p.is_dir() and (p / "open_clip_config.json").is_file():
-        return "open_clip", f"local-dir:{p}"
-    if p.is_dir() and (p / "config.json").is_file():
-        return "hf", f"hf:{p}"
-    if p.is_file():
-        return "reference-lit", f"reference-lit:{p}"
-    if ":" in spec:
-        return "open_clip", spec
+    kinds = TEACHERS.names()
+    for kind in kinds:
+        meta = TEACHERS.meta(kind)
+        for pre in meta.get("strip", ()):
+            if spec.startswith(pre):
+                return kind, spec[len(pre) :]
+        if spec.startswith(tuple(meta.get("prefixes", ()))):
+            return kind, spec
+    for kind in kinds:
+        sniff = TEACHERS.meta(kind).get("sniff")
+        found = sniff(Path(spec)) if sniff else None
+        if found:
+            return kind, found
+    fallback = [k for k in kinds if TEACHERS.meta(k).get("fallback")]
+    if ":" in spec and fallback:
+        return fallback[0], spec
     raise EdgeClipError(
         f"cannot tell how to load teacher {spec!r}: use ARCH:TAG, ARCH:/file, local-dir:/folder, "
         "hf:/folder or reference-lit:/file.pt"
@@ -75,4 +103,38 @@ def load_teacher(spec: str, device: str = "cpu") -> Teacher:
     return t.eval()
 
 
-__all__ = ["Teacher", "TEACHERS", "load_teacher", "resolve_kind"]
+def check_same_teacher(recorded: dict | None, teacher: Teacher, what: str) -> None:
+    """One rule for every artefact (student, cache, manifest, bundle): it is used only with the teacher it
+    records, by weights id; anything else is one line."""
+    rid = (recorded or {}).get("id")
+    if rid != teacher.id:
+        raise EdgeClipError(
+            f"{what} was made with teacher {rid}, not {teacher.id}: its embeddings do not live in this "
+            "teacher's text space"
+        )
+
+
+def teacher_of(
+    info: dict,
+    what: str,
+    teacher: Teacher | str | None = None,
+    device: str = "cpu",
+    embed_dim: int | None = None,
+) -> Teacher:
+    """The teacher an artefact's ``info`` records (or the one given, as a Teacher or a spec), checked to be
+    the same weights, and to embed in ``embed_dim`` dimensions when given."""
+    recorded = info.get("teacher") or {}
+    if not isinstance(teacher, Teacher):
+        spec = teacher or recorded.get("spec")
+        if not spec:
+            raise EdgeClipError(f"{what} records no teacher spec: pass --teacher")
+        teacher = load_teacher(spec, device=device)
+    check_same_teacher(recorded, teacher, what)
+    if embed_dim is not None and teacher.embed_dim != embed_dim:
+        raise EdgeClipError(
+            f"{what} gives {embed_dim}-d embeddings, the teacher's text is {teacher.embed_dim}-d"
+        )
+    return teacher
+
+
+__all__ = ["Teacher", "TEACHERS", "check_same_teacher", "load_teacher", "resolve_kind", "teacher_of"]

@@ -13,6 +13,7 @@ from edgeclip.core.checkpoint import read_checkpoint, save_checkpoint
 from edgeclip.core.errors import CheckpointError
 from edgeclip.core.io import sha256_file
 from edgeclip.data.transforms import Preprocess
+from edgeclip.models.base import CHECKPOINT_KINDS, Loaded, load_weights
 from edgeclip.models.teachers.base import Teacher
 from edgeclip.models.teachers.minilm import (
     TEXT_DIM,
@@ -37,21 +38,33 @@ def save_reference(tower, path: Path, preprocess: Preprocess, logit_scale: float
     )
 
 
-def load_reference(spec: str, device: str = "cpu") -> Teacher:
+@CHECKPOINT_KINDS.register(
+    REFERENCE_FORMAT, help="reference-lit teacher: its image tower (the text tower is MiniLM)"
+)
+def reference_tower_from_checkpoint(ck: dict, path: Path) -> Loaded:
     from edgeclip.models.student import Student
 
+    cfg = dict(ck["tower_config"])
+    try:
+        tower = Student(cfg.pop("arch"), cfg.pop("embed_dim"), **cfg)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: corrupt teacher tower config ({type(e).__name__}: {e})") from None
+    load_weights(tower, ck["state_dict"], path, "reference teacher tower")
+    info = {k: v for k, v in ck.items() if k != "state_dict"}
+    return Loaded(tower.eval(), Preprocess.from_dict(ck["preprocess"]), info, "teacher-tower")
+
+
+def load_reference(spec: str, device: str = "cpu") -> Teacher:
     path = Path(spec.split(":", 1)[1] if spec.startswith("reference-lit:") else spec)
     if not path.is_file():
         raise CheckpointError(
             f"reference teacher checkpoint not found: {path} "
             "(train one with: edgeclip teacher train --data IMAGEFOLDER --out DIR)"
         )
-    ck = read_checkpoint(path, REFERENCE_FORMAT, "reference-lit teacher")
-    cfg = dict(ck["tower_config"])
-    tower = Student(cfg.pop("arch"), cfg.pop("embed_dim"), **cfg)
-    tower.load_state_dict(ck["state_dict"])
-    tower.eval().to(device)
-    pp = Preprocess.from_dict(ck["preprocess"])
+    tower, pp, ck = reference_tower_from_checkpoint(
+        read_checkpoint(path, REFERENCE_FORMAT, "reference-lit teacher"), path
+    )
+    tower.to(device)
     text = shared_text_tower().to(device)
     return Teacher(
         spec=f"reference-lit:{path}",
