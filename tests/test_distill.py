@@ -266,3 +266,24 @@ def test_stem_stride_keeps_a_larger_grid_and_is_saved(tmp_path):
         create_student("mobilenet_v3_small", 8, stem_stride=3)
     with pytest.raises(EdgeClipError, match="only supported for the torchvision"):
         create_student("timm:resnet10t", 8, stem_stride=1)
+
+
+def test_a_fixed_seed_gives_bit_identical_weights(tiny_teacher, shapes, tmp_path):
+    """The student is built after seeding: two runs with one seed give the same weights (digest)."""
+    import hashlib
+
+    def digest(out):
+        cfg = DistillConfig(
+            teacher=tiny_teacher,
+            data=str(shapes["train"]),
+            out=str(out),
+            student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 32},
+            train={"epochs": 1, "batch_size": 32, "seed": 3},
+        )
+        distill(cfg, progress=False)
+        h = hashlib.sha256()
+        for k, v in sorted(load_student(out / "student.pt")[0].state_dict().items()):
+            h.update(k.encode() + v.numpy().tobytes())
+        return h.hexdigest()
+
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")

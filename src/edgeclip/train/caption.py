@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeclip.core.env import seed_everything
 from edgeclip.core.errors import CheckpointError, EdgeClipError
 from edgeclip.core.io import read_json, write_json
 from edgeclip.data.captions import CaptionSet, load_captions
@@ -251,6 +252,7 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         teacher_desc = load_teacher(cfg.teacher, device="cpu").describe()
         mcfg["teacher_dim"] = teacher_desc["embed_dim"]  # same architecture as the distilled run
 
+    seed_everything(tcfg.seed)  # before the model is built: a fixed seed gives bit-identical weights
     model = build_captioner(vocab, mcfg, weights=cfg.weights)
     init_info = init_encoder_from_student(model, cfg.init) if cfg.init else None
     size = model.cfg.img_size

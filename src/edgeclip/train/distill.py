@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeclip.core.env import seed_everything
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.memory import crop_views, normalize, preload
@@ -64,6 +65,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
         scfg, init = init_student_config(cfg.init, teacher.id, scfg)
     arch = scfg.pop("arch", "shufflenet_v2_x1_0")
     size = int(scfg.setdefault("img_size", 224))
+    seed_everything(tcfg.seed)  # before the model is built: a fixed seed gives bit-identical weights
     student = create_student(arch, teacher.embed_dim, **scfg)
     if init is not None:
         student.load_state_dict(init.state_dict())

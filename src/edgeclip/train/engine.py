@@ -1,4 +1,4 @@
-"""One training loop for every trainer (reference teacher, distillation, EdgeVL, captioner).
+"""One training loop for every task (reference teacher, distillation, EdgeVL, QAT, captioner): ``Trainer``.
 
 It runs on Lightning Fabric, so ``devices=N, strategy='ddp'`` trains on several GPUs (or CPU
 processes with gloo) without changes; AdamW + warmup/cosine schedule, AMP and channels_last on
@@ -43,6 +43,7 @@ class TrainConfig:
     threads: int = 0  # torch threads on CPU (0 = leave as is)
     log_every: int = 50
     max_steps_per_epoch: int = 0  # 0 = full epoch (useful for equal step budgets)
+    max_steps: int = 0  # a budget in optimizer steps: the epochs it takes are derived, the run stops there
 
 
 def make_fabric(cfg: TrainConfig):
@@ -80,6 +81,270 @@ def cosine_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
 StepFn = Callable[[nn.Module, Any], dict[str, torch.Tensor]]
 
 
+class Task:
+    """One training job, run by :class:`Trainer` (Lightning's build-your-own-trainer pattern).
+
+    ``setup`` builds what the task trains (after the Trainer has seeded every RNG, so a fixed seed gives
+    bit-identical weights) and sets ``model``, ``dataset`` and optionally ``collate_fn`` / ``params``;
+    ``training_step`` returns ``{"loss": ..., other metrics}``; ``on_epoch_end`` may add to the epoch's record
+    (``stop_training: True`` ends the run: early stopping); ``save`` writes the task's artefact.
+    """
+
+    model: nn.Module
+    dataset: Any
+    collate_fn: Callable | None = None
+    params: Any = None
+
+    def setup(self, trainer: Trainer) -> None:
+        raise NotImplementedError
+
+    def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, record: dict) -> dict | None:
+        return None
+
+    def save(self, model: nn.Module, out_dir: Path, history: dict) -> None:
+        return None
+
+
+class FunctionTask(Task):
+    """A task from a built model, a dataset and a step function (what ``fit`` takes)."""
+
+    def __init__(
+        self, model, dataset, step_fn: StepFn, save_fn=None, on_epoch_end=None, collate_fn=None, params=None
+    ):
+        self.model, self.dataset, self.step_fn = model, dataset, step_fn
+        self.save_fn, self.epoch_fn, self.collate_fn, self.params = save_fn, on_epoch_end, collate_fn, params
+
+    def setup(self, trainer: Trainer) -> None:
+        return None
+
+    def training_step(self, model, batch):
+        return self.step_fn(model, batch)
+
+    def on_epoch_end(self, model, epoch, record):
+        return self.epoch_fn(model, epoch, record) if self.epoch_fn else None
+
+    def save(self, model, out_dir, history):
+        if self.save_fn is not None:
+            self.save_fn(model, out_dir, history)
+
+
+class Trainer:
+    """The one loop, as small named steps: launch -> seed -> task.setup -> configure -> restore ->
+    (train_epoch -> end_epoch -> save_state) per epoch -> sync_ranks -> finish.
+
+    Writes ``out_dir/last.ckpt`` (resumable state, atomically) every epoch, ``history.json`` and, through
+    ``task.save``, the task's artefact. ``cfg.max_steps`` is a budget in optimizer steps.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, fabric=None
+    ):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.resume, self.progress = resume, progress
+        self.fabric = fabric
+        self.history: dict[str, Any] = {}
+        self.start_epoch = 0
+        self.global_step = 0
+
+    # ---- the steps
+    def launch(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.fabric = self.fabric or make_fabric(self.cfg)
+        if self.cfg.threads and self.fabric.device.type == "cpu":
+            torch.set_num_threads(self.cfg.threads)
+        self.fabric.launch()
+
+    def seed(self) -> None:
+        self.fabric.seed_everything(self.cfg.seed)
+
+    def configure(self, task: Task) -> None:
+        cfg, fabric = self.cfg, self.fabric
+        model = task.model
+        if cfg.channels_last and fabric.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        params = (
+            task.params if task.params is not None else [p for p in model.parameters() if p.requires_grad]
+        )
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ds = task.dataset
+        self.iterable = isinstance(ds, torch.utils.data.IterableDataset)
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=cfg.batch_size,
+            shuffle=not self.iterable,
+            drop_last=len(ds) > cfg.batch_size,
+            num_workers=cfg.num_workers,
+            collate_fn=task.collate_fn,
+            persistent_workers=cfg.num_workers > 0,
+        )
+        self.model, self.opt = fabric.setup(model, opt)
+        self.loader = fabric.setup_dataloaders(loader)
+        n_batches = len(self.loader) if not self.iterable else max(1, len(ds) // cfg.batch_size)
+        self.steps_per_epoch = (
+            n_batches if not cfg.max_steps_per_epoch else min(n_batches, cfg.max_steps_per_epoch)
+        )
+        self.epochs = math.ceil(cfg.max_steps / self.steps_per_epoch) if cfg.max_steps else cfg.epochs
+        total = cfg.max_steps or self.steps_per_epoch * self.epochs
+        warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, cosine_lambda(total, warmup, cfg.min_lr_ratio)
+        )
+        self.history = {
+            "config": asdict(cfg),
+            "epochs": [],
+            "world_size": fabric.world_size,
+            "device": str(fabric.device),
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def restore(self) -> None:
+        ck_path = self.out / "last.ckpt"
+        if self.resume and ck_path.exists():
+            state = {
+                "model": self.model,
+                "optimizer": self.opt,
+                "scheduler": self.sched.state_dict(),
+                "epoch": 0,
+                "history": {},
+            }
+            try:  # plain data only (weights_only): no code runs from a checkpoint
+                self.fabric.load(ck_path, state, weights_only=True)
+            except pickle.UnpicklingError as e:
+                raise unsafe_content_error(ck_path, e) from None
+            self.sched.load_state_dict(state["scheduler"])
+            self.start_epoch = int(state["epoch"])
+            self.history = state["history"] or self.history
+            self.global_step = sum(int(e.get("steps", 0)) for e in self.history.get("epochs", []))
+            self.fabric.print(f"resumed from {ck_path} at epoch {self.start_epoch}")
+        elif self.resume:
+            self.fabric.print(f"--resume: no checkpoint in {self.out}, starting fresh")
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.fabric.backward(loss)
+        if self.cfg.grad_clip:
+            self.fabric.clip_gradients(self.model, self.opt, max_norm=self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.global_step += 1
+
+    def train_epoch(self, task: Task, epoch: int) -> dict[str, Any]:
+        cfg = self.cfg
+        self.model.train()
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        steps = self.steps_per_epoch
+        if cfg.max_steps:
+            steps = min(steps, cfg.max_steps - self.global_step)
+        sums: dict[str, float] = {}
+        n, te = 0, time.time()
+        bar = None
+        if self.progress and self.fabric.is_global_zero:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, mininterval=2.0)
+        for i, batch in enumerate(self.loader):
+            if i >= steps:
+                break
+            metrics = task.training_step(self.model, batch)
+            self.optimizer_step(metrics["loss"])
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n += 1
+            if bar is not None:
+                bar.update(1)
+                if i % max(1, cfg.log_every) == 0:
+                    bar.set_postfix(loss=f"{float(metrics['loss'].detach()):.4f}")
+        if bar is not None:
+            bar.close()
+        return {
+            "epoch": epoch + 1,
+            **{k: v / max(1, n) for k, v in sums.items()},
+            "seconds": time.time() - te,
+            "lr": self.sched.get_last_lr()[0],
+            "steps": n,
+        }
+
+    def end_epoch(self, task: Task, rec: dict[str, Any]) -> bool:
+        """The task's epoch hook, the record in the history and the log; -> whether to stop."""
+        rec.update(task.on_epoch_end(self.model, rec["epoch"], rec) or {})
+        stop = bool(rec.pop("stop_training", False))  # early stopping
+        if stop:
+            self.history["stopped_early_at"] = rec["epoch"]
+        self.history["epochs"].append(rec)
+        self.fabric.print(
+            json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in rec.items()})
+        )
+        return stop
+
+    def save_state(self, epoch: int) -> None:
+        tmp = self.out / ".last.ckpt.tmp"
+        self.fabric.save(
+            tmp,
+            {
+                "model": self.model,
+                "optimizer": self.opt,
+                "scheduler": self.sched.state_dict(),
+                "epoch": epoch,
+                "history": self.history,
+            },
+        )
+        if self.fabric.is_global_zero:
+            os.replace(tmp, self.out / "last.ckpt")  # atomic: a kill never leaves a half-written checkpoint
+        self.fabric.barrier()
+
+    def sync_ranks(self) -> None:
+        """After DDP: one consistent model on every rank (BatchNorm statistics are per rank), and a weights
+        digest per rank (identical digests prove the ranks stayed in sync)."""
+        fabric = self.fabric
+        if fabric.world_size <= 1:
+            return
+        with torch.no_grad():
+            for b in _unwrap(self.model).buffers():
+                b.copy_(fabric.broadcast(b.detach().clone(), src=0))
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(_unwrap(self.model).state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        (self.out / f"rank{fabric.global_rank}.weights.sha256").write_text(h.hexdigest() + "\n")
+
+    def finish(self, task: Task) -> None:
+        if self.fabric.is_global_zero:
+            task.save(_unwrap(self.model), self.out, self.history)
+            write_json(self.out / "history.json", self.history)
+        self.fabric.barrier()
+
+    # ---- the loop
+    def fit(self, task: Task) -> dict[str, Any]:
+        self.launch()
+        self.seed()
+        task.setup(self)
+        self.configure(task)
+        self.restore()
+        t0 = time.time()
+        for epoch in range(self.start_epoch, self.epochs):
+            if self.history.get("stopped_early_at"):  # a resumed run that had already stopped early
+                break
+            if self.cfg.max_steps and self.global_step >= self.cfg.max_steps:
+                break
+            stop = self.end_epoch(task, self.train_epoch(task, epoch))
+            self.save_state(epoch + 1)
+            if stop:
+                break
+        self.history["train_seconds"] = self.history.get("train_seconds", 0.0) + time.time() - t0
+        self.fabric.barrier()
+        self.sync_ranks()
+        self.finish(task)
+        return self.history
+
+
 def fit(
     cfg: TrainConfig,
     model: nn.Module,
@@ -95,152 +360,10 @@ def fit(
     params=None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train ``model`` with ``step_fn(model, batch) -> {'loss': ..., other metrics}``.
-
-    Writes ``out_dir/last.ckpt`` (resumable state) every epoch, ``history.json`` and, via ``save_fn``,
-    the final artefact. Returns the history dict.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fabric = fabric or make_fabric(cfg)
-    if cfg.threads and fabric.device.type == "cpu":
-        torch.set_num_threads(cfg.threads)
-    fabric.launch()
-    fabric.seed_everything(cfg.seed + fabric.global_rank * 0)
-    if cfg.channels_last and fabric.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    iterable = isinstance(dataset, torch.utils.data.IterableDataset)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=not iterable,
-        drop_last=len(dataset) > cfg.batch_size,
-        num_workers=cfg.num_workers,
-        collate_fn=collate_fn,
-        persistent_workers=cfg.num_workers > 0,
-    )
-    model, opt = fabric.setup(model, opt)
-    loader = fabric.setup_dataloaders(loader)
-    n_batches = len(loader) if not iterable else max(1, len(dataset) // cfg.batch_size)
-    steps_per_epoch = n_batches if not cfg.max_steps_per_epoch else min(n_batches, cfg.max_steps_per_epoch)
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, cosine_lambda(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
-    )
-    history: dict[str, Any] = {
-        "config": asdict(cfg),
-        "epochs": [],
-        "world_size": fabric.world_size,
-        "device": str(fabric.device),
-        "torch_threads": torch.get_num_threads(),
-    }
-    start_epoch = 0
-    ck_path = out / "last.ckpt"
-    if resume and ck_path.exists():
-        state = {"model": model, "optimizer": opt, "scheduler": sched.state_dict(), "epoch": 0, "history": {}}
-        try:  # plain data only (weights_only): no code runs from a checkpoint
-            fabric.load(ck_path, state, weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise unsafe_content_error(ck_path, e) from None
-        sched.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"])
-        history = state["history"] or history
-        fabric.print(f"resumed from {ck_path} at epoch {start_epoch}")
-    elif resume:
-        fabric.print(f"--resume: no checkpoint in {out}, starting fresh")
-    t0 = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
-        if history.get("stopped_early_at"):  # a resumed run that had already stopped early
-            break
-        model.train()
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        sums: dict[str, float] = {}
-        n = 0
-        te = time.time()
-        it = loader
-        bar = None
-        if progress and fabric.is_global_zero:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0
-            )
-        for i, batch in enumerate(it):
-            if i >= steps_per_epoch:
-                break
-            metrics = step_fn(model, batch)
-            loss = metrics["loss"]
-            opt.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            if cfg.grad_clip:
-                fabric.clip_gradients(model, opt, max_norm=cfg.grad_clip)
-            opt.step()
-            sched.step()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n += 1
-            if bar is not None:
-                bar.update(1)
-                if i % max(1, cfg.log_every) == 0:
-                    bar.set_postfix(loss=f"{float(loss):.4f}")
-        if bar is not None:
-            bar.close()
-        rec = {
-            "epoch": epoch + 1,
-            **{k: v / max(1, n) for k, v in sums.items()},
-            "seconds": time.time() - te,
-            "lr": sched.get_last_lr()[0],
-            "steps": n,
-        }
-        if on_epoch_end is not None:
-            rec.update(on_epoch_end(model, epoch + 1, rec) or {})
-        stop = bool(rec.pop("stop_training", False))  # on_epoch_end may ask to stop (early stopping)
-        if stop:
-            history["stopped_early_at"] = epoch + 1
-        history["epochs"].append(rec)
-        fabric.print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in rec.items()}))
-        tmp = out / ".last.ckpt.tmp"
-        fabric.save(
-            tmp,
-            {
-                "model": model,
-                "optimizer": opt,
-                "scheduler": sched.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-            },
-        )
-        if fabric.is_global_zero:
-            os.replace(tmp, ck_path)  # atomic: a kill never leaves a half-written checkpoint
-        fabric.barrier()
-        if stop:
-            break
-    history["train_seconds"] = history.get("train_seconds", 0.0) + time.time() - t0
-    fabric.barrier()
-    if fabric.world_size > 1:
-        # DDP keeps parameters in sync; BatchNorm running statistics are per rank after the last step:
-        # take rank 0's so that every rank holds (and rank 0 saves) one consistent model
-        with torch.no_grad():
-            for b in _unwrap(model).buffers():
-                b.copy_(fabric.broadcast(b.detach().clone(), src=0))
-        # every rank records a digest of its weights: identical digests prove the ranks stayed in sync
-        import hashlib
-
-        h = hashlib.sha256()
-        for k, v in sorted(_unwrap(model).state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        (out / f"rank{fabric.global_rank}.weights.sha256").write_text(h.hexdigest() + "\n")
-    if fabric.is_global_zero:
-        if save_fn is not None:
-            save_fn(_unwrap(model), out, history)
-        write_json(out / "history.json", history)
-    fabric.barrier()
-    return history
+    """Train a built ``model`` with ``step_fn(model, batch) -> {'loss': ..., other metrics}``: the
+    :class:`Trainer` over a :class:`FunctionTask`. Returns the history dict."""
+    task = FunctionTask(model, dataset, step_fn, save_fn, on_epoch_end, collate_fn, params)
+    return Trainer(cfg, out_dir, resume=resume, progress=progress, fabric=fabric).fit(task)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

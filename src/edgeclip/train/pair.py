@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeclip.core.env import seed_everything
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import write_json
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
@@ -51,6 +52,7 @@ from edgeclip.models.pair import (
     load_pair_student,
     save_pair_student,
 )
+from edgeclip.models.teachers import check_same_teacher
 from edgeclip.quant.qat import (
     check_weight_bits,
     convert_qat,
@@ -147,10 +149,7 @@ def prepare_pairs(
     pseudo_map = None
     if cfg.manifest:
         man = load_manifest(cfg.manifest)
-        if man["teacher"]["id"] != teacher.id:
-            raise EdgeClipError(
-                f"manifest {cfg.manifest} was made with teacher {man['teacher']['id']}, not {teacher.id}"
-            )
+        check_same_teacher(man["teacher"], teacher, f"manifest {cfg.manifest}")
         ps, pseudo_map, missing = apply_manifest(ps, man)
         info.update(manifest=cfg.manifest, manifest_missing=missing, manifest_labels=man["labels"])
     if cfg.max_images and len(ps) > cfg.max_images:
@@ -240,6 +239,7 @@ def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, pr
     scfg.setdefault("small_input", size <= 64)
     tcfg = _train_cfg(cfg.train, cfg.seed)
     p = prepare_pairs(cfg, teacher, size, progress=progress)
+    seed_everything(tcfg.seed)  # before the model is built: a fixed seed gives bit-identical weights
     model = build_pair_student(scfg, teacher.embed_dim, p.specs, p.ps.primary, _raw_channels(p))
     if init is not None:
         model.student.load_state_dict(init.state_dict())
@@ -391,16 +391,13 @@ def vocabulary_embeddings(p: Prepared, teacher, labels: list[str] | None, templa
 
 def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool = False) -> dict:
     """Stage 2: QAT (+ semi-hard triplet) from a stage-1 student; writes OUT/int8.onnx and OUT/qat.json."""
-    from edgeclip.models.teachers import load_teacher
+    from edgeclip.models.teachers import teacher_of
 
     if not cfg.student:
         raise EdgeClipError("QAT starts from a stage-1 student: give --student CHECKPOINT")
-    fp, size, ck = load_pair_student(cfg.student)
-    teacher = teacher or load_teacher(cfg.teacher or ck["teacher"]["spec"], device="cpu")
-    if teacher.id != ck["teacher"]["id"]:
-        raise EdgeClipError(
-            f"student {cfg.student} was distilled from {ck['teacher']['id']}, not {teacher.id}"
-        )
+    fp, pre, ck = load_pair_student(cfg.student)
+    size = pre.size
+    teacher = teacher_of(ck, f"student {cfg.student}", teacher or cfg.teacher)
     if cfg.triplet_weight < 0 or cfg.margin <= 0:
         raise EdgeClipError("triplet_weight must be >= 0 and margin > 0")
     check_mining(cfg.positive, cfg.negative, cfg.negatives)  # before any data is read
@@ -541,7 +538,8 @@ def ptq_pairs(
     from edgeclip.quant.ort import quantize_static_onnx
 
     check_weight_bits(weight_bits)
-    fp, size, ck = load_pair_student(student)
+    fp, pre, ck = load_pair_student(student)
+    size = pre.size
     teacher = teacher or load_teacher(cfg.teacher or ck["teacher"]["spec"], device="cpu")
     cfg.modality = {m: {**s.to_dict(), **cfg.modality.get(m, {})} for m, s in fp.specs.items()}
     if cfg.max_images == 0 or cfg.max_images > calib_images:

@@ -6,8 +6,9 @@ The result is a reference-lit checkpoint (``edgeclip.models.teachers.reference``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,10 @@ from torch import nn
 
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
+from edgeclip.models.student import Student
 from edgeclip.models.teachers.minilm import TEXT_DIM, embed_texts
 from edgeclip.models.teachers.reference import save_reference
+from edgeclip.train.engine import Task, TrainConfig, Trainer
 from edgeclip.zeroshot.text import text_classifier
 
 
@@ -34,13 +37,95 @@ class LiTModel(nn.Module):
         return self.logit_scale.clamp(max=math.log(100)).exp() * img @ self.text_emb.t()
 
 
+@dataclass
+class ReferenceTeacherConfig:
+    data: str = ""
+    arch: str = "resnet18"
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    img_size: int = 32
+    small_input: bool | None = None
+    head_hidden: int = 1024
+    stem_stride: int = 0
+    label_smoothing: float = 0.0
+    max_images: int = 0
+    val_data: str | None = None  # ImageFolder for zero-shot top-1 after each epoch (monitoring only)
+
+
+class ReferenceTeacherTask(Task):
+    """The LiT image tower against the frozen MiniLM class-prompt embeddings of an ImageFolder."""
+
+    def __init__(self, cfg: ReferenceTeacherConfig, seed: int = 0, progress: bool = True):
+        self.cfg, self.seed, self.progress = cfg, seed, progress
+
+    def setup(self, trainer: Trainer) -> None:
+        """Runs after the Trainer has seeded every RNG: the same seed builds the same tower."""
+        from edgeclip.data.memory import MemoryImages, preload
+        from edgeclip.data.sources import labelled_source, open_source
+
+        c = self.cfg
+        src, recs = labelled_source(c.data, "training the reference teacher", c.max_images, self.seed)
+        self.classes = class_names(src.classes)
+        x, kept, self.skipped = preload(recs, c.img_size, progress=self.progress)
+        self.n_train = len(kept)
+        labels = torch.tensor([recs[i].label for i in kept])
+        small = c.img_size <= 64 if c.small_input is None else c.small_input
+        tower = Student(
+            arch=c.arch,
+            embed_dim=TEXT_DIM,
+            head_hidden=c.head_hidden,
+            small_input=small,
+            img_size=c.img_size,
+            stem_stride=c.stem_stride,
+        )
+        self.model = LiTModel(tower, text_classifier(embed_texts, self.classes, c.templates))
+        self.dataset = MemoryImages(x, labels)
+        self.pp = Preprocess(size=c.img_size, mean=CLIP_MEAN, std=CLIP_STD)
+        self.pad = max(1, c.img_size // 8)
+        self.val = None
+        if c.val_data:
+            vsrc = open_source(c.val_data)
+            vx, vkept, _ = preload(vsrc.records, c.img_size, progress=False)
+            self.val = (vx, torch.tensor([vsrc.records[i].label for i in vkept]))
+
+    def training_step(self, model, batch):
+        from edgeclip.data.memory import augment_batch, normalize
+
+        img, y = batch
+        logits = model(normalize(augment_batch(img, pad=self.pad), self.pp.mean, self.pp.std))
+        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}
+
+    def on_epoch_end(self, model, epoch, record):
+        if self.val is None:
+            return None
+        from edgeclip.data.memory import normalize
+        from edgeclip.zeroshot.evaluate import tensor_top1
+
+        return {
+            "val_top1": tensor_top1(model, normalize(self.val[0], self.pp.mean, self.pp.std), self.val[1])
+        }
+
+    def save(self, model, out_dir: Path, history: dict) -> None:
+        c = self.cfg
+        scale = float(model.logit_scale.detach().clamp(max=math.log(100)).exp())
+        info = {
+            "data": str(c.data),
+            "classes": self.classes,
+            "templates": list(c.templates),
+            "n_train": self.n_train,
+            "skipped": len(self.skipped),
+            "epochs": len(history["epochs"]),
+            "arch": c.arch,
+            "img_size": c.img_size,
+            "final": history["epochs"][-1] if history["epochs"] else {},
+        }
+        save_reference(model.image_tower, out_dir / "teacher.pt", self.pp, scale, info)
+
+
 def train_reference(
     data: str,
     out: str | Path,
-    arch: str = "resnet18",
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-    img_size: int = 32,
-    small_input: bool | None = None,
+    *,
     epochs: int = 10,
     batch_size: int = 256,
     lr: float = 2e-3,
@@ -49,68 +134,16 @@ def train_reference(
     resume: bool = False,
     devices: int = 1,
     accelerator: str = "auto",
-    max_images: int = 0,
-    val_data: str | None = None,
-    head_hidden: int = 1024,
-    stem_stride: int = 0,
-    label_smoothing: float = 0.0,
+    max_steps: int = 0,
     progress: bool = True,
+    **task: Any,
 ) -> dict:
-    """Train the image tower LiT-style against the frozen MiniLM class-prompt embeddings of ``data`` (ImageFolder)."""
-    from edgeclip.data.memory import MemoryImages, augment_batch, normalize, preload
-    from edgeclip.data.sources import labelled_source, open_source
-    from edgeclip.models.student import Student
-    from edgeclip.train.engine import TrainConfig, fit
+    """Train the reference-lit teacher on ``data`` (ImageFolder); ``task``: :class:`ReferenceTeacherConfig` keys
+    (arch, templates, img_size, small_input, head_hidden, stem_stride, label_smoothing, max_images, val_data)."""
+    from edgeclip.core.config import build_dataclass
 
-    src, recs = labelled_source(data, "training the reference teacher", max_images, seed)
-    classes = class_names(src.classes)
-    text_emb = text_classifier(embed_texts, classes, templates)
-    x, kept, skipped = preload(recs, img_size, progress=progress)
-    labels = torch.tensor([recs[i].label for i in kept])
-    small = img_size <= 64 if small_input is None else small_input
-    tower = Student(
-        arch, TEXT_DIM, head_hidden=head_hidden, small_input=small, img_size=img_size, stem_stride=stem_stride
-    )
-    model = LiTModel(tower, text_emb)
-    pp = Preprocess(size=img_size, mean=CLIP_MEAN, std=CLIP_STD)
-    pad = max(1, img_size // 8)
-
-    def step(m, batch):
-        img, y = batch
-        logits = m(normalize(augment_batch(img, pad=pad), pp.mean, pp.std))
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}
-
-    val = None
-    if val_data:
-        vsrc = open_source(val_data)
-        vx, vkept, _ = preload(vsrc.records, img_size, progress=False)
-        vy = torch.tensor([vsrc.records[i].label for i in vkept])
-        val = (vx, vy)
-
-    def on_epoch_end(m, epoch, rec):
-        if val is None:
-            return {}
-        from edgeclip.zeroshot.evaluate import tensor_top1
-
-        return {"val_top1": tensor_top1(m, normalize(val[0], pp.mean, pp.std), val[1])}
-
-    def save(m, out_dir: Path, history):
-        scale = float(m.logit_scale.detach().clamp(max=math.log(100)).exp())
-        info = {
-            "data": str(data),
-            "classes": classes,
-            "templates": list(templates),
-            "n_train": len(kept),
-            "skipped": len(skipped),
-            "epochs": epochs,
-            "arch": arch,
-            "img_size": img_size,
-            "final": history["epochs"][-1] if history["epochs"] else {},
-        }
-        save_reference(m.image_tower, out_dir / "teacher.pt", pp, scale, info)
-
-    cfg = TrainConfig(
+    cfg = build_dataclass(ReferenceTeacherConfig, {"data": data, **task})
+    train = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -119,17 +152,9 @@ def train_reference(
         devices=devices,
         accelerator=accelerator,
         warmup_epochs=min(1.0, epochs / 10),
+        max_steps=max_steps,
     )
-    hist = fit(
-        cfg,
-        model,
-        MemoryImages(x, labels),
-        step,
-        out,
-        resume=resume,
-        save_fn=save,
-        on_epoch_end=on_epoch_end if val is not None else None,
-        progress=progress,
-    )
-    hist["skipped"] = skipped
+    t = ReferenceTeacherTask(cfg, seed=seed, progress=progress)
+    hist = Trainer(train, out, resume=resume, progress=progress).fit(t)
+    hist["skipped"] = t.skipped
     return hist
