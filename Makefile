@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
-	$(VENV)/bin/edgeclip bench --out benchmarks/results
+	$(VENV)/bin/edgeclip bench --out benchmarks/results --lab benchmarks/artifacts/lab
 
 clean:
 	rm -rf demo_out .pytest_cache

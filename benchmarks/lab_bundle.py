@@ -248,8 +248,7 @@ def interim_teacher_from_ckpt(ckpt: Path) -> str:
     out = ART / "interim_teacher" / "teacher.pt"
     if out.is_file():
         return f"reference-lit:{out}"
-    cfg = load_config(ROOT / "src" / "edgeclip" / "configs" / "lab_clip4retrofit.yaml")
-    tt = cfg["teacher_train"]
+    tt = load_config(ROOT / "experiments" / "lab_clip4retrofit.yaml")["base"]["reference-teacher"]
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
     sd = ck["model"]
     tower = Student(tt["arch"], TEXT_DIM, small_input=tt.get("small_input", True), img_size=tt["img_size"])
@@ -259,7 +258,7 @@ def interim_teacher_from_ckpt(ckpt: Path) -> str:
     scale = float(sd["logit_scale"].clamp(max=math.log(100)).exp())
     info = {
         "interim": f"lab teacher after epoch {ck['epoch']} of {tt['epochs']} (from {ckpt.name})",
-        "templates": cfg["templates"],
+        "templates": tt["templates"],
         "epochs": ck["epoch"],
         "arch": tt["arch"],
         "img_size": tt["img_size"],

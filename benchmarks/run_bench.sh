@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p benchmarks/artifacts
-exec .venv/bin/edgeclip bench --out benchmarks/results --threads "${THREADS:-1}" --device "${DEVICE:-cpu}" "$@" \
+exec .venv/bin/edgeclip bench --out benchmarks/results --lab benchmarks/artifacts/lab --threads "${THREADS:-1}" --device "${DEVICE:-cpu}" "$@" \
   2>&1 | tee benchmarks/artifacts/bench.log

@@ -41,7 +41,6 @@ def test_accuracy_int8_pareto_and_report(tiny_teacher, tiny_student, shapes, tmp
             workdir=str(tmp_path / "w"),
             models=["shufflenet_v2_x0_5"],
             skip=["train_cost"],
-            use_lab=False,
         ),
         log=logs.append,
     )

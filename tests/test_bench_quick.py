@@ -11,7 +11,7 @@ def test_bench_quick_end_to_end(tmp_path, capsys):
     out, work = tmp_path / "results", tmp_path / "work"
     out.mkdir()
     (out / "lab_edgevl.json").write_text(json.dumps({"depth": {"student_top1": 0.42, "int8_top1": 0.41}}))
-    main(["bench", "--quick", "--out", str(out), "--workdir", str(work), "--no-lab"])
+    main(["bench", "--quick", "--out", str(out), "--workdir", str(work)])
     printed = capsys.readouterr().out
     d = json.loads((out / "bench_quick.json").read_text())
     # every JSON records machine, versions, threads and date

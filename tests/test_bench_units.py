@@ -196,7 +196,6 @@ def test_cuda_mode_skips_cleanly_on_cpu(tmp_path, capsys):
             str(tmp_path),
             "--workdir",
             str(tmp_path / "w"),
-            "--no-lab",
             "--skip",
             "speed",
             "--skip",
@@ -248,6 +247,10 @@ def test_lab_student_path_follows_the_lab_json(tmp_path):
         assert lab_student_path(lab) == lab / name / "student.pt"
     (res / "lab_clip4retrofit.json").write_text("{not json")
     assert lab_student_path(lab) == lab / "student" / "student.pt"
+    # a lab run by `edgeclip lab run`: the student its eval stage evaluated
+    (lab / "eval").mkdir(parents=True)
+    (lab / "eval" / "stage.json").write_text(json.dumps({"config": {"students": {"student": "x/s.pt"}}}))
+    assert lab_student_path(lab) == Path("x/s.pt")
 
 
 def test_report_target_rows():

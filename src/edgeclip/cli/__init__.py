@@ -14,7 +14,7 @@ import warnings
 
 import typer
 
-from edgeclip.cli import bundle, caption, checkpoint, core, edgevl, lab, teacher
+from edgeclip.cli import bundle, caption, checkpoint, core, edgevl, experiment, lab, teacher
 from edgeclip.core.errors import EdgeClipError
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ GROUPS = [
     ("caption", caption),
     (None, bundle),
     (None, lab),
+    ("lab", experiment),
     ("checkpoint", checkpoint),
 ]
 for _name, _mod in GROUPS:

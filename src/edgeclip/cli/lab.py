@@ -41,7 +41,9 @@ def bench_cmd(
         "timm:NAME, ckpt:PATH, teacher:SPEC)",
     ),
     skip: list[str] = typer.Option([], help=f"skip a section ({', '.join(SECTIONS)}); repeatable"),
-    no_lab: bool = typer.Option(False, "--no-lab", help="do not default to the lab teacher/student"),
+    lab: Path | None = typer.Option(
+        None, help="a lab work folder (benchmarks/artifacts/lab): its teacher and student unless given"
+    ),
     report: bool = typer.Option(True, "--report/--no-report", help="also build the HTML/Markdown report"),
     workdir: Path = typer.Option(Path("benchmarks/artifacts/bench"), help="scratch (ONNX files, caches)"),
 ):
@@ -77,7 +79,7 @@ def bench_cmd(
         skip=skip_names,
         workdir=str(workdir),
         report=report,
-        use_lab=not no_lab,
+        lab=str(lab) if lab else None,
     )
     run_bench(cfg, log=typer.echo)
 

@@ -24,8 +24,6 @@ from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import sha256_file, write_json
 from edgeclip.lab import speed as speed_mod
 
-LAB = Path("benchmarks/artifacts/lab")
-
 
 def lab_student_names(distill: dict[str, Any]) -> list[str]:
     """Folders of the foundation lab's students in training order, from its config's ``distill`` block:
@@ -34,11 +32,15 @@ def lab_student_names(distill: dict[str, Any]) -> list[str]:
     return [name] + ([name + "_cont"] if distill.get("continue") else [])
 
 
-def lab_student_path(lab: Path = LAB, results: Path | None = None) -> Path:
-    """The final student of the foundation lab, as its results JSON names it; ``lab/student/student.pt`` when
-    there is no such JSON."""
+def lab_student_path(lab: Path, results: Path | None = None) -> Path:
+    """The final student of the 32-px lab in its work folder ``lab``: the one its ``eval`` stage evaluated
+    (``edgeclip lab run``), else as an earlier lab script's results JSON names it, else ``lab/student``."""
     from edgeclip.core.io import read_json
 
+    try:
+        return Path(read_json(lab / "eval" / "stage.json")["config"]["students"]["student"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     results = results or lab.parents[1] / "results" / "lab_clip4retrofit.json"
     try:
         name = lab_student_names(read_json(results)["config"]["distill"])[-1]
@@ -63,7 +65,9 @@ class BenchConfig:
     workdir: str = "benchmarks/artifacts/bench"
     report: bool = True
     seed: int = 0
-    use_lab: bool = True  # default to the lab teacher/student under benchmarks/artifacts/lab when present
+    lab: str | None = (
+        None  # a lab work folder (e.g. benchmarks/artifacts/lab): its teacher and student by default
+    )
 
 
 def _cifar(split: str, base: Path) -> Path | None:
@@ -104,9 +108,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         sh = _shapes(work)
         train_dir, test_dir = sh["train"], test_dir or sh["test"]
     teacher, students = cfg.teacher, list(cfg.students)
-    lab_student = lab_student_path()
-    if cfg.use_lab and not teacher and not students and (LAB / "teacher" / "teacher.pt").is_file():
-        teacher = f"reference-lit:{(LAB / 'teacher' / 'teacher.pt').resolve()}"
+    lab = Path(cfg.lab) if cfg.lab else None
+    if lab is not None and not teacher and not students and (lab / "teacher" / "teacher.pt").is_file():
+        teacher = f"reference-lit:{(lab / 'teacher' / 'teacher.pt').resolve()}"
+        lab_student = lab_student_path(lab)
         if lab_student.is_file():
             students = [str(lab_student.resolve())]
     result: dict[str, Any] = {
