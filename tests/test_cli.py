@@ -284,3 +284,31 @@ def test_usage_errors_are_one_line(argv, msg, capsys):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err
     assert "Traceback" not in err + out
+
+
+@pytest.mark.parametrize(
+    "setting,msg",
+    [
+        ("--epochs=0", "train.epochs must be >= 1, got 0"),
+        ("--epochs=-3", "train.epochs must be >= 1, got -3"),
+        ("--batch-size=0", "train.batch_size must be >= 1, got 0"),
+        ("--lr=-1", "train.lr must be > 0, got -1.0"),
+        ("--set=train.num_workers=-2", "train.num_workers must be >= 0, got -2"),
+    ],
+)
+def test_budgets_that_cannot_train_are_refused_at_config_time(
+    setting, msg, tiny_teacher, shapes, tmp_path, capsys
+):
+    code, out, err = run_cli(
+        ["distill", "--teacher", tiny_teacher, "--data", shapes["train"], "--out", tmp_path / "s", setting],
+        capsys,
+    )
+    assert code == 2 and err.strip() == f"error: {msg}" and not (tmp_path / "s" / "student.pt").exists()
+
+
+def test_topk_zero_is_one_line(tiny_teacher, shapes, capsys):
+    img = sorted(Path(shapes["test"]).rglob("*.jpg"))[0]
+    code, out, err = run_cli(
+        ["label", img, "--labels", "a,b", "--teacher", tiny_teacher, "--topk", "0"], capsys
+    )
+    assert code == 2 and "topk must be >= 1, got 0" in err

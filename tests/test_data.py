@@ -132,3 +132,53 @@ def test_open_source_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EdgeClipError, match="no images"):
         open_source(tmp_path / "empty")
+
+
+def _bomb_png(w: int, h: int) -> bytes:
+    """A tiny PNG whose header claims w x h pixels (one zero-filled, highly compressible greyscale plane)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    raw = zlib.compress(b"\x00" * (w + 1) * 64, 9)  # only the first rows: the header is what matters
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", raw)
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_pixel_budget_is_checked_from_the_header(tmp_path, monkeypatch):
+    """A decompression bomb never allocates its pixels; an oversized JPEG is decoded at a reduced scale."""
+    import resource
+
+    from PIL import Image
+
+    from edgeclip.core.errors import ImageLoadError
+    from edgeclip.core.images import load_image
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_bomb_png(20000, 20000))  # 400 Mpx: 1.2 GB as RGB
+    assert bomb.stat().st_size < 100_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageLoadError, match="20000 x 20000 = 400 Mpx, over the pixel budget of 40 Mpx"):
+        load_image(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KB: nothing was decoded
+    with pytest.raises(ImageLoadError, match="over the pixel budget of 1 Mpx"):
+        load_image(bomb.read_bytes(), max_pixels=1_000_000)
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (3000, 2000), "red").save(big, quality=50)  # 6 Mpx
+    monkeypatch.setenv("EDGECLIP_MAX_PIXELS", "2000000")
+    img = load_image(big)
+    assert img.size == (1500, 1000)  # JPEG draft at 1/2 scale fits 2 Mpx
+    with pytest.raises(ImageLoadError, match="over the pixel budget"):
+        Image.new("RGB", (3000, 2000)).save(tmp_path / "big.png")
+        load_image(tmp_path / "big.png")

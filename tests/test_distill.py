@@ -287,3 +287,30 @@ def test_a_fixed_seed_gives_bit_identical_weights(tiny_teacher, shapes, tmp_path
         return h.hexdigest()
 
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+def test_resume_into_another_run_and_a_second_cache_writer_are_refused(
+    tiny_teacher, teacher, shapes, tmp_path
+):
+    from edgeclip.core.io import exclusive_lock
+
+    base = dict(
+        teacher=tiny_teacher,
+        data=str(shapes["train"]),
+        out=str(tmp_path / "s"),
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 32},
+        train={"epochs": 1, "batch_size": 32},
+    )
+    distill(DistillConfig(**base), progress=False)
+    for change, key in (
+        ({"loss": "mse"}, "loss"),
+        ({"student": {**base["student"], "arch": "resnet18"}}, "student"),
+    ):
+        with pytest.raises(EdgeClipError, match=f"--resume: .* holds another run \\({key}:"):
+            distill(DistillConfig(**{**base, **change}), resume=True, progress=False)
+    # a cache folder another writer holds (flock: a second open file conflicts, in any process): one line
+    with exclusive_lock(tmp_path / "c", "teacher-embedding cache"):
+        with pytest.raises(EdgeClipError, match=r"cache .* is being written by pid \d+"):
+            build_cache(open_source(shapes["train"]), teacher, tmp_path / "c", progress=False)
+    assert not list((tmp_path / "c").glob("part-*"))
+    build_cache(open_source(shapes["train"]), teacher, tmp_path / "c", progress=False)  # free again

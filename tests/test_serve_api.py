@@ -172,3 +172,60 @@ def test_caption_route_serves_a_registered_captioner_kind(tb, tmp_path):
         best = Labeler(tb["bundle"]).label(img, topk=1)[0]["label"]
         assert r.json()["caption"] == f"a picture of a {best}"
         assert c.get("/api/info").json()["caption"] is True
+
+
+def test_decompression_bombs_are_refused_from_the_header(client):
+    """A 48 KB PNG claiming 20000 x 20000 pixels: 415 from its header (16 Mpx server budget), never decoded,
+    also when several arrive at once; the server keeps answering."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_data import _bomb_png
+
+    bomb = _bomb_png(20000, 20000)
+
+    def post(_):
+        return client.post("/label", files={"file": ("bomb.png", bomb, "image/png")})
+
+    with ThreadPoolExecutor(4) as ex:
+        rs = list(ex.map(post, range(4)))
+    assert all(r.status_code == 415 and "over the pixel budget of 16 Mpx" in r.json()["error"] for r in rs), (
+        rs[0].text
+    )
+    ok = io.BytesIO()
+    Image.new("RGB", (64, 64), "blue").save(ok, "JPEG")
+    assert client.post("/label", files={"file": ("ok.jpg", ok.getvalue())}).status_code == 200
+
+
+def test_chunked_bodies_are_limited_as_they_stream(server):
+    """No Content-Length (chunked): the body is counted as it arrives and the app gets no more of it past the
+    limit (413 from the streaming limit, not after spooling the upload), for uploads and JSON."""
+    sent = {"n": 0}
+
+    def chunks(total, head=b""):
+        if head:
+            yield head
+        block = b"0" * 65536
+        while sent["n"] < total:
+            sent["n"] += len(block)
+            yield block
+
+    with httpx.Client(base_url=server, timeout=60) as c:
+        boundary = "edgeclipboundary"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        r = c.post(
+            "/label",
+            content=chunks(50 * 2**20, head),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert r.status_code == 413 and "the server reads no more" in r.json()["error"], r.text
+        sent["n"] = 0
+        r = c.put(
+            "/api/labels",
+            content=chunks(60 * 2**20, b'{"labels": ["'),
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 413
+        assert c.get("/api/info").status_code == 200

@@ -75,6 +75,9 @@ def serve_cmd(
     precision: str = typer.Option("auto", help="auto (int8 when present) | fp32 | int8"),
     threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads"),
     max_upload_mb: float = typer.Option(8.0, help="reject uploads larger than this (HTTP 413)"),
+    max_megapixels: float = typer.Option(
+        16.0, help="refuse images whose header claims more pixels (HTTP 415)"
+    ),
     topk: int = typer.Option(5, help="default number of labels shown"),
     teacher: str | None = typer.Option(
         None, help="teacher spec: lets the page add free-text labels (needs torch)"
@@ -91,6 +94,7 @@ def serve_cmd(
         precision=precision,
         threads=threads,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=int(max_megapixels * 1e6),
         topk=topk,
         text_encoder=enc,
     )

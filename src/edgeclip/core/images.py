@@ -16,12 +16,45 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from edgeclip.core.errors import ImageLoadError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-Image.MAX_IMAGE_PIXELS = 200_000_000
+
+# The pixel budget: an image is measured from its header, before any pixel is decoded, so a 48 KB PNG that
+# claims 20000 x 20000 pixels never allocates its 1.2 GB. 40 Mpx covers any camera photo; override with
+# EDGECLIP_MAX_PIXELS or max_pixels=. A JPEG over the budget is decoded at 1/2, 1/4 or 1/8 scale (draft).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def max_pixels() -> int:
+    v = os.environ.get("EDGECLIP_MAX_PIXELS")
+    try:
+        return int(v) if v else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise ImageLoadError(f"EDGECLIP_MAX_PIXELS must be an integer, got {v!r}") from None
+
+
+# Pillow's own guard stays on behind ours, for headers beyond any budget (it refuses at twice this)
+Image.MAX_IMAGE_PIXELS = 1_000_000_000
 
 Source = str | os.PathLike | bytes | io.BytesIO
 
 
-def _open(src: Source) -> Image.Image:
+def _check_budget(img: Image.Image, name: str, budget: int) -> None:
+    """Refuse (or, for JPEG, draft-decode) an image whose header claims more pixels than ``budget``."""
+    w, h = img.size
+    frames = getattr(img, "n_frames", 1) if img.format == "TIFF" else 1
+    if w * h * frames <= budget:
+        return
+    if img.format == "JPEG":
+        for scale in (2, 4, 8):
+            if (w // scale) * (h // scale) <= budget:
+                img.draft("RGB", (w // scale, h // scale))
+                return
+    raise ImageLoadError(
+        f"image {name} is {w} x {h}{f' x {frames} pages' if frames > 1 else ''} = {w * h * frames / 1e6:.0f} Mpx, "
+        f"over the pixel budget of {budget / 1e6:.0f} Mpx (EDGECLIP_MAX_PIXELS)"
+    )
+
+
+def _open(src: Source, budget: int | None = None) -> Image.Image:
     name = "<bytes>" if isinstance(src, (bytes, io.BytesIO)) else str(src)
     try:
         if isinstance(src, bytes):
@@ -34,7 +67,8 @@ def _open(src: Source) -> Image.Image:
                 raise ImageLoadError(f"expected an image file, got a directory: {p}")
             if p.stat().st_size == 0:
                 raise ImageLoadError(f"empty image file: {p}")
-        img = Image.open(src)
+        img = Image.open(src)  # reads the header only
+        _check_budget(img, name, budget or max_pixels())
         img.load()  # force full decode so truncation is detected here
         return img
     except ImageLoadError:
@@ -45,7 +79,7 @@ def _open(src: Source) -> Image.Image:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageLoadError(f"corrupt or truncated image {name}: {msg}") from None
     except Image.DecompressionBombError:
-        raise ImageLoadError(f"image too large to decode safely: {name}") from None
+        raise ImageLoadError(f"image {name} claims over 2,000 Mpx: too large to decode safely") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -78,18 +112,19 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
-def load_image(src: Source) -> Image.Image:
-    """Load ``src`` as an RGB PIL image, or raise :class:`ImageLoadError` with one clear line."""
-    return to_rgb(_open(src))
+def load_image(src: Source, max_pixels: int | None = None) -> Image.Image:
+    """Load ``src`` as an RGB PIL image, or raise :class:`ImageLoadError` with one clear line.
+    ``max_pixels``: the pixel budget (default: EDGECLIP_MAX_PIXELS or 40 Mpx), checked before decoding."""
+    return to_rgb(_open(src, max_pixels))
 
 
-def load_array(src: Source) -> np.ndarray:
+def load_array(src: Source, max_pixels: int | None = None) -> np.ndarray:
     """Load ``src`` without colour conversion: HxW or HxWxC array in its own dtype (e.g. uint16 depth).
 
     Multi-band TIFFs that PIL cannot open are read with ``tifffile`` when it is installed.
     """
     try:
-        img = _open(src)
+        img = _open(src, max_pixels)
     except ImageLoadError:
         if isinstance(src, (str, os.PathLike)) and str(src).lower().endswith((".tif", ".tiff")):
             try:

@@ -39,9 +39,10 @@ from edgeclip.runtime.preprocess import NumpyPreprocess
 ImageInput = str | os.PathLike | bytes | io.BytesIO | Image.Image
 
 
-def to_image(x: ImageInput) -> Image.Image:
-    """A path, encoded bytes or a PIL image -> RGB PIL image (ImageLoadError when it cannot be decoded)."""
-    return to_rgb(x) if isinstance(x, Image.Image) else load_image(x)
+def to_image(x: ImageInput, max_pixels: int | None = None) -> Image.Image:
+    """A path, encoded bytes or a PIL image -> RGB PIL image (ImageLoadError when it cannot be decoded or its
+    header claims more than ``max_pixels``)."""
+    return to_rgb(x) if isinstance(x, Image.Image) else load_image(x, max_pixels)
 
 
 class Labeler:

@@ -16,6 +16,7 @@ request never takes the server down. Uses only the torch-free runtime unless a t
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -34,7 +35,10 @@ from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.runtime import load_bundle
 
 STATIC = Path(__file__).parent / "static"
+# the server's pixel budget, checked from the header before decoding: lower than the library's 40 Mpx
+DEFAULT_MAX_PIXELS = 16_000_000
 DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
+DEFAULT_MAX_JSON = 4 * 1024 * 1024  # label lists and embeddings (about 2,000 labels of 512-d)
 
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
 
@@ -58,11 +62,64 @@ def _err(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class StreamingBodyLimit:
+    """ASGI middleware that counts request body bytes as they arrive, whatever the headers say (chunked
+    uploads have no Content-Length): past the limit the request ends in 413 before more is read or parsed.
+    Multipart uploads get ``upload_limit`` (the image plus framing), every other body ``json_limit``."""
+
+    def __init__(self, app, upload_limit: int, json_limit: int):
+        self.app, self.upload_limit, self.json_limit = app, upload_limit, json_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
+        limit = self.upload_limit if ctype.startswith(b"multipart/") else self.json_limit
+        state = {"seen": 0, "over": False, "started": False}
+
+        async def guarded_send(msg):
+            if state["over"]:
+                return  # the 413 has been sent: whatever the app answers to the cut-off body is dropped
+            state["started"] = state["started"] or msg["type"] == "http.response.start"
+            await send(msg)
+
+        async def counted():
+            if state["over"]:
+                return {"type": "http.disconnect"}
+            msg = await receive()
+            if msg["type"] == "http.request":
+                state["seen"] += len(msg.get("body", b""))
+                if state["seen"] > limit:
+                    if not state["started"]:
+                        body = json.dumps(
+                            {"error": f"request body over {limit:,} bytes (the server reads no more)"}
+                        ).encode()
+                        await send(
+                            {
+                                "type": "http.response.start",
+                                "status": 413,
+                                "headers": [
+                                    (b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()),
+                                ],
+                            }
+                        )
+                        await send({"type": "http.response.body", "body": body})
+                    state["over"] = True
+                    return {"type": "http.disconnect"}
+            return msg
+
+        await self.app(scope, counted, guarded_send)
+
+
 def create_app(
     bundle: str | os.PathLike,
     precision: str = "auto",
     threads: int | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode_workers: int = 2,
+    max_json_bytes: int = DEFAULT_MAX_JSON,
     topk: int = 5,
     text_encoder: TextEncoder | None = None,
 ) -> FastAPI:
@@ -76,6 +133,10 @@ def create_app(
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return _err(exc.status, exc.message)
+
+    app.add_middleware(
+        StreamingBodyLimit, upload_limit=max_upload_bytes + 64 * 1024, json_limit=max_json_bytes
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -117,13 +178,16 @@ def create_app(
             raise ApiError(400, "empty upload")
         return data
 
+    decoding = threading.BoundedSemaphore(max(1, decode_workers))  # concurrent decodes cannot stack up memory
+
     def _decode(data: bytes, filename: str):
         from edgeclip.runtime.labeler import to_image
 
-        try:
-            return to_image(data)
-        except ImageLoadError as e:
-            raise ApiError(415, str(e).replace("<bytes>", repr(filename or "upload"))) from None
+        with decoding:
+            try:
+                return to_image(data, max_pixels)
+            except ImageLoadError as e:
+                raise ApiError(415, str(e).replace("<bytes>", repr(filename or "upload"))) from None
 
     # ------------------------------------------------------------------ pages
     @app.get("/", include_in_schema=False)

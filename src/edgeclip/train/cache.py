@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from edgeclip.core.errors import CacheMismatchError, EdgeClipError, ImageLoadError
-from edgeclip.core.io import atomic_path, read_json, write_json
+from edgeclip.core.io import atomic_path, exclusive_lock, read_json, write_json
 from edgeclip.data.sources import ImageRecord, ImageSource
 from edgeclip.data.transforms import ViewSpec, apply_view, view_params
 
@@ -160,6 +160,15 @@ def build_cache(
     progress: bool = True,
 ) -> CacheSummary:
     """Compute (or complete) the cache of ``source`` under ``out`` with ``teacher``."""
+    with exclusive_lock(out, "teacher-embedding cache"):
+        return _build_cache(
+            source, teacher, out, views, view_spec, batch_size, chunk, num_workers, retry_failed, progress
+        )
+
+
+def _build_cache(
+    source, teacher, out, views, view_spec, batch_size, chunk, num_workers, retry_failed, progress
+):
     if views < 1:
         raise EdgeClipError(f"views must be >= 1, got {views}")
     out = Path(out)

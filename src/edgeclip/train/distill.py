@@ -47,6 +47,19 @@ class DistillConfig:
     init: str | None = None  # start from this student checkpoint (same teacher; its architecture is used)
 
 
+def run_fingerprint(cfg: DistillConfig, teacher, student) -> dict[str, Any]:
+    """What makes a distillation run this run: resuming into a folder of another one is refused."""
+    return {
+        "teacher": teacher.id,
+        "student": student.config,
+        "data": cfg.data,
+        "cache": cfg.cache,
+        "loss": cfg.loss,
+        "views": cfg.views,
+        "max_images": cfg.max_images,
+    }
+
+
 def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, teacher=None) -> dict[str, Any]:
     from edgeclip.models.teachers import load_teacher
 
@@ -176,6 +189,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
         save_fn=save,
         on_epoch_end=on_epoch_end if val is not None else None,
         progress=progress,
+        fingerprint=run_fingerprint(cfg, teacher, student),
     )
     hist["skipped_images"] = skipped
     hist["skipped_not_in_cache"] = skipped_not_cached
@@ -355,6 +369,16 @@ def _distill_stream(
             {"distill_config": asdict(cfg), "n_train": n, "views": views, "streamed": True},
         )
 
-    hist = fit(tcfg, student, dataset, step, cfg.out, resume=resume, save_fn=save, progress=progress)
+    hist = fit(
+        tcfg,
+        student,
+        dataset,
+        step,
+        cfg.out,
+        resume=resume,
+        save_fn=save,
+        progress=progress,
+        fingerprint=run_fingerprint(cfg, teacher, student),
+    )
     hist["n_train"] = n
     return hist

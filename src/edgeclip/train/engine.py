@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgeclip.core.checkpoint import unsafe_content_error
+from edgeclip.core.errors import CheckpointError, EdgeClipError
 from edgeclip.core.io import write_json
 
 
@@ -44,6 +45,35 @@ class TrainConfig:
     log_every: int = 50
     max_steps_per_epoch: int = 0  # 0 = full epoch (useful for equal step budgets)
     max_steps: int = 0  # a budget in optimizer steps: the epochs it takes are derived, the run stops there
+
+    def __post_init__(self) -> None:
+        """Budgets and sizes that cannot train are refused here, at config time, in one line."""
+        bad = [
+            (k, getattr(self, k), rule)
+            for k, rule in (
+                ("epochs", ">= 1"),
+                ("batch_size", ">= 1"),
+                ("devices", ">= 1"),
+                ("lr", "> 0"),
+                ("num_workers", ">= 0"),
+                ("threads", ">= 0"),
+                ("max_steps", ">= 0"),
+                ("max_steps_per_epoch", ">= 0"),
+                ("warmup_epochs", ">= 0"),
+                ("grad_clip", ">= 0"),
+                ("weight_decay", ">= 0"),
+            )
+            if not _holds(getattr(self, k), rule)
+        ]
+        if bad:
+            k, v, rule = bad[0]
+            raise EdgeClipError(f"train.{k} must be {rule}, got {v!r}")
+
+
+def _holds(v: Any, rule: str) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return v >= 1 if rule == ">= 1" else v > 0 if rule == "> 0" else v >= 0
 
 
 def make_fabric(cfg: TrainConfig):
@@ -140,9 +170,18 @@ class Trainer:
     """
 
     def __init__(
-        self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, fabric=None
+        self,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        resume: bool = False,
+        progress: bool = True,
+        fabric=None,
+        fingerprint: dict | None = None,
     ):
+        """``fingerprint``: what makes this run this run (teacher id, student config, data, loss, ...); it is
+        saved with the resume state, and resuming into a folder whose run differs is refused in one line."""
         self.cfg, self.out = cfg, Path(out_dir)
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=str)) if fingerprint else None
         self.resume, self.progress = resume, progress
         self.fabric = fabric
         self.history: dict[str, Any] = {}
@@ -203,6 +242,7 @@ class Trainer:
     def restore(self) -> None:
         ck_path = self.out / "last.ckpt"
         if self.resume and ck_path.exists():
+            self.check_fingerprint(ck_path)
             state = {
                 "model": self.model,
                 "optimizer": self.opt,
@@ -214,6 +254,11 @@ class Trainer:
                 self.fabric.load(ck_path, state, weights_only=True)
             except pickle.UnpicklingError as e:
                 raise unsafe_content_error(ck_path, e) from None
+            except (RuntimeError, KeyError, ValueError) as e:
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise CheckpointError(
+                    f"the resume state {ck_path} does not fit this run's model ({first}): use another --out"
+                ) from None
             self.sched.load_state_dict(state["scheduler"])
             self.start_epoch = int(state["epoch"])
             self.history = state["history"] or self.history
@@ -221,6 +266,23 @@ class Trainer:
             self.fabric.print(f"resumed from {ck_path} at epoch {self.start_epoch}")
         elif self.resume:
             self.fabric.print(f"--resume: no checkpoint in {self.out}, starting fresh")
+
+    def check_fingerprint(self, ck_path: Path) -> None:
+        """Refuse to resume a folder that holds another run (other teacher, student, data or loss)."""
+        if self.fingerprint is None:
+            return
+        from edgeclip.core.checkpoint import safe_torch_load
+
+        theirs = (safe_torch_load(ck_path) or {}).get("fingerprint")
+        if theirs is None or theirs == self.fingerprint:
+            return
+        k = next(
+            k for k in sorted(set(theirs) | set(self.fingerprint)) if theirs.get(k) != self.fingerprint.get(k)
+        )
+        raise EdgeClipError(
+            f"--resume: {self.out} holds another run ({k}: {theirs.get(k)!r} there, {self.fingerprint.get(k)!r} "
+            "now); use another --out folder, or drop --resume to start over"
+        )
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -292,6 +354,7 @@ class Trainer:
                 "scheduler": self.sched.state_dict(),
                 "epoch": epoch,
                 "history": self.history,
+                "fingerprint": self.fingerprint,
             },
         )
         if self.fabric.is_global_zero:
@@ -359,11 +422,13 @@ def fit(
     collate_fn=None,
     params=None,
     progress: bool = True,
+    fingerprint: dict | None = None,
 ) -> dict[str, Any]:
     """Train a built ``model`` with ``step_fn(model, batch) -> {'loss': ..., other metrics}``: the
     :class:`Trainer` over a :class:`FunctionTask`. Returns the history dict."""
     task = FunctionTask(model, dataset, step_fn, save_fn, on_epoch_end, collate_fn, params)
-    return Trainer(cfg, out_dir, resume=resume, progress=progress, fabric=fabric).fit(task)
+    trainer = Trainer(cfg, out_dir, resume=resume, progress=progress, fabric=fabric, fingerprint=fingerprint)
+    return trainer.fit(task)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

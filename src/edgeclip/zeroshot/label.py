@@ -67,6 +67,10 @@ def label_images(
     stats: dict | None = None,
 ) -> Iterator[dict]:
     """Yield one row per image (or region): image, region, labels, scores (softmax), cosines."""
+    if topk < 1:
+        raise EdgeClipError(f"topk must be >= 1, got {topk}")
+    if grid < 0 or grid > 16:
+        raise EdgeClipError(f"grid must be between 0 and 16 cells a side, got {grid}")
     temb = embedder.text(labels, templates)
     scale = float(getattr(embedder.teacher, "logit_scale", 100.0))
     k = max(1, min(topk, len(labels)))
