@@ -201,3 +201,27 @@ def test_cli_label_with_bundle(tb, tmp_path, capsys):
         main(["label", str(bad), "--bundle", str(tb["bundle"]), "--labels", "zebra"])
     assert e.value.code == 2
     assert "no embedding" in capsys.readouterr().err
+
+
+def test_cli_label_bundle_and_serve_run_without_torch(tb, tmp_path):
+    """`edgeclip label --bundle` and `edgeclip serve` (its app) in a subprocess where torch cannot be imported."""
+    code = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('torch', 'torchvision', 'timm', 'open_clip', 'transformers', 'lightning'):
+                    raise ImportError('blocked for this test: ' + name)
+        sys.meta_path.insert(0, Block())
+        from edgeclip.cli import main
+        main(['label', {str(tb["images"][0])!r}, '--bundle', {str(tb["bundle"])!r}, '--labels', 'circle,star',
+              '--topk', '1'])
+        from edgeclip.cli.bundle import app  # the serve command's module
+        from edgeclip.serve.app import create_app
+        create_app({str(tb["bundle"])!r}, threads=1)
+        assert not [m for m in sys.modules if m.split('.')[0] == 'torch']
+        print('ok')
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout.strip().splitlines()
+    assert out[-1] == "ok" and json.loads(out[0])["labels"][0] in ("circle", "star")

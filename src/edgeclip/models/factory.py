@@ -20,6 +20,16 @@ from edgeclip.models import captioner, pair, student  # noqa: F401  (they regist
 from edgeclip.models.base import CHECKPOINT_KINDS, MODEL_KINDS, Loaded
 from edgeclip.models.teachers import reference  # noqa: F401
 
+
+@CHECKPOINT_KINDS.register(
+    student.STUDENT_FORMAT, help="student (backbone + projection head); pair students too"
+)
+def _student_kind(ck: dict, path: Path) -> Loaded:
+    """A pair student is a student checkpoint whose extra holds its modality specs and adapters."""
+    loaded = student.student_from_checkpoint(ck, path)
+    return pair.pair_from_student(loaded, path) if (ck.get("extra") or {}).get("edgevl") else loaded
+
+
 KIND_FORMATS = {
     "student": student.STUDENT_FORMAT,
     "pair-student": student.STUDENT_FORMAT,

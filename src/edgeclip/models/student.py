@@ -12,7 +12,7 @@ from edgeclip.core.checkpoint import read_checkpoint, save_checkpoint
 from edgeclip.core.errors import CheckpointError, EdgeClipError
 from edgeclip.data.transforms import Preprocess
 from edgeclip.models.backbones import create_backbone, list_backbones
-from edgeclip.models.base import CHECKPOINT_KINDS, MODEL_KINDS, Loaded, load_weights
+from edgeclip.models.base import MODEL_KINDS, Loaded, load_weights
 
 STUDENT_FORMAT = "edgeclip-student/1"
 
@@ -159,15 +159,6 @@ def student_from_checkpoint(ck: dict, path: str | Path) -> Loaded:
     load_weights(st, ck["state_dict"], path, "student")
     info = {k: v for k, v in ck.items() if k != "state_dict"}
     return Loaded(st.eval(), Preprocess.from_dict(ck["preprocess"]), info, "student")
-
-
-@CHECKPOINT_KINDS.register(STUDENT_FORMAT, help="student (backbone + projection head); pair students too")
-def _student_kind(ck: dict, path: Path) -> Loaded:
-    if (ck.get("extra") or {}).get("edgevl"):
-        from edgeclip.models.pair import pair_from_student
-
-        return pair_from_student(student_from_checkpoint(ck, path), path)
-    return student_from_checkpoint(ck, path)
 
 
 MODEL_KINDS.register("student", help="create_student(arch, embed_dim, **options)")(create_student)

@@ -54,7 +54,7 @@ class TrainConfig:
                 ("epochs", ">= 1"),
                 ("batch_size", ">= 1"),
                 ("devices", ">= 1"),
-                ("lr", "> 0"),
+                ("lr", ">= 0"),
                 ("num_workers", ">= 0"),
                 ("threads", ">= 0"),
                 ("max_steps", ">= 0"),

@@ -1,8 +1,25 @@
-"""Open-vocabulary labeling: images -> top-k labels by cosine similarity with cached prompt embeddings."""
+"""Zero-shot classification, labeling and retrieval over one Embedder protocol (teacher, student, ONNX, bundle).
 
-from edgeclip.core.prompts import parse_labels
-from edgeclip.zeroshot.embedder import Embedder, load_embedder
-from edgeclip.zeroshot.label import label_images
-from edgeclip.zeroshot.text import text_embeddings
+Imported lazily, so ``edgeclip label --bundle`` runs where torch is absent: the torch-free parts (embedder,
+label, scores) never pull in the text towers.
+"""
 
-__all__ = ["parse_labels", "text_embeddings", "Embedder", "label_images", "load_embedder"]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "parse_labels": "edgeclip.core.prompts",
+    "text_embeddings": "edgeclip.zeroshot.text",
+    "Embedder": "edgeclip.zeroshot.embedder",
+    "load_embedder": "edgeclip.zeroshot.embedder",
+    "label_images": "edgeclip.zeroshot.label",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(name)
