@@ -15,6 +15,7 @@ from edgeclip.serve.loadtest import load_test
 from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, running_server
 
 LIMIT = 200_000
+TOKEN = "test-token-1234"
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +25,13 @@ def tb(tmp_path_factory, tiny_teacher, shapes):
 
 @pytest.fixture(scope="module")
 def server(tb):
-    with running_server(create_app(tb["bundle"], max_upload_bytes=LIMIT, threads=1)) as url:
+    with running_server(create_app(tb["bundle"], max_upload_bytes=LIMIT, threads=1, token=TOKEN)) as url:
         yield url
 
 
 @pytest.fixture()
 def client(server):
-    with httpx.Client(base_url=server, timeout=60) as c:
+    with httpx.Client(base_url=server, timeout=60, headers={"X-Edgeclip-Token": TOKEN}) as c:
         yield c
         c.put("/api/labels", json={"labels": SHAPE_LABELS})  # leave the server as the next test expects it
 
@@ -229,3 +230,46 @@ def test_chunked_bodies_are_limited_as_they_stream(server):
         )
         assert r.status_code == 413
         assert c.get("/api/info").status_code == 200
+
+
+def test_label_edits_need_the_token_and_bundle_labels_are_protected(server, tb):
+    dim = Labeler(tb["bundle"]).embed_dim
+    with httpx.Client(base_url=server, timeout=60) as anon:
+        r = anon.put("/api/labels", json={"labels": ["ring"]})
+        assert r.status_code == 401 and "needs the server's token" in r.json()["error"]
+        r = anon.put("/api/labels", json={"labels": ["ring"]}, headers={"X-Edgeclip-Token": "wrong"})
+        assert r.status_code == 401
+        assert anon.post("/label", files={"file": ("x.jpg", tb["images"][0].read_bytes())}).status_code == 200
+        # DNS rebinding: a request naming another host is refused
+        assert anon.get("/api/info", headers={"Host": "evil.example"}).status_code == 400
+    with httpx.Client(base_url=server, timeout=60, headers={"X-Edgeclip-Token": TOKEN}) as c:
+        vec = [[1.0] + [0.0] * (dim - 1)]
+        r = c.post("/api/labels/embeddings", json={"labels": ["circle"], "embeddings": vec})
+        assert r.status_code == 400 and "came with the bundle" in r.json()["error"]
+        r = c.post("/api/labels/embeddings", json={"labels": ["circle"], "embeddings": vec, "replace": True})
+        assert r.status_code == 200
+        # one cap on all labels, checked before anything is cleaned or stored
+        r = c.put("/api/labels", json={"labels": ["x"] * 10_001})
+        assert r.status_code == 400 and "too many labels (10001; at most 10000)" in r.json()["error"]
+        c.put("/api/labels", json={"labels": SHAPE_LABELS})
+
+
+def test_read_only_server(tb):
+    with running_server(create_app(tb["bundle"], threads=1, read_only=True)) as url:
+        r = httpx.put(f"{url}/api/labels", json={"labels": ["ring"]})
+        assert r.status_code == 403 and "read-only" in r.json()["error"]
+        assert httpx.get(f"{url}/api/info").json()["labels_editable"] is False
+
+
+def test_labeler_keeps_one_cap_over_repeated_adds(tb):
+    from edgeclip.core.errors import EdgeClipError
+    from edgeclip.runtime.labeler import MAX_LABELS
+
+    lab = Labeler(tb["bundle"])
+    rng = np.random.default_rng(0)
+    n0 = len(lab.known.names)
+    lab.add_labels(
+        [f"l{i}" for i in range(MAX_LABELS - n0)], rng.standard_normal((MAX_LABELS - n0, lab.embed_dim))
+    )
+    with pytest.raises(EdgeClipError, match="too many labels"):
+        lab.add_labels(["one more"], rng.standard_normal((1, lab.embed_dim)))

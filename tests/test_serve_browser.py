@@ -38,7 +38,7 @@ def browser():
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_teacher, shapes):
     tb = bundle_for_tests(tmp_path_factory, tiny_teacher, shapes)
-    with running_server(create_app(tb["bundle"], threads=1)) as url:
+    with running_server(create_app(tb["bundle"], threads=1, token="page-token")) as url:
         yield tb, url
 
 
@@ -58,7 +58,7 @@ def test_upload_shows_the_labels_of_the_api(site, browser, tmp_path):
     ).json()
     page = browser.new_page()
     try:
-        page.goto(url + "/")
+        page.goto(url + "/#token=page-token")  # the address `edgeclip serve` prints
         page.wait_for_function("document.body.dataset.state === 'ready'")
         assert "shufflenet_v2_x0_5" in page.inner_text("#model-info")
         assert page.input_value("#labels").split("\n") == SHAPE_LABELS

@@ -82,12 +82,27 @@ def serve_cmd(
     teacher: str | None = typer.Option(
         None, help="teacher spec: lets the page add free-text labels (needs torch)"
     ),
+    token: str | None = typer.Option(
+        None, envvar="EDGECLIP_SERVE_TOKEN", help="token for label edits (default: a new one, printed)"
+    ),
+    read_only: bool = typer.Option(False, help="nobody may change the labels"),
+    allow_host: list[str] = typer.Option([], help="Host names the server answers to besides loopback"),
 ):
-    """Serve a bundle: POST /label, a web page at / to upload an image and edit the labels."""
+    """Serve a bundle: POST /label, a web page at / to upload an image and edit the labels (with the token)."""
+    import secrets
+
     import uvicorn
 
-    from edgeclip.serve.app import create_app
+    from edgeclip.serve.app import LOOPBACK_HOSTS, create_app
 
+    token = token or secrets.token_urlsafe(18)
+    hosts = [*LOOPBACK_HOSTS, *allow_host] + ([host] if host not in ("0.0.0.0", "::") else [])
+    if host not in LOOPBACK_HOSTS:
+        typer.echo(
+            f"warning: binding {host} exposes the server beyond this machine; label edits need the token,"
+            " and only these Host names are answered: " + ", ".join(hosts),
+            err=True,
+        )
     enc = _text_encoder(bundle, teacher) if teacher else None
     application = create_app(
         bundle,
@@ -97,9 +112,16 @@ def serve_cmd(
         max_pixels=int(max_megapixels * 1e6),
         topk=topk,
         text_encoder=enc,
+        token=token,
+        read_only=read_only,
+        allowed_hosts=hosts,
     )
-    typer.echo(f"serving {bundle} ({application.state.model.name}) on http://{host}:{port}/", err=True)
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    where = f"http://{host}:{port}/" + ("" if read_only else f"#token={token}")
+    typer.echo(f"serving {bundle} ({application.state.model.name}) on {where}", err=True)
+    # slow clients: idle keep-alive connections close after 5 s, at most 64 connections at once
+    uvicorn.run(
+        application, host=host, port=port, log_level="warning", timeout_keep_alive=5, limit_concurrency=64
+    )
 
 
 def _text_encoder(bundle: Path, spec: str):

@@ -107,9 +107,20 @@ class Labeler:
             self._remember(self._checked(names, embeddings))
         self.labels = self.known.subset(names)
 
-    def add_labels(self, names: Sequence[str], embeddings: np.ndarray) -> None:
-        """Add labels (or replace the embeddings of active ones) from precomputed teacher text embeddings (L, D)."""
-        new = self._checked(clean_labels(names), embeddings)
+    def add_labels(self, names: Sequence[str], embeddings: np.ndarray, replace: bool = False) -> None:
+        """Add labels from precomputed teacher text embeddings (L, D). A label the bundle was exported with keeps
+        its embedding unless ``replace``; all labels together stay under MAX_LABELS."""
+        names = clean_labels(names)
+        shipped = [n for n in names if n in set(self.bundle_labels.names)]
+        if shipped and not replace:
+            raise EdgeClipError(
+                f"{', '.join(map(repr, shipped[:5]))} came with the bundle: its embedding is not "
+                "replaced unless asked (replace=true)"
+            )
+        total = len(set(self.known.names) | set(names))
+        if total > MAX_LABELS:
+            raise EdgeClipError(f"too many labels ({total} with these; at most {MAX_LABELS})")
+        new = self._checked(names, embeddings)
         self._remember(new)
         self.labels = self.known.subset([n for n in self.labels.names if n not in new.names] + new.names)
 
@@ -179,13 +190,22 @@ class Labeler:
         }
 
 
-def clean_labels(names: Sequence[str]) -> list[str]:
+MAX_LABELS = 10_000  # one cap on every label list a labeler holds (active and known)
+
+
+def clean_labels(names: Sequence[str], cap: int = MAX_LABELS) -> list[str]:
+    """Whitespace-normalised, de-duplicated labels in their order; linear time, the cap checked first."""
     if isinstance(names, str):
         names = names.split(",")
+    names = list(names)
+    if len(names) > cap:
+        raise EdgeClipError(f"too many labels ({len(names)}; at most {cap})")
     out: list[str] = []
+    seen: set[str] = set()
     for n in names:
         n = " ".join(str(n).split())
-        if n and n not in out:
+        if n and n not in seen:
+            seen.add(n)
             out.append(n)
     if not out:
         raise EdgeClipError("the label list is empty")

@@ -16,6 +16,7 @@ request never takes the server down. Uses only the torch-free runtime unless a t
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import threading
@@ -37,6 +38,7 @@ from edgeclip.runtime import load_bundle
 STATIC = Path(__file__).parent / "static"
 # the server's pixel budget, checked from the header before decoding: lower than the library's 40 Mpx
 DEFAULT_MAX_PIXELS = 16_000_000
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
 DEFAULT_MAX_JSON = 4 * 1024 * 1024  # label lists and embeddings (about 2,000 labels of 512-d)
 
@@ -50,6 +52,7 @@ class LabelsIn(BaseModel):
 class EmbeddingsIn(BaseModel):
     labels: list[str]
     embeddings: list[list[float]]
+    replace: bool = False  # a label that came with the bundle keeps its embedding unless this is set
 
 
 class ApiError(Exception):
@@ -120,6 +123,9 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_workers: int = 2,
     max_json_bytes: int = DEFAULT_MAX_JSON,
+    token: str | None = None,
+    read_only: bool = False,
+    allowed_hosts: list[str] | None = None,
     topk: int = 5,
     text_encoder: TextEncoder | None = None,
 ) -> FastAPI:
@@ -137,6 +143,26 @@ def create_app(
     app.add_middleware(
         StreamingBodyLimit, upload_limit=max_upload_bytes + 64 * 1024, json_limit=max_json_bytes
     )
+    # DNS rebinding: a page on another site that resolves its name to this machine is refused by Host
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOOPBACK_HOSTS))
+
+    def _may_edit(request: Request) -> None:
+        """Label edits change what every client sees: they need the server's token (and no read-only mode)."""
+        if read_only:
+            raise ApiError(403, "this server is read-only: its labels cannot be changed")
+        if token is None:
+            return
+        given = request.headers.get("x-edgeclip-token") or request.headers.get(
+            "authorization", ""
+        ).removeprefix("Bearer ")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise ApiError(
+                401,
+                "changing labels needs the server's token (header X-Edgeclip-Token; the "
+                "address `edgeclip serve` prints carries it for the web page)",
+            )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -204,6 +230,8 @@ def create_app(
             "max_upload_bytes": max_upload_bytes,
             "topk": topk,
             "can_add_free_text_labels": text_encoder is not None,
+            "labels_editable": not read_only,
+            "needs_token": token is not None,
             "caption": hasattr(model, "caption"),
         }
 
@@ -256,8 +284,9 @@ def create_app(
         return {"labels": model.label_names, "known": list(model.known.names)}
 
     @app.put("/api/labels")
-    def put_labels(body: LabelsIn):
+    def put_labels(body: LabelsIn, request: Request):
         _need_labels()
+        _may_edit(request)
         names = _names(body.labels)
         with lock:
             unknown = [n for n in names if n not in model.known.names]
@@ -277,11 +306,14 @@ def create_app(
         return {"labels": model.label_names}
 
     @app.post("/api/labels/embeddings")
-    def add_embeddings(body: EmbeddingsIn):
+    def add_embeddings(body: EmbeddingsIn, request: Request):
         _need_labels()
+        _may_edit(request)
         with lock:
             try:
-                model.add_labels(body.labels, np.asarray(body.embeddings, dtype=np.float32))
+                model.add_labels(
+                    body.labels, np.asarray(body.embeddings, dtype=np.float32), replace=body.replace
+                )
             except (EdgeClipError, ValueError) as e:
                 raise ApiError(400, str(e)) from None
         return {"labels": model.label_names}
@@ -293,9 +325,6 @@ def _names(labels) -> list[str]:
     from edgeclip.runtime.labeler import clean_labels
 
     try:
-        out = clean_labels(labels)
+        return clean_labels(labels)  # the cap (MAX_LABELS) is checked before any cleaning
     except EdgeClipError as e:
         raise ApiError(400, str(e)) from None
-    if len(out) > 10000:
-        raise ApiError(400, f"too many labels ({len(out)}; at most 10000)")
-    return out

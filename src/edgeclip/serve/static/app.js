@@ -4,6 +4,17 @@ const $ = (id) => document.getElementById(id);
 let lastFile = null;
 let captionMode = false; // captioner bundles: POST /caption, no label list
 
+// label edits need the server's token: `edgeclip serve` prints the page address with #token=...; it is kept
+// for this tab only and taken out of the address bar
+const token = (() => {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem("edgeclip-token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("edgeclip-token") || "";
+})();
+
 function showError(msg) {
   const e = $("error");
   e.textContent = msg || "";
@@ -95,7 +106,9 @@ function renderKnown(known) {
 async function applyLabels(names) {
   try {
     const res = await api("/api/labels", {
-      method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ labels: names }),
+      method: "PUT",
+      headers: { "Content-Type": "application/json", "X-Edgeclip-Token": token },
+      body: JSON.stringify({ labels: names }),
     });
     $("labels").value = res.labels.join("\n");
     $("labels-status").textContent = `${res.labels.length} labels active`;
