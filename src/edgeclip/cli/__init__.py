@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e))
     except FileNotFoundError as e:
         _fail(f"file not found: {e.filename or e}")
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as e:  # an --out that cannot be written
+        _fail(f"{e.strerror.lower() if e.strerror else type(e).__name__}: {e.filename or e}")
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

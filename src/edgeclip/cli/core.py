@@ -167,6 +167,8 @@ def label_cmd(
             typer.echo(json.dumps(r, ensure_ascii=False))
             n += 1
     else:
+        if out.is_dir():
+            raise EdgeClipError(f"--out {out} is a folder: give a .jsonl or .csv file")
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", newline="", encoding="utf-8") as fh:
             if out.suffix.lower() == ".csv":

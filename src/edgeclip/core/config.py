@@ -61,11 +61,23 @@ def apply_overrides(d: dict[str, Any], overrides: Iterable[str]) -> dict[str, An
     return d
 
 
-def build_dataclass(cls, d: dict[str, Any]):
+def build_dataclass(cls, d: dict[str, Any] | None, section: str | None = None):
+    """``cls(**d)`` with unknown keys refused in one line ("did you mean"); ``section`` names where they sat
+    (``train`` for ``train.epochz``)."""
+    import difflib
+
+    d = d or {}
+    if not isinstance(d, dict):
+        raise EdgeClipError(f"{section or cls.__name__} must be a mapping of keys to values, got {d!r}")
     fields = cls.__dataclass_fields__
     unknown = [k for k in d if k not in fields]
     if unknown:
-        raise EdgeClipError(f"unknown {cls.__name__} keys: {', '.join(unknown)} (known: {', '.join(fields)})")
+        where = f"{section}." if section else ""
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f" Did you mean: {where}{close[0]}?" if close else ""
+        raise EdgeClipError(
+            f"unknown {cls.__name__} keys: {', '.join(where + k for k in unknown)}.{hint} (known: {', '.join(fields)})"
+        )
     return cls(**d)
 
 

@@ -51,7 +51,14 @@ def json_default(o: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON artefact; a corrupt or unreadable one is one CorruptFileError line (missing: OSError)."""
+    from edgeclip.core.errors import CorruptFileError
+
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{p} is corrupt (not valid JSON: {str(e).splitlines()[0][:120]})") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

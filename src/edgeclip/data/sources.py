@@ -156,27 +156,36 @@ def webdataset(spec: str, classes: list[str] | None = None) -> ImageSource:
         raise EdgeClipError(f"no tar shards match {spec}")
 
     def stream() -> Iterator[ImageRecord]:
+        for shard in shards:
+            try:
+                yield from _shard_records(Path(shard))
+            except (tarfile.TarError, OSError, ValueError, KeyError) as e:  # a fake or truncated shard
+                src.skipped.append(
+                    f"{shard}: unreadable tar shard ({type(e).__name__}: {str(e)[:120]}); "
+                    "the samples read before the damage are kept"
+                )
+
+    def _shard_records(sp: Path) -> Iterator[ImageRecord]:
         import webdataset as wds
 
-        for shard in shards:
-            sp = Path(shard)
-            st = sp.stat()
-            prefix = f"{sp.resolve()}|{st.st_size}|{st.st_mtime_ns}#"
-            ds = wds.WebDataset(str(sp), shardshuffle=False, empty_check=False)
-            for sample in ds:
-                key = sample["__key__"]
-                data = next((sample[k] for k in WDS_IMAGE_KEYS if k in sample), None)
-                if data is None:
-                    continue
-                label = None
-                if "cls" in sample:
-                    try:
-                        label = int(sample["cls"].decode().strip())
-                    except ValueError:
-                        label = None
-                yield ImageRecord(prefix + key, f"{sp.name}/{key}", label, None, data)
+        st = sp.stat()
+        prefix = f"{sp.resolve()}|{st.st_size}|{st.st_mtime_ns}#"
+        ds = wds.WebDataset(str(sp), shardshuffle=False, empty_check=False)
+        for sample in ds:
+            key = sample["__key__"]
+            data = next((sample[k] for k in WDS_IMAGE_KEYS if k in sample), None)
+            if data is None:
+                continue
+            label = None
+            if "cls" in sample:
+                try:
+                    label = int(sample["cls"].decode().strip())
+                except ValueError:
+                    label = None
+            yield ImageRecord(prefix + key, f"{sp.name}/{key}", label, None, data)
 
-    return ImageSource("wds", spec, classes, None, stream)
+    src = ImageSource("wds", spec, classes, None, stream)
+    return src
 
 
 def open_source(spec: str | os.PathLike, kind: str = "auto") -> ImageSource:

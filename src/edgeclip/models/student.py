@@ -97,8 +97,19 @@ class Student(nn.Module):
 
 def create_student(arch: str, embed_dim: int, **kw) -> Student:
     """Build a student by registry name (``shufflenet_v2_x1_0``, ``timm:vit_small_patch16_224``, ...)."""
-    if embed_dim <= 0:
-        raise EdgeClipError(f"embed_dim must be positive, got {embed_dim}")
+    if not isinstance(embed_dim, int) or embed_dim <= 0:
+        raise EdgeClipError(f"embed_dim must be a positive integer, got {embed_dim!r}")
+    import difflib
+    import inspect
+
+    known = [
+        k for k in inspect.signature(Student.__init__).parameters if k not in ("self", "arch", "embed_dim")
+    ]
+    for k in kw:
+        if k not in known:
+            close = difflib.get_close_matches(k, known, n=1)
+            hint = f" Did you mean: {close[0]}?" if close else ""
+            raise EdgeClipError(f"unknown student option {k!r}.{hint} Known: {', '.join(known)}")
     return Student(arch, embed_dim, **kw)
 
 

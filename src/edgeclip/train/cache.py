@@ -169,8 +169,14 @@ def build_cache(
 def _build_cache(
     source, teacher, out, views, view_spec, batch_size, chunk, num_workers, retry_failed, progress
 ):
-    if views < 1:
-        raise EdgeClipError(f"views must be >= 1, got {views}")
+    for name, v, least in (
+        ("views", views, 1),
+        ("batch_size", batch_size, 1),
+        ("chunk", chunk, 1),
+        ("workers", num_workers, 0),
+    ):
+        if not isinstance(v, int) or v < least:
+            raise EdgeClipError(f"{name} must be >= {least}, got {v}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     view_spec = view_spec or ViewSpec()

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeclip.core.config import build_dataclass
 from edgeclip.core.env import seed_everything
 from edgeclip.core.errors import CheckpointError, EdgeClipError
 from edgeclip.core.io import read_json, write_json
@@ -185,7 +186,7 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         raise EdgeClipError("captions_per_image must be >= 1")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    tcfg = TrainConfig(**{**DEFAULT_TRAIN, **(cfg.train or {})})
+    tcfg = build_dataclass(TrainConfig, {**DEFAULT_TRAIN, **(cfg.train or {})}, "train")
     min_count, max_len = _vocab_cfg(cfg)
     mcfg = dict(cfg.model or {})
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeclip.core.config import build_dataclass
 from edgeclip.core.env import seed_everything
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
@@ -67,7 +68,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
         raise EdgeClipError("no teacher given (--teacher or `teacher:` in the config)")
     if not cfg.data:
         raise EdgeClipError("no training data given (--data or `data:` in the config)")
-    tcfg = TrainConfig(**cfg.train)
+    tcfg = build_dataclass(TrainConfig, cfg.train, "train")
     dev = "cuda" if torch.cuda.is_available() and tcfg.accelerator in ("auto", "cuda", "gpu") else "cpu"
     teacher = teacher or load_teacher(cfg.teacher, device="cpu")
     scfg = dict(cfg.student)

@@ -210,6 +210,13 @@ class Trainer:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ds = task.dataset
         self.iterable = isinstance(ds, torch.utils.data.IterableDataset)
+        n = len(ds)
+        if n < 2:
+            raise EdgeClipError(
+                "no training samples are left (every image unreadable, or none in the cache?)"
+                if n == 0
+                else "one training sample is not enough to train (batch statistics need at least 2)"
+            )
         loader = torch.utils.data.DataLoader(
             ds,
             batch_size=cfg.batch_size,

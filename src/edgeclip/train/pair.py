@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeclip.core.config import build_dataclass
 from edgeclip.core.env import seed_everything
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import write_json
@@ -219,7 +220,7 @@ def kd_terms(
 def _train_cfg(d: dict, seed: int) -> TrainConfig:
     d = dict(d)
     d.setdefault("seed", seed)
-    return TrainConfig(**d)
+    return build_dataclass(TrainConfig, d, "train")
 
 
 def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, progress: bool = False) -> dict:

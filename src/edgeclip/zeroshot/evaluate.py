@@ -59,6 +59,8 @@ def evaluate(
     max_images: int = 0,
     progress: bool = False,
 ) -> dict:
+    if batch_size < 1 or max_images < 0:
+        raise EdgeClipError(f"batch_size must be >= 1 and max_images >= 0, got {batch_size} and {max_images}")
     src, recs = labelled_source(data, "evaluation", max_images, seed=0)
     names = class_names(src.classes)
     y_all = np.array([r.label for r in recs])

@@ -27,7 +27,13 @@ def read_boxes(path: str | Path) -> dict[str, list[tuple[float, float, float, fl
         raise EdgeClipError(f"{p}: expected an object mapping image names to box lists")
     out = {}
     for k, boxes in d.items():
+        if not isinstance(boxes, list):
+            raise EdgeClipError(f"{p}: the boxes of {k} must be a list of [x0, y0, x1, y1]")
         for b in boxes:
+            if not isinstance(b, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in b
+            ):
+                raise EdgeClipError(f"{p}: bad box {b!r} for {k} (need four numbers [x0, y0, x1, y1])")
             if len(b) != 4 or not (b[2] > b[0] and b[3] > b[1]):
                 raise EdgeClipError(f"{p}: bad box {b} for {k} (need [x0, y0, x1, y1] with x1>x0, y1>y0)")
         out[k] = [tuple(map(float, b)) for b in boxes]
