@@ -152,6 +152,15 @@ CASES = [
     (["cache", "{d}/good", "--teacher", "{T}", "--out", "{d}/c", "--workers", "-1"], "workers must be >= 0"),
     (["eval", "{d}/good", "--teacher", "{T}", "--batch-size", "0"], "batch_size must be >= 1"),
     (["eval", "{d}/missing", "--teacher", "{T}"], "path not found"),
+    (
+        ["eval", "{d}/good", "--teacher", "{T}", "--out", "{d}/good"],
+        "is a folder: it cannot be written as a file",
+    ),
+    (["cache", "{d}/good", "--teacher", "{T}", "--out", "{d}/labels_empty.txt"], "is a file, not a folder"),
+    (
+        ["distill", "--teacher", "{T}", "--data", "{d}/good", "--out", "{d}/labels_empty.txt"],
+        "is a file, not a folder",
+    ),
 ]
 
 
@@ -198,3 +207,30 @@ def test_a_damaged_tar_shard_is_skipped_and_counted(corpus, capsys, tmp_path):
     summary = json.loads(cap.out[cap.out.index("{") :])
     assert summary["computed"] == 3 and "shard-001.tar: unreadable tar shard" in cap.err
     assert Path(tmp_path / "c" / "meta.json").is_file()
+
+
+def test_damaged_cache_chunks_are_one_line(corpus, tmp_path):
+    """A truncated part-*.npy, or a keys file longer than its rows: one line that says which chunk to delete."""
+    import numpy as np
+
+    from edgeclip.core.errors import EdgeClipError
+    from edgeclip.data.sources import open_source
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.cache import EmbeddingCache, build_cache
+
+    build_cache(open_source(corpus["d"] / "good"), load_teacher(corpus["T"]), tmp_path / "c", progress=False)
+    npy = next((tmp_path / "c").glob("part-*.npy"))
+    keys = npy.with_name(npy.name.replace(".npy", ".keys.json"))
+    good_keys, good_npy = keys.read_text(), npy.read_bytes()
+    keys.write_text(json.dumps(json.loads(good_keys) + ["one-key-too-many"]))
+    with pytest.raises(EdgeClipError, match=r"embeddings for 7 keys .*delete part-"):
+        EmbeddingCache(tmp_path / "c")
+    keys.write_text(good_keys)
+    npy.write_bytes(good_npy[: len(good_npy) // 2])
+    with pytest.raises(EdgeClipError, match="is damaged"):
+        EmbeddingCache(tmp_path / "c")
+    npy.write_bytes(good_npy)
+    assert (
+        len(EmbeddingCache(tmp_path / "c")) == 6
+        and np.isfinite(EmbeddingCache(tmp_path / "c")[json.loads(good_keys)[0]]).all()
+    )

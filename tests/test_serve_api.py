@@ -273,3 +273,20 @@ def test_labeler_keeps_one_cap_over_repeated_adds(tb):
     )
     with pytest.raises(EdgeClipError, match="too many labels"):
         lab.add_labels(["one more"], rng.standard_normal((1, lab.embed_dim)))
+
+
+def test_a_stalled_body_is_cut_off(tb):
+    """A client that sends a few bytes of its body and then nothing: 408 after the body timeout."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    with running_server(create_app(tb["bundle"], threads=1, body_timeout=1.0)) as url:
+        u = urlparse(url)
+        s = socket.create_connection((u.hostname, u.port), timeout=10)
+        head = b"PUT /api/labels HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{'lab\r\n")  # then silence
+        t0 = time.time()
+        reply = s.recv(4096).decode(errors="replace")
+        s.close()
+        assert reply.startswith("HTTP/1.1 408") and "stalled for 1 s" in reply and time.time() - t0 < 8

@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e))
     except FileNotFoundError as e:
         _fail(f"file not found: {e.filename or e}")
+    except FileExistsError as e:  # an --out folder that is a file
+        _fail(f"{e.filename or e} is a file, not a folder: give --out a folder")
     except (IsADirectoryError, NotADirectoryError, PermissionError) as e:  # an --out that cannot be written
         _fail(f"{e.strerror.lower() if e.strerror else type(e).__name__}: {e.filename or e}")
     except KeyboardInterrupt:

@@ -16,6 +16,10 @@ from typing import Any
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed over ``path`` atomically."""
     path = Path(path)
+    if path.is_dir():
+        from edgeclip.core.errors import EdgeClipError
+
+        raise EdgeClipError(f"{path} is a folder: it cannot be written as a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -67,13 +67,17 @@ def _err(status: int, message: str) -> JSONResponse:
 
 class StreamingBodyLimit:
     """ASGI middleware that counts request body bytes as they arrive, whatever the headers say (chunked
-    uploads have no Content-Length): past the limit the request ends in 413 before more is read or parsed.
+    uploads have no Content-Length): past the limit the request ends in 413 before more is read or parsed, and a
+    client that stops sending in mid-body for ``body_timeout`` seconds gets 408 (slow-body attacks).
     Multipart uploads get ``upload_limit`` (the image plus framing), every other body ``json_limit``."""
 
-    def __init__(self, app, upload_limit: int, json_limit: int):
+    def __init__(self, app, upload_limit: int, json_limit: int, body_timeout: float = 30.0):
         self.app, self.upload_limit, self.json_limit = app, upload_limit, json_limit
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
+        import asyncio
+
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
@@ -82,34 +86,38 @@ class StreamingBodyLimit:
 
         async def guarded_send(msg):
             if state["over"]:
-                return  # the 413 has been sent: whatever the app answers to the cut-off body is dropped
+                return  # the error has been sent: whatever the app answers to the cut-off body is dropped
             state["started"] = state["started"] or msg["type"] == "http.response.start"
             await send(msg)
+
+        async def refuse(status: int, message: str):
+            if not state["started"]:
+                body = json.dumps({"error": message}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+            state["over"] = True
+            return {"type": "http.disconnect"}
 
         async def counted():
             if state["over"]:
                 return {"type": "http.disconnect"}
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:
+                return await refuse(408, f"the request body stalled for {self.body_timeout:g} s")
             if msg["type"] == "http.request":
                 state["seen"] += len(msg.get("body", b""))
                 if state["seen"] > limit:
-                    if not state["started"]:
-                        body = json.dumps(
-                            {"error": f"request body over {limit:,} bytes (the server reads no more)"}
-                        ).encode()
-                        await send(
-                            {
-                                "type": "http.response.start",
-                                "status": 413,
-                                "headers": [
-                                    (b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode()),
-                                ],
-                            }
-                        )
-                        await send({"type": "http.response.body", "body": body})
-                    state["over"] = True
-                    return {"type": "http.disconnect"}
+                    return await refuse(413, f"request body over {limit:,} bytes (the server reads no more)")
             return msg
 
         await self.app(scope, counted, guarded_send)
@@ -124,6 +132,7 @@ def create_app(
     decode_workers: int = 2,
     max_json_bytes: int = DEFAULT_MAX_JSON,
     token: str | None = None,
+    body_timeout: float = 30.0,
     read_only: bool = False,
     allowed_hosts: list[str] | None = None,
     topk: int = 5,
@@ -141,7 +150,10 @@ def create_app(
         return _err(exc.status, exc.message)
 
     app.add_middleware(
-        StreamingBodyLimit, upload_limit=max_upload_bytes + 64 * 1024, json_limit=max_json_bytes
+        StreamingBodyLimit,
+        upload_limit=max_upload_bytes + 64 * 1024,
+        json_limit=max_json_bytes,
+        body_timeout=body_timeout,
     )
     # DNS rebinding: a page on another site that resolves its name to this machine is refused by Host
     from starlette.middleware.trustedhost import TrustedHostMiddleware

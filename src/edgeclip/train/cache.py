@@ -45,12 +45,38 @@ class EmbeddingCache:
             raise EdgeClipError(f"{self.root}: unsupported cache format {self.meta.get('format')!r}")
         self._index: dict[str, tuple[int, int]] = {}
         self._parts: list[np.ndarray] = []
-        for _i, kp in enumerate(sorted(self.root.glob("part-*.keys.json"))):
-            arr = np.load(kp.with_name(kp.name.replace(".keys.json", ".npy")), mmap_mode="r")
+        for kp in sorted(self.root.glob("part-*.keys.json")):
+            arr, keys = self._part(kp)
             self._parts.append(arr)
-            for row, k in enumerate(json.loads(kp.read_text())):
+            for row, k in enumerate(keys):
                 self._index[k] = (len(self._parts) - 1, row)
         self.failed = _read_failed(self.root)
+
+    def _part(self, kp: Path) -> tuple[np.ndarray, list]:
+        """One chunk: its embeddings (memory-mapped) and keys, checked to agree; a damaged chunk is one line."""
+        npy = kp.with_name(kp.name.replace(".keys.json", ".npy"))
+        fix = (
+            f"delete {kp.name} and {npy.name} and run `edgeclip cache` again (only that chunk is recomputed)"
+        )
+        try:
+            arr = np.load(npy, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise EdgeClipError(
+                f"cache chunk {npy} is damaged ({str(e).splitlines()[0][:100]}): {fix}"
+            ) from None
+        keys = read_json(kp)
+        dim, views = int(self.meta.get("dim", 0)), int(self.meta.get("views", 0))
+        if (
+            not isinstance(keys, list)
+            or arr.ndim != 3
+            or len(keys) != arr.shape[0]
+            or arr.shape[1:] != (views, dim)
+        ):
+            raise EdgeClipError(
+                f"cache chunk {npy} holds {tuple(arr.shape)} embeddings for "
+                f"{len(keys) if isinstance(keys, list) else '?'} keys (expected (keys, {views}, {dim})): {fix}"
+            )
+        return arr, keys
 
     @property
     def teacher(self) -> dict:

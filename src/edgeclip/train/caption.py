@@ -372,6 +372,14 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         save_fn=save,
         on_epoch_end=on_epoch_end if val is not None else None,
         progress=progress,
+        fingerprint={
+            "teacher": (teacher_desc or {}).get("id"),
+            "data": cfg.data,
+            "alpha": cfg.alpha,
+            "beta": cfg.beta,
+            "model": asdict(model.cfg),
+            "vocab": len(model.vocab),
+        },
     )
     hist["best"] = dict(state)
     hist["params"] = model.param_counts()

@@ -262,7 +262,25 @@ def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, pr
         }
         save_pair_student(m, out_dir / "student.pt", size, teacher.describe(), extra)
 
-    hist = fit(tcfg, model, dataset, step, cfg.out, resume=resume, save_fn=save, progress=progress)
+    fingerprint = {
+        "teacher": teacher.id,
+        "student": model.student.config,
+        "data": cfg.data,
+        "loss": cfg.loss,
+        "manifest": cfg.manifest,
+        "modalities": list(p.specs),
+    }
+    hist = fit(
+        tcfg,
+        model,
+        dataset,
+        step,
+        cfg.out,
+        resume=resume,
+        save_fn=save,
+        progress=progress,
+        fingerprint=fingerprint,
+    )
     hist["data_info"] = p.info
     return hist
 
