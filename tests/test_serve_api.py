@@ -263,7 +263,7 @@ def test_read_only_server(tb):
 
 def test_labeler_keeps_one_cap_over_repeated_adds(tb):
     from edgeclip.core.errors import EdgeClipError
-    from edgeclip.runtime.labeler import MAX_LABELS
+    from edgeclip.core.prompts import MAX_LABELS
 
     lab = Labeler(tb["bundle"])
     rng = np.random.default_rng(0)

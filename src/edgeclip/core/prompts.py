@@ -30,29 +30,39 @@ def check_templates(templates: Sequence[str] | None) -> list[str]:
     return templates
 
 
+MAX_LABELS = 10_000  # one cap on every label list (the CLI, a bundle's labeler, the server)
+
+
+def clean_labels(names: str | Sequence[str], cap: int = MAX_LABELS) -> list[str]:
+    """Whitespace-normalised, de-duplicated labels in their order (``"a,b"`` or a list); linear time, the cap
+    checked before anything is cleaned."""
+    if isinstance(names, str):
+        names = names.split(",")
+    names = list(names)
+    if len(names) > cap:
+        raise EdgeClipError(f"too many labels ({len(names)}; at most {cap})")
+    out: list[str] = []
+    seen: set[str] = set()
+    for n in names:
+        n = " ".join(str(n).split())
+        if n and n not in seen:
+            seen.add(n)
+            out.append(n)
+    if not out:
+        raise EdgeClipError("the label list is empty")
+    return out
+
+
 def parse_labels(labels: str | Sequence[str] | None) -> list[str]:
     """``"cat,dog"``, a list, or ``@file.txt`` (one label per line) -> cleaned, de-duplicated labels."""
     if labels is None:
         raise EdgeClipError("no labels given (--labels 'cat,dog,car' or --labels @labels.txt)")
-    if isinstance(labels, str):
-        if labels.startswith("@"):
-            p = Path(labels[1:])
-            if not p.is_file():
-                raise EdgeClipError(f"label file not found: {p}")
-            items = p.read_text(encoding="utf-8").splitlines()
-        else:
-            items = labels.split(",")
-    else:
-        items = list(labels)
-    out, seen = [], set()
-    for it in items:
-        it = " ".join(str(it).split())
-        if it and it not in seen:
-            out.append(it)
-            seen.add(it)
-    if not out:
-        raise EdgeClipError("the label list is empty")
-    return out
+    if isinstance(labels, str) and labels.startswith("@"):
+        p = Path(labels[1:])
+        if not p.is_file():
+            raise EdgeClipError(f"label file not found: {p}")
+        return clean_labels(p.read_text(encoding="utf-8").splitlines())
+    return clean_labels(labels)
 
 
 def class_names(classes: Sequence[str]) -> list[str]:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.images import load_image, to_rgb
+from edgeclip.core.prompts import MAX_LABELS, clean_labels
 from edgeclip.runtime.bundle import (
     LABELS,
     PREPROCESS,
@@ -188,25 +189,3 @@ class Labeler:
             "student": m.get("student", {}).get("arch"),
             "threads": self.threads,
         }
-
-
-MAX_LABELS = 10_000  # one cap on every label list a labeler holds (active and known)
-
-
-def clean_labels(names: Sequence[str], cap: int = MAX_LABELS) -> list[str]:
-    """Whitespace-normalised, de-duplicated labels in their order; linear time, the cap checked first."""
-    if isinstance(names, str):
-        names = names.split(",")
-    names = list(names)
-    if len(names) > cap:
-        raise EdgeClipError(f"too many labels ({len(names)}; at most {cap})")
-    out: list[str] = []
-    seen: set[str] = set()
-    for n in names:
-        n = " ".join(str(n).split())
-        if n and n not in seen:
-            seen.add(n)
-            out.append(n)
-    if not out:
-        raise EdgeClipError("the label list is empty")
-    return out

@@ -334,7 +334,7 @@ def create_app(
 
 
 def _names(labels) -> list[str]:
-    from edgeclip.runtime.labeler import clean_labels
+    from edgeclip.core.prompts import clean_labels
 
     try:
         return clean_labels(labels)  # the cap (MAX_LABELS) is checked before any cleaning
