@@ -105,6 +105,23 @@ class EmbeddingCache:
         p, r = self._index[key]
         return self._parts[p][r]
 
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """The keys this cache does not hold."""
+        return [k for k in keys if k not in self._index]
+
+    def targets(self, keys: Sequence[str], view: int | None = None):
+        """The one way training reads teacher targets: float32 tensors (N, views, D), or (N, D) of one ``view``."""
+        import torch
+
+        arr = self.get_many(keys)
+        return torch.from_numpy((arr if view is None else arr[:, view]).astype(np.float32))
+
+    def target(self, key: str, view: int):
+        """One sample's teacher target (D,) as float32, for datasets that read sample by sample."""
+        import torch
+
+        return torch.from_numpy(np.asarray(self[key][view], dtype=np.float32))
+
     def get_many(self, keys: Sequence[str]) -> np.ndarray:
         missing = [k for k in keys if k not in self._index]
         if missing:

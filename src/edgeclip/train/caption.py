@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -230,7 +229,9 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
 
             teacher = load_teacher(cfg.teacher, device="cpu")
             teacher_desc = teacher.describe()
-            if not all(r.key in _cached_keys(cache_dir) for r in recs):
+            if not (cache_dir / "meta.json").is_file() or EmbeddingCache(cache_dir).missing(
+                [r.key for r in recs]
+            ):
                 build_cache(recs, teacher, cache_dir, views=1, progress=progress)
             cache = EmbeddingCache(cache_dir)
             cache.check_teacher(teacher_desc)
@@ -264,7 +265,7 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         have = [i for i, it in enumerate(items) if it.record().key in cache]
         not_cached = len(items) - len(have)
         x, items = x[have], [items[i] for i in have]
-        targets = torch.from_numpy(cache.get_many([it.record().key for it in items])[:, 0].astype(np.float32))
+        targets = cache.targets([it.record().key for it in items], view=0)
     else:
         not_cached = 0
         targets = torch.zeros(len(items), 1)
@@ -392,14 +393,6 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
     }
     write_json(hist_path, hist)
     return hist
-
-
-def _cached_keys(cache_dir: Path):
-    from edgeclip.train.cache import EmbeddingCache
-
-    if not (cache_dir / "meta.json").is_file():
-        return set()
-    return EmbeddingCache(cache_dir)._index
 
 
 def _unwrap(m):

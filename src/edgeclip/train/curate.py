@@ -91,7 +91,7 @@ def curate(
     cache_dir = Path(cache) if cache else out / "cache"
     emb_cache, fkeys, ok = teacher_embeddings(ps, teacher, cache_dir, views, batch_size, progress)
     n_failed = len(ps.records) - len(ok)
-    emb = torch.from_numpy(emb_cache.get_many(fkeys)[:, 0].astype(np.float32))
+    emb = emb_cache.targets(fkeys, view=0)
     temb = text_embeddings(teacher, labels, templates)
     prob = (float(teacher.logit_scale) * emb @ temb.t()).softmax(-1)
     conf, pl = prob.max(-1)

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -126,7 +125,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
         )
         flips = torch.tensor([[view_params(r.key, v, vspec)[1] for v in range(views)] for r in records])
         if cache is not None:
-            targets = torch.from_numpy(cache.get_many([r.key for r in records]).astype(np.float32))
+            targets = cache.targets([r.key for r in records])
         else:
             targets = torch.zeros(N, 1)
         dataset = torch.utils.data.TensorDataset(x, boxes, flips, targets)
@@ -205,7 +204,7 @@ def _view_item(ds, r, img):
         return ds.spp(im), ds.tpp(im), True
     v = random.randrange(ds.views)
     box, flip = view_params(r.key, v, ds.vspec)
-    tgt = torch.from_numpy(np.asarray(ds.cache[r.key][v], dtype=np.float32))
+    tgt = ds.cache.target(r.key, v)
     return ds.spp(apply_view(img, box, flip)), tgt, True
 
 

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -169,7 +168,7 @@ def prepare_pairs(
     fill_stats(specs, data, ps.primary, *(primary_stats or (teacher.mean, teacher.std)))
     fkeys = [fk_by_key[k] for k in data.keys]
     V = cache.views
-    targets = torch.from_numpy(cache.get_many(fkeys).astype(np.float32))
+    targets = cache.targets(fkeys)
     vp = [[view_params(k, v, cache.view_spec) for v in range(V)] for k in fkeys]
     boxes = torch.tensor([[p[0] for p in row] for row in vp], dtype=torch.float32)
     flips = torch.tensor([[p[1] for p in row] for row in vp])
