@@ -312,3 +312,37 @@ def test_topk_zero_is_one_line(tiny_teacher, shapes, capsys):
         ["label", img, "--labels", "a,b", "--teacher", tiny_teacher, "--topk", "0"], capsys
     )
     assert code == 2 and "topk must be >= 1, got 0" in err
+
+
+def test_eval_retrieval_on_a_captions_file(tiny_teacher, student_ckpt, shapes, tmp_path, capsys):
+    """`edgeclip eval CAPTIONS --images DIR --json`: one JSON line, R@1/5/10 both ways for teacher and student."""
+    imgs = sorted(Path(shapes["test"]).rglob("*.jpg"))[:12]
+    name = {p: f"{p.parent.name}_{p.name}" for p in imgs}  # the class folders reuse file names
+    lines = [f"{name[p]}, a drawing of a {p.parent.name}" for p in imgs]
+    lines += [f"{name[p]}, a {p.parent.name} on a plain background" for p in imgs]
+    (tmp_path / "pics").mkdir()
+    for p in imgs:
+        (tmp_path / "pics" / name[p]).write_bytes(p.read_bytes())
+    (tmp_path / "caps.txt").write_text("\n".join(lines) + "\n")
+    code, out, err = run_cli(
+        [
+            "eval",
+            tmp_path / "caps.txt",
+            "--images",
+            tmp_path / "pics",
+            "--teacher",
+            tiny_teacher,
+            "--student",
+            student_ckpt,
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 1
+    res = json.loads(out)
+    keys = [f"{role}_{d}_r{k}" for role in ("teacher", "student") for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    assert res["n_images"] == 12 and res["n_captions"] == 24 and all(0 <= res[k] <= 1 for k in keys)
+    assert all(
+        res[f"{r}_i2t_r10"] >= res[f"{r}_i2t_r5"] >= res[f"{r}_i2t_r1"] for r in ("teacher", "student")
+    )

@@ -217,7 +217,12 @@ def _images_source(images: list[str]):
 
 @app.command("eval")
 def eval_cmd(
-    data: str = typer.Argument(..., help="ImageFolder with class sub-folders"),
+    data: str = typer.Argument(
+        ...,
+        help="ImageFolder (zero-shot top-1), or a captions file: Flickr token.txt / COCO JSON (retrieval)",
+    ),
+    images: str | None = typer.Option(None, help="captions form: the images folder (or .tar) it names"),
+    split: str | None = typer.Option(None, help="captions form: one split (splits.json beside the captions)"),
     teacher: str | None = typer.Option(None),
     student: list[str] = typer.Option([], help="student checkpoint(s)"),
     template: list[str] = typer.Option(list(DEFAULT_TEMPLATES)),
@@ -227,11 +232,11 @@ def eval_cmd(
     out: Path | None = typer.Option(None, help="also write the JSON here"),
     device: str = typer.Option("auto"),
 ):
-    """Zero-shot top-1/top-5 of teacher and student(s), and teacher-student agreement."""
+    """Zero-shot top-1/top-5 and agreement on an ImageFolder; image<->text Recall@1/5/10 on a captions file."""
     from edgeclip.core.env import machine_info
     from edgeclip.core.io import write_json
     from edgeclip.zeroshot.embedder import load_embedder
-    from edgeclip.zeroshot.evaluate import evaluate
+    from edgeclip.zeroshot.evaluate import evaluate, evaluate_retrieval
 
     dev = device_of(device)
     t_emb = load_embedder(teacher=teacher, device=dev) if teacher else None
@@ -241,6 +246,14 @@ def eval_cmd(
         studs["student" if i == 0 else f"student{i + 1}"] = e
         if t_emb is None:
             t_emb = load_embedder(teacher=e.teacher.spec, device=dev)
+    if Path(data).is_file():  # a captions file: retrieval in the standard protocol
+        res = evaluate_retrieval(
+            t_emb, studs, data, images, split, batch_size=batch_size, max_images=max_images
+        )
+        if out:
+            write_json(out, {**res, "machine": machine_info()})
+        typer.echo(json.dumps(res) if as_json else "\n".join(f"{k:18s} {v}" for k, v in res.items()))
+        return
     res = evaluate(t_emb, studs, data, template, batch_size=batch_size, max_images=max_images)
     res["machine"] = machine_info()
     if out:

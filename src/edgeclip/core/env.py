@@ -74,3 +74,8 @@ def resolve_device(device: str | None = None) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def cache_root() -> Path:
+    """edgeclip's own cache folder (text embeddings, unpacked archives): $EDGECLIP_CACHE or ~/.cache/edgeclip."""
+    return Path(os.environ.get("EDGECLIP_CACHE", Path.home() / ".cache" / "edgeclip"))

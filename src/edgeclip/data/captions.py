@@ -201,12 +201,33 @@ def _parse(fmt: str, payload, path: Path, skips: _Skips) -> list[tuple[str, str,
     return rows
 
 
+def unpacked(archive: Path) -> Path:
+    """A tar archive of images, unpacked once into edgeclip's cache (keyed by its path, size and mtime): the
+    archive itself is never written to, so it may sit on a read-only share."""
+    from edgeclip.core.env import cache_root
+    from edgeclip.core.io import sha256_text
+    from edgeclip.data.sources import ensure_extracted
+
+    st = archive.stat()
+    dest = (
+        cache_root()
+        / "archives"
+        / f"{archive.stem}-{sha256_text(f'{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}')[:12]}"
+    )
+    ensure_extracted(archive, dest)
+    return dest / "images" if (dest / "images").is_dir() else dest
+
+
 def _images_dir(fmt: str, path: Path, images: Path | None, rows) -> Path:
     if images is not None:
+        if images.is_file() and images.name.endswith(".tar"):
+            return unpacked(images)
         if not images.is_dir():
             raise EdgeClipError(f"images folder not found: {images}")
         return images
     base = path.parent
+    if not (base / "images").is_dir() and (base / "images.tar").is_file():  # Flickr8k as shared here
+        return unpacked(base / "images.tar")
     cands = [base / "images", base]
     if fmt == "coco":
         m = re.search(r"_(\w+?\d{4})\.json$", path.name)  # captions_val2017.json -> val2017
@@ -223,6 +244,23 @@ def _images_dir(fmt: str, path: Path, images: Path | None, rows) -> Path:
         f"cannot find the images of {path}: none of the first images exist under "
         f"{', '.join(map(str, cands)) or base}; pass the images folder (--images)"
     )
+
+
+def _drop_duplicate_images(items: list[CaptionItem], skips: _Skips) -> list[CaptionItem]:
+    """Byte-identical photos under two names (Flickr8k has a pair): the first name keeps it, the other is
+    skipped and counted, so one photo is not trained on, or scored, twice."""
+    import hashlib
+
+    seen: dict[str, str] = {}
+    out = []
+    for it in items:
+        h = hashlib.sha256(it.path.read_bytes()).hexdigest()
+        if h in seen:
+            skips.add("duplicate_image", f"{it.name} (same bytes as {seen[h]})")
+            continue
+        seen[h] = it.name
+        out.append(it)
+    return out
 
 
 def load_captions(
@@ -308,6 +346,8 @@ def load_captions(
             items.append(it)
         else:
             skips.add("no_captions", it.name)
+    if check_images:
+        items = _drop_duplicate_images(items, skips)
     if not items:
         raise EdgeClipError(f"{path}: no usable image with a caption ({dict(skips.counts)})")
     return CaptionSet(items, fmt, str(path), str(img_dir), split, dict(skips.counts), skips.examples)

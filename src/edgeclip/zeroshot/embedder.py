@@ -35,6 +35,10 @@ class Embedder(Protocol):
 
     def text(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray: ...
 
+    def encode_texts(
+        self, texts: Sequence[str]
+    ) -> np.ndarray: ...  # raw texts (captions) in order, no ensembling
+
 
 @dataclass
 class TorchEmbedder:
@@ -52,6 +56,9 @@ class TorchEmbedder:
         from edgeclip.zeroshot.text import text_embeddings
 
         return text_embeddings(self.teacher, labels, templates).numpy()
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return unit(self.teacher.encode_text(list(texts)).cpu().numpy())
 
 
 def onnx_embedder(
@@ -110,6 +117,9 @@ class BundleEmbedder:
                 f"{list(templates)}: pass --template for each of those, or re-export the bundle"
             )
         return unit(self.labeler.known.subset(list(labels)).embeddings)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise EdgeClipError("this bundle has no text tower: retrieval needs --teacher or --student")
 
 
 def load_embedder(

@@ -114,3 +114,59 @@ def tensor_top1(model, x, y, text_emb=None, bs: int = 500) -> float:
     model.train(was)
     top = topk(outs, text_emb.cpu().numpy(), 1) if text_emb is not None else outs.argmax(1)[:, None]
     return accuracy(top, np.asarray(y))["top1"]
+
+
+def embed_records(embedder: Embedder, records, batch_size: int = 128):
+    """-> (embeddings (N, D) of the readable images, kept record indices, skipped reasons)."""
+    embs, kept, skipped, batch, idx = [], [], [], [], []
+    for i, r in enumerate(records):
+        try:
+            batch.append(r.load())
+            idx.append(i)
+        except ImageLoadError as e:
+            skipped.append(str(e))
+            continue
+        if len(batch) >= batch_size:
+            embs.append(embedder.embed(batch))
+            kept.extend(idx)
+            batch, idx = [], []
+    if batch:
+        embs.append(embedder.embed(batch))
+        kept.extend(idx)
+    return (np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)), kept, skipped
+
+
+def evaluate_retrieval(
+    teacher: Embedder | None,
+    students: dict[str, Embedder],
+    captions: str,
+    images: str | None = None,
+    split: str | None = None,
+    batch_size: int = 128,
+    max_images: int = 0,
+) -> dict:
+    """Image->text and text->image Recall@1/5/10 of each model on a caption set in the standard protocol (every
+    image with all of its captions; the texts are embedded by the model's teacher text tower)."""
+    from edgeclip.data.captions import load_captions
+    from edgeclip.zeroshot.scores import retrieval
+
+    if batch_size < 1 or max_images < 0:
+        raise EdgeClipError(f"batch_size must be >= 1 and max_images >= 0, got {batch_size} and {max_images}")
+    cs = load_captions(captions, images, split)
+    items = cs.items[:max_images] if max_images else cs.items
+    models = ([("teacher", teacher)] if teacher is not None else []) + list(students.items())
+    if not models:
+        raise EdgeClipError("nothing to evaluate: give --teacher and/or --student")
+    out: dict = {"data": str(captions), "split": split, "skipped": dict(cs.skipped)}
+    for role, emb in models:
+        img, kept, bad = embed_records(emb, [it.record() for it in items], batch_size)
+        texts, owner = [], []
+        for j, i in enumerate(kept):
+            texts += items[i].captions
+            owner += [j] * len(items[i].captions)
+        txt = np.concatenate([emb.encode_texts(texts[k : k + 256]) for k in range(0, len(texts), 256)])
+        out.update({f"{role}_{k}": v for k, v in retrieval(img, txt, owner).items()})
+        out["n_images"], out["n_captions"] = len(kept), len(texts)
+        if bad:
+            out.setdefault("unreadable", {})[role] = len(bad)
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,7 +14,9 @@ from edgeclip.core.prompts import DEFAULT_TEMPLATES, check_templates, parse_labe
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("EDGECLIP_CACHE", Path.home() / ".cache" / "edgeclip")) / "text"
+    from edgeclip.core.env import cache_root
+
+    return cache_root() / "text"
 
 
 @torch.no_grad()
