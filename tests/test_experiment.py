@@ -132,3 +132,75 @@ def test_the_shipped_lab_experiments_parse():
         exp = load_experiment(f)
         for st in exp["stages"]:
             assert isinstance(stage_config(exp, st), dict)
+
+
+def test_an_edgevl_experiment_end_to_end(tmp_path, shapes, tiny_teacher):
+    """Curation -> stage 1 -> PTQ and QAT to int8 ONNX -> top-1 per modality, as one experiment file."""
+    derive = {"mono": "luminance"}
+    exp = {
+        "name": "tiny_edgevl",
+        "results": str(tmp_path / "r.json"),
+        "workdir": str(tmp_path / "w"),
+        "base": {
+            "edgevl-curate": {"derive": derive, "fraction": 0.5},
+            "edgevl-distill": {
+                "derive": derive,
+                "student": {"arch": "shufflenet_v2_x0_5", "img_size": 32, "head_hidden": 0},
+                "train": {"max_steps": 2, "batch_size": 12},
+            },
+            "edgevl-ptq": {"derive": derive, "calib_images": 12},
+            "edgevl-qat": {"derive": derive, "train": {"max_steps": 2, "batch_size": 12, "warmup_epochs": 0}},
+            "edgevl-eval": {"derive": derive},
+        },
+        "stages": [
+            {
+                "name": "curate",
+                "task": "edgevl-curate",
+                "set": {"teacher": tiny_teacher, "data": str(shapes["train"])},
+            },
+            {
+                "name": "s1",
+                "task": "edgevl-distill",
+                "set": {
+                    "teacher": tiny_teacher,
+                    "data": str(shapes["train"]),
+                    "manifest": "${curate.manifest}",
+                },
+            },
+            {
+                "name": "ptq",
+                "task": "edgevl-ptq",
+                "set": {"student": "${s1.student}", "data": str(shapes["train"])},
+            },
+            {
+                "name": "qat",
+                "task": "edgevl-qat",
+                "set": {
+                    "student": "${s1.student}",
+                    "data": str(shapes["train"]),
+                    "manifest": "${curate.manifest}",
+                },
+            },
+            {
+                "name": "eval",
+                "task": "edgevl-eval",
+                "set": {
+                    "data": str(shapes["test"]),
+                    "student": "${s1.student}",
+                    "onnx": ["${ptq.result}", "${qat.result}"],
+                },
+            },
+        ],
+        "metrics": {
+            "ptq_mono": "eval.ptq.mono.top1",
+            "qat_minus_ptq": {"diff": ["eval.qat.mono.top1", "eval.ptq.mono.top1"]},
+        },
+    }
+    p = tmp_path / "e.yaml"
+    p.write_text(yaml.safe_dump(exp))
+    res = run_experiment(p, log=lambda s: None)
+    assert 0 <= res["ptq_mono"] <= 1 and -1 <= res["qat_minus_ptq"] <= 1
+    assert (
+        set(res["stages"]["eval"]) >= {"teacher", "fp32", "ptq", "qat"}
+        and res["stages"]["curate"]["n_kept"] == 72
+    )

@@ -278,40 +278,18 @@ def eval_pair_cmd(
     from edgeclip.core.env import machine_info
     from edgeclip.core.io import write_json
     from edgeclip.core.prompts import parse_labels
-    from edgeclip.data.pairs import open_pairs, preload_pairs
-    from edgeclip.models.pair import load_pair_student
-    from edgeclip.models.teachers import load_teacher
-    from edgeclip.zeroshot.modalities import (
-        evaluate_pairs,
-        exported_embedder,
-        torch_embedder,
-    )
+    from edgeclip.zeroshot.modalities import evaluate_pair_student
 
-    model, pre, ck = load_pair_student(student)
-    size = pre.size
-    t = load_teacher(ck["teacher"]["spec"])
-    ps = open_pairs(data, modality or None, model.primary, _derive(derive))
-    if max_images and len(ps) > max_images:
-        import random
-
-        ps = ps.subset(sorted(random.Random(0).sample(range(len(ps)), max_images)))
-    if not ps.classes:
-        raise EdgeClipError(f"{data}: evaluation needs class sub-folders to know the true labels")
-    d = preload_pairs(ps, model.specs, size)
-    models = {"fp32": torch_embedder(model)}
-    for p in onnx:
-        models[p.stem] = exported_embedder(p)
-    res = evaluate_pairs(
-        d,
-        ps.classes,
-        ps.primary,
-        ps.modalities,
-        models,
-        teacher=t,
-        templates=template,
-        class_subset=parse_labels(classes) if classes else None,
+    res = evaluate_pair_student(
+        data,
+        student,
+        [str(p) for p in onnx],
+        _derive(derive),
+        modality or None,
+        parse_labels(classes) if classes else None,
+        template,
+        max_images,
     )
-    res["skipped"] = len(d.skipped)
     res["machine"] = machine_info()
     if out:
         write_json(out, res)

@@ -336,3 +336,72 @@ def _eval(cfg: dict, out: Path, ctx: dict) -> dict:
         max_images=int(cfg.get("max_images", 0)),
     )
     return {k: v for k, v in res.items() if k != "classes"}
+
+
+@TASKS.register(
+    "edgevl-curate", help="EdgeVL curation by teacher confidence (curate() arguments + data, derive)"
+)
+def _edgevl_curate(cfg: dict, out: Path, ctx: dict) -> dict:
+    import random
+
+    from edgeclip.data.pairs import open_pairs
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.curate import curate
+
+    cfg = dict(cfg)
+    ps = open_pairs(
+        cfg.pop("data"), cfg.pop("modalities", None), cfg.pop("primary", None), cfg.pop("derive", {})
+    )
+    n, seed = int(cfg.pop("max_images", 0)), int(cfg.pop("seed", 0))
+    if n and len(ps) > n:  # the seeded subset that PairDataConfig.max_images takes in the stages after it
+        ps = ps.subset(sorted(random.Random(seed).sample(range(len(ps)), n)))
+    res = curate(load_teacher(cfg.pop("teacher")), ps, out, plot=False, **cfg)
+    return {
+        "manifest": str(out / "manifest.json"),
+        **{k: v for k, v in res.items() if not isinstance(v, (list, dict))},
+    }
+
+
+@TASKS.register(
+    "edgevl-distill", help="EdgeVL stage 1: one student for RGB and the other modality (PairDistillConfig)"
+)
+def _edgevl_distill(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.core.config import build_dataclass
+    from edgeclip.train.pair import PairDistillConfig, distill_pairs
+
+    hist = distill_pairs(build_dataclass(PairDistillConfig, {**cfg, "out": str(out)}), resume=True)
+    return {
+        "student": str(out / "student.pt"),
+        "epochs": len(hist["epochs"]),
+        "train_minutes": _minutes(hist),
+    }
+
+
+@TASKS.register("edgevl-qat", help="EdgeVL stage 2: QAT (+ semi-hard triplet) to int8 ONNX (QATConfig)")
+def _edgevl_qat(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.core.config import build_dataclass
+    from edgeclip.train.pair import QATConfig, qat_pairs
+
+    qat_pairs(build_dataclass(QATConfig, {**cfg, "out": str(out)}), resume=True)
+    return {"result": str(out / "qat.json")}
+
+
+@TASKS.register("edgevl-ptq", help="ONNX Runtime static int8 of a stage-1 student: {student, data, ...}")
+def _edgevl_ptq(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.core.config import build_dataclass
+    from edgeclip.train.pair import PairDataConfig, ptq_pairs
+
+    cfg = dict(cfg)
+    student = cfg.pop("student")
+    opts = {k: cfg.pop(k) for k in ("calib_images", "per_channel", "method", "weight_bits") if k in cfg}
+    ptq_pairs(student, build_dataclass(PairDataConfig, {**cfg, "out": str(out)}), **opts)
+    return {"result": str(out / "ptq.json")}
+
+
+@TASKS.register(
+    "edgevl-eval", help="top-1 per modality: {data, student, onnx: [qat.json, ...], derive, classes}"
+)
+def _edgevl_eval(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.zeroshot.modalities import evaluate_pair_student
+
+    return evaluate_pair_student(**cfg)

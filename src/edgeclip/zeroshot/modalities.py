@@ -151,3 +151,44 @@ def evaluate_pairs(
     for name, emb in models.items():
         out[name] = {m: zero_shot(emb, data, m, temb, labels) for m in modalities}
     return out
+
+
+def evaluate_pair_student(
+    data: str,
+    student: str,
+    onnx: Sequence[str] = (),
+    derive: dict | None = None,
+    modalities: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    max_images: int = 0,
+) -> dict:
+    """Top-1 per modality on labelled paired data: the teacher (recorded by the student) on RGB, the stage-1
+    student fp32 and each int8 export (qat.json / ptq.json) on every modality."""
+    import random
+
+    from edgeclip.data.pairs import open_pairs, preload_pairs
+    from edgeclip.models.pair import load_pair_student
+    from edgeclip.models.teachers import teacher_of
+
+    model, pre, ck = load_pair_student(student)
+    teacher = teacher_of(ck, f"student {student}")
+    ps = open_pairs(data, list(modalities) if modalities else None, model.primary, dict(derive or {}))
+    if max_images and len(ps) > max_images:
+        ps = ps.subset(sorted(random.Random(0).sample(range(len(ps)), max_images)))
+    if not ps.classes:
+        raise EdgeClipError(f"{data}: evaluation needs class sub-folders to know the true labels")
+    d = preload_pairs(ps, model.specs, pre.size)
+    models = {"fp32": torch_embedder(model), **{Path(p).stem: exported_embedder(p) for p in onnx}}
+    res = evaluate_pairs(
+        d,
+        ps.classes,
+        ps.primary,
+        ps.modalities,
+        models,
+        teacher=teacher,
+        templates=templates,
+        class_subset=list(classes) if classes else None,
+    )
+    res["skipped"] = len(d.skipped)
+    return res
