@@ -7,6 +7,7 @@ batch with ``roi_align``; large images stream from disk through a DataLoader.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from edgeclip.core.config import build_dataclass
-from edgeclip.core.env import seed_everything
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.memory import crop_views, normalize, preload
@@ -25,7 +25,7 @@ from edgeclip.data.transforms import Preprocess, ViewSpec, apply_view, view_para
 from edgeclip.losses import build_loss
 from edgeclip.models.student import create_student, save_student
 from edgeclip.train.cache import EmbeddingCache
-from edgeclip.train.engine import TrainConfig, fit
+from edgeclip.train.engine import Task, TrainConfig, Trainer
 from edgeclip.zeroshot.evaluate import tensor_top1
 
 
@@ -60,7 +60,179 @@ def run_fingerprint(cfg: DistillConfig, teacher, student) -> dict[str, Any]:
     }
 
 
+class DistillTask(Task):
+    """Label-free distillation as a Trainer task. ``setup`` (after the Trainer has seeded every RNG) builds the
+    student and one of three data paths: images held in memory and cropped per batch (small inputs), image files
+    decoded per sample, or tar shards streamed; targets come from the cache or from the teacher run online."""
+
+    def __init__(self, cfg: DistillConfig, teacher, train: TrainConfig, progress: bool = True):
+        self.cfg, self.teacher, self.train, self.progress = cfg, teacher, train, progress
+        self.skipped: list[str] = []
+        self.skipped_not_cached = 0
+
+    # ---- setup: the student, then the data
+    def setup(self, trainer: Trainer) -> None:
+        cfg, teacher = self.cfg, self.teacher
+        scfg, init = dict(cfg.student), None
+        if cfg.init:
+            from edgeclip.models.student import init_student_config
+
+            scfg, init = init_student_config(cfg.init, teacher.id, scfg)
+        arch = scfg.pop("arch", "shufflenet_v2_x1_0")
+        self.size = int(scfg.setdefault("img_size", 224))
+        self.model = create_student(arch, teacher.embed_dim, **scfg)
+        if init is not None:
+            self.model.load_state_dict(init.state_dict())
+        # the student sees the teacher's normalisation
+        self.pp = Preprocess(size=self.size, mean=tuple(teacher.mean), std=tuple(teacher.std))
+        self.loss_fn = build_loss(cfg.loss)
+        self.cache = self._open_cache()
+        self.views = self.cache.views if self.cache else max(1, cfg.views)
+        self.vspec = self.cache.view_spec if self.cache else ViewSpec(seed=self.train.seed)
+        src = open_source(cfg.data)
+        if src.is_stream:
+            self.mode = "stream"
+            self._setup_stream(src)
+        else:
+            self.records = self._records(src)
+            preload_ok = cfg.preload if isinstance(cfg.preload, bool) else self.size <= 64
+            self.mode = "memory" if preload_ok else "files"
+            self._setup_memory() if preload_ok else self._setup_files()
+        self.val = _prepare_val(cfg, teacher, self.pp, self.size) if cfg.val else None
+        self.fingerprint = run_fingerprint(cfg, teacher, self.model)
+        trainer.fingerprint = trainer.fingerprint or json.loads(json.dumps(self.fingerprint, default=str))
+        if self.cache is None and trainer.fabric.device.type == "cuda":
+            teacher.to("cuda")
+
+    def _open_cache(self) -> EmbeddingCache | None:
+        if not self.cfg.cache:
+            return None
+        cache = EmbeddingCache(self.cfg.cache)
+        cache.check_teacher(self.teacher.describe())
+        if cache.dim != self.model.embed_dim:
+            raise EdgeClipError(f"cache dim {cache.dim} != student head dim {self.model.embed_dim}")
+        return cache
+
+    def _records(self, src) -> list:
+        cfg, records = self.cfg, src.records
+        if cfg.max_images:
+            records = random.Random(self.train.seed).sample(records, min(cfg.max_images, len(records)))
+        if self.cache is not None:
+            n_before = len(records)
+            records = [r for r in records if r.key in self.cache]
+            if not records:
+                raise EdgeClipError(
+                    f"none of the {n_before} images of {cfg.data} are in cache {cfg.cache} "
+                    "(files changed since? rebuild with `edgeclip cache`)"
+                )
+            self.skipped_not_cached = n_before - len(records)
+        return records
+
+    def _setup_memory(self) -> None:
+        """Small images in memory; each batch is cropped to its views (the cached teacher's, or fresh ones)."""
+        cache, vspec, views = self.cache, self.vspec, self.views
+        psize = max(self.size, self.teacher.image_size if cache is None else self.size)
+        x, kept, self.skipped = preload(self.records, psize, progress=self.progress)
+        self.records = [self.records[i] for i in kept]
+        boxes = torch.tensor(
+            [[view_params(r.key, v, vspec)[0] for v in range(views)] for r in self.records],
+            dtype=torch.float32,
+        )
+        flips = torch.tensor([[view_params(r.key, v, vspec)[1] for v in range(views)] for r in self.records])
+        targets = cache.targets([r.key for r in self.records]) if cache else torch.zeros(len(self.records), 1)
+        self.dataset = torch.utils.data.TensorDataset(x, boxes, flips, targets)
+
+    def _setup_files(self) -> None:
+        self.dataset = _FileViews(
+            self.records,
+            self.pp.torch_transform(),
+            self.teacher.preprocess,
+            self.views,
+            self.vspec,
+            self.cache,
+            online=self.cache is None,
+        )
+
+    def _setup_stream(self, src) -> None:
+        """WebDataset shards, without holding the corpus on disk as files or in memory."""
+        if self.cache is not None:
+            n = sum(1 for r in src if r.key in self.cache)
+            if n == 0:
+                raise EdgeClipError(
+                    f"none of the samples of {self.cfg.data} are in cache {self.cfg.cache}; run `edgeclip cache`"
+                    " on them"
+                )
+        else:
+            n = sum(1 for _ in src)
+        self.records = range(n)  # only its length is used
+        self.dataset = _StreamViews(
+            src,
+            n,
+            self.pp.torch_transform(),
+            self.teacher.preprocess,
+            self.views,
+            self.vspec,
+            self.cache,
+            self.cache is None,
+        )
+
+    # ---- the steps and hooks
+    def training_step(self, model, batch):
+        emb, tgt = (
+            self._memory_batch(model, batch) if self.mode == "memory" else self._decoded_batch(model, batch)
+        )
+        return {
+            "loss": self.loss_fn(emb, tgt),
+            "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean(),
+        }
+
+    def _memory_batch(self, model, batch):
+        img, bx, fl, tg = batch
+        B, teacher = img.shape[0], self.teacher
+        if self.cache is None:  # online: a fresh random view each time, the teacher sees the same crop
+            seeds = torch.randint(0, 2**31 - 1, (B,)).tolist()
+            vb = [view_params(str(s), 1, self.vspec) for s in seeds]
+            b = torch.tensor([p[0] for p in vb], dtype=torch.float32, device=img.device)
+            f = torch.tensor([p[1] for p in vb], device=img.device)
+            with torch.no_grad():
+                tgt = teacher.encode_image(
+                    normalize(crop_views(img, b, f, teacher.image_size), teacher.mean, teacher.std)
+                )
+        else:  # one of the cached views, with exactly the crop the teacher saw
+            v, ar = torch.randint(0, self.views, (B,)), torch.arange(B)
+            b, f, tgt = bx[ar, v], fl[ar, v], tg[ar, v]
+        sin = normalize(crop_views(img, b, f, self.size), self.pp.mean, self.pp.std)
+        if sin.is_cuda:
+            sin = sin.contiguous(memory_format=torch.channels_last)
+        return model(sin), tgt
+
+    def _decoded_batch(self, model, batch):
+        sin, tin_or_tgt, _ = batch
+        if self.cache is None:
+            with torch.no_grad():
+                tgt = self.teacher.encode_image(tin_or_tgt)
+        else:
+            tgt = tin_or_tgt
+        return model(sin), tgt
+
+    def on_epoch_end(self, model, epoch, record):
+        if self.val is None:
+            return None
+        return {"val_top1": tensor_top1(model, self.val[0], self.val[1], self.val[2])}
+
+    def save(self, model, out_dir: Path, history: dict) -> None:
+        extra = {
+            "distill_config": asdict(self.cfg),
+            "n_train": len(self.records),
+            "views": self.views,
+            **({"streamed": True} if self.mode == "stream" else {"skipped": len(self.skipped)}),
+            "final": history["epochs"][-1] if history["epochs"] else {},
+        }
+        save_student(model, out_dir / "student.pt", self.pp, self.teacher.describe(), extra)
+
+
 def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, teacher=None) -> dict[str, Any]:
+    """Distill ``cfg.teacher`` into a student without labels; writes OUT/student.pt and OUT/history.json."""
     from edgeclip.models.teachers import load_teacher
 
     if not cfg.teacher:
@@ -68,131 +240,11 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
     if not cfg.data:
         raise EdgeClipError("no training data given (--data or `data:` in the config)")
     tcfg = build_dataclass(TrainConfig, cfg.train, "train")
-    dev = "cuda" if torch.cuda.is_available() and tcfg.accelerator in ("auto", "cuda", "gpu") else "cpu"
-    teacher = teacher or load_teacher(cfg.teacher, device="cpu")
-    scfg = dict(cfg.student)
-    init = None
-    if cfg.init:
-        from edgeclip.models.student import init_student_config
-
-        scfg, init = init_student_config(cfg.init, teacher.id, scfg)
-    arch = scfg.pop("arch", "shufflenet_v2_x1_0")
-    size = int(scfg.setdefault("img_size", 224))
-    seed_everything(tcfg.seed)  # before the model is built: a fixed seed gives bit-identical weights
-    student = create_student(arch, teacher.embed_dim, **scfg)
-    if init is not None:
-        student.load_state_dict(init.state_dict())
-    pp = Preprocess(
-        size=size, mean=tuple(teacher.mean), std=tuple(teacher.std)
-    )  # student sees the teacher's normalisation
-    src = open_source(cfg.data)
-    if src.is_stream:
-        return _distill_stream(cfg, src, teacher, student, pp, tcfg, resume, progress)
-    records = src.records
-    if cfg.max_images:
-        rng = random.Random(tcfg.seed)
-        records = rng.sample(records, min(cfg.max_images, len(records)))
-    cache = None
-    if cfg.cache:
-        cache = EmbeddingCache(cfg.cache)
-        cache.check_teacher(teacher.describe())
-        if cache.dim != student.embed_dim:
-            raise EdgeClipError(f"cache dim {cache.dim} != student head dim {student.embed_dim}")
-        n_before = len(records)
-        records = [r for r in records if r.key in cache]
-        if not records:
-            raise EdgeClipError(
-                f"none of the {n_before} images of {cfg.data} are in cache {cfg.cache} "
-                "(files changed since? rebuild with `edgeclip cache`)"
-            )
-        skipped_not_cached = n_before - len(records)
-    else:
-        skipped_not_cached = 0
-    do_preload = cfg.preload if isinstance(cfg.preload, bool) else size <= 64
-    loss_fn = build_loss(cfg.loss)
-    views = cache.views if cache else max(1, cfg.views)
-    vspec = cache.view_spec if cache else ViewSpec(seed=tcfg.seed)
-    teacher_size = teacher.image_size
-    skipped: list[str] = []
-
-    if do_preload:
-        psize = max(size, teacher_size if cache is None else size)
-        x, kept, skipped = preload(records, psize, progress=progress)
-        records = [records[i] for i in kept]
-        N = len(records)
-        boxes = torch.tensor(
-            [[view_params(r.key, v, vspec)[0] for v in range(views)] for r in records], dtype=torch.float32
-        )
-        flips = torch.tensor([[view_params(r.key, v, vspec)[1] for v in range(views)] for r in records])
-        if cache is not None:
-            targets = cache.targets([r.key for r in records])
-        else:
-            targets = torch.zeros(N, 1)
-        dataset = torch.utils.data.TensorDataset(x, boxes, flips, targets)
-
-        def step(model, batch):
-            img, bx, fl, tg = batch
-            B = img.shape[0]
-            v = torch.randint(0, views, (B,))
-            if cache is None:  # online: a fresh random view each time
-                seeds = torch.randint(0, 2**31 - 1, (B,)).tolist()
-                vb = [view_params(str(s), 1, vspec) for s in seeds]
-                b = torch.tensor([p[0] for p in vb], dtype=torch.float32, device=img.device)
-                f = torch.tensor([p[1] for p in vb], device=img.device)
-                with torch.no_grad():
-                    tin = normalize(crop_views(img, b, f, teacher_size), teacher.mean, teacher.std)
-                    tgt = teacher.encode_image(tin)
-            else:
-                ar = torch.arange(B)
-                b, f, tgt = bx[ar, v], fl[ar, v], tg[ar, v]
-            sin = normalize(crop_views(img, b, f, size), pp.mean, pp.std)
-            if sin.is_cuda:
-                sin = sin.contiguous(memory_format=torch.channels_last)
-            emb = model(sin)
-            loss = loss_fn(emb, tgt)
-            return {
-                "loss": loss,
-                "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean(),
-            }
-    else:
-        spp, tpp = pp.torch_transform(), teacher.preprocess
-        dataset = _FileViews(records, spp, tpp, views, vspec, cache, online=cache is None)
-
-        step = _pil_step(teacher, cache, loss_fn)
-
-    val = _prepare_val(cfg, teacher, pp, size) if cfg.val else None
-
-    def on_epoch_end(model, epoch, rec):
-        if val is None:
-            return {}
-        return {"val_top1": tensor_top1(model, val[0], val[1], val[2])}
-
-    def save(model, out_dir: Path, history):
-        extra = {
-            "distill_config": asdict(cfg),
-            "n_train": len(records),
-            "skipped": len(skipped),
-            "views": views,
-            "final": history["epochs"][-1] if history["epochs"] else {},
-        }
-        save_student(model, out_dir / "student.pt", pp, teacher.describe(), extra)
-
-    if cache is None and dev == "cuda":
-        teacher.to("cuda")
-    hist = fit(
-        tcfg,
-        student,
-        dataset,
-        step,
-        cfg.out,
-        resume=resume,
-        save_fn=save,
-        on_epoch_end=on_epoch_end if val is not None else None,
-        progress=progress,
-        fingerprint=run_fingerprint(cfg, teacher, student),
-    )
-    hist["skipped_images"] = skipped
-    hist["skipped_not_in_cache"] = skipped_not_cached
+    task = DistillTask(cfg, teacher or load_teacher(cfg.teacher, device="cpu"), tcfg, progress)
+    hist = Trainer(tcfg, cfg.out, resume=resume, progress=progress).fit(task)
+    hist["n_train"] = len(task.records)
+    if task.mode != "stream":
+        hist["skipped_images"], hist["skipped_not_in_cache"] = task.skipped, task.skipped_not_cached
     return hist
 
 
@@ -206,25 +258,6 @@ def _view_item(ds, r, img):
     box, flip = view_params(r.key, v, ds.vspec)
     tgt = ds.cache.target(r.key, v)
     return ds.spp(apply_view(img, box, flip)), tgt, True
-
-
-def _pil_step(teacher, cache, loss_fn):
-    """Training step for datasets that yield (student input, teacher input | cached target, ok)."""
-
-    def step(model, batch):
-        sin, tin_or_tgt, _ = batch
-        if cache is None:
-            with torch.no_grad():
-                tgt = teacher.encode_image(tin_or_tgt)
-        else:
-            tgt = tin_or_tgt
-        emb = model(sin)
-        return {
-            "loss": loss_fn(emb, tgt),
-            "cos": F.cosine_similarity(emb.detach().float(), tgt.float(), dim=-1).mean(),
-        }
-
-    return step
 
 
 class _FileViews(torch.utils.data.Dataset):
@@ -334,51 +367,3 @@ class _StreamViews(torch.utils.data.IterableDataset):
         except ImageLoadError:
             return None
         return _view_item(self, r, img)
-
-
-def _distill_stream(
-    cfg: DistillConfig, src, teacher, student, pp: Preprocess, tcfg: TrainConfig, resume: bool, progress: bool
-) -> dict[str, Any]:
-    """Distill from WebDataset shards without holding the corpus on disk as files or in memory."""
-    cache = None
-    if cfg.cache:
-        cache = EmbeddingCache(cfg.cache)
-        cache.check_teacher(teacher.describe())
-        n = sum(1 for r in src if r.key in cache)
-        if n == 0:
-            raise EdgeClipError(
-                f"none of the samples of {cfg.data} are in cache {cfg.cache}; run `edgeclip cache` on them"
-            )
-    else:
-        n = sum(1 for _ in src)
-    views = cache.views if cache else max(1, cfg.views)
-    vspec = cache.view_spec if cache else ViewSpec(seed=tcfg.seed)
-    dataset = _StreamViews(
-        src, n, pp.torch_transform(), teacher.preprocess, views, vspec, cache, cache is None
-    )
-    loss_fn = build_loss(cfg.loss)
-
-    step = _pil_step(teacher, cache, loss_fn)
-
-    def save(model, out_dir: Path, history):
-        save_student(
-            model,
-            out_dir / "student.pt",
-            pp,
-            teacher.describe(),
-            {"distill_config": asdict(cfg), "n_train": n, "views": views, "streamed": True},
-        )
-
-    hist = fit(
-        tcfg,
-        student,
-        dataset,
-        step,
-        cfg.out,
-        resume=resume,
-        save_fn=save,
-        progress=progress,
-        fingerprint=run_fingerprint(cfg, teacher, student),
-    )
-    hist["n_train"] = n
-    return hist
