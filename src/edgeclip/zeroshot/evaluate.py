@@ -15,25 +15,15 @@ from edgeclip.zeroshot.embedder import Embedder
 from edgeclip.zeroshot.scores import accuracy, topk
 
 
-def predict(
-    embedder: Embedder, records, class_emb: np.ndarray, batch_size: int = 128, progress: bool = False
-):
-    """The one zero-shot loop over images: -> (top-5 class indices (N, <=5), kept record indices,
-    skipped reasons, seconds). Unreadable images are skipped and counted."""
-    preds, kept, skipped, batch, idx = [], [], [], [], []
-    t0 = time.perf_counter()
+def iter_embeddings(embedder: Embedder, records, batch_size: int, skipped: list, progress: bool = False):
+    """The one loop over images: yields (embeddings (B, D), record indices) per batch of readable images;
+    unreadable ones are appended to ``skipped`` and left out."""
     it = records
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(records, desc=embedder.name[:40], mininterval=2.0, leave=False)
-
-    def flush():
-        preds.append(topk(embedder.embed(batch), class_emb, 5))
-        kept.extend(idx)
-        batch.clear()
-        idx.clear()
-
+    batch, idx = [], []
     for i, r in enumerate(it):
         try:
             batch.append(r.load())
@@ -42,9 +32,22 @@ def predict(
             skipped.append(str(e))
             continue
         if len(batch) >= batch_size:
-            flush()
+            yield embedder.embed(batch), idx
+            batch, idx = [], []
     if batch:
-        flush()
+        yield embedder.embed(batch), idx
+
+
+def predict(
+    embedder: Embedder, records, class_emb: np.ndarray, batch_size: int = 128, progress: bool = False
+):
+    """Zero-shot predictions over images: -> (top-5 class indices (N, <=5), kept record indices,
+    skipped reasons, seconds). Unreadable images are skipped and counted."""
+    preds, kept, skipped = [], [], []
+    t0 = time.perf_counter()
+    for emb, idx in iter_embeddings(embedder, records, batch_size, skipped, progress):
+        preds.append(topk(emb, class_emb, 5))
+        kept.extend(idx)
     dt = time.perf_counter() - t0
     k = min(5, len(class_emb))
     return (np.concatenate(preds) if preds else np.zeros((0, k), dtype=np.int64)), kept, skipped, dt
@@ -118,20 +121,9 @@ def tensor_top1(model, x, y, text_emb=None, bs: int = 500) -> float:
 
 def embed_records(embedder: Embedder, records, batch_size: int = 128):
     """-> (embeddings (N, D) of the readable images, kept record indices, skipped reasons)."""
-    embs, kept, skipped, batch, idx = [], [], [], [], []
-    for i, r in enumerate(records):
-        try:
-            batch.append(r.load())
-            idx.append(i)
-        except ImageLoadError as e:
-            skipped.append(str(e))
-            continue
-        if len(batch) >= batch_size:
-            embs.append(embedder.embed(batch))
-            kept.extend(idx)
-            batch, idx = [], []
-    if batch:
-        embs.append(embedder.embed(batch))
+    embs, kept, skipped = [], [], []
+    for emb, idx in iter_embeddings(embedder, records, batch_size, skipped):
+        embs.append(emb)
         kept.extend(idx)
     return (np.concatenate(embs) if embs else np.zeros((0, 1), np.float32)), kept, skipped
 
