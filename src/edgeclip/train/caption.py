@@ -5,11 +5,11 @@ Loss = alpha * MSE(pooled student feature projected to the teacher's embedding, 
 The MSE is edgeclip's ``mse`` distillation loss (between L2-normalised embeddings); the teacher
 embeddings come from an :class:`~edgeclip.train.cache.EmbeddingCache` (built on first use).
 
-Training runs on :func:`edgeclip.train.engine.fit` (AdamW, warm-up + cosine schedule, gradient clipping,
-atomic ``last.ckpt`` + resume); images are held in memory as uint8 and augmented per batch (random
-crop from a reflection-padded image + horizontal flip). After each epoch the val split is captioned
-(greedy) and scored with CIDEr; the best epoch is kept as ``captioner.pt`` and training stops after
-``patience`` epochs without improvement.
+Training is a :class:`CaptionTask` on :class:`edgeclip.train.engine.Trainer` (AdamW, warm-up + cosine
+schedule, gradient clipping, atomic ``last.ckpt`` + resume); images are held in memory as uint8 and
+augmented per batch (random crop from a reflection-padded image + horizontal flip). After each epoch the
+val split is captioned (greedy) and scored with CIDEr; the best epoch is kept as ``captioner.pt`` and
+training stops after ``patience`` epochs without improvement.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from edgeclip.models.captioner import (
     save_captioner,
 )
 from edgeclip.models.decode import generate
-from edgeclip.train.engine import TrainConfig, fit
+from edgeclip.train.engine import Task, TrainConfig, Trainer
 
 # batch_size counts images; with captions_per_image 4 a step sees 64 (image, caption) pairs, the published batch,
 # and an epoch has ~5x the optimiser steps of 64 images x 5 captions (the decoder's gradient signal per epoch).
@@ -175,6 +175,218 @@ def caption_tensor(
     return out
 
 
+class CaptionTask(Task):
+    """The captioner as a Trainer task. ``setup`` reads the splits, builds the vocabulary and the teacher targets
+    (``targets``), builds the model (after seeding) and holds the images in memory; a step is the
+    alpha * MSE + beta * CE loss on an augmented batch; ``on_epoch_end`` captions val, keeps the best epoch by
+    CIDEr and stops early; ``save`` writes the last (and, without val, the only) checkpoint."""
+
+    def __init__(self, cfg: CaptionTrainConfig, train: TrainConfig, resume: bool, progress: bool):
+        self.cfg, self.train, self.resume, self.progress = cfg, train, resume, progress
+        self.out = Path(cfg.out)
+        self.min_count, self.max_len = _vocab_cfg(cfg)
+        self.mcfg = dict(cfg.model or {})
+        self.teacher_desc: dict | None = None
+        self.cache = None
+        self.val = None
+        self.state = {"best": float("-inf"), "best_epoch": 0, "bad": 0}
+        if resume and (self.out / "best.json").is_file():
+            self.state.update(read_json(self.out / "best.json"))
+
+    def setup(self, trainer: Trainer) -> None:
+        cfg = self.cfg
+        self.splits()
+        self.build_vocab()
+        self.targets()
+        seed_everything(
+            self.train.seed
+        )  # before the model is built: a fixed seed gives bit-identical weights
+        self.model = build_captioner(self.vocab, self.mcfg, weights=cfg.weights)
+        self.init_info = init_encoder_from_student(self.model, cfg.init) if cfg.init else None
+        self.pp = Preprocess(size=self.model.cfg.img_size, mean=CLIP_MEAN, std=CLIP_STD)
+        self.build_dataset()
+        self.build_val()
+        from edgeclip.losses import build_loss
+
+        self.mse = build_loss("mse")
+        aug = dict(cfg.augment or {})
+        self.pad, self.flip = int(aug.get("pad", 16)), bool(aug.get("flip", True))
+        self.fingerprint = {
+            "teacher": (self.teacher_desc or {}).get("id"),
+            "data": cfg.data,
+            "alpha": cfg.alpha,
+            "beta": cfg.beta,
+            "model": asdict(self.model.cfg),
+            "vocab": len(self.model.vocab),
+        }
+
+    # ---- setup, step by step
+    def splits(self) -> None:
+        cfg = self.cfg
+        self.train_set = load_captions(cfg.data, cfg.images, cfg.train_split, cfg.splits)
+        if cfg.max_images:
+            self.train_set.items = self.train_set.items[: cfg.max_images]
+        self.val_set = None
+        if cfg.val_data or cfg.val_split:
+            self.val_set = load_captions(
+                cfg.val_data or cfg.data,
+                cfg.val_images or (cfg.images if not cfg.val_data else None),
+                cfg.val_split if cfg.val_data is None else None,
+                cfg.splits if not cfg.val_data else None,
+            )
+            if cfg.val_max_images:
+                self.val_set.items = self.val_set.items[: cfg.val_max_images]
+
+    def build_vocab(self) -> None:
+        self.vocab = vocab = Vocab.build(
+            self.train_set.all_captions(),
+            min_count=self.min_count,
+            max_size=int((self.cfg.vocab or {}).get("max_size", 0)),
+        )
+        vpath = self.out / "vocab.json"
+        if self.resume and vpath.is_file():
+            old = Vocab.from_dict(read_json(vpath))
+            if old.fingerprint() != vocab.fingerprint():
+                raise CheckpointError(
+                    f"vocabulary mismatch: {self.out} was trained with a {len(old)}-word vocabulary, the data "
+                    f"now gives {len(vocab)} words (data or vocab settings changed); use another --out"
+                )
+        write_json(vpath, vocab.to_dict())
+
+    def targets(self) -> None:
+        """The distillation targets: the teacher-embedding cache, built from ``teacher`` when missing."""
+        cfg, mcfg = self.cfg, self.mcfg
+        if cfg.alpha <= 0:
+            if cfg.teacher and "teacher_dim" not in mcfg:  # same architecture as the distilled run
+                from edgeclip.models.teachers import load_teacher
+
+                self.teacher_desc = load_teacher(cfg.teacher, device="cpu").describe()
+                mcfg["teacher_dim"] = self.teacher_desc["embed_dim"]
+            return
+        from edgeclip.train.cache import EmbeddingCache, build_cache
+
+        cache_dir = Path(cfg.cache) if cfg.cache else self.out / "teacher-cache"
+        if cfg.teacher:
+            from edgeclip.models.teachers import load_teacher
+
+            teacher = load_teacher(cfg.teacher, device="cpu")
+            self.teacher_desc = teacher.describe()
+            keys = [it.record().key for it in self.train_set.items]
+            if not (cache_dir / "meta.json").is_file() or EmbeddingCache(cache_dir).missing(keys):
+                recs = [it.record() for it in self.train_set.items]
+                build_cache(recs, teacher, cache_dir, views=1, progress=self.progress)
+            self.cache = EmbeddingCache(cache_dir)
+            self.cache.check_teacher(self.teacher_desc)
+        elif (cache_dir / "meta.json").is_file():
+            self.cache = EmbeddingCache(cache_dir)
+            self.teacher_desc = self.cache.teacher
+        else:
+            raise EdgeClipError(
+                "alpha > 0 needs a teacher (`teacher:`) or a built teacher-embedding cache (`cache:`); "
+                "set alpha: 0 to train without distillation"
+            )
+        mcfg.setdefault("teacher_dim", self.cache.dim)
+        if int(mcfg["teacher_dim"]) != self.cache.dim:
+            raise EdgeClipError(
+                f"model.teacher_dim {mcfg['teacher_dim']} != teacher embedding size {self.cache.dim}"
+            )
+
+    def build_dataset(self) -> None:
+        x, items, self.unreadable = _prepare(self.train_set, self.pp.size, self.progress)
+        cache = self.cache
+        self.not_cached = 0
+        if cache is not None:
+            have = [i for i, it in enumerate(items) if it.record().key in cache]
+            self.not_cached = len(items) - len(have)
+            x, items = x[have], [items[i] for i in have]
+            targets = cache.targets([it.record().key for it in items], view=0)
+        else:
+            targets = torch.zeros(len(items), 1)
+        if not items:
+            raise EdgeClipError(
+                f"no trainable images in {self.cfg.data} (skipped: {self.train_set.skipped}, "
+                f"unreadable: {len(self.unreadable)})"
+            )
+        caps = [[self.vocab.encode(c, self.max_len) for c in it.captions] for it in items]
+        self.n_items = len(items)
+        self.dataset = CaptionTrainSet(x, caps, targets, self.cfg.captions_per_image, self.max_len + 2)
+
+    def build_val(self) -> None:
+        if self.val_set is None:
+            return
+        vx, vitems, _ = _prepare(self.val_set, self.pp.size, progress=False)
+        oov = self.vocab.oov_rate(c for it in vitems for c in it.captions)
+        if oov > 0.5:
+            raise EdgeClipError(
+                f"vocabulary mismatch: {oov:.0%} of the validation words are not in the training "
+                "vocabulary (another language or dataset?)"
+            )
+        self.val = (vx, {it.name: it.captions for it in vitems}, [it.name for it in vitems])
+
+    # ---- the loop's hooks
+    def training_step(self, model, batch):
+        img, toks, tgt = batch
+        xb = normalize(augment_batch(img, pad=self.pad, flip=self.flip), self.pp.mean, self.pp.std)
+        cfg = self.cfg
+        target = tgt if self.cache is not None else None
+        k = cfg.captions_per_image
+        return caption_loss(
+            model, xb, toks.reshape(-1, toks.shape[-1]), target, cfg.alpha, cfg.beta, k, self.mse
+        )
+
+    def on_epoch_end(self, model, epoch, record):
+        if self.val is None:
+            return {}
+        t0 = time.time()
+        raw, (vx, refs, names) = _unwrap(model), self.val
+        hyps = caption_tensor(raw, vx, self.pp, self.cfg.val_beam, self.max_len)
+        cider = score_captions(refs, dict(zip(names, hyps)), metrics=("CIDEr",))["CIDEr"]
+        res = {"val_cider": cider, "val_seconds": time.time() - t0, "val_sample": hyps[0] if hyps else ""}
+        state = self.state
+        if cider > state["best"]:
+            state.update(best=cider, best_epoch=epoch, bad=0)
+            self.save_to(raw, "captioner.pt", epoch=epoch, val_cider=cider)
+        else:
+            state["bad"] += 1
+        write_json(self.out / "best.json", state)
+        if self.cfg.patience and state["bad"] >= self.cfg.patience:
+            res["stop_training"] = True
+        return res
+
+    def save(self, model, out_dir: Path, history: dict) -> None:
+        last = history["epochs"][-1] if history["epochs"] else {}
+        self.save_to(model, "captioner_last.pt", epoch=last.get("epoch"), val_cider=last.get("val_cider"))
+        if self.val is None or not (out_dir / "captioner.pt").is_file():
+            self.save_to(model, "captioner.pt", epoch=last.get("epoch"))
+
+    def save_to(self, model, name: str, **extra) -> None:
+        info = {
+            "train_config": asdict(self.cfg),
+            "n_train_images": self.n_items,
+            "vocab_size": len(self.vocab),
+            "init": self.init_info,
+            "skipped": {
+                "captions": self.train_set.skipped,
+                "unreadable_images": len(self.unreadable),
+                "not_in_cache": self.not_cached,
+            },
+        }
+        save_captioner(model, self.out / name, self.pp, self.teacher_desc, {**info, **extra})
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "best": dict(self.state),
+            "params": self.model.param_counts(),
+            "init": self.init_info,
+            "data": {
+                "train": self.train_set.summary(),
+                "val": self.val_set.summary() if self.val_set else None,
+                "unreadable_train_images": self.unreadable,
+                "not_in_cache": self.not_cached,
+            },
+        }
+
+
 def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a captioner; writes OUT/captioner.pt (best val CIDEr), captioner_last.pt, history.json."""
     if not cfg.data:
@@ -183,215 +395,12 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         raise EdgeClipError(f"alpha ({cfg.alpha}) and beta ({cfg.beta}) must be >= 0 and not both 0")
     if cfg.captions_per_image < 1:
         raise EdgeClipError("captions_per_image must be >= 1")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     tcfg = build_dataclass(TrainConfig, {**DEFAULT_TRAIN, **(cfg.train or {})}, "train")
-    min_count, max_len = _vocab_cfg(cfg)
-    mcfg = dict(cfg.model or {})
-
-    train_set = load_captions(cfg.data, cfg.images, cfg.train_split, cfg.splits)
-    if cfg.max_images:
-        train_set.items = train_set.items[: cfg.max_images]
-    val_set = None
-    if cfg.val_data or cfg.val_split:
-        val_set = load_captions(
-            cfg.val_data or cfg.data,
-            cfg.val_images or (cfg.images if not cfg.val_data else None),
-            cfg.val_split if cfg.val_data is None else None,
-            cfg.splits if not cfg.val_data else None,
-        )
-        if cfg.val_max_images:
-            val_set.items = val_set.items[: cfg.val_max_images]
-
-    vocab = Vocab.build(
-        train_set.all_captions(), min_count=min_count, max_size=int((cfg.vocab or {}).get("max_size", 0))
-    )
-    vpath = out / "vocab.json"
-    if resume and vpath.is_file():
-        old = Vocab.from_dict(read_json(vpath))
-        if old.fingerprint() != vocab.fingerprint():
-            raise CheckpointError(
-                f"vocabulary mismatch: {out} was trained with a {len(old)}-word vocabulary, the data now "
-                f"gives {len(vocab)} words (data or vocab settings changed); use another --out"
-            )
-    write_json(vpath, vocab.to_dict())
-
-    # teacher embeddings (distillation targets)
-    teacher_desc = None
-    cache = None
-    if cfg.alpha > 0:
-        from edgeclip.train.cache import EmbeddingCache, build_cache
-
-        cache_dir = Path(cfg.cache) if cfg.cache else out / "teacher-cache"
-        recs = [it.record() for it in train_set.items]
-        if cfg.teacher:
-            from edgeclip.models.teachers import load_teacher
-
-            teacher = load_teacher(cfg.teacher, device="cpu")
-            teacher_desc = teacher.describe()
-            if not (cache_dir / "meta.json").is_file() or EmbeddingCache(cache_dir).missing(
-                [r.key for r in recs]
-            ):
-                build_cache(recs, teacher, cache_dir, views=1, progress=progress)
-            cache = EmbeddingCache(cache_dir)
-            cache.check_teacher(teacher_desc)
-        elif (cache_dir / "meta.json").is_file():
-            cache = EmbeddingCache(cache_dir)
-            teacher_desc = cache.teacher
-        else:
-            raise EdgeClipError(
-                "alpha > 0 needs a teacher (`teacher:`) or a built teacher-embedding cache (`cache:`); "
-                "set alpha: 0 to train without distillation"
-            )
-        mcfg.setdefault("teacher_dim", cache.dim)
-        if int(mcfg["teacher_dim"]) != cache.dim:
-            raise EdgeClipError(
-                f"model.teacher_dim {mcfg['teacher_dim']} != teacher embedding size {cache.dim}"
-            )
-    elif cfg.teacher and "teacher_dim" not in mcfg:
-        from edgeclip.models.teachers import load_teacher
-
-        teacher_desc = load_teacher(cfg.teacher, device="cpu").describe()
-        mcfg["teacher_dim"] = teacher_desc["embed_dim"]  # same architecture as the distilled run
-
-    seed_everything(tcfg.seed)  # before the model is built: a fixed seed gives bit-identical weights
-    model = build_captioner(vocab, mcfg, weights=cfg.weights)
-    init_info = init_encoder_from_student(model, cfg.init) if cfg.init else None
-    size = model.cfg.img_size
-    pp = Preprocess(size=size, mean=CLIP_MEAN, std=CLIP_STD)
-
-    x, items, skipped = _prepare(train_set, size, progress)
-    if cache is not None:
-        have = [i for i, it in enumerate(items) if it.record().key in cache]
-        not_cached = len(items) - len(have)
-        x, items = x[have], [items[i] for i in have]
-        targets = cache.targets([it.record().key for it in items], view=0)
-    else:
-        not_cached = 0
-        targets = torch.zeros(len(items), 1)
-    if not items:
-        raise EdgeClipError(
-            f"no trainable images in {cfg.data} (skipped: {train_set.skipped}, unreadable: {len(skipped)})"
-        )
-    caps = [[vocab.encode(c, max_len) for c in it.captions] for it in items]
-    dataset = CaptionTrainSet(x, caps, targets, cfg.captions_per_image, max_len + 2)
-
-    val = None
-    if val_set is not None:
-        vx, vitems, vskipped = _prepare(val_set, size, progress=False)
-        oov = vocab.oov_rate(c for it in vitems for c in it.captions)
-        if oov > 0.5:
-            raise EdgeClipError(
-                f"vocabulary mismatch: {oov:.0%} of the validation words are not in the training "
-                "vocabulary (another language or dataset?)"
-            )
-        val = (vx, {it.name: it.captions for it in vitems}, [it.name for it in vitems])
-
-    from edgeclip.losses import build_loss
-
-    mse = build_loss("mse")
-    aug = dict(cfg.augment or {})
-    pad, flip = int(aug.get("pad", 16)), bool(aug.get("flip", True))
-    k = cfg.captions_per_image
-
-    def step(m, batch):
-        img, toks, tgt = batch
-        xb = normalize(augment_batch(img, pad=pad, flip=flip), pp.mean, pp.std)
-        return caption_loss(
-            m,
-            xb,
-            toks.reshape(-1, toks.shape[-1]),
-            tgt if cache is not None else None,
-            cfg.alpha,
-            cfg.beta,
-            k,
-            mse,
-        )
-
-    extra_base = {
-        "train_config": asdict(cfg),
-        "n_train_images": len(items),
-        "vocab_size": len(vocab),
-        "init": init_info,
-        "skipped": {
-            "captions": train_set.skipped,
-            "unreadable_images": len(skipped),
-            "not_in_cache": not_cached,
-        },
-    }
-    state = {"best": float("-inf"), "best_epoch": 0, "bad": 0}
-    hist_path = out / "history.json"
-    if resume and (out / "best.json").is_file():
-        state.update(read_json(out / "best.json"))
-
-    def on_epoch_end(m, epoch, rec):
-        if val is None:
-            return {}
-        t0 = time.time()
-        raw = _unwrap(m)
-        hyps = caption_tensor(raw, val[0], pp, cfg.val_beam, max_len)
-        sc = score_captions(val[1], dict(zip(val[2], hyps)), metrics=("CIDEr",))
-        cider = sc["CIDEr"]
-        res = {"val_cider": cider, "val_seconds": time.time() - t0, "val_sample": hyps[0] if hyps else ""}
-        if cider > state["best"]:
-            state.update(best=cider, best_epoch=epoch, bad=0)
-            save_captioner(
-                raw,
-                out / "captioner.pt",
-                pp,
-                teacher_desc,
-                {**extra_base, "epoch": epoch, "val_cider": cider},
-            )
-        else:
-            state["bad"] += 1
-        write_json(out / "best.json", state)
-        if cfg.patience and state["bad"] >= cfg.patience:
-            res["stop_training"] = True
-        return res
-
-    def save(m, out_dir: Path, history):
-        last = history["epochs"][-1] if history["epochs"] else {}
-        save_captioner(
-            m,
-            out_dir / "captioner_last.pt",
-            pp,
-            teacher_desc,
-            {**extra_base, "epoch": last.get("epoch"), "val_cider": last.get("val_cider")},
-        )
-        if val is None or not (out_dir / "captioner.pt").is_file():
-            save_captioner(
-                m, out_dir / "captioner.pt", pp, teacher_desc, {**extra_base, "epoch": last.get("epoch")}
-            )
-
-    hist = fit(
-        tcfg,
-        model,
-        dataset,
-        step,
-        out,
-        resume=resume,
-        save_fn=save,
-        on_epoch_end=on_epoch_end if val is not None else None,
-        progress=progress,
-        fingerprint={
-            "teacher": (teacher_desc or {}).get("id"),
-            "data": cfg.data,
-            "alpha": cfg.alpha,
-            "beta": cfg.beta,
-            "model": asdict(model.cfg),
-            "vocab": len(model.vocab),
-        },
-    )
-    hist["best"] = dict(state)
-    hist["params"] = model.param_counts()
-    hist["init"] = init_info
-    hist["data"] = {
-        "train": train_set.summary(),
-        "val": val_set.summary() if val_set else None,
-        "unreadable_train_images": skipped,
-        "not_in_cache": not_cached,
-    }
-    write_json(hist_path, hist)
+    task = CaptionTask(cfg, tcfg, resume, progress)
+    hist = Trainer(tcfg, cfg.out, resume=resume, progress=progress).fit(task)
+    hist.update(task.summary())
+    write_json(Path(cfg.out) / "history.json", hist)
     return hist
 
 

@@ -7,7 +7,6 @@ batch with ``roi_align``; large images stream from disk through a DataLoader.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,7 +99,6 @@ class DistillTask(Task):
             self._setup_memory() if preload_ok else self._setup_files()
         self.val = _prepare_val(cfg, teacher, self.pp, self.size) if cfg.val else None
         self.fingerprint = run_fingerprint(cfg, teacher, self.model)
-        trainer.fingerprint = trainer.fingerprint or json.loads(json.dumps(self.fingerprint, default=str))
         if self.cache is None and trainer.fabric.device.type == "cuda":
             teacher.to("cuda")
 

@@ -118,12 +118,15 @@ class Task:
     bit-identical weights) and sets ``model``, ``dataset`` and optionally ``collate_fn`` / ``params``;
     ``training_step`` returns ``{"loss": ..., other metrics}``; ``on_epoch_end`` may add to the epoch's record
     (``stop_training: True`` ends the run: early stopping); ``save`` writes the task's artefact.
+    A ``fingerprint`` set in ``setup`` (teacher id, student config, data, loss, ...) is stored with the resume
+    state, and resuming a folder that holds another run is refused in one line.
     """
 
     model: nn.Module
     dataset: Any
     collate_fn: Callable | None = None
     params: Any = None
+    fingerprint: dict | None = None
 
     def setup(self, trainer: Trainer) -> None:
         raise NotImplementedError
@@ -396,6 +399,8 @@ class Trainer:
         self.launch()
         self.seed()
         task.setup(self)
+        if self.fingerprint is None and task.fingerprint:
+            self.fingerprint = json.loads(json.dumps(task.fingerprint, default=str))
         self.configure(task)
         self.restore()
         t0 = time.time()

@@ -61,7 +61,7 @@ from edgeclip.quant.qat import (
     resolve_reduce_range,
 )
 from edgeclip.train.curate import apply_manifest, load_manifest, teacher_embeddings
-from edgeclip.train.engine import TrainConfig, fit
+from edgeclip.train.engine import Task, TrainConfig, Trainer
 from edgeclip.zeroshot.text import text_embeddings
 
 
@@ -222,6 +222,56 @@ def _train_cfg(d: dict, seed: int) -> TrainConfig:
     return build_dataclass(TrainConfig, d, "train")
 
 
+class PairDistillTask(Task):
+    """EdgeVL stage 1 as a Trainer task: ``setup`` prepares the pairs (filters, cached teacher targets, tensors
+    in memory) and builds the dual-modality student; a step is one mixed batch of every modality."""
+
+    def __init__(self, cfg: PairDistillConfig, teacher, train: TrainConfig, progress: bool = False):
+        self.cfg, self.teacher, self.train, self.progress = cfg, teacher, train, progress
+
+    def setup(self, trainer: Trainer) -> None:
+        cfg, teacher = self.cfg, self.teacher
+        scfg, init = dict(cfg.student), None
+        if cfg.init:  # the architecture comes from the checkpoint; explicit student keys must agree with it
+            from edgeclip.models.student import init_student_config
+
+            scfg, init = init_student_config(cfg.init, teacher.id, scfg)
+        self.size = int(scfg.setdefault("img_size", 32))
+        scfg.setdefault("small_input", self.size <= 64)
+        self.p = p = prepare_pairs(cfg, teacher, self.size, progress=self.progress)
+        unknown = [m for m in cfg.weights if m not in p.ps.modalities]
+        if unknown:
+            raise EdgeClipError(f"loss weight for unknown modality {unknown[0]!r}")
+        seed_everything(
+            self.train.seed
+        )  # before the model is built: a fixed seed gives bit-identical weights
+        self.model = build_pair_student(scfg, teacher.embed_dim, p.specs, p.ps.primary, _raw_channels(p))
+        if init is not None:
+            self.model.student.load_state_dict(init.state_dict())
+        self.loss_fn = build_loss(cfg.loss)
+        self.dataset = torch.utils.data.TensorDataset(torch.arange(len(p.data)))
+        self.fingerprint = {
+            "teacher": teacher.id,
+            "student": self.model.student.config,
+            "data": cfg.data,
+            "loss": cfg.loss,
+            "manifest": cfg.manifest,
+            "modalities": list(p.specs),
+        }
+
+    def training_step(self, model, batch):
+        loss, _, metrics = kd_terms(model, self.p, batch[0], self.loss_fn, self.cfg.weights)
+        return {"loss": loss, **metrics}
+
+    def save(self, model, out_dir: Path, history: dict) -> None:
+        extra = {
+            "edgevl_config": asdict(self.cfg),
+            "data_info": self.p.info,
+            "final": history["epochs"][-1] if history["epochs"] else {},
+        }
+        save_pair_student(model, out_dir / "student.pt", self.size, self.teacher.describe(), extra)
+
+
 def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, progress: bool = False) -> dict:
     """Stage 1: dual-modality distillation. Writes OUT/student.pt (+ history.json, last.ckpt)."""
     from edgeclip.models.teachers import load_teacher
@@ -229,58 +279,9 @@ def distill_pairs(cfg: PairDistillConfig, teacher=None, resume: bool = False, pr
     if not cfg.teacher and teacher is None:
         raise EdgeClipError("no teacher given (--teacher or `teacher:` in the config)")
     teacher = teacher or load_teacher(cfg.teacher, device="cpu")
-    scfg = dict(cfg.student)
-    init = None
-    if cfg.init:  # the architecture comes from the checkpoint; explicit student keys must agree with it
-        from edgeclip.models.student import init_student_config
-
-        scfg, init = init_student_config(cfg.init, teacher.id, scfg)
-    size = int(scfg.setdefault("img_size", 32))
-    scfg.setdefault("small_input", size <= 64)
-    tcfg = _train_cfg(cfg.train, cfg.seed)
-    p = prepare_pairs(cfg, teacher, size, progress=progress)
-    seed_everything(tcfg.seed)  # before the model is built: a fixed seed gives bit-identical weights
-    model = build_pair_student(scfg, teacher.embed_dim, p.specs, p.ps.primary, _raw_channels(p))
-    if init is not None:
-        model.student.load_state_dict(init.state_dict())
-    loss_fn = build_loss(cfg.loss)
-    unknown = [m for m in cfg.weights if m not in p.ps.modalities]
-    if unknown:
-        raise EdgeClipError(f"loss weight for unknown modality {unknown[0]!r}")
-    dataset = torch.utils.data.TensorDataset(torch.arange(len(p.data)))
-
-    def step(m, batch):
-        loss, _, metrics = kd_terms(m, p, batch[0], loss_fn, cfg.weights)
-        return {"loss": loss, **metrics}
-
-    def save(m, out_dir: Path, history):
-        extra = {
-            "edgevl_config": asdict(cfg),
-            "data_info": p.info,
-            "final": history["epochs"][-1] if history["epochs"] else {},
-        }
-        save_pair_student(m, out_dir / "student.pt", size, teacher.describe(), extra)
-
-    fingerprint = {
-        "teacher": teacher.id,
-        "student": model.student.config,
-        "data": cfg.data,
-        "loss": cfg.loss,
-        "manifest": cfg.manifest,
-        "modalities": list(p.specs),
-    }
-    hist = fit(
-        tcfg,
-        model,
-        dataset,
-        step,
-        cfg.out,
-        resume=resume,
-        save_fn=save,
-        progress=progress,
-        fingerprint=fingerprint,
-    )
-    hist["data_info"] = p.info
+    task = PairDistillTask(cfg, teacher, _train_cfg(cfg.train, cfg.seed), progress)
+    hist = Trainer(task.train, cfg.out, resume=resume, progress=progress).fit(task)
+    hist["data_info"] = task.p.info
     return hist
 
 
@@ -407,6 +408,144 @@ def vocabulary_embeddings(p: Prepared, teacher, labels: list[str] | None, templa
     return text_embeddings(teacher, labels, templates)
 
 
+class QATTask(Task):
+    """EdgeVL stage 2 as a Trainer task: ``setup`` prepares the pairs, pseudo-labels and the QAT student;
+    a step adds the semi-hard triplet term to the KD term; the embedding bank follows the model once per
+    epoch (``on_epoch_end``); ``save`` converts to int8, exports ONNX and checks its parity."""
+
+    def __init__(
+        self, cfg: QATConfig, teacher, fp: PairStudent, size: int, train: TrainConfig, progress=False
+    ):
+        self.cfg, self.teacher, self.fp, self.size, self.train = cfg, teacher, fp, size, train
+        self.progress = progress
+        self.stats = {"semi_hard": 0, "anchors": 0}
+        self.result: dict[str, Any] = {}
+
+    def setup(self, trainer: Trainer) -> None:
+        cfg, fp, size = self.cfg, self.fp, self.size
+        self.p = p = prepare_pairs(cfg, self.teacher, size, progress=self.progress)
+        temb = vocabulary_embeddings(p, self.teacher, cfg.labels, cfg.templates)
+        if p.pseudo is None:  # teacher zero-shot argmax of every pair's RGB (view 0)
+            p.pseudo = (p.targets[:, 0] @ temb.t()).argmax(1)
+        self.ctx = {"text_emb": temb, "logit_scale": self.teacher.logit_scale}  # prompt-aware losses
+        self.M, self.N = len(p.ps.modalities), len(p.data)
+        self.bank_labels = p.pseudo.repeat(self.M)
+        t0 = time.time()
+        self.reduce_range = resolve_reduce_range(cfg.reduce_range)
+        self.core = prepare_qat(
+            fp.student,
+            (8, 3, size, size),
+            reduce_range=self.reduce_range,
+            per_channel=cfg.per_channel,
+            weight_bits=cfg.weight_bits,
+            embed_dim=fp.student.embed_dim,
+        )
+        self.model = PairStudent(self.core, p.specs, p.ps.primary)
+        self.model.adapters = fp.adapters
+        self.prep_seconds = time.time() - t0
+        self.loss_fn = build_loss(cfg.loss)
+        self.bank = embedding_bank(self.model, p)
+        self.dataset = torch.utils.data.TensorDataset(torch.arange(self.N))
+
+    def training_step(self, model, batch):
+        cfg, p, idx = self.cfg, self.p, batch[0]
+        loss, embs, metrics = kd_terms(model, p, idx, self.loss_fn, cfg.weights, self.ctx)
+        if cfg.triplet_weight > 0:
+            tl = self.triplet(embs, idx)
+            loss = loss + cfg.triplet_weight * tl
+            metrics["triplet"] = tl.detach()
+        return {"loss": loss, **metrics}
+
+    def triplet(self, embs: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """Semi-hard triplet loss of every modality's anchors against the bank (the anchor's own row excluded)."""
+        cfg, M, N = self.cfg, self.M, self.N
+        anchors = torch.cat([embs[mm] for mm in self.p.ps.modalities])
+        dev = anchors.device
+        lab = self.p.pseudo[idx.cpu()].repeat(M).to(dev)
+        rows = torch.cat([idx.cpu() + j * N for j in range(M)])
+        excl = torch.zeros(len(rows), M * N, dtype=torch.bool)
+        excl[torch.arange(len(rows)), rows] = True
+        allowed = None
+        if cfg.same_modality:  # bank rows are modality-major: column c belongs to modality c // N
+            allowed = ((rows // N)[:, None] == (torch.arange(M * N) // N)[None, :]).to(dev)
+        tl, nv = semi_hard_triplet(
+            anchors,
+            lab,
+            self.bank.to(dev),
+            self.bank_labels.to(dev),
+            cfg.margin,
+            excl.to(dev),
+            allowed,
+            cfg.positive,
+            cfg.negative,
+            cfg.negatives,
+        )
+        self.stats["semi_hard"] += nv
+        self.stats["anchors"] += len(rows)
+        return tl
+
+    def semi_hard_fraction(self) -> float | None:
+        if self.cfg.triplet_weight <= 0:
+            return None
+        return self.stats["semi_hard"] / max(1, self.stats["anchors"])
+
+    def on_epoch_end(self, model, epoch, record):
+        self.bank = embedding_bank(model, self.p)  # the bank follows the model, once per epoch
+        f = self.semi_hard_fraction()
+        return {} if f is None else {"semi_hard_fraction": f}
+
+    def save(self, model, out_dir: Path, history: dict) -> None:
+        cfg, p = self.cfg, self.p
+        t1 = time.time()
+        converted = convert_qat(model.student)
+        adapters = dict(model.adapters)
+        exports = export_int8_onnx(
+            converted,
+            adapters,
+            p.ps.modalities,
+            out_dir,
+            self.size,
+            _raw_channels(p),
+            quant_stem(cfg.weight_bits),
+        )
+        self.result = {
+            "format": "edgeclip-edgevl-qat/1",
+            "student": cfg.student,
+            "config": asdict(cfg),
+            "exports": exports,
+            "specs": {m: s.to_dict() for m, s in p.specs.items()},
+            "primary": p.ps.primary,
+            "img_size": self.size,
+            "teacher": self.teacher.describe(),
+            "data_info": p.info,
+            "history": history["epochs"],
+            "reduce_range": self.reduce_range,
+            "per_channel": cfg.per_channel,
+            "weight_bits": cfg.weight_bits,
+            "semi_hard_fraction": self.semi_hard_fraction(),
+            "onnx_min_cosine_vs_torch_int8": self.onnx_parity(converted, adapters, exports),
+            "seconds": {
+                "prepare": self.prep_seconds,
+                "train": history.get("train_seconds"),
+                "convert_export": time.time() - t1,
+            },
+        }
+        write_json(out_dir / "qat.json", self.result)
+
+    def onnx_parity(self, converted, adapters: dict, exports: dict) -> dict[str, float]:
+        """ONNX Runtime int8 vs the converted torch model on a few training pairs: min cosine per modality."""
+        from edgeclip.zeroshot.modalities import onnx_sessions
+
+        sess = onnx_sessions(exports)
+        parity = {}
+        for m in self.p.ps.modalities:
+            x = normalize_modality(self.p.data.x[m][:16], self.p.specs[m])
+            ref = ModalityModel(converted, adapters.get(m))(x).detach()
+            got = torch.from_numpy(sess[m].run(None, {sess[m].get_inputs()[0].name: x.numpy()})[0])
+            parity[m] = float((F.normalize(ref, dim=-1) * F.normalize(got, dim=-1)).sum(-1).min())
+        return parity
+
+
 def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool = False) -> dict:
     """Stage 2: QAT (+ semi-hard triplet) from a stage-1 student; writes OUT/int8.onnx and OUT/qat.json."""
     from edgeclip.models.teachers import teacher_of
@@ -414,7 +553,6 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     if not cfg.student:
         raise EdgeClipError("QAT starts from a stage-1 student: give --student CHECKPOINT")
     fp, pre, ck = load_pair_student(cfg.student)
-    size = pre.size
     teacher = teacher_of(ck, f"student {cfg.student}", teacher or cfg.teacher)
     if cfg.triplet_weight < 0 or cfg.margin <= 0:
         raise EdgeClipError("triplet_weight must be >= 0 and margin > 0")
@@ -422,120 +560,9 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     check_weight_bits(cfg.weight_bits)
     # the stage-1 specs (scaling, adapter, normalisation) are kept unless overridden
     cfg.modality = {m: {**s.to_dict(), **cfg.modality.get(m, {})} for m, s in fp.specs.items()}
-    p = prepare_pairs(cfg, teacher, size, progress=progress)
-    temb = vocabulary_embeddings(p, teacher, cfg.labels, cfg.templates)
-    if p.pseudo is None:  # teacher zero-shot argmax of every pair's RGB (view 0)
-        p.pseudo = (p.targets[:, 0] @ temb.t()).argmax(1)
-    ctx = {"text_emb": temb, "logit_scale": teacher.logit_scale}  # for prompt-aware losses (prompt_kl, ...)
-    M, N = len(p.ps.modalities), len(p.data)
-    bank_labels = p.pseudo.repeat(M)
-    t0 = time.time()
-    reduce_range = resolve_reduce_range(cfg.reduce_range)
-    core = prepare_qat(
-        fp.student,
-        (8, 3, size, size),
-        reduce_range=reduce_range,
-        per_channel=cfg.per_channel,
-        weight_bits=cfg.weight_bits,
-        embed_dim=fp.student.embed_dim,
-    )
-    model = PairStudent(core, p.specs, p.ps.primary)
-    model.adapters = fp.adapters
-    prep_s = time.time() - t0
-    loss_fn = build_loss(cfg.loss)
-    state = {"bank": embedding_bank(model, p)}
-    stats = {"semi_hard": 0, "anchors": 0}
-    dataset = torch.utils.data.TensorDataset(torch.arange(N))
-
-    def step(m, batch):
-        idx = batch[0]
-        loss, embs, metrics = kd_terms(m, p, idx, loss_fn, cfg.weights, ctx)
-        if cfg.triplet_weight > 0:
-            anchors = torch.cat([embs[mm] for mm in p.ps.modalities])
-            lab = p.pseudo[idx.cpu()].repeat(M).to(anchors.device)
-            rows = torch.cat([idx.cpu() + j * N for j in range(M)])
-            excl = torch.zeros(len(rows), M * N, dtype=torch.bool)
-            excl[torch.arange(len(rows)), rows] = True
-            allowed = None
-            if cfg.same_modality:  # bank rows are modality-major: column c belongs to modality c // N
-                allowed = (rows // N)[:, None] == (torch.arange(M * N) // N)[None, :]
-            dev = anchors.device
-            tl, nv = semi_hard_triplet(
-                anchors,
-                lab,
-                state["bank"].to(dev),
-                bank_labels.to(dev),
-                cfg.margin,
-                excl.to(dev),
-                None if allowed is None else allowed.to(dev),
-                cfg.positive,
-                cfg.negative,
-                cfg.negatives,
-            )
-            loss = loss + cfg.triplet_weight * tl
-            metrics["triplet"] = tl.detach()
-            stats["semi_hard"] += nv
-            stats["anchors"] += len(rows)
-        return {"loss": loss, **metrics}
-
-    def refresh(m, epoch, rec):
-        state["bank"] = embedding_bank(m, p)  # the bank follows the model, once per epoch
-        return (
-            {"semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"])}
-            if cfg.triplet_weight > 0
-            else {}
-        )
-
-    tcfg = _train_cfg(cfg.train, cfg.seed)
-    out = Path(cfg.out)
-    hist = fit(tcfg, model, dataset, step, out, resume=resume, on_epoch_end=refresh, progress=progress)
-    t1 = time.time()
-    converted = convert_qat(core)
-    exports = export_int8_onnx(
-        converted,
-        dict(model.adapters),
-        p.ps.modalities,
-        out,
-        size,
-        _raw_channels(p),
-        stem=quant_stem(cfg.weight_bits),
-    )
-    # parity: ONNX Runtime int8 vs the converted torch model on a few training pairs
-    from edgeclip.zeroshot.modalities import onnx_sessions
-
-    sess = onnx_sessions(exports)
-    parity = {}
-    for m in p.ps.modalities:
-        x = normalize_modality(p.data.x[m][:16], p.specs[m])
-        ref = ModalityModel(converted, model.adapters[m] if m in model.adapters else None)(x).detach()
-        got = torch.from_numpy(sess[m].run(None, {sess[m].get_inputs()[0].name: x.numpy()})[0])
-        parity[m] = float((F.normalize(ref, dim=-1) * F.normalize(got, dim=-1)).sum(-1).min())
-    res = {
-        "format": "edgeclip-edgevl-qat/1",
-        "student": cfg.student,
-        "config": asdict(cfg),
-        "exports": exports,
-        "specs": {m: s.to_dict() for m, s in p.specs.items()},
-        "primary": p.ps.primary,
-        "img_size": size,
-        "teacher": teacher.describe(),
-        "data_info": p.info,
-        "history": hist["epochs"],
-        "reduce_range": reduce_range,
-        "per_channel": cfg.per_channel,
-        "weight_bits": cfg.weight_bits,
-        "semi_hard_fraction": stats["semi_hard"] / max(1, stats["anchors"])
-        if cfg.triplet_weight > 0
-        else None,
-        "onnx_min_cosine_vs_torch_int8": parity,
-        "seconds": {
-            "prepare": prep_s,
-            "train": hist.get("train_seconds"),
-            "convert_export": time.time() - t1,
-        },
-    }
-    write_json(out / "qat.json", res)
-    return res
+    task = QATTask(cfg, teacher, fp, pre.size, _train_cfg(cfg.train, cfg.seed), progress)
+    Trainer(task.train, cfg.out, resume=resume, progress=progress).fit(task)
+    return task.result
 
 
 def ptq_pairs(
