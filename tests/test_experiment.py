@@ -190,6 +190,16 @@ def test_an_edgevl_experiment_end_to_end(tmp_path, shapes, tiny_teacher):
                     "onnx": ["${ptq.result}", "${qat.result}"],
                 },
             },
+            {  # a validation split of the train folder: the 48 pairs a max_images: 48 run drew are left out
+                "name": "val",
+                "task": "edgevl-eval",
+                "set": {
+                    "data": str(shapes["train"]),
+                    "student": "${s1.student}",
+                    "onnx": {"int8_qat": "${qat.result}"},
+                    "exclude": {"max_images": 48, "seed": 0},
+                },
+            },
         ],
         "metrics": {
             "ptq_mono": "eval.ptq.mono.top1",
@@ -204,3 +214,127 @@ def test_an_edgevl_experiment_end_to_end(tmp_path, shapes, tiny_teacher):
         set(res["stages"]["eval"]) >= {"teacher", "fp32", "ptq", "qat"}
         and res["stages"]["curate"]["n_kept"] == 72
     )
+    val = res["stages"]["val"]
+    assert set(val) >= {"teacher", "fp32", "int8_qat"} and val["n"] == 144 - 48
+
+
+def test_extends_a_variant_is_a_few_lines(tmp_path):
+    """A variant file changes one setting of one task; `base` merges per key, other keys replace the parent's."""
+    parent = {
+        "name": "main",
+        "results": "r.json",
+        "workdir": "w",
+        "base": {
+            "distill": {"loss": "mse", "train": {"max_steps": 10, "lr": 0.1}},
+            "eval": {"batch_size": 8},
+        },
+        "stages": [{"name": "s", "task": "distill", "set": {"data": "d"}}],
+        "targets": [{"name": "t", "metric": "m", "op": ">=", "value": 1}],
+    }
+    (tmp_path / "main.yaml").write_text(yaml.safe_dump(parent))
+    child = {"extends": "main.yaml", "name": "v", "base": {"distill": {"train": {"lr": 0.5}}}, "targets": []}
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump(child))
+    exp = load_experiment(tmp_path / "v.yaml")
+    assert exp["name"] == "v" and exp["targets"] == [] and exp["base"]["eval"] == {"batch_size": 8}
+    cfg = stage_config(exp, exp["stages"][0])
+    assert cfg == {"loss": "mse", "train": {"max_steps": 10, "lr": 0.5}, "data": "d"}
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump({**child, "extends": "loop.yaml"}))
+    with pytest.raises(EdgeClipError, match="loops back"):
+        load_experiment(tmp_path / "loop.yaml")
+    (tmp_path / "gone.yaml").write_text(yaml.safe_dump({**child, "extends": "nothere.yaml"}))
+    with pytest.raises(EdgeClipError, match="not there"):
+        load_experiment(tmp_path / "gone.yaml")
+
+
+def test_captioner_and_bundle_experiments_end_to_end(tmp_path, shapes, tiny_teacher):
+    """The caption lab (train a / b, test scores, speed) and the bundle lab (export, accuracy, latency, serve
+    load test) as experiment files, on tiny data."""
+    root = Path(shapes["train"]).parent
+    lines, splits = [], {"train": [], "val": []}
+    for split, key in (("train", "train"), ("test", "val")):
+        for f in sorted((root / split).rglob("*.jpg")):
+            rel = str(f.relative_to(root))
+            lines += [f"{rel}, a {f.parent.name} shape .", f"{rel}, the {f.parent.name} shape"]
+            splits[key].append(rel)
+    caps = tmp_path / "captions.txt"
+    caps.write_text("\n".join(lines) + "\n")
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    small = {"img_size": 64, "embed": 32, "att_dim": 32}
+    exp = {
+        "name": "tiny_caption",
+        "results": str(tmp_path / "r.json"),
+        "workdir": str(tmp_path / "w"),
+        "base": {
+            "caption-train": {
+                "config": "caption_flickr8k",
+                "data": str(caps),
+                "images": str(root),
+                "model": small,
+                "vocab": {"min_count": 1, "max_len": 8},
+                "train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 2},
+                "captions_per_image": 2,
+                "val_max_images": 6,
+            },
+            "caption-eval": {"data": str(caps), "images": str(root), "split": "val", "beams": [2, 1]},
+            "caption-speed": {"data": str(caps), "images": str(root), "split": "val", "threads": 1},
+        },
+        "stages": [
+            {"name": "b", "task": "caption-train", "set": {"alpha": 0.0, "model.teacher_dim": 384}},
+            {"name": "a", "task": "caption-train", "set": {"alpha": 0.7, "teacher": tiny_teacher}},
+            {"name": "test_b", "task": "caption-eval", "set": {"captioner": "${b.captioner}"}},
+            {"name": "speed", "task": "caption-speed", "set": {"captioner": "${a.captioner}"}},
+        ],
+        "metrics": {
+            "b_cider": "test_b.beam2.metrics.CIDEr",
+            "params": "speed.cost.params.total",
+            "fps": "speed.throughput_cpu.beam5_batch1.images_per_s",
+        },
+        "targets": [{"name": "small", "metric": "params", "op": "<=", "value": 4_000_000}],
+    }
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(exp))
+    res = run_experiment(p, log=lambda s: None)
+    assert res["b_cider"] >= 0 and res["fps"] > 0 and res["targets"]["small"] is True
+    assert {"greedy", "beam2", "grounding"} <= set(res["stages"]["test_b"])
+    assert res["stages"]["a"]["curve"][0]["mse"] is not None  # run a distils from the teacher
+
+    from edgeclip.train.distill import DistillConfig, distill
+
+    student = tmp_path / "student"
+    distill(
+        DistillConfig(
+            teacher=tiny_teacher,
+            data=str(shapes["train"]),
+            out=str(student),
+            student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 64},
+            train={"epochs": 1, "batch_size": 32},
+        ),
+        progress=False,
+    )
+    bexp = {
+        "name": "tiny_bundle",
+        "results": str(tmp_path / "b.json"),
+        "workdir": str(tmp_path / "bw"),
+        "stages": [
+            {
+                "name": "bundle",
+                "task": "bundle",
+                "set": {
+                    "student": str(student / "student.pt"),
+                    "calib": str(shapes["train"]),
+                    "calib_images": 24,
+                    "eval_data": str(shapes["test"]),
+                    "quant": "static",
+                    "latency_sizes": [32],
+                    "threads": 1,
+                    "load_test": {"requests": 8, "concurrency": 2},
+                },
+            }
+        ],
+        "metrics": {"int8": "bundle.accuracy.bundle_int8", "load": "bundle.load_test"},
+    }
+    p = tmp_path / "b.yaml"
+    p.write_text(yaml.safe_dump(bexp))
+    res = run_experiment(p, log=lambda s: None)
+    assert 0 <= res["int8"] <= 1 and res["load"]["errors"] == 0 and res["load"]["requests"] == 8
+    assert set(res["stages"]["bundle"]["latency_batch1"]) == {"32px"}

@@ -36,11 +36,12 @@ from typing import Any
 from edgeclip.core.config import load_config, set_path
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import read_json, sha256_file, sha256_text, write_json
-from edgeclip.core.registry import Registry
+from edgeclip.lab.tasks import TASKS
 
 RESULT_FORMAT = "edgeclip-lab-result/1"
 STAGE_FORMAT = "edgeclip-lab-stage/1"
 KEYS = {
+    "extends",
     "name",
     "description",
     "results",
@@ -56,16 +57,13 @@ KEYS = {
 STAGE_KEYS = {"name", "task", "set"}
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
-# a task: (config dict, stage folder, context) -> JSON-able result dict
-TASKS: Registry[Callable[[dict, Path, dict], dict]] = Registry("lab task")
-
 
 # ----------------------------------------------------------------------------------------- the file
 def load_experiment(path: str | Path, overrides: list[str] | tuple = ()) -> dict[str, Any]:
     """Read and check an experiment file; ``overrides`` are ``key.sub=value`` strings (``--set``)."""
     from edgeclip.core.config import apply_overrides
 
-    exp = apply_overrides(load_config(path), overrides)
+    exp = apply_overrides(_with_parent(Path(path)), overrides)
     unknown = set(exp) - KEYS
     if unknown:
         raise EdgeClipError(f"{path}: unknown experiment keys {sorted(unknown)} (known: {sorted(KEYS)})")
@@ -85,6 +83,35 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple = ()) -> dict
             raise EdgeClipError(f"{path}: target {t.get('name')!r}: op must be one of {', '.join(OPS)}")
     exp["_path"] = str(path)
     return exp
+
+
+def _with_parent(path: Path, seen: tuple = ()) -> dict[str, Any]:
+    """The file's keys over those of the experiment it ``extends`` (a path relative to it): a variant is a
+    few lines. ``base`` merges per task and key (a variant changes one setting of one task); every other key,
+    ``stages`` included, replaces the parent's."""
+    exp = load_config(path)
+    parent = exp.pop("extends", None)
+    if not parent:
+        return exp
+    ppath = (path.parent / parent).resolve()
+    if ppath in seen:
+        raise EdgeClipError(f"{path}: `extends` loops back to {ppath}")
+    if not ppath.is_file():
+        raise EdgeClipError(f"{path}: extends {parent!r}, which is not there ({ppath})")
+    merged = _with_parent(ppath, (*seen, ppath))
+    base = copy.deepcopy(merged.get("base") or {})
+    for task, cfg in (exp.pop("base", None) or {}).items():
+        base[task] = _deep_merge(base.get(task) or {}, cfg or {})
+    merged.update(exp)
+    merged["base"] = base
+    return merged
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def stage_config(exp: dict, stage: dict) -> dict[str, Any]:
@@ -248,160 +275,3 @@ def _strings(obj: Any):
             yield from _strings(v)
     elif isinstance(obj, str):
         yield obj
-
-
-# -------------------------------------------------------------------------------------------- tasks
-def _minutes(history: dict) -> float:
-    return history.get("train_seconds", 0.0) / 60
-
-
-@TASKS.register("extract", help="unpack tar archives once: {archives: [...], into: DIR}")
-def _extract(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.data.sources import ensure_extracted
-
-    into = Path(cfg.get("into") or out)
-    for a in cfg.get("archives") or []:
-        if not Path(a).is_file():
-            raise EdgeClipError(
-                f"archive not found: {a} (is the shared data folder there? EDGECLIP_SHARED_DATA)"
-            )
-        ensure_extracted(Path(a), into)
-    return {"path": str(into)}
-
-
-@TASKS.register("reference-teacher", help="train the reference-lit teacher (train_reference arguments)")
-def _reference_teacher(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.train.reference import train_reference
-
-    cfg = dict(cfg)
-    hist = train_reference(cfg.pop("data"), out, resume=True, progress=False, **cfg)
-    return {
-        "teacher": f"reference-lit:{out / 'teacher.pt'}",
-        "epochs": len(hist["epochs"]),
-        "train_minutes": _minutes(hist),
-        "curve": [{k: e.get(k) for k in ("epoch", "loss", "acc", "val_top1")} for e in hist["epochs"]],
-    }
-
-
-@TASKS.register("cache", help="teacher-embedding cache: {teacher, data, views, batch_size}")
-def _cache(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.data.sources import open_source
-    from edgeclip.models.teachers import load_teacher
-    from edgeclip.train.cache import build_cache
-
-    s = build_cache(
-        open_source(cfg["data"]),
-        load_teacher(cfg["teacher"]),
-        out,
-        views=int(cfg.get("views", 1)),
-        batch_size=int(cfg.get("batch_size", 64)),
-        progress=False,
-    )
-    return {"cache": str(out), **s.as_dict()}
-
-
-@TASKS.register("distill", help="label-free distillation (DistillConfig keys)")
-def _distill(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.core.config import build_dataclass
-    from edgeclip.train.distill import DistillConfig, distill
-
-    dc = build_dataclass(DistillConfig, {**cfg, "out": str(out)})
-    hist = distill(dc, resume=True, progress=False)
-    return {
-        "student": str(out / "student.pt"),
-        "epochs": len(hist["epochs"]),
-        "train_minutes": _minutes(hist),
-        "curve": [{k: e.get(k) for k in ("epoch", "loss", "cos")} for e in hist["epochs"]],
-    }
-
-
-@TASKS.register(
-    "eval", help="zero-shot top-1/top-5 on an ImageFolder: {data, teacher, students: {role: ckpt}}"
-)
-def _eval(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.core.prompts import DEFAULT_TEMPLATES
-    from edgeclip.zeroshot.embedder import load_embedder
-    from edgeclip.zeroshot.evaluate import evaluate
-
-    teacher = cfg["teacher"]
-    students = {
-        role: load_embedder(teacher=teacher, student=ck) for role, ck in (cfg.get("students") or {}).items()
-    }
-    res = evaluate(
-        load_embedder(teacher=teacher),
-        students,
-        cfg["data"],
-        cfg.get("templates") or DEFAULT_TEMPLATES,
-        batch_size=int(cfg.get("batch_size", 256)),
-        max_images=int(cfg.get("max_images", 0)),
-    )
-    return {k: v for k, v in res.items() if k != "classes"}
-
-
-@TASKS.register(
-    "edgevl-curate", help="EdgeVL curation by teacher confidence (curate() arguments + data, derive)"
-)
-def _edgevl_curate(cfg: dict, out: Path, ctx: dict) -> dict:
-    import random
-
-    from edgeclip.data.pairs import open_pairs
-    from edgeclip.models.teachers import load_teacher
-    from edgeclip.train.curate import curate
-
-    cfg = dict(cfg)
-    ps = open_pairs(
-        cfg.pop("data"), cfg.pop("modalities", None), cfg.pop("primary", None), cfg.pop("derive", {})
-    )
-    n, seed = int(cfg.pop("max_images", 0)), int(cfg.pop("seed", 0))
-    if n and len(ps) > n:  # the seeded subset that PairDataConfig.max_images takes in the stages after it
-        ps = ps.subset(sorted(random.Random(seed).sample(range(len(ps)), n)))
-    res = curate(load_teacher(cfg.pop("teacher")), ps, out, plot=False, **cfg)
-    return {
-        "manifest": str(out / "manifest.json"),
-        **{k: v for k, v in res.items() if not isinstance(v, (list, dict))},
-    }
-
-
-@TASKS.register(
-    "edgevl-distill", help="EdgeVL stage 1: one student for RGB and the other modality (PairDistillConfig)"
-)
-def _edgevl_distill(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.core.config import build_dataclass
-    from edgeclip.train.pair import PairDistillConfig, distill_pairs
-
-    hist = distill_pairs(build_dataclass(PairDistillConfig, {**cfg, "out": str(out)}), resume=True)
-    return {
-        "student": str(out / "student.pt"),
-        "epochs": len(hist["epochs"]),
-        "train_minutes": _minutes(hist),
-    }
-
-
-@TASKS.register("edgevl-qat", help="EdgeVL stage 2: QAT (+ semi-hard triplet) to int8 ONNX (QATConfig)")
-def _edgevl_qat(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.core.config import build_dataclass
-    from edgeclip.train.pair import QATConfig, qat_pairs
-
-    qat_pairs(build_dataclass(QATConfig, {**cfg, "out": str(out)}), resume=True)
-    return {"result": str(out / "qat.json")}
-
-
-@TASKS.register("edgevl-ptq", help="ONNX Runtime static int8 of a stage-1 student: {student, data, ...}")
-def _edgevl_ptq(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.core.config import build_dataclass
-    from edgeclip.train.pair import PairDataConfig, ptq_pairs
-
-    cfg = dict(cfg)
-    student = cfg.pop("student")
-    opts = {k: cfg.pop(k) for k in ("calib_images", "per_channel", "method", "weight_bits") if k in cfg}
-    ptq_pairs(student, build_dataclass(PairDataConfig, {**cfg, "out": str(out)}), **opts)
-    return {"result": str(out / "ptq.json")}
-
-
-@TASKS.register(
-    "edgevl-eval", help="top-1 per modality: {data, student, onnx: [qat.json, ...], derive, classes}"
-)
-def _edgevl_eval(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.zeroshot.modalities import evaluate_pair_student
-
-    return evaluate_pair_student(**cfg)

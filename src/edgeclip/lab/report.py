@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -370,45 +371,18 @@ def _best_lab_metrics(fid: dict[str, Any], area: str, pattern: str) -> list[tupl
     return out
 
 
-def build_report(
-    bench_json: str | Path, out_dir: str | Path, results_dir: str | Path | None = None
-) -> dict[str, str]:
-    """Write ``out_dir/index.html``, ``out_dir/report.md`` and the plots; returns their paths."""
-    from edgeclip.lab.fidelity import collect_lab_results
+@dataclass
+class _ReportInput:
+    bench: dict[str, Any]
+    fid: dict[str, Any]
+    out: Path
 
-    bp = Path(bench_json)
-    if not bp.is_file():
-        raise EdgeClipError(f"bench results not found: {bp} (run `edgeclip bench --out {bp.parent}` first)")
-    try:
-        bench = read_json(bp)
-    except json.JSONDecodeError as e:
-        raise EdgeClipError(f"{bp} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    if not isinstance(bench, dict) or bench.get("kind") != "edgeclip-bench/1":
-        raise EdgeClipError(
-            f"{bp} is not an edgeclip bench result (kind: {bench.get('kind') if isinstance(bench, dict) else '?'})"
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fid = collect_lab_results(
-        results_dir or bp.parent
-    )  # re-read: lab results that landed since the bench run
-    secs = bench.get("sections", {})
-    m = bench.get("machine", {})
-    doc = Doc("edgeclip benchmark: what the student gains and what it loses")
-    doc.p(
-        f"Run {bench.get('date')} ({bench.get('mode')} mode) on {m.get('cpu_model', m.get('processor', '?'))}, "
-        f"{m.get('cpu_count')} logical CPUs, {bench.get('threads')} torch/ORT thread(s); torch {m.get('torch')}, "
-        f"onnxruntime {m.get('onnxruntime')}, timm {m.get('timm')}, open_clip {m.get('open_clip')}. "
-        f"Budget: {_f(bench.get('budget', {}).get('minutes'), 1)} minutes on "
-        f"{bench.get('budget', {}).get('device', 'cpu')}. "
-        f"Load average at start / end: {_load(bench.get('load_average_start'))} / "
-        f"{_load(bench.get('load_average_end'))}: "
-        "the CPU is shared with other jobs, so absolute timings are noisy; ratios come from the same run."
-    )
-    if bench.get("skipped"):
-        doc.p("Not measured in this run: " + "; ".join(f"{k}: {v}" for k, v in bench["skipped"].items()))
 
-    # ---- headline
+def _section_headline(doc: Doc, r: _ReportInput) -> None:
+    """Headline."""
+    secs = r.bench.get("sections", {})
+    acc = r.bench.get("sections", {}).get("accuracy")
+    sp = r.bench.get("sections", {}).get("speed", {})
     doc.h("Summary")
     rows = []
     acc = secs.get("accuracy")
@@ -448,7 +422,12 @@ def build_report(
         )
     doc.table(["what", "measured"], rows or [["(nothing measured yet)", "-"]])
 
-    # ---- Pareto
+
+def _section_pareto(doc: Doc, r: _ReportInput) -> None:
+    """Pareto."""
+    bench = r.bench
+    out = r.out
+    acc = r.bench.get("sections", {}).get("accuracy")
     doc.h("Accuracy vs latency (Pareto)")
     pts = pareto_points(bench)
     if pts:
@@ -469,7 +448,11 @@ def build_report(
             "run `edgeclip bench --teacher SPEC --student student.pt --data TEST_IMAGEFOLDER`."
         )
 
-    # ---- speed
+
+def _section_speed(doc: Doc, r: _ReportInput) -> None:
+    """Speed."""
+    out = r.out
+    sp = r.bench.get("sections", {}).get("speed", {})
     doc.h(f"Speed and size at {sp.get('img_size', 224)} px" if sp else "Speed and size")
     if sp:
         models = [x for x in sp.get("models", []) if "error" not in x]
@@ -561,7 +544,10 @@ def build_report(
                 ],
             )
 
-    # ---- accuracy detail + samples
+
+def _section_accuracy(doc: Doc, r: _ReportInput) -> None:
+    """Accuracy detail + samples."""
+    acc = r.bench.get("sections", {}).get("accuracy")
     if acc:
         doc.h("Zero-shot accuracy of the given models")
         rws = [["teacher", acc.get("teacher_top1"), acc.get("teacher_top5"), None, None]]
@@ -590,7 +576,11 @@ def build_report(
                 ],
             )
 
-    # ---- training cost
+
+def _section_training_cost(doc: Doc, r: _ReportInput) -> None:
+    """Training cost."""
+    secs = r.bench.get("sections", {})
+    tc = secs.get("train_cost", {}).get("runs", {})
     doc.h("Training cost: cached teacher vs teacher run online")
     if tc:
         doc.table(
@@ -633,7 +623,10 @@ def build_report(
     else:
         doc.p("not measured in this run")
 
-    # ---- lab results of the other parts
+
+def _section_lab_results(doc: Doc, r: _ReportInput) -> None:
+    """Lab results of the other parts."""
+    fid = r.fid
     doc.h("Fidelity: lab results of the other parts of the project")
     for area, entry in fid.get("areas", {}).items():
         doc.h(f"{area}: {entry['measures']}", 3)
@@ -663,7 +656,12 @@ def build_report(
     if fid.get("other"):
         doc.p("Other results files: " + ", ".join(o["file"] for o in fid["other"]))
 
-    # ---- curves
+
+def _section_curves(doc: Doc, r: _ReportInput) -> None:
+    """Curves."""
+    bench = r.bench
+    fid = r.fid
+    out = r.out
     doc.h("Training curves")
     curves = _curves(bench, fid)
     plot_curves(curves, out / "curves.png")
@@ -673,7 +671,10 @@ def build_report(
     else:
         doc.p("No training history found yet (lab runs write history.json beside their checkpoints).")
 
-    # ---- energy
+
+def _section_energy(doc: Doc, r: _ReportInput) -> None:
+    """Energy."""
+    secs = r.bench.get("sections", {})
     en = secs.get("energy")
     doc.h("Energy per image")
     if en:
@@ -713,7 +714,11 @@ def build_report(
     else:
         doc.p("not measured in this run")
 
-    # ---- GPU
+
+def _section_gpu(doc: Doc, r: _ReportInput) -> None:
+    """GPU."""
+    bench = r.bench
+    secs = r.bench.get("sections", {})
     doc.h("GPU throughput")
     g = secs.get("gpu")
     if g:
@@ -748,13 +753,73 @@ def build_report(
     else:
         doc.p(bench.get("skipped", {}).get("gpu", "not measured"))
 
-    # ---- published numbers
+
+def _section_published_numbers(doc: Doc, r: _ReportInput) -> None:
+    """Published numbers."""
+    bench = r.bench
+    fid = r.fid
     doc.h("Published numbers of the seed systems, beside ours")
     prow = []
     for p in PUBLISHED:
         ours = _ours_for(p["compare"], bench, fid)
         prow.append([p["system"], p["published"], ours, p["data"], p["source"]])
     doc.table(["system", "published", "ours (this project, measured)", "difference in data", "source"], prow)
+
+
+SECTIONS = [
+    _section_headline,
+    _section_pareto,
+    _section_speed,
+    _section_accuracy,
+    _section_training_cost,
+    _section_lab_results,
+    _section_curves,
+    _section_energy,
+    _section_gpu,
+    _section_published_numbers,
+]  # the page, in order
+
+
+def build_report(
+    bench_json: str | Path, out_dir: str | Path, results_dir: str | Path | None = None
+) -> dict[str, str]:
+    """Write ``out_dir/index.html``, ``out_dir/report.md`` and the plots; returns their paths."""
+    from edgeclip.lab.fidelity import collect_lab_results
+
+    bp = Path(bench_json)
+    if not bp.is_file():
+        raise EdgeClipError(f"bench results not found: {bp} (run `edgeclip bench --out {bp.parent}` first)")
+    try:
+        bench = read_json(bp)
+    except json.JSONDecodeError as e:
+        raise EdgeClipError(f"{bp} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(bench, dict) or bench.get("kind") != "edgeclip-bench/1":
+        raise EdgeClipError(
+            f"{bp} is not an edgeclip bench result (kind: {bench.get('kind') if isinstance(bench, dict) else '?'})"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fid = collect_lab_results(
+        results_dir or bp.parent
+    )  # re-read: lab results that landed since the bench run
+    m = bench.get("machine", {})
+    doc = Doc("edgeclip benchmark: what the student gains and what it loses")
+    doc.p(
+        f"Run {bench.get('date')} ({bench.get('mode')} mode) on {m.get('cpu_model', m.get('processor', '?'))}, "
+        f"{m.get('cpu_count')} logical CPUs, {bench.get('threads')} torch/ORT thread(s); torch {m.get('torch')}, "
+        f"onnxruntime {m.get('onnxruntime')}, timm {m.get('timm')}, open_clip {m.get('open_clip')}. "
+        f"Budget: {_f(bench.get('budget', {}).get('minutes'), 1)} minutes on "
+        f"{bench.get('budget', {}).get('device', 'cpu')}. "
+        f"Load average at start / end: {_load(bench.get('load_average_start'))} / "
+        f"{_load(bench.get('load_average_end'))}: "
+        "the CPU is shared with other jobs, so absolute timings are noisy; ratios come from the same run."
+    )
+    if bench.get("skipped"):
+        doc.p("Not measured in this run: " + "; ".join(f"{k}: {v}" for k, v in bench["skipped"].items()))
+
+    r = _ReportInput(bench, fid, out)
+    for section in SECTIONS:
+        section(doc, r)
 
     md = doc.markdown()
     with atomic_path(out / "report.md") as tmp:

@@ -156,15 +156,19 @@ def evaluate_pairs(
 def evaluate_pair_student(
     data: str,
     student: str,
-    onnx: Sequence[str] = (),
+    onnx: Sequence[str] | dict[str, str] = (),
     derive: dict | None = None,
     modalities: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     max_images: int = 0,
+    seed: int = 0,
+    exclude: dict | None = None,
 ) -> dict:
     """Top-1 per modality on labelled paired data: the teacher (recorded by the student) on RGB, the stage-1
-    student fp32 and each int8 export (qat.json / ptq.json) on every modality."""
+    student fp32 and each int8 export (qat.json / ptq.json; a list is named by file stem, a dict by its keys)
+    on every modality. ``max_images``: a seeded sample. ``exclude: {max_images: N, seed: S}`` leaves out the
+    N pairs a training run with those settings drew from the same folder: a validation split of a train folder."""
     import random
 
     from edgeclip.data.pairs import open_pairs, preload_pairs
@@ -174,12 +178,24 @@ def evaluate_pair_student(
     model, pre, ck = load_pair_student(student)
     teacher = teacher_of(ck, f"student {student}")
     ps = open_pairs(data, list(modalities) if modalities else None, model.primary, dict(derive or {}))
-    if max_images and len(ps) > max_images:
-        ps = ps.subset(sorted(random.Random(0).sample(range(len(ps)), max_images)))
+    keep = list(range(len(ps)))
+    if exclude:
+        n_ex = int(exclude.get("max_images", 0))
+        if n_ex <= 0 or n_ex >= len(ps):
+            raise EdgeClipError(f"exclude.max_images must be in 1..{len(ps) - 1}, got {n_ex}")
+        drawn = set(random.Random(int(exclude.get("seed", 0))).sample(range(len(ps)), n_ex))
+        keep = [i for i in keep if i not in drawn]
+    if max_images and len(keep) > max_images:
+        keep = sorted(random.Random(seed).sample(keep, max_images))
+    if len(keep) < len(ps):
+        ps = ps.subset(keep)
     if not ps.classes:
         raise EdgeClipError(f"{data}: evaluation needs class sub-folders to know the true labels")
     d = preload_pairs(ps, model.specs, pre.size)
-    models = {"fp32": torch_embedder(model), **{Path(p).stem: exported_embedder(p) for p in onnx}}
+    named = dict(onnx) if isinstance(onnx, dict) else {Path(p).stem: p for p in onnx}
+    if not isinstance(onnx, dict) and len(named) < len(onnx):
+        raise EdgeClipError("two int8 exports share a file name: name them ({name: qat.json, ...})")
+    models = {"fp32": torch_embedder(model), **{k: exported_embedder(p) for k, p in named.items()}}
     res = evaluate_pairs(
         d,
         ps.classes,

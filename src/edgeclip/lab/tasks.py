@@ -1,0 +1,346 @@
+"""The lab's tasks: what one experiment stage runs (``edgeclip lab tasks`` lists them).
+
+A task is ``(config dict, stage folder, context) -> JSON-able result dict``; its config is the experiment's base
+config for the task overridden by the stage's ``set``. Tasks are thin: each hands its config to one library or
+training call and returns the figures the experiment's metrics point at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.registry import Registry
+
+TASKS: Registry[Callable[[dict, Path, dict], dict]] = Registry("lab task")
+
+
+def _minutes(history: dict) -> float:
+    return history.get("train_seconds", 0.0) / 60
+
+
+@TASKS.register("extract", help="unpack tar archives once: {archives: [...], into: DIR}")
+def _extract(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.data.sources import ensure_extracted
+
+    into = Path(cfg.get("into") or out)
+    for a in cfg.get("archives") or []:
+        if not Path(a).is_file():
+            raise EdgeClipError(
+                f"archive not found: {a} (is the shared data folder there? EDGECLIP_SHARED_DATA)"
+            )
+        ensure_extracted(Path(a), into)
+    return {"path": str(into)}
+
+
+@TASKS.register("reference-teacher", help="train the reference-lit teacher (train_reference arguments)")
+def _reference_teacher(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.train.reference import train_reference
+
+    cfg = dict(cfg)
+    hist = train_reference(cfg.pop("data"), out, resume=True, progress=False, **cfg)
+    return {
+        "teacher": f"reference-lit:{out / 'teacher.pt'}",
+        "epochs": len(hist["epochs"]),
+        "train_minutes": _minutes(hist),
+        "curve": [{k: e.get(k) for k in ("epoch", "loss", "acc", "val_top1")} for e in hist["epochs"]],
+    }
+
+
+@TASKS.register("cache", help="teacher-embedding cache: {teacher, data, views, batch_size}")
+def _cache(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.data.sources import open_source
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.cache import build_cache
+
+    s = build_cache(
+        open_source(cfg["data"]),
+        load_teacher(cfg["teacher"]),
+        out,
+        views=int(cfg.get("views", 1)),
+        batch_size=int(cfg.get("batch_size", 64)),
+        progress=False,
+    )
+    return {"cache": str(out), **s.as_dict()}
+
+
+@TASKS.register("distill", help="label-free distillation (DistillConfig keys)")
+def _distill(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.core.config import build_dataclass
+    from edgeclip.train.distill import DistillConfig, distill
+
+    dc = build_dataclass(DistillConfig, {**cfg, "out": str(out)})
+    hist = distill(dc, resume=True, progress=False)
+    return {
+        "student": str(out / "student.pt"),
+        "epochs": len(hist["epochs"]),
+        "train_minutes": _minutes(hist),
+        "curve": [{k: e.get(k) for k in ("epoch", "loss", "cos")} for e in hist["epochs"]],
+    }
+
+
+@TASKS.register(
+    "eval", help="zero-shot top-1/top-5 on an ImageFolder: {data, teacher, students: {role: ckpt}}"
+)
+def _eval(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.core.prompts import DEFAULT_TEMPLATES
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.evaluate import evaluate
+
+    teacher = cfg["teacher"]
+    students = {
+        role: load_embedder(teacher=teacher, student=ck) for role, ck in (cfg.get("students") or {}).items()
+    }
+    res = evaluate(
+        load_embedder(teacher=teacher),
+        students,
+        cfg["data"],
+        cfg.get("templates") or DEFAULT_TEMPLATES,
+        batch_size=int(cfg.get("batch_size", 256)),
+        max_images=int(cfg.get("max_images", 0)),
+    )
+    return {k: v for k, v in res.items() if k != "classes"}
+
+
+@TASKS.register(
+    "edgevl-curate", help="EdgeVL curation by teacher confidence (curate() arguments + data, derive)"
+)
+def _edgevl_curate(cfg: dict, out: Path, ctx: dict) -> dict:
+    import random
+
+    from edgeclip.data.pairs import open_pairs
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.curate import curate
+
+    cfg = dict(cfg)
+    ps = open_pairs(
+        cfg.pop("data"), cfg.pop("modalities", None), cfg.pop("primary", None), cfg.pop("derive", {})
+    )
+    n, seed = int(cfg.pop("max_images", 0)), int(cfg.pop("seed", 0))
+    if n and len(ps) > n:  # the seeded subset that PairDataConfig.max_images takes in the stages after it
+        ps = ps.subset(sorted(random.Random(seed).sample(range(len(ps)), n)))
+    res = curate(load_teacher(cfg.pop("teacher")), ps, out, plot=False, **cfg)
+    return {
+        "manifest": str(out / "manifest.json"),
+        **{k: v for k, v in res.items() if not isinstance(v, (list, dict))},
+    }
+
+
+@TASKS.register(
+    "edgevl-distill", help="EdgeVL stage 1: one student for RGB and the other modality (PairDistillConfig)"
+)
+def _edgevl_distill(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.core.config import build_dataclass
+    from edgeclip.train.pair import PairDistillConfig, distill_pairs
+
+    hist = distill_pairs(build_dataclass(PairDistillConfig, {**cfg, "out": str(out)}), resume=True)
+    return {
+        "student": str(out / "student.pt"),
+        "epochs": len(hist["epochs"]),
+        "train_minutes": _minutes(hist),
+    }
+
+
+@TASKS.register("edgevl-qat", help="EdgeVL stage 2: QAT (+ semi-hard triplet) to int8 ONNX (QATConfig)")
+def _edgevl_qat(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.core.config import build_dataclass
+    from edgeclip.train.pair import QATConfig, qat_pairs
+
+    qat_pairs(build_dataclass(QATConfig, {**cfg, "out": str(out)}), resume=True)
+    return {"result": str(out / "qat.json")}
+
+
+@TASKS.register("edgevl-ptq", help="ONNX Runtime static int8 of a stage-1 student: {student, data, ...}")
+def _edgevl_ptq(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.core.config import build_dataclass
+    from edgeclip.train.pair import PairDataConfig, ptq_pairs
+
+    cfg = dict(cfg)
+    student = cfg.pop("student")
+    opts = {k: cfg.pop(k) for k in ("calib_images", "per_channel", "method", "weight_bits") if k in cfg}
+    ptq_pairs(student, build_dataclass(PairDataConfig, {**cfg, "out": str(out)}), **opts)
+    return {"result": str(out / "ptq.json")}
+
+
+@TASKS.register(
+    "edgevl-eval", help="top-1 per modality: {data, student, onnx: [qat.json, ...], derive, classes}"
+)
+def _edgevl_eval(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.zeroshot.modalities import evaluate_pair_student
+
+    return evaluate_pair_student(**cfg)
+
+
+# --------------------------------------------------------------------------------------- edge bundle
+@TASKS.register(
+    "bundle",
+    help="edge bundle of a student (export_bundle arguments: student, labels or data, calib, eval_data, ...) "
+    "+ batch-1 latency (latency_sizes) and a loopback load test of `edgeclip serve` (load_test: {requests, "
+    "concurrency})",
+)
+def _bundle(cfg: dict, out: Path, ctx: dict) -> dict:
+    import torch
+
+    from edgeclip.core.prompts import class_names
+    from edgeclip.data.sources import open_source
+    from edgeclip.export.bundle import export_bundle, ort_latency_ms
+    from edgeclip.models import load_student
+    from edgeclip.models.stats import latency_ms
+
+    cfg = dict(cfg)
+    sizes, threads = cfg.pop("latency_sizes", [224]), int(cfg.pop("threads", 2))
+    load = cfg.pop("load_test", {"requests": 200, "concurrency": 16})
+    student = cfg.pop("student")
+    labels = cfg.pop("labels", None) or class_names(open_source(cfg["eval_data"]).classes)
+    folder = out / "bundle"
+    man = export_bundle(student, folder, labels, overwrite=True, **cfg)
+    st, pp, _ = load_student(student)
+    latency = {}
+    for size in sorted({*map(int, sizes), pp.size}):
+        x = torch.randn(1, 3, size, size)
+        with torch.no_grad():
+            lt = latency_ms(lambda x=x: st(x), warmup=5, reps=30)
+        lf = ort_latency_ms(folder / "model.onnx", size, threads=threads)
+        l8 = ort_latency_ms(folder / "model.int8.onnx", size, threads=threads)
+        latency[f"{size}px"] = {
+            "torch_fp32_ms": lt["median_ms"],
+            "bundle_fp32_ms": lf["median_ms"],
+            "bundle_int8_ms": l8["median_ms"],
+        }
+    res = {
+        "bundle": str(folder),
+        "accuracy": man.get("accuracy"),
+        "parity": man["parity"],
+        "sizes_bytes": {k: v["bytes"] for k, v in man["files"].items()},
+        "latency_batch1": latency,
+        "threads": threads,
+    }
+    if load and man.get("accuracy"):
+        res["load_test"] = _load_test(folder, cfg["eval_data"], threads, **load)
+    return res
+
+
+def _load_test(folder: Path, data: str, threads: int, requests: int = 200, concurrency: int = 16) -> dict:
+    from edgeclip.data.sources import open_source
+    from edgeclip.serve.app import create_app
+    from edgeclip.serve.loadtest import load_test, running_server
+
+    image = Path(open_source(data).records[0].path).read_bytes()
+    with running_server(create_app(folder, threads=threads)) as url:
+        r = load_test(url, image, requests=requests, concurrency=concurrency)
+    return {k: r[k] for k in ("requests", "concurrency", "errors", "p50_ms", "p95_ms", "requests_per_s")}
+
+
+# ----------------------------------------------------------------------------------------- captioner
+@TASKS.register(
+    "caption-train", help="train a captioner: CaptionTrainConfig keys (config: a shipped config name as base)"
+)
+def _caption_train(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.core.config import build_dataclass, load_config
+    from edgeclip.train.caption import CaptionTrainConfig, train_captioner
+
+    cfg = dict(cfg)
+    base = load_config(cfg.pop("config")) if cfg.get("config") else {}
+    for k, v in cfg.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    hist = train_captioner(
+        build_dataclass(CaptionTrainConfig, {**base, "out": str(out)}), resume=True, progress=False
+    )
+    return {
+        "captioner": str(out / "captioner.pt"),
+        "selected_epoch": hist["best"].get("best_epoch"),
+        "val_cider_selected": hist["best"].get("best"),
+        "epochs_run": len(hist["epochs"]),
+        "stopped_early_at": hist.get("stopped_early_at"),
+        "train_minutes": _minutes(hist),
+        "params": hist.get("params"),
+        "data": hist.get("data", {}).get("train"),
+        "curve": [{k: e.get(k) for k in ("epoch", "loss", "ce", "mse", "val_cider")} for e in hist["epochs"]],
+    }
+
+
+def _caption_set(cfg: dict):
+    from edgeclip.data.captions import load_captions
+
+    cs = load_captions(cfg["data"], cfg.get("images"), cfg.get("split", "test"), cfg.get("splits"))
+    if cfg.get("max_images"):
+        cs.items = cs.items[: int(cfg["max_images"])]
+    return cs
+
+
+@TASKS.register(
+    "caption-eval",
+    help="caption a split and score it (BLEU/METEOR/ROUGE-L/CIDEr): {captioner, data, images, split, beams, "
+    "samples} + how much the decoder uses the image (grounding)",
+)
+def _caption_eval(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.models.captioner import load_captioner
+    from edgeclip.train.caption import evaluate_captioner, image_grounding
+
+    model, pp, ck = load_captioner(cfg["captioner"])
+    cs = _caption_set(cfg)
+    res: dict = {"n_images": len(cs.items), "selected_epoch": (ck.get("extra") or {}).get("epoch")}
+    for beam in cfg.get("beams", [5, 1]):
+        ev = evaluate_captioner(
+            model,
+            pp,
+            cs,
+            beam=int(beam),
+            max_len=int(cfg.get("max_len", 20)),
+            samples=int(cfg.get("samples", 15)),
+        )
+        key = "greedy" if int(beam) == 1 else f"beam{beam}"
+        res[key] = {k: v for k, v in ev.items() if k != "captions"}
+        res[key]["distinct_captions"] = len(set(ev["captions"].values()))
+    if cfg.get("grounding", True):
+        res["grounding"] = image_grounding(model, pp, cs)
+    return res
+
+
+@TASKS.register(
+    "caption-speed",
+    help="captioner images/s end to end (greedy / beam 5, batch 1 / 32) and its params / GFLOPs: {captioner} "
+    "or, for the worst case (untrained weights decode max_len steps), {config, data} with seeded random weights",
+)
+def _caption_speed(cfg: dict, out: Path, ctx: dict) -> dict:
+    import torch
+
+    from edgeclip.data.memory import preload
+    from edgeclip.lab.speed import caption_throughput, captioner_cost
+
+    if cfg.get("captioner"):
+        from edgeclip.models.captioner import load_captioner
+
+        model, pp, _ = load_captioner(cfg["captioner"])
+        weights = "trained"
+    else:
+        model, pp = _random_captioner(cfg)
+        weights = "seeded random (every caption decodes max_len steps: the worst case)"
+    cs = _caption_set({**cfg, "max_images": 32})
+    x, _, _ = preload([it.record() for it in cs.items], pp.size, progress=False)
+    with torch.no_grad():
+        res = caption_throughput(model.eval(), x, pp, threads=int(cfg.get("threads", 2)))
+    return {
+        "weights": weights,
+        "throughput_cpu": res,
+        "cost": captioner_cost(model),
+        "vocab_size": len(model.vocab),
+    }
+
+
+def _random_captioner(cfg: dict):
+    import torch
+
+    from edgeclip.core.config import load_config
+    from edgeclip.data.captions import load_captions
+    from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
+    from edgeclip.data.vocab import Vocab
+    from edgeclip.models.captioner import build_captioner
+
+    c = load_config(cfg["config"])
+    train = load_captions(cfg["data"], cfg.get("images"), c.get("train_split", "train"), cfg.get("splits"))
+    vocab = Vocab.build(train.all_captions(), min_count=int(c["vocab"]["min_count"]))
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    model = build_captioner(vocab, c["model"])
+    return model, Preprocess(size=model.cfg.img_size, mean=CLIP_MEAN, std=CLIP_STD)
