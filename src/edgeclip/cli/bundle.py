@@ -35,6 +35,10 @@ def export_cmd(
     ),
     eval_images: int = typer.Option(0, help="evaluate on a random subset of this size (0: all)"),
     overwrite: bool = typer.Option(False, help="replace an existing bundle at --out"),
+    text_encoder: bool = typer.Option(
+        False,
+        help="also bundle the teacher's text tower (ONNX fp32 + int8, tokenizer): new labels without torch",
+    ),
 ):
     """Export a student to a bundle: ONNX fp32 + int8, labels.json, preprocess.json, manifest, model card."""
     from edgeclip.export.bundle import export_bundle
@@ -53,6 +57,7 @@ def export_cmd(
         eval_data=eval_data,
         eval_images=eval_images,
         overwrite=overwrite,
+        text_encoder=text_encoder,
         log=lambda s: typer.echo(s, err=True),
     )
     summary = {
@@ -64,6 +69,9 @@ def export_cmd(
     }
     if "accuracy" in man:
         summary["accuracy"] = man["accuracy"]
+    if "text" in man:
+        tx = man["text"]
+        summary["text_tower"] = {"default": tx["default"], "bytes": tx["bytes"], "parity": tx["parity"]}
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -80,7 +88,7 @@ def serve_cmd(
     ),
     topk: int = typer.Option(5, help="default number of labels shown"),
     teacher: str | None = typer.Option(
-        None, help="teacher spec: lets the page add free-text labels (needs torch)"
+        None, help="teacher spec: free-text labels for a bundle without its text tower (needs torch)"
     ),
     token: str | None = typer.Option(
         None, envvar="EDGECLIP_SERVE_TOKEN", help="token for label edits (default: a new one, printed)"

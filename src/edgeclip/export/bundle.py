@@ -192,6 +192,31 @@ def _model_card(m: dict[str, Any]) -> str:
             f"{q.get('calibration_images', 0)} images): top-1 agreement with fp32 {p['top1_agreement']:.3f}, "
             f"mean embedding cosine {p['mean_cosine']:.4f} on {p['n']} hold-out images"
         )
+    if m.get("text"):
+        tx = m["text"]
+        b = tx["bytes"]
+        par = tx["parity"]
+        added = sum(b.values()) + tx.get("tokenizer_bytes", 0)
+        lines += [
+            "",
+            "## Text tower (new labels on the device)",
+            f"- {tx['kind']}: fp32 {b['fp32']:,} bytes"
+            + (f", int8 {b['int8']:,} bytes" if "int8" in b else "")
+            + f", tokenizer {tx.get('tokenizer_bytes', 0):,} bytes: {added / 1e6:.1f} MB added to the bundle",
+            f"- tokenizer: identical token ids to the teacher's on {tx['token_parity']['n']} texts",
+            f"- fp32 vs torch: min cosine {par['fp32']['min_cosine']:.5f} on {par['fp32']['n_texts']} texts",
+        ]
+        if "int8" in par:
+            z = par["int8"].get("zero_shot_agreement")
+            lines.append(
+                f"- int8: min cosine {par['int8']['min_cosine']:.4f}"
+                + (
+                    f", zero-shot agreement with torch {z:.3f} on {par['int8']['zero_shot_images']} images"
+                    if z is not None
+                    else ""
+                )
+            )
+        lines.append(f"- the runtime uses {tx['default']} by default (int8 only where it agrees on >= 99 %)")
     lines += ["", "## Latency (batch 1, ONNX Runtime, 1 thread, this machine)"]
     for k, v in m.get("latency_ms", {}).items():
         lines.append(f"- {k}: {v:.2f} ms")
@@ -231,9 +256,12 @@ def export_bundle(
     overwrite: bool = False,
     seed: int = 0,
     opset: int = 17,
+    text_encoder: bool = False,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """Build a bundle folder at ``out``; returns its manifest (parity, sizes, latency, accuracy)."""
+    """Build a bundle folder at ``out``; returns its manifest (parity, sizes, latency, accuracy).
+    ``text_encoder``: also bundle the teacher's text tower (fp32 + int8 ONNX and its tokenizer), so that the
+    torch-free runtime embeds labels it has never seen (see :mod:`edgeclip.export.text`)."""
     import torch
 
     from edgeclip.core.env import machine_info
@@ -336,6 +364,7 @@ def export_bundle(
                 "output": "unnormalised embedding; L2-normalise",
             },
         )
+        text_cfg = _bundle_text_tower(t, tmp, labels, templates, x_hold, log) if text_encoder else None
         latency = {k: ort_latency_ms(tmp / f, pp.size)["median_ms"] for k, f in models.items()}
         extra = ck.get("extra") or {}
         dcfg = extra.get("distill_config") or {}
@@ -363,6 +392,7 @@ def export_bundle(
             "latency_ms": latency,
             "latency_setup": {"batch": 1, "threads": 1, "size": pp.size},
             "calibration_skipped": len(skipped),
+            **({"text": text_cfg} if text_cfg else {}),
             "versions": {**_versions(), "opset": opset},
             "machine": machine_info(),
         }
@@ -395,6 +425,26 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp)
     return manifest
+
+
+def _bundle_text_tower(teacher, folder: Path, labels, templates, x_hold: np.ndarray, log) -> dict[str, Any]:
+    """The teacher's text tower into the bundle, its int8 zero-shot agreement measured on the hold-out images
+    (their fp32 bundle embeddings, ranked over the bundle's labels)."""
+    from edgeclip.export.text import export_text_tower
+    from edgeclip.runtime.session import ort_session, run_batched
+
+    img = run_batched(ort_session(folder / MODEL_FP32), x_hold)
+
+    def classifier(encode):
+        per_t = []
+        for tpl in templates:
+            e = np.asarray(encode([tpl.format(lb) for lb in labels]), dtype=np.float32)
+            per_t.append(e / np.linalg.norm(e, axis=1, keepdims=True))
+        m = np.mean(per_t, axis=0)
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+    prompts = [tpl.format(lb) for tpl in templates for lb in labels]
+    return export_text_tower(teacher, folder, prompts, img, classifier if len(labels) > 1 else None, log=log)
 
 
 def _finish(folder: Path, manifest: dict[str, Any]) -> None:

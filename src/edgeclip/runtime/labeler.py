@@ -6,6 +6,7 @@ lab.label("cat.jpg")                        # [{'label': 'cat', 'score': 0.93, '
 lab.label_batch(["a.jpg", "b.png"], topk=3)
 lab.add_labels(["zebra"], zebra_embedding)  # precomputed teacher text embeddings (L, D)
 lab.set_labels(["cat", "dog"])              # keep a subset of the bundle's labels
+lab.set_labels(["a dog running on grass"])  # any new text, with a bundle exported with --text-encoder
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from edgeclip.runtime.bundle import (
     read_manifest,
 )
 from edgeclip.runtime.preprocess import NumpyPreprocess
+from edgeclip.runtime.text import TextTower, has_text_tower
 
 ImageInput = str | os.PathLike | bytes | io.BytesIO | Image.Image
 
@@ -50,7 +52,8 @@ class Labeler:
     """A loaded labeler bundle: image(s) -> normalised embeddings -> top-k labels.
 
     ``precision``: auto (int8 when present) | fp32 | int8. ``threads``: ONNX Runtime intra-op threads.
-    ``verify``: check every file against the manifest's sha256 before loading.
+    ``verify``: check every file against the manifest's sha256 before loading. ``text_precision``: the bundled
+    text tower's (auto: the export's measured choice); it is loaded on first use.
     """
 
     kind = "labeler"
@@ -61,8 +64,11 @@ class Labeler:
         precision: str = "auto",
         threads: int | None = None,
         verify: bool = True,
+        text_precision: str = "auto",
     ):
         self.root = Path(path)
+        self.text_precision = text_precision
+        self._text: TextTower | None = None
         self.manifest = read_manifest(self.root, verify=verify)
         if self.manifest.get("kind", "labeler") != self.kind:
             raise BundleError(
@@ -96,22 +102,53 @@ class Labeler:
         out = self.session.run(None, {self.input_name: x})[0]
         return _normalise(np.asarray(out, dtype=np.float32), "model output")
 
+    # ------------------------------------------------------------------ text
+    @property
+    def has_text_tower(self) -> bool:
+        return has_text_tower(self.root)
+
+    @property
+    def text_tower(self) -> TextTower:
+        """The bundle's text tower (BundleError when it was exported without ``--text-encoder``)."""
+        if self._text is None:
+            self._text = TextTower(self.root, self.text_precision, self.threads)
+            if self._text.embed_dim and self._text.embed_dim != self.embed_dim:
+                raise BundleError(
+                    f"the bundle's text tower gives {self._text.embed_dim}-d embeddings, its image model "
+                    f"{self.embed_dim}-d"
+                )
+        return self._text
+
+    def embed_labels(self, names: Sequence[str]) -> np.ndarray:
+        """(L, D) embeddings of any label texts, with the bundled text tower and the bundle's prompt templates."""
+        return self.text_tower.classifier(clean_labels(names), self.bundle_labels.templates)
+
     # ------------------------------------------------------------------ labels
     @property
     def label_names(self) -> list[str]:
         return list(self.labels.names)
 
     def set_labels(self, names: Sequence[str], embeddings: np.ndarray | None = None) -> None:
-        """Replace the active labels: known names (the bundle's or added ones), or new names with embeddings (L, D)."""
+        """Replace the active labels: known names (the bundle's or added ones), new names with embeddings (L, D),
+        or, with a bundled text tower, any new text (embedded here, on the device)."""
         names = clean_labels(names)
         if embeddings is not None:
             self._remember(self._checked(names, embeddings))
+        else:
+            new = [n for n in names if n not in set(self.known.names)]
+            if new and self.has_text_tower:
+                self._remember(self._checked(new, self.embed_labels(new)))
         self.labels = self.known.subset(names)
 
-    def add_labels(self, names: Sequence[str], embeddings: np.ndarray, replace: bool = False) -> None:
-        """Add labels from precomputed teacher text embeddings (L, D). A label the bundle was exported with keeps
-        its embedding unless ``replace``; all labels together stay under MAX_LABELS."""
+    def add_labels(
+        self, names: Sequence[str], embeddings: np.ndarray | None = None, replace: bool = False
+    ) -> None:
+        """Add labels from precomputed teacher text embeddings (L, D), or (``embeddings`` None) from the bundled
+        text tower. A label the bundle was exported with keeps its embedding unless ``replace``; all labels
+        together stay under MAX_LABELS."""
         names = clean_labels(names)
+        if embeddings is None:
+            embeddings = self.embed_labels(names)
         shipped = [n for n in names if n in set(self.bundle_labels.names)]
         if shipped and not replace:
             raise EdgeClipError(
@@ -188,4 +225,5 @@ class Labeler:
             "teacher": m.get("teacher", {}).get("id"),
             "student": m.get("student", {}).get("arch"),
             "threads": self.threads,
+            "text_tower": self.text_tower.describe() if self.has_text_tower else None,
         }

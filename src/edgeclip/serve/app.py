@@ -141,6 +141,8 @@ def create_app(
     """Load the bundle (hashes verified) and build the app. ``text_encoder``: names -> (L, D) teacher text
     embeddings, to let the page add labels the bundle has no embedding for (needs the teacher and torch)."""
     model = load_bundle(bundle, precision=precision, threads=threads)
+    if text_encoder is None and getattr(model, "has_text_tower", False):
+        text_encoder = model.embed_labels  # the bundled text tower: free-text labels without torch
     lock = threading.Lock()
     app = FastAPI(title="edgeclip", version="1", docs_url="/docs", redoc_url=None)
     app.state.model = model
@@ -307,8 +309,8 @@ def create_app(
                     raise ApiError(
                         400,
                         f"no embedding for {', '.join(map(repr, unknown[:5]))}: this server has no text "
-                        "encoder (start it with --teacher SPEC), or add precomputed embeddings via "
-                        "POST /api/labels/embeddings",
+                        "encoder (export the bundle with --text-encoder, or start it with --teacher SPEC), "
+                        "or add precomputed embeddings via POST /api/labels/embeddings",
                     )
                 try:
                     model.add_labels(unknown, np.asarray(text_encoder(unknown), dtype=np.float32))

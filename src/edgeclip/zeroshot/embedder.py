@@ -94,7 +94,8 @@ class _BundleTeacher:
 
 
 class BundleEmbedder:
-    """An edge bundle (ONNX Runtime, numpy): its label embeddings were made by the teacher at export time."""
+    """An edge bundle (ONNX Runtime, numpy): its label embeddings were made by the teacher at export time; a
+    bundle exported with ``--text-encoder`` embeds new texts itself."""
 
     def __init__(self, labeler):
         self.labeler = labeler
@@ -109,17 +110,25 @@ class BundleEmbedder:
         return unit(self.labeler.embed(images))
 
     def text(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-        """The bundle's precomputed embeddings of ``labels``; they were made with the bundle's templates."""
-        have = self.labeler.known.templates
+        """The bundle's precomputed embeddings of ``labels`` (made with the bundle's templates); with a bundled
+        text tower, any other labels or templates are embedded on the device."""
+        lab, have = self.labeler, self.labeler.known.templates
+        known = set(lab.known.names)
+        if lab.has_text_tower and (any(x not in known for x in labels) or list(templates) != list(have)):
+            return unit(lab.text_tower.classifier(list(labels), list(templates)))
         if have and list(templates) != list(have):
             raise EdgeClipError(
                 f"this bundle's label embeddings were computed with the templates {have}, not "
                 f"{list(templates)}: pass --template for each of those, or re-export the bundle"
             )
-        return unit(self.labeler.known.subset(list(labels)).embeddings)
+        return unit(lab.known.subset(list(labels)).embeddings)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        raise EdgeClipError("this bundle has no text tower: retrieval needs --teacher or --student")
+        if self.labeler.has_text_tower:
+            return self.labeler.text_tower.embed(list(texts))
+        raise EdgeClipError(
+            "this bundle has no text tower (export it with --text-encoder): retrieval needs --teacher or --student"
+        )
 
 
 def load_embedder(

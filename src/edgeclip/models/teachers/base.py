@@ -14,6 +14,23 @@ from edgeclip.core.errors import EdgeClipError
 
 
 @dataclass
+class TextExport:
+    """What a bundle needs to run a teacher's text tower without torch (``edgeclip export --text-encoder``).
+
+    ``module``: (input_ids (B, T) int64, attention_mask (B, T) int64) -> (B, D) unnormalised text embeddings,
+    exactly the teacher's ``encode_text``; ``tokenizer``: a ``tokenizers.Tokenizer`` with the teacher's
+    truncation and padding set, so that it gives the teacher tokenizer's ids token for token; ``reference``:
+    the teacher's own tokenizer (texts -> {"input_ids", "attention_mask"} tensors), to check that claim;
+    ``kind``: what the tower is (recorded in the bundle).
+    """
+
+    module: nn.Module
+    tokenizer: Any
+    reference: Callable[[Sequence[str]], dict[str, torch.Tensor]]
+    kind: str
+
+
+@dataclass
 class Teacher:
     """A CLIP-style teacher: image encoder, text encoder + tokenizer, preprocessing, embed dim, logit scale.
 
@@ -34,6 +51,7 @@ class Teacher:
     std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711)
     extra: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    text_export: Callable[[], TextExport] | None = None  # None: this teacher's text tower cannot be exported
 
     def to(self, device: str) -> Teacher:
         self.image_encoder.to(device)

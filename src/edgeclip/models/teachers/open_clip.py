@@ -115,6 +115,7 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
         mean=tuple(mean),
         std=tuple(std),
         device=device,
+        text_export=lambda: _text_export(model, tokenizer),
     )
 
 
@@ -128,6 +129,51 @@ class _ImageTower(torch.nn.Module):
 
     def forward(self, x):
         return self.clip.encode_image(x)
+
+
+def _text_export(clip, tokenizer):
+    """open_clip's text tower on (input_ids, attention_mask) and a ``tokenizers`` twin of its tokenizer: CLIP's
+    byte-level BPE built from open_clip's own vocabulary and merges (``SimpleTokenizer``), or the fast tokenizer
+    inside an ``HFTokenizer``; padded to the fixed context length as open_clip pads."""
+    from edgeclip.models.teachers.base import TextExport
+    from edgeclip.models.teachers.minilm import backend_tokenizer
+
+    n = int(getattr(tokenizer, "context_length", 77))
+    if hasattr(tokenizer, "bpe_ranks") and hasattr(tokenizer, "encoder"):
+        from transformers import CLIPTokenizerFast
+
+        dec = tokenizer.decoder
+        sot, eot = dec[tokenizer.sot_token_id], dec[tokenizer.eot_token_id]
+        merges = [pair for pair, _ in sorted(tokenizer.bpe_ranks.items(), key=lambda kv: kv[1])]
+        fast = CLIPTokenizerFast(
+            vocab=dict(tokenizer.encoder),
+            merges=merges,
+            bos_token=sot,
+            eos_token=eot,
+            unk_token=eot,
+            pad_token=eot,
+        )
+        fast.pad_token_id = 0  # open_clip pads with id 0
+        bt = backend_tokenizer(fast, n, pad_to=n)
+        bt.enable_padding(length=n, pad_id=0, pad_token=eot)
+    elif getattr(tokenizer, "tokenizer", None) is not None:
+        bt = backend_tokenizer(tokenizer.tokenizer, n, pad_to=n)
+    else:
+        raise EdgeClipError(f"open_clip's {type(tokenizer).__name__} has no tokenizers form to export")
+
+    def reference(texts):  # open_clip has no attention mask (its tower pools at the end-of-text token)
+        return {"input_ids": tokenizer(list(texts))}
+
+    return TextExport(_TextIds(clip), bt, reference, "open_clip")
+
+
+class _TextIds(torch.nn.Module):
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, input_ids, attention_mask):
+        return self.clip.encode_text(input_ids)
 
 
 class _TextTower(torch.nn.Module):

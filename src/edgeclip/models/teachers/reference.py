@@ -81,4 +81,5 @@ def load_reference(spec: str, device: str = "cpu") -> Teacher:
         std=pp.std,
         extra={"info": ck.get("info", {}), "arch": tower.arch},
         device=device,
+        text_export=text.text_export,
     )
