@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import numpy as np
@@ -296,3 +297,46 @@ def test_a_stalled_body_is_cut_off(tb):
         reply = reply.decode(errors="replace")
         s.close()
         assert reply.startswith("HTTP/1.1 408") and "stalled for 1 s" in reply and time.time() - t0 < 8
+
+
+def test_a_label_from_example_images(server, tb):
+    """POST /api/labels/examples: the token, one-line errors for a non-image, then the label ranks first for its
+    own example."""
+    img = tb["images"][5]
+    with httpx.Client(base_url=server, timeout=60) as anon:
+        r = anon.post(
+            "/api/labels/examples", data={"name": "like five"}, files={"file": (img.name, img.read_bytes())}
+        )
+        assert r.status_code in (401, 403) and "token" in r.json()["error"]
+    with httpx.Client(base_url=server, timeout=60, headers={"X-Edgeclip-Token": TOKEN}) as c:
+        r = c.post("/api/labels/examples", data={"name": "bad"}, files={"file": ("x.jpg", b"not an image")})
+        assert r.status_code == 415 and "\n" not in r.json()["error"]
+        files = [("file", (img.name, img.read_bytes())), ("file", (img.name, img.read_bytes()))]
+        r = c.post("/api/labels/examples", data={"name": "  like   five "}, files=files)
+        assert r.status_code == 200 and r.json()["added"] == "like five" and r.json()["examples"] == 2
+        top = c.post("/label", files={"file": (img.name, img.read_bytes())}).json()["labels"][0]
+        assert top["label"] == "like five" and top["cosine"] > 0.999
+        c.put("/api/labels", json={"labels": SHAPE_LABELS})
+
+
+def test_cli_label_with_example_images(tb, tmp_path, capsys):
+    from edgeclip.cli import main
+
+    a, b = tb["images"][1], tb["images"][2]
+    main(
+        [
+            "label",
+            str(a),
+            "--bundle",
+            str(tb["bundle"]),
+            "--labels",
+            SHAPE_LABELS[0],
+            "--example",
+            f"mine={a},{b}",
+        ]
+    )
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert set(row["labels"]) == {SHAPE_LABELS[0], "mine"}
+    with pytest.raises(SystemExit) as e:
+        main(["label", str(a), "--bundle", str(tb["bundle"]), "--example", "mine"])
+    assert e.value.code == 2 and "LABEL=image1.jpg" in capsys.readouterr().err

@@ -110,3 +110,30 @@ def test_non_image_upload_shows_the_error(site, browser, tmp_path):
         assert page.locator("#results li").count() == 0
     finally:
         page.close()
+
+
+def test_more_like_this_adds_a_label_from_the_shown_image(site, browser):
+    """The page's "more like this": the shown image becomes the example of a new label, which then ranks first
+    for that same image (its own embedding is the label's)."""
+    tb, url = site
+    img = tb["images"][3]
+    page = browser.new_page()
+    try:
+        page.goto(url + "/#token=page-token")
+        page.wait_for_function("document.body.dataset.state === 'ready'")
+        page.set_input_files("#file", str(img))
+        page.wait_for_function("document.body.dataset.state === 'labeled'")
+        assert page.is_visible("#more-like-this")
+        page.fill("#like-name", "my shape")
+        page.click("#more-like-this")
+        page.wait_for_function("document.querySelector('#labels-status').textContent.includes('my shape')")
+        page.wait_for_function(
+            "document.querySelector('#results .label-name') && "
+            "document.querySelector('#results .label-name').textContent === 'my shape'"
+        )
+        assert "my shape" in httpx.get(f"{url}/api/labels").json()["labels"]
+    finally:
+        page.close()
+        httpx.put(
+            f"{url}/api/labels", json={"labels": SHAPE_LABELS}, headers={"X-Edgeclip-Token": "page-token"}
+        )

@@ -117,7 +117,12 @@ def distill_cmd(
 @app.command("label")
 def label_cmd(
     images: list[str] = typer.Argument(..., help="image files, folders, a list/CSV, or tar shards"),
-    labels: str = typer.Option(..., help="'cat,dog,car' or @labels.txt"),
+    labels: str = typer.Option(
+        "", help="'cat,dog,car' or @labels.txt (any text with a --text-encoder bundle)"
+    ),
+    example: list[str] = typer.Option(
+        [], help="a label from example images: 'my truck=ex1.jpg,ex2.jpg' (repeatable; query by example)"
+    ),
     template: list[str] = typer.Option(
         list(DEFAULT_TEMPLATES), help="prompt template(s) (ensemble when repeated)"
     ),
@@ -134,11 +139,12 @@ def label_cmd(
     threads: int | None = typer.Option(None, help="bundle runtime threads (default: ONNX Runtime's)"),
 ):
     """Label images with any text prompts (open vocabulary) using a teacher, a student or a bundle."""
-    from edgeclip.core.prompts import parse_labels
+    from edgeclip.core.prompts import parse_examples, parse_labels
     from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.label import label_images, read_boxes
 
-    labs = parse_labels(labels)
+    examples = parse_examples(example)
+    labs = parse_labels(labels) if labels or not examples else []
     src = _images_source(images)
     box_map = read_boxes(boxes) if boxes else None
     stats: dict = {}
@@ -160,6 +166,7 @@ def label_cmd(
         boxes=box_map,
         batch_size=batch_size,
         stats=stats,
+        examples=examples,
     )
     n = 0
     if out is None:

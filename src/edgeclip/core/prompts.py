@@ -65,6 +65,30 @@ def parse_labels(labels: str | Sequence[str] | None) -> list[str]:
     return clean_labels(labels)
 
 
+MAX_EXAMPLES = 64  # example images per label
+
+
+def parse_examples(specs: Sequence[str] | None) -> dict[str, list[str]]:
+    """``["my truck=ex1.jpg,ex2.jpg", ...]`` -> {label: [image paths]}: a label made from example images (a query by
+    example). Paths must exist; a label may be given once."""
+    out: dict[str, list[str]] = {}
+    for spec in specs or []:
+        name, sep, files = str(spec).partition("=")
+        name = " ".join(name.split())
+        paths = [f.strip() for f in files.split(",") if f.strip()]
+        if not sep or not name or not paths:
+            raise EdgeClipError(f"--example {spec!r}: expected 'LABEL=image1.jpg,image2.jpg'")
+        if name in out:
+            raise EdgeClipError(f"--example: label {name!r} is given twice")
+        if len(paths) > MAX_EXAMPLES:
+            raise EdgeClipError(f"--example {name!r}: at most {MAX_EXAMPLES} images, got {len(paths)}")
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise EdgeClipError(f"--example {name!r}: image not found: {missing[0]}")
+        out[name] = paths
+    return out
+
+
 def class_names(classes: Sequence[str]) -> list[str]:
     """ImageFolder class folders as prompt words (``pickup_truck`` -> ``pickup truck``)."""
     return [c.replace("_", " ") for c in classes]

@@ -130,6 +130,12 @@ def _normalise(a: np.ndarray, what: str) -> np.ndarray:
     return (a / n).astype(np.float32)
 
 
+def prototype(embeddings: np.ndarray) -> np.ndarray:
+    """A label made from example images: the normalised mean of their normalised embeddings, (D,)."""
+    e = _normalise(np.asarray(embeddings, dtype=np.float32), "example embeddings")
+    return _normalise(e.mean(0, keepdims=True), "example prototype")[0]
+
+
 def read_labels(path: str | os.PathLike) -> LabelSet:
     path = Path(path)
     d = _read_json(path)

@@ -7,6 +7,7 @@ lab.label_batch(["a.jpg", "b.png"], topk=3)
 lab.add_labels(["zebra"], zebra_embedding)  # precomputed teacher text embeddings (L, D)
 lab.set_labels(["cat", "dog"])              # keep a subset of the bundle's labels
 lab.set_labels(["a dog running on grass"])  # any new text, with a bundle exported with --text-encoder
+lab.add_examples("my truck", ["ex1.jpg", "ex2.jpg"])   # a label from example images (query by example)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from edgeclip.runtime.bundle import (
     make_session,
     model_output_dim,
     pick_model,
+    prototype,
     read_labels,
     read_manifest,
 )
@@ -161,6 +163,13 @@ class Labeler:
         new = self._checked(names, embeddings)
         self._remember(new)
         self.labels = self.known.subset([n for n in self.labels.names if n not in new.names] + new.names)
+
+    def add_examples(self, name: str, images: Sequence[ImageInput], replace: bool = False) -> None:
+        """A label from one or more example images (a query by example): the normalised mean of this model's
+        embeddings of them. It joins the active labels."""
+        if not len(images):
+            raise EdgeClipError(f"label {name!r}: no example images")
+        self.add_labels([name], prototype(self.embed(images))[None], replace=replace)
 
     def _remember(self, new: LabelSet) -> None:
         keep = [i for i, n in enumerate(self.known.names) if n not in set(new.names)]

@@ -9,6 +9,8 @@ Endpoints::
     GET  /api/labels        active and known labels
     PUT  /api/labels        {"labels": [...]}: set the active labels (known ones; new ones need a text encoder)
     POST /api/labels/embeddings   {"labels": [...], "embeddings": [[...]]}: add labels from precomputed embeddings
+    POST /api/labels/examples     multipart ``name`` + ``file`` (repeatable): a label from example images
+                                  ("more like this": the normalised mean of their embeddings)
 
 Every error is JSON ``{"error": "..."}`` with a 4xx status (5xx only for a real server fault); a bad
 request never takes the server down. Uses only the torch-free runtime unless a text encoder is given.
@@ -318,6 +320,25 @@ def create_app(
                     raise ApiError(400, str(e)) from None
             model.set_labels(names)
         return {"labels": model.label_names}
+
+    @app.post("/api/labels/examples")
+    def add_examples(
+        request: Request,
+        name: str = Form(...),
+        file: list[UploadFile] = File(...),
+        replace: bool = Form(False),
+    ):
+        _need_labels()
+        _may_edit(request)
+        if len(file) > 16:
+            raise ApiError(422, f"at most 16 example images per label, got {len(file)}")
+        images = [_decode(_read_upload(f), f.filename) for f in file]
+        with lock:
+            try:
+                model.add_examples(name, images, replace=replace)
+            except EdgeClipError as e:
+                raise ApiError(400, str(e)) from None
+        return {"labels": model.label_names, "added": " ".join(name.split()), "examples": len(images)}
 
     @app.post("/api/labels/embeddings")
     def add_embeddings(body: EmbeddingsIn, request: Request):

@@ -71,13 +71,15 @@ def label_images(
     boxes: dict | None = None,
     batch_size: int = 32,
     stats: dict | None = None,
+    examples: dict[str, list] | None = None,
 ) -> Iterator[dict]:
-    """Yield one row per image (or region): image, region, labels, scores (softmax), cosines."""
+    """Yield one row per image (or region): image, region, labels, scores (softmax), cosines. ``examples``:
+    {label: example images}, labels made from images (queries by example) beside the text labels."""
     if topk < 1:
         raise EdgeClipError(f"topk must be >= 1, got {topk}")
     if grid < 0 or grid > 16:
         raise EdgeClipError(f"grid must be between 0 and 16 cells a side, got {grid}")
-    temb = embedder.text(labels, templates)
+    labels, temb = classifier(embedder, labels, templates, examples)
     scale = float(getattr(embedder.teacher, "logit_scale", 100.0))
     k = max(1, min(topk, len(labels)))
     stats = stats if stats is not None else {}
@@ -97,6 +99,44 @@ def label_images(
         if len(pending) >= batch_size:
             yield from _emit(pending, embedder, temb, scale, k, labels)
     yield from _emit(pending, embedder, temb, scale, k, labels)
+
+
+def example_embeddings(embedder: Embedder, examples: dict[str, list]) -> np.ndarray:
+    """(E, D): per label, the prototype of its example images as ``embedder`` embeds them."""
+    from edgeclip.core.images import load_image
+    from edgeclip.runtime.bundle import prototype
+
+    rows = []
+    for name, srcs in examples.items():
+        if not srcs:
+            raise EdgeClipError(f"label {name!r}: no example images")
+        try:
+            imgs = [s if hasattr(s, "convert") else load_image(s) for s in srcs]
+        except ImageLoadError as e:
+            raise EdgeClipError(f"example image of {name!r}: {e}") from None
+        rows.append(prototype(embedder.embed(imgs)))
+    return np.stack(rows)
+
+
+def classifier(
+    embedder: Embedder,
+    labels: Sequence[str],
+    templates: Sequence[str],
+    examples: dict[str, list] | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """Label names and their (L, D) embeddings: the text labels' from the embedder's text side, then the example
+    labels' prototypes."""
+    labels = list(labels)
+    parts = [np.asarray(embedder.text(labels, templates), dtype=np.float32)] if labels else []
+    if examples:
+        clash = [n for n in examples if n in labels]
+        if clash:
+            raise EdgeClipError(f"{clash[0]!r} is both a text label and an example label")
+        parts.append(example_embeddings(embedder, examples))
+        labels += list(examples)
+    if not labels:
+        raise EdgeClipError("no labels: give --labels and/or --example LABEL=images")
+    return labels, np.concatenate(parts)
 
 
 def _emit(pending, embedder, temb, scale, k, labels):

@@ -79,6 +79,7 @@ async function labelFile(file) {
     const res = await api("/label", { method: "POST", body: form });
     renderResults(res.labels);
     $("timing").textContent = `${res.model} · ${res.ms} ms`;
+    $("like-row").hidden = false;
     document.body.dataset.state = "labeled";
   } catch (err) {
     $("results").replaceChildren();
@@ -121,6 +122,27 @@ async function applyLabels(names) {
   }
 }
 
+// "more like this": the shown image becomes the example of a new label (its embedding, on the server)
+async function moreLikeThis() {
+  if (!lastFile) return;
+  const name = $("like-name").value.trim() || `like ${lastFile.name || "this image"}`;
+  const form = new FormData();
+  form.append("name", name);
+  form.append("file", lastFile, lastFile.name || "upload");
+  try {
+    const res = await api("/api/labels/examples", {
+      method: "POST", headers: { "X-Edgeclip-Token": token }, body: form,
+    });
+    $("labels").value = res.labels.join("\n");
+    $("labels-status").textContent = `${res.labels.length} labels active (added "${res.added}" from an example)`;
+    const known = await api("/api/labels");
+    renderKnown(known.known);
+    await labelFile(lastFile);
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
 async function init() {
   const info = await api("/api/info");
   if (!info.labels && info.caption) {
@@ -137,7 +159,7 @@ async function init() {
   $("labels").value = info.labels.join("\n");
   $("labels-status").textContent = `${info.labels.length} labels active`;
   $("free-text-note").textContent = info.can_add_free_text_labels
-    ? "or are embedded by the server's text encoder" : "(this server has no text encoder)";
+    ? "or are embedded by the server's text encoder (any text)" : "(this server has no text encoder)";
   renderKnown(info.known_labels);
   document.body.dataset.state = "ready";
 }
@@ -153,6 +175,7 @@ drop.addEventListener("drop", (e) => {
 });
 drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
 $("topk").addEventListener("change", () => { if (lastFile) labelFile(lastFile); });
+$("more-like-this").addEventListener("click", moreLikeThis);
 $("apply-labels").addEventListener("click", () => applyLabels(parseLabels($("labels").value)));
 $("reset-labels").addEventListener("click", async () => {
   const info = await api("/api/info");
