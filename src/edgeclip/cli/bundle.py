@@ -146,3 +146,39 @@ def _text_encoder(bundle: Path, spec: str):
         raise EdgeClipError(f"--teacher {spec} is {t.id}, but the bundle's labels come from {want}")
     templates = man.get("templates") or list(DEFAULT_TEMPLATES)
     return lambda names: text_embeddings(t, names, templates).numpy()
+
+
+@app.command("watch")
+def watch_cmd(
+    source: str = typer.Argument(
+        ..., help="a video file, a frame folder, /dev/videoN or an rtsp:// / http:// stream"
+    ),
+    bundle: Path = typer.Option(..., help="an exported bundle (with --text-encoder for free-text queries)"),
+    rules: Path = typer.Option(..., help="rules YAML: queries, thresholds, durations, cooldowns, caps"),
+    out: Path = typer.Option(Path("watch_out"), help="events.jsonl, kept frames, state.json, summary.json"),
+    resume: bool = typer.Option(False, help="a file source: go on after the last labeled frame"),
+    max_frames: int = typer.Option(0, help="stop after this many labeled frames (0: the whole source)"),
+    precision: str = typer.Option("auto", help="bundle model: auto | fp32 | int8"),
+    threads: int | None = typer.Option(2, help="ONNX Runtime threads"),
+    follow: bool = typer.Option(False, help="a frame folder: keep watching for new files"),
+    folder_fps: float = typer.Option(10.0, help="a frame folder: frames per second (time stamps)"),
+    progress: bool = typer.Option(True, help="a live progress line (fps, latency, events)"),
+):
+    """Label a video / camera / frame folder in real time and keep the frames that match the rules (no torch)."""
+    from edgeclip.runtime import load_bundle
+    from edgeclip.runtime.sources import open_source
+    from edgeclip.runtime.watch import load_rules, watch
+
+    r = load_rules(rules)
+    src = open_source(source, fps=folder_fps, follow=follow)
+    summary = watch(
+        src,
+        load_bundle(bundle, precision=precision, threads=threads),
+        r,
+        out,
+        resume,
+        max_frames,
+        progress,
+        log=lambda s: typer.echo(s, err=True),
+    )
+    typer.echo(json.dumps(summary, indent=2))

@@ -22,6 +22,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # EDGECLIP_MAX_PIXELS or max_pixels=. A JPEG over the budget is decoded at 1/2, 1/4 or 1/8 scale (draft).
 DEFAULT_MAX_PIXELS = 40_000_000
 
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
+
 
 def max_pixels() -> int:
     v = os.environ.get("EDGECLIP_MAX_PIXELS")

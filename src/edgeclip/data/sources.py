@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeclip.core.errors import EdgeClipError
-from edgeclip.core.images import load_image
+from edgeclip.core.images import (
+    IMAGE_EXTS,  # noqa: E402  (re-exported: one list of image suffixes)
+    load_image,
+)
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
 WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm")
 
 

@@ -1,0 +1,492 @@
+"""``edgeclip watch SOURCE --bundle DIR --rules rules.yaml``: label a video, camera or frame folder in real time and
+keep the frames that match, on the device (numpy + Pillow + ONNX Runtime + PyAV; no torch).
+
+A rules file::
+
+    sample: {fps: 5}            # or {every: 3}: every 3rd frame; default: every frame
+    batch: 8                    # frames per model call
+    smoothing: 0.5              # EMA weight of the newest frame's score (1: no smoothing)
+    score: softmax              # softmax over every query + background (default) | cosine
+    scale: 100                  # the softmax's logit scale (default: the teacher's)
+    background: ["an empty road", "a street"]   # what the scene shows when no rule matches
+    keep: {max_frames: 500, max_bytes: 200000000, quality: 90}   # over all events
+    rules:
+      - name: truck
+        query: "a truck"                 # any text (a bundle with --text-encoder) or a bundle label
+        threshold: 0.6                   # on the smoothed score
+        min_duration: 1.0                # seconds above the threshold before the event fires
+        cooldown: 5.0                    # seconds after an event before the rule fires again
+        max_frames: 20                   # frames kept per event
+      - name: my_truck
+        examples: [ex1.jpg, ex2.jpg]     # query by example
+        threshold: 0.8
+
+Output folder: ``events.jsonl`` (one line per event start / kept frame / event end, with scores),
+``frames/RULE_EVENT_FRAME.jpg``, ``state.json`` (where a file source resumes) and ``summary.json``. Memory is
+bounded by the pre-roll ring buffer (the frames of the ``min_duration`` window, kept when the event fires) and disk
+by ``keep``'s caps. Ctrl-C ends cleanly: open events are closed and the summary written.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.io import atomic_path, write_json
+from edgeclip.runtime.bundle import LabelSet, prototype
+from edgeclip.runtime.sources import Frame, Source, SourceError, open_source
+
+STATE_FORMAT = "edgeclip-watch-state/1"
+RULE_KEYS = {"name", "query", "examples", "threshold", "min_duration", "cooldown", "max_frames"}
+FILE_KEYS = {"sample", "batch", "smoothing", "score", "scale", "background", "keep", "rules"}
+
+
+# ------------------------------------------------------------------------------------------ the rules file
+@dataclass
+class Rule:
+    name: str
+    query: str | None = None
+    examples: list[str] = field(default_factory=list)
+    threshold: float = 0.5
+    min_duration: float = 0.0
+    cooldown: float = 0.0
+    max_frames: int = 20
+
+
+@dataclass
+class Rules:
+    rules: list[Rule]
+    every: int = 1
+    fps: float | None = None
+    batch: int = 8
+    smoothing: float = 0.5
+    score: str = "softmax"
+    scale: float | None = None
+    background: list[str] = field(default_factory=list)
+    max_frames: int = 500
+    max_bytes: int = 200_000_000
+    quality: int = 90
+
+
+def load_rules(path: str | os.PathLike | dict) -> Rules:
+    """Read and check a rules file (YAML or JSON, or a dict); every problem is one line naming the key."""
+    import yaml
+
+    if isinstance(path, dict):
+        d, where = path, "rules"
+    else:
+        where = str(path)
+        try:
+            d = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise EdgeClipError(f"rules file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise EdgeClipError(f"{path} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("rules"), list) or not d["rules"]:
+        raise EdgeClipError(f"{where}: needs `rules:`, a list of {{name, query or examples, threshold, ...}}")
+    bad = set(d) - FILE_KEYS
+    if bad:
+        raise EdgeClipError(f"{where}: unknown keys {sorted(bad)} (known: {sorted(FILE_KEYS)})")
+    rules, names = [], set()
+    for i, r in enumerate(d["rules"]):
+        if not isinstance(r, dict) or not r.get("name"):
+            raise EdgeClipError(f"{where}: rule {i + 1} needs a name")
+        if set(r) - RULE_KEYS:
+            raise EdgeClipError(f"{where}: rule {r['name']!r}: unknown keys {sorted(set(r) - RULE_KEYS)}")
+        if bool(r.get("query")) == bool(r.get("examples")):
+            raise EdgeClipError(
+                f"{where}: rule {r['name']!r} needs exactly one of `query` (text) and `examples`"
+            )
+        if r["name"] in names:
+            raise EdgeClipError(f"{where}: two rules are called {r['name']!r}")
+        names.add(r["name"])
+        base = Path(where).parent if not isinstance(path, dict) else Path(".")
+        ex = [str(p if Path(p).is_absolute() else base / p) for p in (r.get("examples") or [])]
+        rule = Rule(
+            str(r["name"]),
+            r.get("query"),
+            ex,
+            *(
+                _num(r, k, d0, where)
+                for k, d0 in (("threshold", 0.5), ("min_duration", 0.0), ("cooldown", 0.0))
+            ),
+        )
+        rule.max_frames = int(_num(r, "max_frames", 20, where))
+        if rule.max_frames < 0 or rule.min_duration < 0 or rule.cooldown < 0:
+            raise EdgeClipError(
+                f"{where}: rule {rule.name!r}: max_frames, min_duration and cooldown must be >= 0"
+            )
+        rules.append(rule)
+    sample = d.get("sample") or {}
+    if set(sample) - {"fps", "every"}:
+        raise EdgeClipError(f"{where}: sample takes fps or every")
+    keep = d.get("keep") or {}
+    if set(keep) - {"max_frames", "max_bytes", "quality"}:
+        raise EdgeClipError(f"{where}: keep takes max_frames, max_bytes, quality")
+    out = Rules(
+        rules,
+        every=int(sample.get("every", 1)),
+        fps=float(sample["fps"]) if sample.get("fps") is not None else None,
+        batch=int(d.get("batch", 8)),
+        smoothing=float(d.get("smoothing", 0.5)),
+        score=str(d.get("score", "softmax")),
+        scale=float(d["scale"]) if d.get("scale") is not None else None,
+        background=[str(b) for b in (d.get("background") or [])],
+        max_frames=int(keep.get("max_frames", 500)),
+        max_bytes=int(keep.get("max_bytes", 200_000_000)),
+        quality=int(keep.get("quality", 90)),
+    )
+    if out.every < 1 or out.batch < 1 or not 0 < out.smoothing <= 1 or (out.fps is not None and out.fps <= 0):
+        raise EdgeClipError(
+            f"{where}: sample.every and batch must be >= 1, sample.fps > 0, 0 < smoothing <= 1"
+        )
+    if out.scale is not None and not 0 < out.scale <= 1000:
+        raise EdgeClipError(f"{where}: scale must be in (0, 1000], got {out.scale}")
+    if out.score not in ("softmax", "cosine"):
+        raise EdgeClipError(f"{where}: score must be softmax or cosine, got {out.score!r}")
+    if out.score == "softmax" and len(rules) + len(out.background) < 2:
+        raise EdgeClipError(
+            f"{where}: a softmax over one query is always 1: add `background:` texts or use `score: cosine`"
+        )
+    return out
+
+
+def _num(r: dict, key: str, default: float, where: str) -> float:
+    v = r.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise EdgeClipError(f"{where}: rule {r.get('name')!r}: {key} must be a number, got {v!r}")
+    return float(v)
+
+
+# ---------------------------------------------------------------------------------------- rule state
+@dataclass
+class _RuleState:
+    rule: Rule
+    smoothed: float | None = None
+    above_since: float | None = None
+    active: bool = False
+    event: int = 0
+    kept: int = 0
+    start: float = 0.0
+    peak: float = 0.0
+    cool_until: float = -1.0
+    frames_above: int = 0
+    pending: collections.deque = field(default_factory=collections.deque)  # pre-roll: (frame, score)
+
+
+class Watcher:
+    """Scores frames against the rules' queries and turns smoothed scores into events and kept frames."""
+
+    def __init__(self, labeler, rules: Rules, out: str | os.PathLike, log: Callable[[str], None] = print):
+        self.labeler, self.rules, self.out, self.log = labeler, rules, Path(out), log
+        self.labels = self._queries()
+        self.state = {r.name: _RuleState(r) for r in rules.rules}
+        self.frames_dir = self.out / "frames"
+        self.kept_total = self.kept_bytes = 0
+        self.stats = {"decoded": 0, "sampled": 0, "events": 0, "kept_frames": 0, "dropped_by_caps": 0}
+        self.latencies: list[float] = []
+        self.batch_ms: list[float] = []
+
+    def _queries(self) -> LabelSet:
+        lab, names, embs = self.labeler, [], []
+        for r in self.rules.rules:
+            if r.query is not None:
+                known = r.query in set(lab.known.names)
+                e = lab.known.subset([r.query]).embeddings[0] if known else None
+                if e is None:
+                    if not lab.has_text_tower:
+                        raise EdgeClipError(
+                            f"rule {r.name!r}: {r.query!r} is not a label of this bundle, and the bundle has no "
+                            "text tower (export it with --text-encoder, or use examples)"
+                        )
+                    e = lab.embed_labels([r.query])[0]
+            else:
+                from edgeclip.runtime.labeler import to_image
+
+                missing = [p for p in r.examples if not Path(p).is_file()]
+                if missing:
+                    raise EdgeClipError(f"rule {r.name!r}: example image not found: {missing[0]}")
+                e = prototype(lab.embed([to_image(p) for p in r.examples]))
+            names.append(f"rule:{r.name}")
+            embs.append(e)
+        if self.rules.background:
+            names += [f"background:{b}" for b in self.rules.background]
+            embs += list(
+                lab.embed_labels(self.rules.background)
+                if lab.has_text_tower
+                else lab.known.subset(self.rules.background).embeddings
+            )
+        return LabelSet(names, np.stack(embs))
+
+    # ---- scoring
+    def scores(self, images) -> np.ndarray:
+        """(B, R): each rule's score per frame (softmax over queries + background, or cosine)."""
+        cos = self.labeler.embed(images) @ self.labels.embeddings.T
+        if self.rules.score == "cosine":
+            return cos[:, : len(self.rules.rules)]
+        z = (self.rules.scale or self.labeler.logit_scale) * cos
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return (z / z.sum(axis=1, keepdims=True))[:, : len(self.rules.rules)]
+
+    def process(self, frames: list[Frame], decoded_at: list[float]) -> None:
+        pp = self.labeler.preprocess
+        t0 = time.perf_counter()
+        imgs = [f.model_input(*pp.output_size(*f.size)) if f.size[0] else f.full() for f in frames]
+        s = self.scores(imgs)
+        now = time.perf_counter()
+        self.batch_ms.append((now - t0) * 1000)
+        self.latencies += [(now - d) * 1000 for d in decoded_at]
+        for j, fr in enumerate(frames):
+            for i, st in enumerate(self.state.values()):
+                self._step(st, fr, float(s[j, i]))
+
+    def _step(self, st: _RuleState, fr: Frame, x: float) -> None:
+        r, a = st.rule, self.rules.smoothing
+        st.smoothed = x if st.smoothed is None else a * x + (1 - a) * st.smoothed
+        v = st.smoothed
+        if v >= r.threshold:
+            st.frames_above += 1
+            if st.above_since is None:
+                st.above_since = fr.t
+            if st.active:
+                st.peak = max(st.peak, v)
+                self._keep(st, fr, v)
+            elif fr.t >= st.cool_until:
+                st.pending.append((fr, v))
+                while st.pending and st.pending[0][0].t < st.above_since:
+                    st.pending.popleft()
+                while len(st.pending) > max(1, r.max_frames):  # the ring buffer of the min_duration window
+                    st.pending.popleft()
+                if fr.t - st.above_since >= r.min_duration:
+                    self._start(st, fr, v)
+        else:
+            st.above_since = None
+            st.pending.clear()
+            if st.active:
+                self._end(st, fr.t)
+
+    def _start(self, st: _RuleState, fr: Frame, v: float) -> None:
+        st.active, st.event, st.kept, st.start, st.peak = True, st.event + 1, 0, st.above_since or fr.t, v
+        self.stats["events"] += 1
+        self._write(
+            {
+                "type": "start",
+                "rule": st.rule.name,
+                "event": st.event,
+                "t": round(st.start, 3),
+                "fired_at": round(fr.t, 3),
+                "score": round(v, 4),
+            }
+        )
+        for pf, pv in st.pending:
+            self._keep(st, pf, pv)
+        st.pending.clear()
+
+    def _end(self, st: _RuleState, t: float) -> None:
+        st.active = False
+        st.cool_until = t + st.rule.cooldown
+        self._write(
+            {
+                "type": "end",
+                "rule": st.rule.name,
+                "event": st.event,
+                "t": round(t, 3),
+                "duration": round(t - st.start, 3),
+                "peak": round(st.peak, 4),
+                "frames_kept": st.kept,
+            }
+        )
+
+    def _keep(self, st: _RuleState, fr: Frame, v: float) -> None:
+        if st.kept >= st.rule.max_frames:
+            return
+        if self.kept_total >= self.rules.max_frames or self.kept_bytes >= self.rules.max_bytes:
+            self.stats["dropped_by_caps"] += 1
+            return
+        self.frames_dir.mkdir(parents=True, exist_ok=True)
+        path = self.frames_dir / f"{_safe(st.rule.name)}_{st.event:04d}_{int(round(fr.t * 1000)):09d}.jpg"
+        with atomic_path(path) as tmp:
+            fr.full().save(tmp, format="JPEG", quality=self.rules.quality)
+        st.kept += 1
+        self.kept_total += 1
+        self.kept_bytes += path.stat().st_size
+        self.stats["kept_frames"] += 1
+        self._write(
+            {
+                "type": "frame",
+                "rule": st.rule.name,
+                "event": st.event,
+                "t": round(fr.t, 3),
+                "score": round(v, 4),
+                "file": f"frames/{path.name}",
+            }
+        )
+
+    def _write(self, rec: dict) -> None:
+        with open(self.out / "events.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+    def close(self, t: float) -> None:
+        for st in self.state.values():
+            if st.active:
+                self._end(st, t)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:60] or "rule"
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    return float(np.percentile(xs, q)) if xs else None
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def watch(
+    source: str | Source,
+    labeler,
+    rules: Rules | str | os.PathLike,
+    out: str | os.PathLike,
+    resume: bool = False,
+    max_frames: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+) -> dict[str, Any]:
+    """Run the watcher until the source ends (or ``max_frames`` sampled frames, or Ctrl-C); -> the summary."""
+    rules = rules if isinstance(rules, Rules) else load_rules(rules)
+    src = source if isinstance(source, Source) else open_source(str(source))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start, next_t, n = _resume_point(out, src, resume, log)
+    w = Watcher(labeler, rules, out, log)
+    batch: list[Frame] = []
+    stamps: list[float] = []
+    last_t = start
+    t_wall = time.time()
+    t_log = 0.0
+    interrupted, error = False, None
+    try:
+        for fr in src.frames(start):
+            w.stats["decoded"] += 1
+            n += 1
+            last_t = fr.t
+            if (n - 1) % rules.every:
+                continue
+            if rules.fps:
+                if fr.t + 1e-9 < next_t:
+                    continue
+                next_t = max(next_t + 1.0 / rules.fps, fr.t)
+            batch.append(fr)
+            stamps.append(time.perf_counter())
+            w.stats["sampled"] += 1
+            if len(batch) >= rules.batch:
+                w.process(batch, stamps)
+                batch, stamps = [], []
+                _save_state(out, src, last_t, next_t, n, w)
+            if progress and time.time() - t_log > 1.0:
+                t_log = time.time()
+                log(_progress(w, t_wall))
+            if max_frames and w.stats["sampled"] >= max_frames:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    except SourceError as e:
+        error = str(e)
+    if batch:
+        w.process(batch, stamps)
+    w.close(last_t)
+    _save_state(out, src, last_t, next_t, n, w)
+    wall = time.time() - t_wall
+    summary = {
+        "source": src.describe(),
+        "rules": [r.name for r in rules.rules],
+        **w.stats,
+        "events_per_rule": {k: s.event for k, s in w.state.items()},
+        "kept_per_rule": {k: _kept(out, k) for k in w.state},
+        "wall_seconds": round(wall, 3),
+        "fps_end_to_end": w.stats["sampled"] / wall if wall > 0 else None,
+        "decode_fps": w.stats["decoded"] / wall if wall > 0 else None,
+        "latency_ms": {"p50": _pct(w.latencies, 50), "p95": _pct(w.latencies, 95)},
+        "batch_ms": {"p50": _pct(w.batch_ms, 50), "p95": _pct(w.batch_ms, 95)},
+        "resumed_from": start,
+        "stopped": "interrupted" if interrupted else ("source error" if error else "end of source"),
+        "error": error,
+        "model": labeler.name,
+    }
+    write_json(out / "summary.json", summary)
+    if progress:
+        log(_progress(w, t_wall))
+    log(
+        f"watched {w.stats['decoded']} frames ({w.stats['sampled']} labeled) in {wall:.1f} s: "
+        f"{w.stats['events']} events, {w.stats['kept_frames']} frames kept in {out}"
+        + (f"; stopped: {error}" if error else "; interrupted" if interrupted else "")
+    )
+    return summary
+
+
+def _kept(out: Path, rule: str) -> int:
+    d = out / "frames"
+    return sum(1 for p in d.glob(f"{_safe(rule)}_*.jpg")) if d.is_dir() else 0
+
+
+def _progress(w: Watcher, t0: float) -> str:
+    dt = max(1e-9, time.time() - t0)
+    p50 = _pct(w.latencies[-200:], 50)
+    return (
+        f"frames {w.stats['decoded']} · labeled {w.stats['sampled']} · {w.stats['sampled'] / dt:.1f} fps · "
+        f"latency p50 {p50:.0f} ms · events {w.stats['events']} · kept {w.stats['kept_frames']}"
+        if p50 is not None
+        else f"frames {w.stats['decoded']} · starting"
+    )
+
+
+def _source_key(src: Source) -> dict:
+    d = src.describe()
+    spec = d.get("spec") or d.get("folder")
+    key = {"kind": d.get("kind"), "spec": str(spec)}
+    if d.get("kind") == "video" and spec and Path(spec).is_file():
+        st = Path(spec).stat()
+        key.update(bytes=st.st_size, mtime=int(st.st_mtime))
+    return key
+
+
+def _save_state(out: Path, src: Source, t: float, next_t: float, n: int, w: Watcher) -> None:
+    """Where a file source goes on: the last labeled frame's time and the sampler's phase (so that a resumed run
+    labels exactly the frames an uninterrupted one would have)."""
+    if src.live:
+        return
+    write_json(
+        out / "state.json",
+        {"format": STATE_FORMAT, "source": _source_key(src), "t": t, "next_t": next_t, "n": n, **w.stats},
+    )
+
+
+def _resume_point(out: Path, src: Source, resume: bool, log) -> tuple[float, float, int]:
+    """-> (start time, the fps sampler's next time, frames decoded before)."""
+    p = out / "state.json"
+    if not resume or not p.is_file():
+        if not resume and (out / "events.jsonl").exists():
+            (out / "events.jsonl").unlink()  # a fresh run: its own event log
+        return 0.0, 0.0, 0
+    if src.live:
+        raise EdgeClipError(
+            "--resume needs a file source (a live camera or stream has no offset to go back to)"
+        )
+    try:
+        st = json.loads(p.read_text())
+    except (OSError, ValueError):
+        raise EdgeClipError(f"{p} is not a readable watch state; delete it to start over") from None
+    if st.get("format") != STATE_FORMAT or st.get("source") != _source_key(src):
+        raise EdgeClipError(f"--resume: {out} watched another source ({st.get('source')}); use another --out")
+    log(f"resuming after {st['t']:.2f} s")
+    return float(st["t"]) + 1e-3, float(st.get("next_t", 0.0)), int(st.get("n", 0))  # the frame at t is done

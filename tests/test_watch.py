@@ -1,0 +1,226 @@
+"""`edgeclip watch`: rules against the ground truth of a generated H.264 video (which photo is shown when), resume
+after a stop, frame folders, and bad sources / rules files as one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.lab.video import make_slideshow, precision_recall
+from edgeclip.runtime import load_bundle
+from edgeclip.runtime.sources import SourceError, open_source
+from edgeclip.runtime.watch import load_rules, watch
+
+CLASSES = ["circle", "square", "star", "ring"]
+
+
+def feature_bundle(tiny_teacher, shapes, out: Path) -> Path:
+    """A bundle whose student tells the test photos apart: the one-epoch test student maps every shape to nearly the
+    same embedding, so the trigger test uses a randomly initialised ShuffleNetV2 whose BatchNorm statistics are
+    fitted to the data (40 steps at a learning rate of 1e-12): random features separate different photos (cosine
+    ~0.9) and give 1.0 for the same one. What is tested here is the watcher, not the student."""
+    from edgeclip.export.bundle import export_bundle
+    from edgeclip.train.distill import DistillConfig, distill
+
+    distill(
+        DistillConfig(
+            teacher=tiny_teacher,
+            data=str(shapes["train"]),
+            out=str(out / "student"),
+            student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 0},
+            train={"max_steps": 40, "batch_size": 16, "lr": 1e-12, "warmup_epochs": 0},
+        ),
+        progress=False,
+    )
+    export_bundle(out / "student" / "student.pt", out / "bundle", CLASSES, quant="none")
+    return out / "bundle"
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory, tiny_teacher, shapes):
+    d = tmp_path_factory.mktemp("video")
+    tb = {"bundle": feature_bundle(tiny_teacher, shapes, d)}
+    pick = {c: sorted((Path(shapes["test"]) / c).glob("*.jpg"))[0] for c in CLASSES}
+    order = ["circle", "square", "circle", "star", "ring", "square", "star", "circle"]
+    truth = make_slideshow([(pick[c], 1.0, c) for c in order], d / "slides.mp4", size=(160, 160), fps=10)
+    rules = {
+        "sample": {"every": 1},
+        "batch": 4,
+        "smoothing": 1.0,
+        "scale": 100,
+        "rules": [
+            {"name": c, "examples": [str(pick[c])], "threshold": 0.4, "min_duration": 0.2, "max_frames": 50}
+            for c in CLASSES
+        ],
+    }
+    return {"tb": tb, "truth": truth, "rules": rules, "pick": pick, "dir": d}
+
+
+def test_the_rules_fire_in_the_right_segments(video, tmp_path):
+    truth = video["truth"]
+    assert truth["frames"] == 80 and len(truth["segments"]) == 8
+    lab = load_bundle(video["tb"]["bundle"], threads=1)
+    s = watch(truth["path"], lab, load_rules(video["rules"]), tmp_path / "out", progress=False)
+    assert s["decoded"] == 80 and s["sampled"] == 80 and s["stopped"] == "end of source"
+    assert (
+        s["source"]["codec"] == "h264"
+        and s["fps_end_to_end"] > 0
+        and s["latency_ms"]["p95"] >= s["latency_ms"]["p50"]
+    )
+    pr = precision_recall(tmp_path / "out" / "events.jsonl", truth, {c: c for c in CLASSES})
+    for c in CLASSES:
+        assert pr[c]["precision"] >= 0.9 and pr[c]["recall"] == 1.0, (c, pr[c])
+    # every kept frame is a JPEG named in the event log, every started event ended
+    rows = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r["type"] == "frame":
+            assert (tmp_path / "out" / r["file"]).stat().st_size > 0
+    assert sum(r["type"] == "start" for r in rows) == sum(r["type"] == "end" for r in rows) == s["events"]
+
+
+def test_min_duration_cooldown_and_caps(video, tmp_path):
+    rules = json.loads(json.dumps(video["rules"]))
+    for r in rules["rules"]:
+        r.update(min_duration=5.0)  # no photo is shown for 5 s: nothing fires
+    s = watch(
+        video["truth"]["path"],
+        load_bundle(video["tb"]["bundle"], threads=1),
+        load_rules(rules),
+        tmp_path / "a",
+        progress=False,
+    )
+    assert s["events"] == 0 and s["kept_frames"] == 0
+    rules = json.loads(json.dumps(video["rules"]))
+    rules["keep"] = {"max_frames": 3}
+    s = watch(
+        video["truth"]["path"],
+        load_bundle(video["tb"]["bundle"], threads=1),
+        load_rules(rules),
+        tmp_path / "b",
+        progress=False,
+    )
+    assert (
+        s["kept_frames"] == 3
+        and s["dropped_by_caps"] > 0
+        and len(list((tmp_path / "b/frames").iterdir())) == 3
+    )
+    rules = json.loads(json.dumps(video["rules"]))
+    rules["rules"][0]["cooldown"] = 100.0  # circle fires once, then never again in this video
+    s = watch(
+        video["truth"]["path"],
+        load_bundle(video["tb"]["bundle"], threads=1),
+        load_rules(rules),
+        tmp_path / "c",
+        progress=False,
+    )
+    assert s["events_per_rule"]["circle"] == 1 and s["events_per_rule"]["square"] == 2
+
+
+def test_a_file_source_resumes_after_a_stop(video, tmp_path):
+    lab = load_bundle(video["tb"]["bundle"], threads=1)
+    r = load_rules({**video["rules"], "sample": {"fps": 5}})
+    first = watch(video["truth"]["path"], lab, r, tmp_path / "o", max_frames=12, progress=False)
+    assert first["sampled"] == 12
+    rest = watch(video["truth"]["path"], lab, r, tmp_path / "o", resume=True, progress=False)
+    assert rest["resumed_from"] > 2.0 and first["sampled"] + rest["sampled"] == 40  # 8 s at 5 fps, none twice
+    other = make_slideshow(
+        [(video["pick"]["ring"], 0.5, "ring")], tmp_path / "other.mp4", size=(40, 40), fps=10
+    )
+    with pytest.raises(EdgeClipError, match="watched another source"):
+        watch(other["path"], lab, r, tmp_path / "o", resume=True, progress=False)
+
+
+def test_a_frame_folder_and_the_cli(video, tmp_path, capsys):
+    from edgeclip.cli import main
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, c in enumerate(["circle", "circle", "circle", "square", "square", "square"]):
+        (frames / f"{i:03d}.jpg").write_bytes(video["pick"][c].read_bytes())
+    (frames / "notes.txt").write_text("not a frame")
+    rules = tmp_path / "rules.yaml"
+    import yaml
+
+    rules.write_text(yaml.safe_dump(video["rules"]))
+    main(
+        [
+            "watch",
+            str(frames),
+            "--bundle",
+            str(video["tb"]["bundle"]),
+            "--rules",
+            str(rules),
+            "--out",
+            str(tmp_path / "w"),
+            "--folder-fps",
+            "5",
+            "--no-progress",
+        ]
+    )
+    s = json.loads(capsys.readouterr().out)
+    assert s["sampled"] == 6 and s["events_per_rule"]["circle"] == 1 and s["events_per_rule"]["square"] == 1
+
+
+def test_bad_sources_and_rules_are_one_line(video, tmp_path):
+    with pytest.raises(SourceError, match="source not found"):
+        open_source(str(tmp_path / "nope.mp4"))
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video" * 100)
+    lab = load_bundle(video["tb"]["bundle"], threads=1)
+    s = watch(str(junk), lab, load_rules(video["rules"]), tmp_path / "j", progress=False)
+    assert s["stopped"] == "source error" and "\n" not in s["error"] and "cannot open" in s["error"]
+    for bad, msg in [
+        ({"rules": []}, "needs `rules:`"),
+        ({"rules": [{"name": "a", "query": "x", "examples": ["e.jpg"]}]}, "exactly one of"),
+        ({"rules": [{"name": "a", "query": "x"}]}, "softmax over one query"),
+        (
+            {"rules": [{"name": "a", "query": "x", "threshold": "high"}], "score": "cosine"},
+            "must be a number",
+        ),
+        ({"rules": [{"name": "a", "query": "x"}], "score": "cosine", "sample": {"fps": 0}}, "sample.fps > 0"),
+        ({"rules": [{"name": "a", "query": "x", "colour": 1}], "score": "cosine"}, "unknown keys"),
+    ]:
+        with pytest.raises(EdgeClipError, match=msg):
+            load_rules(bad)
+    r = load_rules({"rules": [{"name": "a", "query": "a zebra"}], "score": "cosine"})
+    with pytest.raises(EdgeClipError, match="no text tower"):
+        watch(video["truth"]["path"], lab, r, tmp_path / "z", progress=False)
+
+
+def test_ctrl_c_ends_cleanly_with_a_summary(video, tmp_path):
+    """Ctrl-C in the middle of an event: the event is closed, the summary and the resume state are written."""
+    from edgeclip.runtime.sources import Source
+
+    inner = open_source(video["truth"]["path"])
+
+    class Interrupted(Source):
+        kind = "video"
+
+        def frames(self, start=0.0):
+            for i, f in enumerate(inner.frames(start)):
+                if i == 25:  # inside the second circle segment (2-3 s)
+                    raise KeyboardInterrupt
+                yield f
+
+        def describe(self):
+            return inner.describe()
+
+    lines = []
+    s = watch(
+        Interrupted(),
+        load_bundle(video["tb"]["bundle"], threads=1),
+        load_rules(video["rules"]),
+        tmp_path / "i",
+        progress=True,
+        log=lines.append,
+    )
+    assert s["stopped"] == "interrupted" and s["decoded"] == 25
+    rows = [json.loads(x) for x in (tmp_path / "i" / "events.jsonl").read_text().splitlines()]
+    assert sum(r["type"] == "start" for r in rows) == sum(r["type"] == "end" for r in rows) >= 2
+    assert (tmp_path / "i" / "summary.json").is_file() and json.loads(
+        (tmp_path / "i" / "state.json").read_text()
+    )["t"] > 2
+    assert any("fps" in ln and "latency p50" in ln for ln in lines) and "interrupted" in lines[-1]
