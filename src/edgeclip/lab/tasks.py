@@ -344,3 +344,15 @@ def _random_captioner(cfg: dict):
     torch.manual_seed(int(cfg.get("seed", 0)))
     model = build_captioner(vocab, c["model"])
     return model, Preprocess(size=model.cfg.img_size, mean=CLIP_MEAN, std=CLIP_STD)
+
+
+# ------------------------------------------------------------------------------------------- streams
+@TASKS.register(
+    "stream",
+    help="edgeclip watch on a generated 1280x720 H.264 slideshow of real photos: int8 / fp32 bundle vs the "
+    "teacher's tower, fps, latency, triggers' precision / recall, text-query latency (lab/stream.py)",
+)
+def _stream(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.lab.stream import stream_benchmark
+
+    return stream_benchmark(cfg, out)

@@ -62,7 +62,8 @@ def precision_recall(events_jsonl: str | Path, truth: dict, rule_tags: dict[str,
     least one kept frame, and the share of the tagged time covered by events)."""
     import json
 
-    rows = [json.loads(x) for x in Path(events_jsonl).read_text().splitlines() if x.strip()]
+    p = Path(events_jsonl)
+    rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.is_file() else []
     out = {}
     for rule, tag in rule_tags.items():
         segs = [s for s in truth["segments"] if s["tag"] == tag]
@@ -78,3 +79,17 @@ def precision_recall(events_jsonl: str | Path, truth: dict, rule_tags: dict[str,
             "events": sum(1 for r in rows if r["type"] == "start" and r["rule"] == rule),
         }
     return out
+
+
+def frame_at(video: str | Path, t: float) -> Image.Image:
+    """The decoded frame shown at ``t`` seconds (an example frame a user would pick from the footage)."""
+    from edgeclip.runtime.sources import VideoSource
+
+    last = None
+    for fr in VideoSource(str(video)).frames(max(0.0, t - 1.0)):
+        if fr.t > t + 1e-6:
+            break
+        last = fr
+    if last is None:
+        raise ValueError(f"{video} has no frame at {t} s")
+    return last.full()

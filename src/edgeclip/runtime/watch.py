@@ -239,11 +239,9 @@ class Watcher:
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return (z / z.sum(axis=1, keepdims=True))[:, : len(self.rules.rules)]
 
-    def process(self, frames: list[Frame], decoded_at: list[float]) -> None:
-        pp = self.labeler.preprocess
+    def process(self, frames: list[Frame], decoded_at: list[float], images: list) -> None:
         t0 = time.perf_counter()
-        imgs = [f.model_input(*pp.output_size(*f.size)) if f.size[0] else f.full() for f in frames]
-        s = self.scores(imgs)
+        s = self.scores(images)
         now = time.perf_counter()
         self.batch_ms.append((now - t0) * 1000)
         self.latencies += [(now - d) * 1000 for d in decoded_at]
@@ -352,6 +350,83 @@ def _pct(xs: list[float], q: float) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------ the loop
+@dataclass
+class _Sampled:
+    frame: Frame
+    image: Any  # the model's input (scaled by FFmpeg for video)
+    decoded_at: float  # perf_counter when it came out of the decoder
+    n: int  # frames decoded so far (the sampler's state after this frame, for the resume point)
+    next_t: float
+
+
+def _sample(src: Source, start: float, rules: Rules, next_t: float, n: int, pp) -> Any:
+    """The sampled frames of ``src`` with their model inputs made (this runs in the decoding thread)."""
+    for fr in src.frames(start):
+        n += 1
+        if (n - 1) % rules.every:
+            continue
+        if rules.fps:
+            if fr.t + 1e-9 < next_t:
+                continue
+            next_t = max(next_t + 1.0 / rules.fps, fr.t)
+        img = fr.model_input(*pp.output_size(*fr.size)) if fr.size[0] else fr.full()
+        yield _Sampled(fr, img, time.perf_counter(), n, next_t)
+
+
+_END = object()
+
+
+class Prefetch:
+    """Run the generator ``items`` in a thread, ``size`` items ahead (decoding overlaps the model on another core;
+    memory stays bounded by ``size``). Its exceptions come out of the iteration; ``waiting`` is how many items are
+    ready; ``close()`` stops the thread."""
+
+    def __init__(self, items, size: int):
+        import queue
+        import threading
+
+        self.q: queue.Queue = queue.Queue(maxsize=max(1, size))
+        self.stop = threading.Event()
+        self.items = items
+        threading.Thread(target=self._run, name="edgeclip-decode", daemon=True).start()
+
+    def _run(self) -> None:
+        import queue
+
+        try:
+            for item in self.items:
+                while not self.stop.is_set():
+                    try:
+                        self.q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    break
+            else:
+                self.q.put(_END)
+        except BaseException as e:  # the consumer re-raises it
+            self.q.put(e)
+        finally:
+            self.items.close()
+
+    @property
+    def waiting(self) -> int:
+        return self.q.qsize()
+
+    def __iter__(self):
+        while True:
+            item = self.q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+
+
 def watch(
     source: str | Source,
     labeler,
@@ -368,31 +443,32 @@ def watch(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start, next_t, n = _resume_point(out, src, resume, log)
+    n0 = n
     w = Watcher(labeler, rules, out, log)
-    batch: list[Frame] = []
-    stamps: list[float] = []
+    batch: list[_Sampled] = []
     last_t = start
     t_wall = time.time()
     t_log = 0.0
     interrupted, error = False, None
+
+    def flush() -> None:
+        nonlocal batch, n, next_t, last_t
+        if not batch:
+            return
+        w.process([b.frame for b in batch], [b.decoded_at for b in batch], [b.image for b in batch])
+        n, next_t, last_t = batch[-1].n, batch[-1].next_t, batch[-1].frame.t
+        w.stats["decoded"] = n - n0
+        batch = []
+        _save_state(out, src, last_t, next_t, n, w)
+
+    frames = Prefetch(_sample(src, start, rules, next_t, n, labeler.preprocess), 2 * rules.batch)
     try:
-        for fr in src.frames(start):
-            w.stats["decoded"] += 1
-            n += 1
-            last_t = fr.t
-            if (n - 1) % rules.every:
-                continue
-            if rules.fps:
-                if fr.t + 1e-9 < next_t:
-                    continue
-                next_t = max(next_t + 1.0 / rules.fps, fr.t)
-            batch.append(fr)
-            stamps.append(time.perf_counter())
+        for item in frames:
+            batch.append(item)
             w.stats["sampled"] += 1
-            if len(batch) >= rules.batch:
-                w.process(batch, stamps)
-                batch, stamps = [], []
-                _save_state(out, src, last_t, next_t, n, w)
+            # a full batch, or nothing more waiting (a live camera): label now, so latency stays one frame's
+            if len(batch) >= rules.batch or (src.live and not frames.waiting):
+                flush()
             if progress and time.time() - t_log > 1.0:
                 t_log = time.time()
                 log(_progress(w, t_wall))
@@ -402,8 +478,9 @@ def watch(
         interrupted = True
     except SourceError as e:
         error = str(e)
-    if batch:
-        w.process(batch, stamps)
+    finally:
+        frames.close()
+    flush()
     w.close(last_t)
     _save_state(out, src, last_t, next_t, n, w)
     wall = time.time() - t_wall
