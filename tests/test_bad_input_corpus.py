@@ -41,7 +41,7 @@ CASES = [
     # usage
     (["nonsense-command"], "No such command"),
     (["label", "{img}", "--labels", "a", "--topk", "x"], "Invalid value for '--topk'"),
-    (["label", "{img}"], "Missing option '--labels'"),
+    (["label", "{img}"], "no labels: give --labels"),
     # labels, templates, regions, outputs
     (["label", "{img}", "--labels", " , ", "--teacher", "{T}"], "the label list is empty"),
     (["label", "{img}", "--labels", "@{d}/labels_empty.txt", "--teacher", "{T}"], "the label list is empty"),

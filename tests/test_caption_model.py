@@ -139,16 +139,18 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
 
 def test_onnx_greedy_matches_torch(tmp_path):
     pytest.importorskip("onnxruntime")
-    from edgeclip.export.caption import OrtCaptioner, export_captioner
+    from edgeclip.export.caption import export_captioner
+    from edgeclip.runtime import load_bundle
 
     x = torch.randn(6, 3, 64, 64)
     m = _calibrated(CaptionModelConfig(img_size=64, teacher_dim=32), x)
     export_captioner(m, Preprocess(size=64), tmp_path)
-    ort_cap = OrtCaptioner(tmp_path)
+    ort_cap = load_bundle(tmp_path)  # a captioner bundle: manifest, hashes, the torch-free runtime
+    assert ort_cap.kind == "captioner"
     torch_caps = generate(m, x, beam=1, max_len=12)
-    assert ort_cap.caption(x, beam=1, max_len=12) == torch_caps
+    assert ort_cap.caption_arrays(x, beam=1, max_len=12) == torch_caps
     assert len(set(torch_caps)) > 1  # a real comparison, not six empty strings
-    assert ort_cap.caption(x, beam=4, max_len=12) == generate(m, x, beam=4, max_len=12)
+    assert ort_cap.caption_arrays(x, beam=4, max_len=12) == generate(m, x, beam=4, max_len=12)
 
 
 def test_encoder_init_from_a_distilled_student(tmp_path):
@@ -191,3 +193,49 @@ def test_encoder_init_from_a_distilled_student(tmp_path):
         )
     with pytest.raises(CheckpointError):
         init_encoder_from_student(m, tmp_path / "missing.pt")
+
+
+def test_a_captioner_bundle_answers_post_caption_without_torch(tmp_path):
+    """`edgeclip serve` of a captioner bundle: POST /caption through the torch-free runtime (torch blocked in a
+    subprocess) gives the runtime's beam-5 caption of the same image file (ONNX Runtime vs torch decoding is
+    compared in test_onnx_greedy_matches_torch)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from edgeclip.export.caption import export_captioner
+
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)) for _ in range(6)]
+    pp = Preprocess(size=64)
+    x = torch.stack([pp.torch_transform()(im) for im in imgs])
+    m = _calibrated(CaptionModelConfig(img_size=64, teacher_dim=32), x)
+    export_captioner(m, pp, tmp_path / "cap")
+    imgs[2].save(tmp_path / "photo.png")
+    from edgeclip.runtime import load_bundle
+
+    want = load_bundle(tmp_path / "cap").caption(tmp_path / "photo.png", beam=5)
+    code = f"""
+import builtins, sys
+real = builtins.__import__
+def guard(name, *a, **k):
+    if name.split('.')[0] in ('torch', 'torchvision', 'timm', 'open_clip', 'transformers', 'lightning'):
+        raise ImportError('blocked: ' + name)
+    return real(name, *a, **k)
+builtins.__import__ = guard
+from fastapi.testclient import TestClient
+from edgeclip.serve.app import create_app
+c = TestClient(create_app({str(tmp_path / "cap")!r}), base_url="http://127.0.0.1")
+info = c.get("/api/info").json()
+assert info["caption"] is True and info["kind"] == "captioner", info
+r = c.post("/caption", files={{"file": ("photo.png", open({str(tmp_path / "photo.png")!r}, "rb").read())}})
+assert r.status_code == 200, r.text
+assert c.post("/label", files={{"file": ("photo.png", b"x")}}).status_code == 404
+assert not [m for m in sys.modules if m.split('.')[0] == 'torch']
+print(r.json()["caption"])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == want and want

@@ -271,7 +271,7 @@ def test_shipped_configs_build(name, cls):
     [
         (["no-such-command"], "No such command"),
         (["distill", "--no-such-option"], "No such option"),
-        (["label", "x.jpg"], "Missing option '--labels'"),
+        (["label", "x.jpg"], "no labels: give --labels"),
         (["label", "x.jpg", "--labels", "a", "--topk", "many"], "Invalid value for '--topk'"),
         (["edgevl", "curate"], "Missing argument"),
         (["distill-pair"], "`edgeclip distill-pair` is now `edgeclip edgevl distill`"),

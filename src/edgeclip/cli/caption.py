@@ -48,11 +48,14 @@ def caption_cmd(
     if (model is None) == (onnx is None):
         raise EdgeClipError("give exactly one of --model CHECKPOINT or --onnx FOLDER")
     if onnx is not None:
-        from edgeclip.export.caption import OrtCaptioner
+        from dataclasses import asdict
 
-        ort_cap = OrtCaptioner(onnx)
-        pp = ort_cap.preprocess
-        run = lambda x: ort_cap.caption(x, beam=beam, max_len=max_len, length_penalty=length_penalty)  # noqa: E731
+        from edgeclip.data.transforms import Preprocess
+        from edgeclip.runtime.captioner import CaptionerBundle
+
+        ort_cap = CaptionerBundle(onnx)  # checks the manifest's hashes when the folder has one
+        pp = Preprocess.from_dict(asdict(ort_cap.preprocess))
+        run = lambda x: ort_cap.caption_arrays(x, beam=beam, max_len=max_len, length_penalty=length_penalty)  # noqa: E731
     else:
         from edgeclip.models.captioner import load_captioner
         from edgeclip.models.decode import generate
@@ -200,19 +203,20 @@ def caption_export_cmd(
     out: Path = typer.Option(..., help="output folder"),
     check: bool = typer.Option(True, help="compare ONNX Runtime and torch greedy captions on random inputs"),
 ):
-    """Export encoder + decoder step to ONNX (caption_encoder.onnx, caption_decoder_step.onnx, caption_meta.json)."""
+    """Export a captioner bundle: encoder + decoder step ONNX, vocabulary, manifest (`edgeclip serve` runs it)."""
     import torch
 
-    from edgeclip.export.caption import OrtCaptioner, export_captioner
+    from edgeclip.export.caption import export_captioner
     from edgeclip.models.captioner import load_captioner
     from edgeclip.models.decode import generate
+    from edgeclip.runtime import load_bundle
 
-    m, pp, _ = load_captioner(model)
-    paths = export_captioner(m, pp, out)
+    m, pp, ck = load_captioner(model)
+    paths = export_captioner(m, pp, out, info=ck)
     if check:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(4, 3, pp.size, pp.size, generator=g)
-        same = generate(m, x, beam=1) == OrtCaptioner(out).caption(x, beam=1)
+        same = generate(m, x, beam=1) == load_bundle(out).caption_arrays(x, beam=1)
         paths["greedy_captions_match_torch"] = same
         if not same:
             raise EdgeClipError("ONNX Runtime greedy captions differ from torch's")

@@ -144,7 +144,11 @@ def label_cmd(
     from edgeclip.zeroshot.label import label_images, read_boxes
 
     examples = parse_examples(example)
-    labs = parse_labels(labels) if labels or not examples else []
+    if not labels.strip() and not examples:
+        raise EdgeClipError(
+            "no labels: give --labels 'cat,dog,car' (or @labels.txt) and/or --example 'LABEL=a.jpg,b.jpg'"
+        )
+    labs = parse_labels(labels) if labels.strip() else []
     src = _images_source(images)
     box_map = read_boxes(boxes) if boxes else None
     stats: dict = {}

@@ -15,10 +15,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from edgeclip.core.errors import CheckpointError, EdgeClipError
+from edgeclip.runtime.decode import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode_words  # noqa: F401  (the ids live there)
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 
 def tokenize(text: str) -> list[str]:
@@ -82,15 +82,7 @@ class Vocab:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Words up to the first ``<eos>``; ``<bos>``/``<pad>`` are skipped."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == EOS_ID:
-                break
-            if i in (PAD_ID, BOS_ID):
-                continue
-            out.append(self.words[i] if 0 <= i < len(self.words) else UNK)
-        return " ".join(out)
+        return decode_words(self.words, ids)
 
     def oov_rate(self, captions: Iterable[str]) -> float:
         n = unk = 0

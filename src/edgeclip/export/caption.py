@@ -1,24 +1,19 @@
-"""ONNX export of the captioner (encoder + one decoder step) and decoding with ONNX Runtime.
+"""The captioner as a bundle: encoder + one decoder step in ONNX, its vocabulary and preprocessing, a manifest.
 
-paths = export_captioner(model, pp, "out/")   # caption_encoder.onnx, caption_decoder_step.onnx, caption_meta.json
-cap = OrtCaptioner("out/"); cap.caption(images)    # greedy or beam search, same decoding code as torch
+paths = export_captioner(model, pp, "out/")   # a bundle folder the torch-free runtime runs
+cap = edgeclip.runtime.load_bundle("out/"); cap.caption("photo.jpg")   # same decoding code as torch
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import write_json
 from edgeclip.data.transforms import Preprocess
-from edgeclip.data.vocab import Vocab
 from edgeclip.export.onnx import export_onnx
-from edgeclip.models.decode import beam_decode, greedy_decode
 
 ENC_OUT = ("feats", "keys", "h0", "c0")
 DEC_IN = ("word", "h", "c", "feats", "keys")
@@ -35,9 +30,12 @@ class _DecoderExport(nn.Module):
         return logp, h, c
 
 
-def export_captioner(model, pp: Preprocess, out_dir: str | Path, opset: int = 17) -> dict[str, str]:
-    """Write ``caption_encoder.onnx``, ``caption_decoder_step.onnx`` and ``caption_meta.json``
-    (vocabulary, preprocessing)."""
+def export_captioner(
+    model, pp: Preprocess, out_dir: str | Path, opset: int = 17, info: dict | None = None
+) -> dict[str, str]:
+    """Write a captioner bundle: ``caption_encoder.onnx``, ``caption_decoder_step.onnx``, ``caption_meta.json``
+    (vocabulary, preprocessing, model config), ``preprocess.json`` and ``manifest.json`` (kind ``captioner``,
+    file hashes; ``info``: the checkpoint's info, for the teacher it records)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
@@ -75,46 +73,38 @@ def export_captioner(model, pp: Preprocess, out_dir: str | Path, opset: int = 17
             "config": dict(model.cfg.__dict__),
         },
     )
-    return {"encoder": str(enc), "decoder_step": str(dec), "meta": str(meta)}
+    write_json(out / "preprocess.json", pp.to_dict())
+    _manifest(out, model, info or {})
+    return {
+        "encoder": str(enc),
+        "decoder_step": str(dec),
+        "meta": str(meta),
+        "manifest": str(out / "manifest.json"),
+    }
 
 
-class OrtCaptioner:
-    """Captions with ONNX Runtime: the exported encoder, then the shared greedy/beam decoders over the ORT step."""
+def _manifest(out: Path, model, info: dict) -> None:
+    import datetime as _dt
 
-    def __init__(self, folder: str | Path, threads: int = 0):
-        from edgeclip.runtime.session import ort_session
+    from edgeclip.core.env import machine_info
+    from edgeclip.core.io import sha256_file
+    from edgeclip.runtime.bundle import BUNDLE_FORMAT, MANIFEST
 
-        folder = Path(folder)
-        mp = folder / "caption_meta.json"
-        if not mp.is_file():
-            raise EdgeClipError(f"{folder} is not an exported captioner (no caption_meta.json)")
-        meta = json.loads(mp.read_text(encoding="utf-8"))
-        self.vocab = Vocab.from_dict(meta["vocab"])
-        self.preprocess = Preprocess.from_dict(meta["preprocess"])
-        self.enc = ort_session(folder / meta["encoder"], threads or None)
-        self.dec = ort_session(folder / meta["decoder_step"], threads or None)
-
-    def _step(self, words, dyn, static):
-        logp, h, c = self.dec.run(
-            None,
-            {
-                "word": words.numpy().astype(np.int64),
-                "h": dyn[0].numpy(),
-                "c": dyn[1].numpy(),
-                "feats": static[0].numpy(),
-                "keys": static[1].numpy(),
-            },
-        )
-        return torch.from_numpy(logp), (torch.from_numpy(h), torch.from_numpy(c))
-
-    def caption(
-        self, images: torch.Tensor | np.ndarray, beam: int = 1, max_len: int = 20, length_penalty: float = 1.0
-    ) -> list[str]:
-        """Captions of a normalised (B,3,H,W) float batch."""
-        x = images.numpy() if isinstance(images, torch.Tensor) else images
-        feats, keys, h, c = (torch.from_numpy(a) for a in self.enc.run(None, {"image": x.astype(np.float32)}))
-        if beam <= 1:
-            ids = greedy_decode(self._step, (h, c), (feats, keys), max_len)
-        else:
-            ids, _ = beam_decode(self._step, (h, c), (feats, keys), beam, max_len, length_penalty)
-        return [self.vocab.decode(r.tolist()) for r in ids]
+    files = {
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(out.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    write_json(
+        out / MANIFEST,
+        {
+            "format": BUNDLE_FORMAT,
+            "kind": "captioner",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "teacher": info.get("teacher"),
+            "models": {"fp32": "caption_encoder.onnx"},
+            "params": model.param_counts(),
+            "files": files,
+            "machine": machine_info(),
+        },
+    )

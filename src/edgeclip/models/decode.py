@@ -1,10 +1,5 @@
-"""Greedy and beam-search decoding, batched in tensors.
-
-Both work on any *step function* ``step(words (N,), dyn, static) -> (log-probs (N,V), dyn)`` where ``dyn``
-(the LSTM state) is re-ordered when beams are re-ranked and ``static`` (the encoded image, shared by
-all beams of an image) is not; the torch decoder and the ONNX Runtime decoder step both provide one.
-All images and all beams advance together: one step call per time step, no Python loop over beams.
-"""
+"""Decoding a torch captioner: the shared greedy / beam-search decoder (:mod:`edgeclip.runtime.decode`, numpy,
+also what the torch-free runtime runs) over the torch decoder step; the LSTM state stays in torch on its device."""
 
 from __future__ import annotations
 
@@ -12,43 +7,35 @@ from collections.abc import Callable
 
 import torch
 
-from edgeclip.core.errors import EdgeClipError
-from edgeclip.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from edgeclip.runtime import decode as npdecode
+from edgeclip.runtime.decode import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # noqa: F401  (re-exported)
 
 State = tuple[torch.Tensor, ...]
 StepFn = Callable[[torch.Tensor, State, State], tuple[torch.Tensor, State]]
 
 
-def _mask_specials(logp: torch.Tensor, allow_unk: bool) -> torch.Tensor:
-    logp = logp.clone()
-    logp[..., PAD_ID] = float("-inf")
-    logp[..., BOS_ID] = float("-inf")
-    if not allow_unk:
-        logp[..., UNK_ID] = float("-inf")
-    return logp
+def _take(state: State, index) -> State:
+    return tuple(t.index_select(0, torch.as_tensor(index, device=t.device)) for t in state)
+
+
+def _numpy_step(step: StepFn, device) -> npdecode.StepFn:
+    """A torch step as the shared decoder's step: words in as numpy, log-probs out as numpy, state left in torch."""
+
+    def f(words, dyn, static):
+        logp, dyn = step(torch.as_tensor(words, device=device), dyn, static)
+        return logp.detach().float().cpu().numpy(), dyn
+
+    return f
 
 
 @torch.no_grad()
 def greedy_decode(
     step: StepFn, dyn: State, static: State, max_len: int = 20, allow_unk: bool = False
 ) -> torch.Tensor:
-    """(N, max_len) token ids (PAD after <eos>)."""
-    if max_len < 1:
-        raise EdgeClipError(f"max_len must be >= 1, got {max_len}")
-    N = dyn[0].shape[0]
-    words = torch.full((N,), BOS_ID, dtype=torch.long)
-    out = torch.full((N, max_len), PAD_ID, dtype=torch.long)
-    done = torch.zeros(N, dtype=torch.bool)
-    for t in range(max_len):
-        logp, dyn = step(words, dyn, static)
-        nxt = _mask_specials(logp, allow_unk).argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, PAD_ID), nxt)
-        out[:, t] = nxt
-        done |= nxt == EOS_ID
-        words = nxt
-        if bool(done.all()):
-            break
-    return out
+    """(N, max_len) token ids (PAD after <eos>): :func:`edgeclip.runtime.decode.greedy_decode` over a torch step."""
+    dev = dyn[0].device
+    ids = npdecode.greedy_decode(_numpy_step(step, dev), dyn, static, dyn[0].shape[0], max_len, allow_unk)
+    return torch.from_numpy(ids)
 
 
 @torch.no_grad()
@@ -61,55 +48,13 @@ def beam_decode(
     length_penalty: float = 1.0,
     allow_unk: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched beam search. Returns ((N, max_len) ids of the best beam, (N,) its length-normalised log-prob).
-
-    Finished hypotheses stay in the beam (extended with PAD at no cost); the final choice divides each
-    hypothesis' log-probability by ``length ** length_penalty`` (length counts words and the <eos>).
-    """
-    if beam < 1:
-        raise EdgeClipError(f"beam must be >= 1, got {beam}")
-    if max_len < 1:
-        raise EdgeClipError(f"max_len must be >= 1, got {max_len}")
-    B = dyn[0].shape[0]
-    k = beam
-    dyn = tuple(t.repeat_interleave(k, 0) for t in dyn)
-    static = tuple(t.repeat_interleave(k, 0) for t in static)
-    scores = torch.zeros(B, k)
-    scores[:, 1:] = float("-inf")  # all beams start identical: keep one alive
-    words = torch.full((B * k,), BOS_ID, dtype=torch.long)
-    seqs = torch.zeros(B, k, 0, dtype=torch.long)
-    finished = torch.zeros(B, k, dtype=torch.bool)
-    lengths = torch.zeros(B, k)
-    offsets = (torch.arange(B) * k).view(B, 1)
-    for _t in range(max_len):
-        logp, dyn = step(words, dyn, static)
-        V = logp.shape[-1]
-        logp = _mask_specials(logp.view(B, k, V).float(), allow_unk)
-        if bool(finished.any()):
-            fin_row = torch.full((V,), float("-inf"))
-            fin_row[PAD_ID] = 0.0
-            logp = torch.where(finished.unsqueeze(-1), fin_row, logp)
-        cand = (scores.unsqueeze(-1) + logp).view(B, k * V)
-        top, idx = cand.topk(min(k, k * V), dim=-1)
-        src, tok = idx // V, idx % V
-        scores = top
-        seqs = torch.cat(
-            [seqs.gather(1, src.unsqueeze(-1).expand(-1, -1, seqs.shape[2])), tok.unsqueeze(-1)], -1
-        )
-        prev_fin = finished.gather(1, src)
-        lengths = lengths.gather(1, src) + (~prev_fin).float()
-        finished = prev_fin | (tok == EOS_ID)
-        flat = (src + offsets).view(-1)
-        dyn = tuple(s.index_select(0, flat) for s in dyn)
-        words = tok.view(-1)
-        if bool(finished.all()):
-            break
-    norm = scores / lengths.clamp(min=1.0) ** length_penalty
-    best = norm.argmax(-1)
-    ids = seqs[torch.arange(B), best]
-    out = torch.full((B, max_len), PAD_ID, dtype=torch.long)
-    out[:, : ids.shape[1]] = ids
-    return out, norm[torch.arange(B), best]
+    """Batched beam search (:func:`edgeclip.runtime.decode.beam_decode` over a torch step). Returns ((N, max_len)
+    ids of the best beam, (N,) its length-normalised log-prob)."""
+    dev = dyn[0].device
+    ids, score = npdecode.beam_decode(
+        _numpy_step(step, dev), dyn, static, dyn[0].shape[0], beam, max_len, length_penalty, allow_unk, _take
+    )
+    return torch.from_numpy(ids), torch.from_numpy(score)
 
 
 def torch_step(decoder) -> StepFn:

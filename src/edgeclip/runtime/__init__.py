@@ -22,11 +22,15 @@ from edgeclip.runtime.bundle import (
     read_labels,
     read_manifest,
 )
+from edgeclip.runtime.captioner import CaptionerBundle
 from edgeclip.runtime.labeler import Labeler
 from edgeclip.runtime.preprocess import NumpyPreprocess
 
 RUNTIMES: Registry[Callable[..., Any]] = Registry("bundle kind")
 RUNTIMES.register("labeler", help="open-vocabulary labeler: image -> embedding -> top-k labels")(Labeler)
+RUNTIMES.register("captioner", help="captioner: image -> encoder -> greedy / beam decoding -> caption")(
+    CaptionerBundle
+)
 
 
 def load_bundle(
@@ -40,6 +44,7 @@ def load_bundle(
 __all__ = [
     "BUNDLE_FORMAT",
     "BundleError",
+    "CaptionerBundle",
     "LabelSet",
     "Labeler",
     "NumpyPreprocess",
