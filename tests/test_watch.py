@@ -224,3 +224,35 @@ def test_ctrl_c_ends_cleanly_with_a_summary(video, tmp_path):
         (tmp_path / "i" / "state.json").read_text()
     )["t"] > 2
     assert any("fps" in ln and "latency p50" in ln for ln in lines) and "interrupted" in lines[-1]
+
+
+def test_a_followed_folder_picks_up_frames_a_camera_writes(video, tmp_path):
+    """--follow: frames written while the watcher runs are labeled in name order; it stops after `idle` seconds
+    without a new one."""
+    import threading
+    import time
+
+    from edgeclip.runtime.sources import FolderSource
+
+    d = tmp_path / "cam"
+    d.mkdir()
+
+    def camera():
+        for i, c in enumerate(["circle"] * 4 + ["square"] * 4):
+            time.sleep(0.05)
+            tmp = d / f".{i:03d}.tmp"
+            tmp.write_bytes(video["pick"][c].read_bytes())
+            tmp.rename(d / f"{i:03d}.jpg")  # a camera that writes atomically
+
+    t = threading.Thread(target=camera)
+    t.start()
+    src = FolderSource(str(d), fps=5, follow=True, idle=1.0, poll=0.05)
+    s = watch(
+        src,
+        load_bundle(video["tb"]["bundle"], threads=1),
+        load_rules(video["rules"]),
+        tmp_path / "o",
+        progress=False,
+    )
+    t.join()
+    assert s["sampled"] == 8 and s["events_per_rule"]["circle"] == 1 and s["events_per_rule"]["square"] == 1
