@@ -61,7 +61,20 @@ def test_cli_export_writes_a_complete_bundle(student, shapes, tiny_teacher, tmp_
     for n, meta in man["files"].items():
         assert meta["sha256"] == sha256_file(out / n) and meta["bytes"] == (out / n).stat().st_size
     assert man["models"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"} == summary["models"]
-    assert man["quantization"]["method"] == "static" and man["quantization"]["per_channel"] is True
+    q = man["quantization"]
+    assert q["method"] == "static" and q["per_channel"] == ("per_channel" in q["choice"]["int8_file"])
+    # every int8 variant was timed beside fp32 and checked; the default is int8 only where it is faster and agrees
+    ch = q["choice"]
+    assert set(ch["variants"]) == {"qdq_per_channel", "qdq_per_tensor", "qoperator_per_channel"}
+    assert all(
+        v["batch1_ms"] > 0 and v["batch32_ms"] > 0 and 0 <= v["top1_agreement"] <= 1
+        for v in ch["variants"].values()
+    )
+    assert man["default_precision"] == ch["precision"] and "batch1_ms" in ch["fp32"]
+    if ch["precision"] == "int8":
+        v = ch["variants"][ch["variant"]]
+        assert v["batch1_ms"] < ch["fp32"]["batch1_ms"] and v["top1_agreement"] >= 0.99
+    assert Labeler(out).precision == man["default_precision"]
     assert man["quantization"]["calibration_images"] == 27  # 36 images, a quarter held out
     assert man["parity"]["fp32"]["max_abs_diff"] < 1e-4 and man["parity"]["fp32"]["n"] == 9
     p8 = man["parity"]["int8"]

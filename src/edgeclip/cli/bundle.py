@@ -39,6 +39,9 @@ def export_cmd(
         False,
         help="also bundle the teacher's text tower (ONNX fp32 + int8, tokenizer): new labels without torch",
     ),
+    threads: int = typer.Option(
+        2, help="ONNX Runtime threads the int8 variants are timed with (the device's)"
+    ),
 ):
     """Export a student to a bundle: ONNX fp32 + int8, labels.json, preprocess.json, manifest, model card."""
     from edgeclip.export.bundle import export_bundle
@@ -58,6 +61,7 @@ def export_cmd(
         eval_images=eval_images,
         overwrite=overwrite,
         text_encoder=text_encoder,
+        threads=threads,
         log=lambda s: typer.echo(s, err=True),
     )
     summary = {
@@ -67,6 +71,7 @@ def export_cmd(
         "bytes": {k: v["bytes"] for k, v in man["files"].items()},
         "latency_ms": man["latency_ms"],
     }
+    summary["default_precision"] = man.get("default_precision")
     if "accuracy" in man:
         summary["accuracy"] = man["accuracy"]
     if "text" in man:

@@ -217,6 +217,23 @@ def _model_card(m: dict[str, Any]) -> str:
                 )
             )
         lines.append(f"- the runtime uses {tx['default']} by default (int8 only where it agrees on >= 99 %)")
+    ch = (m.get("quantization") or {}).get("choice")
+    if ch:
+        lines += [
+            "",
+            f"## Which precision runs by default: {ch['precision']}",
+            f"{ch['why']} (measured on this machine, {ch['threads']} ONNX Runtime threads; gate: top-1 agreement"
+            f" with fp32 >= {ch['gate']['top1_agreement']}).",
+            "",
+            "| model | batch 1 ms | batch 32 ms | top-1 agreement | bytes |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            f"| fp32 | {ch['fp32']['batch1_ms']:.2f} | {ch['fp32']['batch32_ms']:.1f} | 1 | |",
+        ]
+        for k, v in ch["variants"].items():
+            lines.append(
+                f"| int8 {k}{' (shipped)' if k == ch['int8_file'] else ''} | {v['batch1_ms']:.2f} | "
+                f"{v['batch32_ms']:.1f} | {v['top1_agreement']:.3f} | {v['bytes']:,} |"
+            )
     lines += ["", "## Latency (batch 1, ONNX Runtime, 1 thread, this machine)"]
     for k, v in m.get("latency_ms", {}).items():
         lines.append(f"- {k}: {v:.2f} ms")
@@ -257,6 +274,7 @@ def export_bundle(
     seed: int = 0,
     opset: int = 17,
     text_encoder: bool = False,
+    threads: int = 2,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Build a bundle folder at ``out``; returns its manifest (parity, sizes, latency, accuracy).
@@ -326,20 +344,19 @@ def export_bundle(
         models = {"fp32": MODEL_FP32}
         quantization: dict[str, Any] = {"method": mode}
         if mode != "none":
-            from edgeclip.quant.ort import quantize_dynamic_onnx, quantize_static_onnx
+            from edgeclip.quant.ort import quantize_dynamic_onnx
 
             if mode == "static":
-                quantize_static_onnx(
-                    tmp / MODEL_FP32, tmp / MODEL_INT8, list(_batches(x_cal, 16)), per_channel=per_channel
-                )
+                choice = _choose_int8(tmp, x_cal, x_hold, text, pp.size, per_channel, threads, log)
                 quantization.update(
-                    per_channel=per_channel,
-                    format="QDQ",
+                    per_channel=choice["per_channel"],
+                    format=choice["format"],
                     activations="uint8",
                     weights="int8",
                     calibration="minmax",
                     calibration_images=int(len(x_cal)),
                     calibration_data=str(calib),
+                    choice=choice,
                 )
             else:
                 quantize_dynamic_onnx(tmp / MODEL_FP32, tmp / MODEL_INT8)
@@ -387,6 +404,9 @@ def export_bundle(
             "labels": labels,
             "templates": templates,
             "models": models,
+            "default_precision": (quantization.get("choice") or {}).get(
+                "precision", "int8" if "int8" in models else "fp32"
+            ),
             "quantization": quantization,
             "parity": parity,
             "latency_ms": latency,
@@ -425,6 +445,53 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp)
     return manifest
+
+
+def _choose_int8(
+    folder: Path,
+    x_cal: np.ndarray,
+    x_hold: np.ndarray,
+    text: np.ndarray,
+    size: int,
+    per_channel: bool,
+    threads: int,
+    log,
+) -> dict[str, Any]:
+    """Build every static int8 variant, time it at batch 1 and 32 on ``threads`` threads beside fp32, check its
+    top-1 agreement with fp32 on the hold-out images; the chosen one becomes model.int8.onnx (see
+    :mod:`edgeclip.export.choose`), and the bundle's default precision is int8 only when it is faster than fp32."""
+    from edgeclip.export.choose import AGREEMENT_GATE, INT8_VARIANTS, choose, time_model
+
+    names = [n for n in INT8_VARIANTS.names() if per_channel or "per_tensor" in n]
+    work = folder / ".variants"
+    work.mkdir()
+    fp32 = time_model(folder / MODEL_FP32, size, threads)
+    variants: dict[str, dict[str, Any]] = {}
+    for n in names:
+        path = INT8_VARIANTS.get(n)(folder / MODEL_FP32, work / f"{n}.onnx", list(_batches(x_cal, 16)))
+        p = int8_parity(folder / MODEL_FP32, path, x_hold, text)
+        variants[n] = {**time_model(path, size, threads), **p, "bytes": path.stat().st_size}
+        log(
+            f"int8 {n}: {variants[n]['batch1_ms']:.2f} ms at batch 1 (fp32 {fp32['batch1_ms']:.2f}), "
+            f"agreement {p['top1_agreement']:.3f}"
+        )
+    pick = choose(fp32, variants, AGREEMENT_GATE)
+    ship = pick["variant"] or max(
+        variants, key=lambda k: (variants[k]["top1_agreement"], -variants[k]["batch1_ms"])
+    )
+    os.replace(work / f"{ship}.onnx", folder / MODEL_INT8)
+    shutil.rmtree(work)
+    log(f"default precision: {pick['precision']} ({pick['why']})")
+    return {
+        **pick,
+        "int8_file": ship,
+        "per_channel": "per_channel" in ship,
+        "format": "QOperator" if ship.startswith("qoperator") else "QDQ",
+        "threads": threads,
+        "gate": {"top1_agreement": AGREEMENT_GATE},
+        "fp32": fp32,
+        "variants": variants,
+    }
 
 
 def _bundle_text_tower(teacher, folder: Path, labels, templates, x_hold: np.ndarray, log) -> dict[str, Any]:

@@ -63,8 +63,10 @@ def quantize_static_onnx(
     preprocess: bool = True,
     reduce_range="auto",
     weight_bits: int = 8,
+    quant_format: str = "qdq",
 ) -> Path:
-    """Static int8 QDQ quantization (ONNX Runtime), activations calibrated on ``calibration`` batches.
+    """Static int8 quantization (ONNX Runtime), activations calibrated on ``calibration`` batches.
+    ``quant_format``: qdq (QuantizeLinear/DequantizeLinear pairs, fused by ORT) | qoperator (QLinearConv, ...).
 
     ``method``: minmax | entropy | percentile. The graph is first run through ORT's quantization
     pre-processing (shape inference + optimisation), as ORT recommends.
@@ -102,6 +104,8 @@ def quantize_static_onnx(
     }.get(method)
     if meth is None:
         raise EdgeClipError(f"unknown calibration method {method!r} (minmax, entropy, percentile)")
+    if quant_format not in ("qdq", "qoperator"):
+        raise EdgeClipError(f"unknown quantization format {quant_format!r} (qdq, qoperator)")
     batches = list(calibration)
     if not batches:
         raise EdgeClipError("static quantization needs calibration images (got none)")
@@ -111,7 +115,7 @@ def quantize_static_onnx(
                 str(src),
                 str(tmp),
                 _Reader(input_name, batches),
-                quant_format=QuantFormat.QDQ,
+                quant_format=QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ,
                 per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
                 weight_type=wtype,

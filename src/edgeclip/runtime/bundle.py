@@ -168,10 +168,12 @@ def make_session(path: str | os.PathLike, threads: int | None = None):
 
 
 def pick_model(man: dict[str, Any], precision: str) -> str:
-    """File name of the model for ``precision`` (auto: int8 when the bundle has it, else fp32)."""
+    """File name of the model for ``precision`` (auto: the default the export measured, ``default_precision``:
+    int8 only where it was faster than fp32 within the fidelity gate; bundles without it: int8 when present)."""
     models = man.get("models") or {}
     if precision == "auto":
-        precision = "int8" if "int8" in models else "fp32"
+        precision = man.get("default_precision") or ("int8" if "int8" in models else "fp32")
+        precision = precision if precision in models else "fp32"
     if precision not in ("fp32", "int8"):
         raise EdgeClipError(f"unknown precision {precision!r} (auto, fp32, int8)")
     if precision not in models:
