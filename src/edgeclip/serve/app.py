@@ -24,7 +24,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -125,6 +127,63 @@ class StreamingBodyLimit:
         await self.app(scope, counted, guarded_send)
 
 
+@dataclass
+class _Server:
+    """What the routes share: the loaded bundle, the limits, the edit rights, one lock for label edits."""
+
+    model: Any
+    max_upload_bytes: int
+    max_pixels: int
+    max_json_bytes: int
+    body_timeout: float
+    token: str | None
+    read_only: bool
+    topk: int
+    text_encoder: TextEncoder | None
+    decoding: threading.BoundedSemaphore
+    allowed_hosts: list[str] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.text_encoder is None and getattr(self.model, "has_text_tower", False):
+            self.text_encoder = (
+                self.model.embed_labels
+            )  # the bundled text tower: free-text labels without torch
+
+    def may_edit(self, request: Request) -> None:
+        """Label edits change what every client sees: they need the server's token (and no read-only mode)."""
+        if self.read_only:
+            raise ApiError(403, "this server is read-only: its labels cannot be changed")
+        if self.token is None:
+            return
+        given = request.headers.get("x-edgeclip-token") or request.headers.get(
+            "authorization", ""
+        ).removeprefix("Bearer ")
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise ApiError(
+                401,
+                "changing labels needs the server's token (header X-Edgeclip-Token; the "
+                "address `edgeclip serve` prints carries it for the web page)",
+            )
+
+    def read_upload(self, file: UploadFile) -> bytes:
+        data = file.file.read(self.max_upload_bytes + 1)
+        if len(data) > self.max_upload_bytes:
+            raise ApiError(413, f"upload too large (limit {self.max_upload_bytes:,} bytes)")
+        if not data:
+            raise ApiError(400, "empty upload")
+        return data
+
+    def decode(self, data: bytes, filename: str):
+        from edgeclip.runtime.labeler import to_image
+
+        with self.decoding:
+            try:
+                return to_image(data, self.max_pixels)
+            except ImageLoadError as e:
+                raise ApiError(415, str(e).replace("<bytes>", repr(filename or "upload"))) from None
+
+
 def create_app(
     bundle: str | os.PathLike,
     precision: str = "auto",
@@ -142,12 +201,32 @@ def create_app(
 ) -> FastAPI:
     """Load the bundle (hashes verified) and build the app. ``text_encoder``: names -> (L, D) teacher text
     embeddings, to let the page add labels the bundle has no embedding for (needs the teacher and torch)."""
-    model = load_bundle(bundle, precision=precision, threads=threads)
-    if text_encoder is None and getattr(model, "has_text_tower", False):
-        text_encoder = model.embed_labels  # the bundled text tower: free-text labels without torch
-    lock = threading.Lock()
+    s = _Server(
+        model=load_bundle(bundle, precision=precision, threads=threads),
+        max_upload_bytes=max_upload_bytes,
+        max_pixels=max_pixels,
+        max_json_bytes=max_json_bytes,
+        body_timeout=body_timeout,
+        token=token,
+        read_only=read_only,
+        topk=topk,
+        text_encoder=text_encoder,
+        decoding=threading.BoundedSemaphore(
+            max(1, decode_workers)
+        ),  # concurrent decodes cannot stack up memory
+        allowed_hosts=allowed_hosts,
+    )
     app = FastAPI(title="edgeclip", version="1", docs_url="/docs", redoc_url=None)
-    app.state.model = model
+    app.state.model = s.model
+    for install in (_guards, _pages, _inference, _labels):
+        install(app, s)
+    return app
+
+
+def _guards(app: FastAPI, s: _Server) -> None:
+    """Error handlers as one-line JSON, body and Host limits."""
+    max_upload_bytes, max_json_bytes, body_timeout = s.max_upload_bytes, s.max_json_bytes, s.body_timeout
+    allowed_hosts = s.allowed_hosts
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -163,22 +242,6 @@ def create_app(
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOOPBACK_HOSTS))
-
-    def _may_edit(request: Request) -> None:
-        """Label edits change what every client sees: they need the server's token (and no read-only mode)."""
-        if read_only:
-            raise ApiError(403, "this server is read-only: its labels cannot be changed")
-        if token is None:
-            return
-        given = request.headers.get("x-edgeclip-token") or request.headers.get(
-            "authorization", ""
-        ).removeprefix("Bearer ")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(
-                401,
-                "changing labels needs the server's token (header X-Edgeclip-Token; the "
-                "address `edgeclip serve` prints carries it for the web page)",
-            )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -212,26 +275,18 @@ def create_app(
                 return _err(413, f"upload too large: {int(cl):,} bytes (limit {max_upload_bytes:,})")
         return await call_next(request)
 
-    def _read_upload(file: UploadFile) -> bytes:
-        data = file.file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise ApiError(413, f"upload too large (limit {max_upload_bytes:,} bytes)")
-        if not data:
-            raise ApiError(400, "empty upload")
-        return data
 
-    decoding = threading.BoundedSemaphore(max(1, decode_workers))  # concurrent decodes cannot stack up memory
+def _pages(app: FastAPI, s: _Server) -> None:
+    """The web page and what it asks the server about."""
+    model, topk, text_encoder, max_upload_bytes, token, read_only = (
+        s.model,
+        s.topk,
+        s.text_encoder,
+        s.max_upload_bytes,
+        s.token,
+        s.read_only,
+    )
 
-    def _decode(data: bytes, filename: str):
-        from edgeclip.runtime.labeler import to_image
-
-        with decoding:
-            try:
-                return to_image(data, max_pixels)
-            except ImageLoadError as e:
-                raise ApiError(415, str(e).replace("<bytes>", repr(filename or "upload"))) from None
-
-    # ------------------------------------------------------------------ pages
     @app.get("/", include_in_schema=False)
     def index():
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -251,7 +306,11 @@ def create_app(
             "caption": hasattr(model, "caption"),
         }
 
-    # ------------------------------------------------------------------ inference
+
+def _inference(app: FastAPI, s: _Server) -> None:
+    """POST /label and POST /caption."""
+    model, topk, _decode, _read_upload = s.model, s.topk, s.decode, s.read_upload
+
     @app.post("/label")
     def label(
         file: UploadFile = File(...),
@@ -289,7 +348,12 @@ def create_app(
         img = _decode(_read_upload(file), file.filename)
         return {"image": file.filename, "caption": model.caption(img), "model": model.name}
 
-    # ------------------------------------------------------------------ labels
+
+def _labels(app: FastAPI, s: _Server) -> None:
+    """Reading and editing the label list (edits need the token)."""
+    model, lock, text_encoder = s.model, s.lock, s.text_encoder
+    _decode, _read_upload, _may_edit = s.decode, s.read_upload, s.may_edit
+
     def _need_labels():
         if not hasattr(model, "known"):
             raise ApiError(404, f"this is a {getattr(model, 'kind', '?')!r} bundle: it has no label list")
@@ -352,8 +416,6 @@ def create_app(
             except (EdgeClipError, ValueError) as e:
                 raise ApiError(400, str(e)) from None
         return {"labels": model.label_names}
-
-    return app
 
 
 def _names(labels) -> list[str]:
