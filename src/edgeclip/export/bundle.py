@@ -280,11 +280,9 @@ def export_bundle(
     """Build a bundle folder at ``out``; returns its manifest (parity, sizes, latency, accuracy).
     ``text_encoder``: also bundle the teacher's text tower (fp32 + int8 ONNX and its tokenizer), so that the
     torch-free runtime embeds labels it has never seen (see :mod:`edgeclip.export.text`)."""
-    import torch
 
     from edgeclip.core.env import machine_info
     from edgeclip.core.prompts import check_templates, parse_labels
-    from edgeclip.export.onnx import export_onnx, onnx_parity
     from edgeclip.models.student import load_student
     from edgeclip.models.teachers import teacher_of
     from edgeclip.zeroshot.text import text_embeddings
@@ -313,60 +311,16 @@ def export_bundle(
             "int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only"
         )
 
-    if calib:
-        x, _, skipped = load_calibration(calib, calib_images, npp, seed)
-        n_hold = max(1, int(round(holdout * len(x)))) if len(x) > 1 else 0
-        x_cal, x_hold = (x[:-n_hold], x[-n_hold:]) if n_hold else (x, x)
-        log(f"calibration: {len(x_cal)} images, hold-out: {len(x_hold)} (skipped {len(skipped)} unreadable)")
-    else:
-        skipped = []
-        x_cal = x_hold = (
-            np.random.default_rng(seed).standard_normal((8, 3, pp.size, pp.size)).astype(np.float32)
-        )
+    x_cal, x_hold, skipped = _calibration(calib, calib_images, npp, holdout, seed, log)
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        axes = {"image": {0: "batch"}, "embedding": {0: "batch"}}
-        if not transformer:
-            axes["image"].update({2: "height", 3: "width"})
-        export_onnx(
-            st, tmp / MODEL_FP32, input_shape=(1, 3, pp.size, pp.size), dynamic_axes=axes, opset=opset
+        models, parity, quantization = _onnx_models(
+            st, tmp, pp.size, transformer, mode, per_channel, x_cal, x_hold, text, calib, threads, opset, log
         )
-        with torch.no_grad():
-            par = onnx_parity(st, tmp / MODEL_FP32, torch.from_numpy(x_hold))
-        parity: dict[str, Any] = {
-            "fp32": {**par, "n": int(len(x_hold)), "inputs": "hold-out images" if calib else "random"}
-        }
-        log(f"fp32 parity: max abs diff vs torch {par['max_abs_diff']:.2e} (mean {par['mean_abs_diff']:.2e})")
-        models = {"fp32": MODEL_FP32}
-        quantization: dict[str, Any] = {"method": mode}
-        if mode != "none":
-            from edgeclip.quant.ort import quantize_dynamic_onnx
-
-            if mode == "static":
-                choice = _choose_int8(tmp, x_cal, x_hold, text, pp.size, per_channel, threads, log)
-                quantization.update(
-                    per_channel=choice["per_channel"],
-                    format=choice["format"],
-                    activations="uint8",
-                    weights="int8",
-                    calibration="minmax",
-                    calibration_images=int(len(x_cal)),
-                    calibration_data=str(calib),
-                    choice=choice,
-                )
-            else:
-                quantize_dynamic_onnx(tmp / MODEL_FP32, tmp / MODEL_INT8)
-                quantization.update(per_channel=False, weights="int8", activations="dynamic uint8")
-            models["int8"] = MODEL_INT8
-            parity["int8"] = int8_parity(tmp / MODEL_FP32, tmp / MODEL_INT8, x_hold, text)
-            log(
-                f"int8 parity: top-1 agreement with fp32 {parity['int8']['top1_agreement']:.3f}, mean cosine "
-                f"{parity['int8']['mean_cosine']:.4f} on {parity['int8']['n']} hold-out images"
-            )
 
         LabelSet(labels, text, templates)  # validates before writing
         write_json(tmp / LABELS, {**LabelSet(labels, text, templates).to_dict(), "teacher": t.id})
@@ -418,25 +372,7 @@ def export_bundle(
         }
         _finish(tmp, manifest)
         if eval_data:
-            from edgeclip.zeroshot.embedder import load_embedder
-            from edgeclip.zeroshot.evaluate import evaluate
-
-            log(f"zero-shot accuracy on {eval_data} ...")
-            res = evaluate(
-                None,
-                {"student": load_embedder(student=str(student), teacher=t.spec)},
-                eval_data,
-                templates,
-                max_images=eval_images,
-            )
-            cemb = text_embeddings(t, res["classes"], templates).numpy()
-            acc = {"data": str(eval_data), "n": res["n"], "torch_fp32": res["student_top1"]}
-            for k in models:
-                acc[f"bundle_{k}"] = bundle_accuracy(
-                    tmp, eval_data, k, templates, eval_images, text_emb=cemb
-                )["top1"]
-            manifest["accuracy"] = acc
-            log("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if isinstance(v, float)))
+            manifest["accuracy"] = _accuracy(tmp, student, t, models, eval_data, eval_images, templates, log)
             _finish(tmp, manifest)
         if out.exists():
             shutil.rmtree(out)
@@ -445,6 +381,106 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp)
     return manifest
+
+
+def _calibration(calib, calib_images: int, npp, holdout: float, seed: int, log):
+    """(calibration images, hold-out images, unreadable ones): a hold-out share checks int8; without ``calib``,
+    seeded random inputs (fp32 only)."""
+    if not calib:
+        x = np.random.default_rng(seed).standard_normal((8, 3, npp.size, npp.size)).astype(np.float32)
+        return x, x, []
+    x, _, skipped = load_calibration(calib, calib_images, npp, seed)
+    n_hold = max(1, int(round(holdout * len(x)))) if len(x) > 1 else 0
+    x_cal, x_hold = (x[:-n_hold], x[-n_hold:]) if n_hold else (x, x)
+    log(f"calibration: {len(x_cal)} images, hold-out: {len(x_hold)} (skipped {len(skipped)} unreadable)")
+    return x_cal, x_hold, skipped
+
+
+def _onnx_models(
+    st,
+    folder: Path,
+    size: int,
+    transformer: bool,
+    mode: str,
+    per_channel: bool,
+    x_cal,
+    x_hold,
+    text,
+    calib,
+    threads: int,
+    opset: int,
+    log,
+) -> tuple[dict, dict, dict]:
+    """model.onnx (checked against torch) and, unless ``mode`` is none, model.int8.onnx (static: the measured
+    choice among the variants; dynamic for transformers) -> (models, parity, quantization)."""
+    import torch
+
+    from edgeclip.export.onnx import export_onnx, onnx_parity
+
+    axes = {"image": {0: "batch"}, "embedding": {0: "batch"}}
+    if not transformer:
+        axes["image"].update({2: "height", 3: "width"})
+    export_onnx(st, folder / MODEL_FP32, input_shape=(1, 3, size, size), dynamic_axes=axes, opset=opset)
+    with torch.no_grad():
+        par = onnx_parity(st, folder / MODEL_FP32, torch.from_numpy(x_hold))
+    parity: dict[str, Any] = {
+        "fp32": {**par, "n": int(len(x_hold)), "inputs": "hold-out images" if calib else "random"}
+    }
+    log(f"fp32 parity: max abs diff vs torch {par['max_abs_diff']:.2e} (mean {par['mean_abs_diff']:.2e})")
+    models = {"fp32": MODEL_FP32}
+    quantization: dict[str, Any] = {"method": mode}
+    if mode == "none":
+        return models, parity, quantization
+    if mode == "static":
+        choice = _choose_int8(folder, x_cal, x_hold, text, size, per_channel, threads, log)
+        quantization.update(
+            per_channel=choice["per_channel"],
+            format=choice["format"],
+            activations="uint8",
+            weights="int8",
+            calibration="minmax",
+            calibration_images=int(len(x_cal)),
+            calibration_data=str(calib),
+            choice=choice,
+        )
+    else:
+        from edgeclip.quant.ort import quantize_dynamic_onnx
+
+        quantize_dynamic_onnx(folder / MODEL_FP32, folder / MODEL_INT8)
+        quantization.update(per_channel=False, weights="int8", activations="dynamic uint8")
+    models["int8"] = MODEL_INT8
+    parity["int8"] = p8 = int8_parity(folder / MODEL_FP32, folder / MODEL_INT8, x_hold, text)
+    log(
+        f"int8 parity: top-1 agreement with fp32 {p8['top1_agreement']:.3f}, mean cosine "
+        f"{p8['mean_cosine']:.4f} on {p8['n']} hold-out images"
+    )
+    return models, parity, quantization
+
+
+def _accuracy(
+    folder: Path, student, teacher, models: dict, eval_data, eval_images: int, templates, log
+) -> dict:
+    """Zero-shot top-1 on ``eval_data`` of the torch student and of each bundle model, for the model card."""
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.evaluate import evaluate
+    from edgeclip.zeroshot.text import text_embeddings
+
+    log(f"zero-shot accuracy on {eval_data} ...")
+    res = evaluate(
+        None,
+        {"student": load_embedder(student=str(student), teacher=teacher.spec)},
+        eval_data,
+        templates,
+        max_images=eval_images,
+    )
+    cemb = text_embeddings(teacher, res["classes"], templates).numpy()
+    acc = {"data": str(eval_data), "n": res["n"], "torch_fp32": res["student_top1"]}
+    for k in models:
+        acc[f"bundle_{k}"] = bundle_accuracy(folder, eval_data, k, templates, eval_images, text_emb=cemb)[
+            "top1"
+        ]
+    log("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items() if isinstance(v, float)))
+    return acc
 
 
 def _choose_int8(

@@ -91,53 +91,77 @@ def _shapes(workdir: Path) -> dict[str, Path]:
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every section in order (one that fails is recorded and the others still run), then the JSON and report."""
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "random weights" notice is expected here
-    t_start = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    threads = torch.get_num_threads()
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    work = Path(cfg.workdir) / ("quick" if cfg.quick else "full")
-    work.mkdir(parents=True, exist_ok=True)
-    mode = "quick" if cfg.quick else "full"
-    data_base = Path("benchmarks/artifacts/data")
-    train_dir = Path(cfg.train_data) if cfg.train_data else _cifar("train", data_base)
-    test_dir = Path(cfg.data) if cfg.data else _cifar("test", data_base)
-    if train_dir is None:  # a clone without ../shared: drawn shapes keep every section running
-        sh = _shapes(work)
-        train_dir, test_dir = sh["train"], test_dir or sh["test"]
-    teacher, students = cfg.teacher, list(cfg.students)
-    lab = Path(cfg.lab) if cfg.lab else None
-    if lab is not None and not teacher and not students and (lab / "teacher" / "teacher.pt").is_file():
-        teacher = f"reference-lit:{(lab / 'teacher' / 'teacher.pt').resolve()}"
-        lab_student = lab_student_path(lab)
-        if lab_student.is_file():
-            students = [str(lab_student.resolve())]
-    result: dict[str, Any] = {
-        "kind": "edgeclip-bench/1",
-        "mode": mode,
-        "date": machine_info()["date"],
-        "machine": machine_info(),
-        "threads": threads,
-        "config": asdict(cfg),
-        "inputs": {
-            "train_data": str(train_dir),
-            "eval_data": str(test_dir) if test_dir else None,
-            "teacher": teacher,
-            "students": students,
-        },
-        "sections": {},
-        "skipped": {},
-        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    ckpts = [s for s in students] + (
-        [teacher.split(":", 1)[1]] if teacher and teacher.startswith("reference-lit:") else []
-    )
-    result["checkpoints_sha256"] = {c: sha256_file(c) for c in ckpts if Path(c).is_file()}
+    b = _Bench(cfg, log)
+    for step in (b.speed, b.train_cost, b.accuracy, b.fidelity_and_energy, b.gpu):
+        step()
+    return b.finish()
 
-    def section(name: str, fn: Callable[[], Any]):
-        if name in cfg.skip:
+
+class _Bench:
+    """One bench run: its inputs, its result dict, and one method per section."""
+
+    def __init__(self, cfg: BenchConfig, log: Callable[[str], None]):
+        self.cfg, self.log, self.t_start = cfg, log, time.time()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.threads = torch.get_num_threads()
+        torch.manual_seed(cfg.seed)
+        self.out = Path(cfg.out)
+        self.mode = "quick" if cfg.quick else "full"
+        self.work = Path(cfg.workdir) / self.mode
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.data_base = Path("benchmarks/artifacts/data")
+        self.train_dir = Path(cfg.train_data) if cfg.train_data else _cifar("train", self.data_base)
+        self.test_dir = Path(cfg.data) if cfg.data else _cifar("test", self.data_base)
+        if self.train_dir is None:  # a clone without ../shared: drawn shapes keep every section running
+            sh = _shapes(self.work)
+            self.train_dir, self.test_dir = sh["train"], self.test_dir or sh["test"]
+        self.teacher, self.students = cfg.teacher, list(cfg.students)
+        lab = Path(cfg.lab) if cfg.lab else None
+        self.lab_student = None
+        if (
+            lab is not None
+            and not self.teacher
+            and not self.students
+            and (lab / "teacher" / "teacher.pt").is_file()
+        ):
+            self.teacher = f"reference-lit:{(lab / 'teacher' / 'teacher.pt').resolve()}"
+            self.lab_student = lab_student_path(lab)
+            if self.lab_student.is_file():
+                self.students = [str(self.lab_student.resolve())]
+        self.result: dict[str, Any] = {
+            "kind": "edgeclip-bench/1",
+            "mode": self.mode,
+            "date": machine_info()["date"],
+            "machine": machine_info(),
+            "threads": self.threads,
+            "config": asdict(cfg),
+            "inputs": {
+                "train_data": str(self.train_dir),
+                "eval_data": str(self.test_dir) if self.test_dir else None,
+                "teacher": self.teacher,
+                "students": self.students,
+            },
+            "sections": {},
+            "skipped": {},
+            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        }
+        ckpts = list(self.students) + (
+            [self.teacher.split(":", 1)[1]]
+            if self.teacher and self.teacher.startswith("reference-lit:")
+            else []
+        )
+        self.result["checkpoints_sha256"] = {c: sha256_file(c) for c in ckpts if Path(c).is_file()}
+        # full: 20 batch-1 runs / 5 batch-32 runs, each loop capped at 8 s / 24 s (at least 3 runs) for big towers
+        self.batch, self.reps, self.thr_reps, self.warmup, self.cap = (
+            (4, 5, 2, 1, 0.0) if cfg.quick else (32, 20, 5, 3, 8.0)
+        )
+
+    def section(self, name: str, fn: Callable[[], Any]):
+        result, log = self.result, self.log
+        if name in self.cfg.skip:
             result["skipped"][name] = "skipped on request (--skip)"
             return None
         log(f"==> {name}")
@@ -159,165 +183,175 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         result.setdefault("section_seconds", {})[name] = time.time() - t0
         return val
 
-    # ---- speed -------------------------------------------------------------------------------------
-    models = list(cfg.models) or (
-        speed_mod.TEACHERS_QUICK + speed_mod.STUDENTS_QUICK
-        if cfg.quick
-        else speed_mod.TEACHERS_FULL + speed_mod.STUDENTS_FULL
-    )
-    roles = {m: ("teacher" if m.startswith("clip:") else "student") for m in models}
-    if teacher:
-        models.append(f"teacher:{teacher}")
-        roles[f"teacher:{teacher}"] = "teacher"
-    for s in students:
-        models.append(f"ckpt:{s}")
-        roles[f"ckpt:{s}"] = "student"
-    calib_sources = [shared_data_dir() / "coco-mini" / "images", train_dir]
-    # full: 20 batch-1 runs / 5 batch-32 runs, each loop capped at 8 s / 24 s (at least 3 runs) for the big towers
-    batch, reps, thr_reps, warmup, cap = (4, 5, 2, 1, 0.0) if cfg.quick else (32, 20, 5, 3, 8.0)
-    section(
-        "speed",
-        lambda: speed_mod.run_speed_suite(
-            models,
-            work / "onnx",
-            speed_mod.calibration_images(calib_sources, 8 if cfg.quick else 32),
-            threads,
-            batch=batch,
-            reps=reps,
-            thr_reps=thr_reps,
-            log=log,
-            roles=roles,
-            energy_seconds=1.0 if cfg.quick else 3.0,
-            warmup=warmup,
-            max_seconds=cap,
-        ),
-    )
-
-    # ---- training cost -----------------------------------------------------------------------------
-    def train_cost():
-        from edgeclip.lab.train_cost import training_cost
-
-        n, bs = (32, 16) if cfg.quick else (512, 64)
-        runs = {
-            "clip_vit_b32_teacher": training_cost(
-                train_dir,
-                work / "train_cost",
-                "open_clip:ViT-B-32",
-                "shufflenet_v2_x1_0",
-                32,
-                n,
-                bs,
-                cfg.seed,
-                log=log,
-            )
-        }
-        if teacher and not cfg.quick:
-            runs["lab_teacher"] = training_cost(
-                train_dir,
-                work / "train_cost_lab",
-                teacher,
-                "shufflenet_v2_x1_0",
-                32,
-                n,
-                bs,
-                cfg.seed,
-                log=log,
-            )
-        return {
-            "runs": runs,
-            "headline": "clip_vit_b32_teacher",
-            "note": "open_clip ViT-B-32 with random weights costs what the real CLIP teacher costs to run. "
-            + (
-                "The lab_teacher run uses the given reference teacher (a small tower at its own input "
-                "size), so the cache saves less per image there."
-                if "lab_teacher" in runs
-                else ""
-            ),
-        }
-
-    section("train_cost", train_cost)
-
-    # ---- accuracy of the given (or lab) models -----------------------------------------------------
-    def accuracy():
-        from edgeclip.lab.fidelity import measure_accuracy, sample_labels
-
-        if not students:
-            raise EdgeClipError(
-                "no student checkpoint given (--student) and no lab student at "
-                f"{lab_student}: accuracy not measured"
-            )
-        if test_dir is None:
-            raise EdgeClipError("no evaluation ImageFolder (--data) and no CIFAR-10 in ../shared/data")
-        n = cfg.max_images or (200 if cfg.quick else 2000)
-        res = measure_accuracy(
-            teacher, students, str(test_dir), work / "accuracy", max_images=n, threads=threads, log=log
+    # ---- the sections
+    def speed(self) -> None:
+        cfg = self.cfg
+        models = list(cfg.models) or (
+            speed_mod.TEACHERS_QUICK + speed_mod.STUDENTS_QUICK
+            if cfg.quick
+            else speed_mod.TEACHERS_FULL + speed_mod.STUDENTS_FULL
         )
-        res["samples"] = sample_labels(students[0], str(test_dir), n=8, teacher_spec=teacher)
-        return res
-
-    section("accuracy", accuracy)
-
-    # ---- fidelity (other issues' lab results), energy ----------------------------------------------
-    from edgeclip.lab.energy import energy_table
-    from edgeclip.lab.fidelity import collect_lab_results
-
-    section("fidelity", lambda: collect_lab_results(out))
-    if "speed" in result["sections"]:
-        section(
-            "energy",
-            lambda: energy_table(
-                [m for m in result["sections"]["speed"]["models"] if "error" not in m], threads
+        roles = {m: ("teacher" if m.startswith("clip:") else "student") for m in models}
+        if self.teacher:
+            models.append(f"teacher:{self.teacher}")
+            roles[f"teacher:{self.teacher}"] = "teacher"
+        for st in self.students:
+            models.append(f"ckpt:{st}")
+            roles[f"ckpt:{st}"] = "student"
+        calib_sources = [shared_data_dir() / "coco-mini" / "images", self.train_dir]
+        self.section(
+            "speed",
+            lambda: speed_mod.run_speed_suite(
+                models,
+                self.work / "onnx",
+                speed_mod.calibration_images(calib_sources, 8 if cfg.quick else 32),
+                self.threads,
+                batch=self.batch,
+                reps=self.reps,
+                thr_reps=self.thr_reps,
+                log=self.log,
+                roles=roles,
+                energy_seconds=1.0 if cfg.quick else 3.0,
+                warmup=self.warmup,
+                max_seconds=self.cap,
             ),
         )
 
-    # ---- GPU ---------------------------------------------------------------------------------------
-    dev = cfg.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    if dev.startswith("cuda"):
+    def train_cost(self) -> None:
+        def run():
+            from edgeclip.lab.train_cost import training_cost
+
+            n, bs = (32, 16) if self.cfg.quick else (512, 64)
+            seed, log = self.cfg.seed, self.log
+            runs = {
+                "clip_vit_b32_teacher": training_cost(
+                    self.train_dir,
+                    self.work / "train_cost",
+                    "open_clip:ViT-B-32",
+                    "shufflenet_v2_x1_0",
+                    32,
+                    n,
+                    bs,
+                    seed,
+                    log=log,
+                )
+            }
+            if self.teacher and not self.cfg.quick:
+                runs["lab_teacher"] = training_cost(
+                    self.train_dir,
+                    self.work / "train_cost_lab",
+                    self.teacher,
+                    "shufflenet_v2_x1_0",
+                    32,
+                    n,
+                    bs,
+                    seed,
+                    log=log,
+                )
+            note = "open_clip ViT-B-32 with random weights costs what the real CLIP teacher costs to run. "
+            if "lab_teacher" in runs:
+                note += (
+                    "The lab_teacher run uses the given reference teacher (a small tower at its own input "
+                    "size), so the cache saves less per image there."
+                )
+            return {"runs": runs, "headline": "clip_vit_b32_teacher", "note": note}
+
+        self.section("train_cost", run)
+
+    def accuracy(self) -> None:
+        def run():
+            from edgeclip.lab.fidelity import measure_accuracy, sample_labels
+
+            if not self.students:
+                raise EdgeClipError(
+                    "no student checkpoint given (--student) and no lab student at "
+                    f"{self.lab_student}: accuracy not measured"
+                )
+            if self.test_dir is None:
+                raise EdgeClipError("no evaluation ImageFolder (--data) and no CIFAR-10 in ../shared/data")
+            n = self.cfg.max_images or (200 if self.cfg.quick else 2000)
+            res = measure_accuracy(
+                self.teacher,
+                self.students,
+                str(self.test_dir),
+                self.work / "accuracy",
+                max_images=n,
+                threads=self.threads,
+                log=self.log,
+            )
+            res["samples"] = sample_labels(
+                self.students[0], str(self.test_dir), n=8, teacher_spec=self.teacher
+            )
+            return res
+
+        self.section("accuracy", run)
+
+    def fidelity_and_energy(self) -> None:
+        """Other issues' lab results; energy per image from the speed section."""
+        from edgeclip.lab.energy import energy_table
+        from edgeclip.lab.fidelity import collect_lab_results
+
+        self.section("fidelity", lambda: collect_lab_results(self.out))
+        if "speed" in self.result["sections"]:
+            models = [m for m in self.result["sections"]["speed"]["models"] if "error" not in m]
+            self.section("energy", lambda: energy_table(models, self.threads))
+
+    def gpu(self) -> None:
+        cfg, result = self.cfg, self.result
+        dev = cfg.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        if not dev.startswith("cuda"):
+            result["skipped"]["gpu"] = (
+                "CPU run (pass --device cuda on a GPU machine for the GPU throughput section)"
+            )
+            return
         if not torch.cuda.is_available():
             msg = "--device cuda: no CUDA GPU on this machine; GPU throughput section skipped"
-            log(msg)
+            self.log(msg)
             result["skipped"]["gpu"] = msg
-        else:
-            from edgeclip.lab.train_cost import gpu_throughput
+            return
+        from edgeclip.lab.train_cost import gpu_throughput
 
-            gdata = _cifar("train", data_base) or train_dir
-            section(
-                "gpu",
-                lambda: gpu_throughput(
-                    gdata,
-                    work / "gpu",
-                    n_images=512 if cfg.quick else 8192,
-                    batch_size=64 if cfg.quick else 256,
-                    steps=4 if cfg.quick else 30,
-                    workers=4 if cfg.quick else 8,
-                    log=log,
-                ),
-            )
-    else:
-        result["skipped"]["gpu"] = (
-            "CPU run (pass --device cuda on a GPU machine for the GPU throughput section)"
+        gdata = _cifar("train", self.data_base) or self.train_dir
+        self.section(
+            "gpu",
+            lambda: gpu_throughput(
+                gdata,
+                self.work / "gpu",
+                n_images=512 if cfg.quick else 8192,
+                batch_size=64 if cfg.quick else 256,
+                steps=4 if cfg.quick else 30,
+                workers=4 if cfg.quick else 8,
+                log=self.log,
+            ),
         )
 
-    result["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    result["budget"] = {
-        "mode": mode,
-        "minutes": (time.time() - t_start) / 60,
-        "threads": threads,
-        "device": "cuda" if "gpu" in result["sections"] else "cpu",
-        "training_cost_epochs": "1 cached + 1 online per run",
-        "speed_reps": {"batch1": reps, "throughput": thr_reps, "batch": batch, "warmup": warmup},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    name = "bench_quick.json" if cfg.quick else "bench.json"
-    write_json(out / name, result)
-    result["path"] = str(out / name)
-    log(f"results: {out / name}  ({result['budget']['minutes']:.1f} min, {threads} threads)")
-    if cfg.report:
-        from edgeclip.lab.report import build_report
+    def finish(self) -> dict[str, Any]:
+        cfg, result, out = self.cfg, self.result, self.out
+        result["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        result["budget"] = {
+            "mode": self.mode,
+            "minutes": (time.time() - self.t_start) / 60,
+            "threads": self.threads,
+            "device": "cuda" if "gpu" in result["sections"] else "cpu",
+            "training_cost_epochs": "1 cached + 1 online per run",
+            "speed_reps": {
+                "batch1": self.reps,
+                "throughput": self.thr_reps,
+                "batch": self.batch,
+                "warmup": self.warmup,
+            },
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        name = "bench_quick.json" if cfg.quick else "bench.json"
+        write_json(out / name, result)
+        result["path"] = str(out / name)
+        self.log(f"results: {out / name}  ({result['budget']['minutes']:.1f} min, {self.threads} threads)")
+        if cfg.report:
+            from edgeclip.lab.report import build_report
 
-        rep = build_report(out / name, out / ("report_quick" if cfg.quick else "report"), results_dir=out)
-        log(f"report: {rep['html']}  {rep['markdown']}")
-        result["report"] = rep
-    return result
+            rep = build_report(out / name, out / ("report_quick" if cfg.quick else "report"), results_dir=out)
+            self.log(f"report: {rep['html']}  {rep['markdown']}")
+            result["report"] = rep
+        return result
