@@ -338,3 +338,59 @@ def test_captioner_and_bundle_experiments_end_to_end(tmp_path, shapes, tiny_teac
     res = run_experiment(p, log=lambda s: None)
     assert 0 <= res["int8"] <= 1 and res["load"]["errors"] == 0 and res["load"]["requests"] == 8
     assert set(res["stages"]["bundle"]["latency_batch1"]) == {"32px"}
+
+
+def test_an_open_vocabulary_teacher_from_captions(tmp_path, shapes):
+    """caption-teacher (LiT on the images' own captions, val Recall@K each epoch) then retrieval Recall@K on the
+    test split: the teacher it writes loads as a 384-d reference-lit teacher."""
+    root = Path(shapes["train"]).parent
+    lines, splits = [], {"train": [], "val": [], "test": []}
+    for split, keys in (("train", ("train",)), ("test", ("val", "test"))):
+        for f in sorted((root / split).rglob("*.jpg")):
+            rel = str(f.relative_to(root))
+            lines += [f"{rel}, a {f.parent.name} shape", f"{rel}, a drawing of a {f.parent.name}"]
+            for k in keys:
+                splits[k].append(rel)
+    caps = tmp_path / "captions.txt"
+    caps.write_text("\n".join(lines) + "\n")
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    exp = {
+        "name": "tiny_caption_teacher",
+        "results": str(tmp_path / "r.json"),
+        "workdir": str(tmp_path / "w"),
+        "stages": [
+            {
+                "name": "teacher",
+                "task": "caption-teacher",
+                "set": {
+                    "captions": str(caps),
+                    "images": str(root),
+                    "arch": "shufflenet_v2_x0_5",
+                    "img_size": 32,
+                    "head_hidden": 64,
+                    "train": {"epochs": 3, "batch_size": 32, "lr": 3e-3},
+                },
+            },
+            {
+                "name": "test",
+                "task": "retrieval",
+                "set": {
+                    "captions": str(caps),
+                    "images": str(root),
+                    "split": "test",
+                    "teacher": "${teacher.teacher}",
+                },
+            },
+        ],
+        "metrics": {"r10": "test.teacher_i2t_r10", "val_r10": "teacher.curve"},
+    }
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump(exp))
+    res = run_experiment(p, log=lambda s: None)
+    assert res["stages"]["teacher"]["epochs"] == 3 and res["stages"]["test"]["n_images"] == 36
+    assert all(e["val_i2t_r10"] is not None for e in res["val_r10"])
+    assert 0 <= res["r10"] <= 1
+    from edgeclip.models.teachers import load_teacher
+
+    t = load_teacher(res["stages"]["teacher"]["teacher"])
+    assert t.embed_dim == 384 and t.image_size == 32

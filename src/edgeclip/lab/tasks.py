@@ -356,3 +356,44 @@ def _stream(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.lab.stream import stream_benchmark
 
     return stream_benchmark(cfg, out)
+
+
+# ------------------------------------------------------------------------------ open-vocabulary teachers
+@TASKS.register(
+    "caption-teacher",
+    help="an open-vocabulary reference-lit teacher on a caption set (CaptionTeacherConfig keys + train: {...})",
+)
+def _caption_teacher(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.train.reference import train_caption_teacher
+
+    cfg = dict(cfg)
+    hist = train_caption_teacher(out, cfg.pop("train", {}), resume=True, progress=False, **cfg)
+    keys = ("epoch", "loss", "acc", "val_i2t_r1", "val_i2t_r10", "val_t2i_r10")
+    return {
+        "teacher": f"reference-lit:{out / 'teacher.pt'}",
+        "epochs": len(hist["epochs"]),
+        "train_minutes": _minutes(hist),
+        "curve": [{k: e.get(k) for k in keys} for e in hist["epochs"]],
+    }
+
+
+@TASKS.register(
+    "retrieval",
+    help="image<->text Recall@1/5/10 on a caption set: {captions, split, teacher, students: {role: ckpt}}",
+)
+def _retrieval(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.evaluate import evaluate_retrieval
+
+    teacher = cfg.get("teacher")
+    students = {
+        r: load_embedder(teacher=teacher, student=ck) for r, ck in (cfg.get("students") or {}).items()
+    }
+    return evaluate_retrieval(
+        load_embedder(teacher=teacher) if teacher else None,
+        students,
+        cfg["captions"],
+        cfg.get("images"),
+        cfg.get("split", "test"),
+        max_images=int(cfg.get("max_images", 0)),
+    )

@@ -158,3 +158,155 @@ def train_reference(
     hist = Trainer(train, out, resume=resume, progress=progress).fit(t)
     hist["skipped"] = t.skipped
     return hist
+
+
+# --------------------------------------------------------------------------- an open-vocabulary teacher
+@dataclass
+class CaptionTeacherConfig:
+    captions: str = ""  # a caption file (Flickr token.txt, COCO JSON, ...), its images found beside it
+    images: str | None = None
+    split: str | None = "train"
+    val_split: str | None = "val"  # image->text Recall@K after each epoch (selection only on val)
+    arch: str = "resnet18"
+    img_size: int = 128
+    small_input: bool | None = None
+    head_hidden: int = 1024
+    stem_stride: int = 0
+    max_images: int = 0
+    val_max_images: int = 500
+
+
+class _CaptionPairs(torch.utils.data.Dataset):
+    """(uint8 image, the index of one of its captions, drawn anew each time)."""
+
+    def __init__(self, images: torch.Tensor, caption_rows: list[list[int]]):
+        self.images, self.rows = images, caption_rows
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i):
+        r = self.rows[i]
+        return self.images[i], torch.tensor(r[int(torch.randint(len(r), ()))])
+
+
+def caption_embeddings(texts: list[str], batch: int = 256) -> torch.Tensor:
+    """(N, 384) normalised MiniLM embeddings of captions, in batches."""
+    return torch.cat([embed_texts(texts[i : i + batch]) for i in range(0, len(texts), batch)])
+
+
+class CaptionTeacherTask(Task):
+    """A reference-lit teacher that reads sentences: the image tower learns, by a symmetric contrastive (LiT) loss
+    against the frozen MiniLM embeddings of the images' own captions, to land where its captions land; any text is
+    then a query (Flickr8k's captions, not ten CIFAR class names)."""
+
+    def __init__(self, cfg: CaptionTeacherConfig, seed: int = 0, progress: bool = True):
+        self.cfg, self.seed, self.progress = cfg, seed, progress
+
+    def setup(self, trainer: Trainer) -> None:
+        from edgeclip.data.captions import load_captions
+        from edgeclip.data.memory import preload
+
+        c = self.cfg
+        cs = load_captions(c.captions, c.images, c.split)
+        items = cs.items[: c.max_images] if c.max_images else cs.items
+        x, kept, self.skipped = preload([it.record() for it in items], c.img_size, progress=self.progress)
+        items = [items[i] for i in kept]
+        texts, rows = [], []
+        for it in items:
+            rows.append(list(range(len(texts), len(texts) + len(it.captions))))
+            texts += it.captions
+        self.n_train, self.n_captions, self.data_summary = len(items), len(texts), cs.summary()
+        small = c.img_size <= 64 if c.small_input is None else c.small_input
+        tower = Student(
+            c.arch,
+            TEXT_DIM,
+            head_hidden=c.head_hidden,
+            small_input=small,
+            img_size=c.img_size,
+            stem_stride=c.stem_stride,
+        )
+        self.model = LiTModel(tower, caption_embeddings(texts))  # text_emb: every training caption
+        self.dataset = _CaptionPairs(x, rows)
+        self.pp = Preprocess(size=c.img_size, mean=CLIP_MEAN, std=CLIP_STD)
+        self.pad = max(1, c.img_size // 8)
+        self.val = self._val() if c.val_split else None
+        self.fingerprint = {"captions": c.captions, "split": c.split, "arch": c.arch, "img_size": c.img_size}
+
+    def _val(self):
+        from edgeclip.data.captions import load_captions
+        from edgeclip.data.memory import preload
+
+        c = self.cfg
+        vs = load_captions(c.captions, c.images, c.val_split)
+        items = vs.items[: c.val_max_images] if c.val_max_images else vs.items
+        vx, kept, _ = preload([it.record() for it in items], c.img_size, progress=False)
+        texts, owner = [], []
+        for j, i in enumerate(kept):
+            texts += items[i].captions
+            owner += [j] * len(items[i].captions)
+        return vx, caption_embeddings(texts).numpy(), owner
+
+    def training_step(self, model, batch):
+        from edgeclip.data.memory import augment_batch, normalize
+
+        img, idx = batch
+        x = normalize(augment_batch(img, pad=self.pad), self.pp.mean, self.pp.std)
+        a = F.normalize(model.image_tower(x), dim=-1)
+        t = model.text_emb[idx]  # the batch's captions (normalised MiniLM embeddings)
+        logits = model.logit_scale.clamp(max=math.log(100)).exp() * a @ t.t()
+        y = torch.arange(len(a), device=a.device)
+        loss = (F.cross_entropy(logits, y) + F.cross_entropy(logits.t(), y)) / 2
+        return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}
+
+    @torch.no_grad()
+    def on_epoch_end(self, model, epoch, record):
+        if self.val is None:
+            return None
+        from edgeclip.data.memory import normalize
+        from edgeclip.zeroshot.scores import retrieval
+
+        vx, txt, owner = self.val
+        was = model.training
+        model.eval()
+        emb = torch.cat(
+            [
+                model.image_tower(normalize(vx[i : i + 256], self.pp.mean, self.pp.std)).float()
+                for i in range(0, len(vx), 256)
+            ]
+        )
+        model.train(was)
+        r = retrieval(emb.numpy(), txt, owner)
+        return {"val_i2t_r1": r["i2t_r1"], "val_i2t_r10": r["i2t_r10"], "val_t2i_r10": r["t2i_r10"]}
+
+    def save(self, model, out_dir: Path, history: dict) -> None:
+        c = self.cfg
+        scale = float(model.logit_scale.detach().clamp(max=math.log(100)).exp())
+        info = {
+            "data": str(c.captions),
+            "split": c.split,
+            "kind": "caption-lit",
+            "n_train": self.n_train,
+            "n_captions": self.n_captions,
+            "skipped": len(self.skipped),
+            "epochs": len(history["epochs"]),
+            "arch": c.arch,
+            "img_size": c.img_size,
+            "final": history["epochs"][-1] if history["epochs"] else {},
+        }
+        save_reference(model.image_tower, out_dir / "teacher.pt", self.pp, scale, info)
+
+
+def train_caption_teacher(
+    out: str | Path, train: dict, resume: bool = False, progress: bool = True, **task
+) -> dict:
+    """Train the open-vocabulary reference teacher on a caption set; ``task``: :class:`CaptionTeacherConfig` keys,
+    ``train``: :class:`TrainConfig` keys."""
+    from edgeclip.core.config import build_dataclass
+
+    cfg = build_dataclass(CaptionTeacherConfig, task)
+    tcfg = build_dataclass(
+        TrainConfig, {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, **train}, "train"
+    )
+    t = CaptionTeacherTask(cfg, seed=tcfg.seed, progress=progress)
+    return Trainer(tcfg, out, resume=resume, progress=progress).fit(t)
