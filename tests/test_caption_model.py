@@ -199,13 +199,11 @@ def test_a_captioner_bundle_answers_post_caption_without_torch(tmp_path):
     """`edgeclip serve` of a captioner bundle: POST /caption through the torch-free runtime (torch blocked in a
     subprocess) gives the runtime's beam-5 caption of the same image file (ONNX Runtime vs torch decoding is
     compared in test_onnx_greedy_matches_torch)."""
-    import subprocess
-    import sys
-
     import numpy as np
     from PIL import Image
 
     from edgeclip.export.caption import export_captioner
+    from test_export_fixtures import run_without_torch
 
     rng = np.random.default_rng(0)
     imgs = [Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)) for _ in range(6)]
@@ -218,13 +216,6 @@ def test_a_captioner_bundle_answers_post_caption_without_torch(tmp_path):
 
     want = load_bundle(tmp_path / "cap").caption(tmp_path / "photo.png", beam=5)
     code = f"""
-import builtins, sys
-real = builtins.__import__
-def guard(name, *a, **k):
-    if name.split('.')[0] in ('torch', 'torchvision', 'timm', 'open_clip', 'transformers', 'lightning'):
-        raise ImportError('blocked: ' + name)
-    return real(name, *a, **k)
-builtins.__import__ = guard
 from fastapi.testclient import TestClient
 from edgeclip.serve.app import create_app
 c = TestClient(create_app({str(tmp_path / "cap")!r}), base_url="http://127.0.0.1")
@@ -236,6 +227,6 @@ assert c.post("/label", files={{"file": ("photo.png", b"x")}}).status_code == 40
 assert not [m for m in sys.modules if m.split('.')[0] == 'torch']
 print(r.json()["caption"])
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = run_without_torch(code)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == want and want

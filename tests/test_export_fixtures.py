@@ -51,3 +51,25 @@ def bundle_for_tests(tmp_path_factory, tiny_teacher: str, shapes) -> dict:
         "root": root,
     }
     return _BUILT[tiny_teacher]
+
+
+# Python code that makes every import of torch and the libraries built on it fail: the head of a subprocess that
+# proves a code path runs without torch.
+NO_TORCH = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision', 'timm', 'open_clip', 'transformers', 'lightning'):
+            raise ImportError('blocked for this test: ' + name)
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def run_without_torch(code: str, timeout: int = 300):
+    """Run ``code`` in a fresh interpreter where torch cannot be imported; -> the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH + code], capture_output=True, text=True, timeout=timeout
+    )

@@ -107,19 +107,28 @@ class ReferenceTeacherTask(Task):
 
     def save(self, model, out_dir: Path, history: dict) -> None:
         c = self.cfg
-        scale = float(model.logit_scale.detach().clamp(max=math.log(100)).exp())
-        info = {
-            "data": str(c.data),
-            "classes": self.classes,
-            "templates": list(c.templates),
-            "n_train": self.n_train,
-            "skipped": len(self.skipped),
-            "epochs": len(history["epochs"]),
-            "arch": c.arch,
-            "img_size": c.img_size,
-            "final": history["epochs"][-1] if history["epochs"] else {},
-        }
-        save_reference(model.image_tower, out_dir / "teacher.pt", self.pp, scale, info)
+        info = {"data": str(c.data), "classes": self.classes, "templates": list(c.templates)}
+        save_tower(
+            model,
+            out_dir,
+            self.pp,
+            c,
+            history,
+            {**info, "n_train": self.n_train, "skipped": len(self.skipped)},
+        )
+
+
+def save_tower(model: LiTModel, out_dir: Path, pp: Preprocess, cfg, history: dict, info: dict) -> None:
+    """The trained image tower as a reference-lit teacher (``teacher.pt``), with its learnt logit scale."""
+    scale = float(model.logit_scale.detach().clamp(max=math.log(100)).exp())
+    info = {
+        **info,
+        "epochs": len(history["epochs"]),
+        "arch": cfg.arch,
+        "img_size": cfg.img_size,
+        "final": history["epochs"][-1] if history["epochs"] else {},
+    }
+    save_reference(model.image_tower, out_dir / "teacher.pt", pp, scale, info)
 
 
 def train_reference(
@@ -281,7 +290,6 @@ class CaptionTeacherTask(Task):
 
     def save(self, model, out_dir: Path, history: dict) -> None:
         c = self.cfg
-        scale = float(model.logit_scale.detach().clamp(max=math.log(100)).exp())
         info = {
             "data": str(c.captions),
             "split": c.split,
@@ -289,12 +297,8 @@ class CaptionTeacherTask(Task):
             "n_train": self.n_train,
             "n_captions": self.n_captions,
             "skipped": len(self.skipped),
-            "epochs": len(history["epochs"]),
-            "arch": c.arch,
-            "img_size": c.img_size,
-            "final": history["epochs"][-1] if history["epochs"] else {},
         }
-        save_reference(model.image_tower, out_dir / "teacher.pt", self.pp, scale, info)
+        save_tower(model, out_dir, self.pp, c, history, info)
 
 
 def train_caption_teacher(
