@@ -87,6 +87,12 @@ def _experiment(tmp_path: Path, shapes, epochs: int = 1) -> Path:
 
 def test_run_skip_and_refuse_a_changed_stage(tmp_path, shapes, capsys):
     p = _experiment(tmp_path, shapes)
+    # --only the first stages: the later ones wait, and the results JSON is not written from a part of them
+    part = run_experiment(p, only=["teacher", "cache"], log=lambda s: None)
+    assert part["pending_stages"] and "cache" in part["stages"] and not (tmp_path / "results.json").exists()
+    assert (tmp_path / "work" / "partial_results.json").is_file()
+    with pytest.raises(EdgeClipError, match="no stage 'nope'"):
+        run_experiment(p, only=["nope"], log=lambda s: None)
     main(["lab", "run", str(p)])
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["format"] == "edgeclip-lab-result/1" and res["experiment"] == "tiny"

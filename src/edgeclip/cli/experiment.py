@@ -14,13 +14,16 @@ app = typer.Typer(
 @app.command("run")
 def lab_run(
     experiment: Path = typer.Argument(..., help="an experiment file (experiments/NAME.yaml)"),
-    only: list[str] = typer.Option([], help="run only these stages (earlier ones must have run)"),
+    only: list[str] = typer.Option(
+        [], help="run only these stages, 'a,b' or repeated (earlier ones must have run; later ones wait)"
+    ),
     set_: list[str] = typer.Option([], "--set", help="override key.sub=value (repeatable)"),
 ):
     """Run every stage not yet done (a killed stage resumes), then write the results JSON."""
     from edgeclip.lab.experiment import run_experiment
 
-    run_experiment(experiment, set_, only or None, log=lambda s: typer.echo(s, err=True))
+    names = [n for o in only for n in o.split(",") if n.strip()]
+    run_experiment(experiment, set_, names or None, log=lambda s: typer.echo(s, err=True))
 
 
 @app.command("stages")

@@ -172,16 +172,45 @@ def run_experiment(
         "stages": {},
     }
     timings: dict[str, float] = {}
-    for stage in exp["stages"]:
+    names = [st["name"] for st in exp["stages"]]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise EdgeClipError(f"--only: no stage {unknown[0]!r} in {exp['_path']} (stages: {', '.join(names)})")
+    last = max((names.index(n) for n in only), default=len(names) - 1) if only else len(names) - 1
+    pending = []
+    for i, stage in enumerate(exp["stages"]):
         name = stage["name"]
-        if only and name not in only and not (work / name / "stage.json").is_file():
-            raise EdgeClipError(f"--only {','.join(only)}: stage {name!r} comes first and has not run yet")
+        done = (work / name / "stage.json").is_file()
+        if only and name not in only and not done:
+            if i < last:
+                raise EdgeClipError(
+                    f"--only {','.join(only)}: stage {name!r} comes first and has not run yet"
+                )
+            pending.append(name)  # after the stages asked for: left for a later run
+            continue
         cfg = resolve(stage_config(exp, stage), ctx)
         rec = _run_stage(
             name, stage["task"], cfg, work / name, ctx, skip=bool(only) and name not in only, log=log
         )
         ctx["stages"][name] = rec["result"]
         timings[f"{name}_minutes"] = rec["seconds"] / 60
+    if pending:  # never overwrite the experiment's results JSON with a part of them
+        path = work / "partial_results.json"
+        write_json(
+            path,
+            {
+                "format": RESULT_FORMAT,
+                "experiment": exp["name"],
+                "pending_stages": pending,
+                "stages": ctx["stages"],
+                "timings": timings,
+                "machine": machine_info(),
+            },
+        )
+        log(
+            f"stages not run yet: {', '.join(pending)}; what has run is in {path} ({exp['results']} is left as it is)"
+        )
+        return {"pending_stages": pending, "stages": ctx["stages"]}
     results = _results(exp, ctx, timings)
     results["machine"] = machine_info()
     write_json(exp["results"], results)
