@@ -148,25 +148,34 @@ def distill_pair_cmd(
         config,
         [
             ("teacher", teacher),
-            ("data", data),
-            ("out", out),
-            ("manifest", manifest),
-            ("derive", _derive(derive)),
-            ("modalities", modality or None),
-            ("cache", cache),
+            *_pair_data(data, out, manifest, derive, modality, cache),
             ("student.arch", student),
             ("student.img_size", img_size),
             ("init", init),
             ("loss", loss),
-            ("train.epochs", epochs),
-            ("train.batch_size", batch_size),
-            ("train.lr", lr),
+            *_schedule(epochs, batch_size, lr),
         ],
         set_,
     )
     hist = distill_pairs(cfg, resume=resume, progress=True)
     typer.echo(f"student saved: {Path(cfg.out) / 'student.pt'}  last epoch: {json.dumps(hist['epochs'][-1])}")
     typer.echo(f"data: {json.dumps(hist['data_info'])}")
+
+
+def _pair_data(data, out, manifest, derive, modality, cache) -> list[tuple[str, object]]:
+    """The paired-data options of stage 1 and stage 2 as config keys."""
+    return [
+        ("data", data),
+        ("out", out),
+        ("manifest", manifest),
+        ("derive", _derive(derive)),
+        ("modalities", modality or None),
+        ("cache", cache),
+    ]
+
+
+def _schedule(epochs, batch_size, lr) -> list[tuple[str, object]]:
+    return [("train.epochs", epochs), ("train.batch_size", batch_size), ("train.lr", lr)]
 
 
 @app.command("qat")
@@ -201,20 +210,13 @@ def qat_cmd(
         config,
         [
             ("student", student),
-            ("data", data),
-            ("out", out),
-            ("manifest", manifest),
-            ("derive", _derive(derive)),
-            ("modalities", modality or None),
-            ("cache", cache),
+            *_pair_data(data, out, manifest, derive, modality, cache),
             ("teacher", teacher),
             ("triplet_weight", triplet_weight),
             ("margin", margin),
             ("per_channel", per_channel),
             ("weight_bits", weight_bits),
-            ("train.epochs", epochs),
-            ("train.batch_size", batch_size),
-            ("train.lr", lr),
+            *_schedule(epochs, batch_size, lr),
         ],
         set_,
     )
