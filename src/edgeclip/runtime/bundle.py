@@ -77,6 +77,15 @@ def read_manifest(root: str | os.PathLike, verify: bool = True) -> dict[str, Any
     return man
 
 
+def read_kind(root: Path, kind: str, verify: bool = True, default_kind: str | None = None) -> dict[str, Any]:
+    """The manifest of a bundle of ``kind`` (hashes verified); a bundle of another kind is one line.
+    ``default_kind``: the kind of a manifest that records none (bundles of earlier releases)."""
+    man = read_manifest(root, verify=verify)
+    if man.get("kind", default_kind) != kind:
+        raise BundleError(f"{root} is a {man.get('kind')!r} bundle, not a {kind!r} one")
+    return man
+
+
 @dataclass
 class LabelSet:
     """Label names and their normalised text embeddings (L, D), with the templates that made them."""

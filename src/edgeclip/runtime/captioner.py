@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeclip.runtime.bundle import BundleError, make_session, read_manifest
+from edgeclip.runtime.bundle import BundleError, make_session, read_kind
 from edgeclip.runtime.decode import beam_decode, decode_words, greedy_decode
 from edgeclip.runtime.preprocess import NumpyPreprocess
 
@@ -41,11 +41,10 @@ class CaptionerBundle:
         verify: bool = True,
     ):
         self.root = Path(path)
+        # folders exported before captioner bundles had a manifest load without one
         self.manifest = (
-            read_manifest(self.root, verify=verify) if (self.root / "manifest.json").is_file() else {}
+            read_kind(self.root, self.kind, verify) if (self.root / "manifest.json").is_file() else {}
         )
-        if self.manifest and self.manifest.get("kind") != self.kind:
-            raise BundleError(f"{self.root} is a {self.manifest.get('kind')!r} bundle, not a captioner")
         mp = self.root / CAPTION_META
         if not mp.is_file():
             raise BundleError(f"{self.root} is not an exported captioner (no {CAPTION_META})")

@@ -35,8 +35,8 @@ from edgeclip.runtime.bundle import (
     model_output_dim,
     pick_model,
     prototype,
+    read_kind,
     read_labels,
-    read_manifest,
 )
 from edgeclip.runtime.preprocess import NumpyPreprocess
 from edgeclip.runtime.text import TextTower, has_text_tower
@@ -71,11 +71,7 @@ class Labeler:
         self.root = Path(path)
         self.text_precision = text_precision
         self._text: TextTower | None = None
-        self.manifest = read_manifest(self.root, verify=verify)
-        if self.manifest.get("kind", "labeler") != self.kind:
-            raise BundleError(
-                f"{self.root} is a {self.manifest.get('kind')!r} bundle, not a {self.kind!r} one"
-            )
+        self.manifest = read_kind(self.root, self.kind, verify, default_kind="labeler")
         self.model_file = pick_model(self.manifest, precision)
         self.precision = next(k for k, v in self.manifest["models"].items() if v == self.model_file)
         self.preprocess = NumpyPreprocess.from_dict(_read_json(self.root / PREPROCESS))
