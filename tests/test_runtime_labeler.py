@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.io import sha256_file
 from edgeclip.runtime import BundleError, Labeler, load_bundle
-from test_export_fixtures import SHAPE_LABELS, bundle_for_tests
+from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, run_without_torch
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +30,6 @@ def _copy(tb, tmp_path) -> Path:
 def test_runtime_imports_and_labels_without_torch(tb):
     """In a subprocess where importing torch (or torchvision) fails, the runtime still loads and labels."""
     code = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'torchvision', 'timm', 'open_clip', 'transformers', 'lightning'):
-                    raise ImportError('blocked for this test: ' + name)
-        sys.meta_path.insert(0, Block())
         import edgeclip.runtime as rt
         lab = rt.load_bundle({str(tb["bundle"])!r}, precision='int8', threads=1)
         one = lab.label({str(tb["images"][0])!r}, topk=3)
@@ -48,7 +40,7 @@ def test_runtime_imports_and_labels_without_torch(tb):
         assert not bad, bad
         print(len(one), len(many), [len(r) for r in many], sorted(r['label'] for r in two))
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = run_without_torch(code, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "3 4 [2, 2, 2, 2] ['circle', 'star']"
 
@@ -206,12 +198,6 @@ def test_cli_label_with_bundle(tb, tmp_path, capsys):
 def test_cli_label_bundle_and_serve_run_without_torch(tb, tmp_path):
     """`edgeclip label --bundle` and `edgeclip serve` (its app) in a subprocess where torch cannot be imported."""
     code = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'torchvision', 'timm', 'open_clip', 'transformers', 'lightning'):
-                    raise ImportError('blocked for this test: ' + name)
-        sys.meta_path.insert(0, Block())
         from edgeclip.cli import main
         main(['label', {str(tb["images"][0])!r}, '--bundle', {str(tb["bundle"])!r}, '--labels', 'circle,star',
               '--topk', '1'])
@@ -221,7 +207,7 @@ def test_cli_label_bundle_and_serve_run_without_torch(tb, tmp_path):
         assert not [m for m in sys.modules if m.split('.')[0] == 'torch']
         print('ok')
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = run_without_torch(code, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout.strip().splitlines()
     assert out[-1] == "ok" and json.loads(out[0])["labels"][0] in ("circle", "star")

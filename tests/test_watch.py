@@ -81,27 +81,26 @@ def test_the_rules_fire_in_the_right_segments(video, tmp_path):
     assert sum(r["type"] == "start" for r in rows) == sum(r["type"] == "end" for r in rows) == s["events"]
 
 
+def _watch(video, rules: dict, out: Path) -> dict:
+    """The test video through the watcher with ``rules``, quietly."""
+    return watch(
+        video["truth"]["path"],
+        load_bundle(video["tb"]["bundle"], threads=1),
+        load_rules(rules),
+        out,
+        progress=False,
+    )
+
+
 def test_min_duration_cooldown_and_caps(video, tmp_path):
     rules = json.loads(json.dumps(video["rules"]))
     for r in rules["rules"]:
         r.update(min_duration=5.0)  # no photo is shown for 5 s: nothing fires
-    s = watch(
-        video["truth"]["path"],
-        load_bundle(video["tb"]["bundle"], threads=1),
-        load_rules(rules),
-        tmp_path / "a",
-        progress=False,
-    )
+    s = _watch(video, rules, tmp_path / "a")
     assert s["events"] == 0 and s["kept_frames"] == 0
     rules = json.loads(json.dumps(video["rules"]))
     rules["keep"] = {"max_frames": 3}
-    s = watch(
-        video["truth"]["path"],
-        load_bundle(video["tb"]["bundle"], threads=1),
-        load_rules(rules),
-        tmp_path / "b",
-        progress=False,
-    )
+    s = _watch(video, rules, tmp_path / "b")
     assert (
         s["kept_frames"] == 3
         and s["dropped_by_caps"] > 0
@@ -109,13 +108,7 @@ def test_min_duration_cooldown_and_caps(video, tmp_path):
     )
     rules = json.loads(json.dumps(video["rules"]))
     rules["rules"][0]["cooldown"] = 100.0  # circle fires once, then never again in this video
-    s = watch(
-        video["truth"]["path"],
-        load_bundle(video["tb"]["bundle"], threads=1),
-        load_rules(rules),
-        tmp_path / "c",
-        progress=False,
-    )
+    s = _watch(video, rules, tmp_path / "c")
     assert s["events_per_rule"]["circle"] == 1 and s["events_per_rule"]["square"] == 2
 
 
