@@ -38,6 +38,8 @@ bench: $(STAMP)
 		--threads $(THREADS) --device $(DEVICE)
 	rm -rf benchmarks/artifacts/stream    # measured anew each time (the runner would skip a finished stage)
 	$(VENV)/bin/edgeclip lab run experiments/stream.yaml
+	rm -rf benchmarks/artifacts/int8_speed
+	$(VENV)/bin/edgeclip lab run experiments/int8_speed.yaml
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -76,6 +76,23 @@ CASES = [
     (["stats", "--student", "{d}/noweights.pt"], "corrupt student config"),
     (["stats", "--student", "{d}/missing.pt"], "student checkpoint not found"),
     (["export", "{d}/not_a_ckpt.pt", "--out", "{d}/bundle", "--labels", "a"], "cannot read"),
+    (
+        ["export", "{d}/not_a_ckpt.pt", "--out", "{d}/bundle", "--labels", "a", "--format", "onnx,tflite"],
+        "unknown export format 'tflite'",
+    ),
+    (
+        [
+            "export",
+            "{d}/not_a_ckpt.pt",
+            "--out",
+            "{d}/b",
+            "--labels",
+            "a",
+            "--int8-variants",
+            "qdq_per_tensr",
+        ],
+        "Did you mean: qdq_per_tensor",
+    ),
     # configs and budgets
     (
         ["distill", "--teacher", "{T}", "--data", "{d}/good", "--out", "{d}/s", "--epochs", "0"],

@@ -400,3 +400,52 @@ def test_an_open_vocabulary_teacher_from_captions(tmp_path, shapes):
 
     t = load_teacher(res["stages"]["teacher"]["teacher"])
     assert t.embed_dim == 384 and t.image_size == 32
+
+
+def test_the_int8_speed_experiment_on_tiny_data(tmp_path, shapes, tiny_teacher):
+    """experiments/int8_speed.yaml's task on a tiny model: every variant timed beside fp32 with its agreement and
+    levers, the export's choice per model, and the other runtimes' figures (OpenVINO when installed)."""
+    root = Path(shapes["train"]).parent
+    rels = [str(f.relative_to(root)) for f in sorted((root / "train").rglob("*.jpg"))]
+    (tmp_path / "captions.txt").write_text("".join(f"{r}, a shape\n" for r in rels))
+    (tmp_path / "splits.json").write_text(json.dumps({"val": rels}))
+    exp = {
+        "name": "tiny_int8",
+        "results": str(tmp_path / "r.json"),
+        "workdir": str(tmp_path / "w"),
+        "stages": [
+            {
+                "name": "speed",
+                "task": "int8-speed",
+                "set": {
+                    "captions": str(tmp_path / "captions.txt"),
+                    "images": str(root),
+                    "calib_images": 16,
+                    "size": 32,
+                    "teacher": tiny_teacher,
+                    "labels": ["circle", "square", "star"],
+                    "models": ["shufflenet_v2_x0_5"],
+                    "int8_variants": ["qdq_per_tensor", "qoperator_per_channel"],
+                    "executorch": False,
+                },
+            }
+        ],
+        "metrics": {"summary": "speed.summary", "ok": "speed.no_default_slower_than_fp32"},
+        "targets": [{"name": "never slower", "metric": "ok", "op": "==", "value": True}],
+    }
+    p = tmp_path / "e.yaml"
+    p.write_text(yaml.safe_dump(exp))
+    res = run_experiment(p, log=lambda s: None)
+    m = res["stages"]["speed"]["models"]["shufflenet_v2_x0_5"]
+    assert set(res["summary"]["shufflenet_v2_x0_5"]) >= {"fp32_ms", "int8_ms", "agreement"}
+    assert set(m["variants"]) == {"qdq_per_tensor", "qoperator_per_channel"} and m["holdout_images"] == 8
+    assert m["default_ms"] <= m["fp32_ms"] and res["targets"]["never slower"] is True
+    lev = m["levers"]
+    assert (
+        lev["ort_fixed_shape"]["int8_ms"] > 0 and lev["ort_offline_optimised"]["fp32"]["offline_load_ms"] > 0
+    )
+    assert "skipped" in lev["executorch_xnnpack"]
+    if "skipped" not in lev["openvino"]:  # OpenVINO reads the QDQ file (it cannot read QOperator's ops)
+        assert lev["openvino"]["fp32"]["batch1_ms"] > 0 and lev["openvino"]["int8_file"].endswith(".onnx")
+    assert m["best_runtime"]["batch1_ms"] == min(m["best_runtime"]["all"].values())
+    assert res["stages"]["speed"]["cpu_flags"] and res["stages"]["speed"]["versions"]["onnxruntime"]

@@ -11,6 +11,7 @@ from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import sha256_file
 from edgeclip.core.prompts import DEFAULT_TEMPLATES
 from edgeclip.export.bundle import export_bundle, is_transformer
+from edgeclip.export.choose import candidates
 from edgeclip.runtime import Labeler, read_manifest
 from test_export_fixtures import SHAPE_LABELS, make_student
 
@@ -65,7 +66,8 @@ def test_cli_export_writes_a_complete_bundle(student, shapes, tiny_teacher, tmp_
     assert q["method"] == "static" and q["per_channel"] == ("per_channel" in q["choice"]["int8_file"])
     # every int8 variant was timed beside fp32 and checked; the default is int8 only where it is faster and agrees
     ch = q["choice"]
-    assert set(ch["variants"]) == {"qdq_per_channel", "qdq_per_tensor", "qoperator_per_channel"}
+    assert list(ch["variants"]) == candidates("cnn")  # every recipe for a CNN, each with the levers it sets
+    assert all(v["lever"]["format"] in ("QDQ", "QOperator") for v in ch["variants"].values())
     assert all(
         v["batch1_ms"] > 0 and v["batch32_ms"] > 0 and 0 <= v["top1_agreement"] <= 1
         for v in ch["variants"].values()
@@ -159,7 +161,8 @@ def test_bad_export_requests(student, shapes, tmp_path):
 
 
 def test_transformer_student_gets_dynamic_int8(tiny_teacher, shapes, tmp_path):
-    """A ViT student (timm, untrained weights, 32 px) exports with a fixed input size and dynamic int8."""
+    """A ViT student (timm, untrained weights, 32 px) exports with a fixed input size; its int8 candidates are
+    dynamic and static recipes, timed and checked like a CNN's; asked for dynamic, it gets dynamic int8."""
     from edgeclip.data.transforms import Preprocess
     from edgeclip.models import create_student, save_student
     from edgeclip.models.teachers import load_teacher
@@ -169,12 +172,69 @@ def test_transformer_student_gets_dynamic_int8(tiny_teacher, shapes, tmp_path):
     assert is_transformer(vit)
     assert not is_transformer(create_student("shufflenet_v2_x0_5", 8, small_input=True, img_size=32))
     save_student(vit, tmp_path / "vit.pt", Preprocess(size=32), t.describe())
+    assert {"dynamic_per_tensor", "dynamic_per_channel", "qdq_per_channel"} <= set(candidates("transformer"))
+    assert not any(n.startswith("dynamic") for n in candidates("cnn"))
     man = export_bundle(
-        tmp_path / "vit.pt", tmp_path / "b", SHAPE_LABELS, calib=str(shapes["test"]), calib_images=16
+        tmp_path / "vit.pt",
+        tmp_path / "b",
+        SHAPE_LABELS,
+        calib=str(shapes["test"]),
+        calib_images=16,
+        quant="dynamic",
     )
-    assert man["quantization"]["method"] == "dynamic" and man["input"]["dynamic_hw"] is False
+    q = man["quantization"]
+    assert set(q["choice"]["variants"]) == {"dynamic_per_tensor", "dynamic_per_channel"}
+    assert q["method"] == "dynamic" and man["input"]["dynamic_hw"] is False
     assert man["parity"]["fp32"]["max_abs_diff"] < 1e-4 and man["parity"]["int8"]["mean_cosine"] > 0.9
     rows = Labeler(tmp_path / "b", precision="int8").label_batch(
         sorted(shapes["test"].glob("*/*.jpg"))[:3], topk=2
     )
     assert [len(r) for r in rows] == [2, 2, 2]
+
+
+def test_executorch_programs_beside_the_onnx_files(student, shapes, tmp_path):
+    """--format executorch: fp32 and PT2E-int8 XNNPACK programs, each run by ExecuTorch's runtime and checked
+    against the torch student on the hold-out images, hashed in the manifest like every file."""
+    from edgeclip.export.executorch import PTE_FP32, PTE_INT8, Program, executorch_missing
+
+    if executorch_missing():
+        pytest.skip(executorch_missing())
+    import torch
+
+    from edgeclip.models.student import load_student
+
+    out = tmp_path / "b"
+    man = export_bundle(
+        student,
+        out,
+        SHAPE_LABELS,
+        calib=str(shapes["test"]),
+        calib_images=24,
+        formats="onnx,executorch",
+        int8_variants=["qdq_per_channel"],
+    )
+    et = man["executorch"]
+    assert et["files"] == {"fp32": PTE_FP32, "int8": PTE_INT8} and et["delegate"] == "XNNPACK"
+    assert {PTE_FP32, PTE_INT8} <= set(read_manifest(out)["files"])  # hashed and verified with the rest
+    assert et["parity"]["fp32"]["min_cosine"] > 0.999 and et["parity"]["fp32"]["n"] == 6
+    assert et["parity"]["int8"]["mean_cosine"] > 0.9 and 0 <= et["parity"]["int8"]["top1_agreement"] <= 1
+    assert et["latency_ms"]["fp32"] > 0 and et["latency_ms"]["int8"] > 0
+    # the program file alone reproduces the student (what a phone app loads)
+    st, pp, _ = load_student(student)
+    x = torch.randn(2, 3, pp.size, pp.size)
+    with torch.no_grad():
+        ref = st.eval()(x).numpy()
+    got = Program(out / PTE_FP32).run(x.numpy())
+    assert np.abs(got - ref).max() < 1e-3
+    assert "## ExecuTorch programs" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_executorch_format_errors(student, shapes, tmp_path, monkeypatch):
+    with pytest.raises(EdgeClipError, match="Did you mean: executorch"):
+        export_bundle(student, tmp_path / "a", SHAPE_LABELS, quant="none", formats=["executorh"])
+    import edgeclip.export.executorch as et
+
+    monkeypatch.setattr(et, "executorch_missing", lambda: "ExecuTorch is not usable here (ImportError: x)")
+    with pytest.raises(EdgeClipError, match=r"pip install 'edgeclip\[executorch\]'"):
+        export_bundle(student, tmp_path / "a", SHAPE_LABELS, quant="none", formats=["executorch"])
+    assert not (tmp_path / "a").exists()

@@ -26,7 +26,9 @@ def export_cmd(
     calib_images: int = typer.Option(200, help="images to take from --calib (a hold-out share checks int8)"),
     holdout: float = typer.Option(0.25, help="share of the calibration images held out for the parity check"),
     quant: str = typer.Option(
-        "auto", help="auto (static QDQ for CNNs, dynamic for transformers) | static | dynamic | none"
+        "auto",
+        help="auto (every int8 recipe for the model, timed and checked; the fastest within the gate) | static"
+        " | dynamic | none",
     ),
     per_channel: bool = typer.Option(True, help="per-channel weight scales (static int8)"),
     teacher: str | None = typer.Option(None, help="teacher spec (default: the one the student records)"),
@@ -41,6 +43,12 @@ def export_cmd(
     ),
     threads: int = typer.Option(
         2, help="ONNX Runtime threads the int8 variants are timed with (the device's)"
+    ),
+    int8_variants: str | None = typer.Option(
+        None, help="comma-separated int8 recipes to build and time (default: all for the model's family)"
+    ),
+    format: str = typer.Option(
+        "onnx", "--format", help="onnx | onnx,executorch | executorch (ONNX is always written)"
     ),
 ):
     """Export a student to a bundle: ONNX fp32 + int8, labels.json, preprocess.json, manifest, model card."""
@@ -62,6 +70,8 @@ def export_cmd(
         overwrite=overwrite,
         text_encoder=text_encoder,
         threads=threads,
+        int8_variants=[v.strip() for v in int8_variants.split(",") if v.strip()] if int8_variants else None,
+        formats=format,
         log=lambda s: typer.echo(s, err=True),
     )
     summary = {
@@ -72,6 +82,8 @@ def export_cmd(
         "latency_ms": man["latency_ms"],
     }
     summary["default_precision"] = man.get("default_precision")
+    if "executorch" in man:
+        summary["executorch"] = {k: man["executorch"][k] for k in ("files", "parity", "latency_ms")}
     if "accuracy" in man:
         summary["accuracy"] = man["accuracy"]
     if "text" in man:

@@ -234,6 +234,19 @@ def _model_card(m: dict[str, Any]) -> str:
                 f"| int8 {k}{' (shipped)' if k == ch['int8_file'] else ''} | {v['batch1_ms']:.2f} | "
                 f"{v['batch32_ms']:.1f} | {v['top1_agreement']:.3f} | {v['bytes']:,} |"
             )
+    if m.get("executorch"):
+        e = m["executorch"]
+        lines += [
+            "",
+            f"## ExecuTorch programs (phones; {e['delegate']} delegate, input {'x'.join(map(str, e['input']))})",
+            "| program | batch 1 ms | vs torch: top-1 agreement | min cosine |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for k, f in e["files"].items():
+            p = e["parity"][k]
+            lines.append(
+                f"| {f} ({k}) | {e['latency_ms'][k]:.2f} | {p['top1_agreement']:.3f} | {p['min_cosine']:.4f} |"
+            )
     lines += ["", "## Latency (batch 1, ONNX Runtime, 1 thread, this machine)"]
     for k, v in m.get("latency_ms", {}).items():
         lines.append(f"- {k}: {v:.2f} ms")
@@ -275,11 +288,16 @@ def export_bundle(
     opset: int = 17,
     text_encoder: bool = False,
     threads: int = 2,
+    int8_variants: Sequence[str] | None = None,
+    formats: Sequence[str] = ("onnx",),
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Build a bundle folder at ``out``; returns its manifest (parity, sizes, latency, accuracy).
     ``text_encoder``: also bundle the teacher's text tower (fp32 + int8 ONNX and its tokenizer), so that the
-    torch-free runtime embeds labels it has never seen (see :mod:`edgeclip.export.text`)."""
+    torch-free runtime embeds labels it has never seen (see :mod:`edgeclip.export.text`).
+    ``int8_variants``: build and time only these int8 recipes (default: every one for the model's family).
+    ``formats``: onnx (always) and executorch (an ExecuTorch program for phones, XNNPACK fp32 + int8, beside
+    the ONNX files; see :mod:`edgeclip.export.executorch`)."""
 
     from edgeclip.core.env import machine_info
     from edgeclip.core.prompts import check_templates, parse_labels
@@ -289,6 +307,12 @@ def export_bundle(
 
     if quant not in QUANT_MODES:
         raise EdgeClipError(f"unknown quantization {quant!r} ({', '.join(QUANT_MODES)})")
+    formats = _check_formats(formats)
+    if int8_variants:
+        from edgeclip.export.choose import INT8_VARIANTS
+
+        for n in int8_variants:
+            INT8_VARIANTS.get(n)  # unknown recipe: one line with "did you mean", before any work
     if not 0.0 < holdout < 1.0:
         raise EdgeClipError(f"holdout must be a fraction in (0, 1), got {holdout}")
     out = Path(out)
@@ -305,7 +329,7 @@ def export_bundle(
     text = text_embeddings(t, labels, templates).numpy().astype(np.float32)
     npp = NumpyPreprocess.from_dict(pp.to_dict())
     transformer = is_transformer(st)
-    mode = ("dynamic" if transformer else "static") if quant == "auto" else quant
+    mode = quant
     if mode != "none" and not calib:
         raise EdgeClipError(
             "int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only"
@@ -319,7 +343,20 @@ def export_bundle(
     tmp.mkdir(parents=True)
     try:
         models, parity, quantization = _onnx_models(
-            st, tmp, pp.size, transformer, mode, per_channel, x_cal, x_hold, text, calib, threads, opset, log
+            st,
+            tmp,
+            pp.size,
+            transformer,
+            mode,
+            per_channel,
+            x_cal,
+            x_hold,
+            text,
+            calib,
+            threads,
+            opset,
+            log,
+            int8_variants,
         )
 
         LabelSet(labels, text, templates)  # validates before writing
@@ -336,6 +373,13 @@ def export_bundle(
             },
         )
         text_cfg = _bundle_text_tower(t, tmp, labels, templates, x_hold, log) if text_encoder else None
+        et_cfg = None
+        if "executorch" in formats:
+            from edgeclip.export.executorch import export_executorch
+
+            et_cfg = export_executorch(
+                st, tmp, pp.size, x_cal, x_hold, text, threads=threads, log=log, int8=mode != "none"
+            )
         latency = {k: ort_latency_ms(tmp / f, pp.size)["median_ms"] for k, f in models.items()}
         extra = ck.get("extra") or {}
         dcfg = extra.get("distill_config") or {}
@@ -367,6 +411,7 @@ def export_bundle(
             "latency_setup": {"batch": 1, "threads": 1, "size": pp.size},
             "calibration_skipped": len(skipped),
             **({"text": text_cfg} if text_cfg else {}),
+            **({"executorch": et_cfg} if et_cfg else {}),
             "versions": {**_versions(), "opset": opset},
             "machine": machine_info(),
         }
@@ -381,6 +426,28 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp)
     return manifest
+
+
+FORMATS = ("onnx", "executorch")
+
+
+def _check_formats(formats: Sequence[str] | str) -> list[str]:
+    """``formats`` as a list with onnx first (the bundle always has its ONNX models); unknown ones are one line."""
+    fs = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    for f in fs:
+        if f not in FORMATS:
+            import difflib
+
+            close = difflib.get_close_matches(f, FORMATS, n=1)
+            hint = f" Did you mean: {close[0]}?" if close else ""
+            raise EdgeClipError(f"unknown export format {f!r}.{hint} Known: {', '.join(FORMATS)}")
+    if "executorch" in fs:
+        from edgeclip.export.executorch import executorch_missing
+
+        why = executorch_missing()
+        if why:
+            raise EdgeClipError(f"{why}; install it with: pip install 'edgeclip[executorch]'")
+    return ["onnx"] + [f for f in dict.fromkeys(fs) if f != "onnx"]
 
 
 def _calibration(calib, calib_images: int, npp, holdout: float, seed: int, log):
@@ -410,9 +477,11 @@ def _onnx_models(
     threads: int,
     opset: int,
     log,
+    int8_variants: Sequence[str] | None = None,
 ) -> tuple[dict, dict, dict]:
-    """model.onnx (checked against torch) and, unless ``mode`` is none, model.int8.onnx (static: the measured
-    choice among the variants; dynamic for transformers) -> (models, parity, quantization)."""
+    """model.onnx (checked against torch) and, unless ``mode`` is none, model.int8.onnx: the measured choice
+    among the int8 variants for the model's family (:func:`edgeclip.export.choose.candidates`)
+    -> (models, parity, quantization)."""
     import torch
 
     from edgeclip.export.onnx import export_onnx, onnx_parity
@@ -431,23 +500,24 @@ def _onnx_models(
     quantization: dict[str, Any] = {"method": mode}
     if mode == "none":
         return models, parity, quantization
-    if mode == "static":
-        choice = _choose_int8(folder, x_cal, x_hold, text, size, per_channel, threads, log)
-        quantization.update(
-            per_channel=choice["per_channel"],
-            format=choice["format"],
-            activations="uint8",
-            weights="int8",
-            calibration="minmax",
-            calibration_images=int(len(x_cal)),
-            calibration_data=str(calib),
-            choice=choice,
-        )
-    else:
-        from edgeclip.quant.ort import quantize_dynamic_onnx
+    from edgeclip.export.choose import candidates
 
-        quantize_dynamic_onnx(folder / MODEL_FP32, folder / MODEL_INT8)
-        quantization.update(per_channel=False, weights="int8", activations="dynamic uint8")
+    family = "transformer" if transformer else "cnn"
+    names = candidates(family, "auto" if mode == "auto" else mode, per_channel, int8_variants)
+    choice = _choose_int8(folder, names, x_cal, x_hold, text, size, threads, log)
+    lever = choice["variants"][choice["int8_file"]]["lever"]
+    quantization.update(
+        method="dynamic" if lever["format"] == "dynamic" else "static",
+        per_channel="per-channel" in lever["weights"],
+        format=lever["format"],
+        activations=lever["activations"],
+        weights=lever["weights"],
+        choice=choice,
+    )
+    if lever["format"] != "dynamic":
+        quantization.update(
+            calibration="minmax", calibration_images=int(len(x_cal)), calibration_data=str(calib)
+        )
     models["int8"] = MODEL_INT8
     parity["int8"] = p8 = int8_parity(folder / MODEL_FP32, folder / MODEL_INT8, x_hold, text)
     log(
@@ -485,20 +555,20 @@ def _accuracy(
 
 def _choose_int8(
     folder: Path,
+    names: Sequence[str],
     x_cal: np.ndarray,
     x_hold: np.ndarray,
     text: np.ndarray,
     size: int,
-    per_channel: bool,
     threads: int,
     log,
 ) -> dict[str, Any]:
-    """Build every static int8 variant, time it at batch 1 and 32 on ``threads`` threads beside fp32, check its
-    top-1 agreement with fp32 on the hold-out images; the chosen one becomes model.int8.onnx (see
-    :mod:`edgeclip.export.choose`), and the bundle's default precision is int8 only when it is faster than fp32."""
-    from edgeclip.export.choose import AGREEMENT_GATE, INT8_VARIANTS, choose, time_model
+    """Build each int8 variant in ``names``, time it at batch 1 and 32 on ``threads`` threads beside fp32, check
+    its top-1 agreement with fp32 on the hold-out images; the chosen one becomes model.int8.onnx (see
+    :mod:`edgeclip.export.choose`), and the bundle's default precision is int8 only when it is faster than fp32.
+    Without a chosen one, the shipped int8 file is the most faithful variant (fp32 stays the default)."""
+    from edgeclip.export.choose import AGREEMENT_GATE, INT8_VARIANTS, MIN_SPEEDUP, choose, time_model
 
-    names = [n for n in INT8_VARIANTS.names() if per_channel or "per_tensor" in n]
     work = folder / ".variants"
     work.mkdir()
     fp32 = time_model(folder / MODEL_FP32, size, threads)
@@ -506,12 +576,17 @@ def _choose_int8(
     for n in names:
         path = INT8_VARIANTS.get(n)(folder / MODEL_FP32, work / f"{n}.onnx", list(_batches(x_cal, 16)))
         p = int8_parity(folder / MODEL_FP32, path, x_hold, text)
-        variants[n] = {**time_model(path, size, threads), **p, "bytes": path.stat().st_size}
+        variants[n] = {
+            **time_model(path, size, threads),
+            **p,
+            "bytes": path.stat().st_size,
+            "lever": INT8_VARIANTS.meta(n)["lever"],
+        }
         log(
             f"int8 {n}: {variants[n]['batch1_ms']:.2f} ms at batch 1 (fp32 {fp32['batch1_ms']:.2f}), "
             f"agreement {p['top1_agreement']:.3f}"
         )
-    pick = choose(fp32, variants, AGREEMENT_GATE)
+    pick = choose(fp32, variants, AGREEMENT_GATE, MIN_SPEEDUP)
     ship = pick["variant"] or max(
         variants, key=lambda k: (variants[k]["top1_agreement"], -variants[k]["batch1_ms"])
     )
@@ -521,10 +596,8 @@ def _choose_int8(
     return {
         **pick,
         "int8_file": ship,
-        "per_channel": "per_channel" in ship,
-        "format": "QOperator" if ship.startswith("qoperator") else "QDQ",
         "threads": threads,
-        "gate": {"top1_agreement": AGREEMENT_GATE},
+        "gate": {"top1_agreement": AGREEMENT_GATE, "min_speedup": MIN_SPEEDUP},
         "fp32": fp32,
         "variants": variants,
     }

@@ -2,7 +2,9 @@
 machine, and make the fastest variant that passes the fidelity gate the bundle's default, never one slower than
 fp32 (else fp32 is the default). The manifest records every variant's latency and fidelity, so a reader sees why.
 
-Variants are a registry (``INT8_VARIANTS``): name -> how ONNX Runtime quantizes the fp32 graph.
+Variants are a registry (``INT8_VARIANTS``): name -> how ONNX Runtime quantizes the fp32 graph, with the levers
+it sets as data (QDQ vs QOperator, per-channel vs per-tensor weights, u8 vs s8 activations, reduce_range, which op
+types stay in float). ``candidates`` picks those for a model family; ``choose`` is the measured choice.
 """
 
 from __future__ import annotations
@@ -13,11 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.registry import Registry
 
 AGREEMENT_GATE = 0.99  # top-1 agreement with fp32 over the bundle's labels, on held-out images
+MIN_SPEEDUP = 1.03  # int8 must beat fp32 by this much at batch 1: a margin over run-to-run timing noise
 
 INT8_VARIANTS: Registry[Callable[..., Path]] = Registry("int8 variant")
+
+
+# ONNX op types of the float "glue" that int8 kernels handle badly at batch 1: squeeze-excitation and hardswish
+# (MobileNetV3, EfficientNet), and channel shuffle / split / concat (ShuffleNetV2).
+SE_HARDSWISH_OPS = ("HardSigmoid", "HardSwish", "Sigmoid", "Mul", "GlobalAveragePool")
+SHUFFLE_OPS = ("Concat", "Transpose", "Reshape", "Split", "Slice", "Gather")
 
 
 def _static(**kw):
@@ -29,15 +39,139 @@ def _static(**kw):
     return build
 
 
-INT8_VARIANTS.register(
-    "qdq_per_channel", help="static QDQ, per-channel weights (ORT's recommended CNN recipe)"
-)(_static(per_channel=True))
-INT8_VARIANTS.register("qdq_per_tensor", help="static QDQ, one weight scale per tensor")(
-    _static(per_channel=False)
+def _dynamic(**kw):
+    def build(fp32: Path, out: Path, batches: list[np.ndarray]) -> Path:
+        from edgeclip.quant.ort import quantize_dynamic_onnx
+
+        return quantize_dynamic_onnx(fp32, out, **kw)
+
+    return build
+
+
+def _variant(
+    name: str,
+    help: str,
+    build,
+    kind: str = "static",
+    families=("cnn", "transformer"),
+    auto=None,
+    **lever,
+):
+    """Register one int8 recipe. ``families``: the model families it applies to; ``auto``: those whose default
+    export builds it (default: all of ``families``). ``lever``: what it sets (format, weights, activations, float
+    ops ...), recorded beside its measurements so the benchmark shows each lever's effect."""
+    INT8_VARIANTS.register(
+        name, help=help, kind=kind, families=tuple(families), auto=tuple(auto or families), lever=lever
+    )(build)
+
+
+_variant(
+    "qdq_per_channel",
+    "static QDQ, per-channel weights, u8 activations (ORT's recommended CNN recipe)",
+    _static(per_channel=True),
+    format="QDQ",
+    weights="per-channel s8",
+    activations="u8",
 )
-INT8_VARIANTS.register(
-    "qoperator_per_channel", help="static QOperator (QLinearConv ...), per-channel weights"
-)(_static(per_channel=True, quant_format="qoperator"))
+_variant(
+    "qdq_per_tensor",
+    "static QDQ, one weight scale per tensor",
+    _static(per_channel=False),
+    format="QDQ",
+    weights="per-tensor s8",
+    activations="u8",
+)
+_variant(
+    "qoperator_per_channel",
+    "static QOperator (QLinearConv ...), per-channel weights",
+    _static(per_channel=True, quant_format="qoperator"),
+    format="QOperator",
+    weights="per-channel s8",
+    activations="u8",
+)
+_variant(
+    "qdq_per_channel_reduce_range",
+    "static QDQ, per-channel 7-bit weights (reduce_range: the recipe for x86 CPUs without VNNI)",
+    _static(per_channel=True, reduce_range=True),
+    format="QDQ",
+    weights="per-channel s7",
+    activations="u8",
+    reduce_range=True,
+)
+_variant(
+    "qdq_per_tensor_s8",
+    "static QDQ, per-tensor weights, symmetric s8 activations (S8S8)",
+    _static(per_channel=False, activations="s8"),
+    format="QDQ",
+    weights="per-tensor s8",
+    activations="s8 symmetric",
+)
+_variant(
+    "qdq_per_channel_float_se",
+    "static QDQ, per-channel; squeeze-excitation and hardswish left in float",
+    _static(per_channel=True, float_ops=SE_HARDSWISH_OPS),
+    families=("cnn",),
+    format="QDQ",
+    weights="per-channel s8",
+    activations="u8",
+    float_ops=list(SE_HARDSWISH_OPS),
+)
+_variant(
+    "qdq_per_channel_float_shuffle",
+    "static QDQ, per-channel; channel shuffle, split and concat left in float",
+    _static(per_channel=True, float_ops=SHUFFLE_OPS),
+    families=("cnn",),
+    format="QDQ",
+    weights="per-channel s8",
+    activations="u8",
+    float_ops=list(SHUFFLE_OPS),
+)
+_variant(
+    "dynamic_per_tensor",
+    "dynamic int8 (weights int8, activations quantized at run time)",
+    _dynamic(per_channel=False),
+    kind="dynamic",
+    auto=("transformer",),
+    format="dynamic",
+    weights="per-tensor s8",
+    activations="dynamic u8",
+)
+_variant(
+    "dynamic_per_channel",
+    "dynamic int8, per-channel weights",
+    _dynamic(per_channel=True),
+    kind="dynamic",
+    auto=("transformer",),
+    format="dynamic",
+    weights="per-channel s8",
+    activations="dynamic u8",
+)
+
+
+def candidates(
+    family: str, mode: str = "auto", per_channel: bool = True, names: list[str] | None = None
+) -> list[str]:
+    """The variants an export builds for a ``family`` (cnn | transformer) model. ``mode``: auto (the variants
+    meant for the family: static ones for CNNs, static and dynamic for transformers), static or dynamic (every
+    variant of that kind that applies to the family); ``per_channel=False`` keeps per-tensor ones only;
+    ``names``: exactly these (checked against the registry)."""
+    if names:
+        for n in names:
+            INT8_VARIANTS.get(n)  # the one-line error with "did you mean"
+        return list(dict.fromkeys(names))
+    out = []
+    for n in INT8_VARIANTS.names():
+        m = INT8_VARIANTS.meta(n)
+        if family not in (m["auto"] if mode == "auto" else m["families"]):
+            continue
+        if mode != "auto" and m["kind"] != mode:
+            continue
+        if not per_channel and "per-channel" in m["lever"]["weights"]:
+            continue
+        out.append(n)
+    if not out:
+        raise EdgeClipError(f"no int8 variant for a {family} model with quantization {mode!r}")
+    return out
 
 
 def time_model(path: Path, size: int, threads: int, batches=(1, 32), reps: int = 20) -> dict[str, float]:
@@ -55,22 +189,28 @@ def time_model(path: Path, size: int, threads: int, batches=(1, 32), reps: int =
     return out
 
 
-def choose(fp32: dict[str, Any], variants: dict[str, dict[str, Any]], gate: float = AGREEMENT_GATE) -> dict:
+def choose(
+    fp32: dict[str, Any],
+    variants: dict[str, dict[str, Any]],
+    gate: float = AGREEMENT_GATE,
+    min_speedup: float = MIN_SPEEDUP,
+) -> dict:
     """The default: the variant with the lowest batch-1 latency among those with top-1 agreement >= ``gate``
-    that are faster than fp32 at batch 1; fp32 when none is. -> {"precision", "variant", "why"}."""
-    ok = {
-        k: v
-        for k, v in variants.items()
-        if v.get("top1_agreement", 0.0) >= gate and v["batch1_ms"] < fp32["batch1_ms"]
-    }
+    that beat fp32 at batch 1 by at least ``min_speedup`` (a margin over timing noise); fp32 when none does.
+    -> {"precision", "variant", "why"}."""
+
+    def fast(v):
+        return v["batch1_ms"] * min_speedup < fp32["batch1_ms"]
+
+    ok = {k: v for k, v in variants.items() if v.get("top1_agreement", 0.0) >= gate and fast(v)}
     if not ok:
-        slower = [k for k, v in variants.items() if v["batch1_ms"] >= fp32["batch1_ms"]]
+        slower = [k for k, v in variants.items() if not fast(v)]
         failed = [k for k, v in variants.items() if v.get("top1_agreement", 0.0) < gate]
         return {
             "precision": "fp32",
             "variant": None,
-            "why": "no int8 variant is both faster than fp32 and within the fidelity gate"
-            + (f" (slower: {', '.join(slower)}" if slower else " (")
+            "why": f"no int8 variant is both >= {min_speedup:.2f}x faster than fp32 and within the fidelity gate"
+            + (f" (not faster: {', '.join(slower)}" if slower else " (")
             + (f"; below the gate: {', '.join(failed)})" if failed else ")"),
         }
     best = min(ok, key=lambda k: ok[k]["batch1_ms"])

@@ -55,7 +55,7 @@ KEYS = {
     "notes",
 }
 STAGE_KEYS = {"name", "task", "set"}
-OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 
 
 # ----------------------------------------------------------------------------------------- the file

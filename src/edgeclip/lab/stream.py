@@ -49,9 +49,18 @@ class TorchTowerLabeler:
             return self.teacher.encode_image(x).numpy()
 
 
-def feature_student(teacher, photos: list[str], out: Path, size: int = 224, steps: int = 20) -> Path:
-    """A ShuffleNetV2 x1.0 student of ``teacher`` at ``size`` px with BatchNorm statistics fitted to ``photos`` (random
-    weights: its embeddings of natural photos are nearly alike, which does not change its speed)."""
+def feature_student(
+    teacher,
+    photos: list[str],
+    out: Path,
+    size: int = 224,
+    steps: int = 20,
+    arch: str = "shufflenet_v2_x1_0",
+    name: str = "student.pt",
+) -> Path:
+    """A student (``arch``, default ShuffleNetV2 x1.0) of ``teacher`` at ``size`` px with BatchNorm statistics fitted
+    to ``photos`` (random weights: its embeddings of natural photos are nearly alike, which does not change its
+    speed; its activations have the ranges real photos give, which int8 calibration sees)."""
     import torch
 
     from edgeclip.data.transforms import Preprocess
@@ -60,7 +69,7 @@ def feature_student(teacher, photos: list[str], out: Path, size: int = 224, step
     from edgeclip.runtime.preprocess import NumpyPreprocess
 
     torch.manual_seed(0)
-    st = create_student("shufflenet_v2_x1_0", teacher.embed_dim, img_size=size)
+    st = create_student(arch, teacher.embed_dim, img_size=size)
     pp = Preprocess(size=size, mean=tuple(teacher.mean), std=tuple(teacher.std))
     npp = NumpyPreprocess(size, tuple(teacher.mean), tuple(teacher.std))
     x = torch.from_numpy(npp.batch([to_image(p) for p in photos]))
@@ -69,7 +78,7 @@ def feature_student(teacher, photos: list[str], out: Path, size: int = 224, step
         for _ in range(steps):
             st(x[torch.randperm(len(x))[:16]])
     st.eval()
-    path = out / "student.pt"
+    path = out / name
     save_student(
         st, path, pp, teacher.describe(), {"what": "random features, BatchNorm fitted to the photos"}
     )

@@ -358,6 +358,17 @@ def _stream(cfg: dict, out: Path, ctx: dict) -> dict:
     return stream_benchmark(cfg, out)
 
 
+@TASKS.register(
+    "int8-speed",
+    help="per student model: fp32 vs every int8 variant at batch 1 / 32, fidelity, the export's choice, and the "
+    "other runtimes' levers (OpenVINO, ExecuTorch XNNPACK, fixed shapes, offline graphs; lab/int8speed.py)",
+)
+def _int8_speed(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.lab.int8speed import int8_speed_benchmark
+
+    return int8_speed_benchmark(cfg, out)
+
+
 # ------------------------------------------------------------------------------ open-vocabulary teachers
 @TASKS.register(
     "caption-teacher",

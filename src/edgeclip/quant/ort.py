@@ -64,6 +64,9 @@ def quantize_static_onnx(
     reduce_range="auto",
     weight_bits: int = 8,
     quant_format: str = "qdq",
+    activations: str = "u8",
+    float_ops: tuple[str, ...] = (),
+    extra_options: dict | None = None,
 ) -> Path:
     """Static int8 quantization (ONNX Runtime), activations calibrated on ``calibration`` batches.
     ``quant_format``: qdq (QuantizeLinear/DequantizeLinear pairs, fused by ORT) | qoperator (QLinearConv, ...).
@@ -73,6 +76,9 @@ def quantize_static_onnx(
     ``reduce_range`` (auto | True | False; auto = when this CPU lacks VNNI): 7-bit weights,
     which avoids the u8 x s8 saturation of ORT's int8 kernels on x86 CPUs without VNNI.
     ``weight_bits=4``: W4A8, int4 weights (ONNX Runtime's QInt4; com.microsoft Q/DQ below opset 21).
+    ``activations``: u8 (asymmetric uint8, ORT's x86 default) | s8 (symmetric int8, the S8S8 recipe).
+    ``float_ops``: ONNX op types left in float (e.g. HardSigmoid, Mul for squeeze-excitation / hardswish):
+    only the other op types are quantized. ``extra_options``: passed to ORT's quantizer as they are.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -106,6 +112,8 @@ def quantize_static_onnx(
         raise EdgeClipError(f"unknown calibration method {method!r} (minmax, entropy, percentile)")
     if quant_format not in ("qdq", "qoperator"):
         raise EdgeClipError(f"unknown quantization format {quant_format!r} (qdq, qoperator)")
+    if activations not in ("u8", "s8"):
+        raise EdgeClipError(f"unknown activation type {activations!r} (u8, s8)")
     batches = list(calibration)
     if not batches:
         raise EdgeClipError("static quantization needs calibration images (got none)")
@@ -117,15 +125,27 @@ def quantize_static_onnx(
                 _Reader(input_name, batches),
                 quant_format=QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ,
                 per_channel=per_channel,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
                 weight_type=wtype,
                 calibrate_method=meth,
                 reduce_range=resolve_reduce_range(reduce_range, weight_bits),
+                op_types_to_quantize=_quantized_ops(src, float_ops) if float_ops else None,
+                extra_options={
+                    **({"ActivationSymmetric": True} if activations == "s8" else {}),
+                    **(extra_options or {}),
+                },
             )
     finally:
         if tmp_pre is not None and tmp_pre.exists():
             tmp_pre.unlink()
     return int8_path
+
+
+def _quantized_ops(path: Path, float_ops: tuple[str, ...]) -> list[str]:
+    """The op types of the graph at ``path`` except ``float_ops`` (those stay in float)."""
+    import onnx
+
+    return sorted({n.op_type for n in onnx.load(str(path)).graph.node} - set(float_ops))
 
 
 def quantize_dynamic_onnx(fp32_path: str | Path, int8_path: str | Path, per_channel: bool = False) -> Path:
