@@ -86,10 +86,13 @@ def int8_parity(fp32_path: Path, int8_path: Path, x: np.ndarray, text_emb: np.nd
 
     a = unit(run_batched(ort_session(fp32_path), x))
     b = unit(run_batched(ort_session(int8_path), x))
-    agree = float((topk(a, text_emb, 1) == topk(b, text_emb, 1)).mean())
+    ta = topk(a, text_emb, 1)
+    agree = float((ta == topk(b, text_emb, 1)).mean())
     cos = (a * b).sum(1)
     return {
         "top1_agreement": agree,
+        # how many labels fp32 picks at all: 1 makes the agreement say nothing (a feature-less model)
+        "fp32_distinct_top1": int(len(np.unique(ta))),
         "mean_cosine": float(cos.mean()),
         "min_cosine": float(cos.min()),
         "n": int(len(x)),

@@ -198,6 +198,7 @@ def measure_model(
         "default_ms": shipped["batch1_ms"] if man["default_precision"] == "int8" else fp32["batch1_ms"],
         "speedup": fp32["batch1_ms"] / shipped["batch1_ms"],
         "agreement": shipped["top1_agreement"],
+        "fp32_distinct_top1": shipped.get("fp32_distinct_top1"),
         "mean_cosine": shipped["mean_cosine"],
         "why": ch["why"],
         "holdout_images": shipped["n"],

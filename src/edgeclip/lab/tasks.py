@@ -389,6 +389,22 @@ def _caption_teacher(cfg: dict, out: Path, ctx: dict) -> dict:
 
 
 @TASKS.register(
+    "photos",
+    help="the photos of one split of a caption set as a list file (a source for cache / distill): "
+    "{captions, split, images}",
+)
+def _photos(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.core.io import atomic_path
+    from edgeclip.data.captions import load_captions
+
+    cs = load_captions(cfg["captions"], cfg.get("images"), cfg.get("split"))
+    paths = [str(it.record().path) for it in cs.items]
+    with atomic_path(out / "photos.txt") as tmp:
+        tmp.write_text("\n".join(paths) + "\n")
+    return {"list": str(out / "photos.txt"), "n": len(paths), "skipped": dict(cs.skipped)}
+
+
+@TASKS.register(
     "retrieval",
     help="image<->text Recall@1/5/10 on a caption set: {captions, split, teacher, students: {role: ckpt}}",
 )

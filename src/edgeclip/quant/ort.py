@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -118,7 +120,7 @@ def quantize_static_onnx(
     if not batches:
         raise EdgeClipError("static quantization needs calibration images (got none)")
     try:
-        with atomic_path(int8_path) as tmp:
+        with atomic_path(int8_path) as tmp, _quiet_root_logger():
             quantize_static(
                 str(src),
                 str(tmp),
@@ -139,6 +141,19 @@ def quantize_static_onnx(
         if tmp_pre is not None and tmp_pre.exists():
             tmp_pre.unlink()
     return int8_path
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ORT's quantizer logs a root-logger warning per tensor it cannot type (hundreds for ShuffleNet's shape
+    arithmetic, none of them actionable); keep them out of the user's terminal while it runs."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _quantized_ops(path: Path, float_ops: tuple[str, ...]) -> list[str]:
