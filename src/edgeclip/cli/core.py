@@ -35,12 +35,14 @@ def cache_cmd(
     out: Path = typer.Option(..., help="cache folder"),
     views: int = typer.Option(1, help="augmented views per image (view 0 = the plain image)"),
     batch_size: int = typer.Option(64),
+    chunk: int = typer.Option(1024, help="images per part (the unit a worker computes and writes at once)"),
     workers: int = typer.Option(0, help="DataLoader workers"),
     kind: str = typer.Option("auto", help="auto | imagefolder | folder | list | wds"),
     retry_failed: bool = typer.Option(False, help="try images that failed before again"),
     device: str = typer.Option("auto"),
 ):
-    """Compute teacher image embeddings once (fp16, memory-mapped, resumable)."""
+    """Compute teacher image embeddings once (fp16, memory-mapped, resumable). On many workers, launch this same
+    command with torchrun (or srun): each worker embeds its own chunks, one per GPU; they share --out."""
     from edgeclip.data.sources import open_source
     from edgeclip.models.teachers import load_teacher
     from edgeclip.train.cache import build_cache
@@ -48,11 +50,26 @@ def cache_cmd(
     t = load_teacher(teacher, device=device_of(device))
     src = open_source(data, kind)
     s = build_cache(
-        src, t, out, views=views, batch_size=batch_size, num_workers=workers, retry_failed=retry_failed
+        src,
+        t,
+        out,
+        views=views,
+        batch_size=batch_size,
+        chunk=chunk,
+        num_workers=workers,
+        retry_failed=retry_failed,
     )
     echo_json(s.as_dict())
     for r in src.skipped:
         typer.echo(f"skipped: {r}", err=True)
+
+
+@app.command("cache-upgrade")
+def cache_upgrade_cmd(folder: Path = typer.Argument(..., help="a cache folder of an older format")):
+    """Convert an older teacher-embedding cache in place (its embeddings stay; a key index is added)."""
+    from edgeclip.train.cache import upgrade_cache
+
+    echo_json(upgrade_cache(folder))
 
 
 @app.command("distill")
@@ -71,7 +88,10 @@ def distill_cmd(
     lr: float | None = typer.Option(None),
     out: str | None = typer.Option(None),
     val: str | None = typer.Option(None),
-    devices: int | None = typer.Option(None),
+    devices: int | None = typer.Option(
+        None, help="processes (GPUs) per node; under torchrun: --nproc_per_node"
+    ),
+    num_nodes: int | None = typer.Option(None, help="nodes (torchrun --nnodes, SLURM --nodes)"),
     strategy: str | None = typer.Option(None),
     accelerator: str | None = typer.Option(None),
     precision: str | None = typer.Option(None),
@@ -101,6 +121,7 @@ def distill_cmd(
             ("out", out),
             ("val", val),
             ("train.devices", devices),
+            ("train.num_nodes", num_nodes),
             ("train.strategy", strategy),
             ("train.accelerator", accelerator),
             ("train.precision", precision),
@@ -109,7 +130,7 @@ def distill_cmd(
         set_,
     )
     hist = distill(cfg, resume=resume)
-    if hist.get("world_size", 1) == 1 or os.environ.get("LOCAL_RANK", "0") == "0":
+    if hist.get("world_size", 1) == 1 or os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":
         last = hist["epochs"][-1] if hist["epochs"] else {}
         typer.echo(f"student saved: {Path(cfg.out) / 'student.pt'}  last epoch: {json.dumps(last)}")
 

@@ -72,7 +72,10 @@ def resolve_device(device: str | None = None) -> str:
     import torch
 
     if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        local = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")  # one GPU per launched worker
+        return f"cuda:{int(local) % torch.cuda.device_count()}" if local else "cuda"
     return device
 
 

@@ -81,18 +81,21 @@ def sha256_text(text: str) -> str:
 
 
 @contextmanager
-def exclusive_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (``folder/.lock``, released when the process ends, however it
-    ends): a second writer gets one line instead of silently interleaving its writes with the first's."""
+def exclusive_lock(
+    folder: str | os.PathLike, what: str, name: str = ".lock", wait: bool = False
+) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``folder/NAME``, released when the process ends, however it
+    ends): a second writer gets one line instead of silently interleaving its writes with the first's
+    (``wait=True``: it waits its turn instead)."""
     import fcntl
 
     from edgeclip.core.errors import EdgeClipError
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fh = open(folder / ".lock", "a+")
+    fh = open(folder / name, "a+")
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         fh.seek(0)
         holder = fh.read().strip() or "another process"

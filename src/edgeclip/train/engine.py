@@ -35,7 +35,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     grad_clip: float = 0.0
     seed: int = 0
-    devices: int = 1
+    devices: int = 1  # processes (GPUs) per node
+    num_nodes: int = 1  # nodes (torchrun --nnodes / SLURM): world size = devices x num_nodes
     strategy: str = "auto"
     accelerator: str = "auto"
     precision: str = "auto"  # auto: bf16-mixed/16-mixed on GPU, 32-true on CPU
@@ -54,6 +55,7 @@ class TrainConfig:
                 ("epochs", ">= 1"),
                 ("batch_size", ">= 1"),
                 ("devices", ">= 1"),
+                ("num_nodes", ">= 1"),
                 ("lr", ">= 0"),
                 ("num_workers", ">= 0"),
                 ("threads", ">= 0"),
@@ -88,13 +90,15 @@ def make_fabric(cfg: TrainConfig):
             ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if accel == "cuda" else "32-true"
         )
     strategy = cfg.strategy
-    if strategy == "auto" and cfg.devices > 1:
+    if strategy == "auto" and cfg.devices * cfg.num_nodes > 1:
         strategy = "ddp"
     if strategy == "ddp" and accel == "cpu":
         from lightning.fabric.strategies import DDPStrategy
 
         strategy = DDPStrategy(process_group_backend="gloo")
-    fabric = Fabric(accelerator=accel, devices=cfg.devices, strategy=strategy, precision=prec)
+    fabric = Fabric(
+        accelerator=accel, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy, precision=prec
+    )
     return fabric
 
 
