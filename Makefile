@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(VENV)/bin/edgeclip lab run experiments/stream.yaml
 	rm -rf benchmarks/artifacts/int8_speed
 	$(VENV)/bin/edgeclip lab run experiments/int8_speed.yaml
+	rm -rf benchmarks/artifacts/scale
+	$(VENV)/bin/edgeclip lab run experiments/scale.yaml
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -40,6 +40,12 @@ def test_bench_quick_end_to_end(tmp_path, capsys):
     assert fid["edgevl"]["files"][0]["metrics"]["depth.student_top1"] == 0.42
     assert all(r["method"].startswith(("estimate", "measured")) for r in d["sections"]["energy"]["rows"])
     assert "gpu" in d["skipped"] and "accuracy" in d["skipped"]
+    # the data path in the same run: decode + augment alone, and the full step it feeds (224 px, the training loader)
+    dp = d["sections"]["data_path"]
+    assert (
+        dp["img_size"] == 224 and dp["cpu"]["decode_images_per_s"] > 0 and dp["cpu"]["step_images_per_s"] > 0
+    )
+    assert dp["cpu"]["workers"] >= 0 and dp["cpu"]["pin_memory"] is False
     # the report: HTML + Markdown + plots
     rep = out / "report_quick"
     md = (rep / "report.md").read_text()

@@ -293,7 +293,7 @@ def test_usage_errors_are_one_line(argv, msg, capsys):
         ("--epochs=-3", "train.epochs must be >= 1, got -3"),
         ("--batch-size=0", "train.batch_size must be >= 1, got 0"),
         ("--lr=-1", "train.lr must be >= 0, got -1.0"),
-        ("--set=train.num_workers=-2", "train.num_workers must be >= 0, got -2"),
+        ("--set=train.num_workers=-2", "train.num_workers must be >= 0 or auto, got -2"),
     ],
 )
 def test_budgets_that_cannot_train_are_refused_at_config_time(

@@ -168,3 +168,59 @@ def test_the_readme_launch_commands_in_their_two_process_cpu_form(tiny_teacher, 
         assert h0 == h1 and len(h0.strip()) == 64
         hist = json.loads((tmp_path / d / "history.json").read_text())
         assert hist["world_size"] == 2 and hist["epochs"][0]["steps"] == 144 // 16 // 2
+
+
+def test_reinforced_shards_train_like_the_folder_cache(tiny_teacher, shapes, tmp_path, capsys):
+    """`edgeclip cache --format wds`: shards carrying each image, its teacher embeddings and view parameters;
+    distilling from them (no cache folder, no teacher run) follows the folder cache's loss curve on the same seed,
+    and ends at the same weights within float tolerance."""
+    import tarfile
+
+    import torch
+
+    from edgeclip.cli import main
+    from edgeclip.train.distill import DistillConfig, distill
+
+    out = tmp_path / "c"
+    main(
+        ["cache", str(shapes["train"]), "--teacher", tiny_teacher, "--out", str(out), "--views", "3"]
+        + ["--chunk", "40", "--format", "wds"]
+    )
+    shards = sorted((out / "shards").glob("shard-*.tar"))
+    assert len(shards) == 4  # 144 images, 40 per shard
+    with tarfile.open(shards[0]) as tf:
+        names = tf.getnames()
+    assert {n.split(".", 1)[1] for n in names} == {"jpg", "emb.npy", "views.json", "cls"}
+    base = dict(
+        teacher=tiny_teacher,
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 32},
+        preload=False,  # both read decoded files / samples and crop them with PIL: the same pixels
+        train={"epochs": 2, "batch_size": 16, "seed": 0, "shuffle": False, "num_workers": 0, "log_every": 1},
+    )
+    a = distill(
+        DistillConfig(data=str(shapes["train"]), cache=str(out), out=str(tmp_path / "a"), **base),
+        progress=False,
+    )
+    b = distill(
+        DistillConfig(data=str(out / "shards" / "shard-*.tar"), out=str(tmp_path / "b"), **base),
+        progress=False,
+    )
+    la, lb = [e["loss"] for e in a["epochs"]], [e["loss"] for e in b["epochs"]]
+    assert len(la) == len(lb) == 2 and np.allclose(la, lb, rtol=1e-4), (la, lb)
+    assert a["epochs"][0]["steps"] == b["epochs"][0]["steps"] == 144 // 16
+    wa = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["model"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-4) for k in wa)
+    bad = [
+        "cache",
+        str(shapes["train"]),
+        "--teacher",
+        tiny_teacher,
+        "--out",
+        str(out),
+        "--format",
+        "tfrecord",
+    ]
+    with pytest.raises(SystemExit):
+        main(bad)
+    assert "error: unknown cache format 'tfrecord' (folder, wds)" in capsys.readouterr().err

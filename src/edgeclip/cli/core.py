@@ -40,6 +40,12 @@ def cache_cmd(
     kind: str = typer.Option("auto", help="auto | imagefolder | folder | list | wds"),
     retry_failed: bool = typer.Option(False, help="try images that failed before again"),
     device: str = typer.Option("auto"),
+    format: str = typer.Option(
+        "folder",
+        "--format",
+        help="folder (memory-mapped parts + key index) | wds (also reinforced WebDataset shards in OUT/shards: "
+        "each image with its teacher embeddings and view parameters; distill from OUT/shards/shard-*.tar)",
+    ),
 ):
     """Compute teacher image embeddings once (fp16, memory-mapped, resumable). On many workers, launch this same
     command with torchrun (or srun): each worker embeds its own chunks, one per GPU; they share --out."""
@@ -47,8 +53,12 @@ def cache_cmd(
     from edgeclip.models.teachers import load_teacher
     from edgeclip.train.cache import build_cache
 
+    if format not in ("folder", "wds"):
+        raise EdgeClipError(f"unknown cache format {format!r} (folder, wds)")
     t = load_teacher(teacher, device=device_of(device))
     src = open_source(data, kind)
+    if format == "wds" and src.is_stream:
+        raise EdgeClipError("--format wds re-shards folders and lists; these images are already shards")
     s = build_cache(
         src,
         t,
@@ -59,7 +69,14 @@ def cache_cmd(
         num_workers=workers,
         retry_failed=retry_failed,
     )
-    echo_json(s.as_dict())
+    res = s.as_dict()
+    if format == "wds":
+        from edgeclip.train.cache import EmbeddingCache, dist_rank
+        from edgeclip.train.shards import write_shards
+
+        rank, world = dist_rank()
+        res["reinforced"] = write_shards(src.records, EmbeddingCache(out), out / "shards", chunk, rank, world)
+    echo_json(res)
     for r in src.skipped:
         typer.echo(f"skipped: {r}", err=True)
 

@@ -8,7 +8,7 @@ import typer
 
 from edgeclip.core.errors import EdgeClipError
 
-SECTIONS = ("speed", "train", "accuracy", "fidelity", "energy", "gpu")
+SECTIONS = ("speed", "train", "accuracy", "fidelity", "energy", "data_path", "gpu")
 
 
 app = typer.Typer()

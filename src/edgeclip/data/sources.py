@@ -39,6 +39,10 @@ class ImageRecord:
     label: int | None = None
     path: Path | None = None
     data: bytes | None = None  # in-memory payload (tar shards)
+    # reinforced shards (``edgeclip cache --format wds``): the teacher's (views, dim) embeddings of this image
+    # and the view parameters that produced them, carried with the image
+    targets: bytes | None = None
+    views: dict | None = None
 
     def load(self):
         """Decode to an RGB PIL image (raises ImageLoadError with one clear line)."""
@@ -148,6 +152,28 @@ def _expand_shards(spec: str) -> list[str]:
     return out
 
 
+def _keeping_global_random(make):
+    """Build (``make()``) and iterate an iterable without letting it move Python's global ``random`` state
+    (webdataset draws from it when it opens a shard): a training run then draws the same augmentations from
+    shards as from files."""
+    import random
+
+    state = random.getstate()
+    try:
+        it = iter(make())
+    finally:
+        random.setstate(state)
+    while True:
+        state = random.getstate()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            random.setstate(state)
+        yield item
+
+
 def webdataset(spec: str, classes: list[str] | None = None) -> ImageSource:
     """WebDataset tar shards (``shard-{000..009}.tar`` or a glob), streamed with the webdataset library.
 
@@ -172,8 +198,9 @@ def webdataset(spec: str, classes: list[str] | None = None) -> ImageSource:
 
         st = sp.stat()
         prefix = f"{sp.resolve()}|{st.st_size}|{st.st_mtime_ns}#"
-        ds = wds.WebDataset(str(sp), shardshuffle=False, empty_check=False)
-        for sample in ds:
+        for sample in _keeping_global_random(
+            lambda: wds.WebDataset(str(sp), shardshuffle=False, empty_check=False)
+        ):
             key = sample["__key__"]
             data = next((sample[k] for k in WDS_IMAGE_KEYS if k in sample), None)
             if data is None:
@@ -184,7 +211,12 @@ def webdataset(spec: str, classes: list[str] | None = None) -> ImageSource:
                     label = int(sample["cls"].decode().strip())
                 except ValueError:
                     label = None
-            yield ImageRecord(prefix + key, f"{sp.name}/{key}", label, None, data)
+            rec = ImageRecord(prefix + key, f"{sp.name}/{key}", label, None, data)
+            if "emb.npy" in sample and "views.json" in sample:
+                import json
+
+                rec.targets, rec.views = sample["emb.npy"], json.loads(sample["views.json"])
+            yield rec
 
     src = ImageSource("wds", spec, classes, None, stream)
     return src

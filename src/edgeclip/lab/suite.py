@@ -94,7 +94,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     """Every section in order (one that fails is recorded and the others still run), then the JSON and report."""
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "random weights" notice is expected here
     b = _Bench(cfg, log)
-    for step in (b.speed, b.train_cost, b.accuracy, b.fidelity_and_energy, b.gpu):
+    for step in (b.speed, b.train_cost, b.accuracy, b.fidelity_and_energy, b.data_path, b.gpu):
         step()
     return b.finish()
 
@@ -295,6 +295,32 @@ class _Bench:
         if "speed" in self.result["sections"]:
             models = [m for m in self.result["sections"]["speed"]["models"] if "error" not in m]
             self.section("energy", lambda: energy_table(models, self.threads))
+
+    def data_path(self) -> None:
+        """Decode + augment alone vs the full distillation step it feeds (224 px, the training's own loader and
+        workers), on the CPU and on CUDA when present (issue 18's target there: step >= 80 % of decode)."""
+
+        def run():
+            from edgeclip.data.sources import open_source
+            from edgeclip.lab.scale import data_path_rates
+            from edgeclip.models.teachers import load_teacher
+            from edgeclip.train.cache import build_cache
+
+            teacher = self.teacher or "ViT-B-32:"
+            recs = open_source(str(self.train_dir)).records[: 64 if self.cfg.quick else 256]
+            work = self.work / "data_path"
+            build_cache(recs, load_teacher(teacher), work / "cache", progress=False)
+            lst = work / "images.txt"
+            lst.write_text("".join(f"{Path(r.path).resolve()}\n" for r in recs))
+            bs = 8 if self.cfg.quick else 32
+            return data_path_rates(
+                str(lst),
+                str(work / "cache"),
+                teacher,
+                {"batch_size": bs, "batches": 2 if self.cfg.quick else 6, "work": str(work)},
+            )
+
+        self.section("data_path", run)
 
     def gpu(self) -> None:
         cfg, result = self.cfg, self.result

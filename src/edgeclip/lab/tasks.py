@@ -369,6 +369,17 @@ def _int8_speed(cfg: dict, out: Path, ctx: dict) -> dict:
     return int8_speed_benchmark(cfg, out)
 
 
+@TASKS.register(
+    "scale",
+    help="the teacher cache on 1 vs 2 torchrun workers, a 1M-key cache index opened in a fresh process, and the "
+    "distillation data path: decode-only vs full-step images/s (lab/scale.py)",
+)
+def _scale(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.lab.scale import scale_benchmark
+
+    return scale_benchmark(cfg, out)
+
+
 # ------------------------------------------------------------------------------ open-vocabulary teachers
 @TASKS.register(
     "caption-teacher",

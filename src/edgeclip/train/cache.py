@@ -126,6 +126,17 @@ class EmbeddingCache:
 
         return torch.from_numpy(np.asarray(self[key][view], dtype=np.float32))
 
+    # the interface the distillation data path reads targets through (reinforced shards have the same one)
+    def holds(self, r: ImageRecord) -> bool:
+        return r.key in self
+
+    def target_of(self, r: ImageRecord, view: int):
+        return self.target(r.key, view)
+
+    def view_of(self, r: ImageRecord, view: int):
+        """The crop box and flip of ``view`` of record ``r``: the ones the teacher saw when the cache was built."""
+        return view_params(r.key, view, self.view_spec)
+
     def get_many(self, keys: Sequence[str]) -> np.ndarray:
         pos = self._index.lookup(list(keys))
         if (pos < 0).any():

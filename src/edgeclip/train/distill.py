@@ -86,6 +86,13 @@ class DistillTask(Task):
         self.pp = Preprocess(size=self.size, mean=tuple(teacher.mean), std=tuple(teacher.std))
         self.loss_fn = build_loss(cfg.loss)
         self.cache = self._open_cache()
+        if self.cache is None:  # reinforced shards carry their own targets: no cache, no teacher run
+            from edgeclip.train.shards import ShardTargets, shard_meta
+
+            meta = shard_meta(cfg.data) if open_source(cfg.data).is_stream else None
+            if meta is not None:
+                self.cache = ShardTargets(meta)
+                self.cache.check_teacher(teacher.describe())
         self.views = self.cache.views if self.cache else max(1, cfg.views)
         self.vspec = self.cache.view_spec if self.cache else ViewSpec(seed=self.train.seed)
         src = open_source(cfg.data)
@@ -153,7 +160,11 @@ class DistillTask(Task):
 
     def _setup_stream(self, src) -> None:
         """WebDataset shards, without holding the corpus on disk as files or in memory."""
-        if self.cache is not None:
+        from edgeclip.train.shards import ShardTargets
+
+        if isinstance(self.cache, ShardTargets):
+            n = int(self.cache.meta["n"])
+        elif self.cache is not None:
             n = sum(1 for r in src if r.key in self.cache)
             if n == 0:
                 raise EdgeClipError(
@@ -172,6 +183,8 @@ class DistillTask(Task):
             self.vspec,
             self.cache,
             self.cache is None,
+            shuffle_buffer=1000 if self.train.shuffle else 0,
+            seed=self.train.seed,
         )
 
     # ---- the steps and hooks
@@ -253,9 +266,8 @@ def _view_item(ds, r, img):
         im = apply_view(img, box, flip)
         return ds.spp(im), ds.tpp(im), True
     v = random.randrange(ds.views)
-    box, flip = view_params(r.key, v, ds.vspec)
-    tgt = ds.cache.target(r.key, v)
-    return ds.spp(apply_view(img, box, flip)), tgt, True
+    box, flip = ds.cache.view_of(r, v)  # exactly the crop the teacher saw
+    return ds.spp(apply_view(img, box, flip)), ds.cache.target_of(r, v), True
 
 
 class _FileViews(torch.utils.data.Dataset):
@@ -308,8 +320,10 @@ class _StreamViews(torch.utils.data.IterableDataset):
     """Streams tar shards; each (rank, worker) takes every n-th sample and cycles, so that all ranks
     run the same number of steps (the loop ends epochs by step count)."""
 
-    def __init__(self, src, n: int, spp, tpp, views, vspec, cache, online, shuffle_buffer: int = 1000):
-        self.src, self.n, self.spp, self.tpp = src, n, spp, tpp
+    def __init__(
+        self, src, n: int, spp, tpp, views, vspec, cache, online, shuffle_buffer: int = 1000, seed: int = 0
+    ):
+        self.src, self.n, self.spp, self.tpp, self.seed, self.epoch = src, n, spp, tpp, seed, 0
         self.views, self.vspec, self.cache, self.online, self.buf = (
             views,
             vspec,
@@ -337,16 +351,23 @@ class _StreamViews(torch.utils.data.IterableDataset):
         nw, wid = (wi.num_workers, wi.id) if wi else (1, 0)
         stride, offset = ws * nw, rk * nw + wid
         for i, r in enumerate(self.src):
-            if i % stride == offset and (self.cache is None or r.key in self.cache):
+            if i % stride == offset and (self.cache is None or self.cache.holds(r)):
                 yield r
 
     def __iter__(self):
-        rng = random.Random()
+        wi = torch.utils.data.get_worker_info()
+        rk = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        rng = random.Random(f"{self.seed}/{rk}/{wi.id if wi else 0}")  # a seeded shuffle buffer per reader
         buf = []
         while True:
             got = False
             for r in self._mine():
                 got = True
+                if not self.buf:  # no shuffling: the shards' order
+                    item = self._item(r)
+                    if item is not None:
+                        yield item
+                    continue
                 buf.append(r)
                 if len(buf) >= self.buf:
                     item = self._item(buf.pop(rng.randrange(len(buf))))

@@ -7,6 +7,7 @@ GPU, gradient clipping, an atomic checkpoint every epoch and ``resume=True`` aft
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -41,7 +42,11 @@ class TrainConfig:
     accelerator: str = "auto"
     precision: str = "auto"  # auto: bf16-mixed/16-mixed on GPU, 32-true on CPU
     channels_last: bool = True
-    num_workers: int = 0
+    num_workers: Any = (
+        "auto"  # DataLoader worker processes; auto: 0 for in-memory data, else min(4, cores - 1)
+    )
+    pin_memory: Any = "auto"  # auto: when training on a GPU
+    shuffle: bool = True  # False: the data's own order (reproducing a run across data paths)
     threads: int = 0  # torch threads on CPU (0 = leave as is)
     log_every: int = 50
     max_steps_per_epoch: int = 0  # 0 = full epoch (useful for equal step budgets)
@@ -57,7 +62,6 @@ class TrainConfig:
                 ("devices", ">= 1"),
                 ("num_nodes", ">= 1"),
                 ("lr", ">= 0"),
-                ("num_workers", ">= 0"),
                 ("threads", ">= 0"),
                 ("max_steps", ">= 0"),
                 ("max_steps_per_epoch", ">= 0"),
@@ -67,9 +71,22 @@ class TrainConfig:
             )
             if not _holds(getattr(self, k), rule)
         ]
+        if not (self.num_workers == "auto" or _holds(self.num_workers, ">= 0")):
+            bad.append(("num_workers", self.num_workers, ">= 0 or auto"))
+        if self.pin_memory not in ("auto", True, False):
+            bad.append(("pin_memory", self.pin_memory, "auto, true or false"))
         if bad:
             k, v, rule = bad[0]
             raise EdgeClipError(f"train.{k} must be {rule}, got {v!r}")
+
+    def workers_for(self, dataset) -> int:
+        """The DataLoader workers for ``dataset``: as set, or (auto) none for tensors already in memory and
+        min(4, cores - 1) for data that is decoded per sample (files, shards)."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        if isinstance(dataset, torch.utils.data.TensorDataset):
+            return 0
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _holds(v: Any, rule: str) -> bool:
@@ -224,14 +241,17 @@ class Trainer:
                 if n == 0
                 else "one training sample is not enough to train (batch statistics need at least 2)"
             )
+        workers = cfg.workers_for(ds)
+        pin = fabric.device.type == "cuda" if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
         loader = torch.utils.data.DataLoader(
             ds,
             batch_size=cfg.batch_size,
-            shuffle=not self.iterable,
+            shuffle=cfg.shuffle and not self.iterable,
             drop_last=len(ds) > cfg.batch_size,
-            num_workers=cfg.num_workers,
+            num_workers=workers,
             collate_fn=task.collate_fn,
-            persistent_workers=cfg.num_workers > 0,
+            persistent_workers=workers > 0,
+            pin_memory=pin,
         )
         self.model, self.opt = fabric.setup(model, opt)
         self.loader = fabric.setup_dataloaders(loader)
@@ -251,6 +271,7 @@ class Trainer:
             "world_size": fabric.world_size,
             "device": str(fabric.device),
             "torch_threads": torch.get_num_threads(),
+            "data_workers": workers,
         }
 
     def restore(self) -> None:
@@ -324,9 +345,9 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, mininterval=2.0)
-        for i, batch in enumerate(self.loader):
-            if i >= steps:
-                break
+        # islice: the loop never fetches a batch past the epoch's steps (a stream would lose it, and the
+        # augmentations it drew, to the next epoch)
+        for i, batch in enumerate(itertools.islice(self.loader, steps)):
             metrics = task.training_step(self.model, batch)
             self.optimizer_step(metrics["loss"])
             for k, v in metrics.items():
