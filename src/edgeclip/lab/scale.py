@@ -71,7 +71,7 @@ t1 = time.perf_counter()
 c = EmbeddingCache(sys.argv[1])
 t2 = time.perf_counter()
 rss = rss_mb()
-keys = json.loads(sys.argv[2])
+keys = json.loads(open(sys.argv[2]).read())
 t3 = time.perf_counter()
 held = [k for k in keys if k in c]
 hits = len(held)
@@ -134,8 +134,10 @@ def index_open(root: Path, sample: list[str]) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     keys = [sample[i] for i in rng.choice(len(sample), size=min(10000, len(sample)), replace=False)]
     keys += [f"/not/there/{i}.jpg|1|1" for i in range(1000)]
+    kf = root.parent / f"{root.name}.probe-keys.json"
+    kf.write_text(json.dumps(keys))
     r = subprocess.run(
-        [sys.executable, "-c", _OPEN_PROBE, str(root), json.dumps(keys)],
+        [sys.executable, "-c", _OPEN_PROBE, str(root), str(kf)],
         capture_output=True,
         text=True,
         env=_env(1),
