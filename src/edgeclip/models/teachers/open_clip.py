@@ -61,9 +61,16 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
             if "weights_only" in inspect.signature(open_clip.create_model_and_transforms).parameters
             else {}
         )
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=pretrained, device=device, **safe
-        )
+        import torch
+
+        # no weights ("ARCH:"): a seeded random init, so the same spec is the same teacher in every process (its id
+        # says random-init; many cache workers, or a later run, must not mix two different random towers)
+        with torch.random.fork_rng(devices=[]):
+            if not pretrained:
+                torch.manual_seed(0)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained, device=device, **safe
+            )
         tokenizer = open_clip.get_tokenizer(arch)
     except EdgeClipError:
         raise
@@ -86,7 +93,7 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
         files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
         wid = "sha256:" + sha256_text("".join(sha256_file(p) for p in files))[:16]
     else:
-        wid = f"tag:{pretrained}" if pretrained else "random-init"
+        wid = f"tag:{pretrained}" if pretrained else "random-init-seed0"
     image_size = model.visual.image_size
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
     mean = getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
