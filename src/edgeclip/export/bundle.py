@@ -74,7 +74,7 @@ def load_calibration(data: str, n: int, preprocess: NumpyPreprocess, seed: int =
     return np.stack(arrs), names, skipped
 
 
-def _batches(x: np.ndarray, bs: int):
+def batches_of(x: np.ndarray, bs: int):
     for i in range(0, len(x), bs):
         yield x[i : i + bs]
 
@@ -338,7 +338,7 @@ def export_bundle(
             "int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only"
         )
 
-    x_cal, x_hold, skipped = _calibration(calib, calib_images, npp, holdout, seed, log)
+    x_cal, x_hold, skipped = split_calibration(calib, calib_images, npp, holdout, seed, log)
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -453,7 +453,7 @@ def _check_formats(formats: Sequence[str] | str) -> list[str]:
     return ["onnx"] + [f for f in dict.fromkeys(fs) if f != "onnx"]
 
 
-def _calibration(calib, calib_images: int, npp, holdout: float, seed: int, log):
+def split_calibration(calib, calib_images: int, npp, holdout: float, seed: int, log):
     """(calibration images, hold-out images, unreadable ones): a hold-out share checks int8; without ``calib``,
     seeded random inputs (fp32 only)."""
     if not calib:
@@ -577,7 +577,7 @@ def _choose_int8(
     fp32 = time_model(folder / MODEL_FP32, size, threads)
     variants: dict[str, dict[str, Any]] = {}
     for n in names:
-        path = INT8_VARIANTS.get(n)(folder / MODEL_FP32, work / f"{n}.onnx", list(_batches(x_cal, 16)))
+        path = INT8_VARIANTS.get(n)(folder / MODEL_FP32, work / f"{n}.onnx", list(batches_of(x_cal, 16)))
         p = int8_parity(folder / MODEL_FP32, path, x_hold, text)
         variants[n] = {
             **time_model(path, size, threads),

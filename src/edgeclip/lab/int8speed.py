@@ -265,7 +265,7 @@ def _qdq_file(folder: Path, man: dict, photos: list[str], work: Path, cfg: dict)
     """The bundle's int8 file when it is QDQ (what other runtimes read), else the qdq_per_channel variant built
     from the export's own calibration images."""
     from edgeclip.core.io import read_json
-    from edgeclip.export.bundle import _batches, _calibration
+    from edgeclip.export.bundle import batches_of, split_calibration
     from edgeclip.export.choose import INT8_VARIANTS
     from edgeclip.lab.stream import _list
     from edgeclip.runtime.bundle import MODEL_FP32, MODEL_INT8, PREPROCESS
@@ -275,9 +275,9 @@ def _qdq_file(folder: Path, man: dict, photos: list[str], work: Path, cfg: dict)
         return folder / MODEL_INT8
     npp = NumpyPreprocess.from_dict(read_json(folder / PREPROCESS))
     n, hold = int(cfg.get("calib_images", 200)), float(cfg.get("holdout", 0.5))
-    x_cal, _, _ = _calibration(_list(photos, work), n, npp, hold, 0, lambda s: None)
+    x_cal, _, _ = split_calibration(_list(photos, work), n, npp, hold, 0, lambda s: None)
     out = work / f"{folder.name}.qdq_per_channel.onnx"
-    return INT8_VARIANTS.get("qdq_per_channel")(folder / MODEL_FP32, out, list(_batches(x_cal, 16)))
+    return INT8_VARIANTS.get("qdq_per_channel")(folder / MODEL_FP32, out, list(batches_of(x_cal, 16)))
 
 
 def _best_runtime(res: dict) -> dict[str, Any]:

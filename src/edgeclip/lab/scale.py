@@ -1,8 +1,8 @@
 """The scale benchmark (``experiments/scale.yaml``, in ``make bench``; issue 18): the teacher cache built by one and
 by two torchrun workers of one thread each (and by one worker on every core, for reference), a synthetic cache of
-a million keys opened in a fresh process (seconds
-and resident memory), and the distillation data path: images/s of decode + augment alone against a full training
-step (student forward, loss, backward, optimizer), on the CPU and, when one is there, on CUDA.
+a million keys opened in a fresh process (seconds and resident memory), and the distillation data path: images/s
+of decode + augment alone against a full training step (student forward, loss, backward, optimizer), on the CPU
+and, when one is there, on CUDA.
 """
 
 from __future__ import annotations
