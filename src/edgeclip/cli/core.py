@@ -249,6 +249,55 @@ def label_cmd(
         typer.echo(f"  skipped: {s}", err=True)
 
 
+@app.command("search")
+def search_cmd(
+    query: list[str] = typer.Argument(..., help="free-text queries, e.g. 'a dog running on the beach'"),
+    images: list[str] = typer.Option([], help="image files, folders, a list/CSV or tar shards"),
+    captions: str | None = typer.Option(
+        None,
+        help="or: a captions file (Flickr token.txt / COCO JSON); --images is then its photos folder/tar",
+    ),
+    split: str | None = typer.Option(None, help="captions form: one split (splits.json beside it)"),
+    teacher: str | None = typer.Option(None),
+    student: str | None = typer.Option(None),
+    bundle: Path | None = typer.Option(None, help="an edge bundle with a text tower (runs without torch)"),
+    k: int = typer.Option(5, "-k", help="photos per query"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    device: str = typer.Option("auto"),
+    precision: str = typer.Option("auto", help="bundle model: auto | fp32 | int8"),
+    threads: int | None = typer.Option(None, help="bundle runtime threads"),
+):
+    """Find the photos that best match free-text queries, with a teacher, a student or a torch-free bundle."""
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.evaluate import search_images
+
+    if not images and not captions:
+        raise EdgeClipError(
+            "no photos: give --images DIR (files, folders, a list or tars) or --captions FILE"
+        )
+    emb = load_embedder(
+        teacher,
+        student,
+        bundle,
+        device=device_of(device) if bundle is None else "cpu",
+        precision=precision,
+        threads=threads,
+    )
+    photos = captions if captions else _images_source(images)
+    res = search_images(
+        None, {"model": emb}, photos, query, (images or [None])[0] if captions else None, split, k=k
+    )
+    if as_json:
+        typer.echo(json.dumps(res, ensure_ascii=False))
+        return
+    for row in res["models"]["model"]["results"]:
+        typer.echo(f"{row['query']}")
+        for h in row["hits"]:
+            typer.echo(
+                f"  {h['score']:.3f}  {h['image']}" + (f"  ({h['caption']})" if "caption" in h else "")
+            )
+
+
 def _images_source(images: list[str]):
     """One list/CSV/tar argument -> that source; otherwise files and folders (recursively)."""
     from edgeclip.data.sources import files_source, open_source

@@ -180,9 +180,18 @@ def _read_legacy(p: Path, map_location: str) -> dict:
     return safe_torch_load(p, map_location)
 
 
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> str:
-    """Re-save any edgeclip checkpoint (e.g. a torch file of an earlier release) as safetensors; -> its format."""
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False) -> str:
+    """Re-save any edgeclip checkpoint (e.g. a torch file of an earlier release) as safetensors; -> its format.
+    ``half``: store its floating-point weights as float16 (half the size; loading casts them back into the
+    model's float32 parameters) and record the source file's sha256 as ``converted_from``, so that a shipped
+    fp16 teacher keeps the identity of the fp32 teacher its students were distilled from."""
+    from edgeclip.core.io import sha256_file
+
     ck = read_checkpoint(src, None, "edgeclip")
     fmt, sd = ck.pop("format"), ck.pop("state_dict")
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+        ck["stored_dtype"] = "float16"
+        ck.setdefault("converted_from", {"sha256": sha256_file(src), "name": Path(src).name})
     save_checkpoint(dst, fmt, sd, **ck)
     return fmt

@@ -20,6 +20,23 @@ def _minutes(history: dict) -> float:
     return history.get("train_seconds", 0.0) / 60
 
 
+def _students(cfg: dict) -> dict:
+    """A stage's ``students: {role: CHECKPOINT or {bundle: DIR, precision: fp32|int8|auto}}`` as embedders."""
+    from edgeclip.zeroshot.embedder import load_embedder
+
+    out = {}
+    for role, s in (cfg.get("students") or {}).items():
+        if isinstance(s, dict):
+            if set(s) - {"bundle", "precision"} or "bundle" not in s:
+                raise EdgeClipError(
+                    f"student {role}: expected a checkpoint or {{bundle, precision}}, got {s}"
+                )
+            out[role] = load_embedder(bundle=s["bundle"], precision=s.get("precision", "auto"), threads=2)
+        else:
+            out[role] = load_embedder(teacher=cfg.get("teacher"), student=s)
+    return out
+
+
 @TASKS.register("extract", help="unpack tar archives once: {archives: [...], into: DIR}")
 def _extract(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.data.sources import ensure_extracted
@@ -88,13 +105,9 @@ def _eval(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.evaluate import evaluate
 
-    teacher = cfg["teacher"]
-    students = {
-        role: load_embedder(teacher=teacher, student=ck) for role, ck in (cfg.get("students") or {}).items()
-    }
     res = evaluate(
-        load_embedder(teacher=teacher),
-        students,
+        load_embedder(teacher=cfg["teacher"]),
+        _students(cfg),
         cfg["data"],
         cfg.get("templates") or DEFAULT_TEMPLATES,
         batch_size=int(cfg.get("batch_size", 256)),
@@ -424,14 +437,45 @@ def _retrieval(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.zeroshot.evaluate import evaluate_retrieval
 
     teacher = cfg.get("teacher")
-    students = {
-        r: load_embedder(teacher=teacher, student=ck) for r, ck in (cfg.get("students") or {}).items()
-    }
     return evaluate_retrieval(
         load_embedder(teacher=teacher) if teacher else None,
-        students,
+        _students(cfg),
         cfg["captions"],
         cfg.get("images"),
         cfg.get("split", "test"),
         max_images=int(cfg.get("max_images", 0)),
     )
+
+
+@TASKS.register(
+    "search",
+    help="free-text image search on a caption set's photos: {captions, split, teacher, students, queries: "
+    "[text or {text, must: [words]}], k}",
+)
+def _search(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.evaluate import search_images
+
+    teacher = cfg.get("teacher")
+    return search_images(
+        load_embedder(teacher=teacher) if teacher else None,
+        _students(cfg),
+        cfg["captions"],
+        cfg["queries"],
+        cfg.get("images"),
+        cfg.get("split", "test"),
+        k=int(cfg.get("k", 5)),
+        max_images=int(cfg.get("max_images", 0)),
+    )
+
+
+@TASKS.register(
+    "ship",
+    help="ship reference models into the repository: {into, photos (check images), teacher, student, bundle, "
+    "captioner, names: {role: file}, card: {role: text}} -> fp16 copies checked against the originals, "
+    "model cards and INTO/index.json",
+)
+def _ship(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.lab.ship import ship_models
+
+    return ship_models(**cfg)

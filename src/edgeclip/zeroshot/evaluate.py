@@ -12,7 +12,7 @@ from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.sources import labelled_source
 from edgeclip.zeroshot.embedder import Embedder
-from edgeclip.zeroshot.scores import accuracy, topk
+from edgeclip.zeroshot.scores import accuracy, topk, unit
 
 
 def iter_embeddings(embedder: Embedder, records, batch_size: int, skipped: list, progress: bool = False):
@@ -162,3 +162,111 @@ def evaluate_retrieval(
         if bad:
             out.setdefault("unreadable", {})[role] = len(bad)
     return out
+
+
+def _query(q) -> tuple[str, list[str]]:
+    """A query is a text, or {text, must: [words]} (the words every caption-checked hit must mention)."""
+    if isinstance(q, str):
+        return q, []
+    if isinstance(q, dict) and isinstance(q.get("text"), str):
+        return q["text"], [str(w).lower() for w in q.get("must") or []]
+    raise EdgeClipError(f"a query is a text or {{text: ..., must: [words]}}, got {q!r}")
+
+
+def _mentions(captions: Sequence[str], words: Sequence[str]) -> bool:
+    """Every word (``a|b`` = either) appears in the captions, as itself or with a plural s/es."""
+    toks = {w.strip(".,!?;:'\"()").lower() for c in captions for w in c.split()}
+    return all(any(t in (a, a + "s", a + "es") for a in alts.split("|") for t in toks) for alts in words)
+
+
+def search_images(
+    teacher: Embedder | None,
+    students: dict[str, Embedder],
+    photos,
+    queries: Sequence,
+    images: str | None = None,
+    split: str | None = None,
+    k: int = 5,
+    batch_size: int = 128,
+    max_images: int = 0,
+) -> dict:
+    """Free-text image search: each model's top-``k`` photos for each query (name, score and, on a caption set,
+    the photo's first caption), its overlap with the teacher's top-``k``, and, for a query with ``must`` words on
+    a caption set, caption-checked precision@k (the share of hits whose human captions mention every word): a
+    grounded figure, not only a picture. ``photos``: a captions file (Flickr token.txt / COCO JSON, with
+    ``images`` and ``split``), any image source spec (folder, list file, tar, ...) or image records."""
+    from pathlib import Path
+
+    from edgeclip.data.sources import open_source
+
+    qs = [_query(q) for q in queries]
+    if not qs:
+        raise EdgeClipError("no queries: give at least one text")
+    if k < 1:
+        raise EdgeClipError(f"k must be >= 1, got {k}")
+    if not isinstance(photos, (str, Path)):
+        records, caps = list(photos), []
+        caps = [[] for _ in records]
+    elif Path(photos).is_file() and (images is not None or split is not None or _is_captions(str(photos))):
+        from edgeclip.data.captions import load_captions
+
+        cs = load_captions(photos, images, split)
+        records = [it.record() for it in cs.items]
+        caps = [list(it.captions) for it in cs.items]
+    else:
+        records = list(open_source(photos))
+        caps = [[] for _ in records]
+    if max_images:
+        records, caps = records[:max_images], caps[:max_images]
+    if not records:
+        raise EdgeClipError(f"no photos in {photos}")
+    models = ([("teacher", teacher)] if teacher is not None else []) + list(students.items())
+    if not models:
+        raise EdgeClipError("nothing to search with: give a teacher and/or students")
+    out: dict = {"data": str(photos), "split": split, "k": k, "queries": [q for q, _ in qs], "models": {}}
+    tops: dict[str, np.ndarray] = {}
+    for role, emb in models:
+        img, kept, bad = embed_records(emb, records, batch_size)
+        if not kept:
+            raise EdgeClipError(f"{role}: none of the {len(records)} photos could be read")
+        sims = unit(emb.encode_texts([q for q, _ in qs])) @ unit(img).T  # (Q, N)
+        top = np.argsort(-sims, axis=1)[:, : min(k, len(kept))]
+        tops[role] = np.asarray(kept)[top]
+        res = []
+        for qi, (q, must) in enumerate(qs):
+            hits = []
+            for j in top[qi]:
+                r = records[kept[j]]
+                h = {"image": r.name, "path": str(r.path), "score": round(float(sims[qi, j]), 4)}
+                if caps[kept[j]]:
+                    h["caption"] = caps[kept[j]][0]
+                hits.append(h)
+            row = {"query": q, "hits": hits}
+            if must and any(caps):
+                row["must"] = must
+                row["precision_at_k"] = float(np.mean([_mentions(caps[kept[j]], must) for j in top[qi]]))
+            if role != "teacher" and "teacher" in tops:
+                row["teacher_overlap"] = len(set(tops[role][qi]) & set(tops["teacher"][qi])) / top.shape[1]
+            res.append(row)
+        m: dict = {"name": emb.name, "results": res, "n_images": len(kept)}
+        prec = [r["precision_at_k"] for r in res if "precision_at_k" in r]
+        if prec:
+            m["mean_precision_at_k"] = float(np.mean(prec))
+        if role != "teacher" and "teacher" in tops:
+            m["mean_teacher_overlap"] = float(np.mean([r["teacher_overlap"] for r in res]))
+        if bad:
+            m["unreadable"] = len(bad)
+        out["models"][role] = m
+    return out
+
+
+def _is_captions(path: str) -> bool:
+    """A .json is a COCO/Karpathy caption file; a .txt is a Flickr token file when its lines hold 'IMAGE#N<TAB>'
+    (a plain list of image paths is an image source; other caption files name their --images)."""
+    if path.endswith(".json"):
+        return True
+    if not path.endswith(".txt"):
+        return False
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        head = fh.readline()
+    return "\t" in head or "#" in head.split(",")[0]

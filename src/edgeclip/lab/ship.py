@@ -1,0 +1,172 @@
+"""Shipping a lab's reference models into the repository (``models/``): fp16 safetensors copies of the teacher,
+the student and the captioner, the edge bundle as it was exported, a model card each, and ``models/index.json``
+(role -> the spec or path the CLI takes, with sha256 and bytes), so that anyone can re-evaluate the published
+figures without re-training.
+
+Every copy is checked before it is listed: the fp16 teacher and student must give the fp32 originals'
+embeddings (min cosine over real photos), the student must load against the shipped teacher (its teacher id),
+and the bundle is re-verified file by file against its manifest.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgeclip.core.checkpoint import convert_checkpoint
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.io import atomic_path, read_json, sha256_file, write_json
+
+INDEX = "index.json"
+ROLES = ("teacher", "student", "bundle", "captioner")
+MIN_COSINE = 0.999
+
+
+def _files(path: Path) -> dict[str, dict[str, Any]]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {
+        str(p.relative_to(path.parent)): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files
+    }
+
+
+def _photos(spec: str, n: int) -> list:
+    from edgeclip.data.sources import open_source
+
+    out = []
+    for r in open_source(spec):
+        try:
+            out.append(r.load())
+        except Exception:  # noqa: BLE001 -- an unreadable photo is not a check photo
+            continue
+        if len(out) == n:
+            break
+    if not out:
+        raise EdgeClipError(f"ship: no readable check photos in {spec}")
+    return out
+
+
+def _min_cos(a, b) -> float:
+    import numpy as np
+
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+def ship_models(
+    into: str | Path,
+    photos: str,
+    teacher: str,
+    student: str | None = None,
+    bundle: str | None = None,
+    captioner: str | None = None,
+    names: dict[str, str] | None = None,
+    card: dict[str, str] | None = None,
+    check_images: int = 64,
+) -> dict[str, Any]:
+    """Copy the given models into ``into`` (fp16 where they are checkpoints), check them, write their cards and
+    ``index.json``; -> the index. ``photos``: an image source for the checks. ``names``: file names per role.
+    ``card``: text per role (training data, licence) for the model cards."""
+    from edgeclip.zeroshot.embedder import load_embedder
+
+    into = Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    names = {
+        "teacher": "teacher.safetensors",
+        "student": "student.safetensors",
+        "bundle": "bundle",
+        "captioner": "captioner.safetensors",
+        **(names or {}),
+    }
+    card = card or {}
+    imgs = _photos(photos, check_images)
+    index: dict[str, Any] = {"format": "edgeclip-models/1", "models": {}}
+    checks: dict[str, Any] = {}
+    old = read_json(into / INDEX) if (into / INDEX).is_file() else {}
+
+    src_t = teacher.split(":", 1)[1] if teacher.startswith("reference-lit:") else teacher
+    dst_t = into / names["teacher"]
+    convert_checkpoint(src_t, dst_t, half=True)
+    t_spec = f"reference-lit:{dst_t}"
+    t32, t16 = load_embedder(teacher=teacher), load_embedder(teacher=t_spec)
+    checks["teacher_min_cosine"] = _min_cos(t32.embed(imgs), t16.embed(imgs))
+    if t32.teacher.id != t16.teacher.id:
+        raise EdgeClipError(f"ship: the fp16 teacher answers to {t16.teacher.id}, not {t32.teacher.id}")
+    index["models"]["teacher"] = {"spec": t_spec, "id": t16.teacher.id}
+
+    if student:
+        dst_s = into / names["student"]
+        convert_checkpoint(student, dst_s, half=True)
+        s32 = load_embedder(teacher=teacher, student=student)
+        s16 = load_embedder(teacher=t_spec, student=str(dst_s))  # the shipped pair: its teacher id checked
+        checks["student_min_cosine"] = _min_cos(s32.embed(imgs), s16.embed(imgs))
+        index["models"]["student"] = {"spec": str(dst_s), "arch": s16.info.get("arch")}
+    if bundle:
+        from edgeclip.runtime.labeler import Labeler
+
+        dst_b = into / names["bundle"]
+        tmp = dst_b.with_name(dst_b.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(bundle, tmp)
+        Labeler(tmp, verify=True)  # every file against the manifest's sha256
+        shutil.rmtree(dst_b, ignore_errors=True)
+        tmp.rename(dst_b)
+        index["models"]["bundle"] = {"spec": str(dst_b)}
+    if captioner:
+        from edgeclip.models.captioner import load_captioner
+
+        dst_c = into / names["captioner"]
+        convert_checkpoint(captioner, dst_c, half=True)
+        load_captioner(str(dst_c))
+        index["models"]["captioner"] = {"spec": str(dst_c)}
+
+    for role, m in index["models"].items():
+        p = Path(m["spec"].split(":", 1)[1] if m["spec"].startswith("reference-lit:") else m["spec"])
+        m["files"] = _files(p)
+        m["bytes"] = sum(f["bytes"] for f in m["files"].values())
+        text = card.get(role, "")
+        cpath = into / f"{p.stem if p.is_file() else p.name}.md"
+        with atomic_path(cpath) as tmp:
+            tmp.write_text(_card(role, m, text, checks), encoding="utf-8")
+        m["card"] = str(cpath)
+    # a later ship (the captioner, trained by another experiment) keeps the roles shipped before it
+    given = {
+        "teacher",
+        *(r for r, v in (("student", student), ("bundle", bundle), ("captioner", captioner)) if v),
+    }
+    for role, m in (old.get("models") or {}).items():
+        if role not in given:
+            index["models"][role] = m
+    checks = {
+        **{k: v for k, v in (old.get("checks") or {}).items() if k.split("_")[0] not in given},
+        **checks,
+    }
+    for name, v in checks.items():
+        if v < MIN_COSINE:
+            raise EdgeClipError(f"ship: {name} = {v:.5f} < {MIN_COSINE}: the fp16 copy is not the model")
+    index["checks"] = checks
+    index["total_bytes"] = sum(m["bytes"] for m in index["models"].values())
+    # the CLI-facing view: role -> spec (what `--teacher`, `--student`, `--bundle`, `--model` take)
+    index.update({role: index["models"][role]["spec"] for role in ROLES if role in index["models"]})
+    write_json(into / INDEX, index)
+    return index
+
+
+def _card(role: str, m: dict, text: str, checks: dict) -> str:
+    lines = [f"# edgeclip reference {role}", "", text.strip(), "", f"Load it with: `{m['spec']}`", ""]
+    lines += ["| file | bytes | sha256 |", "|---|---:|---|"]
+    lines += [f"| {k} | {v['bytes']} | `{v['sha256']}` |" for k, v in m["files"].items()]
+    c = {k: v for k, v in checks.items() if k.startswith(role)}
+    if c:
+        lines += ["", "Checked when shipped: " + ", ".join(f"{k} {v:.5f}" for k, v in c.items())]
+    return "\n".join(lines) + "\n"
+
+
+def shipped(root: str | Path = "models") -> dict[str, Any]:
+    """``models/index.json`` -> the index; a missing or partial index is one line."""
+    p = Path(root) / INDEX
+    if not p.is_file():
+        raise EdgeClipError(f"no shipped models: {p} is missing (run the lab that ships them)")
+    idx = read_json(p)
+    if not isinstance(idx, dict) or "teacher" not in idx:
+        raise EdgeClipError(f"{p} is not an edgeclip models index (no 'teacher')")
+    return idx
