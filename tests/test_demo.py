@@ -31,3 +31,29 @@ def test_demo_cifar10(shared_data, tmp_path, monkeypatch):
     res = run_demo(tmp_path, mode="cifar10", fast=True)
     assert res["mode"] == "cifar10" and res["eval"]["n"] == 5000
     _check(res, tmp_path)
+
+
+def test_demo_photos_with_the_shipped_models(tmp_path, capsys):
+    """`make demo`'s default: the shipped reference models on scikit-image's sample photos, offline."""
+    from pathlib import Path
+
+    import pytest
+
+    from edgeclip.lab.demo_photos import run_photos_demo
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    if not (models / "index.json").is_file():
+        pytest.skip(f"no shipped models: {models}/index.json is missing")
+    res = run_photos_demo(tmp_path, models, fast=True)
+    assert res["mode"] == "photos" and set(res["queries"]) >= {"teacher", "student", "bundle_int8"}
+    assert all(len(v) == 5 for v in res["queries"].values())
+    s = res["speed"]
+    assert s["teacher_224"]["input_size"] == s["student_224"]["input_size"] == 224
+    assert s["student_224"]["gflops"] < s["teacher_224"]["gflops"] and res["speedup_224"] > 0
+    b = res["exported_bundle"]
+    assert (Path(b["path"]) / "model.int8.onnx").is_file() and set(b["top_photo"]) == set(
+        res["queries"]["teacher"]
+    )
+    assert len(res["distill"]["epochs"]) == 3 and (tmp_path / "student" / "student.pt").is_file()
+    printed = capsys.readouterr().out
+    assert "free-text queries" in printed and "speed-up at 224 px" in printed

@@ -323,6 +323,8 @@ def eval_cmd(
     split: str | None = typer.Option(None, help="captions form: one split (splits.json beside the captions)"),
     teacher: str | None = typer.Option(None),
     student: list[str] = typer.Option([], help="student checkpoint(s)"),
+    bundle: list[Path] = typer.Option([], help="edge bundle(s), scored as students (runs without torch)"),
+    precision: str = typer.Option("auto", help="bundle model: auto | fp32 | int8"),
     template: list[str] = typer.Option(list(DEFAULT_TEMPLATES)),
     batch_size: int = typer.Option(128),
     max_images: int = typer.Option(0),
@@ -344,6 +346,8 @@ def eval_cmd(
         studs["student" if i == 0 else f"student{i + 1}"] = e
         if t_emb is None:
             t_emb = load_embedder(teacher=e.teacher.spec, device=dev)
+    for i, b in enumerate(bundle):
+        studs["bundle" if i == 0 else f"bundle{i + 1}"] = load_embedder(bundle=str(b), precision=precision)
     if Path(data).is_file():  # a captions file: retrieval in the standard protocol
         res = evaluate_retrieval(
             t_emb, studs, data, images, split, batch_size=batch_size, max_images=max_images
@@ -352,6 +356,10 @@ def eval_cmd(
             write_json(out, {**res, "machine": machine_info()})
         typer.echo(json.dumps(res) if as_json else "\n".join(f"{k:18s} {v}" for k, v in res.items()))
         return
+    if t_emb is None:
+        raise EdgeClipError(
+            "zero-shot eval on an ImageFolder needs --teacher or --student (beside any --bundle)"
+        )
     res = evaluate(t_emb, studs, data, template, batch_size=batch_size, max_images=max_images)
     res["machine"] = machine_info()
     if out:

@@ -108,10 +108,22 @@ def report_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("demo_out")),
-    mode: str = typer.Option("auto", help="auto | synthetic | cifar10"),
+    mode: str = typer.Option(
+        "auto",
+        help="auto (photos when MODELS/index.json exists, else synthetic) | photos | synthetic | cifar10",
+    ),
+    models: Path = typer.Option(Path("models"), help="the shipped reference models (photos mode)"),
     fast: bool = typer.Option(False, help="tiny budget (used by the tests)"),
 ):
-    """The whole pipeline end to end: reference teacher -> cache -> distill -> label -> compare."""
+    """The whole job end to end. photos: the shipped reference models on real photos (free-text queries,
+    captions, speed at 224 px, an int8 bundle, a short distillation); synthetic / cifar10: reference teacher ->
+    cache -> distill -> label -> compare, trained from scratch."""
     from edgeclip.lab.demo import run_demo
+    from edgeclip.lab.demo_photos import run_photos_demo
 
-    run_demo(out, mode=mode, fast=fast)
+    if mode not in ("auto", "photos", "synthetic", "cifar10"):
+        raise EdgeClipError(f"unknown demo mode {mode!r} (auto | photos | synthetic | cifar10)")
+    if mode == "photos" or (mode == "auto" and (models / "index.json").is_file()):
+        run_photos_demo(out, models, fast=fast)
+    else:
+        run_demo(out, mode=mode, fast=fast)

@@ -376,6 +376,7 @@ class _ReportInput:
     bench: dict[str, Any]
     fid: dict[str, Any]
     out: Path
+    results: Path | None = None
 
 
 def _section_headline(doc: Doc, r: _ReportInput) -> None:
@@ -766,7 +767,146 @@ def _section_published_numbers(doc: Doc, r: _ReportInput) -> None:
     doc.table(["system", "published", "ours (this project, measured)", "difference in data", "source"], prow)
 
 
+def _recall_rows(stage: dict[str, Any], roles: Sequence[tuple[str, str]]) -> list[list[Any]]:
+    keys = [f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    return [
+        [label] + [_f(stage.get(f"{role}_{k}"), 3) for k in keys]
+        for role, label in roles
+        if f"{role}_t2i_r5" in stage
+    ]
+
+
+def _section_photos(doc: Doc, r: _ReportInput) -> None:
+    """Headline: the lab on real photos (experiments/flickr8k_lab.yaml)."""
+    p = (r.results or r.out) / "flickr8k_lab.json"
+    if not p.is_file():
+        return
+    lab = read_json(p)
+    st = lab.get("stages", {})
+    doc.h("Real photos: an open-vocabulary teacher and its students on Flickr8k")
+    doc.p(
+        "experiments/flickr8k_lab.yaml: a ResNet-18 image tower (128 px) trained with the LiT objective against "
+        "the frozen all-MiniLM-L6-v2 text tower on Flickr8k's 6,000 train photos and their captions; students "
+        "distilled from its cache of 8 views per train photo without labels or captions; image<->text Recall@K "
+        f"on {st.get('test_students', st.get('test', {})).get('n_images', '?')} test photos (5 captions each)."
+    )
+    rows = _recall_rows(st.get("test", {}), [("teacher", "teacher ResNet-18, 128 px")])
+    rows += _recall_rows(
+        st.get("test_students", {}),
+        [("shufflenet", "student ShuffleNetV2 x1.0, 160 px"), ("mnv3", "student MobileNetV3-Large, 160 px")],
+    )
+    rows += _recall_rows(
+        st.get("test_bundle", {}),
+        [
+            ("bundle_fp32", "ShuffleNetV2 bundle fp32 (ONNX Runtime)"),
+            ("bundle_int8", "ShuffleNetV2 bundle int8"),
+        ],
+    )
+    if rows:
+        doc.table(["model", "i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10"], rows)
+    cz = {
+        **st.get("cifar_zero_shot", {}),
+        **{k: v for k, v in st.get("cifar_bundle", {}).items() if "bundle" in k},
+    }
+    zs = [[k.removesuffix("_top1"), _f(v, 4)] for k, v in cz.items() if k.endswith("_top1")]
+    if zs:
+        doc.p(
+            "CIFAR-10 zero-shot top-1 (10,000 test images, prompt ensemble), a task none of them trained on:"
+        )
+        doc.table(["model", "top-1"], zs)
+    tgt = target_rows(lab.get("targets"))
+    if tgt:
+        doc.table(["target", "value", "target value", "met"], tgt)
+    search = st.get("search", {}).get("models", {})
+    if search:
+        roles = list(search)
+        doc.p(
+            "Free-text queries on the test photos: each model's top photo (its first human caption; Flickr8k's "
+            "photos are not in the repository) and precision@5, the share of the top 5 whose captions mention "
+            "the query's key words."
+        )
+        rows = []
+        for qi, q in enumerate(search[roles[0]]["results"]):
+            row = [q["query"]]
+            for role in roles:
+                res = search[role]["results"][qi]
+                top = res["hits"][0]
+                row.append(f"{top.get('caption', top['image'])} (P@5 {_f(res.get('precision_at_k'), 1)})")
+            rows.append(row)
+        rows.append(["mean precision@5"] + [_f(search[x].get("mean_precision_at_k"), 3) for x in roles])
+        doc.table(["query", *roles], rows)
+    fig = _sample_photo_figure(r.out)
+    if fig:
+        doc.img(fig, "sample photos with the shipped models' captions and free-text queries")
+
+
+def _sample_photo_figure(out: Path, models: Path = Path("models")) -> str | None:
+    """scikit-image's sample photos (public domain), each with the shipped captioner's caption and the queries
+    it is the shipped student's top photo for; None when the models or scikit-image are not here."""
+    if not (models / "index.json").is_file():
+        return None
+    try:
+        from edgeclip.lab.demo_photos import QUERIES, sample_photos
+    except ImportError:
+        return None
+    import tempfile
+    import textwrap
+
+    from PIL import Image
+
+    from edgeclip.lab.ship import shipped
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.evaluate import search_images
+
+    idx = shipped(models)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            photos = sample_photos(Path(tmp) / "photos")
+        except EdgeClipError:
+            return None
+        st = load_embedder(teacher=idx["teacher"], student=idx["student"])
+        res = search_images(None, {"student": st}, str(photos), QUERIES, k=1)["models"]["student"]["results"]
+        best: dict[str, list[str]] = {}
+        for row in res:
+            best.setdefault(Path(row["hits"][0]["image"]).name, []).append(row["query"])
+        caps: dict[str, str] = {}
+        if idx.get("captioner"):
+            import torch
+
+            from edgeclip.models.captioner import load_captioner
+            from edgeclip.models.decode import generate
+
+            cap, pp, _ = load_captioner(idx["captioner"])
+            files = sorted(photos.glob("*.jpg"))
+            tf = pp.torch_transform()
+            with torch.no_grad():
+                out_caps = generate(
+                    cap, torch.stack([tf(Image.open(f).convert("RGB")) for f in files]), beam=5
+                )
+            caps = {f.name: c for f, c in zip(files, out_caps)}
+        files = sorted(photos.glob("*.jpg"))
+        plt = _plt()
+        cols = 4
+        rows = (len(files) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.2 * rows))
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, f in zip(axes.flat, files):
+            with Image.open(f) as im:
+                ax.imshow(im.convert("RGB"))
+            lines = []
+            if f.name in caps:
+                lines.append(f"caption: {caps[f.name]}")
+            if f.name in best:
+                lines.append("top photo for: " + "; ".join(f'"{q}"' for q in best[f.name]))
+            ax.set_title("\n".join(textwrap.fill(x, 44) for x in lines) or f.stem, fontsize=8)
+        path = out / "photos.png"
+        _save_fig(fig, path)
+    return path.name
+
+
 SECTIONS = [
+    _section_photos,
     _section_headline,
     _section_pareto,
     _section_speed,
@@ -817,7 +957,7 @@ def build_report(
     if bench.get("skipped"):
         doc.p("Not measured in this run: " + "; ".join(f"{k}: {v}" for k, v in bench["skipped"].items()))
 
-    r = _ReportInput(bench, fid, out)
+    r = _ReportInput(bench, fid, out, Path(results_dir or bp.parent))
     for section in SECTIONS:
         section(doc, r)
 
