@@ -238,3 +238,31 @@ def test_executorch_format_errors(student, shapes, tmp_path, monkeypatch):
     with pytest.raises(EdgeClipError, match=r"pip install 'edgeclip\[executorch\]'"):
         export_bundle(student, tmp_path / "a", SHAPE_LABELS, quant="none", formats=["executorch"])
     assert not (tmp_path / "a").exists()
+
+
+def test_slim_bundle_keeps_what_runs_by_default(student, shapes, tmp_path):
+    """Shipping a bundle small: the precisions not kept leave the folder and the manifest, the rest still
+    verifies and runs; the precision a tower runs by default cannot be dropped."""
+    import shutil
+
+    from edgeclip.export.bundle import slim_bundle
+
+    out = tmp_path / "b"
+    man = export_bundle(
+        student, out, SHAPE_LABELS, calib=str(shapes["test"]), quant="dynamic", calib_images=12
+    )
+    default = man["default_precision"]
+    other = next(p for p in ("fp32", "int8") if p != default)
+    shutil.copytree(out, tmp_path / "c")
+    with pytest.raises(EdgeClipError, match="by default"):
+        slim_bundle(tmp_path / "c", keep=[other])
+    slim = slim_bundle(out, keep=[default])
+    assert slim["models"] == {default: man["models"][default]} and slim["slimmed"]["removed"] == [
+        man["models"][other]
+    ]
+    assert (
+        not (out / man["models"][other]).exists() and man["models"][other] not in read_manifest(out)["files"]
+    )
+    assert Labeler(out).label_batch(sorted(shapes["test"].glob("*/*.jpg"))[:2], topk=2)  # verified, runs
+    with pytest.raises(EdgeClipError, match=f"no {other} model"):
+        Labeler(out, precision=other)

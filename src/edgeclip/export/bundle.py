@@ -36,6 +36,7 @@ from edgeclip.runtime.bundle import (
     MODEL_INT8,
     PREPROCESS,
     LabelSet,
+    read_kind,
 )
 from edgeclip.runtime.preprocess import NumpyPreprocess
 
@@ -642,3 +643,34 @@ def _finish(folder: Path, manifest: dict[str, Any]) -> None:
     write_json(folder / MANIFEST, manifest)
     for p in folder.iterdir():
         p.chmod(0o644)  # atomic writes create 0600 files; a bundle is meant to be copied and shared
+
+
+def slim_bundle(folder: str | os.PathLike, keep: Sequence[str] = ("int8",)) -> dict[str, Any]:
+    """Drop the image and text models of the precisions not in ``keep`` from a bundle folder (in place; for
+    shipping a bundle small), re-hash it and record what was removed in its manifest; -> the manifest. A
+    precision that a tower uses by default is never dropped: the bundle must run as exported."""
+    folder = Path(folder)
+    man = read_kind(folder, "labeler", verify=True, default_kind="labeler")
+    keep = set(keep)
+    removed: list[str] = []
+    towers = [("image", man, man.get("default_precision") or "fp32")]
+    if man.get("text"):
+        towers.append(("text", man["text"], man["text"].get("default", "fp32")))
+    for what, cfg, default in towers:
+        for prec in [p for p in cfg.get("models", {}) if p not in keep]:
+            if prec == default:
+                raise EdgeClipError(
+                    f"{folder}: its {what} tower runs {prec} by default (the export's measured choice); "
+                    f"keep {prec} or re-export"
+                )
+            removed.append(cfg["models"].pop(prec))
+    for name in removed:
+        (folder / name).unlink(missing_ok=True)
+    if man.get("executorch") and "executorch" not in keep:  # the phone programs go too
+        man.pop("executorch")
+        for p in folder.glob("*.pte"):
+            removed.append(p.name)
+            p.unlink()
+    man["slimmed"] = {"kept": sorted(keep), "removed": sorted(set(removed))}
+    _finish(folder, man)
+    return man

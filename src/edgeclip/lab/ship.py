@@ -62,10 +62,12 @@ def ship_models(
     names: dict[str, str] | None = None,
     card: dict[str, str] | None = None,
     check_images: int = 64,
+    bundle_keep: list[str] | None = None,
 ) -> dict[str, Any]:
     """Copy the given models into ``into`` (fp16 where they are checkpoints), check them, write their cards and
     ``index.json``; -> the index. ``photos``: an image source for the checks. ``names``: file names per role.
-    ``card``: text per role (training data, licence) for the model cards."""
+    ``card``: text per role (training data, licence) for the model cards. ``bundle_keep``: ship only these
+    precisions of the bundle (e.g. ``[int8]``: its default models; see ``export.bundle.slim_bundle``)."""
     from edgeclip.zeroshot.embedder import load_embedder
 
     into = Path(into)
@@ -107,6 +109,10 @@ def ship_models(
         tmp = dst_b.with_name(dst_b.name + ".part")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(bundle, tmp)
+        if bundle_keep:
+            from edgeclip.export.bundle import slim_bundle
+
+            slim_bundle(tmp, bundle_keep)
         Labeler(tmp, verify=True)  # every file against the manifest's sha256
         shutil.rmtree(dst_b, ignore_errors=True)
         tmp.rename(dst_b)
