@@ -58,7 +58,7 @@ def ship_models(
     teacher: str,
     student: str | None = None,
     bundle: str | None = None,
-    captioner: str | None = None,
+    captioner: str | dict[str, dict[str, Any]] | None = None,
     names: dict[str, str] | None = None,
     card: dict[str, str] | None = None,
     check_images: int = 64,
@@ -67,7 +67,9 @@ def ship_models(
     """Copy the given models into ``into`` (fp16 where they are checkpoints), check them, write their cards and
     ``index.json``; -> the index. ``photos``: an image source for the checks. ``names``: file names per role.
     ``card``: text per role (training data, licence) for the model cards. ``bundle_keep``: ship only these
-    precisions of the bundle (e.g. ``[int8]``: its default models; see ``export.bundle.slim_bundle``)."""
+    precisions of the bundle (e.g. ``[int8]``: its default models; see ``export.bundle.slim_bundle``).
+    ``captioner``: a checkpoint, or ``{run: {captioner: PATH, val_cider: X}}``: the run best on validation CIDEr
+    is shipped (never chosen on test)."""
     from edgeclip.zeroshot.embedder import load_embedder
 
     into = Path(into)
@@ -120,10 +122,20 @@ def ship_models(
     if captioner:
         from edgeclip.models.captioner import load_captioner
 
+        chosen = None
+        if isinstance(captioner, dict):
+            runs = {
+                k: v for k, v in captioner.items() if isinstance(v, dict) and v.get("val_cider") is not None
+            }
+            if not runs:
+                raise EdgeClipError("ship: captioner candidates need {captioner: PATH, val_cider: X} each")
+            best = max(runs, key=lambda k: float(runs[k]["val_cider"]))
+            chosen = {"run": best, "by": "val CIDEr", **{k: float(v["val_cider"]) for k, v in runs.items()}}
+            captioner = str(runs[best]["captioner"])
         dst_c = into / names["captioner"]
         convert_checkpoint(captioner, dst_c, half=True)
         load_captioner(str(dst_c))
-        index["models"]["captioner"] = {"spec": str(dst_c)}
+        index["models"]["captioner"] = {"spec": str(dst_c), **({"chosen": chosen} if chosen else {})}
 
     for role, m in index["models"].items():
         p = Path(m["spec"].split(":", 1)[1] if m["spec"].startswith("reference-lit:") else m["spec"])
