@@ -195,20 +195,8 @@ def test_transformer_student_gets_dynamic_int8(tiny_teacher, shapes, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_cnn_student(tmp_path_factory, tiny_teacher, shapes):
     """A student on timm's 0.5M-parameter test ResNet: XNNPACK lowers it in a third of ShuffleNetV2's time."""
-    from edgeclip.train.distill import DistillConfig, distill
-
-    out = tmp_path_factory.mktemp("tiny_cnn")
-    distill(
-        DistillConfig(
-            teacher=tiny_teacher,
-            data=str(shapes["train"]),
-            out=str(out),
-            student={"arch": "timm:test_resnet", "img_size": 32, "head_hidden": 64},
-            train={"epochs": 1, "batch_size": 48, "num_workers": 0},
-        ),
-        progress=False,
-    )
-    return out / "student.pt"
+    student = {"arch": "timm:test_resnet", "img_size": 32, "head_hidden": 64}
+    return make_student(tiny_teacher, shapes["train"], tmp_path_factory.mktemp("tiny_cnn"), student)
 
 
 def test_executorch_programs_beside_the_onnx_files(tiny_cnn_student, shapes, tmp_path):

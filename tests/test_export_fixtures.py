@@ -9,16 +9,18 @@ from edgeclip.serve.loadtest import running_server  # noqa: F401  (re-exported f
 SHAPE_LABELS = ["circle", "square", "triangle", "star", "cross", "ring"]
 
 
-def make_student(teacher_spec: str, data: Path, out: Path) -> Path:
-    """A ShuffleNetV2 x0.5 student at 32 px, distilled label-free from the tiny teacher for one short epoch."""
+def make_student(teacher_spec: str, data: Path, out: Path, student: dict | None = None) -> Path:
+    """A ShuffleNetV2 x0.5 student at 32 px (or ``student``), distilled label-free from the tiny teacher for one
+    short epoch."""
     from edgeclip.train.distill import DistillConfig, distill
 
     cfg = DistillConfig(
         teacher=teacher_spec,
         data=str(data),
         out=str(out),
-        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
-        train={"epochs": 1, "batch_size": 48, "lr": 2e-3, "seed": 0, "accelerator": "cpu"},
+        student=student
+        or {"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 128},
+        train={"epochs": 1, "batch_size": 48, "lr": 2e-3, "seed": 0, "accelerator": "cpu", "num_workers": 0},
     )
     distill(cfg, progress=False)
     return out / "student.pt"

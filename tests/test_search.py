@@ -10,18 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeclip.cli import main
 from edgeclip.zeroshot.evaluate import _mentions, search_images
-
-
-def run_cli(args, capsys):
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from test_cli import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,6 @@ def label_cmd(
 ):
     """Label images with any text prompts (open vocabulary) using a teacher, a student or a bundle."""
     from edgeclip.core.prompts import parse_examples, parse_labels
-    from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.label import label_images, read_boxes
 
     examples = parse_examples(example)
@@ -190,14 +189,7 @@ def label_cmd(
     src = _images_source(images)
     box_map = read_boxes(boxes) if boxes else None
     stats: dict = {}
-    emb = load_embedder(
-        teacher,
-        student,
-        bundle,
-        device=device_of(device) if bundle is None else "cpu",
-        precision=precision,
-        threads=threads,
-    )
+    emb = _one_embedder(teacher, student, bundle, device, precision, threads)
     rows = label_images(
         iter(src),
         emb,
@@ -268,21 +260,13 @@ def search_cmd(
     threads: int | None = typer.Option(None, help="bundle runtime threads"),
 ):
     """Find the photos that best match free-text queries, with a teacher, a student or a torch-free bundle."""
-    from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.evaluate import search_images
 
     if not images and not captions:
         raise EdgeClipError(
             "no photos: give --images DIR (files, folders, a list or tars) or --captions FILE"
         )
-    emb = load_embedder(
-        teacher,
-        student,
-        bundle,
-        device=device_of(device) if bundle is None else "cpu",
-        precision=precision,
-        threads=threads,
-    )
+    emb = _one_embedder(teacher, student, bundle, device, precision, threads)
     photos = captions if captions else _images_source(images)
     res = search_images(
         None, {"model": emb}, photos, query, (images or [None])[0] if captions else None, split, k=k
@@ -296,6 +280,20 @@ def search_cmd(
             typer.echo(
                 f"  {h['score']:.3f}  {h['image']}" + (f"  ({h['caption']})" if "caption" in h else "")
             )
+
+
+def _one_embedder(teacher, student, bundle, device: str, precision: str, threads):
+    """The one model of a command's --teacher / --student / --bundle (a bundle runs on the CPU, torch-free)."""
+    from edgeclip.zeroshot.embedder import load_embedder
+
+    return load_embedder(
+        teacher,
+        student,
+        bundle,
+        device=device_of(device) if bundle is None else "cpu",
+        precision=precision,
+        threads=threads,
+    )
 
 
 def _images_source(images: list[str]):
