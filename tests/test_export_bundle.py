@@ -263,8 +263,12 @@ def test_slim_bundle_keeps_what_runs_by_default(student, shapes, tmp_path):
     other = next(p for p in ("fp32", "int8") if p != default)
     shutil.copytree(out, tmp_path / "c")
     with pytest.raises(EdgeClipError, match="by default"):
-        slim_bundle(tmp_path / "c", keep=[other])
-    slim = slim_bundle(out, keep=[default])
+        slim_bundle(tmp_path / "c", keep=[f"image:{other}"])
+    with pytest.raises(EdgeClipError, match="no text tower"):
+        slim_bundle(
+            tmp_path / "c", keep=[default], text_default={"precision": "int8", "value": 1, "reference": 1}
+        )
+    slim = slim_bundle(out, keep=[f"image:{default}"])
     assert slim["models"] == {default: man["models"][default]} and slim["slimmed"]["removed"] == [
         man["models"][other]
     ]

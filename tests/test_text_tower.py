@@ -171,3 +171,30 @@ def test_a_tokenizer_that_differs_is_refused(text_bundle, tiny_teacher, tmp_path
     t.text_export = broken
     with pytest.raises(EdgeClipError, match="tokenizer differs from the teacher's"):
         export_text_tower(t, tmp_path, ["a photo of a cat."])
+
+
+def test_a_shipped_bundle_moves_its_text_default_only_on_evidence(text_bundle, tmp_path):
+    """slim_bundle: the int8 text tower becomes the default only with a measured ratio >= min_ratio; the fp32
+    text model then leaves, and the runtime (which reads text.json) runs int8 by default."""
+    import shutil
+
+    from edgeclip.core.errors import EdgeClipError
+    from edgeclip.export.bundle import slim_bundle
+    from edgeclip.runtime.labeler import Labeler
+
+    b = tmp_path / "b"
+    shutil.copytree(text_bundle[0], b)
+    img = {f"image:{p}" for p in read_manifest(b)["models"]}
+    with pytest.raises(EdgeClipError, match="stays"):
+        slim_bundle(
+            b, [*img, "text:int8"], text_default={"precision": "int8", "value": 0.5, "reference": 1.0}
+        )
+    man = slim_bundle(
+        b,
+        [*img, "text:int8"],
+        text_default={"precision": "int8", "value": 0.995, "reference": 1.0, "measured": "t"},
+    )
+    assert man["text"]["default"] == "int8" and man["text"]["default_moved"]["ratio"] == pytest.approx(0.995)
+    assert not (b / "text.onnx").exists() and "text.onnx" not in read_manifest(b)["files"]
+    lab = Labeler(b)  # verified against the re-hashed manifest
+    assert lab.text_tower.precision == "int8" and lab.text_tower.embed(["a red circle"]).shape[0] == 1

@@ -645,19 +645,39 @@ def _finish(folder: Path, manifest: dict[str, Any]) -> None:
         p.chmod(0o644)  # atomic writes create 0600 files; a bundle is meant to be copied and shared
 
 
-def slim_bundle(folder: str | os.PathLike, keep: Sequence[str] = ("int8",)) -> dict[str, Any]:
+def slim_bundle(
+    folder: str | os.PathLike, keep: Sequence[str] = ("int8",), text_default: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Drop the image and text models of the precisions not in ``keep`` from a bundle folder (in place; for
-    shipping a bundle small), re-hash it and record what was removed in its manifest; -> the manifest. A
-    precision that a tower uses by default is never dropped: the bundle must run as exported."""
+    shipping a bundle small), re-hash it and record what was removed in its manifest; -> the manifest.
+    ``keep``: precisions for both towers (``int8``) or one (``image:fp32``, ``text:int8``). A precision that a
+    tower uses by default is never dropped: the bundle must run as exported, unless ``text_default`` moves the
+    text tower's default with its evidence: ``{precision, value, reference, min_ratio, measured}`` (value /
+    reference >= min_ratio, e.g. Recall@5 on a validation split with that precision and with the old one)."""
     folder = Path(folder)
     man = read_kind(folder, "labeler", verify=True, default_kind="labeler")
     keep = set(keep)
     removed: list[str] = []
+    if text_default:
+        if not man.get("text"):
+            raise EdgeClipError(f"{folder}: no text tower whose default could move")
+        td = dict(text_default)
+        ratio = float(td["value"]) / float(td["reference"]) if float(td["reference"]) else 0.0
+        if td["precision"] not in man["text"].get("models", {}) or ratio < float(td.get("min_ratio", 0.99)):
+            raise EdgeClipError(
+                f"{folder}: the text tower's default stays {man['text'].get('default')}: {td['precision']} "
+                f"reaches {ratio:.3f} of it ({td.get('measured', '?')}), below {td.get('min_ratio', 0.99)}"
+            )
+        man["text"]["default_moved"] = {"from": man["text"].get("default"), "ratio": ratio, **td}
+        man["text"]["default"] = td["precision"]
     towers = [("image", man, man.get("default_precision") or "fp32")]
     if man.get("text"):
         towers.append(("text", man["text"], man["text"].get("default", "fp32")))
     for what, cfg, default in towers:
-        for prec in [p for p in cfg.get("models", {}) if p not in keep]:
+        mine = {k.split(":", 1)[1] for k in keep if k.startswith(f"{what}:")} | {
+            k for k in keep if ":" not in k
+        }
+        for prec in [p for p in cfg.get("models", {}) if p not in mine]:
             if prec == default:
                 raise EdgeClipError(
                     f"{folder}: its {what} tower runs {prec} by default (the export's measured choice); "
@@ -672,5 +692,9 @@ def slim_bundle(folder: str | os.PathLike, keep: Sequence[str] = ("int8",)) -> d
             removed.append(p.name)
             p.unlink()
     man["slimmed"] = {"kept": sorted(keep), "removed": sorted(set(removed))}
+    if man.get("text"):  # the text tower reads its own config file, which mirrors the manifest's entry
+        from edgeclip.runtime.text import TEXT_CONFIG
+
+        write_json(folder / TEXT_CONFIG, man["text"])
     _finish(folder, man)
     return man

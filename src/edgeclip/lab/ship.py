@@ -63,11 +63,13 @@ def ship_models(
     card: dict[str, str] | None = None,
     check_images: int = 64,
     bundle_keep: list[str] | None = None,
+    bundle_text_default: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Copy the given models into ``into`` (fp16 where they are checkpoints), check them, write their cards and
     ``index.json``; -> the index. ``photos``: an image source for the checks. ``names``: file names per role.
     ``card``: text per role (training data, licence) for the model cards. ``bundle_keep``: ship only these
-    precisions of the bundle (e.g. ``[int8]``: its default models; see ``export.bundle.slim_bundle``).
+    precisions of the bundle (e.g. ``[int8]``, ``[image:fp32, text:int8]``; see ``export.bundle.slim_bundle``),
+    ``bundle_text_default``: move its text tower's default, with the evidence ``slim_bundle`` checks.
     ``captioner``: a checkpoint, or ``{run: {captioner: PATH, val_cider: X}}``: the run best on validation CIDEr
     is shipped (never chosen on test)."""
     from edgeclip.zeroshot.embedder import load_embedder
@@ -114,7 +116,7 @@ def ship_models(
         if bundle_keep:
             from edgeclip.export.bundle import slim_bundle
 
-            slim_bundle(tmp, bundle_keep)
+            slim_bundle(tmp, bundle_keep, text_default=bundle_text_default)
         Labeler(tmp, verify=True)  # every file against the manifest's sha256
         shutil.rmtree(dst_b, ignore_errors=True)
         tmp.rename(dst_b)

@@ -21,17 +21,25 @@ def _minutes(history: dict) -> float:
 
 
 def _students(cfg: dict) -> dict:
-    """A stage's ``students: {role: CHECKPOINT or {bundle: DIR, precision: fp32|int8|auto}}`` as embedders."""
-    from edgeclip.zeroshot.embedder import load_embedder
+    """A stage's ``students: {role: CHECKPOINT or {bundle: DIR, precision, text_precision}}`` as embedders
+    (precisions: auto | fp32 | int8; text_precision: the bundled text tower's)."""
+    from edgeclip.runtime.labeler import Labeler
+    from edgeclip.zeroshot.embedder import BundleEmbedder, load_embedder
 
     out = {}
     for role, s in (cfg.get("students") or {}).items():
         if isinstance(s, dict):
-            if set(s) - {"bundle", "precision"} or "bundle" not in s:
+            if set(s) - {"bundle", "precision", "text_precision"} or "bundle" not in s:
                 raise EdgeClipError(
-                    f"student {role}: expected a checkpoint or {{bundle, precision}}, got {s}"
+                    f"student {role}: expected a checkpoint or {{bundle, precision, text_precision}}, got {s}"
                 )
-            out[role] = load_embedder(bundle=s["bundle"], precision=s.get("precision", "auto"), threads=2)
+            lab = Labeler(
+                s["bundle"],
+                s.get("precision", "auto"),
+                threads=2,
+                text_precision=s.get("text_precision", "auto"),
+            )
+            out[role] = BundleEmbedder(lab)
         else:
             out[role] = load_embedder(teacher=cfg.get("teacher"), student=s)
     return out
