@@ -837,8 +837,9 @@ def _section_photos(doc: Doc, r: _ReportInput) -> None:
     }
     zs = [[k.removesuffix("_top1"), _f(v, 4)] for k, v in cz.items() if k.endswith("_top1")]
     if zs:
+        n = st.get("cifar_zero_shot", {}).get("n", "?")
         doc.p(
-            "CIFAR-10 zero-shot top-1 (10,000 test images, prompt ensemble), a task none of them trained on:"
+            f"CIFAR-10 zero-shot top-1 ({n} test images, prompt ensemble), classes none of them trained on:"
         )
         doc.table(["model", "top-1"], zs)
     tgt = target_rows(lab.get("targets"))
@@ -921,12 +922,12 @@ def _sample_photo_figure(out: Path, models: Path = Path("models")) -> str | None
         for ax, f in zip(axes.flat, files):
             with Image.open(f) as im:
                 ax.imshow(im.convert("RGB"))
-            lines = []
+            lines = [f.stem]
             if f.name in caps:
                 lines.append(f"caption: {caps[f.name]}")
             if f.name in best:
-                lines.append("top photo for: " + "; ".join(f'"{q}"' for q in best[f.name]))
-            ax.set_title("\n".join(textwrap.fill(x, 44) for x in lines) or f.stem, fontsize=8)
+                lines.append("student's top photo for: " + "; ".join(f'"{q}"' for q in best[f.name]))
+            ax.set_title("\n".join(textwrap.fill(x, 44) for x in lines), fontsize=8)
         path = out / "photos.png"
         _save_fig(fig, path)
     return path.name
