@@ -129,20 +129,11 @@ def test_ship_copies_checks_and_indexes_the_models(tiny_teacher, shapes, tmp_pat
     """The lab's `ship` task: fp16 copies half the size, checked against the originals, loadable as a pair by
     the specs in models/index.json; a later ship (another role) keeps the roles shipped before."""
     from edgeclip.lab.ship import ship_models, shipped
-    from edgeclip.train.distill import DistillConfig, distill
     from edgeclip.zeroshot.embedder import load_embedder
+    from test_export_fixtures import make_student
 
     sdir = tmp_path / "student"
-    distill(
-        DistillConfig(
-            teacher=tiny_teacher,
-            data=str(shapes["train"]),
-            out=str(sdir),
-            student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "small_input": True, "head_hidden": 64},
-            train={"epochs": 1, "batch_size": 32, "num_workers": 0},
-        ),
-        progress=False,
-    )
+    make_student(tiny_teacher, shapes["train"], sdir)
     into = tmp_path / "models"
     idx = ship_models(
         into, str(shapes["test"]), tiny_teacher, student=str(sdir / "student.pt"), check_images=8

@@ -45,6 +45,14 @@ def _students(cfg: dict) -> dict:
     return out
 
 
+def _teacher_and_students(cfg: dict) -> tuple:
+    """(the stage's teacher embedder or None, its students) for the tasks that score several models."""
+    from edgeclip.zeroshot.embedder import load_embedder
+
+    teacher = cfg.get("teacher")
+    return (load_embedder(teacher=teacher) if teacher else None), _students(cfg)
+
+
 @TASKS.register("extract", help="unpack tar archives once: {archives: [...], into: DIR}")
 def _extract(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.data.sources import ensure_extracted
@@ -441,13 +449,10 @@ def _photos(cfg: dict, out: Path, ctx: dict) -> dict:
     help="image<->text Recall@1/5/10 on a caption set: {captions, split, teacher, students: {role: ckpt}}",
 )
 def _retrieval(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.evaluate import evaluate_retrieval
 
-    teacher = cfg.get("teacher")
     return evaluate_retrieval(
-        load_embedder(teacher=teacher) if teacher else None,
-        _students(cfg),
+        *_teacher_and_students(cfg),
         cfg["captions"],
         cfg.get("images"),
         cfg.get("split", "test"),
@@ -461,13 +466,10 @@ def _retrieval(cfg: dict, out: Path, ctx: dict) -> dict:
     "[text or {text, must: [words]}], k}",
 )
 def _search(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.evaluate import search_images
 
-    teacher = cfg.get("teacher")
     return search_images(
-        load_embedder(teacher=teacher) if teacher else None,
-        _students(cfg),
+        *_teacher_and_students(cfg),
         cfg["captions"],
         cfg["queries"],
         cfg.get("images"),
