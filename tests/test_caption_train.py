@@ -197,3 +197,15 @@ def test_cli_train_caption_eval(caption_data, tmp_path, capsys):
             ]
         )
     assert e.value.code == 2 and "vocabulary mismatch" in capsys.readouterr().err
+    # the form: CAPTIONS as the argument, one JSON line with pycocoevalcap's metric names
+    args = [caption_data["captions"], "--images", caption_data["images"], "--split", "val"]
+    main(["caption", "eval", *map(str, args), "--model", str(out / "captioner.pt"), "--beam", "2", "--json"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    res = json.loads(lines[-1])
+    assert {"Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "distinct_captions", "n_images"} <= set(res)
+    assert (
+        res["n_images"]
+        == len(list((caption_data["images"] / "test").rglob("*.jpg")))
+        >= res["distinct_captions"]
+    )
+    assert res["distinct_captions"] >= 1 and res["beam"] == 2

@@ -143,9 +143,12 @@ def caption_train_cmd(
 
 @app.command("eval")
 def caption_eval_cmd(
+    captions: str | None = typer.Argument(
+        None, help="captions file (COCO JSON, Karpathy JSON, Flickr token.txt, IMAGE, caption)"
+    ),
     model: Path = typer.Option(..., help="captioner checkpoint"),
-    data: str = typer.Option(
-        ..., help="captions file (COCO JSON, Karpathy JSON, Flickr token.txt, IMAGE, caption)"
+    data: str | None = typer.Option(
+        None, help="the captions file, as an option (the argument's other spelling)"
     ),
     images: str | None = typer.Option(None, help="images folder (default: found beside the captions file)"),
     split: str | None = typer.Option(None, help="split to evaluate (test, val, ...)"),
@@ -157,6 +160,9 @@ def caption_eval_cmd(
     batch_size: int = typer.Option(32),
     out: Path | None = typer.Option(None, help="write the results JSON here"),
     allow_vocab_mismatch: bool = typer.Option(False, help="score even when most reference words are unknown"),
+    as_json: bool = typer.Option(
+        False, "--json", help="print one JSON line: the metrics, distinct_captions, n_images"
+    ),
 ):
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE when available) of a captioner on a caption set."""
     from edgeclip.core.env import machine_info
@@ -165,8 +171,10 @@ def caption_eval_cmd(
     from edgeclip.models.captioner import load_captioner
     from edgeclip.train.caption import evaluate_captioner
 
+    if (captions is None) == (data is None):
+        raise EdgeClipError("give the captions file once: as the argument or as --data")
     m, pp, ck = load_captioner(model)
-    cs = load_captions(data, images, split, splits)
+    cs = load_captions(captions or data, images, split, splits)
     res = evaluate_captioner(
         m,
         pp,
@@ -186,8 +194,13 @@ def caption_eval_cmd(
             "machine": machine_info(),
         }
     )
+    res["distinct_captions"] = len(set(res.get("captions", {}).values()))
     if out:
         write_json(out, res)
+    if as_json:
+        line = {**res["metrics"], "distinct_captions": res["distinct_captions"], "n_images": res["n_images"]}
+        typer.echo(json.dumps({**line, "beam": beam}, ensure_ascii=False))
+        return
     for k, v in res["metrics"].items():
         typer.echo(
             f"{k:8s} {v:.4f}"
