@@ -167,6 +167,15 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
     result["speed"] = speed
     result["speedup_224"] = speed["teacher_224"]["latency_ms"] / speed["student_224"]["latency_ms"]
     print(f"  student speed-up at 224 px: {result['speedup_224']:.2f}x")
+    import os
+
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    result["load_average_1min"] = load
+    if load > 0.5 * cores:
+        print(
+            f"  (load average {load:.1f} on {cores} cores: other jobs share this CPU, so these latencies are noisy;"
+            " benchmarks/results/ has quiet-machine figures)"
+        )
 
     _say("5/6 exporting the student as an int8 edge bundle, then the same queries without torch")
     bdir = out / "bundle"
