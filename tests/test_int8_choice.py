@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from edgeclip.core.errors import EdgeClipError
-from edgeclip.export.choose import INT8_VARIANTS, candidates, choose
+from edgeclip.export.choose import INT8_VARIANTS, candidates, choose, fallback_int8
 
 FP32 = {"batch1_ms": 10.0, "batch32_ms": 200.0}
 
@@ -31,6 +31,20 @@ def test_failing_the_gate_everywhere_keeps_fp32():
     v = {"a": {"batch1_ms": 3.0, "top1_agreement": 0.5}}
     pick = choose(FP32, v, gate=0.99)
     assert pick["precision"] == "fp32" and "below the gate: a" in pick["why"]
+
+
+def test_with_fp32_as_default_the_int8_file_kept_is_the_most_faithful_fast_one():
+    """The Flickr8k bundle's case: every recipe below the gate; the most faithful one (s8) was 1.7x slower than
+    fp32. The file kept for --precision int8 is the most faithful of those faster than fp32."""
+    v = {
+        "s8": {"batch1_ms": 17.0, "top1_agreement": 0.98},
+        "qdq": {"batch1_ms": 8.0, "top1_agreement": 0.96},
+        "qdq_fast": {"batch1_ms": 7.0, "top1_agreement": 0.96},
+        "qop": {"batch1_ms": 8.5, "top1_agreement": 0.90},
+    }
+    assert choose(FP32, v)["precision"] == "fp32" and fallback_int8(FP32, v) == "qdq_fast"
+    slow = {k: {**x, "batch1_ms": 12.0} for k, x in v.items()}  # none faster: the most faithful of all
+    assert fallback_int8(FP32, slow) == "s8"
 
 
 def test_a_variant_within_timing_noise_of_fp32_is_not_chosen():

@@ -571,7 +571,14 @@ def _choose_int8(
     its top-1 agreement with fp32 on the hold-out images; the chosen one becomes model.int8.onnx (see
     :mod:`edgeclip.export.choose`), and the bundle's default precision is int8 only when it is faster than fp32.
     Without a chosen one, the shipped int8 file is the most faithful variant (fp32 stays the default)."""
-    from edgeclip.export.choose import AGREEMENT_GATE, INT8_VARIANTS, MIN_SPEEDUP, choose, time_model
+    from edgeclip.export.choose import (
+        AGREEMENT_GATE,
+        INT8_VARIANTS,
+        MIN_SPEEDUP,
+        choose,
+        fallback_int8,
+        time_model,
+    )
 
     work = folder / ".variants"
     work.mkdir()
@@ -591,9 +598,7 @@ def _choose_int8(
             f"agreement {p['top1_agreement']:.3f}"
         )
     pick = choose(fp32, variants, AGREEMENT_GATE, MIN_SPEEDUP)
-    ship = pick["variant"] or max(
-        variants, key=lambda k: (variants[k]["top1_agreement"], -variants[k]["batch1_ms"])
-    )
+    ship = pick["variant"] or fallback_int8(fp32, variants, MIN_SPEEDUP)
     os.replace(work / f"{ship}.onnx", folder / MODEL_INT8)
     shutil.rmtree(work)
     log(f"default precision: {pick['precision']} ({pick['why']})")

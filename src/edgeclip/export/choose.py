@@ -219,3 +219,14 @@ def choose(
         "variant": best,
         "why": f"fastest variant within the gate: {fp32['batch1_ms'] / ok[best]['batch1_ms']:.2f}x fp32 at batch 1",
     }
+
+
+def fallback_int8(
+    fp32: dict[str, Any], variants: dict[str, dict[str, Any]], min_speedup: float = MIN_SPEEDUP
+) -> str:
+    """The int8 file a bundle keeps when ``choose`` picked fp32 (for ``--precision int8``): the most faithful
+    variant among those that beat fp32 (ties: the fastest); only when none beats fp32, the most faithful of all.
+    An int8 model that is slower than fp32 has no use on the device."""
+    fast = {k: v for k, v in variants.items() if v["batch1_ms"] * min_speedup < fp32["batch1_ms"]}
+    pool = fast or variants
+    return max(pool, key=lambda k: (pool[k].get("top1_agreement", 0.0), -pool[k]["batch1_ms"]))
