@@ -5,6 +5,7 @@ no ../shared, a few minutes on 2 cores."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -167,8 +168,6 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
     result["speed"] = speed
     result["speedup_224"] = speed["teacher_224"]["latency_ms"] / speed["student_224"]["latency_ms"]
     print(f"  student speed-up at 224 px: {result['speedup_224']:.2f}x")
-    import os
-
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     result["load_average_1min"] = load
     if load > 0.5 * cores:

@@ -205,7 +205,7 @@ def search_images(
     if k < 1:
         raise EdgeClipError(f"k must be >= 1, got {k}")
     if not isinstance(photos, (str, Path)):
-        records, caps = list(photos), []
+        records = list(photos)
         caps = [[] for _ in records]
     elif Path(photos).is_file() and (images is not None or split is not None or _is_captions(str(photos))):
         from edgeclip.data.captions import load_captions
