@@ -65,6 +65,22 @@ def sample_photos(out: Path) -> Path:
     return out
 
 
+def caption_photos(captioner: str, photos: Path, beam: int = 5) -> dict[str, str]:
+    """{file name: caption} of every photo in the folder ``photos`` by the captioner checkpoint ``captioner``."""
+    import torch
+
+    from edgeclip.data.sources import open_source
+    from edgeclip.models.captioner import load_captioner
+    from edgeclip.models.decode import generate
+
+    cap, pp, _ = load_captioner(captioner)
+    tf = pp.torch_transform()
+    recs = list(open_source(str(photos)))
+    with torch.no_grad():
+        caps = generate(cap, torch.stack([tf(r.load()) for r in recs]), beam=beam, max_len=20)
+    return {Path(r.name).name: c for r, c in zip(recs, caps)}
+
+
 def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False) -> dict:
     import torch
     from rich.console import Console
@@ -128,15 +144,7 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
 
     if "captioner" in idx:
         _say("3/6 captions (the shipped captioner, beam 5)")
-        from edgeclip.models.captioner import load_captioner
-        from edgeclip.models.decode import generate
-
-        cap, pp, _ = load_captioner(idx["captioner"])
-        tf = pp.torch_transform()
-        recs = list(open_source(str(photos)))
-        with torch.no_grad():
-            caps = generate(cap, torch.stack([tf(r.load()) for r in recs]), beam=5, max_len=20)
-        result["captions"] = {r.name: c for r, c in zip(recs, caps)}
+        result["captions"] = caption_photos(idx["captioner"], photos)
         for n, c in result["captions"].items():
             print(f"  {Path(n).stem:22s} {c}")
     else:

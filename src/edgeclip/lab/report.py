@@ -874,7 +874,7 @@ def _sample_photo_figure(out: Path, models: Path = Path("models")) -> str | None
     if not (models / "index.json").is_file():
         return None
     try:
-        from edgeclip.lab.demo_photos import QUERIES, sample_photos
+        from edgeclip.lab.demo_photos import QUERIES, caption_photos, sample_photos
     except ImportError:
         return None
     import tempfile
@@ -897,21 +897,7 @@ def _sample_photo_figure(out: Path, models: Path = Path("models")) -> str | None
         best: dict[str, list[str]] = {}
         for row in res:
             best.setdefault(Path(row["hits"][0]["image"]).name, []).append(row["query"])
-        caps: dict[str, str] = {}
-        if idx.get("captioner"):
-            import torch
-
-            from edgeclip.models.captioner import load_captioner
-            from edgeclip.models.decode import generate
-
-            cap, pp, _ = load_captioner(idx["captioner"])
-            files = sorted(photos.glob("*.jpg"))
-            tf = pp.torch_transform()
-            with torch.no_grad():
-                out_caps = generate(
-                    cap, torch.stack([tf(Image.open(f).convert("RGB")) for f in files]), beam=5
-                )
-            caps = {f.name: c for f, c in zip(files, out_caps)}
+        caps = caption_photos(idx["captioner"], photos) if idx.get("captioner") else {}
         files = sorted(photos.glob("*.jpg"))
         plt = _plt()
         cols = 4
