@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from edgeclip.core.errors import EdgeClipError
 from edgeclip.zeroshot.evaluate import _mentions, search_images
 from test_cli import run_cli
 
@@ -149,3 +150,13 @@ def test_ship_copies_checks_and_indexes_the_models(tiny_teacher, shapes, tmp_pat
     assert Path(s["card"]).read_text().count(next(iter(s["files"].values()))["sha256"]) == 1
     again = ship_models(into, str(shapes["test"]), tiny_teacher, check_images=4)
     assert again["student"] == idx["student"] and "student_min_cosine" in again["checks"]
+    # a later experiment trained on the shipped teacher ships again: the teacher is kept as shipped (its file,
+    # entry and checks), no check photos needed
+    t_file = Path(idx["teacher"].split(":", 1)[1])
+    before = t_file.read_bytes()
+    kept = ship_models(into, None, idx["teacher"], names={"teacher": t_file.name})
+    assert t_file.read_bytes() == before and kept["teacher"] == idx["teacher"]
+    assert kept["checks"]["teacher_min_cosine"] == idx["checks"]["teacher_min_cosine"]
+    assert kept["student"] == idx["student"]
+    with pytest.raises(EdgeClipError, match="photos"):
+        ship_models(into, None, tiny_teacher)  # a new teacher copy must be checked

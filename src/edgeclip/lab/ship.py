@@ -54,7 +54,7 @@ def _min_cos(a, b) -> float:
 
 def ship_models(
     into: str | Path,
-    photos: str,
+    photos: str | None,
     teacher: str,
     student: str | None = None,
     bundle: str | None = None,
@@ -71,7 +71,9 @@ def ship_models(
     precisions of the bundle (e.g. ``[int8]``, ``[image:fp32, text:int8]``; see ``export.bundle.slim_bundle``),
     ``bundle_text_default``: move its text tower's default, with the evidence ``slim_bundle`` checks.
     ``captioner``: a checkpoint, or ``{run: {captioner: PATH, val_cider: X}}``: the run best on validation CIDEr
-    is shipped (never chosen on test)."""
+    is shipped (never chosen on test). A ``teacher`` that is already the shipped file (a later experiment that
+    trained on the shipped teacher) is kept as it was shipped, with its checks; ``photos`` is then needed only
+    for a student."""
     from edgeclip.zeroshot.embedder import load_embedder
 
     into = Path(into)
@@ -84,20 +86,24 @@ def ship_models(
         **(names or {}),
     }
     card = card or {}
-    imgs = _photos(photos, check_images)
     index: dict[str, Any] = {"format": "edgeclip-models/1", "models": {}}
     checks: dict[str, Any] = {}
     old = read_json(into / INDEX) if (into / INDEX).is_file() else {}
 
     src_t = teacher.split(":", 1)[1] if teacher.startswith("reference-lit:") else teacher
     dst_t = into / names["teacher"]
-    convert_checkpoint(src_t, dst_t, half=True)
     t_spec = f"reference-lit:{dst_t}"
-    t32, t16 = load_embedder(teacher=teacher), load_embedder(teacher=t_spec)
-    checks["teacher_min_cosine"] = _min_cos(t32.embed(imgs), t16.embed(imgs))
-    if t32.teacher.id != t16.teacher.id:
-        raise EdgeClipError(f"ship: the fp16 teacher answers to {t16.teacher.id}, not {t32.teacher.id}")
-    index["models"]["teacher"] = {"spec": t_spec, "id": t16.teacher.id}
+    kept_teacher = Path(src_t).resolve() == dst_t.resolve() and "teacher" in (old.get("models") or {})
+    if not photos and (student or not kept_teacher):
+        raise EdgeClipError("ship: `photos` (check images) are needed to check a teacher or student copy")
+    imgs = _photos(photos, check_images) if photos and (student or not kept_teacher) else []
+    if not kept_teacher:
+        convert_checkpoint(src_t, dst_t, half=True)
+        t32, t16 = load_embedder(teacher=teacher), load_embedder(teacher=t_spec)
+        checks["teacher_min_cosine"] = _min_cos(t32.embed(imgs), t16.embed(imgs))
+        if t32.teacher.id != t16.teacher.id:
+            raise EdgeClipError(f"ship: the fp16 teacher answers to {t16.teacher.id}, not {t32.teacher.id}")
+        index["models"]["teacher"] = {"spec": t_spec, "id": t16.teacher.id}
 
     if student:
         dst_s = into / names["student"]
@@ -150,7 +156,7 @@ def ship_models(
         m["card"] = str(cpath)
     # a later ship (the captioner, trained by another experiment) keeps the roles shipped before it
     given = {
-        "teacher",
+        *(() if kept_teacher else ("teacher",)),
         *(r for r, v in (("student", student), ("bundle", bundle), ("captioner", captioner)) if v),
     }
     for role, m in (old.get("models") or {}).items():
