@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -64,7 +65,8 @@ def _spice(gts, res, timeout: float) -> float:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)  # the CoreNLP download must not hang an offline machine
     try:
-        with _java_utf8():
+        # pycocoevalcap prints its CoreNLP download notice: keep stdout for the caller's JSON line
+        with _java_utf8(), contextlib.redirect_stdout(sys.stderr):
             score, _ = Spice().compute_score(gts, res)
     finally:
         socket.setdefaulttimeout(old)
