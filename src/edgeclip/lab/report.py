@@ -52,9 +52,8 @@ PUBLISHED: list[dict[str, str]] = [
         "brief's figures are quoted)",
         "published": "5.7 images/s; training loss 0.7 x MSE (to the CLIP embedding) + 0.3 x cross-entropy (captions).",
         "compare": "caption",
-        "data": "Theirs: device and dataset not known to us. Ours: vi-captions / coco-mini images from "
-        "../shared/data on a "
-        "shared 2-core CPU.",
+        "data": "Theirs: device and dataset not known to us. Ours: Flickr8k photos (6,000 train, 500 test; "
+        "experiments/caption_flickr8k.yaml) on a shared 2-core CPU.",
     },
     {
         "system": "Show, Attend and Tell (the captioner's decoder design), Flickr8k",
