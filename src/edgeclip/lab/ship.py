@@ -94,9 +94,10 @@ def ship_models(
     dst_t = into / names["teacher"]
     t_spec = f"reference-lit:{dst_t}"
     kept_teacher = Path(src_t).resolve() == dst_t.resolve() and "teacher" in (old.get("models") or {})
-    if not photos and (student or not kept_teacher):
+    to_check = bool(student) or not kept_teacher  # a new teacher or student copy is checked on photos
+    if to_check and not photos:
         raise EdgeClipError("ship: `photos` (check images) are needed to check a teacher or student copy")
-    imgs = _photos(photos, check_images) if photos and (student or not kept_teacher) else []
+    imgs = _photos(photos, check_images) if to_check else []
     if not kept_teacher:
         convert_checkpoint(src_t, dst_t, half=True)
         t32, t16 = load_embedder(teacher=teacher), load_embedder(teacher=t_spec)
