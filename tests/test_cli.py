@@ -346,3 +346,50 @@ def test_eval_retrieval_on_a_captions_file(tiny_teacher, student_ckpt, shapes, t
     assert all(
         res[f"{r}_i2t_r10"] >= res[f"{r}_i2t_r5"] >= res[f"{r}_i2t_r1"] for r in ("teacher", "student")
     )
+
+
+def test_student_finds_its_teacher_when_the_recorded_path_is_gone(
+    tiny_teacher, student_ckpt, shapes, tmp_path, capsys, monkeypatch
+):
+    """A copied student whose recorded teacher path is gone: --teacher, then a models index (beside the student
+    or named by $EDGECLIP_MODELS) finds the teacher by id; with neither, one line names --teacher and the id."""
+    import shutil
+
+    from edgeclip.core.checkpoint import read_checkpoint, save_checkpoint
+    from edgeclip.models.student import STUDENT_FORMAT
+
+    monkeypatch.delenv("EDGECLIP_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./models here
+    ck = read_checkpoint(student_ckpt, STUDENT_FORMAT, "student")
+    tid = ck["teacher"]["id"]
+    ck["teacher"] = {**ck["teacher"], "spec": f"reference-lit:{tmp_path / 'gone' / 'teacher.pt'}"}
+    moved = tmp_path / "copied" / "student.pt"
+    moved.parent.mkdir()
+    sd = ck.pop("state_dict")
+    ck.pop("format")
+    save_checkpoint(moved, STUDENT_FORMAT, sd, **ck)
+    img = sorted(Path(shapes["test"]).rglob("*.jpg"))[0]
+    args = ["label", img, "--labels", "circle,star", "--student", moved]
+
+    code, out, err = run_cli(args, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "--teacher" in err and tid in err, err
+
+    code, out, err = run_cli([*args, "--teacher", tiny_teacher], capsys)
+    assert code == 0, err
+
+    models = tmp_path / "shelf"
+    models.mkdir()
+    shutil.copy(tiny_teacher.split(":", 1)[1], models / "t.pt")
+    entry = {"spec": "reference-lit:shelf/t.pt", "id": tid, "files": {"t.pt": {}}}
+    (models / "index.json").write_text(json.dumps({"models": {"teacher": entry}}))
+    monkeypatch.setenv("EDGECLIP_MODELS", str(models))
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["labels"][0] in ("circle", "star")
+
+    monkeypatch.delenv("EDGECLIP_MODELS")  # the index beside the student (as in models/) is found too
+    shutil.copy(models / "index.json", moved.parent / "index.json")
+    shutil.copy(models / "t.pt", moved.parent / "t.pt")
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err

@@ -329,7 +329,7 @@ def export_bundle(
     templates = check_templates(templates)
 
     st, pp, ck = load_student(student)
-    t = teacher_of(ck, f"student {student}", teacher, embed_dim=st.embed_dim)
+    t = teacher_of(ck, f"student {student}", teacher, embed_dim=st.embed_dim, near=student)
     text = text_embeddings(t, labels, templates).numpy().astype(np.float32)
     npp = NumpyPreprocess.from_dict(pp.to_dict())
     transformer = is_transformer(st)

@@ -553,7 +553,7 @@ def qat_pairs(cfg: QATConfig, teacher=None, resume: bool = False, progress: bool
     if not cfg.student:
         raise EdgeClipError("QAT starts from a stage-1 student: give --student CHECKPOINT")
     fp, pre, ck = load_pair_student(cfg.student)
-    teacher = teacher_of(ck, f"student {cfg.student}", teacher or cfg.teacher)
+    teacher = teacher_of(ck, f"student {cfg.student}", teacher or cfg.teacher, near=cfg.student)
     if cfg.triplet_weight < 0 or cfg.margin <= 0:
         raise EdgeClipError("triplet_weight must be >= 0 and margin > 0")
     check_mining(cfg.positive, cfg.negative, cfg.negatives)  # before any data is read
@@ -579,13 +579,13 @@ def ptq_pairs(
     """Baseline: ONNX Runtime static int8 of a stage-1 student, calibrated on every modality's images
     (``weight_bits=4``: W4A8, int4 weights)."""
     from edgeclip.export.onnx import export_onnx
-    from edgeclip.models.teachers import load_teacher
+    from edgeclip.models.teachers import teacher_of
     from edgeclip.quant.ort import quantize_static_onnx
 
     check_weight_bits(weight_bits)
     fp, pre, ck = load_pair_student(student)
     size = pre.size
-    teacher = teacher or load_teacher(cfg.teacher or ck["teacher"]["spec"], device="cpu")
+    teacher = teacher_of(ck, f"student {student}", teacher or cfg.teacher, near=student)
     cfg.modality = {m: {**s.to_dict(), **cfg.modality.get(m, {})} for m, s in fp.specs.items()}
     if cfg.max_images == 0 or cfg.max_images > calib_images:
         cfg.max_images = calib_images

@@ -154,7 +154,7 @@ def load_embedder(
 
         st, pp, ck = load_student(student, map_location=device)
         st.to(device)
-        t = teacher_of(ck, f"student {student}", teacher, device=device, embed_dim=st.embed_dim)
+        t = teacher_of(ck, f"student {student}", teacher, device=device, embed_dim=st.embed_dim, near=student)
         tf = pp.torch_transform()
 
         @torch.no_grad()

@@ -176,7 +176,7 @@ def evaluate_pair_student(
     from edgeclip.models.teachers import teacher_of
 
     model, pre, ck = load_pair_student(student)
-    teacher = teacher_of(ck, f"student {student}")
+    teacher = teacher_of(ck, f"student {student}", near=student)
     ps = open_pairs(data, list(modalities) if modalities else None, model.primary, dict(derive or {}))
     keep = list(range(len(ps)))
     if exclude:

@@ -114,21 +114,44 @@ def check_same_teacher(recorded: dict | None, teacher: Teacher, what: str) -> No
         )
 
 
+def resolve_teacher_spec(recorded: dict | None, what: str, near: str | Path | None = None) -> str:
+    """The spec to load an artefact's teacher from, when none is given: the recorded spec while what it names is
+    there, else the spec of the same teacher id in a models index (:mod:`edgeclip.core.models_index`), else one
+    line naming ``--teacher`` and the id that is needed."""
+    from edgeclip.core.models_index import ENV, find_in_indexes, local_path
+
+    recorded = recorded or {}
+    spec, tid = recorded.get("spec"), recorded.get("id")
+    if spec:
+        p = local_path(str(spec))
+        if p is None or p.exists():
+            return str(spec)
+    found = find_in_indexes(str(tid), near=near) if tid else None
+    if found:
+        return found
+    if not tid:
+        raise EdgeClipError(f"{what} records no teacher: pass --teacher SPEC")
+    gone = f"its recorded teacher {spec} is not there" if spec else "it records no teacher spec"
+    raise EdgeClipError(
+        f"{what} needs teacher {tid}: {gone}, and no models index (models/index.json, ${ENV}) lists that id; "
+        "pass --teacher SPEC"
+    )
+
+
 def teacher_of(
     info: dict,
     what: str,
     teacher: Teacher | str | None = None,
     device: str = "cpu",
     embed_dim: int | None = None,
+    near: str | Path | None = None,
 ) -> Teacher:
     """The teacher an artefact's ``info`` records (or the one given, as a Teacher or a spec), checked to be
-    the same weights, and to embed in ``embed_dim`` dimensions when given."""
+    the same weights, and to embed in ``embed_dim`` dimensions when given. Without one given, the teacher is
+    found by :func:`resolve_teacher_spec` (``near``: the artefact's path, whose folder may hold an index)."""
     recorded = info.get("teacher") or {}
     if not isinstance(teacher, Teacher):
-        spec = teacher or recorded.get("spec")
-        if not spec:
-            raise EdgeClipError(f"{what} records no teacher spec: pass --teacher")
-        teacher = load_teacher(spec, device=device)
+        teacher = load_teacher(teacher or resolve_teacher_spec(recorded, what, near), device=device)
     check_same_teacher(recorded, teacher, what)
     if embed_dim is not None and teacher.embed_dim != embed_dim:
         raise EdgeClipError(
@@ -137,4 +160,12 @@ def teacher_of(
     return teacher
 
 
-__all__ = ["Teacher", "TEACHERS", "check_same_teacher", "load_teacher", "resolve_kind", "teacher_of"]
+__all__ = [
+    "Teacher",
+    "TEACHERS",
+    "check_same_teacher",
+    "load_teacher",
+    "resolve_kind",
+    "resolve_teacher_spec",
+    "teacher_of",
+]

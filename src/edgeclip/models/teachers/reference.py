@@ -58,8 +58,8 @@ def load_reference(spec: str, device: str = "cpu") -> Teacher:
     path = Path(spec.split(":", 1)[1] if spec.startswith("reference-lit:") else spec)
     if not path.is_file():
         raise CheckpointError(
-            f"reference teacher checkpoint not found: {path} "
-            "(train one with: edgeclip teacher train --data IMAGEFOLDER --out DIR)"
+            f"reference teacher checkpoint not found: {path} (give --teacher the path of an existing one, e.g. "
+            "the shipped models/flickr8k-teacher-resnet18-128.safetensors, or train one: edgeclip teacher train)"
         )
     tower, pp, ck = reference_tower_from_checkpoint(
         read_checkpoint(path, REFERENCE_FORMAT, "reference-lit teacher"), path
