@@ -53,11 +53,41 @@ def test_bundled_minilm_matches_the_teacher(text_bundle, tiny_teacher):
     assert tx["default"] in ("fp32", "int8") and tx["bytes"]["int8"] < tx["bytes"]["fp32"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Text tower" in card and "MB added to the bundle" in card
+    assert tx["default_why"] in card and tx["default_why"].startswith(tx["default"])
     # the runtime's embeddings of texts it never saw, against the teacher's own (torch) text tower
     t = load_teacher(tiny_teacher)
     ref = t.encode_text(NEW + PROBE).numpy()
     assert _cos(TextTower(out, "fp32").embed(NEW + PROBE), ref).min() >= 0.999
     assert _cos(TextTower(out, "int8").embed(NEW + PROBE), ref).min() >= 0.95
+
+
+MIXES = [
+    [],
+    ["x"],
+    ["a very long description of a busy street with cars, buses and people " * 6, "cat"],
+    ["a red car", "two children playing football in a park at sunset", "stars", "grass", "x", "a b c"],
+]
+
+
+def test_a_texts_embedding_does_not_depend_on_the_batch(text_bundle, tiny_teacher):
+    """A query embedded alone and in mixed batches (shorter and longer texts, before and after it, so padded
+    differently) gives the same embedding within 1e-6 cosine: fp32 and int8 towers in the runtime, and torch."""
+    from edgeclip.models.teachers import load_teacher
+
+    out, _ = text_bundle
+    q = "a dog running on the beach"
+    t = load_teacher(tiny_teacher)
+    encoders = {
+        "runtime fp32": TextTower(out, "fp32").embed,
+        "runtime int8": TextTower(out, "int8").embed,
+        "torch": lambda texts: t.encode_text(list(texts)).numpy(),
+    }
+    for name, enc in encoders.items():
+        alone = enc([q])
+        for mix in MIXES:
+            for texts in ([q, *mix], [*mix, q]):
+                got = enc(texts)[texts.index(q)][None]
+                assert _cos(alone, got)[0] >= 1 - 1e-6, (name, len(texts))
 
 
 def test_new_labels_on_the_device(text_bundle, shapes):
@@ -195,6 +225,10 @@ def test_a_shipped_bundle_moves_its_text_default_only_on_evidence(text_bundle, t
         text_default={"precision": "int8", "value": 0.995, "reference": 1.0, "measured": "t"},
     )
     assert man["text"]["default"] == "int8" and man["text"]["default_moved"]["ratio"] == pytest.approx(0.995)
+    # the card, the manifest and text.json state the one gate the default passed, with its figure
+    why = man["text"]["default_why"]
+    assert "0.995" in why and "passes" in why and why in (b / "MODEL_CARD.md").read_text()
+    assert json.loads((b / "text.json").read_text())["default_why"] == why
     assert not (b / "text.onnx").exists() and "text.onnx" not in read_manifest(b)["files"]
     lab = Labeler(b)  # verified against the re-hashed manifest
     assert lab.text_tower.precision == "int8" and lab.text_tower.embed(["a red circle"]).shape[0] == 1

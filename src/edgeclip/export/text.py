@@ -69,15 +69,6 @@ def _pad(rows: list[list[int]], n: int) -> np.ndarray:
     return out
 
 
-def feed(tokenizer, session, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    enc = tokenizer.encode_batch(list(texts))
-    arrays = {
-        "input_ids": np.asarray([e.ids for e in enc], dtype=np.int64),
-        "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64),
-    }
-    return {i.name: arrays[i.name] for i in session.get_inputs()}
-
-
 def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
 
@@ -100,6 +91,7 @@ def export_text_tower(
     """
     from edgeclip.export.onnx import export_onnx
     from edgeclip.runtime.session import ort_session
+    from edgeclip.runtime.text import default_reason, run_texts
 
     if teacher.text_export is None:
         raise EdgeClipError(
@@ -143,10 +135,8 @@ def export_text_tower(
         sessions["int8"] = ort_session(folder / TEXT_INT8)
         files["int8"] = TEXT_INT8
     parity: dict[str, Any] = {}
-    for k, sess in sessions.items():
-        got = np.concatenate(
-            [sess.run(None, feed(ex.tokenizer, sess, texts[i : i + 32]))[0] for i in range(0, len(texts), 32)]
-        )
+    for k, sess in sessions.items():  # run exactly as the runtime runs them (int8: one text per run)
+        got = run_texts(ex.tokenizer, sess, texts, per_text=k != "fp32")
         cos = (_unit(got) * _unit(ref)).sum(1)
         parity[k] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "n_texts": len(texts)}
     if parity["fp32"]["min_cosine"] < MIN_FP32_COSINE:
@@ -157,14 +147,14 @@ def export_text_tower(
     default = "fp32"
     if int8 and classifier is not None and image_embeddings is not None and len(image_embeddings):
 
-        def encode(sess):
-            return lambda batch: sess.run(None, feed(ex.tokenizer, sess, batch))[0]
+        def encode(k):
+            return lambda batch: run_texts(ex.tokenizer, sessions[k], batch, per_text=k != "fp32")
 
         base = classifier(lambda batch: _torch_embed(ex, batch)).T
         img = _unit(np.asarray(image_embeddings, dtype=np.float32))
         want = (img @ base).argmax(1)
-        for k, sess in sessions.items():
-            agree = float(((img @ classifier(encode(sess)).T).argmax(1) == want).mean())
+        for k in sessions:
+            agree = float(((img @ classifier(encode(k)).T).argmax(1) == want).mean())
             parity[k]["zero_shot_agreement"] = agree
             parity[k]["zero_shot_images"] = int(len(img))
         if parity["int8"]["zero_shot_agreement"] >= INT8_AGREEMENT_GATE and len(img) >= MIN_GATE_IMAGES:
@@ -184,6 +174,7 @@ def export_text_tower(
         "bytes": sizes,
         "tokenizer_bytes": (folder / TOKENIZER).stat().st_size,
     }
+    cfg["default_why"] = default_reason(cfg)
     write_json(folder / TEXT_CONFIG, cfg)
     log(
         f"text tower ({ex.kind}): fp32 {sizes['fp32'] / 1e6:.1f} MB"

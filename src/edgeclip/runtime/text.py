@@ -26,6 +26,48 @@ def has_text_tower(root: str | os.PathLike) -> bool:
     return (Path(root) / TEXT_CONFIG).is_file()
 
 
+def run_texts(tokenizer, session, texts: Sequence[str], per_text: bool, batch: int = 64) -> np.ndarray:
+    """Raw (N, D) float32 outputs of a text ONNX model for ``texts``, batch-independent.
+
+    A dynamically quantized (int8) model computes its activation scales over the whole input tensor, so a text
+    batched with others, or padded to a longer one, would get another answer (cosine 0.990 was seen for a query
+    alone vs among 7 others). ``per_text`` runs each text alone at its own length, so its embedding never
+    depends on the call; fp32 models run in batches (their padded tokens are masked out: the same answer within
+    float rounding)."""
+    inputs = [i.name for i in session.get_inputs()]
+    step = 1 if per_text else max(1, int(batch))
+    out = []
+    for i in range(0, len(texts), step):
+        enc = tokenizer.encode_batch(list(texts[i : i + step]))
+        arrays = {
+            "input_ids": np.asarray([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64),
+        }
+        out.append(session.run(None, {k: arrays[k] for k in inputs})[0])
+    return np.concatenate(out).astype(np.float32)
+
+
+def default_reason(config: dict) -> str:
+    """Why a text tower runs the precision it runs by default: the gate that precision passed, with its figure.
+    One sentence, read from ``text.json`` alone, so the bundle's manifest and its card say the same."""
+    default = config.get("default", "fp32")
+    moved = config.get("default_moved")
+    if moved:
+        return (
+            f"{moved['precision']}: on {moved.get('measured', 'a measure')}, {float(moved['value']):.4f} vs "
+            f"{float(moved['reference']):.4f}, a ratio of {float(moved['ratio']):.3f} (passes the gate >= "
+            f"{moved.get('min_ratio', 0.99)})"
+        )
+    gate = config.get("int8_gate") or {}
+    p8 = (config.get("parity") or {}).get("int8") or {}
+    z, n = p8.get("zero_shot_agreement"), p8.get("zero_shot_images", 0)
+    need = f">= {gate.get('zero_shot_agreement', 0.99)} on >= {gate.get('min_images', 20)} images"
+    if z is None:
+        return "fp32: int8's zero-shot agreement was not measured" if default == "fp32" else default
+    verdict = "passes" if default == "int8" else "misses"
+    return f"{default}: int8's zero-shot agreement with torch is {z:.3f} on {n} images ({verdict} the gate {need})"
+
+
 class TextTower:
     """The bundled text tower. ``precision``: auto (the export's measured choice) | fp32 | int8."""
 
@@ -58,19 +100,15 @@ class TextTower:
         self.embed_dim = int(self.config.get("embed_dim", 0))
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """(N, D) L2-normalised float32 text embeddings."""
+        """(N, D) L2-normalised float32 text embeddings; each text's embedding is the same whatever else is in the
+        call (see :func:`run_texts`)."""
         texts = [str(t) for t in texts]
         if not texts:
             raise EdgeClipError("no texts to embed")
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer.encode_batch(texts[i : i + batch_size])
-            arrays = {
-                "input_ids": np.asarray([e.ids for e in enc], dtype=np.int64),
-                "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64),
-            }
-            out.append(self.session.run(None, {k: arrays[k] for k in self.inputs})[0])
-        return _normalise(np.concatenate(out).astype(np.float32), "text embeddings")
+        raw = run_texts(
+            self.tokenizer, self.session, texts, per_text=self.precision != "fp32", batch=batch_size
+        )
+        return _normalise(raw, "text embeddings")
 
     def classifier(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """Per label, the normalised mean over templates of the normalised embeddings of its prompts (L, D): the
@@ -86,4 +124,6 @@ class TextTower:
             "precision": self.precision,
             "bytes": (c.get("bytes") or {}).get(self.precision),
             "parity": (c.get("parity") or {}).get(self.precision),
+            "default": c.get("default", "fp32"),
+            "default_why": default_reason(c),
         }
