@@ -24,6 +24,20 @@ def _isolated_cache(tmp_path_factory):
         os.environ["EDGECLIP_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _int8_speed_as_asked():
+    """``EDGECLIP_TEST_INT8_SPEED=slower`` (or ``faster``) runs the whole suite as on a CPU where every int8 model
+    is slower (faster) than fp32: no test may depend on which precision this machine happens to run faster."""
+    mode = os.environ.get("EDGECLIP_TEST_INT8_SPEED", "")
+    if mode not in ("slower", "faster"):
+        yield
+        return
+    from test_export_fixtures import int8_speed
+
+    with int8_speed(mode):
+        yield
+
+
 @pytest.fixture(scope="session")
 def shapes(tmp_path_factory):
     """A small ImageFolder of drawn shapes: {'train': Path, 'test': Path} (6 classes)."""

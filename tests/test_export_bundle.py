@@ -278,3 +278,26 @@ def test_slim_bundle_keeps_what_runs_by_default(student, shapes, tmp_path):
     assert Labeler(out).label_batch(sorted(shapes["test"].glob("*/*.jpg"))[:2], topk=2)  # verified, runs
     with pytest.raises(EdgeClipError, match=f"no {other} model"):
         Labeler(out, precision=other)
+
+
+@pytest.mark.parametrize("int8", ["faster", "slower"])
+def test_the_default_precision_follows_the_measurement_not_the_machine(student, shapes, tmp_path, int8):
+    """With the timing controlled: int8 is the default exactly when a variant is faster and within the gate; when
+    every variant is slower, fp32 is the default and the bundle still keeps an int8 file for --precision int8."""
+    from test_export_fixtures import int8_speed
+
+    with int8_speed(int8):
+        man = export_bundle(
+            student,
+            tmp_path / "b",
+            SHAPE_LABELS,
+            calib=str(shapes["test"]),
+            int8_variants=["qdq_per_channel"],
+        )
+    ch = man["quantization"]["choice"]
+    faithful = ch["variants"]["qdq_per_channel"]["top1_agreement"] >= ch["gate"]["top1_agreement"]
+    want = "int8" if int8 == "faster" and faithful else "fp32"
+    assert man["default_precision"] == ch["precision"] == want
+    assert Labeler(tmp_path / "b").precision == want and "int8" in man["models"]
+    if want == "fp32":
+        assert "not faster" in ch["why"] or "below the gate" in ch["why"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from edgeclip.serve.loadtest import running_server  # noqa: F401  (re-exported for the serve tests)
 
@@ -33,6 +36,28 @@ def make_bundle(student: Path, calib: Path, out: Path, quant: str = "auto", **kw
     return out
 
 
+def fake_timer(int8: str):
+    """A stand-in for ``edgeclip.export.choose.time_model`` that makes every int8 variant ``faster`` or ``slower``
+    than fp32 (10 ms at batch 1), so that a test controls the measured choice instead of inheriting this CPU's."""
+    ms = {"faster": 5.0, "slower": 20.0}[int8]
+
+    def time_model(path, size, threads, batches=(1, 32), reps=20):
+        b1 = 10.0 if Path(path).name == "model.onnx" else ms
+        return {f"batch{b}_ms": b1 * b for b in batches}
+
+    return time_model
+
+
+@contextmanager
+def int8_speed(int8: str):
+    """Within the block, bundle exports see int8 ``faster`` or ``slower`` than fp32 (see :func:`fake_timer`)."""
+    import edgeclip.export.choose as choose
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(choose, "time_model", fake_timer(int8))
+        yield
+
+
 _BUILT: dict = {}
 
 
@@ -43,7 +68,8 @@ def bundle_for_tests(tmp_path_factory, tiny_teacher: str, shapes) -> dict:
         return _BUILT[tiny_teacher]
     root = tmp_path_factory.mktemp("bundle")
     student = make_student(tiny_teacher, shapes["train"], root / "student")
-    bundle = make_bundle(student, shapes["test"], root / "bundle")
+    with int8_speed("faster"):  # the runtime and server tests exercise the int8 model as the default
+        bundle = make_bundle(student, shapes["test"], root / "bundle")
     images = sorted(Path(shapes["test"]).glob("*/*.jpg"))
     _BUILT[tiny_teacher] = {
         "student": student,

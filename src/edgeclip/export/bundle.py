@@ -39,6 +39,7 @@ from edgeclip.runtime.bundle import (
     read_kind,
 )
 from edgeclip.runtime.preprocess import NumpyPreprocess
+from edgeclip.runtime.text import default_reason
 
 QUANT_MODES = ("auto", "static", "dynamic", "none")
 
@@ -220,7 +221,7 @@ def _model_card(m: dict[str, Any]) -> str:
                     else ""
                 )
             )
-        lines.append(f"- the runtime uses {tx['default']} by default (int8 only where it agrees on >= 99 %)")
+        lines.append(f"- default precision {default_reason(tx)}")
     ch = (m.get("quantization") or {}).get("choice")
     if ch:
         lines += [
@@ -675,6 +676,7 @@ def slim_bundle(
             )
         man["text"]["default_moved"] = {"from": man["text"].get("default"), "ratio": ratio, **td}
         man["text"]["default"] = td["precision"]
+        man["text"]["default_why"] = default_reason(man["text"])
     towers = [("image", man, man.get("default_precision") or "fp32")]
     if man.get("text"):
         towers.append(("text", man["text"], man["text"].get("default", "fp32")))
