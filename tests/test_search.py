@@ -98,8 +98,9 @@ def test_search_command_on_a_folder_and_its_bad_inputs(tiny_teacher, captioned, 
         capsys,
     )
     assert code == 0, err
-    res = json.loads(out)
-    m = res["models"]["model"]
+    assert len(out.splitlines()) == 1 and "ImageRecord" not in out  # the hits, not the image source
+    m = json.loads(out)
+    assert m["model"].startswith("teacher:") and m["k"] == 2
     assert m["n_images"] == 12 and m["unreadable"] == 1 and [len(r["hits"]) for r in m["results"]] == [2, 2]
     code, out, err = run_cli(["search", "x", "--teacher", tiny_teacher], capsys)
     assert code == 2 and "no photos" in err and len(err.strip().splitlines()) == 1

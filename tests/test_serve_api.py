@@ -49,6 +49,14 @@ def test_label_matches_runtime(tb, client):
     # a per-request label subset
     r = client.post("/label", files={"file": (img.name, img.read_bytes())}, data={"labels": "star, ring"})
     assert {x["label"] for x in r.json()["labels"]} == {"star", "ring"}
+    # topk as a query parameter, and a form field over it
+    r = client.post("/label?topk=2", files={"file": (img.name, img.read_bytes())})
+    assert r.status_code == 200 and len(r.json()["labels"]) == 2
+    r = client.post("/label?topk=2", files={"file": (img.name, img.read_bytes())}, data={"topk": "1"})
+    assert len(r.json()["labels"]) == 1
+    # a free-text label on a bundle without a text tower: one clear 400
+    r = client.post("/label", files={"file": (img.name, img.read_bytes())}, data={"labels": "a red bus"})
+    assert r.status_code == 400 and "no text encoder" in r.text
     # PNG with alpha is fine too
     buf = io.BytesIO()
     Image.new("RGBA", (50, 30), (255, 0, 0, 128)).save(buf, "PNG")

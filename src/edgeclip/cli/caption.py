@@ -40,37 +40,36 @@ def caption_cmd(
     batch_size: int = typer.Option(16),
     out: Path | None = typer.Option(None, help="write JSONL here (default stdout)"),
 ):
-    """Caption images with a trained captioner (torch checkpoint or exported ONNX folder)."""
-    import torch
-
+    """Caption images with a trained captioner (torch checkpoint, or an exported ONNX folder: no torch needed)."""
     from edgeclip.core.errors import ImageLoadError
 
     if (model is None) == (onnx is None):
         raise EdgeClipError("give exactly one of --model CHECKPOINT or --onnx FOLDER")
-    if onnx is not None:
-        from dataclasses import asdict
+    if onnx is not None:  # the device path: numpy preprocessing and ONNX Runtime, no torch
+        import numpy as np
 
-        from edgeclip.data.transforms import Preprocess
         from edgeclip.runtime.captioner import CaptionerBundle
 
         ort_cap = CaptionerBundle(onnx)  # checks the manifest's hashes when the folder has one
-        pp = Preprocess.from_dict(asdict(ort_cap.preprocess))
+        tf, stack = ort_cap.preprocess, np.stack
         run = lambda x: ort_cap.caption_arrays(x, beam=beam, max_len=max_len, length_penalty=length_penalty)  # noqa: E731
     else:
+        import torch
+
         from edgeclip.models.captioner import load_captioner
         from edgeclip.models.decode import generate
 
         m, pp, _ = load_captioner(model)
+        tf, stack = pp.torch_transform(), torch.stack
         run = lambda x: generate(m, x, beam=beam, max_len=max_len, length_penalty=length_penalty)  # noqa: E731
     src = _images(images)
-    tf = pp.torch_transform()
     skipped = list(src.skipped)
     rows = []
     names, xs = [], []
 
     def flush():
         if xs:
-            for n, c in zip(names, run(torch.stack(xs))):
+            for n, c in zip(names, run(stack(xs))):
                 rows.append({"image": n, "caption": c})
             names.clear()
             xs.clear()

@@ -271,10 +271,12 @@ def search_cmd(
     res = search_images(
         None, {"model": emb}, photos, query, (images or [None])[0] if captions else None, split, k=k
     )
-    if as_json:
-        typer.echo(json.dumps(res, ensure_ascii=False))
+    found = res["models"]["model"]
+    if as_json:  # the hits: the model, how many photos were searched, each query's top k
+        hits = {"model": emb.name, "k": k, **found}
+        typer.echo(json.dumps(hits, ensure_ascii=False))
         return
-    for row in res["models"]["model"]["results"]:
+    for row in found["results"]:
         typer.echo(f"{row['query']}")
         for h in row["hits"]:
             typer.echo(

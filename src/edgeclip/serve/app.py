@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -40,6 +40,7 @@ from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.runtime import load_bundle
 
 STATIC = Path(__file__).parent / "static"
+MAX_REQUEST_TEXTS = 64  # new label texts one POST /label may embed (per request; PUT /api/labels keeps them)
 # the server's pixel budget, checked from the header before decoding: lower than the library's 40 Mpx
 DEFAULT_MAX_PIXELS = 16_000_000
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -310,13 +311,41 @@ def _pages(app: FastAPI, s: _Server) -> None:
 def _inference(app: FastAPI, s: _Server) -> None:
     """POST /label and POST /caption."""
     model, topk, _decode, _read_upload = s.model, s.topk, s.decode, s.read_upload
+    text_encoder = s.text_encoder
+
+    def request_labels(labels: str):
+        """A per-request label set: known labels by name, any other text embedded now (with a text encoder),
+        for this request only."""
+        from edgeclip.runtime.bundle import LabelSet
+
+        names = _names(labels)
+        new = [n for n in names if n not in model.known.names]
+        if not new:
+            return model.known.subset(names)
+        if text_encoder is None:
+            raise ApiError(
+                400,
+                f"no embedding for {', '.join(map(repr, new[:5]))}: this server has no text encoder (export "
+                "the bundle with --text-encoder, or start it with --teacher SPEC)",
+            )
+        if len(new) > MAX_REQUEST_TEXTS:
+            raise ApiError(
+                422,
+                f"{len(new)} new label texts in one request (at most {MAX_REQUEST_TEXTS}): add them once with "
+                "PUT /api/labels",
+            )
+        emb = dict(zip(new, np.asarray(text_encoder(new), dtype=np.float32)))
+        rows = [emb[n] if n in emb else model.known.subset([n]).embeddings[0] for n in names]
+        return LabelSet(names, np.stack(rows), model.known.templates)
 
     @app.post("/label")
     def label(
         file: UploadFile = File(...),
-        topk_: int = Form(topk, alias="topk"),
+        topk_form: int | None = Form(None, alias="topk"),
+        topk_query: int | None = Query(None, alias="topk"),
         labels: str | None = Form(None),
     ):
+        topk_ = next((k for k in (topk_form, topk_query) if k is not None), topk)
         if not 1 <= topk_ <= 1000:
             raise ApiError(422, f"topk must be between 1 and 1000, got {topk_}")
         if not hasattr(model, "label"):
@@ -325,7 +354,7 @@ def _inference(app: FastAPI, s: _Server) -> None:
             )
         img = _decode(_read_upload(file), file.filename)
         try:
-            active = model.known.subset(_names(labels)) if labels else None
+            active = request_labels(labels) if labels else None
         except EdgeClipError as e:
             raise ApiError(400, str(e)) from None
         t0 = time.perf_counter()

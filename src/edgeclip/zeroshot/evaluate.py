@@ -223,7 +223,8 @@ def search_images(
     models = ([("teacher", teacher)] if teacher is not None else []) + list(students.items())
     if not models:
         raise EdgeClipError("nothing to search with: give a teacher and/or students")
-    out: dict = {"data": str(photos), "split": split, "k": k, "queries": [q for q, _ in qs], "models": {}}
+    data = str(photos) if isinstance(photos, (str, Path)) else f"{len(records)} images"
+    out: dict = {"data": data, "split": split, "k": k, "queries": [q for q, _ in qs], "models": {}}
     tops: dict[str, np.ndarray] = {}
     for role, emb in models:
         img, kept, bad = embed_records(emb, records, batch_size)
