@@ -139,7 +139,8 @@ assert r.status_code == 200, r.text
 assert c.get('/api/info').json()['can_add_free_text_labels'] is True
 # per-request free text: labels this request alone uses, embedded now, not kept; ?topk= in the query works too
 img_bytes = open({str(img)!r}, 'rb').read()
-r = c.post('/label?topk=1', files={{'file': ('x.jpg', img_bytes)}}, data={{'labels': 'a red bus, circle, a yellow star'}})
+r = c.post('/label?topk=1', files={{'file': ('x.jpg', img_bytes)}},
+           data={{'labels': 'a red bus, circle, a yellow star'}})
 assert r.status_code == 200, r.text
 assert len(r.json()['labels']) == 1 and r.json()['labels'][0]['label'] in ('a red bus', 'circle', 'a yellow star')
 assert 'a red bus' not in c.get('/api/labels').json()['known']

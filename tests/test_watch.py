@@ -92,6 +92,15 @@ def _watch(video, rules: dict, out: Path) -> dict:
     )
 
 
+def test_every_frame_of_a_file_is_counted_when_sampling(video, tmp_path):
+    """Sampling every 7th frame of the 80-frame video: 12 labeled, and all 80 decoded (the 2 after the last sampled
+    frame too)."""
+    rules = json.loads(json.dumps(video["rules"]))
+    rules["sample"] = {"every": 7}
+    s = _watch(video, rules, tmp_path / "a")
+    assert s["sampled"] == 12 and s["decoded"] == 80 and s["stopped"] == "end of source"
+
+
 def test_min_duration_cooldown_and_caps(video, tmp_path):
     rules = json.loads(json.dumps(video["rules"]))
     for r in rules["rules"]:
@@ -138,21 +147,12 @@ def test_a_frame_folder_and_the_cli(video, tmp_path, capsys):
     import yaml
 
     rules.write_text(yaml.safe_dump(video["rules"]))
-    main(
-        [
-            "watch",
-            str(frames),
-            "--bundle",
-            str(video["tb"]["bundle"]),
-            "--rules",
-            str(rules),
-            "--out",
-            str(tmp_path / "w"),
-            "--folder-fps",
-            "5",
-            "--no-progress",
-        ]
-    )
+    args = ["watch", str(frames), "--bundle", str(video["tb"]["bundle"]), "--rules", str(rules)]
+    args += ["--out", str(tmp_path / "w"), "--folder-fps", "5", "--no-progress"]
+    main(args)
+    cap = capsys.readouterr()  # without --json: nothing on stdout, one line on stderr
+    assert cap.out == "" and "watched 6 frames" in cap.err and len(cap.err.strip().splitlines()) == 1
+    main([*args, "--json"])
     s = json.loads(capsys.readouterr().out)
     assert s["sampled"] == 6 and s["events_per_rule"]["circle"] == 1 and s["events_per_rule"]["square"] == 1
 

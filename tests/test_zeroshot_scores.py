@@ -57,3 +57,22 @@ def test_templates_and_labels_are_checked_in_one_place():
     with pytest.raises(EdgeClipError, match="empty"):
         parse_labels(" , ")
     assert class_names(["pickup_truck", "cat"]) == ["pickup truck", "cat"]
+
+
+@pytest.mark.parametrize(
+    "template,label,want",
+    [
+        ("a photo of a {}.", "a truck", "a photo of a truck."),
+        ("a photo of a {}.", "an apple", "a photo of an apple."),
+        ("a photo of the {}.", "the Eiffel tower", "a photo of the Eiffel tower."),
+        ("a photo of a {}.", "truck", "a photo of a truck."),
+        ("a photo of {}.", "a truck", "a photo of a truck."),
+        ("{}", "a truck", "a truck"),
+        ("a photo of a {}.", "a", "a photo of a a."),  # a one-word label is the label
+        ("a blurry photo of a {}", "A red car", "a blurry photo of A red car"),
+    ],
+)
+def test_templates_do_not_double_the_article(template, label, want):
+    from edgeclip.core.prompts import fill
+
+    assert fill(template, label) == want

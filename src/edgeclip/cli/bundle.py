@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from edgeclip.cli.common import echo_json
 from edgeclip.core.prompts import DEFAULT_TEMPLATES
 
 app = typer.Typer()
@@ -89,7 +89,7 @@ def export_cmd(
     if "text" in man:
         tx = man["text"]
         summary["text_tower"] = {"default": tx["default"], "bytes": tx["bytes"], "parity": tx["parity"]}
-    typer.echo(json.dumps(summary, indent=2))
+    echo_json(summary)
 
 
 @app.command("serve")
@@ -180,6 +180,7 @@ def watch_cmd(
     follow: bool = typer.Option(False, help="a frame folder: keep watching for new files"),
     folder_fps: float = typer.Option(10.0, help="a frame folder: frames per second (time stamps)"),
     progress: bool = typer.Option(True, help="a live progress line (fps, latency, events)"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line on stdout"),
 ):
     """Label a video / camera / frame folder in real time and keep the frames that match the rules (no torch)."""
     from edgeclip.runtime import load_bundle
@@ -198,4 +199,5 @@ def watch_cmd(
         progress,
         log=lambda s: typer.echo(s, err=True),
     )
-    typer.echo(json.dumps(summary, indent=2))
+    if as_json:  # else the watcher's own closing line (stderr) says what happened, and summary.json holds it
+        echo_json(summary)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from edgeclip.cli.common import echo_json
 from edgeclip.core.errors import EdgeClipError
 
 
@@ -232,4 +233,4 @@ def caption_export_cmd(
         paths["greedy_captions_match_torch"] = same
         if not same:
             raise EdgeClipError("ONNX Runtime greedy captions differ from torch's")
-    typer.echo(json.dumps(paths, indent=2))
+    echo_json(paths)

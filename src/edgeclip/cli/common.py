@@ -9,7 +9,8 @@ import typer
 
 
 def echo_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    """A command's JSON result: one line on stdout, so it pipes into jq and reads as JSON Lines."""
+    typer.echo(json.dumps(obj, default=str, ensure_ascii=False))
 
 
 def device_of(device: str) -> str:

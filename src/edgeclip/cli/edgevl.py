@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeclip.cli.common import device_of
+from edgeclip.cli.common import device_of, echo_json
 from edgeclip.core.config import config_from_cli
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES
@@ -41,7 +41,7 @@ def _derive(items: list[str]) -> dict[str, str]:
 
 
 def _echo(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    echo_json(obj)
 
 
 app = typer.Typer(

@@ -30,6 +30,21 @@ def check_templates(templates: Sequence[str] | None) -> list[str]:
     return templates
 
 
+ARTICLES = ("a", "an", "the")
+
+
+def fill(template: str, label: str) -> str:
+    """The prompt for ``label`` in ``template``: ``"a photo of a {}."`` with ``"a truck"`` is ``"a photo of a
+    truck."``, not ``"a photo of a a truck."`` (an article right before ``{}`` gives way to the label's own)."""
+    head, sep, tail = template.partition("{}")
+    words = label.split(maxsplit=1)
+    if sep and head.endswith(" ") and len(words) == 2 and words[0].lower() in ARTICLES:
+        prev = head.rstrip().rsplit(maxsplit=1)
+        if prev and prev[-1].lower() in ARTICLES:
+            return head.rstrip()[: -len(prev[-1])] + label + tail
+    return template.format(label)
+
+
 MAX_LABELS = 10_000  # one cap on every label list (the CLI, a bundle's labeler, the server)
 
 

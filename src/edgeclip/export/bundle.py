@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.io import sha256_file, write_json
-from edgeclip.core.prompts import DEFAULT_TEMPLATES
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, fill
 from edgeclip.runtime.bundle import (
     BUNDLE_FORMAT,
     LABELS,
@@ -624,12 +624,12 @@ def _bundle_text_tower(teacher, folder: Path, labels, templates, x_hold: np.ndar
     def classifier(encode):
         per_t = []
         for tpl in templates:
-            e = np.asarray(encode([tpl.format(lb) for lb in labels]), dtype=np.float32)
+            e = np.asarray(encode([fill(tpl, lb) for lb in labels]), dtype=np.float32)
             per_t.append(e / np.linalg.norm(e, axis=1, keepdims=True))
         m = np.mean(per_t, axis=0)
         return m / np.linalg.norm(m, axis=1, keepdims=True)
 
-    prompts = [tpl.format(lb) for tpl in templates for lb in labels]
+    prompts = [fill(tpl, lb) for tpl in templates for lb in labels]
     return export_text_tower(teacher, folder, prompts, img, classifier if len(labels) > 1 else None, log=log)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.prompts import fill
 from edgeclip.runtime.bundle import BundleError, _normalise, make_session
 
 TEXT_CONFIG = "text.json"
@@ -114,7 +115,7 @@ class TextTower:
         """Per label, the normalised mean over templates of the normalised embeddings of its prompts (L, D): the
         same prompt ensemble the bundle's own labels were made with."""
         templates = list(templates) or ["{}"]
-        per_t = [self.embed([t.format(lb) for lb in labels]) for t in templates]
+        per_t = [self.embed([fill(t, lb) for lb in labels]) for t in templates]
         return _normalise(np.mean(per_t, axis=0), "label embeddings")
 
     def describe(self) -> dict:

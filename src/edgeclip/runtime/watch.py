@@ -359,10 +359,15 @@ class _Sampled:
     next_t: float
 
 
-def _sample(src: Source, start: float, rules: Rules, next_t: float, n: int, pp) -> Any:
-    """The sampled frames of ``src`` with their model inputs made (this runs in the decoding thread)."""
+def _sample(
+    src: Source, start: float, rules: Rules, next_t: float, n: int, pp, seen: dict | None = None
+) -> Any:
+    """The sampled frames of ``src`` with their model inputs made (this runs in the decoding thread). ``seen["n"]``
+    counts every decoded frame, the ones the sampler skips after the last sampled frame too."""
+    seen = {} if seen is None else seen
     for fr in src.frames(start):
         n += 1
+        seen["n"] = n
         if (n - 1) % rules.every:
             continue
         if rules.fps:
@@ -461,7 +466,8 @@ def watch(
         batch = []
         _save_state(out, src, last_t, next_t, n, w)
 
-    frames = Prefetch(_sample(src, start, rules, next_t, n, labeler.preprocess), 2 * rules.batch)
+    seen = {"n": n}
+    frames = Prefetch(_sample(src, start, rules, next_t, n, labeler.preprocess, seen), 2 * rules.batch)
     try:
         for item in frames:
             batch.append(item)
@@ -481,6 +487,8 @@ def watch(
     finally:
         frames.close()
     flush()
+    if not interrupted and not error and not (max_frames and w.stats["sampled"] >= max_frames):
+        w.stats["decoded"] = seen["n"] - n0  # the source ended: every frame it decoded, sampled or not
     w.close(last_t)
     _save_state(out, src, last_t, next_t, n, w)
     wall = time.time() - t_wall

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeclip.core.io import atomic_path, sha256_text
-from edgeclip.core.prompts import DEFAULT_TEMPLATES, check_templates, parse_labels
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, check_templates, fill, parse_labels
 
 
 def cache_dir() -> Path:
@@ -30,7 +30,7 @@ def text_classifier(
     labels = parse_labels(list(labels))
     templates = check_templates(templates)
     per_t = [
-        F.normalize(encode_text([t.format(lb) for lb in labels]).float().cpu(), dim=-1) for t in templates
+        F.normalize(encode_text([fill(t, lb) for lb in labels]).float().cpu(), dim=-1) for t in templates
     ]
     return F.normalize(torch.stack(per_t).mean(0), dim=-1)
 
@@ -42,7 +42,8 @@ def text_embeddings(
     """(L, D) normalised, template-ensembled text embeddings of ``labels``, cached on disk per teacher."""
     labels = parse_labels(list(labels))
     templates = check_templates(templates)
-    key = sha256_text("\x00".join([teacher.id, *templates, "\x01", *labels]))[:32]
+    # "fill/1": prompts are made by core.prompts.fill (no doubled article); older cache entries do not match
+    key = sha256_text("\x00".join(["fill/1", teacher.id, *templates, "\x01", *labels]))[:32]
     path = cache_dir() / f"{key}.npy"
     if use_cache and path.is_file():
         arr = np.load(path)
