@@ -130,6 +130,7 @@ def test_eval_json_keys(tiny_teacher, student_ckpt, shapes, tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
+    assert len(out.strip().splitlines()) == 1  # one JSON line, like eval CAPTIONS --json
     res = json.loads(out)
     for k in ("teacher_top1", "student_top1", "agreement", "n", "teacher_top5", "student_top5"):
         assert k in res
