@@ -394,3 +394,9 @@ def test_student_finds_its_teacher_when_the_recorded_path_is_gone(
     shutil.copy(models / "t.pt", moved.parent / "t.pt")
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
+
+
+def test_help_texts_keep_their_brackets(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_cli(["label", "--help"], capsys)
+    assert code == 0 and '{"image.jpg": [[x0,y0,x1,y1], ...]}' in out, out

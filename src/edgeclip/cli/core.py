@@ -169,7 +169,8 @@ def label_cmd(
     bundle: Path | None = typer.Option(None, help="an exported edge bundle (runs without torch)"),
     topk: int = typer.Option(5),
     grid: int = typer.Option(0, help="also label an N x N grid of regions"),
-    boxes: Path | None = typer.Option(None, help='JSON {"image.jpg": [[x0,y0,x1,y1], ...]}'),
+    # "\\[" keeps rich from reading "[x0,y0,x1,y1]" as a markup tag (it printed "[, ...]")
+    boxes: Path | None = typer.Option(None, help='JSON {"image.jpg": [\\[x0,y0,x1,y1], ...]}'),
     out: Path | None = typer.Option(None, help="write .jsonl or .csv (default: JSONL to stdout)"),
     batch_size: int = typer.Option(32),
     device: str = typer.Option("auto"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def export_onnx(
     args = example_inputs if example_inputs is not None else (torch.randn(*input_shape),)
     if dynamic_axes is None and dynamic_batch:
         dynamic_axes = {n: {0: "batch"} for n in list(input_names) + list(output_names)}
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # the tracer's notes on Python values it freezes (transformers' masking code raises a dozen): the parity
+        # check after every export is what tells whether the graph is right, so they are not the user's business
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         try:
             torch.onnx.export(
                 model,
