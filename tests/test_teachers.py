@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -85,6 +88,30 @@ def test_open_clip_hub_tag_offline_fails_clearly(monkeypatch):
         load_teacher("RN50:openai")
     msg = str(e.value)
     assert "openai" in msg and "local" in msg and "\n" not in msg
+
+
+def test_an_offline_hub_tag_fails_fast_and_whole():
+    """Offline, a hub tag is refused before open_clip (6 s to import) or a download is tried, and the message is
+    whole (it was cut mid-word at 300 characters)."""
+    code = (
+        "import sys\n"
+        "from edgeclip.core.errors import EdgeClipError\n"
+        "from edgeclip.models.teachers import load_teacher\n"
+        "try:\n"
+        "    load_teacher('ViT-B-32:openai')\n"
+        "except EdgeClipError as e:\n"
+        "    print(e)\n"
+        "print('open_clip' in sys.modules)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    msg, imported = r.stdout.strip().splitlines()
+    assert imported == "False", r.stdout
+    assert (
+        "HF_HUB_OFFLINE" in msg
+        and msg.endswith("local-dir:/folder or hf:/folder")
+        and "ERROR" not in r.stderr
+    )
 
 
 def _byte_chars():

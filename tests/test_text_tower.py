@@ -163,7 +163,9 @@ def _check_tower(teacher, tmp_path):
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         cfg = export_text_tower(teacher, tmp_path, ["a photo of a cat.", "a photo of a dog."])
-    assert not [w for w in seen if issubclass(w.category, torch.jit.TracerWarning)]  # export prints no tracer notes
+    assert not [
+        w for w in seen if issubclass(w.category, torch.jit.TracerWarning)
+    ]  # export prints no tracer notes
     assert cfg["parity"]["fp32"]["min_cosine"] >= 0.999
     got = TextTower(tmp_path, "fp32").embed(texts)
     assert _cos(got, teacher.encode_text(texts).numpy()).min() >= 0.999

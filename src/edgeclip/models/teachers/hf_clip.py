@@ -14,6 +14,7 @@ from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import sha256_file, sha256_text
 from edgeclip.data.transforms import Preprocess
 from edgeclip.models.teachers.base import Teacher
+from edgeclip.models.teachers.hub import cached, offline_reason
 
 
 def load_hf_clip(spec: str, device: str = "cpu") -> Teacher:
@@ -22,6 +23,13 @@ def load_hf_clip(spec: str, device: str = "cpu") -> Teacher:
     is_local = p.exists()
     if is_local and not (p / "config.json").is_file():
         raise EdgeClipError(f"{p} is not a Hugging Face model folder (no config.json)")
+    if not is_local and src.count("/") == 1 and not cached(src, ["config.json"]):
+        why = offline_reason()
+        if why:
+            raise EdgeClipError(
+                f"cannot load Hugging Face CLIP {src!r} from the hub: {why}. Pass a local folder saved with "
+                "CLIPModel.save_pretrained: --teacher hf:/path/to/folder"
+            )
     try:
         from transformers import AutoConfig, AutoTokenizer, CLIPModel
     except ImportError:  # pragma: no cover
@@ -35,7 +43,7 @@ def load_hf_clip(spec: str, device: str = "cpu") -> Teacher:
     except EdgeClipError:
         raise
     except Exception as e:
-        msg = str(e).splitlines()[0][:300]
+        msg = " ".join(str(e).split())  # the whole message: a cut one hides what to do
         where = f"local folder {p}" if is_local else f"hub model {src!r} (model hubs may be unreachable)"
         raise EdgeClipError(
             f"could not load Hugging Face CLIP from {where}: {msg}. "

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import sha256_file, sha256_text
 from edgeclip.models.teachers.base import Teacher
+from edgeclip.models.teachers.hub import cached, offline_reason
 
 
 def _split(spec: str):
@@ -22,14 +23,75 @@ def _split(spec: str):
     return arch, (pretrained or None)
 
 
+def _pretrained_module():
+    """open_clip's table of pretrained tags (``open_clip.pretrained``), read without importing the open_clip package
+    (6 s: it imports its CoCa model and transformers), so an offline failure answers at once."""
+    import importlib.util
+    import sys
+    import types
+
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"].pretrained
+    name = "_edgeclip_open_clip_tags"
+    if f"{name}.pretrained" in sys.modules:
+        return sys.modules[f"{name}.pretrained"]
+    found = importlib.util.find_spec("open_clip")
+    if found is None or not found.submodule_search_locations:
+        return None
+    root = Path(list(found.submodule_search_locations)[0])
+    pkg = types.ModuleType(name)
+    pkg.__path__ = [str(root)]
+    sys.modules[name] = pkg
+    mspec = importlib.util.spec_from_file_location(f"{name}.pretrained", root / "pretrained.py")
+    mod = importlib.util.module_from_spec(mspec)
+    sys.modules[mspec.name] = mod
+    try:
+        mspec.loader.exec_module(mod)
+    except Exception:  # noqa: BLE001 -- another open_clip layout: the full import decides instead
+        sys.modules.pop(mspec.name, None)
+        return None
+    return mod
+
+
+def _hub_unavailable(arch: str, tag: str) -> str | None:
+    """Why the weights of open_clip's pretrained ``tag`` for ``arch`` cannot be had right now, or None (they are in
+    the local cache, or the model hub may be reached: the download then says what went wrong)."""
+    mod = _pretrained_module()
+    cfg = (mod.get_pretrained_cfg(arch, tag) if mod else None) or {}
+    if not cfg:  # an unknown tag or architecture: the full load names the known ones
+        return None
+    hub = str(cfg.get("hf_hub") or "").strip("/")
+    if hub:
+        parts = hub.split("/")
+        names = parts[2:] or ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if cached("/".join(parts[:2]), names):
+            return None
+    url = cfg.get("url")
+    if url and (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file():
+        return None
+    return offline_reason()
+
+
 def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
+    arch, pretrained = _split(spec)
+    tag_like = (
+        pretrained
+        and os.sep not in pretrained
+        and not pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    )
+    if tag_like and not arch.endswith(".json"):
+        why = _hub_unavailable(arch, pretrained)
+        if why:
+            raise EdgeClipError(
+                f"cannot load open_clip teacher {spec!r}: {why}. Offline, pass local weights: --teacher "
+                f"{arch}:/path/to/weights.safetensors, local-dir:/folder or hf:/folder"
+            )
     try:
         import open_clip
     except ImportError:  # pragma: no cover
         raise EdgeClipError(
             "open_clip teachers need the open_clip_torch package (pip install open_clip_torch)"
         ) from None
-    arch, pretrained = _split(spec)
     if arch.endswith(".json"):
         cfg = Path(arch)
         if not cfg.is_file():
@@ -75,7 +137,7 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
     except EdgeClipError:
         raise
     except Exception as e:
-        msg = str(e).splitlines()[0][:300]
+        msg = " ".join(str(e).split())  # the whole message: a cut one hides what to do
         raise EdgeClipError(
             f"could not load open_clip teacher {spec!r}: {msg}. Looked for "
             + (
