@@ -192,3 +192,25 @@ def test_coco_mini_real(shared_data):
         pytest.skip(f"{p} is absent")
     cs = load_captions(p)
     assert len(cs) == 79 and cs.n_captions >= 79 * 5
+
+
+def test_spice_is_reported_unavailable_offline_without_a_download(monkeypatch):
+    """SPICE needs Stanford CoreNLP, which pycocoevalcap downloads on first use: without its jar, SPICE is None with
+    the reason, and no download is tried."""
+    import urllib.request
+
+    from edgeclip import metrics
+
+    if metrics.spice_missing() is None:
+        pytest.skip("Stanford CoreNLP is installed here: SPICE runs")
+
+    def no_download(*a, **k):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", no_download)
+    import pycocoevalcap.spice.get_stanford_models as g
+
+    monkeypatch.setattr(g, "urlretrieve", no_download)
+    refs = {"1": ["a dog runs on the grass", "a brown dog running"], "2": ["a red car on a street"]}
+    out = metrics.score_captions(refs, {"1": "a dog runs", "2": "a car"}, metrics=("CIDEr", "SPICE"))
+    assert out["SPICE"] is None and "CoreNLP" in out["unavailable"]["SPICE"] and out["CIDEr"] >= 0

@@ -59,6 +59,21 @@ def _tokenize(refs: dict[str, list[str]], hyps: dict[str, str], use_java: bool):
     return g, r, "edgeclip unicode tokeniser (no java)"
 
 
+def spice_missing() -> str | None:
+    """Why SPICE cannot run here without a download, or None: it needs Stanford CoreNLP's jars, which pycocoevalcap
+    fetches on first use (offline that is a failed download, so it is never attempted: SPICE is reported
+    unavailable instead)."""
+    from pycocoevalcap.spice import get_stanford_models as g
+
+    jar = os.path.join(g.SPICEDIR, g.SPICELIB, f"{g.JAR}.jar")
+    if os.path.exists(jar):
+        return None
+    return (
+        f"Stanford CoreNLP ({g.JAR}.jar) is not installed; online, fetch it once with: "
+        "python -m pycocoevalcap.spice.get_stanford_models"
+    )
+
+
 def _spice(gts, res, timeout: float) -> float:
     from pycocoevalcap.spice.spice import Spice
 
@@ -124,9 +139,10 @@ def score_captions(
 
         out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     if "SPICE" in metrics:
-        if not use_java:
+        corenlp = spice_missing()
+        if not use_java or corenlp:
             out["SPICE"] = None
-            unavailable["SPICE"] = "java not found"
+            unavailable["SPICE"] = "java not found" if not use_java else corenlp
         else:
             try:
                 out["SPICE"] = _spice(gts, res, spice_timeout)
