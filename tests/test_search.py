@@ -161,3 +161,20 @@ def test_ship_copies_checks_and_indexes_the_models(tiny_teacher, shapes, tmp_pat
     assert kept["student"] == idx["student"]
     with pytest.raises(EdgeClipError, match="photos"):
         ship_models(into, None, tiny_teacher)  # a new teacher copy must be checked
+
+
+def test_the_shipped_model_cards_describe_their_own_model():
+    """Each shipped card describes its own model (the student's card once described the teacher's tower), and
+    lists the files as they are now."""
+    from edgeclip.core.io import sha256_file
+
+    root = Path(__file__).resolve().parents[1]
+    idx = json.loads((root / "models" / "index.json").read_text())
+    words = {"teacher": "ResNet-18", "student": "ShuffleNetV2", "bundle": "edge bundle", "captioner": "captioner"}
+    for role, m in idx["models"].items():
+        card = (root / m["card"]).read_text()
+        assert words[role] in card, (role, card[:300])
+        if role != "teacher":
+            assert "ResNet-18, 128 px" not in card, role
+        for name in m["files"]:
+            assert sha256_file(root / "models" / name) in card, (role, name)
