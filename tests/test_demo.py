@@ -56,4 +56,47 @@ def test_demo_photos_with_the_shipped_models(tmp_path, capsys):
     )
     assert len(res["distill"]["epochs"]) == 3 and (tmp_path / "student" / "student.pt").is_file()
     printed = capsys.readouterr().out
-    assert "free-text queries" in printed and "speed-up at 224 px" in printed
+    assert "free-text queries" in printed and "CLIP-sized towers" in printed
+    # no noise: no progress bars, no seed lines, no unasked --resume note, no per-epoch JSON
+    for noise in ("Loading weights", "Seed set", "--resume", '{"epoch"'):
+        assert noise not in printed, noise
+    assert set(res["clip_towers"]) == {"ViT-B-32", "MobileCLIP2-S0"}
+    page = tmp_path / "index.html"
+    assert printed.strip().endswith(f"the page: {page}")
+    _check_page_in_chromium(page, n_queries=5, n_photos=len(res["captions"]))
+
+
+def _check_page_in_chromium(page, n_queries: int, n_photos: int) -> None:
+    """Open the demo page in headless Chromium: every image loads, and it shows the three models, the captions and
+    the CLIP-sized towers."""
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        pytest.skip(f"Chromium is absent ({chromium}); install Debian's package: apt-get install -y chromium")
+    pw_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip, dev extra) is not installed")
+    with pw_api.sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            p = b.new_page()
+            p.goto(page.as_uri())
+            p.wait_for_load_state("load")
+            images = p.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth])")
+            assert len(images) == n_queries * 3 * 3 + n_photos, len(images)
+            assert all(done and w > 0 for done, w in images), images
+            text = p.inner_text("body")
+            for needle in (
+                "int8 bundle, no torch",
+                "ViT-B-32",
+                "MobileCLIP2-S0",
+                "random weights",
+                "caption",
+            ):
+                assert needle in text, needle
+        finally:
+            b.close()

@@ -170,7 +170,12 @@ def test_the_shipped_model_cards_describe_their_own_model():
 
     root = Path(__file__).resolve().parents[1]
     idx = json.loads((root / "models" / "index.json").read_text())
-    words = {"teacher": "ResNet-18", "student": "ShuffleNetV2", "bundle": "edge bundle", "captioner": "captioner"}
+    words = {
+        "teacher": "ResNet-18",
+        "student": "ShuffleNetV2",
+        "bundle": "edge bundle",
+        "captioner": "captioner",
+    }
     for role, m in idx["models"].items():
         card = (root / m["card"]).read_text()
         assert words[role] in card, (role, card[:300])

@@ -62,6 +62,7 @@ def test_upload_shows_the_labels_of_the_api(site, browser, tmp_path):
         page.wait_for_function("document.body.dataset.state === 'ready'")
         assert "shufflenet_v2_x0_5" in page.inner_text("#model-info")
         assert page.input_value("#labels").split("\n") == SHAPE_LABELS
+        assert not page.is_visible("#more-like-this")  # nothing to find more of before an upload
         page.set_input_files("#file", str(img))
         page.wait_for_function("document.body.dataset.state === 'labeled'")
         names, scores, widths = _rows(page)
@@ -72,6 +73,13 @@ def test_upload_shows_the_labels_of_the_api(site, browser, tmp_path):
             and abs(widths[0] - 100 * expected["labels"][0]["score"]) < 0.1
         )
         assert page.is_visible("#preview") and not page.is_visible("#error")
+        assert page.is_visible("#more-like-this")
+        # a long label is shown whole (it was cut to one line with an ellipsis)
+        long = "a very long free-text label that describes the picture in many more words than fit in a row"
+        clipped = page.locator("#results .label-name").first.evaluate(
+            f"e => {{ e.textContent = {long!r}; return e.scrollWidth > e.clientWidth + 1; }}"
+        )
+        assert not clipped
         page.screenshot(path=str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 1000
 

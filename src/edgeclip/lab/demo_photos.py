@@ -28,17 +28,21 @@ SAMPLE_PHOTOS = {
     "brick.png": "a brick wall",
     "moon.png": "the moon's surface (greyscale)",
 }
-QUERIES = [
-    "a cat",
-    "a cup of coffee",
-    "a woman smiling",
-    "a man taking a photograph",
-    "a motorcycle",
-    "a rocket launching into the sky",
-    "stars in the night sky",
-    "green grass",
-    "a brick wall",
-]
+# each query -> the sample photo that answers it (the demo counts how many each model gets right)
+ANSWERS = {
+    "a cat": "chelsea.jpg",
+    "a cup of coffee": "coffee.jpg",
+    "a woman smiling": "astronaut.jpg",
+    "a man taking a photograph": "camera.jpg",
+    "a motorcycle": "motorcycle_left.jpg",
+    "a rocket launching into the sky": "rocket.jpg",
+    "stars in the night sky": "hubble_deep_field.jpg",
+    "green grass": "grass.jpg",
+    "a brick wall": "brick.jpg",
+}
+QUERIES = list(ANSWERS)
+# CLIP-sized image towers timed beside the student (open_clip configs, random weights: speed only)
+CLIP_TOWERS = ("ViT-B-32", "MobileCLIP2-S0")
 
 
 def _say(msg: str) -> None:
@@ -81,13 +85,63 @@ def caption_photos(captioner: str, photos: Path, beam: int = 5) -> dict[str, str
     return {Path(r.name).name: c for r, c in zip(recs, caps)}
 
 
+def clip_tower_speed(names, size: int, reps: int) -> dict[str, dict]:
+    """Batch-1 latency of open_clip image towers built from their configs with random weights (speed only, the
+    same input size and threads as the student), reparameterised for inference as MobileCLIP ships them."""
+    import logging
+
+    import open_clip
+    import torch
+
+    from edgeclip.models.stats import model_stats
+
+    out: dict[str, dict] = {}
+    for name in names:
+        if name not in open_clip.list_models():
+            out[name] = {"unavailable": f"open_clip {open_clip.__version__} has no config {name}"}
+            continue
+        logging.disable(
+            logging.WARNING
+        )  # open_clip's "no pretrained weights loaded": random weights are the point
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                visual = open_clip.create_model(name, pretrained=None).visual.eval()
+        finally:
+            logging.disable(logging.NOTSET)
+        try:
+            from timm.utils.model import reparameterize_model
+
+            visual = reparameterize_model(
+                visual
+            )  # MobileCLIP's train-time branches folded (a no-op for a ViT)
+        except ImportError:  # an older timm: timed as built
+            pass
+        out[name] = {**model_stats(visual, size, reps=reps), "weights": "random (speed only)"}
+    return out
+
+
+def _top_hits(res: dict, k: int) -> dict[str, dict[str, list[dict]]]:
+    """role -> query -> its top ``k`` hits (photo name and cosine)."""
+    return {
+        role: {
+            r["query"]: [{"image": h["image"], "score": h["score"]} for h in r["hits"][:k]]
+            for r in m["results"]
+        }
+        for role, m in res["models"].items()
+    }
+
+
 def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False) -> dict:
+    import contextlib
+
     import torch
     from rich.console import Console
     from rich.table import Table
 
     from edgeclip.data.sources import open_source
     from edgeclip.export.bundle import export_bundle
+    from edgeclip.lab.demo_page import write_demo_page
     from edgeclip.lab.ship import shipped
     from edgeclip.models import load_student
     from edgeclip.models.stats import model_stats
@@ -114,28 +168,34 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
     for role, spec in result["models"].items():
         print(f"  {role:9s} {spec}")
 
-    _say("2/6 free-text queries: the best photo for each text, teacher vs student vs int8 bundle (no torch)")
+    _say("2/6 free-text queries: the best photos for each text, teacher vs student vs int8 bundle (no torch)")
     teacher = load_embedder(teacher=idx["teacher"])
     student = load_embedder(teacher=idx["teacher"], student=idx["student"])
     models_ = {"student": student}
     if "bundle" in idx:
         models_["bundle_int8"] = load_embedder(bundle=idx["bundle"], precision="int8", threads=2)
     queries = QUERIES[:5] if fast else QUERIES
-    res = search_images(teacher, models_, str(photos), queries, k=1)
-    tab = Table(title="free-text queries (top photo, cosine)")
+    res = search_images(teacher, models_, str(photos), queries, k=3)
+    result["top3"] = _top_hits(res, 3)
+    result["queries"] = {
+        role: {q: hits[0]["image"] for q, hits in t.items()} for role, t in result["top3"].items()
+    }
+    result["right"] = {
+        role: sum(ANSWERS[q] == top for q, top in tops.items()) for role, tops in result["queries"].items()
+    }
+    tab = Table(title="free-text queries: top photo (cosine); ✓ = the photo that answers it")
     tab.add_column("query")
     for role in res["models"]:
-        tab.add_column(role)
-    for qi, q in enumerate(queries):
+        tab.add_column(f"{role} ({result['right'][role]}/{len(queries)} ✓)")
+    for q in queries:
         cells = []
-        for m in res["models"].values():
-            h = m["results"][qi]["hits"][0]
-            cells.append(f"{Path(h['image']).stem} ({h['score']:.2f})")
+        for role in res["models"]:
+            h = result["top3"][role][q][0]
+            cells.append(
+                f"{Path(h['image']).stem} ({h['score']:.2f})" + (" ✓" if ANSWERS[q] == h["image"] else "")
+            )
         tab.add_row(q, *cells)
     Console().print(tab)
-    result["queries"] = {
-        role: {r["query"]: r["hits"][0]["image"] for r in m["results"]} for role, m in res["models"].items()
-    }
     agree = [
         sum(result["queries"][r][q] == result["queries"]["teacher"][q] for q in queries) / len(queries)
         for r in models_
@@ -150,42 +210,53 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
     else:
         _say("3/6 captions: no captioner is shipped in models/index.json yet (skipped)")
 
-    _say("4/6 speed at 224 px, batch 1, this CPU: teacher image tower vs student")
+    threads = torch.get_num_threads()
+    _say(
+        f"4/6 speed at 224 px, batch 1, {threads} threads: the student beside its teacher and CLIP-sized towers"
+    )
     t = load_teacher(idx["teacher"])
     st, spp, _ = load_student(idx["student"])
-    reps = 10 if fast else 30
+    reps = 5 if fast else 20
     speed = {
         "teacher_224": model_stats(t.image_encoder, 224, reps=reps),
         "student_224": model_stats(st, 224, reps=reps),
         "teacher_native": model_stats(t.image_encoder, t.image_size, reps=reps),
         "student_native": model_stats(st, spp.size, reps=reps),
     }
-    tab = Table(title=f"teacher vs student ({torch.get_num_threads()} threads)")
-    for c in ("model", "input", "params (M)", "GFLOPs", "latency b1 (ms)"):
+    clip = clip_tower_speed(CLIP_TOWERS, 224, reps=3 if fast else 10)
+    result["speed"], result["clip_towers"] = speed, clip
+    rows = [
+        (f"student {st.arch} (shipped)", speed["student_224"]),
+        (f"teacher {t.extra.get('arch', '')} (reference, trained here)", speed["teacher_224"]),
+        *((f"open_clip {n} image tower (random weights)", v) for n, v in clip.items() if "latency_ms" in v),
+    ]
+    result["speed_rows"] = [
+        {"model": m, **{k: v[k] for k in ("input_size", "params_m", "gflops", "latency_ms")}} for m, v in rows
+    ]
+    tab = Table(title=f"image towers at 224 px, batch 1, {threads} threads, torch eager")
+    for c in ("model", "params (M)", "GFLOPs", "latency b1 (ms)", "vs student"):
         tab.add_column(c, justify="left" if c == "model" else "right")
-    for k, s in speed.items():
-        who = f"teacher {t.extra.get('arch', '')}" if k.startswith("teacher") else f"student {st.arch}"
+    base = speed["student_224"]["latency_ms"]
+    for m, v in rows:
         tab.add_row(
-            who,
-            f"{s['input_size']} px",
-            f"{s['params_m']:.2f}",
-            f"{s['gflops']:.3f}",
-            f"{s['latency_ms']:.2f}",
+            m,
+            f"{v['params_m']:.2f}",
+            f"{v['gflops']:.3f}",
+            f"{v['latency_ms']:.1f}",
+            f"{v['latency_ms'] / base:.1f}x",
         )
     Console().print(tab)
-    result["speed"] = speed
-    result["speedup_224"] = speed["teacher_224"]["latency_ms"] / speed["student_224"]["latency_ms"]
-    print(f"  student speed-up at 224 px: {result['speedup_224']:.2f}x")
+    result["speedup_224"] = speed["teacher_224"]["latency_ms"] / base
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     result["load_average_1min"] = load
     if load > 0.5 * cores:
         print(
-            f"  (load average {load:.1f} on {cores} cores: other jobs share this CPU, so these latencies are noisy;"
-            " benchmarks/results/ has quiet-machine figures)"
+            f"  (load average {load:.1f} on {cores} cores: other jobs share this CPU, so these latencies are noisy)"
         )
 
     _say("5/6 exporting the student as an int8 edge bundle, then the same queries without torch")
     bdir = out / "bundle"
+    export_log: list[str] = []  # the export's own report (variants timed, the choice) goes to a file
     man = export_bundle(
         idx["student"],
         bdir,
@@ -196,7 +267,9 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
         holdout=0.25,
         overwrite=True,
         int8_variants=["qdq_per_channel", "qoperator_per_channel"],
+        log=export_log.append,
     )
+    (out / "export.log").write_text("\n".join(export_log) + "\n", encoding="utf-8")
     lab = load_embedder(bundle=str(bdir), precision="int8", threads=2)
     recs = list(open_source(str(photos)))
     sims = lab.text(queries, ["{}"]) @ lab.embed([r.load() for r in recs]).T
@@ -212,7 +285,7 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
     sizes = ", ".join(
         f"{k} {v / 1e6:.1f} MB" for k, v in result["exported_bundle"]["bytes"].items() if k.endswith(".onnx")
     )
-    print(f"  {bdir}: {sizes}; default {man.get('default_precision')}")
+    print(f"  {bdir}: {sizes}; default {man.get('default_precision')} (how it chose: {out / 'export.log'})")
     print(
         f"  int8 bundle's top photo = the torch student's for {result['exported_bundle']['agrees_with_student']:.0%}"
         " of the queries"
@@ -236,14 +309,23 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
             "log_every": 1000,
         },
     )
-    hist = distill(cfg, progress=False, teacher=t, resume=True)
+    t_d = time.time()
+    with open(out / "distill.log", "w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
+        hist = distill(cfg, progress=False, teacher=t, resume=(out / "student" / "last.ckpt").is_file())
+    ep = hist["epochs"]
+    print(
+        f"  {len(ep)} epochs on {len(recs)} photos in {time.time() - t_d:.0f} s: train cosine to the teacher "
+        f"{ep[0]['cos']:.2f} -> {ep[-1]['cos']:.2f}; {out / 'student' / 'student.pt'} (log: {out / 'distill.log'})"
+    )
     result["distill"] = {
         "cache": cache.as_dict(),
-        "epochs": hist["epochs"],
+        "epochs": ep,
         "student": str(out / "student" / "student.pt"),
     }
     result["seconds"] = time.time() - t0
     result["machine"] = machine_info()
     write_json(out / "demo_result.json", result)
+    page = write_demo_page(out, result, photos)
     print(f"\ntotal time: {result['seconds']:.0f}s   results: {out / 'demo_result.json'}")
+    print(f"the page: {page}")
     return result

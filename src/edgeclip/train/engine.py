@@ -221,7 +221,9 @@ class Trainer:
         self.fabric.launch()
 
     def seed(self) -> None:
-        self.fabric.seed_everything(self.cfg.seed)
+        self.fabric.seed_everything(
+            self.cfg.seed, verbose=False
+        )  # the seed is in the run's config and history
 
     def configure(self, task: Task) -> None:
         cfg, fabric = self.cfg, self.fabric

@@ -36,10 +36,17 @@ class MiniLMText(torch.nn.Module):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         d = model_dir()
         self.tok = AutoTokenizer.from_pretrained(str(d))
-        self.model = AutoModel.from_pretrained(str(d)).eval()
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a local folder: its "Loading weights" bar is noise on every command
+        try:
+            self.model = AutoModel.from_pretrained(str(d)).eval()
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
