@@ -211,3 +211,17 @@ def test_cli_label_bundle_and_serve_run_without_torch(tb, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout.strip().splitlines()
     assert out[-1] == "ok" and json.loads(out[0])["labels"][0] in ("circle", "star")
+
+
+def test_execution_providers_are_asked_for_not_assumed(tb, monkeypatch):
+    """$EDGECLIP_ORT_PROVIDERS picks ONNX Runtime's providers (a Jetson's CUDA / TensorRT); one the build lacks is
+    one clear error, not a silent fall back to the CPU."""
+    from edgeclip.runtime.session import providers
+
+    monkeypatch.delenv("EDGECLIP_ORT_PROVIDERS", raising=False)
+    assert providers() == ["CPUExecutionProvider"]
+    monkeypatch.setenv("EDGECLIP_ORT_PROVIDERS", "CPUExecutionProvider")
+    assert Labeler(tb["bundle"], threads=1).label(tb["images"][0], topk=1)
+    monkeypatch.setenv("EDGECLIP_ORT_PROVIDERS", "NoSuchExecutionProvider,CPUExecutionProvider")
+    with pytest.raises(EdgeClipError, match="NoSuchExecutionProvider"):
+        Labeler(tb["bundle"], threads=1)

@@ -12,9 +12,32 @@ class OnnxLoadError(EdgeClipError):
     """An ONNX file that ONNX Runtime cannot open."""
 
 
+PROVIDERS_ENV = "EDGECLIP_ORT_PROVIDERS"
+
+
+def providers() -> list[str]:
+    """ONNX Runtime execution providers, in order: ``$EDGECLIP_ORT_PROVIDERS`` (comma-separated, e.g.
+    ``TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider`` on a Jetson), else the CPU alone. One
+    this ONNX Runtime build lacks is one clear error, never a silent fall back."""
+    import onnxruntime as ort
+
+    asked = [p.strip() for p in os.environ.get(PROVIDERS_ENV, "").split(",") if p.strip()]
+    if not asked:
+        return ["CPUExecutionProvider"]
+    have = ort.get_available_providers()
+    missing = [p for p in asked if p not in have]
+    if missing:
+        raise EdgeClipError(
+            f"${PROVIDERS_ENV} asks for {', '.join(missing)}, which this ONNX Runtime build lacks "
+            f"(it has: {', '.join(have)})"
+        )
+    return asked
+
+
 def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True):
-    """An ONNX Runtime CPU session. ``threads``: intra-op threads (None: ONNX Runtime's default, every core);
-    ``optimize``: full graph optimisation (off for sessions that only read a graph's input names)."""
+    """An ONNX Runtime session (on the CPU unless ``$EDGECLIP_ORT_PROVIDERS`` says otherwise). ``threads``:
+    intra-op threads (None: ONNX Runtime's default, every core); ``optimize``: full graph optimisation (off for
+    sessions that only read a graph's input names)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -30,7 +53,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: b
     if not os.path.isfile(path):
         raise OnnxLoadError(f"ONNX model not found: {path}")
     try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=so, providers=providers())
     except Exception as e:
         raise OnnxLoadError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:300]}") from None
 
