@@ -170,6 +170,6 @@ def quantize_dynamic_onnx(fp32_path: str | Path, int8_path: str | Path, per_chan
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     if not fp32_path.is_file():
         raise EdgeClipError(f"ONNX model not found: {fp32_path}")
-    with atomic_path(int8_path) as tmp:
+    with atomic_path(int8_path) as tmp, _quiet_root_logger():  # its "consider pre-processing" note, too
         quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel)
     return int8_path
