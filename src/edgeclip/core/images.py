@@ -22,6 +22,16 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # EDGECLIP_MAX_PIXELS or max_pixels=. A JPEG over the budget is decoded at 1/2, 1/4 or 1/8 scale (draft).
 DEFAULT_MAX_PIXELS = 40_000_000
 
+# Extreme aspect ratios: a model resizes an image's short side to its input size, so a 1 x 20000 PNG (164 bytes,
+# 20,000 px) would become 160 x 3,200,000 (1.5 GB of RGB) before the centre crop. The rule: an image whose long
+# side is more than MAX_ASPECT times its short side is refused in one line, from its header, before decoding.
+# 50:1 keeps every camera photo and panorama (a 360-degree strip is about 8:1) and bounds a resized image at
+# 50 x size^2 pixels.
+MAX_ASPECT = 50
+# The largest model input side a bundle or checkpoint may ask for (CLIP towers use 224-448; SigLIP up to 512):
+# a preprocess.json that says 40000 is refused before any image is resized to it.
+MAX_INPUT_SIZE = 2048
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
 
 
@@ -42,6 +52,11 @@ Source = str | os.PathLike | bytes | io.BytesIO
 def _check_budget(img: Image.Image, name: str, budget: int) -> None:
     """Refuse (or, for JPEG, draft-decode) an image whose header claims more pixels than ``budget``."""
     w, h = img.size
+    if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageLoadError(
+            f"image {name} is {w} x {h}: an aspect ratio over {MAX_ASPECT}:1 is refused (resizing its short side "
+            "to the model's input would make its long side too large)"
+        )
     frames = getattr(img, "n_frames", 1) if img.format == "TIFF" else 1
     if w * h * frames <= budget:
         return

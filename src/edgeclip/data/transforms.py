@@ -30,6 +30,17 @@ class Preprocess:
     resize: str = "shortest"  # shortest | squash
     interpolation: str = "bicubic"
 
+    def __post_init__(self):
+        from edgeclip.core.errors import EdgeClipError
+        from edgeclip.core.images import MAX_INPUT_SIZE
+
+        try:
+            size = int(self.size)
+        except (TypeError, ValueError):
+            raise EdgeClipError(f"preprocessing: input size must be a whole number, got {self.size!r}") from None
+        if not 0 < size <= MAX_INPUT_SIZE or size != self.size:
+            raise EdgeClipError(f"preprocessing: input size {self.size} is outside 1..{MAX_INPUT_SIZE}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)

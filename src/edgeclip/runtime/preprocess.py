@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.images import MAX_INPUT_SIZE
 
 _FILTERS = {
     "nearest": Image.NEAREST,
@@ -49,7 +50,9 @@ class NumpyPreprocess:
             raise EdgeClipError(f"preprocess.json: unknown resize mode {resize!r} (shortest, squash)")
         if interp not in _FILTERS:
             raise EdgeClipError(f"preprocess.json: unknown interpolation {interp!r} ({', '.join(_FILTERS)})")
-        if size <= 0 or len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        if not 0 < size <= MAX_INPUT_SIZE:
+            raise EdgeClipError(f"preprocess.json: size {size} is outside 1..{MAX_INPUT_SIZE}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise EdgeClipError(f"preprocess.json: bad size/mean/std ({size}, {mean}, {std})")
         return cls(size, mean, std, resize, interp)  # type: ignore[arg-type]
 

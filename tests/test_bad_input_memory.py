@@ -1,0 +1,80 @@
+"""Memory bounded by construction: thin images (a 1 x 20000 PNG is 121 bytes) and a bundle whose preprocess.json
+asks for a 40000-px input are refused before anything is resized, so `edgeclip label` stays small. Peak RSS is
+measured by the test, for the label command alone, in a fresh parent process (subprocess + resource)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from edgeclip.core.io import sha256_file
+from test_export_fixtures import SHAPE_LABELS, bundle_for_tests
+
+LIMIT_MB = 600
+THIN = [(1, 20000), (20000, 1), (2, 100000)]
+
+
+@pytest.fixture(scope="module")
+def tb(tmp_path_factory, tiny_teacher, shapes):
+    return bundle_for_tests(tmp_path_factory, tiny_teacher, shapes)
+
+
+def peak_rss_mb(args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    """Run ``edgeclip ARGS`` under a fresh Python parent; -> (the child's peak RSS in MB, its result)."""
+    code = textwrap.dedent(f"""
+        import json, resource, subprocess, sys
+        r = subprocess.run([sys.executable, "-m", "edgeclip", *{args!r}], capture_output=True, text=True)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(json.dumps({{"peak_mb": peak, "rc": r.returncode, "out": r.stdout, "err": r.stderr}}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    got = json.loads(r.stdout)
+    done = subprocess.CompletedProcess(args, got["rc"], got["out"], got["err"])
+    return got["peak_mb"], done
+
+
+@pytest.mark.parametrize("w,h", THIN)
+def test_thin_images_are_refused_in_one_line_with_bounded_memory(tb, tmp_path, w, h):
+    img = tmp_path / f"thin_{w}x{h}.png"
+    Image.new("L", (w, h), 128).save(img, optimize=True)
+    assert img.stat().st_size < 1000
+    peak, r = peak_rss_mb(["label", str(img), "--bundle", str(tb["bundle"]), "--labels", "circle,star"])
+    assert "Traceback" not in r.stderr and "aspect ratio over 50:1" in r.stderr, r.stderr
+    assert peak < LIMIT_MB, f"label on a {w} x {h} image peaked at {peak:.0f} MB"
+
+
+def test_a_bundle_that_asks_for_a_huge_input_is_refused(tb, tmp_path):
+    """preprocess.json says size 40000 and the manifest is re-hashed to match: the field's range refuses it."""
+    b = tmp_path / "b"
+    shutil.copytree(tb["bundle"], b)
+    pp = json.loads((b / "preprocess.json").read_text())
+    (b / "preprocess.json").write_text(json.dumps({**pp, "size": 40000}))
+    man = json.loads((b / "manifest.json").read_text())
+    man["files"]["preprocess.json"] = {
+        "sha256": sha256_file(b / "preprocess.json"),
+        "bytes": (b / "preprocess.json").stat().st_size,
+    }
+    (b / "manifest.json").write_text(json.dumps(man))
+    peak, r = peak_rss_mb(
+        ["label", str(tb["images"][0]), "--bundle", str(b), "--labels", ",".join(SHAPE_LABELS)]
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().startswith("error:") and "size 40000 is outside" in r.stderr, r.stderr
+    assert peak < LIMIT_MB, f"peaked at {peak:.0f} MB"
+
+
+def test_an_image_at_the_aspect_limit_still_labels(tb, tmp_path):
+    """50:1 is the rule's edge: a wide panorama strip is labeled, not refused."""
+    img = tmp_path / "strip.jpg"
+    Image.new("RGB", (2000, 40), (200, 30, 30)).save(img)
+    peak, r = peak_rss_mb(["label", str(img), "--bundle", str(tb["bundle"]), "--labels", "circle,star"])
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 1, r.stderr
+    assert peak < LIMIT_MB
+    assert Path(img).is_file()
