@@ -348,3 +348,40 @@ def test_cli_label_with_example_images(tb, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["label", str(a), "--bundle", str(tb["bundle"]), "--example", "mine"])
     assert e.value.code == 2 and "LABEL=image1.jpg" in capsys.readouterr().err
+
+
+def test_held_connections_neither_starve_requests_nor_stay_open(tb, server):
+    """200 clients that send half a request head and wait: a normal /label is still answered within 2 s, and the
+    held connections are closed within 15 s (a request head is due within 10 s)."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    u = urlsplit(server)
+    held = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection((u.hostname, u.port), timeout=5)
+            s.sendall(b"POST /label HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data")
+            held.append(s)
+        img = tb["images"][0]
+        t0 = time.perf_counter()
+        r = httpx.post(f"{server}/label", files={"file": (img.name, img.read_bytes())}, timeout=10)
+        took = time.perf_counter() - t0
+        assert r.status_code == 200 and took < 2.0, (r.status_code, took)
+        deadline = time.time() + 15
+        open_ = list(held)
+        while open_ and time.time() < deadline:
+            for s in list(open_):
+                s.settimeout(0.05)
+                try:
+                    if s.recv(1) == b"":
+                        open_.remove(s)
+                except TimeoutError:
+                    pass
+                except OSError:
+                    open_.remove(s)
+        assert not open_, f"{len(open_)} of 200 held connections still open after 15 s"
+    finally:
+        for s in held:
+            s.close()

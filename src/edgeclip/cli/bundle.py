@@ -119,6 +119,7 @@ def serve_cmd(
     import uvicorn
 
     from edgeclip.serve.app import LOOPBACK_HOSTS, create_app
+    from edgeclip.serve.protocol import uvicorn_config
 
     token = token or secrets.token_urlsafe(18)
     hosts = [*LOOPBACK_HOSTS, *allow_host] + ([host] if host not in ("0.0.0.0", "::") else [])
@@ -143,10 +144,8 @@ def serve_cmd(
     )
     where = f"http://{host}:{port}/" + ("" if read_only else f"#token={token}")
     typer.echo(f"serving {bundle} ({application.state.model.name}) on {where}", err=True)
-    # slow clients: idle keep-alive connections close after 5 s, at most 64 connections at once
-    uvicorn.run(
-        application, host=host, port=port, log_level="warning", timeout_keep_alive=5, limit_concurrency=64
-    )
+    # slow clients: a request head must arrive within 10 s, idle keep-alive connections close after 5 s
+    uvicorn.Server(uvicorn_config(application, host=host, port=port)).run()
 
 
 def _text_encoder(bundle: Path, spec: str):

@@ -37,7 +37,9 @@ class Preprocess:
         try:
             size = int(self.size)
         except (TypeError, ValueError):
-            raise EdgeClipError(f"preprocessing: input size must be a whole number, got {self.size!r}") from None
+            raise EdgeClipError(
+                f"preprocessing: input size must be a whole number, got {self.size!r}"
+            ) from None
         if not 0 < size <= MAX_INPUT_SIZE or size != self.size:
             raise EdgeClipError(f"preprocessing: input size {self.size} is outside 1..{MAX_INPUT_SIZE}")
 

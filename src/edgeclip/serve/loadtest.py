@@ -81,7 +81,9 @@ class running_server:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        from edgeclip.serve.protocol import uvicorn_config
+
+        self.server = uvicorn.Server(uvicorn_config(app, port=0))
 
     def __enter__(self) -> str:
         import threading
