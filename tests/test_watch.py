@@ -249,3 +249,44 @@ def test_a_followed_folder_picks_up_frames_a_camera_writes(video, tmp_path):
     )
     t.join()
     assert s["sampled"] == 8 and s["events_per_rule"]["circle"] == 1 and s["events_per_rule"]["square"] == 1
+
+
+def test_bad_frames_folder_fps_and_sources_via_the_cli(video, tmp_path, capsys):
+    """An unreadable frame and a link loop in a frame folder are skipped and counted; --folder-fps 0 or -5 is one
+    line; an unreadable video exits 2 with its summary written."""
+    import os
+
+    from edgeclip.cli import main
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, c in enumerate(["circle", "circle", "square", "square"]):
+        (frames / f"{i:03d}.jpg").write_bytes(video["pick"][c].read_bytes())
+    (frames / "002b.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    os.symlink(frames / "loop.jpg", frames / "loop.jpg")  # a link to itself
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps(video["rules"]))
+    base = ["watch", "--bundle", str(video["tb"]["bundle"]), "--rules", str(rules), "--no-progress"]
+
+    def run(*args):
+        try:
+            main([*base, *map(str, args)])
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    code, out, err = run(frames, "--out", tmp_path / "w", "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["sampled"] == 4 and s["unreadable_frames"] == 1 and "skipped 1 unreadable frames" in err
+    for fps in ("0", "-5"):
+        code, out, err = run(frames, "--out", tmp_path / "w2", "--folder-fps", fps)
+        assert code == 2 and err.startswith("error: --folder-fps must be a number > 0"), err
+        assert len(err.strip().splitlines()) == 1
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video" * 100)
+    code, out, err = run(junk, "--out", tmp_path / "j")
+    assert code == 2 and "Traceback" not in err and (tmp_path / "j" / "summary.json").is_file()
+    assert err.strip().splitlines()[-1].startswith("error:") and "cannot open" in err

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from edgeclip.cli.common import echo_json
+from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES
 
 app = typer.Typer()
@@ -150,7 +151,6 @@ def serve_cmd(
 
 def _text_encoder(bundle: Path, spec: str):
     """names -> (L, D) embeddings with the bundle's teacher text tower and templates (checked by teacher id)."""
-    from edgeclip.core.errors import EdgeClipError
     from edgeclip.models.teachers import load_teacher
     from edgeclip.runtime.bundle import read_manifest
     from edgeclip.zeroshot.text import text_embeddings
@@ -200,3 +200,7 @@ def watch_cmd(
     )
     if as_json:  # else the watcher's own closing line (stderr) says what happened, and summary.json holds it
         echo_json(summary)
+    # an unreadable or broken source: what was labeled is kept, and the exit code says so
+    if summary.get("error"):
+        kept = f"what was labeled is kept; summary: {Path(out) / 'summary.json'}"
+        raise EdgeClipError(f"{summary['error']} ({kept})")

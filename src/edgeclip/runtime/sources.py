@@ -8,6 +8,7 @@ its own size, made only for the frames that are kept. A bad source is one :class
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -127,14 +128,17 @@ class FolderSource(Source):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise SourceError(f"frame folder not found: {folder}")
-        self.fps, self.follow, self.idle, self.poll = fps, follow, idle, poll
+        for name, v in (("--folder-fps", fps), ("idle", idle), ("poll", poll)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise SourceError(f"{name} must be a number > 0, got {v}")
+        self.fps, self.follow, self.idle, self.poll = float(fps), follow, idle, poll
         self.live = follow
 
     def _names(self) -> list[str]:
         return sorted(
             e.name
             for e in os.scandir(self.folder)
-            if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTS
+            if Path(e.name).suffix.lower() in IMAGE_EXTS and _is_file(e)
         )
 
     def frames(self, start: float = 0.0) -> Iterator[Frame]:
@@ -158,6 +162,14 @@ class FolderSource(Source):
 
     def describe(self) -> dict:
         return {**super().describe(), "folder": str(self.folder), "fps": self.fps, "follow": self.follow}
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """A regular file (through links); a link loop or an unreadable entry is not a frame."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _file_frame(path: Path, index: int, t: float) -> Frame | None:

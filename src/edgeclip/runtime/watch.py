@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.io import atomic_path, write_json
 from edgeclip.runtime.bundle import LabelSet, prototype
 from edgeclip.runtime.sources import Frame, Source, SourceError, open_source
@@ -374,7 +374,12 @@ def _sample(
             if fr.t + 1e-9 < next_t:
                 continue
             next_t = max(next_t + 1.0 / rules.fps, fr.t)
-        img = fr.model_input(*pp.output_size(*fr.size)) if fr.size[0] else fr.full()
+        try:
+            img = fr.model_input(*pp.output_size(*fr.size)) if fr.size[0] else fr.full()
+        except ImageLoadError as e:  # one unreadable frame file: skipped and counted, the watch goes on
+            seen["unreadable"] = seen.get("unreadable", 0) + 1
+            seen.setdefault("first_unreadable", str(e))
+            continue
         yield _Sampled(fr, img, time.perf_counter(), n, next_t)
 
 
@@ -489,6 +494,9 @@ def watch(
     flush()
     if not interrupted and not error and not (max_frames and w.stats["sampled"] >= max_frames):
         w.stats["decoded"] = seen["n"] - n0  # the source ended: every frame it decoded, sampled or not
+    w.stats["unreadable_frames"] = seen.get("unreadable", 0)
+    if seen.get("unreadable"):
+        log(f"skipped {seen['unreadable']} unreadable frames (first: {seen['first_unreadable']})")
     w.close(last_t)
     _save_state(out, src, last_t, next_t, n, w)
     wall = time.time() - t_wall
