@@ -175,6 +175,20 @@ def test_bad_sources_and_rules_are_one_line(video, tmp_path):
         ),
         ({"rules": [{"name": "a", "query": "x"}], "score": "cosine", "sample": {"fps": 0}}, "sample.fps > 0"),
         ({"rules": [{"name": "a", "query": "x", "colour": 1}], "score": "cosine"}, "unknown keys"),
+        # types and ranges, from the strict reader
+        ({"rules": [{"name": "a", "query": ["x", "y"]}], "score": "cosine"}, r"query must be text"),
+        ({"rules": {"name": "a"}}, "needs `rules:`"),
+        ({"rules": [{"name": "a", "query": "x"}], "score": "cosine", "keep": 5}, "keep must be a mapping"),
+        ({"rules": [{"name": "a", "query": "x"}], "score": "cosine", "batch": "8"}, "batch must be a whole"),
+        ({"rules": [{"name": "a", "query": "x", "threshold": -1}, {"name": "b", "query": "y"}]}, r"\[0, 1\]"),
+        ({"rules": [{"name": "a", "query": "x", "threshold": 5}], "score": "cosine"}, r"\[-1, 1\]"),
+        ({"rules": [{"name": "a", "query": "x", "max_frames": 2.5}], "score": "cosine"}, "whole number"),
+        (
+            {"rules": [{"name": "a/b", "query": "x"}, {"name": "a:b", "query": "y"}]},
+            "make the same file name",
+        ),
+        ({"rules": [{"name": "a", "query": "x"}, {"name": "a", "query": "y"}]}, "are both called"),
+        ({"rules": [{"name": "a", "query": "x"}], "score": "cosine", "keep": {"quality": 0}}, "quality"),
     ]:
         with pytest.raises(EdgeClipError, match=msg):
             load_rules(bad)

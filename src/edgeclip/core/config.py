@@ -61,9 +61,51 @@ def apply_overrides(d: dict[str, Any], overrides: Iterable[str]) -> dict[str, An
     return d
 
 
-def build_dataclass(cls, d: dict[str, Any] | None, section: str | None = None):
+def _type_error(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit the annotation ``hint`` (str, int, float, bool, list[X], dict, X | None, Any), or
+    None when it fits. A bool is not a number, a float is not an int, and a number must be finite."""
+    import math
+    import types
+    import typing
+
+    if hint is Any:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errs = [_type_error(value, a) for a in args if a is not type(None)]
+        return None if any(e is None for e in errs) else errs[0]
+    if origin is list:
+        if not isinstance(value, list):
+            return f"must be a list, got {value!r}"
+        for i, v in enumerate(value):
+            e = _type_error(v, args[0]) if args else None
+            if e:
+                return f"item {i + 1} {e}"
+        return None
+    if origin is dict or hint is dict:
+        return None if isinstance(value, dict) else f"must be a mapping, got {value!r}"
+    if hint is bool:
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if hint is int:
+        return (
+            None
+            if isinstance(value, int) and not isinstance(value, bool)
+            else f"must be a whole number, got {value!r}"
+        )
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else f"must be a number, got {value!r}"
+    if hint is str:
+        return None if isinstance(value, str) else f"must be text, got {value!r}"
+    return None
+
+
+def build_dataclass(cls, d: dict[str, Any] | None, section: str | None = None, typed: bool = False):
     """``cls(**d)`` with unknown keys refused in one line ("did you mean"); ``section`` names where they sat
-    (``train`` for ``train.epochz``)."""
+    (``train`` for ``train.epochz``). ``typed``: each value is also checked against its field's annotation
+    (:func:`_type_error`), one line naming the key."""
     import difflib
 
     d = d or {}
@@ -78,6 +120,14 @@ def build_dataclass(cls, d: dict[str, Any] | None, section: str | None = None):
         raise EdgeClipError(
             f"unknown {cls.__name__} keys: {', '.join(where + k for k in unknown)}.{hint} (known: {', '.join(fields)})"
         )
+    if typed:
+        import typing
+
+        hints = typing.get_type_hints(cls)
+        for k, v in d.items():
+            err = _type_error(v, hints.get(k, Any))
+            if err:
+                raise EdgeClipError(f"{section + '.' if section else ''}{k} {err}")
     return cls(**d)
 
 

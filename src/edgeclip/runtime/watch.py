@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import os
 import sys
 import time
@@ -79,9 +78,48 @@ class Rules:
     quality: int = 90
 
 
+# the shape of a rules file, read by the project's strict reader (types checked per key), then ranged below
+@dataclass
+class _Sample:
+    fps: float | None = None
+    every: int = 1
+
+
+@dataclass
+class _Keep:
+    max_frames: int = 500
+    max_bytes: int = 200_000_000
+    quality: int = 90
+
+
+@dataclass
+class _RulesFile:
+    rules: list[dict]
+    sample: dict | None = None
+    batch: int = 8
+    smoothing: float = 0.5
+    score: str = "softmax"
+    scale: float | None = None
+    background: list[str] = field(default_factory=list)
+    keep: dict | None = None
+
+
+MAX_RULES, MAX_EXAMPLES, MAX_BACKGROUND = 256, 64, 1000
+THRESHOLD_RANGE = {"softmax": (0.0, 1.0), "cosine": (-1.0, 1.0)}
+
+
+def _ranged(where: str, key: str, v: float, lo: float, hi: float) -> None:
+    if not lo <= v <= hi:
+        raise EdgeClipError(f"{where}: {key} must be in [{lo:g}, {hi:g}], got {v:g}")
+
+
 def load_rules(path: str | os.PathLike | dict) -> Rules:
-    """Read and check a rules file (YAML or JSON, or a dict); every problem is one line naming the key."""
+    """Read and check a rules file (YAML or JSON, or a dict); every problem is one line naming the key: unknown
+    keys, types (the strict reader), ranges (thresholds in [0, 1] for softmax scores, [-1, 1] for cosine), and
+    rule names that stay unique once made file names."""
     import yaml
+
+    from edgeclip.core.config import build_dataclass
 
     if isinstance(path, dict):
         d, where = path, "rules"
@@ -91,6 +129,8 @@ def load_rules(path: str | os.PathLike | dict) -> Rules:
             d = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise EdgeClipError(f"rules file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise EdgeClipError(f"cannot read rules file {path}: {e}") from None
         except yaml.YAMLError as e:
             raise EdgeClipError(f"{path} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(d, dict) or not isinstance(d.get("rules"), list) or not d["rules"]:
@@ -98,75 +138,76 @@ def load_rules(path: str | os.PathLike | dict) -> Rules:
     bad = set(d) - FILE_KEYS
     if bad:
         raise EdgeClipError(f"{where}: unknown keys {sorted(bad)} (known: {sorted(FILE_KEYS)})")
-    rules, names = [], set()
-    for i, r in enumerate(d["rules"]):
-        if not isinstance(r, dict) or not r.get("name"):
-            raise EdgeClipError(f"{where}: rule {i + 1} needs a name")
+    f = build_dataclass(_RulesFile, d, where, typed=True)
+    sample = build_dataclass(_Sample, f.sample or {}, f"{where}: sample", typed=True)
+    keep = build_dataclass(_Keep, f.keep or {}, f"{where}: keep", typed=True)
+    if f.score not in THRESHOLD_RANGE:
+        raise EdgeClipError(f"{where}: score must be softmax or cosine, got {f.score!r}")
+    if len(f.rules) > MAX_RULES or len(f.background) > MAX_BACKGROUND:
+        raise EdgeClipError(f"{where}: at most {MAX_RULES} rules and {MAX_BACKGROUND} background texts")
+    base = Path(where).parent if not isinstance(path, dict) else Path(".")
+    rules, files = [], {}
+    for i, r in enumerate(f.rules):
+        if not r.get("name") or not isinstance(r["name"], str):
+            raise EdgeClipError(f"{where}: rule {i + 1} needs a name (text)")
         if set(r) - RULE_KEYS:
             raise EdgeClipError(f"{where}: rule {r['name']!r}: unknown keys {sorted(set(r) - RULE_KEYS)}")
-        if bool(r.get("query")) == bool(r.get("examples")):
-            raise EdgeClipError(
-                f"{where}: rule {r['name']!r} needs exactly one of `query` (text) and `examples`"
-            )
-        if r["name"] in names:
-            raise EdgeClipError(f"{where}: two rules are called {r['name']!r}")
-        names.add(r["name"])
-        base = Path(where).parent if not isinstance(path, dict) else Path(".")
-        ex = [str(p if Path(p).is_absolute() else base / p) for p in (r.get("examples") or [])]
-        rule = Rule(
-            str(r["name"]),
-            r.get("query"),
-            ex,
-            *(
-                _num(r, k, d0, where)
-                for k, d0 in (("threshold", 0.5), ("min_duration", 0.0), ("cooldown", 0.0))
-            ),
+        rule = build_dataclass(
+            Rule, {k: v for k, v in r.items() if v is not None}, f"{where}: rule {r['name']!r}", typed=True
         )
-        rule.max_frames = int(_num(r, "max_frames", 20, where))
-        if rule.max_frames < 0 or rule.min_duration < 0 or rule.cooldown < 0:
+        if bool(rule.query) == bool(rule.examples):
             raise EdgeClipError(
-                f"{where}: rule {rule.name!r}: max_frames, min_duration and cooldown must be >= 0"
+                f"{where}: rule {rule.name!r} needs exactly one of `query` (text) and `examples`"
             )
+        if len(rule.examples) > MAX_EXAMPLES:
+            raise EdgeClipError(f"{where}: rule {rule.name!r}: at most {MAX_EXAMPLES} examples")
+        safe = _safe(rule.name)
+        if safe in files:
+            same = "are both called" if files[safe] == rule.name else "make the same file name"
+            raise EdgeClipError(f"{where}: rules {files[safe]!r} and {rule.name!r} {same} ({safe!r})")
+        files[safe] = rule.name
+        rule.examples = [str(p if Path(p).is_absolute() else base / p) for p in rule.examples]
+        rw = f"{where}: rule {rule.name!r}"
+        _ranged(rw, "threshold", rule.threshold, *THRESHOLD_RANGE[f.score])
+        for key in ("min_duration", "cooldown"):
+            _ranged(rw, key, getattr(rule, key), 0.0, 86400.0)
+        _ranged(rw, "max_frames", rule.max_frames, 0, 1_000_000)
         rules.append(rule)
-    sample = d.get("sample") or {}
-    if set(sample) - {"fps", "every"}:
-        raise EdgeClipError(f"{where}: sample takes fps or every")
-    keep = d.get("keep") or {}
-    if set(keep) - {"max_frames", "max_bytes", "quality"}:
-        raise EdgeClipError(f"{where}: keep takes max_frames, max_bytes, quality")
-    out = Rules(
-        rules,
-        every=int(sample.get("every", 1)),
-        fps=float(sample["fps"]) if sample.get("fps") is not None else None,
-        batch=int(d.get("batch", 8)),
-        smoothing=float(d.get("smoothing", 0.5)),
-        score=str(d.get("score", "softmax")),
-        scale=float(d["scale"]) if d.get("scale") is not None else None,
-        background=[str(b) for b in (d.get("background") or [])],
-        max_frames=int(keep.get("max_frames", 500)),
-        max_bytes=int(keep.get("max_bytes", 200_000_000)),
-        quality=int(keep.get("quality", 90)),
-    )
-    if out.every < 1 or out.batch < 1 or not 0 < out.smoothing <= 1 or (out.fps is not None and out.fps <= 0):
+    if (
+        sample.every < 1
+        or f.batch < 1
+        or not 0 < f.smoothing <= 1
+        or (sample.fps is not None and sample.fps <= 0)
+    ):
         raise EdgeClipError(
             f"{where}: sample.every and batch must be >= 1, sample.fps > 0, 0 < smoothing <= 1"
         )
-    if out.scale is not None and not 0 < out.scale <= 1000:
-        raise EdgeClipError(f"{where}: scale must be in (0, 1000], got {out.scale}")
-    if out.score not in ("softmax", "cosine"):
-        raise EdgeClipError(f"{where}: score must be softmax or cosine, got {out.score!r}")
-    if out.score == "softmax" and len(rules) + len(out.background) < 2:
+    _ranged(where, "batch", f.batch, 1, 256)
+    _ranged(where, "sample.every", sample.every, 1, 100_000)
+    if sample.fps is not None:
+        _ranged(where, "sample.fps", sample.fps, 1e-3, 1000)
+    _ranged(where, "keep.max_frames", keep.max_frames, 0, 1_000_000)
+    _ranged(where, "keep.max_bytes", keep.max_bytes, 0, 1e12)
+    _ranged(where, "keep.quality", keep.quality, 1, 100)
+    if f.scale is not None and not 0 < f.scale <= 1000:
+        raise EdgeClipError(f"{where}: scale must be in (0, 1000], got {f.scale}")
+    if f.score == "softmax" and len(rules) + len(f.background) < 2:
         raise EdgeClipError(
             f"{where}: a softmax over one query is always 1: add `background:` texts or use `score: cosine`"
         )
-    return out
-
-
-def _num(r: dict, key: str, default: float, where: str) -> float:
-    v = r.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise EdgeClipError(f"{where}: rule {r.get('name')!r}: {key} must be a number, got {v!r}")
-    return float(v)
+    return Rules(
+        rules,
+        every=sample.every,
+        fps=sample.fps,
+        batch=f.batch,
+        smoothing=float(f.smoothing),
+        score=f.score,
+        scale=f.scale,
+        background=list(f.background),
+        max_frames=keep.max_frames,
+        max_bytes=keep.max_bytes,
+        quality=keep.quality,
+    )
 
 
 # ---------------------------------------------------------------------------------------- rule state
