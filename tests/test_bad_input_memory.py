@@ -78,3 +78,39 @@ def test_an_image_at_the_aspect_limit_still_labels(tb, tmp_path):
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 1, r.stderr
     assert peak < LIMIT_MB
     assert Path(img).is_file()
+
+
+def _rehash(b: Path, name: str) -> None:
+    man = json.loads((b / "manifest.json").read_text())
+    man["files"][name] = {"sha256": sha256_file(b / name), "bytes": (b / name).stat().st_size}
+    (b / "manifest.json").write_text(json.dumps(man))
+
+
+def test_label_caps_hold_at_load_time_and_before_embedding(tb, tmp_path):
+    """A bundle whose labels.json holds 10,001 labels (manifest re-hashed) is refused when loaded; a server edit of
+    1,001 new texts is refused before any of them is embedded."""
+    import httpx
+
+    from edgeclip.core.errors import EdgeClipError
+    from edgeclip.runtime import Labeler
+    from edgeclip.serve.app import create_app
+    from test_export_fixtures import running_server
+
+    b = tmp_path / "b"
+    shutil.copytree(tb["bundle"], b)
+    lab = json.loads((b / "labels.json").read_text())
+    row = lab["embeddings"][0]
+    lab["labels"] = [f"label {i}" for i in range(10_001)]
+    lab["embeddings"] = [row] * 10_001
+    (b / "labels.json").write_text(json.dumps(lab))
+    _rehash(b, "labels.json")
+    with pytest.raises(EdgeClipError, match="over the cap of 10000"):
+        Labeler(b)
+    with running_server(create_app(tb["bundle"], threads=1, token="t")) as url:
+        r = httpx.put(
+            f"{url}/api/labels",
+            json={"labels": [f"a new text {i}" for i in range(1001)]},
+            headers={"X-Edgeclip-Token": "t"},
+            timeout=30,
+        )
+        assert r.status_code == 413 and "at most 1000" in r.text  # refused before the text encoder is asked

@@ -40,8 +40,17 @@ class BundleError(EdgeClipError):
     """A bundle with a missing, altered or inconsistent file."""
 
 
+MAX_JSON_BYTES = 256 * 2**20  # a bundle's JSON file (labels.json of 10,000 labels x 1024-d is about 200 MB)
+MAX_EMBED_DIM = 8192
+
+
 def _read_json(path: Path) -> Any:
     try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise BundleError(
+                f"{path} is {size / 2**20:.0f} MB: over the {MAX_JSON_BYTES // 2**20} MB a bundle file may be"
+            )
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BundleError(f"bundle file missing: {path}") from None
@@ -150,11 +159,17 @@ def read_labels(path: str | os.PathLike) -> LabelSet:
     d = _read_json(path)
     if not isinstance(d, dict) or not isinstance(d.get("labels"), list) or "embeddings" not in d:
         raise BundleError(f"{path}: expected {{'labels': [...], 'embeddings': [[...]], 'templates': [...]}}")
+    from edgeclip.core.prompts import MAX_LABELS
+
+    if len(d["labels"]) > MAX_LABELS:  # the cap holds at load time too, not only on edits
+        raise BundleError(f"{path}: {len(d['labels'])} labels, over the cap of {MAX_LABELS}")
     try:
         emb = np.asarray(d["embeddings"], dtype=np.float32)
     except (TypeError, ValueError):
         raise BundleError(f"{path}: 'embeddings' is not a numeric (L, D) array") from None
-    if "embed_dim" in d and emb.ndim == 2 and emb.shape[1] != d["embed_dim"]:
+    if emb.ndim != 2 or not 0 < emb.shape[1] <= MAX_EMBED_DIM:
+        raise BundleError(f"{path}: embeddings must be (L, D) with 0 < D <= {MAX_EMBED_DIM}, got {emb.shape}")
+    if "embed_dim" in d and emb.shape[1] != d["embed_dim"]:
         raise BundleError(f"{path}: embeddings are {emb.shape[1]}-d but embed_dim says {d['embed_dim']}")
     try:
         return LabelSet([str(n) for n in d["labels"]], emb, [str(t) for t in d.get("templates", [])])

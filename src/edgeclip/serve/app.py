@@ -37,9 +37,11 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
+from edgeclip.core.prompts import MAX_LABELS
 from edgeclip.runtime import load_bundle
 
 STATIC = Path(__file__).parent / "static"
+MAX_EDIT_TEXTS = 1000  # new label texts one PUT /api/labels may embed (about 2 s of int8 text tower)
 MAX_REQUEST_TEXTS = 64  # new label texts one POST /label may embed (per request; PUT /api/labels keeps them)
 # the server's pixel budget, checked from the header before decoding: lower than the library's 40 Mpx
 DEFAULT_MAX_PIXELS = 16_000_000
@@ -398,7 +400,20 @@ def _labels(app: FastAPI, s: _Server) -> None:
         _may_edit(request)
         names = _names(body.labels)
         with lock:
-            unknown = [n for n in names if n not in model.known.names]
+            known = set(model.known.names)
+            unknown = [n for n in names if n not in known]
+            # caps before any text is embedded (10,000 new texts took 12 s before the total cap refused them)
+            if len(known) + len(unknown) > MAX_LABELS:
+                raise ApiError(
+                    413,
+                    f"{len(known)} known + {len(unknown)} new labels is over the cap of {MAX_LABELS}: "
+                    "remove labels first",
+                )
+            if len(unknown) > MAX_EDIT_TEXTS:
+                raise ApiError(
+                    413,
+                    f"{len(unknown)} new label texts in one edit (at most {MAX_EDIT_TEXTS}): send them in parts",
+                )
             if unknown:
                 if text_encoder is None:
                     raise ApiError(
