@@ -8,6 +8,7 @@ Every user error, usage errors included, is one ``error: ...`` line and exit cod
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -95,6 +96,9 @@ def missing_extra(e: ModuleNotFoundError, args: list[str]) -> str | None:
     )
 
 
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+
+
 def _quiet_libraries() -> None:
     """Third-party deprecation chatter is not the user's business; set once, for the command line only."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -145,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{e.filename or e} is a file, not a folder: give --out a folder")
     except (IsADirectoryError, NotADirectoryError, PermissionError) as e:  # an --out that cannot be written
         _fail(f"{e.strerror.lower() if e.strerror else type(e).__name__}: {e.filename or e}")
+    except OSError as e:  # a full disk, a read-only file system, a quota: where, and what the system said
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        _fail(f"cannot write {e.filename or 'the output'}: {(e.strerror or type(e).__name__).lower()}")
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -291,7 +291,17 @@ def ensure_extracted(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
     if marker.exists():
         return dest
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tar_path) as tf:
-        tf.extractall(dest, filter="data")
+    try:
+        with tarfile.open(tar_path) as tf:
+            tf.extractall(dest, filter="data")  # members that climb out, links outside, devices: refused
+    except tarfile.FilterError as e:
+        raise EdgeClipError(
+            f"{tar_path}: refused to unpack member {getattr(e, 'tarinfo', None) and e.tarinfo.name!r} "
+            f"({type(e).__name__}: it would land outside {dest} or is not a plain file)"
+        ) from None
+    except (tarfile.TarError, EOFError) as e:
+        raise EdgeClipError(
+            f"{tar_path} is not a readable tar archive: {' '.join(str(e).split())[:200]}"
+        ) from None
     marker.write_text("ok\n")
     return dest

@@ -1,6 +1,10 @@
-"""Memory bounded by construction: thin images (a 1 x 20000 PNG is 121 bytes) and a bundle whose preprocess.json
-asks for a 40000-px input are refused before anything is resized, so `edgeclip label` stays small. Peak RSS is
-measured by the test, for the label command alone, in a fresh parent process (subprocess + resource)."""
+"""Hostile and careless input, round 2 (beside test_bad_input_corpus.py; the server's held connections are in
+test_serve_api.py, the watcher's bad sources and rules in test_watch.py).
+
+Memory bounded by construction: thin images (a 1 x 20000 PNG is 121 bytes) and a bundle whose preprocess.json asks
+for a 40000-px input are refused before anything is resized, so `edgeclip label` stays small; peak RSS is measured
+by the test, for the label command alone, in a fresh parent process (subprocess + resource). Field ranges and caps
+at load time; full and read-only output folders and hostile tar members are one line."""
 
 from __future__ import annotations
 
@@ -114,3 +118,81 @@ def test_label_caps_hold_at_load_time_and_before_embedding(tb, tmp_path):
             timeout=30,
         )
         assert r.status_code == 413 and "at most 1000" in r.text  # refused before the text encoder is asked
+
+
+@pytest.fixture()
+def small_mounts(tmp_path):
+    """{'full': a 64 KB tmpfs filled to the brim, 'ro': a read-only tmpfs}; skipped where mounting is not allowed."""
+    import os
+
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root (disk-full and read-only cases)")
+    mounts = {"full": tmp_path / "full", "ro": tmp_path / "ro"}
+    done = []
+    try:
+        for name, opts in (("full", "size=64k"), ("ro", "ro,size=64k")):
+            mounts[name].mkdir()
+            r = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mounts[name])], capture_output=True
+            )
+            if r.returncode:
+                pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()[:200]}")
+            done.append(mounts[name])
+        with open(mounts["full"] / "filler", "wb", buffering=0) as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 4096)
+            except OSError:  # ENOSPC: the disk is full
+                pass
+        yield mounts
+    finally:
+        for m in done:
+            subprocess.run(["umount", str(m)], capture_output=True)
+
+
+def test_full_and_read_only_output_folders_are_one_line(tb, small_mounts):
+    img = str(tb["images"][0])
+    for name, said in (("full", "no space left on device"), ("ro", "read-only file system")):
+        out = small_mounts[name] / "labels.jsonl"
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgeclip",
+                "label",
+                img,
+                "--bundle",
+                str(tb["bundle"]),
+                "--labels",
+                "circle,star",
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: cannot write") and said in last, r.stderr
+
+
+def test_tar_members_that_climb_out_are_one_line(tmp_path):
+    import io
+    import tarfile
+
+    from edgeclip.core.errors import EdgeClipError
+    from edgeclip.data.sources import ensure_extracted
+
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tf:
+        data = b"\xff\xd8 not really a jpeg"
+        info = tarfile.TarInfo("../../escaped.jpg")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(EdgeClipError, match="refused to unpack member") as e:
+        ensure_extracted(evil, tmp_path / "into")
+    assert "\n" not in str(e.value) and not (tmp_path.parent / "escaped.jpg").exists()
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 10)
+    with pytest.raises(EdgeClipError, match="not a readable tar archive"):
+        ensure_extracted(tmp_path / "junk.tar", tmp_path / "into2")
