@@ -392,7 +392,7 @@ def test_cli_qat_from_the_shipped_config(stage1, shapes, teacher, tmp_path, caps
     ]
     rc, out, err = _cli([*args, "--weight-bits", "4"], capsys)
     assert rc == 0, err[-2000:]
-    res = json.loads(out[out.index("{\n") :])  # per-epoch lines first, then the result
+    res = json.loads(out.strip().splitlines()[-1])  # per-epoch lines first, then the result as one JSON line
     assert res["exports"]["rgb"].endswith("w4a8.onnx") and Path(res["exports"]["rgb"]).is_file()
     assert res["semi_hard_fraction"] is not None and min(res["onnx_min_cosine_vs_torch_int8"].values()) > 0.99
     saved = json.loads((tmp_path / "qat" / "qat.json").read_text())
