@@ -121,13 +121,40 @@ def test_min_duration_cooldown_and_caps(video, tmp_path):
     assert s["events_per_rule"]["circle"] == 1 and s["events_per_rule"]["square"] == 2
 
 
+COUNTS = (
+    "decoded",
+    "sampled",
+    "events",
+    "kept_frames",
+    "dropped_by_caps",
+    "events_per_rule",
+    "kept_per_rule",
+)
+
+
+def _same_run(a: Path, b: Path, sa: dict, sb: dict) -> bool:
+    """Two watch outputs are the same run: events.jsonl line for line, the kept files byte for byte, the counts."""
+    ea, eb = (a / "events.jsonl").read_text(), (b / "events.jsonl").read_text()
+    assert ea == eb, (ea, eb)
+    fa = {p.name: p.read_bytes() for p in (a / "frames").glob("*.jpg")}
+    fb = {p.name: p.read_bytes() for p in (b / "frames").glob("*.jpg")}
+    assert fa.keys() == fb.keys() and fa == fb
+    assert {k: sa[k] for k in COUNTS} == {k: sb[k] for k in COUNTS}
+    assert all(json.loads(x).get("duration", 0) >= 0 for x in ea.splitlines())
+    return True
+
+
 def test_a_file_source_resumes_after_a_stop(video, tmp_path):
     lab = load_bundle(video["tb"]["bundle"], threads=1)
     r = load_rules({**video["rules"], "sample": {"fps": 5}})
     first = watch(video["truth"]["path"], lab, r, tmp_path / "o", max_frames=12, progress=False)
     assert first["sampled"] == 12
     rest = watch(video["truth"]["path"], lab, r, tmp_path / "o", resume=True, progress=False)
-    assert rest["resumed_from"] > 2.0 and first["sampled"] + rest["sampled"] == 40  # 8 s at 5 fps, none twice
+    assert (
+        rest["resumed_from"] > 2.0 and rest["sampled"] == 40
+    )  # 8 s at 5 fps, none twice; the whole run's count
+    whole = watch(video["truth"]["path"], lab, r, tmp_path / "whole", progress=False)
+    assert _same_run(tmp_path / "o", tmp_path / "whole", rest, whole)
     other = make_slideshow(
         [(video["pick"]["ring"], 0.5, "ring")], tmp_path / "other.mp4", size=(40, 40), fps=10
     )
@@ -224,13 +251,73 @@ def test_ctrl_c_ends_cleanly_with_a_summary(video, tmp_path):
         progress=True,
         log=lines.append,
     )
-    assert s["stopped"] == "interrupted" and s["decoded"] == 25
+    # the unfinished batch (frame 25 of batches of 4) is abandoned, not half-labeled: 6 whole batches remain
+    assert s["stopped"] == "interrupted" and s["decoded"] == 24 and s["sampled"] == 24
     rows = [json.loads(x) for x in (tmp_path / "i" / "events.jsonl").read_text().splitlines()]
     assert sum(r["type"] == "start" for r in rows) == sum(r["type"] == "end" for r in rows) >= 2
     assert (tmp_path / "i" / "summary.json").is_file() and json.loads(
         (tmp_path / "i" / "state.json").read_text()
     )["t"] > 2
     assert any("fps" in ln and "latency p50" in ln for ln in lines) and "interrupted" in lines[-1]
+    # --resume goes on with the open event: the same run as one never interrupted
+    lab = load_bundle(video["tb"]["bundle"], threads=1)
+    rest = watch(
+        video["truth"]["path"], lab, load_rules(video["rules"]), tmp_path / "i", resume=True, progress=False
+    )
+    whole = watch(video["truth"]["path"], lab, load_rules(video["rules"]), tmp_path / "w", progress=False)
+    assert _same_run(tmp_path / "i", tmp_path / "w", rest, whole)
+
+
+class Crash(BaseException):
+    """A process killed where it stands (SIGKILL): nothing after it runs, no state is saved."""
+
+
+@pytest.mark.parametrize(
+    "when", [("start", 1), ("frame", 3), ("frame", 7), ("end", 2), ("process", 4), ("sigint", 5)]
+)
+def test_a_watch_killed_at_any_point_resumes_into_the_same_run(video, tmp_path, monkeypatch, when):
+    """Fault injection: the watcher dies at the n-th event start / kept frame / event end / batch (mid-batch, with
+    some of its records written); --resume then yields the same events.jsonl, kept files and counts as a run never
+    killed, with a keep cap in play (the cap must not restart)."""
+    from edgeclip.runtime import watch as wmod
+
+    rules = {**video["rules"], "keep": {"max_frames": 9}}
+    lab = load_bundle(video["tb"]["bundle"], threads=1)
+    whole = watch(video["truth"]["path"], lab, load_rules(rules), tmp_path / "whole", progress=False)
+    kind, n = when
+    calls = {"n": 0}
+    if kind in ("process", "sigint"):
+        orig = wmod.Watcher.process
+
+        def dying(self, frames, decoded_at, images):
+            calls["n"] += 1
+            if calls["n"] == n:
+                orig(self, frames[:2], decoded_at[:2], images[:2])  # half the batch is written, then the end
+                raise Crash if kind == "process" else KeyboardInterrupt  # a kill, or Ctrl-C mid-batch
+            return orig(self, frames, decoded_at, images)
+
+        monkeypatch.setattr(wmod.Watcher, "process", dying)
+    else:
+        orig_write = wmod.Watcher._write
+
+        def dying_write(self, rec):
+            orig_write(self, rec)
+            if rec["type"] == kind:
+                calls["n"] += 1
+                if calls["n"] == n:
+                    raise Crash
+
+        monkeypatch.setattr(wmod.Watcher, "_write", dying_write)
+    if kind == "sigint":  # the half-labeled batch is abandoned, never also finished: durations stay >= 0
+        s = watch(video["truth"]["path"], lab, load_rules(rules), tmp_path / "k", progress=False)
+        assert s["stopped"] == "interrupted"
+    else:
+        with pytest.raises(Crash):
+            watch(video["truth"]["path"], lab, load_rules(rules), tmp_path / "k", progress=False)
+    monkeypatch.undo()
+    rest = watch(video["truth"]["path"], lab, load_rules(rules), tmp_path / "k", resume=True, progress=False)
+    assert _same_run(tmp_path / "k", tmp_path / "whole", rest, whole)
+    assert whole["kept_frames"] == 9 and whole["dropped_by_caps"] > 0
 
 
 def test_a_followed_folder_picks_up_frames_a_camera_writes(video, tmp_path):

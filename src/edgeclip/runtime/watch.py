@@ -46,7 +46,7 @@ from edgeclip.core.io import atomic_path, write_json
 from edgeclip.runtime.bundle import LabelSet, prototype
 from edgeclip.runtime.sources import Frame, Source, SourceError, open_source
 
-STATE_FORMAT = "edgeclip-watch-state/1"
+STATE_FORMAT = "edgeclip-watch-state/2"  # /2: with the watcher's checkpoint
 RULE_KEYS = {"name", "query", "examples", "threshold", "min_duration", "cooldown", "max_frames"}
 FILE_KEYS = {"sample", "batch", "smoothing", "score", "scale", "background", "keep", "rules"}
 
@@ -381,6 +381,82 @@ class Watcher:
             if st.active:
                 self._end(st, t)
 
+    # ---- the checkpoint: everything a resumed run needs to go on exactly as an uninterrupted one
+    RULE_FIELDS = (
+        "smoothed",
+        "above_since",
+        "active",
+        "event",
+        "kept",
+        "start",
+        "peak",
+        "cool_until",
+        "frames_above",
+    )
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The watcher's state after the last whole batch: totals, each rule's smoother, event and pre-roll (the
+        pending frames, saved losslessly in ``.pending/`` so a resumed run keeps the same pixels), and how long
+        events.jsonl was (what a later, unfinished batch wrote past it is rolled back)."""
+        pend_dir = self.out / ".pending"
+        keep_files: set[str] = set()
+        rules = {}
+        for name, st in self.state.items():
+            pending = []
+            for fr, v in st.pending:
+                fname = f"{_safe(name)}_{int(round(fr.t * 1000)):09d}.png"
+                if not (pend_dir / fname).is_file():
+                    pend_dir.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(pend_dir / fname) as tmp:
+                        fr.full().save(tmp, format="PNG")
+                keep_files.add(fname)
+                pending.append({"t": fr.t, "index": fr.index, "score": v, "file": fname})
+            rules[name] = {**{k: getattr(st, k) for k in self.RULE_FIELDS}, "pending": pending}
+        ev = self.out / "events.jsonl"
+        return {
+            "rules": rules,
+            "kept_total": self.kept_total,
+            "kept_bytes": self.kept_bytes,
+            "stats": dict(self.stats),
+            "events_bytes": ev.stat().st_size if ev.is_file() else 0,
+            "_pending_files": sorted(keep_files),
+        }
+
+    def restore(self, ck: dict[str, Any]) -> None:
+        """Go back to a checkpoint: events.jsonl cut to its length, kept frames it no longer names removed, the
+        rules' state and the totals as they were."""
+        from edgeclip.runtime.sources import _file_frame
+
+        ev = self.out / "events.jsonl"
+        if ev.is_file():
+            with open(ev, "r+b") as fh:
+                fh.truncate(int(ck.get("events_bytes", 0)))
+        named = set()
+        if ev.is_file():
+            for line in ev.read_text(encoding="utf-8").splitlines():
+                rec = json.loads(line)
+                if rec.get("file"):
+                    named.add(Path(rec["file"]).name)
+        if self.frames_dir.is_dir():
+            for p in self.frames_dir.glob("*.jpg"):
+                if p.name not in named:
+                    p.unlink()
+        self.kept_total, self.kept_bytes = int(ck["kept_total"]), int(ck["kept_bytes"])
+        self.stats.update(ck.get("stats") or {})
+        for name, saved in (ck.get("rules") or {}).items():
+            st = self.state.get(name)
+            if st is None:
+                raise EdgeClipError(f"--resume: the rules changed (no rule {name!r} now); use another --out")
+            for k in self.RULE_FIELDS:
+                setattr(st, k, saved[k])
+            st.pending = collections.deque(
+                (
+                    _file_frame(self.out / ".pending" / p["file"], int(p["index"]), float(p["t"])),
+                    float(p["score"]),
+                )
+                for p in saved.get("pending", [])
+            )
+
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:60] or "rule"
@@ -493,24 +569,31 @@ def watch(
     src = source if isinstance(source, Source) else open_source(str(source))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    start, next_t, n = _resume_point(out, src, resume, log)
-    n0 = n
+    start, next_t, n, ck = _resume_point(out, src, resume, log)
     w = Watcher(labeler, rules, out, log)
+    if ck is not None:
+        w.restore(
+            ck
+        )  # events.jsonl and frames/ back to the checkpoint, the rules' state and totals as they were
+    saved = w.checkpoint()  # the last whole batch's state: what a signal rolls back to
     batch: list[_Sampled] = []
     last_t = start
     t_wall = time.time()
     t_log = 0.0
     interrupted, error = False, None
+    unreadable0 = int(w.stats.get("unreadable_frames", 0))
 
     def flush() -> None:
-        nonlocal batch, n, next_t, last_t
+        """Label the batch, then checkpoint atomically: a batch is either whole in the state or not at all."""
+        nonlocal batch, n, next_t, last_t, saved
         if not batch:
             return
         w.process([b.frame for b in batch], [b.decoded_at for b in batch], [b.image for b in batch])
         n, next_t, last_t = batch[-1].n, batch[-1].next_t, batch[-1].frame.t
-        w.stats["decoded"] = n - n0
+        w.stats["decoded"] = n
+        w.stats["unreadable_frames"] = unreadable0 + seen.get("unreadable", 0)
         batch = []
-        _save_state(out, src, last_t, next_t, n, w)
+        saved = _save_state(out, src, last_t, next_t, n, w)
 
     seen = {"n": n}
     frames = Prefetch(_sample(src, start, rules, next_t, n, labeler.preprocess, seen), 2 * rules.batch)
@@ -532,14 +615,17 @@ def watch(
         error = str(e)
     finally:
         frames.close()
-    flush()
+    if interrupted:  # abandon the unfinished batch: back to the last checkpoint (a resume labels it again)
+        batch = []
+        w.restore(saved)
+    else:
+        flush()
     if not interrupted and not error and not (max_frames and w.stats["sampled"] >= max_frames):
-        w.stats["decoded"] = seen["n"] - n0  # the source ended: every frame it decoded, sampled or not
-    w.stats["unreadable_frames"] = seen.get("unreadable", 0)
+        w.stats["decoded"] = seen["n"]  # the source ended: every frame it decoded, sampled or not
+    w.stats["unreadable_frames"] = unreadable0 + seen.get("unreadable", 0)
     if seen.get("unreadable"):
         log(f"skipped {seen['unreadable']} unreadable frames (first: {seen['first_unreadable']})")
-    w.close(last_t)
-    _save_state(out, src, last_t, next_t, n, w)
+    w.close(last_t)  # open events end here; the checkpoint keeps them open, so --resume goes on with them
     wall = time.time() - t_wall
     summary = {
         "source": src.describe(),
@@ -594,24 +680,38 @@ def _source_key(src: Source) -> dict:
     return key
 
 
-def _save_state(out: Path, src: Source, t: float, next_t: float, n: int, w: Watcher) -> None:
-    """Where a file source goes on: the last labeled frame's time and the sampler's phase (so that a resumed run
-    labels exactly the frames an uninterrupted one would have)."""
+def _save_state(out: Path, src: Source, t: float, next_t: float, n: int, w: Watcher) -> dict[str, Any]:
+    """Where a file source goes on, written atomically after each batch: the last labeled frame's time, the
+    sampler's phase, and the watcher's checkpoint (so that a resumed run labels exactly the frames an
+    uninterrupted one would have, with the same event ids, caps and open events); -> the checkpoint."""
+    ck = w.checkpoint()
     if src.live:
-        return
+        return ck
+    pending = set(ck.pop("_pending_files"))
     write_json(
         out / "state.json",
-        {"format": STATE_FORMAT, "source": _source_key(src), "t": t, "next_t": next_t, "n": n, **w.stats},
+        {"format": STATE_FORMAT, "source": _source_key(src), "t": t, "next_t": next_t, "n": n, "watcher": ck},
     )
+    pend_dir = out / ".pending"
+    if pend_dir.is_dir():  # pre-roll frames no longer pending (kept, or dropped) go once the state says so
+        for p in pend_dir.iterdir():
+            if p.name not in pending:
+                p.unlink()
+    ck["_pending_files"] = sorted(pending)
+    return ck
 
 
-def _resume_point(out: Path, src: Source, resume: bool, log) -> tuple[float, float, int]:
-    """-> (start time, the fps sampler's next time, frames decoded before)."""
+def _resume_point(out: Path, src: Source, resume: bool, log) -> tuple[float, float, int, dict | None]:
+    """-> (start time, the fps sampler's next time, frames decoded before, the watcher's checkpoint or None)."""
     p = out / "state.json"
     if not resume or not p.is_file():
-        if not resume and (out / "events.jsonl").exists():
-            (out / "events.jsonl").unlink()  # a fresh run: its own event log
-        return 0.0, 0.0, 0
+        # a fresh run, or one killed before its first checkpoint: its own event log, kept frames and pre-roll
+        for name in ("events.jsonl", "state.json"):
+            (out / name).unlink(missing_ok=True)
+        for d, pattern in (("frames", "*.jpg"), (".pending", "*.png")):
+            for f in (out / d).glob(pattern) if (out / d).is_dir() else ():
+                f.unlink()
+        return 0.0, 0.0, 0, None
     if src.live:
         raise EdgeClipError(
             "--resume needs a file source (a live camera or stream has no offset to go back to)"
@@ -623,4 +723,5 @@ def _resume_point(out: Path, src: Source, resume: bool, log) -> tuple[float, flo
     if st.get("format") != STATE_FORMAT or st.get("source") != _source_key(src):
         raise EdgeClipError(f"--resume: {out} watched another source ({st.get('source')}); use another --out")
     log(f"resuming after {st['t']:.2f} s")
-    return float(st["t"]) + 1e-3, float(st.get("next_t", 0.0)), int(st.get("n", 0))  # the frame at t is done
+    # the frame at t is done
+    return float(st["t"]) + 1e-3, float(st.get("next_t", 0.0)), int(st.get("n", 0)), st.get("watcher")
