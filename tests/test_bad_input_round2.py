@@ -196,3 +196,70 @@ def test_tar_members_that_climb_out_are_one_line(tmp_path):
     (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 10)
     with pytest.raises(EdgeClipError, match="not a readable tar archive"):
         ensure_extracted(tmp_path / "junk.tar", tmp_path / "into2")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_thin_uploads_do_not_grow_the_server(tb, tmp_path):
+    """Four concurrent uploads of each thin image (and the same as label examples) are refused one by one; the
+    server's RSS grows by less than 300 MB and does not stay larger."""
+    import socket
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs /proc to read the server's RSS")
+    images = []
+    for w, h in THIN:
+        p = tmp_path / f"thin_{w}x{h}.png"
+        Image.new("L", (w, h), 128).save(p, optimize=True)
+        images.append(p)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "edgeclip", "serve", str(tb["bundle"]), "--port", str(port), "--token", "t"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/api/info", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "the server did not start"
+            time.sleep(0.3)
+        ok = tb["images"][0]
+        httpx.post(f"{url}/label", files={"file": (ok.name, ok.read_bytes())})  # warm: the model is loaded
+        before = _rss_mb(proc.pid)
+
+        def post(p):
+            r = httpx.post(f"{url}/label", files={"file": (p.name, p.read_bytes(), "image/png")}, timeout=60)
+            e = httpx.post(
+                f"{url}/api/labels/examples",
+                files=[("file", (p.name, p.read_bytes(), "image/png"))],
+                data={"name": "thin"},
+                headers={"X-Edgeclip-Token": "t"},
+                timeout=60,
+            )
+            return r.status_code, r.text, e.status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(post, [p for p in images for _ in range(4)]))
+        peak = _rss_mb(proc.pid)
+        assert all(code in (413, 415, 422, 400) and "aspect ratio" in text for code, text, _ in got), got[:2]
+        assert all(ex in (413, 415, 422, 400) for *_, ex in got)
+        assert peak - before < 300, f"the server grew from {before:.0f} to {peak:.0f} MB"
+        time.sleep(1)
+        assert _rss_mb(proc.pid) - before < 300
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
