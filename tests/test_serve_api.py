@@ -307,6 +307,40 @@ def test_a_stalled_body_is_cut_off(tb):
         assert reply.startswith("HTTP/1.1 408") and "stalled for 1 s" in reply and time.time() - t0 < 8
 
 
+def test_a_trickling_body_is_cut_off_at_its_deadline(tb):
+    """A client that sends its body a byte at a time, each within the stall timeout: 408 once the whole body has
+    taken longer than the body deadline."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    with running_server(create_app(tb["bundle"], threads=1, body_timeout=1.0, body_deadline=2.0)) as url:
+        u = urlparse(url)
+        s = socket.create_connection((u.hostname, u.port), timeout=10)
+        s.sendall(
+            b"PUT /api/labels HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n"
+        )
+        s.settimeout(0.4)
+        reply = b""
+        t0 = time.time()
+        while time.time() - t0 < 10 and b"took over" not in reply:
+            try:
+                s.sendall(b" ")
+            except OSError:
+                pass
+            try:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            except TimeoutError:
+                pass
+        s.close()
+        text = reply.decode(errors="replace")
+        assert text.startswith("HTTP/1.1 408") and "took over 2 s" in text, text
+
+
 def test_a_label_from_example_images(server, tb):
     """POST /api/labels/examples: the token, one-line errors for a non-image, then the label ranks first for its
     own example."""

@@ -75,12 +75,20 @@ def _err(status: int, message: str) -> JSONResponse:
 class StreamingBodyLimit:
     """ASGI middleware that counts request body bytes as they arrive, whatever the headers say (chunked
     uploads have no Content-Length): past the limit the request ends in 413 before more is read or parsed, and a
-    client that stops sending in mid-body for ``body_timeout`` seconds gets 408 (slow-body attacks).
+    client that stops sending in mid-body for ``body_timeout`` seconds, or whose whole body takes over
+    ``body_deadline`` seconds (a trickle), gets 408 (slow-body attacks).
     Multipart uploads get ``upload_limit`` (the image plus framing), every other body ``json_limit``."""
 
-    def __init__(self, app, upload_limit: int, json_limit: int, body_timeout: float = 30.0):
+    def __init__(
+        self,
+        app,
+        upload_limit: int,
+        json_limit: int,
+        body_timeout: float = 30.0,
+        body_deadline: float = 120.0,
+    ):
         self.app, self.upload_limit, self.json_limit = app, upload_limit, json_limit
-        self.body_timeout = body_timeout
+        self.body_timeout, self.body_deadline = body_timeout, body_deadline
 
     async def __call__(self, scope, receive, send):
         import asyncio
@@ -90,6 +98,8 @@ class StreamingBodyLimit:
         ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
         limit = self.upload_limit if ctype.startswith(b"multipart/") else self.json_limit
         state = {"seen": 0, "over": False, "started": False}
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self.body_deadline  # the whole body, however it trickles in
 
         async def guarded_send(msg):
             if state["over"]:
@@ -117,10 +127,16 @@ class StreamingBodyLimit:
         async def counted():
             if state["over"]:
                 return {"type": "http.disconnect"}
+            left = ends - loop.time()
             try:
-                msg = await asyncio.wait_for(receive(), self.body_timeout)
+                msg = await asyncio.wait_for(receive(), max(0.0, min(self.body_timeout, left)))
             except asyncio.TimeoutError:
-                return await refuse(408, f"the request body stalled for {self.body_timeout:g} s")
+                why = (
+                    f"the request body stalled for {self.body_timeout:g} s"
+                    if left > self.body_timeout
+                    else f"the request body took over {self.body_deadline:g} s"
+                )
+                return await refuse(408, why)
             if msg["type"] == "http.request":
                 state["seen"] += len(msg.get("body", b""))
                 if state["seen"] > limit:
@@ -139,6 +155,7 @@ class _Server:
     max_pixels: int
     max_json_bytes: int
     body_timeout: float
+    body_deadline: float
     token: str | None
     read_only: bool
     topk: int
@@ -197,6 +214,7 @@ def create_app(
     max_json_bytes: int = DEFAULT_MAX_JSON,
     token: str | None = None,
     body_timeout: float = 30.0,
+    body_deadline: float = 120.0,
     read_only: bool = False,
     allowed_hosts: list[str] | None = None,
     topk: int = 5,
@@ -210,6 +228,7 @@ def create_app(
         max_pixels=max_pixels,
         max_json_bytes=max_json_bytes,
         body_timeout=body_timeout,
+        body_deadline=body_deadline,
         token=token,
         read_only=read_only,
         topk=topk,
@@ -240,6 +259,7 @@ def _guards(app: FastAPI, s: _Server) -> None:
         upload_limit=max_upload_bytes + 64 * 1024,
         json_limit=max_json_bytes,
         body_timeout=body_timeout,
+        body_deadline=s.body_deadline,
     )
     # DNS rebinding: a page on another site that resolves its name to this machine is refused by Host
     from starlette.middleware.trustedhost import TrustedHostMiddleware
