@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from edgeclip.core.io import sha256_file
-from test_export_fixtures import SHAPE_LABELS, bundle_for_tests
+from test_export_fixtures import SHAPE_LABELS, bundle_for_tests, wait_until_serving
 
 LIMIT_MB = 600
 THIN = [(1, 20000), (20000, 1), (2, 100000)]
@@ -228,15 +228,7 @@ def test_thin_uploads_do_not_grow_the_server(tb, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/api/info", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "the server did not start"
-            time.sleep(0.3)
+        wait_until_serving(url, proc)
         ok = tb["images"][0]
         httpx.post(f"{url}/label", files={"file": (ok.name, ok.read_bytes())})  # warm: the model is loaded
         before = _rss_mb(proc.pid)

@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -123,16 +122,9 @@ def test_serve_on_the_shipped_bundle(base):
     try:
         import httpx
 
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.5)
+        from test_export_fixtures import wait_until_serving
+
+        wait_until_serving(f"http://127.0.0.1:{port}", proc)
         img = base["photos"] / "chelsea.png"
         r = httpx.post(
             f"http://127.0.0.1:{port}/label",

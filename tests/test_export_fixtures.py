@@ -58,6 +58,25 @@ def int8_speed(int8: str):
         yield
 
 
+def wait_until_serving(url: str, proc, timeout: float = 90.0) -> None:
+    """Poll ``url``/api/info until the `edgeclip serve` subprocess ``proc`` answers 200 (it dies or times out:
+    the test fails with its stderr)."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/api/info", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "the server did not start"
+        time.sleep(0.3)
+
+
 _BUILT: dict = {}
 
 

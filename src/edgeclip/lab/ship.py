@@ -17,8 +17,8 @@ from typing import Any
 from edgeclip.core.checkpoint import convert_checkpoint
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import atomic_path, read_json, sha256_file, write_json
+from edgeclip.core.models_index import INDEX  # the one name of a models index file
 
-INDEX = "index.json"
 ROLES = ("teacher", "student", "bundle", "captioner")
 MIN_COSINE = 0.999
 

@@ -74,12 +74,10 @@ def _hub_unavailable(arch: str, tag: str) -> str | None:
 
 def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
     arch, pretrained = _split(spec)
-    tag_like = (
-        pretrained
-        and os.sep not in pretrained
-        and not pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    looks_like_file = pretrained is not None and (
+        os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
     )
-    if tag_like and not arch.endswith(".json"):
+    if pretrained and not looks_like_file and not arch.endswith(".json"):  # a hub tag
         why = _hub_unavailable(arch, pretrained)
         if why:
             raise EdgeClipError(
@@ -100,9 +98,6 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
         arch = cfg.stem
     if not arch.startswith(("local-dir:", "hf-hub:")) and arch not in open_clip.list_models():
         raise EdgeClipError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
-    looks_like_file = pretrained is not None and (
-        os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
-    )
     if looks_like_file and not Path(pretrained).is_file():
         raise EdgeClipError(f"open_clip weights file not found: {pretrained}")
     if (
