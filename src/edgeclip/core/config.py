@@ -32,13 +32,22 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
         close = difflib.get_close_matches(Path(path).stem, shipped_configs(), n=2)
         hint = f" Did you mean: {', '.join(close)}?" if close else f" Shipped: {', '.join(shipped_configs())}"
         raise EdgeClipError(f"config file not found: {path}.{hint}")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise EdgeClipError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    d = read_yaml(p, "config file") or {}
     if not isinstance(d, dict):
         raise EdgeClipError(f"{p}: the top level must be a mapping")
     return d
+
+
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """A YAML (or JSON) file's content; a missing, unreadable or malformed file is one line naming it."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeClipError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeClipError(f"cannot read {what} {path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise EdgeClipError(f"{path} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
 
 
 def set_path(d: dict[str, Any], dotted: str, value: Any) -> None:

@@ -152,7 +152,7 @@ class FolderSource(Source):
                 i += 1
                 if t + 1e-9 < start:
                     continue
-                yield _file_frame(self.folder / name, i - 1, t)
+                yield file_frame(self.folder / name, i - 1, t)
                 last_new = time.time()
             if not self.follow:
                 return
@@ -172,7 +172,7 @@ def _is_file(entry: os.DirEntry) -> bool:
         return False
 
 
-def _file_frame(path: Path, index: int, t: float) -> Frame | None:
+def file_frame(path: Path, index: int, t: float) -> Frame | None:
     cache: dict = {}
 
     def full() -> Image.Image:
