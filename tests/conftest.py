@@ -71,7 +71,7 @@ def tiny_teacher(shapes, tmp_path_factory):
 @pytest.fixture(scope="session")
 def shared_data():
     """../shared/data (or $EDGECLIP_SHARED_DATA); skips with the reason when absent."""
-    from edgeclip.core.env import shared_data_dir
+    from edgeclip.core.places import shared_data_dir
 
     d = shared_data_dir()
     if not d.is_dir():

@@ -214,7 +214,7 @@ def test_cuda_mode_skips_cleanly_on_cpu(tmp_path, capsys):
 
 def test_flops_count_attention():
     """nn.MultiheadAttention's inference fast path must not hide attention FLOPs."""
-    from edgeclip.models.stats import flops
+    from edgeclip.models.cost import flops
 
     class Tiny(torch.nn.Module):
         def __init__(self):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgeclip.caption_metrics import score_captions
 from edgeclip.core.errors import CheckpointError, EdgeClipError
-from edgeclip.metrics import score_captions
 
 WORDS = {
     "circle": "round",

@@ -250,9 +250,9 @@ def test_ddp_two_cpu_processes_identical_weights(tiny_teacher, shapes, tmp_path)
         ("distill_cifar10_shufflenet", "edgeclip.train.distill:DistillConfig"),
         ("clip4retrofit_effnet_b3", "edgeclip.train.distill:DistillConfig"),
         ("caption_vi", "edgeclip.train.caption:CaptionTrainConfig"),
-        ("edgevl_cifar_mono", "edgeclip.train.pair:PairDistillConfig"),
-        ("edgevl_rgbd", "edgeclip.train.pair:PairDistillConfig"),
-        ("edgevl_qat", "edgeclip.train.pair:QATConfig"),
+        ("edgevl_cifar_mono", "edgeclip.train.edgevl:PairDistillConfig"),
+        ("edgevl_rgbd", "edgeclip.train.edgevl:PairDistillConfig"),
+        ("edgevl_qat", "edgeclip.train.edgevl:QATConfig"),
     ],
 )
 def test_shipped_configs_build(name, cls):

@@ -7,7 +7,7 @@ import torch
 
 from edgeclip.data.pairs import open_pairs, preload_pairs
 from edgeclip.models.pair import load_pair_student
-from edgeclip.train.pair import PairDistillConfig, QATConfig, distill_pairs, qat_pairs
+from edgeclip.train.edgevl import PairDistillConfig, QATConfig, distill_pairs, qat_pairs
 from edgeclip.zeroshot.modalities import evaluate_pairs, exported_embedder
 
 DERIVE = {"mono": "luminance"}

@@ -11,15 +11,10 @@ import torch
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.data.pairs import open_pairs, preload_pairs
+from edgeclip.losses import semi_hard_triplet
 from edgeclip.models.pair import load_pair_student
 from edgeclip.train.curate import curate
-from edgeclip.train.pair import (
-    PairDataConfig,
-    PairDistillConfig,
-    distill_pairs,
-    ptq_pairs,
-    semi_hard_triplet,
-)
+from edgeclip.train.edgevl import PairDistillConfig, PTQConfig, distill_pairs, run_ptq
 from edgeclip.zeroshot.modalities import (
     evaluate_pairs,
     exported_embedder,
@@ -187,10 +182,15 @@ def test_triplet_mining_options():
 
 def test_ptq_and_eval_per_modality(stage1, shapes, teacher):
     w = stage1["dir"]
-    r = ptq_pairs(
-        str(w / "s1" / "student.pt"),
-        PairDataConfig(data=str(shapes["train"]), derive=DERIVE, out=str(w / "ptq"), cache=str(w / "cache")),
-        calib_images=48,
+    r = run_ptq(
+        PTQConfig(
+            student=str(w / "s1" / "student.pt"),
+            data=str(shapes["train"]),
+            derive=DERIVE,
+            out=str(w / "ptq"),
+            cache=str(w / "cache"),
+            calib_images=48,
+        ),
         teacher=teacher,
     )
     assert r["calib_images"] == 48 and r["calibrated_on"] == ["rgb", "mono"]

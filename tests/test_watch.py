@@ -11,7 +11,7 @@ import pytest
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.lab.video import make_slideshow, precision_recall
 from edgeclip.runtime import load_bundle
-from edgeclip.runtime.sources import SourceError, open_source
+from edgeclip.runtime.sources import SourceError, open_frames
 from edgeclip.runtime.watch import load_rules, watch
 
 CLASSES = ["circle", "square", "star", "ring"]
@@ -186,7 +186,7 @@ def test_a_frame_folder_and_the_cli(video, tmp_path, capsys):
 
 def test_bad_sources_and_rules_are_one_line(video, tmp_path):
     with pytest.raises(SourceError, match="source not found"):
-        open_source(str(tmp_path / "nope.mp4"))
+        open_frames(str(tmp_path / "nope.mp4"))
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"this is not a video" * 100)
     lab = load_bundle(video["tb"]["bundle"], threads=1)
@@ -200,7 +200,10 @@ def test_bad_sources_and_rules_are_one_line(video, tmp_path):
             {"rules": [{"name": "a", "query": "x", "threshold": "high"}], "score": "cosine"},
             "must be a number",
         ),
-        ({"rules": [{"name": "a", "query": "x"}], "score": "cosine", "sample": {"fps": 0}}, "sample.fps must be in"),
+        (
+            {"rules": [{"name": "a", "query": "x"}], "score": "cosine", "sample": {"fps": 0}},
+            "sample.fps must be in",
+        ),
         ({"rules": [{"name": "a", "query": "x", "colour": 1}], "score": "cosine"}, "unknown .*keys"),
         # types and ranges, from the strict reader
         ({"rules": [{"name": "a", "query": ["x", "y"]}], "score": "cosine"}, r"query must be text"),
@@ -228,7 +231,7 @@ def test_ctrl_c_ends_cleanly_with_a_summary(video, tmp_path):
     """Ctrl-C in the middle of an event: the event is closed, the summary and the resume state are written."""
     from edgeclip.runtime.sources import Source
 
-    inner = open_source(video["truth"]["path"])
+    inner = open_frames(video["truth"]["path"])
 
     class Interrupted(Source):
         kind = "video"

@@ -106,6 +106,73 @@ def clipkd(fd_weight: float = 1.0, icl_weight: float = 1.0, temperature: float =
     return f
 
 
+# ------------------------------------------------------------------ the triplet loss (EdgeVL stage 2)
+POSITIVES = ("easy", "random", "hard")
+NEGATIVES = ("random", "hardest")
+
+
+def check_mining(positive: str, negative: str, negatives: int) -> None:
+    """One clear error for triplet-mining settings (QATConfig and :func:`semi_hard_triplet`)."""
+    if positive not in POSITIVES or negative not in NEGATIVES or negatives < 1:
+        raise EdgeClipError(
+            f"triplet mining: positive must be one of {', '.join(POSITIVES)}, negative one of "
+            f"{', '.join(NEGATIVES)} and negatives >= 1 (got {positive!r}, {negative!r}, {negatives})"
+        )
+
+
+def semi_hard_triplet(
+    anchor: torch.Tensor,
+    labels: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    margin: float,
+    exclude: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+    positive: str = "easy",
+    negative: str = "random",
+    negatives: int = 3,
+    generator=None,
+):
+    """Triplet loss with semi-hard negatives from an embedding bank (FaceNet; EdgeVL stage 2).
+
+    ``anchor`` (B,D) unnormalised student embeddings; ``bank`` (N,D) normalised, detached. Distances are
+    Euclidean between unit vectors. Bank columns are candidates unless ``exclude`` (the anchor's own row)
+    or not ``allowed`` (e.g. another modality). The positive is the nearest (``easy``, EdgeVL's published
+    setting), a random or the farthest (``hard``) candidate with the anchor's pseudo-label; the negatives are
+    up to ``negatives`` candidates of another label with ``d_p < d_n < d_p + margin``, drawn at random
+    (EdgeVL) or the nearest ones (``hardest``). Anchors without a positive or a semi-hard negative add nothing.
+    -> (sum of the triplet hinges / B, number of anchors that had at least one semi-hard triplet)
+    """
+    check_mining(positive, negative, negatives)
+    a = F.normalize(anchor.float(), dim=-1)
+    d = (2 - 2 * a @ bank.t()).clamp_min(1e-8).sqrt()  # (B, N)
+    cand = torch.ones_like(d, dtype=torch.bool) if allowed is None else allowed.clone()
+    if exclude is not None:
+        cand &= ~exclude
+    same = (labels[:, None] == bank_labels[None, :]) & cand
+    has_pos = same.any(1)
+    if positive == "random":
+        w = same.float() + (~has_pos).float()[:, None]  # rows without positives: any column, masked out below
+        d_p = d.gather(1, torch.multinomial(w, 1, generator=generator)).squeeze(1)
+    elif positive == "easy":
+        d_p = torch.where(same, d, torch.full_like(d, float("inf"))).min(1).values
+    else:
+        d_p = torch.where(same, d, torch.full_like(d, -1.0)).max(1).values
+    d_p = torch.where(has_pos, d_p, torch.zeros_like(d_p))
+    band = (labels[:, None] != bank_labels[None, :]) & cand & (d > d_p[:, None]) & (d < d_p[:, None] + margin)
+    band &= has_pos[:, None]
+    k = min(negatives, d.shape[1])
+    # rank the band's columns: random scores (EdgeVL) or nearness; columns outside the band rank last
+    score = torch.rand(d.shape, generator=generator, device=d.device) if negative == "random" else -d
+    top = torch.where(band, score, torch.full_like(score, -float("inf"))).topk(k, dim=1).indices  # (B, k)
+    ok = band.gather(1, top)
+    if not ok.any():
+        return anchor.sum() * 0.0, 0
+    hinge = F.relu(d_p[:, None] - d.gather(1, top) + margin)
+    loss = (hinge * ok).sum() / anchor.shape[0]
+    return loss, int(ok.any(1).sum())
+
+
 def build_loss(spec: str | dict) -> Callable:
     """``"mse"``, ``"cosine+0.5*affinity"``, or ``{"name": "clipkd", "icl_weight": 0.5}``."""
     if isinstance(spec, dict):

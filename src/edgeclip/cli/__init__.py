@@ -15,7 +15,7 @@ import warnings
 
 import typer
 
-from edgeclip.cli import bundle, caption, checkpoint, core, edgevl, experiment, lab, teacher
+from edgeclip.cli import bench, bundle, caption, checkpoint, clip4retrofit, edgevl, lab, teacher
 from edgeclip.core.errors import EdgeClipError
 
 app = typer.Typer(
@@ -26,13 +26,13 @@ app = typer.Typer(
 )
 # (name, module): None puts the module's commands at the top level
 GROUPS = [
-    (None, core),
+    (None, clip4retrofit),
     ("teacher", teacher),
     ("edgevl", edgevl),
     ("caption", caption),
     (None, bundle),
-    (None, lab),
-    ("lab", experiment),
+    (None, bench),
+    ("lab", lab),
     ("checkpoint", checkpoint),
 ]
 for _name, _mod in GROUPS:

@@ -183,11 +183,11 @@ def watch_cmd(
 ):
     """Label a video / camera / frame folder in real time and keep the frames that match the rules (no torch)."""
     from edgeclip.runtime import load_bundle
-    from edgeclip.runtime.sources import open_source
+    from edgeclip.runtime.sources import open_frames
     from edgeclip.runtime.watch import load_rules, watch
 
     r = load_rules(rules)
-    src = open_source(source, fps=folder_fps, follow=follow)
+    src = open_frames(source, fps=folder_fps, follow=follow)
     summary = watch(
         src,
         load_bundle(bundle, precision=precision, threads=threads),

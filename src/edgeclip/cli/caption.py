@@ -165,8 +165,8 @@ def caption_eval_cmd(
     ),
 ):
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE when available) of a captioner on a caption set."""
-    from edgeclip.core.env import machine_info
     from edgeclip.core.io import sha256_file, write_json
+    from edgeclip.core.machine import machine_info
     from edgeclip.data.captions import load_captions
     from edgeclip.models.captioner import load_captioner
     from edgeclip.train.caption import evaluate_captioner

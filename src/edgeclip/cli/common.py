@@ -14,6 +14,6 @@ def echo_json(obj) -> None:
 
 
 def device_of(device: str) -> str:
-    from edgeclip.core.env import resolve_device
+    from edgeclip.core.machine import resolve_device
 
     return resolve_device(device)

@@ -141,7 +141,7 @@ def distill_pair_cmd(
     set_: Sets = [],
 ):
     """Stage 1: distill the teacher (on RGB) into one student for RGB and the other modality, label-free."""
-    from edgeclip.train.pair import PairDistillConfig, distill_pairs
+    from edgeclip.train.edgevl import PairDistillConfig, distill_pairs
 
     cfg = config_from_cli(
         PairDistillConfig,
@@ -203,7 +203,7 @@ def qat_cmd(
     set_: Sets = [],
 ):
     """Stage 2: quantization-aware training (torchao PT2E) + semi-hard triplet; int8 QDQ ONNX out."""
-    from edgeclip.train.pair import QATConfig, qat_pairs
+    from edgeclip.train.edgevl import QATConfig, qat_pairs
 
     cfg = config_from_cli(
         QATConfig,
@@ -245,23 +245,25 @@ def ptq_cmd(
     weight_bits: int = typer.Option(8, help=WEIGHT_BITS_HELP),
 ):
     """Baseline: ONNX Runtime static int8 (QDQ), calibrated on images of every modality."""
-    from edgeclip.train.pair import PairDataConfig, ptq_pairs
+    from edgeclip.train.edgevl import PTQConfig, run_ptq
 
-    cfg = PairDataConfig(data=data, out=out, derive=_derive(derive), modalities=modality or None, cache=cache)
     rr = {"auto": "auto", "true": True, "false": False}.get(reduce_range.lower())
     if rr is None:
         raise EdgeClipError(f"--reduce-range must be auto, true or false, got {reduce_range!r}")
-    _echo(
-        ptq_pairs(
-            student,
-            cfg,
-            calib_images=calib_images,
-            method=method,
-            reduce_range=rr,
-            per_channel=per_channel,
-            weight_bits=weight_bits,
-        )
+    cfg = PTQConfig(
+        data=data,
+        out=out,
+        derive=_derive(derive),
+        modalities=modality or None,
+        cache=cache,
+        student=student,
+        calib_images=calib_images,
+        method=method,
+        reduce_range=rr,
+        per_channel=per_channel,
+        weight_bits=weight_bits,
     )
+    _echo(run_ptq(cfg))
 
 
 @app.command("eval")
@@ -277,8 +279,8 @@ def eval_pair_cmd(
     out: Path | None = typer.Option(None, help="also write the JSON here"),
 ):
     """Zero-shot top-1 per modality: teacher on RGB; the student fp32 and int8 on every modality."""
-    from edgeclip.core.env import machine_info
     from edgeclip.core.io import write_json
+    from edgeclip.core.machine import machine_info
     from edgeclip.core.prompts import parse_labels
     from edgeclip.zeroshot.modalities import evaluate_pair_student
 

@@ -1,84 +1,13 @@
-"""Facts about the machine and the software, recorded in every results JSON."""
+"""Deprecated: machine facts, devices and seeds are in :mod:`edgeclip.core.machine`; the shared data folder and
+the cache folder in :mod:`edgeclip.core.places`. This name keeps working for one release."""
 
-from __future__ import annotations
+import warnings
 
-import datetime as _dt
-import os
-import platform
-import random
-from pathlib import Path
-from typing import Any
+from edgeclip.core.machine import machine_info, resolve_device, seed_everything  # noqa: F401
+from edgeclip.core.places import cache_root, shared_data_dir  # noqa: F401
 
-
-def shared_data_dir() -> Path:
-    """Where the project's real data lives: $EDGECLIP_SHARED_DATA, else ../shared/data."""
-    env = os.environ.get("EDGECLIP_SHARED_DATA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent.parent / "shared" / "data"
-        if (parent / "pyproject.toml").exists() and cand.exists():
-            return cand
-    return Path.cwd().parent / "shared" / "data"
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda"] = torch.cuda.is_available()
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    for mod in ("torchvision", "timm", "open_clip", "onnxruntime", "onnx", "numpy", "transformers"):
-        try:
-            m = __import__(mod)
-            info[mod] = getattr(m, "__version__", "?")
-        except Exception:
-            pass
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
-def resolve_device(device: str | None = None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        if not torch.cuda.is_available():
-            return "cpu"
-        local = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")  # one GPU per launched worker
-        return f"cuda:{int(local) % torch.cuda.device_count()}" if local else "cuda"
-    return device
-
-
-def cache_root() -> Path:
-    """edgeclip's own cache folder (text embeddings, unpacked archives): $EDGECLIP_CACHE or ~/.cache/edgeclip."""
-    return Path(os.environ.get("EDGECLIP_CACHE", Path.home() / ".cache" / "edgeclip"))
+warnings.warn(
+    "edgeclip.core.env is deprecated: use edgeclip.core.machine and edgeclip.core.places",
+    DeprecationWarning,
+    stacklevel=2,
+)

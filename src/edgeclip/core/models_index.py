@@ -27,10 +27,10 @@ ENV = "EDGECLIP_MODELS"
 
 def repo_models_dir() -> Path | None:
     """``models/`` of the source checkout this package runs from (an editable install), if there is one."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "pyproject.toml").is_file() and (parent / "models" / INDEX).is_file():
-            return parent / "models"
-    return None
+    from edgeclip.core.places import checkout_dir
+
+    root = checkout_dir()
+    return root / "models" if root is not None and (root / "models" / INDEX).is_file() else None
 
 
 def index_dirs(near: str | os.PathLike | None = None) -> list[Path]:

@@ -204,8 +204,8 @@ def _parse(fmt: str, payload, path: Path, skips: _Skips) -> list[tuple[str, str,
 def unpacked(archive: Path) -> Path:
     """A tar archive of images, unpacked once into edgeclip's cache (keyed by its path, size and mtime): the
     archive itself is never written to, so it may sit on a read-only share."""
-    from edgeclip.core.env import cache_root
     from edgeclip.core.io import sha256_text
+    from edgeclip.core.places import cache_root
     from edgeclip.data.sources import ensure_extracted
 
     st = archive.stat()

@@ -103,7 +103,7 @@ def int8_parity(fp32_path: Path, int8_path: Path, x: np.ndarray, text_emb: np.nd
 
 def ort_latency_ms(path: Path, size: int, threads: int = 1, reps: int = 30) -> dict[str, float]:
     """Batch-1 ONNX Runtime latency at ``size`` px (median after warm-up)."""
-    from edgeclip.models.stats import latency_ms
+    from edgeclip.models.cost import latency_ms
     from edgeclip.runtime.session import ort_session
 
     sess = ort_session(path, threads=threads)
@@ -304,7 +304,7 @@ def export_bundle(
     ``formats``: onnx (always) and executorch (an ExecuTorch program for phones, XNNPACK fp32 + int8, beside
     the ONNX files; see :mod:`edgeclip.export.executorch`)."""
 
-    from edgeclip.core.env import machine_info
+    from edgeclip.core.machine import machine_info
     from edgeclip.core.prompts import check_templates, parse_labels
     from edgeclip.models.student import load_student
     from edgeclip.models.teachers import teacher_of

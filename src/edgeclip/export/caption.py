@@ -86,8 +86,8 @@ def export_captioner(
 def _manifest(out: Path, model, info: dict) -> None:
     import datetime as _dt
 
-    from edgeclip.core.env import machine_info
     from edgeclip.core.io import sha256_file
+    from edgeclip.core.machine import machine_info
     from edgeclip.runtime.bundle import BUNDLE_FORMAT, MANIFEST
 
     files = {

@@ -176,7 +176,7 @@ def candidates(
 
 def time_model(path: Path, size: int, threads: int, batches=(1, 32), reps: int = 20) -> dict[str, float]:
     """Median ms per call at each batch size (after warm-up), ``threads`` ONNX Runtime threads."""
-    from edgeclip.models.stats import latency_ms
+    from edgeclip.models.cost import latency_ms
     from edgeclip.runtime.session import ort_session
 
     sess = ort_session(path, threads=threads)

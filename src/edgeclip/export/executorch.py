@@ -94,7 +94,7 @@ class Program:
         )
 
     def latency_ms(self, size: int, reps: int = 30) -> float:
-        from edgeclip.models.stats import latency_ms
+        from edgeclip.models.cost import latency_ms
 
         x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
         return latency_ms(lambda: self.run(x), warmup=5, reps=reps)["median_ms"]

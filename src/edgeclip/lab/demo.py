@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from edgeclip.core.env import machine_info, shared_data_dir
 from edgeclip.core.io import write_json
+from edgeclip.core.machine import machine_info
+from edgeclip.core.places import shared_data_dir
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 
 
@@ -30,7 +31,7 @@ def run_demo(out: Path, mode: str = "auto", fast: bool = False) -> dict:
     from edgeclip.data.sources import ensure_extracted, open_source
     from edgeclip.data.synthetic import SHAPES, make_shapes
     from edgeclip.models import load_student
-    from edgeclip.models.stats import model_stats
+    from edgeclip.models.cost import model_stats
     from edgeclip.models.teachers import load_teacher
     from edgeclip.train.cache import build_cache
     from edgeclip.train.distill import DistillConfig, distill

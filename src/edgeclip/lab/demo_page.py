@@ -52,11 +52,11 @@ def _thumbs(out: Path, photos: Path) -> dict[str, str]:
 
 
 def framing(result: dict[str, Any]) -> list[str]:
-    """The two plain sentences: what the reference models are and are not, and what a real CLIP changes."""
+    """The two plain sentences: what the shipped models are and are not, and what a real CLIP changes."""
     right, n = result.get("right", {}), len(result.get("queries", {}).get("teacher", {}))
     got = ", ".join(f"the {r.split('_')[0]} {right[r]}" for r in ROLES if r in right)
     return [
-        "The reference models here were trained on this project's machines from 6,000 Flickr8k photos, with no "
+        "The shipped models here were trained on this project's machines from 6,000 Flickr8k photos, with no "
         "pretrained weights (a 128-px ResNet-18 teacher locked to the real all-MiniLM-L6-v2 text encoder, and its "
         f"distilled students), so their answers are weak: of these {n} queries, {got} rank the photo that "
         "answers them first, and the captioner knows Flickr8k's scenes rather than these photos.",
@@ -145,7 +145,7 @@ def write_demo_page(out: Path, result: dict[str, Any], photos: Path) -> Path:
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>edgeclip demo</title><style>{CSS}</style></head><body>",
-        "<h1>edgeclip demo: the shipped reference models on real photos</h1>",
+        "<h1>edgeclip demo: the shipped models on real photos</h1>",
         "<div class='frame'>" + "".join(f"<p>{html.escape(s)}</p>" for s in framing(result)) + "</div>",
         "<h2>Free-text queries: teacher, student and int8 bundle side by side</h2>",
         *_queries(result, thumbs),

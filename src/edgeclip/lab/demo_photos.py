@@ -1,4 +1,4 @@
-"""``edgeclip demo`` on real photos with the shipped reference models (``models/index.json``): free-text queries
+"""``edgeclip demo`` on real photos with the shipped models (``models/index.json``): free-text queries
 and captions on the sample photos that scikit-image installs, teacher vs student speed at 224 px, an int8 bundle
 exported and queried without torch, and a short label-free distillation so the pipeline itself runs. Offline,
 no ../shared, a few minutes on 2 cores."""
@@ -9,9 +9,9 @@ import os
 import time
 from pathlib import Path
 
-from edgeclip.core.env import machine_info
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import write_json
+from edgeclip.core.machine import machine_info
 
 # scikit-image's sample photos (public domain / CC0; see skimage.data) that are photographs, by file name
 SAMPLE_PHOTOS = {
@@ -93,7 +93,7 @@ def clip_tower_speed(names, size: int, reps: int) -> dict[str, dict]:
     import open_clip
     import torch
 
-    from edgeclip.models.stats import model_stats
+    from edgeclip.models.cost import model_stats
 
     out: dict[str, dict] = {}
     for name in names:
@@ -144,7 +144,7 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
     from edgeclip.lab.demo_page import write_demo_page
     from edgeclip.lab.ship import shipped
     from edgeclip.models import load_student
-    from edgeclip.models.stats import model_stats
+    from edgeclip.models.cost import model_stats
     from edgeclip.models.teachers import load_teacher
     from edgeclip.train.cache import build_cache
     from edgeclip.train.distill import DistillConfig, distill
@@ -161,7 +161,7 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
         "models": {r: idx[r] for r in ("teacher", "student", "bundle", "captioner") if r in idx},
     }
 
-    _say("1/6 the shipped reference models and scikit-image's sample photos")
+    _say("1/6 the shipped models and scikit-image's sample photos")
     photos = sample_photos(out / "photos")
     names = sorted(p.name for p in photos.glob("*.jpg"))
     print(f"  {len(names)} photos: {', '.join(names)}")

@@ -161,7 +161,8 @@ def run_experiment(
     """Run (or resume) every stage, then write the results JSON; -> the results dict."""
     import torch
 
-    from edgeclip.core.env import machine_info, shared_data_dir
+    from edgeclip.core.machine import machine_info
+    from edgeclip.core.places import shared_data_dir
 
     exp = load_experiment(path, overrides)
     if exp.get("threads"):

@@ -59,7 +59,7 @@ def ort_fixed_ms(path: Path, size: int, threads: int, reps: int = 30) -> float:
     ONNX Runtime fold the shape arithmetic of dynamic-shape graphs (ShuffleNet's channel shuffle)."""
     import onnxruntime as ort
 
-    from edgeclip.models.stats import latency_ms
+    from edgeclip.models.cost import latency_ms
 
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
@@ -76,7 +76,7 @@ def ort_offline(path: Path, size: int, threads: int, work: Path, reps: int = 30)
     the online path."""
     import onnxruntime as ort
 
-    from edgeclip.models.stats import latency_ms
+    from edgeclip.models.cost import latency_ms
 
     def session(p: Path, level, save: Path | None = None):
         so = ort.SessionOptions()
@@ -111,7 +111,7 @@ def openvino_ms(
         import openvino as ov
     except ImportError:
         return None
-    from edgeclip.models.stats import latency_ms
+    from edgeclip.models.cost import latency_ms
 
     core = ov.Core()
     out = {}
@@ -299,7 +299,7 @@ def int8_speed_benchmark(cfg: dict, out: Path, log=print) -> dict[str, Any]:
     """Every model of ``cfg['models']`` (names or {arch, checkpoint, name}) measured by :func:`measure_model`."""
     import torch
 
-    from edgeclip.core.env import machine_info
+    from edgeclip.core.machine import machine_info
     from edgeclip.data.captions import load_captions
     from edgeclip.models.teachers import load_teacher
 

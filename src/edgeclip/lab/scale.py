@@ -219,7 +219,7 @@ def _rate(loader, task, trainer, batches: int, bs: int) -> float:
 
 
 def scale_benchmark(cfg: dict, out: Path) -> dict[str, Any]:
-    from edgeclip.core.env import machine_info
+    from edgeclip.core.machine import machine_info
     from edgeclip.data.captions import load_captions
 
     out.mkdir(parents=True, exist_ok=True)

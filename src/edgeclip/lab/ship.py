@@ -1,4 +1,4 @@
-"""Shipping a lab's reference models into the repository (``models/``): fp16 safetensors copies of the teacher,
+"""Shipping a lab's shipped models into the repository (``models/``): fp16 safetensors copies of the teacher,
 the student and the captioner, the edge bundle as it was exported, a model card each, and ``models/index.json``
 (role -> the spec or path the CLI takes, with sha256 and bytes), so that anyone can re-evaluate the published
 figures without re-training.

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from edgeclip.core.errors import EdgeClipError
-from edgeclip.models.stats import count_params, flops, latency_ms
+from edgeclip.models.cost import count_params, flops, latency_ms
 from edgeclip.runtime.session import ort_session
 
 TEACHERS_FULL = ["clip:ViT-B-32", "clip:RN50"]
@@ -416,8 +416,8 @@ def caption_throughput(
     import os
 
     from edgeclip.data.memory import normalize
+    from edgeclip.models.cost import latency_ms
     from edgeclip.models.decode import generate
-    from edgeclip.models.stats import latency_ms
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -450,7 +450,7 @@ def captioner_cost(model) -> dict[str, Any]:
     """Parameters and GFLOPs of a captioner: encoder, its backbone, one decoder step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from edgeclip.models.stats import count_params, flops
+    from edgeclip.models.cost import count_params, flops
 
     size = model.cfg.img_size
     enc = flops(model.encoder, size)

@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from edgeclip.core.env import machine_info, shared_data_dir
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import sha256_file, write_json
+from edgeclip.core.machine import machine_info
+from edgeclip.core.places import shared_data_dir
 from edgeclip.lab import speed as speed_mod
 
 

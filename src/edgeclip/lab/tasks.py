@@ -161,7 +161,7 @@ def _edgevl_curate(cfg: dict, out: Path, ctx: dict) -> dict:
 )
 def _edgevl_distill(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.core.config import build_dataclass
-    from edgeclip.train.pair import PairDistillConfig, distill_pairs
+    from edgeclip.train.edgevl import PairDistillConfig, distill_pairs
 
     hist = distill_pairs(build_dataclass(PairDistillConfig, {**cfg, "out": str(out)}), resume=True)
     return {
@@ -174,7 +174,7 @@ def _edgevl_distill(cfg: dict, out: Path, ctx: dict) -> dict:
 @TASKS.register("edgevl-qat", help="EdgeVL stage 2: QAT (+ semi-hard triplet) to int8 ONNX (QATConfig)")
 def _edgevl_qat(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.core.config import build_dataclass
-    from edgeclip.train.pair import QATConfig, qat_pairs
+    from edgeclip.train.edgevl import QATConfig, qat_pairs
 
     qat_pairs(build_dataclass(QATConfig, {**cfg, "out": str(out)}), resume=True)
     return {"result": str(out / "qat.json")}
@@ -183,12 +183,9 @@ def _edgevl_qat(cfg: dict, out: Path, ctx: dict) -> dict:
 @TASKS.register("edgevl-ptq", help="ONNX Runtime static int8 of a stage-1 student: {student, data, ...}")
 def _edgevl_ptq(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.core.config import build_dataclass
-    from edgeclip.train.pair import PairDataConfig, ptq_pairs
+    from edgeclip.train.edgevl import PTQConfig, run_ptq
 
-    cfg = dict(cfg)
-    student = cfg.pop("student")
-    opts = {k: cfg.pop(k) for k in ("calib_images", "per_channel", "method", "weight_bits") if k in cfg}
-    ptq_pairs(student, build_dataclass(PairDataConfig, {**cfg, "out": str(out)}), **opts)
+    run_ptq(build_dataclass(PTQConfig, {**cfg, "out": str(out)}))
     return {"result": str(out / "ptq.json")}
 
 
@@ -215,7 +212,7 @@ def _bundle(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.data.sources import open_source
     from edgeclip.export.bundle import export_bundle, ort_latency_ms
     from edgeclip.models import load_student
-    from edgeclip.models.stats import latency_ms
+    from edgeclip.models.cost import latency_ms
 
     cfg = dict(cfg)
     sizes, threads = cfg.pop("latency_sizes", [224]), int(cfg.pop("threads", 2))
@@ -481,7 +478,7 @@ def _search(cfg: dict, out: Path, ctx: dict) -> dict:
 
 @TASKS.register(
     "ship",
-    help="ship reference models into the repository: {into, photos (check images), teacher, student, bundle, "
+    help="ship shipped models into the repository: {into, photos (check images), teacher, student, bundle, "
     "captioner, names: {role: file}, card: {role: text}} -> fp16 copies checked against the originals, "
     "model cards and INTO/index.json",
 )

@@ -187,7 +187,7 @@ def file_frame(path: Path, index: int, t: float) -> Frame | None:
     return Frame(index, t, full, scaled, (0, 0), path.name)
 
 
-def open_source(spec: str, fps: float = 10.0, follow: bool = False, idle: float = 10.0) -> Source:
+def open_frames(spec: str, fps: float = 10.0, follow: bool = False, idle: float = 10.0) -> Source:
     """``SOURCE`` of ``edgeclip watch``: a folder of frames, a video file, ``/dev/videoN`` or a stream URL."""
     if not spec:
         raise SourceError("no source given")
@@ -205,3 +205,16 @@ def open_source(spec: str, fps: float = 10.0, follow: bool = False, idle: float 
 
 def _av_msg(e: Exception) -> str:
     return " ".join(str(e).split())[:200]
+
+
+def __getattr__(name: str):
+    if name == "open_source":  # the earlier name, kept for one release: data.open_source opens still images
+        import warnings
+
+        warnings.warn(
+            "edgeclip.runtime.sources.open_source is now open_frames (edgeclip.data.open_source opens images)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return open_frames
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,15 +22,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from edgeclip.caption_metrics import score_captions
 from edgeclip.core.config import build_dataclass
-from edgeclip.core.env import seed_everything
 from edgeclip.core.errors import CheckpointError, EdgeClipError
 from edgeclip.core.io import read_json, write_json
+from edgeclip.core.machine import seed_everything
 from edgeclip.data.captions import CaptionSet, load_captions
 from edgeclip.data.memory import augment_batch, normalize, preload
 from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
 from edgeclip.data.vocab import PAD_ID, Vocab
-from edgeclip.metrics import score_captions
 from edgeclip.models.captioner import (
     Captioner,
     build_captioner,

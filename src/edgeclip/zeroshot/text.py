@@ -14,7 +14,7 @@ from edgeclip.core.prompts import DEFAULT_TEMPLATES, check_templates, fill, pars
 
 
 def cache_dir() -> Path:
-    from edgeclip.core.env import cache_root
+    from edgeclip.core.places import cache_root
 
     return cache_root() / "text"
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.io import write_json
-from edgeclip.runtime.sources import Frame, Source, SourceError, open_source
+from edgeclip.runtime.sources import Frame, Source, SourceError, open_frames
 from edgeclip.runtime.watch.events import Watcher
 from edgeclip.runtime.watch.rules import Rules, load_rules, safe_name
 
@@ -134,7 +134,7 @@ def watch(
 ) -> dict[str, Any]:
     """Run the watcher until the source ends (or ``max_frames`` sampled frames, or Ctrl-C); -> the summary."""
     rules = rules if isinstance(rules, Rules) else load_rules(rules)
-    src = source if isinstance(source, Source) else open_source(str(source))
+    src = source if isinstance(source, Source) else open_frames(str(source))
     run = _Run(src, labeler, rules, Path(out), resume, log)
     stopped, error = run.loop(max_frames, progress)
     return run.finish(stopped, error, progress)

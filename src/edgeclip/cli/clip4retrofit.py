@@ -334,8 +334,8 @@ def eval_cmd(
     device: str = typer.Option("auto"),
 ):
     """Zero-shot top-1/top-5 and agreement on an ImageFolder; image<->text Recall@1/5/10 on a captions file."""
-    from edgeclip.core.env import machine_info
     from edgeclip.core.io import write_json
+    from edgeclip.core.machine import machine_info
     from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.evaluate import evaluate, evaluate_retrieval
 
@@ -390,7 +390,7 @@ def stats_cmd(
 ):
     """Parameters, GFLOPs and batch-1 CPU latency of a student checkpoint or backbone."""
     from edgeclip.models import create_student, load_student
-    from edgeclip.models.stats import model_stats
+    from edgeclip.models.cost import model_stats
 
     if student:
         m, pp, _ = load_student(student)
