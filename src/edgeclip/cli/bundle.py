@@ -151,15 +151,14 @@ def serve_cmd(
 
 def _text_encoder(bundle: Path, spec: str):
     """names -> (L, D) embeddings with the bundle's teacher text tower and templates (checked by teacher id)."""
+    from edgeclip.core.lineage import check_teacher
     from edgeclip.models.teachers import load_teacher
     from edgeclip.runtime.bundle import read_manifest
     from edgeclip.zeroshot.text import text_embeddings
 
     man = read_manifest(bundle)
     t = load_teacher(spec, device="cpu")
-    want = (man.get("teacher") or {}).get("id")
-    if t.id != want:
-        raise EdgeClipError(f"--teacher {spec} is {t.id}, but the bundle's labels come from {want}")
+    check_teacher(man.get("teacher"), {"id": t.id}, f"the labels of bundle {bundle}")
     templates = man.get("templates") or list(DEFAULT_TEMPLATES)
     return lambda names: text_embeddings(t, names, templates).numpy()
 

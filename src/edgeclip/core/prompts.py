@@ -6,7 +6,7 @@ Torch-free, so the bundle runtime and the server clean labels exactly as trainin
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgeclip.core.errors import EdgeClipError
@@ -46,6 +46,22 @@ def fill(template: str, label: str) -> str:
 
 
 MAX_LABELS = 10_000  # one cap on every label list (the CLI, a bundle's labeler, the server)
+
+
+def prompt_ensemble(encode: Callable[[list[str]], object], labels: Sequence[str], templates: Sequence[str]):
+    """The zero-shot classifier (L, D) float32, the one prompt ensemble every path uses (torch, bundle, export):
+    per label, the normalised mean over templates of the normalised embeddings of its prompts. ``encode``: a list
+    of prompts -> (N, D) embeddings (any text tower; numpy or anything ``np.asarray`` takes)."""
+    import numpy as np
+
+    def unit(a):
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    per_t = [
+        unit(np.asarray(encode([fill(t, lb) for lb in labels]), dtype=np.float32))
+        for t in templates or ["{}"]
+    ]
+    return unit(np.mean(per_t, axis=0)).astype(np.float32)
 
 
 def clean_labels(names: str | Sequence[str], cap: int = MAX_LABELS) -> list[str]:

@@ -136,7 +136,7 @@ def file_list(path: str | os.PathLike) -> ImageSource:
     return ImageSource("list", str(path), label_names or None, recs, skipped=skipped)
 
 
-def _expand_shards(spec: str) -> list[str]:
+def expand_shards(spec: str) -> list[str]:
     try:
         import braceexpand
 
@@ -179,7 +179,7 @@ def webdataset(spec: str, classes: list[str] | None = None) -> ImageSource:
 
     Samples carry an image under one of jpg/png/webp/... and optionally ``cls`` (int) or ``txt``.
     """
-    shards = _expand_shards(spec)
+    shards = expand_shards(spec)
     if not shards:
         raise EdgeClipError(f"no tar shards match {spec}")
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.io import sha256_file, write_json
-from edgeclip.core.prompts import DEFAULT_TEMPLATES, fill
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, fill, prompt_ensemble
 from edgeclip.runtime.bundle import (
     BUNDLE_FORMAT,
     LABELS,
@@ -622,12 +622,7 @@ def _bundle_text_tower(teacher, folder: Path, labels, templates, x_hold: np.ndar
     img = run_batched(ort_session(folder / MODEL_FP32), x_hold)
 
     def classifier(encode):
-        per_t = []
-        for tpl in templates:
-            e = np.asarray(encode([fill(tpl, lb) for lb in labels]), dtype=np.float32)
-            per_t.append(e / np.linalg.norm(e, axis=1, keepdims=True))
-        m = np.mean(per_t, axis=0)
-        return m / np.linalg.norm(m, axis=1, keepdims=True)
+        return prompt_ensemble(encode, labels, templates)
 
     prompts = [fill(tpl, lb) for tpl in templates for lb in labels]
     return export_text_tower(teacher, folder, prompts, img, classifier if len(labels) > 1 else None, log=log)

@@ -171,7 +171,7 @@ def measure_model(
     then the other runtimes' levers on the bundle's files."""
     from edgeclip.export.bundle import export_bundle
     from edgeclip.export.executorch import executorch_missing
-    from edgeclip.lab.stream import _list
+    from edgeclip.lab.stream import write_path_list
     from edgeclip.runtime.bundle import MODEL_FP32, MODEL_INT8
 
     threads, size = int(cfg.get("threads", 2)), int(cfg.get("size", 224))
@@ -185,7 +185,7 @@ def measure_model(
         ckpt,
         folder,
         labels,
-        calib=_list(photos, work),
+        calib=write_path_list(photos, work),
         calib_images=int(cfg.get("calib_images", 200)),
         holdout=float(cfg.get("holdout", 0.5)),
         threads=threads,
@@ -267,7 +267,7 @@ def _qdq_file(folder: Path, man: dict, photos: list[str], work: Path, cfg: dict)
     from edgeclip.core.io import read_json
     from edgeclip.export.bundle import batches_of, split_calibration
     from edgeclip.export.choose import INT8_VARIANTS
-    from edgeclip.lab.stream import _list
+    from edgeclip.lab.stream import write_path_list
     from edgeclip.runtime.bundle import MODEL_FP32, MODEL_INT8, PREPROCESS
     from edgeclip.runtime.preprocess import NumpyPreprocess
 
@@ -275,7 +275,7 @@ def _qdq_file(folder: Path, man: dict, photos: list[str], work: Path, cfg: dict)
         return folder / MODEL_INT8
     npp = NumpyPreprocess.from_dict(read_json(folder / PREPROCESS))
     n, hold = int(cfg.get("calib_images", 200)), float(cfg.get("holdout", 0.5))
-    x_cal, _, _ = split_calibration(_list(photos, work), n, npp, hold, 0, lambda s: None)
+    x_cal, _, _ = split_calibration(write_path_list(photos, work), n, npp, hold, 0, lambda s: None)
     out = work / f"{folder.name}.qdq_per_channel.onnx"
     return INT8_VARIANTS.get("qdq_per_channel")(folder / MODEL_FP32, out, list(batches_of(x_cal, 16)))
 

@@ -116,7 +116,7 @@ def stream_benchmark(cfg: dict, out: Path) -> dict[str, Any]:
         student,
         bundle,
         ["a photo"],
-        calib=_list(pool, out),
+        calib=write_path_list(pool, out),
         calib_images=len(pool),
         quant="static",
         overwrite=True,
@@ -198,7 +198,7 @@ def stream_benchmark(cfg: dict, out: Path) -> dict[str, Any]:
     return res
 
 
-def _list(paths: list[str], out: Path) -> str:
+def write_path_list(paths: list[str], out: Path) -> str:
     p = out / "calibration.txt"
     p.write_text("\n".join(paths) + "\n")
     return str(p)

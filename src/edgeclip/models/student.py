@@ -143,11 +143,9 @@ def init_student_config(path: str | Path, teacher_id: str, student_cfg: dict[str
     checkpoint must have been distilled from the same teacher (one clear error otherwise).
     """
     init, _, ck = load_student(path)
-    if (ck.get("teacher") or {}).get("id") != teacher_id:
-        raise EdgeClipError(
-            f"--init {path} was made with teacher {(ck.get('teacher') or {}).get('id')}, not {teacher_id}: "
-            "its embeddings do not live in this teacher's text space"
-        )
+    from edgeclip.core.lineage import check_teacher
+
+    check_teacher(ck.get("teacher"), {"id": teacher_id}, f"--init {path}")
     clash = {
         k: (v, init.config.get(k)) for k, v in student_cfg.items() if k in init.config and init.config[k] != v
     }

@@ -44,7 +44,7 @@ MAX_JSON_BYTES = 256 * 2**20  # a bundle's JSON file (labels.json of 10,000 labe
 MAX_EMBED_DIM = 8192
 
 
-def _read_json(path: Path) -> Any:
+def read_bundle_json(path: Path) -> Any:
     try:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
@@ -63,7 +63,7 @@ def read_manifest(root: str | os.PathLike, verify: bool = True) -> dict[str, Any
     root = Path(root)
     if not root.is_dir():
         raise BundleError(f"bundle folder not found: {root}")
-    man = _read_json(root / MANIFEST)
+    man = read_bundle_json(root / MANIFEST)
     if not isinstance(man, dict) or man.get("format") != BUNDLE_FORMAT:
         fmt = man.get("format") if isinstance(man, dict) else type(man).__name__
         raise BundleError(
@@ -104,7 +104,7 @@ class LabelSet:
     templates: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        self.embeddings = _normalise(np.asarray(self.embeddings, dtype=np.float32), "label embeddings")
+        self.embeddings = normalise_rows(np.asarray(self.embeddings, dtype=np.float32), "label embeddings")
         if self.embeddings.shape[0] != len(self.names):
             raise EdgeClipError(f"{len(self.names)} label names but {self.embeddings.shape[0]} embeddings")
         if len(set(self.names)) != len(self.names):
@@ -137,7 +137,7 @@ class LabelSet:
         }
 
 
-def _normalise(a: np.ndarray, what: str) -> np.ndarray:
+def normalise_rows(a: np.ndarray, what: str) -> np.ndarray:
     if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
         raise EdgeClipError(f"{what}: expected a non-empty (N, D) array, got shape {a.shape}")
     if not np.isfinite(a).all():
@@ -150,13 +150,13 @@ def _normalise(a: np.ndarray, what: str) -> np.ndarray:
 
 def prototype(embeddings: np.ndarray) -> np.ndarray:
     """A label made from example images: the normalised mean of their normalised embeddings, (D,)."""
-    e = _normalise(np.asarray(embeddings, dtype=np.float32), "example embeddings")
-    return _normalise(e.mean(0, keepdims=True), "example prototype")[0]
+    e = normalise_rows(np.asarray(embeddings, dtype=np.float32), "example embeddings")
+    return normalise_rows(e.mean(0, keepdims=True), "example prototype")[0]
 
 
 def read_labels(path: str | os.PathLike) -> LabelSet:
     path = Path(path)
-    d = _read_json(path)
+    d = read_bundle_json(path)
     if not isinstance(d, dict) or not isinstance(d.get("labels"), list) or "embeddings" not in d:
         raise BundleError(f"{path}: expected {{'labels': [...], 'embeddings': [[...]], 'templates': [...]}}")
     from edgeclip.core.prompts import MAX_LABELS

@@ -29,12 +29,12 @@ from edgeclip.runtime.bundle import (
     PREPROCESS,
     BundleError,
     LabelSet,
-    _normalise,
-    _read_json,
     make_session,
     model_output_dim,
+    normalise_rows,
     pick_model,
     prototype,
+    read_bundle_json,
     read_kind,
     read_labels,
 )
@@ -74,7 +74,7 @@ class Labeler:
         self.manifest = read_kind(self.root, self.kind, verify, default_kind="labeler")
         self.model_file = pick_model(self.manifest, precision)
         self.precision = next(k for k, v in self.manifest["models"].items() if v == self.model_file)
-        self.preprocess = NumpyPreprocess.from_dict(_read_json(self.root / PREPROCESS))
+        self.preprocess = NumpyPreprocess.from_dict(read_bundle_json(self.root / PREPROCESS))
         self.session = make_session(self.root / self.model_file, threads)
         self.threads = threads
         self.input_name = self.session.get_inputs()[0].name
@@ -98,7 +98,7 @@ class Labeler:
             return np.zeros((0, self.embed_dim), np.float32)
         x = self.preprocess.batch([to_image(im) for im in images])
         out = self.session.run(None, {self.input_name: x})[0]
-        return _normalise(np.asarray(out, dtype=np.float32), "model output")
+        return normalise_rows(np.asarray(out, dtype=np.float32), "model output")
 
     # ------------------------------------------------------------------ text
     @property

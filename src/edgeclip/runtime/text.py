@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeclip.core.errors import EdgeClipError
-from edgeclip.core.prompts import fill
-from edgeclip.runtime.bundle import BundleError, _normalise, make_session
+from edgeclip.core.prompts import prompt_ensemble
+from edgeclip.runtime.bundle import BundleError, make_session, normalise_rows
 
 TEXT_CONFIG = "text.json"
 TEXT_FORMAT = "edgeclip-text-tower/1"
@@ -109,14 +109,12 @@ class TextTower:
         raw = run_texts(
             self.tokenizer, self.session, texts, per_text=self.precision != "fp32", batch=batch_size
         )
-        return _normalise(raw, "text embeddings")
+        return normalise_rows(raw, "text embeddings")
 
     def classifier(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """Per label, the normalised mean over templates of the normalised embeddings of its prompts (L, D): the
         same prompt ensemble the bundle's own labels were made with."""
-        templates = list(templates) or ["{}"]
-        per_t = [self.embed([fill(t, lb) for lb in labels]) for t in templates]
-        return _normalise(np.mean(per_t, axis=0), "label embeddings")
+        return normalise_rows(prompt_ensemble(self.embed, labels, list(templates)), "label embeddings")
 
     def describe(self) -> dict:
         c = self.config

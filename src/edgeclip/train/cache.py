@@ -24,6 +24,7 @@ import torch
 
 from edgeclip.core.errors import CacheMismatchError, EdgeClipError, ImageLoadError
 from edgeclip.core.io import atomic_path, exclusive_lock, read_json, write_json
+from edgeclip.core.lineage import check_teacher
 from edgeclip.data.sources import ImageRecord, ImageSource
 from edgeclip.data.transforms import ViewSpec, apply_view, view_params
 
@@ -148,13 +149,14 @@ class EmbeddingCache:
         return np.stack([self._array(int(p) >> 32)[int(p) & 0xFFFFFFFF] for p in pos])
 
     def check_teacher(self, teacher_desc: dict) -> None:
-        mine = self.teacher
-        for field in ("id", "preprocess"):
-            if mine.get(field) != teacher_desc.get(field):
-                raise CacheMismatchError(
-                    f"cache {self.root} was built with teacher {mine.get('id')} "
-                    f"({field} differs from {teacher_desc.get('id')}); use another --cache folder"
-                )
+        check_teacher(
+            self.teacher,
+            teacher_desc,
+            f"cache {self.root}",
+            views=True,
+            fix="use another --cache folder",
+            error=CacheMismatchError,
+        )
 
 
 def read_cache_meta(root: Path) -> dict:
@@ -376,12 +378,14 @@ class _CacheBuild:
             write_json(out / "meta.json", meta)
             return meta
         old = read_cache_meta(out)
-        old_t, new_t = old.get("teacher", {}), meta["teacher"]
-        if old_t.get("id") != new_t["id"] or old_t.get("preprocess") != new_t["preprocess"]:
-            raise CacheMismatchError(
-                f"{out} holds embeddings of teacher {old_t.get('id')}, not {new_t['id']}; "
-                "refusing to mix teachers (use another --out folder)"
-            )
+        check_teacher(
+            old.get("teacher"),
+            meta["teacher"],
+            str(out),
+            views=True,
+            fix="refusing to mix teachers (use another --out folder)",
+            error=CacheMismatchError,
+        )
         if old.get("views") != self.views or old.get("view_spec") != meta["view_spec"]:
             raise CacheMismatchError(
                 f"{out} was built with views={old.get('views')} {old.get('view_spec')}; "
@@ -405,7 +409,7 @@ class _CacheBuild:
             n = None if records is None else len(records)
             bar = tqdm(total=n, desc="teacher embeddings", unit="img", mininterval=1.0)
         total = 0
-        for c, recs in enumerate(_chunks(records if records is not None else source, self.chunk)):
+        for c, recs in enumerate(chunks(records if records is not None else source, self.chunk)):
             total += len(recs)
             if c % world != rank:
                 continue
@@ -496,7 +500,7 @@ def _fault_point(rank: int, parts_written: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _chunks(records: Iterable[ImageRecord], size: int) -> Iterator[list[ImageRecord]]:
+def chunks(records: Iterable[ImageRecord], size: int) -> Iterator[list[ImageRecord]]:
     buf: list[ImageRecord] = []
     for r in records:
         buf.append(r)

@@ -38,7 +38,7 @@ from edgeclip.models.captioner import (
     save_captioner,
 )
 from edgeclip.models.decode import generate
-from edgeclip.train.engine import Task, TrainConfig, Trainer
+from edgeclip.train.engine import Task, TrainConfig, Trainer, unwrap
 
 # batch_size counts images; with captions_per_image 4 a step sees 64 (image, caption) pairs, the published batch,
 # and an epoch has ~5x the optimiser steps of 64 images x 5 captions (the decoder's gradient signal per epoch).
@@ -338,7 +338,7 @@ class CaptionTask(Task):
         if self.val is None:
             return {}
         t0 = time.time()
-        raw, (vx, refs, names) = _unwrap(model), self.val
+        raw, (vx, refs, names) = unwrap(model), self.val
         hyps = caption_tensor(raw, vx, self.pp, self.cfg.val_beam, self.max_len)
         cider = score_captions(refs, dict(zip(names, hyps)), metrics=("CIDEr",))["CIDEr"]
         res = {"val_cider": cider, "val_seconds": time.time() - t0, "val_sample": hyps[0] if hyps else ""}
@@ -402,12 +402,6 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
     hist.update(task.summary())
     write_json(Path(cfg.out) / "history.json", hist)
     return hist
-
-
-def _unwrap(m):
-    from edgeclip.train.engine import _unwrap as u
-
-    return u(m)
 
 
 def evaluate_captioner(

@@ -405,19 +405,19 @@ class Trainer:
         if fabric.world_size <= 1:
             return
         with torch.no_grad():
-            for b in _unwrap(self.model).buffers():
+            for b in unwrap(self.model).buffers():
                 b.copy_(fabric.broadcast(b.detach().clone(), src=0))
         import hashlib
 
         h = hashlib.sha256()
-        for k, v in sorted(_unwrap(self.model).state_dict().items()):
+        for k, v in sorted(unwrap(self.model).state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
         (self.out / f"rank{fabric.global_rank}.weights.sha256").write_text(h.hexdigest() + "\n")
 
     def finish(self, task: Task) -> None:
         if self.fabric.is_global_zero:
-            task.save(_unwrap(self.model), self.out, self.history)
+            task.save(unwrap(self.model), self.out, self.history)
             write_json(self.out / "history.json", self.history)
         self.fabric.barrier()
 
@@ -470,6 +470,6 @@ def fit(
     return trainer.fit(task)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside Fabric's wrapper (``_FabricModule.module`` is the original, never the DDP wrapper)."""
     return getattr(model, "module", model)

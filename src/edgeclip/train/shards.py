@@ -43,13 +43,13 @@ def write_shards(
     worker writes shards ``rank, rank + world, ...``; an existing shard is kept (resume). -> shards.json."""
     import webdataset as wds
 
-    from edgeclip.train.cache import _chunks
+    from edgeclip.train.cache import chunks
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = cache.view_spec
     counts: dict[str, int] = {}
-    for c, recs in enumerate(_chunks(source, chunk)):
+    for c, recs in enumerate(chunks(source, chunk)):
         if c % world != rank:
             continue
         name = f"shard-{c:06d}.tar"
@@ -111,13 +111,16 @@ class ShardTargets:
 
     def check_teacher(self, teacher_desc: dict) -> None:
         from edgeclip.core.errors import CacheMismatchError
+        from edgeclip.core.lineage import check_teacher
 
-        for f in ("id", "preprocess"):
-            if self.teacher.get(f) != teacher_desc.get(f):
-                raise CacheMismatchError(
-                    f"these reinforced shards hold embeddings of teacher {self.teacher.get('id')}, not "
-                    f"{teacher_desc.get('id')}; build shards with this teacher (edgeclip cache --format wds)"
-                )
+        check_teacher(
+            self.teacher,
+            teacher_desc,
+            "these reinforced shards",
+            views=True,
+            fix="build shards with this teacher (edgeclip cache --format wds)",
+            error=CacheMismatchError,
+        )
 
     def holds(self, r: ImageRecord) -> bool:
         return r.targets is not None
@@ -137,10 +140,10 @@ class ShardTargets:
 def shard_meta(spec: str) -> dict | None:
     """The merged worker records beside the shards of ``spec`` when they are reinforced shards (None for plain
     WebDataset shards); shards whose workers have not all finished are one line."""
-    from edgeclip.data.sources import _expand_shards
+    from edgeclip.data.sources import expand_shards
 
     try:
-        first = _expand_shards(spec)[0]
+        first = expand_shards(spec)[0]
     except (EdgeClipError, IndexError):
         return None
     folder = Path(first).parent

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edgeclip.core.io import atomic_path, sha256_text
-from edgeclip.core.prompts import DEFAULT_TEMPLATES, check_templates, fill, parse_labels
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, check_templates, parse_labels, prompt_ensemble
 
 
 def cache_dir() -> Path:
@@ -29,10 +28,9 @@ def text_classifier(
     embeddings of its prompts. ``encode_text``: list of prompts -> (N, D) embeddings (any text tower)."""
     labels = parse_labels(list(labels))
     templates = check_templates(templates)
-    per_t = [
-        F.normalize(encode_text([fill(t, lb) for lb in labels]).float().cpu(), dim=-1) for t in templates
-    ]
-    return F.normalize(torch.stack(per_t).mean(0), dim=-1)
+    return torch.from_numpy(
+        prompt_ensemble(lambda p: encode_text(p).float().cpu().numpy(), labels, templates)
+    )
 
 
 @torch.no_grad()

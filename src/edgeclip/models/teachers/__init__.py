@@ -106,12 +106,9 @@ def load_teacher(spec: str, device: str = "cpu") -> Teacher:
 def check_same_teacher(recorded: dict | None, teacher: Teacher, what: str) -> None:
     """One rule for every artefact (student, cache, manifest, bundle): it is used only with the teacher it
     records, by weights id; anything else is one line."""
-    rid = (recorded or {}).get("id")
-    if rid != teacher.id:
-        raise EdgeClipError(
-            f"{what} was made with teacher {rid}, not {teacher.id}: its embeddings do not live in this "
-            "teacher's text space"
-        )
+    from edgeclip.core.lineage import check_teacher
+
+    check_teacher(recorded, {"id": teacher.id}, what)
 
 
 def resolve_teacher_spec(recorded: dict | None, what: str, near: str | Path | None = None) -> str:
