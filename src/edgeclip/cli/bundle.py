@@ -53,13 +53,13 @@ def export_cmd(
     ),
 ):
     """Export a student to a bundle: ONNX fp32 + int8, labels.json, preprocess.json, manifest, model card."""
-    from edgeclip.export.bundle import export_bundle
+    from edgeclip.export.bundle import BundleConfig, run_export
 
-    man = export_bundle(
-        student,
-        out,
-        labels,
-        template,
+    cfg = BundleConfig(
+        student=str(student),
+        out=str(out),
+        labels=labels,
+        templates=template,
         calib=calib,
         quant=quant,
         calib_images=calib_images,
@@ -73,8 +73,8 @@ def export_cmd(
         threads=threads,
         int8_variants=[v.strip() for v in int8_variants.split(",") if v.strip()] if int8_variants else None,
         formats=format,
-        log=lambda s: typer.echo(s, err=True),
     )
+    man = run_export(cfg, log=lambda s: typer.echo(s, err=True))
     summary = {
         "bundle": str(out),
         "models": man["models"],

@@ -18,6 +18,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+MACHINE_LIBRARIES = ("torchvision", "timm", "open_clip", "onnxruntime", "onnx", "numpy", "transformers")
+
+
+def versions(modules, missing: str | None = "omit") -> dict[str, str | None]:
+    """The provenance helper: ``{module: __version__}`` of each module that imports (``"?"`` without a version);
+    a module that does not import is left out, or recorded as None with ``missing=None``."""
+    out: dict[str, str | None] = {}
+    for mod in modules:
+        try:
+            out[mod] = getattr(__import__(mod), "__version__", "?")
+        except Exception:
+            if missing is None:
+                out[mod] = None
+    return out
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -37,12 +53,7 @@ def machine_info() -> dict[str, Any]:
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    for mod in ("torchvision", "timm", "open_clip", "onnxruntime", "onnx", "numpy", "transformers"):
-        try:
-            m = __import__(mod)
-            info[mod] = getattr(m, "__version__", "?")
-        except Exception:
-            pass
+    info.update(versions(MACHINE_LIBRARIES))
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:

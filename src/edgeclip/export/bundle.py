@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,18 @@ import numpy as np
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.io import sha256_file, write_json
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, fill, prompt_ensemble
+from edgeclip.export.card import finish_bundle, model_card  # noqa: F401  (model_card: its earlier home)
+from edgeclip.export.slim import slim_bundle  # noqa: F401  (its earlier home)
 from edgeclip.runtime.bundle import (
     BUNDLE_FORMAT,
     LABELS,
     MANIFEST,
-    MODEL_CARD,
     MODEL_FP32,
     MODEL_INT8,
     PREPROCESS,
     LabelSet,
-    read_kind,
 )
 from edgeclip.runtime.preprocess import NumpyPreprocess
-from edgeclip.runtime.text import default_reason
 
 QUANT_MODES = ("auto", "static", "dynamic", "none")
 
@@ -152,127 +152,51 @@ def bundle_accuracy(
     }
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for mod in ("edgeclip", "torch", "onnx", "onnxruntime", "numpy", "PIL"):
-        try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except Exception:
-            pass
-    return out
+@dataclass
+class BundleConfig:
+    """Everything an export takes (``edgeclip export``'s options, a lab ``bundle`` stage's keys)."""
 
+    student: str = ""
+    out: str = ""
+    labels: Any = None  # a list, a comma-separated string or a labels file
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    calib: str | None = None  # calibration images (any edgeclip source); none: fp32 only
+    quant: str = "auto"  # auto | static | dynamic | none
+    calib_images: int = 200
+    holdout: float = 0.25  # share of the calibration images kept back to check int8
+    per_channel: bool = True
+    teacher: str | None = None  # default: the one the student records
+    eval_data: str | None = None  # an ImageFolder: zero-shot top-1 in the model card
+    eval_images: int = 0
+    overwrite: bool = False
+    seed: int = 0
+    opset: int = 17
+    text_encoder: bool = False  # also bundle the teacher's text tower (free-text queries on the device)
+    threads: int = 2
+    int8_variants: list[str] | None = None  # build and time only these int8 recipes
+    formats: Any = ("onnx",)  # onnx (always) and executorch
 
-def _model_card(m: dict[str, Any]) -> str:
-    t, s = m["teacher"], m["student"]
-    lines = [
-        f"# Edge bundle: {s['arch']} student of {t['id']}",
-        "",
-        "Open-vocabulary image labeler. Runs with numpy + Pillow + ONNX Runtime (`edgeclip.runtime`).",
-        "",
-        "## Source",
-        f"- teacher: `{t['spec']}` (id `{t['id']}`, {t['embed_dim']}-d embeddings, logit scale {t['logit_scale']:.1f})",
-        f"- student: `{s['arch']}` at {m['input']['size']} px, checkpoint sha256 `{s['checkpoint_sha256'][:16]}...`",
-        f"- distillation data: {s.get('data') or 'not recorded in the checkpoint'}"
-        + (f" ({s['n_train']} images)" if s.get("n_train") else ""),
-        f"- labels ({len(m['labels'])}): {', '.join(m['labels'][:30])}{' ...' if len(m['labels']) > 30 else ''}",
-        f"- prompt templates: {', '.join(repr(x) for x in m['templates'])}",
-        "",
-        "## Files and size",
-        "| file | bytes |",
-        "| --- | ---: |",
-    ]
-    lines += [f"| {k} | {v['bytes']:,} |" for k, v in m["files"].items()]
-    lines += [
-        "",
-        "## Parity and quantization",
-        f"- fp32 ONNX vs torch: max abs diff {m['parity']['fp32']['max_abs_diff']:.2e} on "
-        f"{m['parity']['fp32']['n']} images",
-    ]
-    if "int8" in m["parity"]:
-        p = m["parity"]["int8"]
-        q = m["quantization"]
-        lines.append(
-            f"- int8 ({q['method']}{', per-channel' if q.get('per_channel') else ''}, calibrated on "
-            f"{q.get('calibration_images', 0)} images): top-1 agreement with fp32 {p['top1_agreement']:.3f}, "
-            f"mean embedding cosine {p['mean_cosine']:.4f} on {p['n']} hold-out images"
-        )
-    if m.get("text"):
-        tx = m["text"]
-        b = tx["bytes"]
-        par = tx["parity"]
-        added = sum(b.values()) + tx.get("tokenizer_bytes", 0)
-        lines += [
-            "",
-            "## Text tower (new labels on the device)",
-            f"- {tx['kind']}: fp32 {b['fp32']:,} bytes"
-            + (f", int8 {b['int8']:,} bytes" if "int8" in b else "")
-            + f", tokenizer {tx.get('tokenizer_bytes', 0):,} bytes: {added / 1e6:.1f} MB added to the bundle",
-            f"- tokenizer: identical token ids to the teacher's on {tx['token_parity']['n']} texts",
-            f"- fp32 vs torch: min cosine {par['fp32']['min_cosine']:.5f} on {par['fp32']['n_texts']} texts",
-        ]
-        if "int8" in par:
-            z = par["int8"].get("zero_shot_agreement")
-            lines.append(
-                f"- int8: min cosine {par['int8']['min_cosine']:.4f}"
-                + (
-                    f", zero-shot agreement with torch {z:.3f} on {par['int8']['zero_shot_images']} images"
-                    if z is not None
-                    else ""
-                )
+    def __post_init__(self) -> None:
+        from edgeclip.core.prompts import check_templates, parse_labels
+
+        if not self.student or not self.out:
+            raise EdgeClipError("an export needs a student checkpoint and an --out folder")
+        if self.quant not in QUANT_MODES:
+            raise EdgeClipError(f"unknown quantization {self.quant!r} ({', '.join(QUANT_MODES)})")
+        self.formats = _check_formats(self.formats)
+        if self.int8_variants:
+            from edgeclip.export.choose import INT8_VARIANTS
+
+            for n in self.int8_variants:
+                INT8_VARIANTS.get(n)  # unknown recipe: one line with "did you mean", before any work
+        if not 0.0 < self.holdout < 1.0:
+            raise EdgeClipError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
+        if self.quant != "none" and not self.calib:
+            raise EdgeClipError(
+                "int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only"
             )
-        lines.append(f"- default precision {default_reason(tx)}")
-    ch = (m.get("quantization") or {}).get("choice")
-    if ch:
-        lines += [
-            "",
-            f"## Which precision runs by default: {ch['precision']}",
-            f"{ch['why']} (measured on this machine, {ch['threads']} ONNX Runtime threads; gate: top-1 agreement"
-            f" with fp32 >= {ch['gate']['top1_agreement']}).",
-            "",
-            "| model | batch 1 ms | batch 32 ms | top-1 agreement | bytes |",
-            "| --- | ---: | ---: | ---: | ---: |",
-            f"| fp32 | {ch['fp32']['batch1_ms']:.2f} | {ch['fp32']['batch32_ms']:.1f} | 1 | |",
-        ]
-        for k, v in ch["variants"].items():
-            lines.append(
-                f"| int8 {k}{' (shipped)' if k == ch['int8_file'] else ''} | {v['batch1_ms']:.2f} | "
-                f"{v['batch32_ms']:.1f} | {v['top1_agreement']:.3f} | {v['bytes']:,} |"
-            )
-    if m.get("executorch"):
-        e = m["executorch"]
-        lines += [
-            "",
-            f"## ExecuTorch programs (phones; {e['delegate']} delegate, input {'x'.join(map(str, e['input']))})",
-            "| program | batch 1 ms | vs torch: top-1 agreement | min cosine |",
-            "| --- | ---: | ---: | ---: |",
-        ]
-        for k, f in e["files"].items():
-            p = e["parity"][k]
-            lines.append(
-                f"| {f} ({k}) | {e['latency_ms'][k]:.2f} | {p['top1_agreement']:.3f} | {p['min_cosine']:.4f} |"
-            )
-    lines += ["", "## Latency (batch 1, ONNX Runtime, 1 thread, this machine)"]
-    for k, v in m.get("latency_ms", {}).items():
-        lines.append(f"- {k}: {v:.2f} ms")
-    if m.get("accuracy"):
-        a = m["accuracy"]
-        lines += ["", f"## Zero-shot accuracy on `{a['data']}` ({a['n']} images)"]
-        for k in ("torch_fp32", "bundle_fp32", "bundle_int8"):
-            if k in a:
-                lines.append(f"- {k}: top-1 {a[k]:.4f}")
-    else:
-        lines += [
-            "",
-            "## Accuracy",
-            "Not measured at export (`edgeclip export ... --eval IMAGEFOLDER` adds it here).",
-        ]
-    lines += [
-        "",
-        f"Created {m['created']} on {m['machine'].get('cpu_model', m['machine'].get('processor', '?'))}.",
-        "",
-    ]
-    return "\n".join(lines)
+        self.labels = parse_labels(self.labels)
+        self.templates = check_templates(self.templates)
 
 
 def export_bundle(
@@ -280,150 +204,34 @@ def export_bundle(
     out: str | os.PathLike,
     labels: Sequence[str] | str,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
-    calib: str | None = None,
-    quant: str = "auto",
-    calib_images: int = 200,
-    holdout: float = 0.25,
-    per_channel: bool = True,
-    teacher: str | None = None,
-    eval_data: str | None = None,
-    eval_images: int = 0,
-    overwrite: bool = False,
-    seed: int = 0,
-    opset: int = 17,
-    text_encoder: bool = False,
-    threads: int = 2,
-    int8_variants: Sequence[str] | None = None,
-    formats: Sequence[str] = ("onnx",),
     log: Callable[[str], None] = lambda s: None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Build a bundle folder at ``out``; returns its manifest (parity, sizes, latency, accuracy).
-    ``text_encoder``: also bundle the teacher's text tower (fp32 + int8 ONNX and its tokenizer), so that the
-    torch-free runtime embeds labels it has never seen (see :mod:`edgeclip.export.text`).
+    """Build a bundle folder at ``out``; returns its manifest (parity, sizes, latency, accuracy). ``options``: the
+    other :class:`BundleConfig` keys. ``text_encoder``: also bundle the teacher's text tower (fp32 + int8 ONNX and
+    its tokenizer), so that the torch-free runtime embeds labels it has never seen (see :mod:`edgeclip.export.text`).
     ``int8_variants``: build and time only these int8 recipes (default: every one for the model's family).
     ``formats``: onnx (always) and executorch (an ExecuTorch program for phones, XNNPACK fp32 + int8, beside
     the ONNX files; see :mod:`edgeclip.export.executorch`)."""
+    from edgeclip.core.config import build_dataclass
 
-    from edgeclip.core.machine import machine_info
-    from edgeclip.core.prompts import check_templates, parse_labels
-    from edgeclip.models.student import load_student
-    from edgeclip.models.teachers import teacher_of
-    from edgeclip.zeroshot.text import text_embeddings
+    given = {"student": str(student), "out": str(out), "labels": labels, "templates": list(templates)}
+    cfg = build_dataclass(BundleConfig, {**options, **given})
+    return run_export(cfg, log)
 
-    if quant not in QUANT_MODES:
-        raise EdgeClipError(f"unknown quantization {quant!r} ({', '.join(QUANT_MODES)})")
-    formats = _check_formats(formats)
-    if int8_variants:
-        from edgeclip.export.choose import INT8_VARIANTS
 
-        for n in int8_variants:
-            INT8_VARIANTS.get(n)  # unknown recipe: one line with "did you mean", before any work
-    if not 0.0 < holdout < 1.0:
-        raise EdgeClipError(f"holdout must be a fraction in (0, 1), got {holdout}")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (out / MANIFEST).is_file():
-            raise EdgeClipError(f"{out} exists and is not an edgeclip bundle; choose another --out")
-        if not overwrite:
-            raise EdgeClipError(f"{out} already holds a bundle; pass --overwrite to replace it")
-    labels = parse_labels(labels)
-    templates = check_templates(templates)
-
-    st, pp, ck = load_student(student)
-    t = teacher_of(ck, f"student {student}", teacher, embed_dim=st.embed_dim, near=student)
-    text = text_embeddings(t, labels, templates).numpy().astype(np.float32)
-    npp = NumpyPreprocess.from_dict(pp.to_dict())
-    transformer = is_transformer(st)
-    mode = quant
-    if mode != "none" and not calib:
-        raise EdgeClipError(
-            "int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only"
-        )
-
-    x_cal, x_hold, skipped = split_calibration(calib, calib_images, npp, holdout, seed, log)
-
+def run_export(cfg: BundleConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """The export as named steps: check the destination, load the student and its teacher, split calibration
+    images, then in a temporary folder: image models (fp32 + the measured int8 choice), labels and preprocessing,
+    the text tower, ExecuTorch programs, latency, manifest + card, accuracy; then one rename into place."""
+    out = _check_destination(Path(cfg.out), cfg.overwrite)
+    job = _Export.load(cfg, log)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        models, parity, quantization = _onnx_models(
-            st,
-            tmp,
-            pp.size,
-            transformer,
-            mode,
-            per_channel,
-            x_cal,
-            x_hold,
-            text,
-            calib,
-            threads,
-            opset,
-            log,
-            int8_variants,
-        )
-
-        LabelSet(labels, text, templates)  # validates before writing
-        write_json(tmp / LABELS, {**LabelSet(labels, text, templates).to_dict(), "teacher": t.id})
-        write_json(
-            tmp / PREPROCESS,
-            {
-                **pp.to_dict(),
-                "input_name": "image",
-                "layout": "NCHW",
-                "dtype": "float32",
-                "output_name": "embedding",
-                "output": "unnormalised embedding; L2-normalise",
-            },
-        )
-        text_cfg = _bundle_text_tower(t, tmp, labels, templates, x_hold, log) if text_encoder else None
-        et_cfg = None
-        if "executorch" in formats:
-            from edgeclip.export.executorch import export_executorch
-
-            et_cfg = export_executorch(
-                st, tmp, pp.size, x_cal, x_hold, text, threads=threads, log=log, int8=mode != "none"
-            )
-        latency = {k: ort_latency_ms(tmp / f, pp.size)["median_ms"] for k, f in models.items()}
-        extra = ck.get("extra") or {}
-        dcfg = extra.get("distill_config") or {}
-        manifest: dict[str, Any] = {
-            "format": BUNDLE_FORMAT,
-            "kind": "labeler",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "teacher": t.describe(),
-            "student": {
-                "arch": st.arch,
-                "config": st.config,
-                "checkpoint": Path(student).name,
-                "checkpoint_sha256": sha256_file(student),
-                "data": dcfg.get("data"),
-                "n_train": extra.get("n_train"),
-                "transformer": transformer,
-            },
-            "embed_dim": int(st.embed_dim),
-            "input": {"name": "image", "size": pp.size, "dynamic_hw": not transformer},
-            "labels": labels,
-            "templates": templates,
-            "models": models,
-            "default_precision": (quantization.get("choice") or {}).get(
-                "precision", "int8" if "int8" in models else "fp32"
-            ),
-            "quantization": quantization,
-            "parity": parity,
-            "latency_ms": latency,
-            "latency_setup": {"batch": 1, "threads": 1, "size": pp.size},
-            "calibration_skipped": len(skipped),
-            **({"text": text_cfg} if text_cfg else {}),
-            **({"executorch": et_cfg} if et_cfg else {}),
-            "versions": {**_versions(), "opset": opset},
-            "machine": machine_info(),
-        }
-        _finish(tmp, manifest)
-        if eval_data:
-            manifest["accuracy"] = _accuracy(tmp, student, t, models, eval_data, eval_images, templates, log)
-            _finish(tmp, manifest)
+        manifest = job.build(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -431,6 +239,138 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp)
     return manifest
+
+
+def _check_destination(out: Path, overwrite: bool) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not (out / MANIFEST).is_file():
+            raise EdgeClipError(f"{out} exists and is not an edgeclip bundle; choose another --out")
+        if not overwrite:
+            raise EdgeClipError(f"{out} already holds a bundle; pass --overwrite to replace it")
+    return out
+
+
+@dataclass
+class _Export:
+    cfg: BundleConfig
+    log: Callable[[str], None]
+    st: Any  # the torch student
+    pp: Any  # its Preprocess
+    ck: dict
+    teacher: Any
+    text: np.ndarray  # (L, D) the labels' teacher text embeddings
+    transformer: bool
+    x_cal: np.ndarray
+    x_hold: np.ndarray
+    skipped: list
+
+    @classmethod
+    def load(cls, cfg: BundleConfig, log) -> _Export:
+        from edgeclip.models.student import load_student
+        from edgeclip.models.teachers import teacher_of
+        from edgeclip.zeroshot.text import text_embeddings
+
+        st, pp, ck = load_student(cfg.student)
+        t = teacher_of(ck, f"student {cfg.student}", cfg.teacher, embed_dim=st.embed_dim, near=cfg.student)
+        text = text_embeddings(t, cfg.labels, cfg.templates).numpy().astype(np.float32)
+        npp = NumpyPreprocess.from_dict(pp.to_dict())
+        x_cal, x_hold, skipped = split_calibration(
+            cfg.calib, cfg.calib_images, npp, cfg.holdout, cfg.seed, log
+        )
+        return cls(cfg, log, st, pp, ck, t, text, is_transformer(st), x_cal, x_hold, skipped)
+
+    def build(self, folder: Path) -> dict[str, Any]:
+        cfg = self.cfg
+        models, parity, quantization = _onnx_models(
+            self.st, folder, self.pp.size, self.transformer, cfg.quant, cfg.per_channel, self.x_cal,
+            self.x_hold, self.text, cfg.calib, cfg.threads, cfg.opset, self.log, cfg.int8_variants,
+        )  # fmt: skip
+        self.side_files(folder)
+        text_cfg = (
+            _bundle_text_tower(self.teacher, folder, cfg.labels, cfg.templates, self.x_hold, self.log)
+            if cfg.text_encoder
+            else None
+        )
+        et_cfg = self.executorch(folder) if "executorch" in cfg.formats else None
+        latency = {k: ort_latency_ms(folder / f, self.pp.size)["median_ms"] for k, f in models.items()}
+        manifest = self.manifest(models, parity, quantization, latency, text_cfg, et_cfg)
+        finish_bundle(folder, manifest)
+        if cfg.eval_data:
+            manifest["accuracy"] = _accuracy(
+                folder,
+                cfg.student,
+                self.teacher,
+                models,
+                cfg.eval_data,
+                cfg.eval_images,
+                cfg.templates,
+                self.log,
+            )
+            finish_bundle(folder, manifest)
+        return manifest
+
+    def side_files(self, folder: Path) -> None:
+        """labels.json (the labels' teacher text embeddings, with the teacher id) and preprocess.json."""
+        labels = LabelSet(self.cfg.labels, self.text, self.cfg.templates)  # validates before writing
+        write_json(folder / LABELS, {**labels.to_dict(), "teacher": self.teacher.id})
+        write_json(
+            folder / PREPROCESS,
+            {
+                **self.pp.to_dict(),
+                "input_name": "image",
+                "layout": "NCHW",
+                "dtype": "float32",
+                "output_name": "embedding",
+                "output": "unnormalised embedding; L2-normalise",
+            },
+        )
+
+    def executorch(self, folder: Path) -> dict[str, Any]:
+        from edgeclip.export.executorch import export_executorch
+
+        return export_executorch(
+            self.st, folder, self.pp.size, self.x_cal, self.x_hold, self.text, threads=self.cfg.threads,
+            log=self.log, int8=self.cfg.quant != "none",
+        )  # fmt: skip
+
+    def manifest(self, models, parity, quantization, latency, text_cfg, et_cfg) -> dict[str, Any]:
+        from edgeclip.core.machine import machine_info, versions
+
+        cfg, st, extra = self.cfg, self.st, self.ck.get("extra") or {}
+        choice = quantization.get("choice") or {}
+        return {
+            "format": BUNDLE_FORMAT,
+            "kind": "labeler",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "teacher": self.teacher.describe(),
+            "student": {
+                "arch": st.arch,
+                "config": st.config,
+                "checkpoint": Path(cfg.student).name,
+                "checkpoint_sha256": sha256_file(cfg.student),
+                "data": (extra.get("distill_config") or {}).get("data"),
+                "n_train": extra.get("n_train"),
+                "transformer": self.transformer,
+            },
+            "embed_dim": int(st.embed_dim),
+            "input": {"name": "image", "size": self.pp.size, "dynamic_hw": not self.transformer},
+            "labels": cfg.labels,
+            "templates": cfg.templates,
+            "models": models,
+            "default_precision": choice.get("precision", "int8" if "int8" in models else "fp32"),
+            "quantization": quantization,
+            "parity": parity,
+            "latency_ms": latency,
+            "latency_setup": {"batch": 1, "threads": 1, "size": self.pp.size},
+            "calibration_skipped": len(self.skipped),
+            **({"text": text_cfg} if text_cfg else {}),
+            **({"executorch": et_cfg} if et_cfg else {}),
+            "versions": {**versions(BUNDLE_LIBRARIES), "opset": cfg.opset},
+            "machine": machine_info(),
+        }
+
+
+BUNDLE_LIBRARIES = ("edgeclip", "torch", "onnx", "onnxruntime", "numpy", "PIL")
 
 
 FORMATS = ("onnx", "executorch")
@@ -626,77 +566,3 @@ def _bundle_text_tower(teacher, folder: Path, labels, templates, x_hold: np.ndar
 
     prompts = [fill(tpl, lb) for tpl in templates for lb in labels]
     return export_text_tower(teacher, folder, prompts, img, classifier if len(labels) > 1 else None, log=log)
-
-
-def _finish(folder: Path, manifest: dict[str, Any]) -> None:
-    """Hash every file, write the model card, then the manifest (with the card's hash) last."""
-    files = {
-        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name not in (MANIFEST, MODEL_CARD)
-    }
-    manifest["files"] = files
-    (folder / MODEL_CARD).write_text(_model_card(manifest), encoding="utf-8")
-    files[MODEL_CARD] = {
-        "sha256": sha256_file(folder / MODEL_CARD),
-        "bytes": (folder / MODEL_CARD).stat().st_size,
-    }
-    write_json(folder / MANIFEST, manifest)
-    for p in folder.iterdir():
-        p.chmod(0o644)  # atomic writes create 0600 files; a bundle is meant to be copied and shared
-
-
-def slim_bundle(
-    folder: str | os.PathLike, keep: Sequence[str] = ("int8",), text_default: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Drop the image and text models of the precisions not in ``keep`` from a bundle folder (in place; for
-    shipping a bundle small), re-hash it and record what was removed in its manifest; -> the manifest.
-    ``keep``: precisions for both towers (``int8``) or one (``image:fp32``, ``text:int8``). A precision that a
-    tower uses by default is never dropped: the bundle must run as exported, unless ``text_default`` moves the
-    text tower's default with its evidence: ``{precision, value, reference, min_ratio, measured}`` (value /
-    reference >= min_ratio, e.g. Recall@5 on a validation split with that precision and with the old one)."""
-    folder = Path(folder)
-    man = read_kind(folder, "labeler", verify=True, default_kind="labeler")
-    keep = set(keep)
-    removed: list[str] = []
-    if text_default:
-        if not man.get("text"):
-            raise EdgeClipError(f"{folder}: no text tower whose default could move")
-        td = dict(text_default)
-        ratio = float(td["value"]) / float(td["reference"]) if float(td["reference"]) else 0.0
-        if td["precision"] not in man["text"].get("models", {}) or ratio < float(td.get("min_ratio", 0.99)):
-            raise EdgeClipError(
-                f"{folder}: the text tower's default stays {man['text'].get('default')}: {td['precision']} "
-                f"reaches {ratio:.3f} of it ({td.get('measured', '?')}), below {td.get('min_ratio', 0.99)}"
-            )
-        man["text"]["default_moved"] = {"from": man["text"].get("default"), "ratio": ratio, **td}
-        man["text"]["default"] = td["precision"]
-        man["text"]["default_why"] = default_reason(man["text"])
-    towers = [("image", man, man.get("default_precision") or "fp32")]
-    if man.get("text"):
-        towers.append(("text", man["text"], man["text"].get("default", "fp32")))
-    for what, cfg, default in towers:
-        mine = {k.split(":", 1)[1] for k in keep if k.startswith(f"{what}:")} | {
-            k for k in keep if ":" not in k
-        }
-        for prec in [p for p in cfg.get("models", {}) if p not in mine]:
-            if prec == default:
-                raise EdgeClipError(
-                    f"{folder}: its {what} tower runs {prec} by default (the export's measured choice); "
-                    f"keep {prec} or re-export"
-                )
-            removed.append(cfg["models"].pop(prec))
-    for name in removed:
-        (folder / name).unlink(missing_ok=True)
-    if man.get("executorch") and "executorch" not in keep:  # the phone programs go too
-        man.pop("executorch")
-        for p in folder.glob("*.pte"):
-            removed.append(p.name)
-            p.unlink()
-    man["slimmed"] = {"kept": sorted(keep), "removed": sorted(set(removed))}
-    if man.get("text"):  # the text tower reads its own config file, which mirrors the manifest's entry
-        from edgeclip.runtime.text import TEXT_CONFIG
-
-        write_json(folder / TEXT_CONFIG, man["text"])
-    _finish(folder, man)
-    return man

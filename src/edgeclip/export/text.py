@@ -89,8 +89,6 @@ def export_text_tower(
     ``classifier(encode)``: the bundle's label embeddings (L, D) made with a given ``encode(texts) -> (N, D)``;
     with ``image_embeddings`` (N, D) it gives the int8 tower's zero-shot agreement with torch.
     """
-    from edgeclip.export.onnx import export_onnx
-    from edgeclip.runtime.session import ort_session
     from edgeclip.runtime.text import default_reason, run_texts
 
     if teacher.text_export is None:
@@ -108,32 +106,9 @@ def export_text_tower(
         )
     with atomic_path(folder / TOKENIZER) as tmp:
         ex.tokenizer.save(str(tmp))
-    sample = ex.reference(texts[:4])
-    ids = sample["input_ids"].long()
-    mask = sample.get("attention_mask", (ids != 0).long()).long()
-    module = ex.module.eval().cpu()
-    export_onnx(
-        module,
-        folder / TEXT_FP32,
-        input_names=("input_ids", "attention_mask"),
-        output_names=("embedding",),
-        example_inputs=(ids, mask),
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "tokens"},
-            "attention_mask": {0: "batch", 1: "tokens"},
-            "embedding": {0: "batch"},
-        },
-        opset=opset,
-    )
+    _onnx_fp32(ex, texts, folder, opset)
     ref = _torch_embed(ex, texts)
-    sessions = {"fp32": ort_session(folder / TEXT_FP32)}
-    files = {"fp32": TEXT_FP32}
-    if int8:
-        from edgeclip.quant.ort import quantize_dynamic_onnx
-
-        quantize_dynamic_onnx(folder / TEXT_FP32, folder / TEXT_INT8, per_channel=True)
-        sessions["int8"] = ort_session(folder / TEXT_INT8)
-        files["int8"] = TEXT_INT8
+    sessions, files = _sessions(folder, int8)
     parity: dict[str, Any] = {}
     for k, sess in sessions.items():  # run exactly as the runtime runs them (int8: one text per run)
         got = run_texts(ex.tokenizer, sess, texts, per_text=k != "fp32")
@@ -146,19 +121,7 @@ def export_text_tower(
         )
     default = "fp32"
     if int8 and classifier is not None and image_embeddings is not None and len(image_embeddings):
-
-        def encode(k):
-            return lambda batch: run_texts(ex.tokenizer, sessions[k], batch, per_text=k != "fp32")
-
-        base = classifier(lambda batch: _torch_embed(ex, batch)).T
-        img = _unit(np.asarray(image_embeddings, dtype=np.float32))
-        want = (img @ base).argmax(1)
-        for k in sessions:
-            agree = float(((img @ classifier(encode(k)).T).argmax(1) == want).mean())
-            parity[k]["zero_shot_agreement"] = agree
-            parity[k]["zero_shot_images"] = int(len(img))
-        if parity["int8"]["zero_shot_agreement"] >= INT8_AGREEMENT_GATE and len(img) >= MIN_GATE_IMAGES:
-            default = "int8"
+        default = _int8_gate(ex, sessions, parity, classifier, image_embeddings)
     sizes = {k: (folder / f).stat().st_size for k, f in files.items()}
     cfg = {
         "format": TEXT_FORMAT,
@@ -176,8 +139,65 @@ def export_text_tower(
     }
     cfg["default_why"] = default_reason(cfg)
     write_json(folder / TEXT_CONFIG, cfg)
-    log(
-        f"text tower ({ex.kind}): fp32 {sizes['fp32'] / 1e6:.1f} MB"
+    log(_summary(ex.kind, sizes, tok, parity, int8, default))
+    return cfg
+
+
+def _onnx_fp32(ex, texts: list[str], folder: Path, opset: int) -> None:
+    from edgeclip.export.onnx import export_onnx
+
+    sample = ex.reference(texts[:4])
+    ids = sample["input_ids"].long()
+    mask = sample.get("attention_mask", (ids != 0).long()).long()
+    export_onnx(
+        ex.module.eval().cpu(),
+        folder / TEXT_FP32,
+        input_names=("input_ids", "attention_mask"),
+        output_names=("embedding",),
+        example_inputs=(ids, mask),
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "tokens"},
+            "attention_mask": {0: "batch", 1: "tokens"},
+            "embedding": {0: "batch"},
+        },
+        opset=opset,
+    )
+
+
+def _sessions(folder: Path, int8: bool) -> tuple[dict, dict[str, str]]:
+    """The fp32 tower's ONNX Runtime session and, with ``int8``, the dynamic-int8 one's; -> (sessions, files)."""
+    from edgeclip.runtime.session import ort_session
+
+    sessions, files = {"fp32": ort_session(folder / TEXT_FP32)}, {"fp32": TEXT_FP32}
+    if int8:
+        from edgeclip.quant.ort import quantize_dynamic_onnx
+
+        quantize_dynamic_onnx(folder / TEXT_FP32, folder / TEXT_INT8, per_channel=True)
+        sessions["int8"], files["int8"] = ort_session(folder / TEXT_INT8), TEXT_INT8
+    return sessions, files
+
+
+def _int8_gate(ex, sessions: dict, parity: dict, classifier, image_embeddings) -> str:
+    """Zero-shot agreement with torch of each tower's label classifier on the images (recorded in ``parity``);
+    -> the default precision: int8 when it passes the gate on enough images."""
+    from edgeclip.runtime.text import run_texts
+
+    def encode(k):
+        return lambda batch: run_texts(ex.tokenizer, sessions[k], batch, per_text=k != "fp32")
+
+    base = classifier(lambda batch: _torch_embed(ex, batch)).T
+    img = _unit(np.asarray(image_embeddings, dtype=np.float32))
+    want = (img @ base).argmax(1)
+    for k in sessions:
+        parity[k]["zero_shot_agreement"] = float(((img @ classifier(encode(k)).T).argmax(1) == want).mean())
+        parity[k]["zero_shot_images"] = int(len(img))
+    ok = parity["int8"]["zero_shot_agreement"] >= INT8_AGREEMENT_GATE and len(img) >= MIN_GATE_IMAGES
+    return "int8" if ok else "fp32"
+
+
+def _summary(kind: str, sizes: dict, tok: dict, parity: dict, int8: bool, default: str) -> str:
+    return (
+        f"text tower ({kind}): fp32 {sizes['fp32'] / 1e6:.1f} MB"
         + (f", int8 {sizes['int8'] / 1e6:.1f} MB" if int8 else "")
         + f"; tokens identical on {tok['n']} texts; fp32 min cosine vs torch {parity['fp32']['min_cosine']:.5f}"
         + (
@@ -188,7 +208,6 @@ def export_text_tower(
         )
         + f"; runtime default {default}"
     )
-    return cfg
 
 
 @torch.no_grad()

@@ -133,110 +133,239 @@ def _top_hits(res: dict, k: int) -> dict[str, dict[str, list[dict]]]:
 
 
 def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False) -> dict:
-    import contextlib
-
+    """The photos demo as six named steps over one result dict (written to demo_result.json and the page)."""
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
-    from edgeclip.data.sources import open_source
-    from edgeclip.export.bundle import export_bundle
     from edgeclip.lab.demo_page import write_demo_page
     from edgeclip.lab.ship import shipped
-    from edgeclip.models import load_student
-    from edgeclip.models.cost import model_stats
-    from edgeclip.models.teachers import load_teacher
-    from edgeclip.train.cache import build_cache
-    from edgeclip.train.distill import DistillConfig, distill
-    from edgeclip.zeroshot.embedder import load_embedder
-    from edgeclip.zeroshot.evaluate import search_images
 
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    idx = shipped(models)
-    result: dict = {
-        "mode": "photos",
-        "models": {r: idx[r] for r in ("teacher", "student", "bundle", "captioner") if r in idx},
-    }
+    demo = _PhotosDemo(out, shipped(models), fast)
+    for step in (demo.models, demo.queries, demo.captions, demo.speed, demo.bundle, demo.distill):
+        step()
+    result = demo.result
+    result["seconds"] = time.time() - t0
+    result["machine"] = machine_info()
+    write_json(out / "demo_result.json", result)
+    page = write_demo_page(out, result, demo.photos)
+    print(f"\ntotal time: {result['seconds']:.0f}s   results: {out / 'demo_result.json'}")
+    print(f"the page: {page}")
+    return result
 
-    _say("1/6 the shipped models and scikit-image's sample photos")
-    photos = sample_photos(out / "photos")
-    names = sorted(p.name for p in photos.glob("*.jpg"))
-    print(f"  {len(names)} photos: {', '.join(names)}")
-    for role, spec in result["models"].items():
-        print(f"  {role:9s} {spec}")
 
-    _say("2/6 free-text queries: the best photos for each text, teacher vs student vs int8 bundle (no torch)")
-    teacher = load_embedder(teacher=idx["teacher"])
-    student = load_embedder(teacher=idx["teacher"], student=idx["student"])
-    models_ = {"student": student}
-    if "bundle" in idx:
-        models_["bundle_int8"] = load_embedder(bundle=idx["bundle"], precision="int8", threads=2)
-    queries = QUERIES[:5] if fast else QUERIES
-    res = search_images(teacher, models_, str(photos), queries, k=3)
-    result["top3"] = _top_hits(res, 3)
-    result["queries"] = {
-        role: {q: hits[0]["image"] for q, hits in t.items()} for role, t in result["top3"].items()
-    }
-    result["right"] = {
-        role: sum(ANSWERS[q] == top for q, top in tops.items()) for role, tops in result["queries"].items()
-    }
+class _PhotosDemo:
+    def __init__(self, out: Path, idx: dict, fast: bool):
+        self.out, self.idx, self.fast = out, idx, fast
+        self.result: dict = {
+            "mode": "photos",
+            "models": {r: idx[r] for r in ("teacher", "student", "bundle", "captioner") if r in idx},
+        }
+        self.queries_ = QUERIES[:5] if fast else QUERIES
+
+    def models(self) -> None:
+        _say("1/6 the shipped models and scikit-image's sample photos")
+        self.photos = sample_photos(self.out / "photos")
+        names = sorted(p.name for p in self.photos.glob("*.jpg"))
+        print(f"  {len(names)} photos: {', '.join(names)}")
+        for role, spec in self.result["models"].items():
+            print(f"  {role:9s} {spec}")
+
+    def queries(self) -> None:
+        from edgeclip.zeroshot.embedder import load_embedder
+        from edgeclip.zeroshot.evaluate import search_images
+
+        _say(
+            "2/6 free-text queries: the best photos for each text, teacher vs student vs int8 bundle (no torch)"
+        )
+        idx, result, queries = self.idx, self.result, self.queries_
+        teacher = load_embedder(teacher=idx["teacher"])
+        models_ = {"student": load_embedder(teacher=idx["teacher"], student=idx["student"])}
+        if "bundle" in idx:
+            models_["bundle_int8"] = load_embedder(bundle=idx["bundle"], precision="int8", threads=2)
+        res = search_images(teacher, models_, str(self.photos), queries, k=3)
+        result["top3"] = _top_hits(res, 3)
+        result["queries"] = {
+            role: {q: hits[0]["image"] for q, hits in t.items()} for role, t in result["top3"].items()
+        }
+        result["right"] = {
+            role: sum(ANSWERS[q] == top for q, top in tops.items())
+            for role, tops in result["queries"].items()
+        }
+        _print_query_table(result, list(res["models"]), queries)
+        agree = [
+            sum(result["queries"][r][q] == result["queries"]["teacher"][q] for q in queries) / len(queries)
+            for r in models_
+        ]
+        result["top1_photo_agreement_with_teacher"] = dict(zip(models_, agree))
+
+    def captions(self) -> None:
+        if "captioner" not in self.idx:
+            _say("3/6 captions: no captioner is shipped in models/index.json yet (skipped)")
+            return
+        _say("3/6 captions (the shipped captioner, beam 5)")
+        self.result["captions"] = caption_photos(self.idx["captioner"], self.photos)
+        for n, c in self.result["captions"].items():
+            print(f"  {Path(n).stem:22s} {c}")
+
+    def speed(self) -> None:
+        import torch
+
+        from edgeclip.models import load_student
+        from edgeclip.models.cost import model_stats
+        from edgeclip.models.teachers import load_teacher
+
+        threads, result = torch.get_num_threads(), self.result
+        _say(
+            f"4/6 speed at 224 px, batch 1, {threads} threads: the student beside its teacher and CLIP-sized towers"
+        )
+        self.teacher = t = load_teacher(self.idx["teacher"])
+        st, spp, _ = load_student(self.idx["student"])
+        reps = 5 if self.fast else 20
+        speed = {
+            "teacher_224": model_stats(t.image_encoder, 224, reps=reps),
+            "student_224": model_stats(st, 224, reps=reps),
+            "teacher_native": model_stats(t.image_encoder, t.image_size, reps=reps),
+            "student_native": model_stats(st, spp.size, reps=reps),
+        }
+        clip = clip_tower_speed(CLIP_TOWERS, 224, reps=3 if self.fast else 10)
+        result["speed"], result["clip_towers"] = speed, clip
+        rows = [
+            (f"student {st.arch} (shipped)", speed["student_224"]),
+            (f"teacher {t.extra.get('arch', '')} (reference, trained here)", speed["teacher_224"]),
+            *(
+                (f"open_clip {n} image tower (random weights)", v)
+                for n, v in clip.items()
+                if "latency_ms" in v
+            ),
+        ]
+        result["speed_rows"] = [
+            {"model": m, **{k: v[k] for k in ("input_size", "params_m", "gflops", "latency_ms")}}
+            for m, v in rows
+        ]
+        _print_speed_table(rows, speed["student_224"]["latency_ms"], threads)
+        result["speedup_224"] = speed["teacher_224"]["latency_ms"] / speed["student_224"]["latency_ms"]
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        result["load_average_1min"] = load
+        if load > 0.5 * cores:
+            print(
+                f"  (load average {load:.1f} on {cores} cores: other jobs share this CPU, so these latencies are noisy)"
+            )
+
+    def bundle(self) -> None:
+        from edgeclip.data.sources import open_source
+        from edgeclip.export.bundle import export_bundle
+        from edgeclip.zeroshot.embedder import load_embedder
+
+        _say("5/6 exporting the student as an int8 edge bundle, then the same queries without torch")
+        out, queries, result = self.out, self.queries_, self.result
+        bdir = out / "bundle"
+        export_log: list[str] = []  # the export's own report (variants timed, the choice) goes to a file
+        man = export_bundle(
+            self.idx["student"],
+            bdir,
+            queries,  # the queries are the bundle's labels: their embeddings travel with it
+            templates=["{}"],
+            calib=str(self.photos),
+            teacher=self.idx["teacher"],
+            holdout=0.25,
+            overwrite=True,
+            int8_variants=["qdq_per_channel", "qoperator_per_channel"],
+            log=export_log.append,
+        )
+        (out / "export.log").write_text("\n".join(export_log) + "\n", encoding="utf-8")
+        lab = load_embedder(bundle=str(bdir), precision="int8", threads=2)
+        self.recs = recs = list(open_source(str(self.photos)))
+        sims = lab.text(queries, ["{}"]) @ lab.embed([r.load() for r in recs]).T
+        top = {q: recs[int(sims[i].argmax())].name for i, q in enumerate(queries)}
+        eb = result["exported_bundle"] = {
+            "path": str(bdir),
+            "default": man.get("default_precision"),
+            "bytes": {k: v["bytes"] for k, v in man["files"].items()},
+            "parity": man["parity"],
+            "top_photo": top,
+            "agrees_with_student": sum(top[q] == result["queries"]["student"][q] for q in queries)
+            / len(queries),
+        }
+        sizes = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in eb["bytes"].items() if k.endswith(".onnx"))
+        print(
+            f"  {bdir}: {sizes}; default {man.get('default_precision')} (how it chose: {out / 'export.log'})"
+        )
+        print(
+            f"  int8 bundle's top photo = the torch student's for {eb['agrees_with_student']:.0%} of the queries"
+        )
+
+    def distill(self) -> None:
+        import contextlib
+
+        from edgeclip.train.cache import build_cache
+        from edgeclip.train.distill import DistillConfig, distill
+
+        _say("6/6 a short label-free distillation from the shipped teacher (the pipeline itself)")
+        out, fast = self.out, self.fast
+        cache = build_cache(
+            list(self.recs), self.teacher, out / "cache", views=4 if fast else 8, progress=False
+        )
+        cfg = DistillConfig(
+            teacher=self.idx["teacher"],
+            data=str(self.photos),
+            out=str(out / "student"),
+            cache=str(out / "cache"),
+            student={"arch": "shufflenet_v2_x0_5", "img_size": 96},
+            train={
+                "epochs": 3 if fast else 10,
+                "batch_size": 16,
+                "lr": 3e-3,
+                "num_workers": 0,
+                "log_every": 1000,
+            },
+        )
+        t_d = time.time()
+        with open(out / "distill.log", "w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
+            hist = distill(
+                cfg, progress=False, teacher=self.teacher, resume=(out / "student" / "last.ckpt").is_file()
+            )
+        ep = hist["epochs"]
+        print(
+            f"  {len(ep)} epochs on {len(self.recs)} photos in {time.time() - t_d:.0f} s: train cosine to the "
+            f"teacher {ep[0]['cos']:.2f} -> {ep[-1]['cos']:.2f}; {out / 'student' / 'student.pt'} "
+            f"(log: {out / 'distill.log'})"
+        )
+        self.result["distill"] = {
+            "cache": cache.as_dict(),
+            "epochs": ep,
+            "student": str(out / "student" / "student.pt"),
+        }
+
+
+def _print_query_table(result: dict, roles: list[str], queries: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     tab = Table(title="free-text queries: top photo (cosine); ✓ = the photo that answers it")
     tab.add_column("query")
-    for role in res["models"]:
+    for role in roles:
         tab.add_column(f"{role} ({result['right'][role]}/{len(queries)} ✓)")
     for q in queries:
         cells = []
-        for role in res["models"]:
+        for role in roles:
             h = result["top3"][role][q][0]
             cells.append(
                 f"{Path(h['image']).stem} ({h['score']:.2f})" + (" ✓" if ANSWERS[q] == h["image"] else "")
             )
         tab.add_row(q, *cells)
     Console().print(tab)
-    agree = [
-        sum(result["queries"][r][q] == result["queries"]["teacher"][q] for q in queries) / len(queries)
-        for r in models_
-    ]
-    result["top1_photo_agreement_with_teacher"] = dict(zip(models_, agree))
 
-    if "captioner" in idx:
-        _say("3/6 captions (the shipped captioner, beam 5)")
-        result["captions"] = caption_photos(idx["captioner"], photos)
-        for n, c in result["captions"].items():
-            print(f"  {Path(n).stem:22s} {c}")
-    else:
-        _say("3/6 captions: no captioner is shipped in models/index.json yet (skipped)")
 
-    threads = torch.get_num_threads()
-    _say(
-        f"4/6 speed at 224 px, batch 1, {threads} threads: the student beside its teacher and CLIP-sized towers"
-    )
-    t = load_teacher(idx["teacher"])
-    st, spp, _ = load_student(idx["student"])
-    reps = 5 if fast else 20
-    speed = {
-        "teacher_224": model_stats(t.image_encoder, 224, reps=reps),
-        "student_224": model_stats(st, 224, reps=reps),
-        "teacher_native": model_stats(t.image_encoder, t.image_size, reps=reps),
-        "student_native": model_stats(st, spp.size, reps=reps),
-    }
-    clip = clip_tower_speed(CLIP_TOWERS, 224, reps=3 if fast else 10)
-    result["speed"], result["clip_towers"] = speed, clip
-    rows = [
-        (f"student {st.arch} (shipped)", speed["student_224"]),
-        (f"teacher {t.extra.get('arch', '')} (reference, trained here)", speed["teacher_224"]),
-        *((f"open_clip {n} image tower (random weights)", v) for n, v in clip.items() if "latency_ms" in v),
-    ]
-    result["speed_rows"] = [
-        {"model": m, **{k: v[k] for k in ("input_size", "params_m", "gflops", "latency_ms")}} for m, v in rows
-    ]
+def _print_speed_table(rows: list, base: float, threads: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     tab = Table(title=f"image towers at 224 px, batch 1, {threads} threads, torch eager")
     for c in ("model", "params (M)", "GFLOPs", "latency b1 (ms)", "vs student"):
         tab.add_column(c, justify="left" if c == "model" else "right")
-    base = speed["student_224"]["latency_ms"]
     for m, v in rows:
         tab.add_row(
             m,
@@ -246,86 +375,3 @@ def run_photos_demo(out: Path, models: Path = Path("models"), fast: bool = False
             f"{v['latency_ms'] / base:.1f}x",
         )
     Console().print(tab)
-    result["speedup_224"] = speed["teacher_224"]["latency_ms"] / base
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    result["load_average_1min"] = load
-    if load > 0.5 * cores:
-        print(
-            f"  (load average {load:.1f} on {cores} cores: other jobs share this CPU, so these latencies are noisy)"
-        )
-
-    _say("5/6 exporting the student as an int8 edge bundle, then the same queries without torch")
-    bdir = out / "bundle"
-    export_log: list[str] = []  # the export's own report (variants timed, the choice) goes to a file
-    man = export_bundle(
-        idx["student"],
-        bdir,
-        queries,  # the queries are the bundle's labels: their embeddings travel with it
-        templates=["{}"],
-        calib=str(photos),
-        teacher=idx["teacher"],
-        holdout=0.25,
-        overwrite=True,
-        int8_variants=["qdq_per_channel", "qoperator_per_channel"],
-        log=export_log.append,
-    )
-    (out / "export.log").write_text("\n".join(export_log) + "\n", encoding="utf-8")
-    lab = load_embedder(bundle=str(bdir), precision="int8", threads=2)
-    recs = list(open_source(str(photos)))
-    sims = lab.text(queries, ["{}"]) @ lab.embed([r.load() for r in recs]).T
-    top = {q: recs[int(sims[i].argmax())].name for i, q in enumerate(queries)}
-    result["exported_bundle"] = {
-        "path": str(bdir),
-        "default": man.get("default_precision"),
-        "bytes": {k: v["bytes"] for k, v in man["files"].items()},
-        "parity": man["parity"],
-        "top_photo": top,
-        "agrees_with_student": sum(top[q] == result["queries"]["student"][q] for q in queries) / len(queries),
-    }
-    sizes = ", ".join(
-        f"{k} {v / 1e6:.1f} MB" for k, v in result["exported_bundle"]["bytes"].items() if k.endswith(".onnx")
-    )
-    print(f"  {bdir}: {sizes}; default {man.get('default_precision')} (how it chose: {out / 'export.log'})")
-    print(
-        f"  int8 bundle's top photo = the torch student's for {result['exported_bundle']['agrees_with_student']:.0%}"
-        " of the queries"
-    )
-
-    _say("6/6 a short label-free distillation from the shipped teacher (the pipeline itself)")
-    cache = build_cache(
-        list(open_source(str(photos))), t, out / "cache", views=4 if fast else 8, progress=False
-    )
-    cfg = DistillConfig(
-        teacher=idx["teacher"],
-        data=str(photos),
-        out=str(out / "student"),
-        cache=str(out / "cache"),
-        student={"arch": "shufflenet_v2_x0_5", "img_size": 96},
-        train={
-            "epochs": 3 if fast else 10,
-            "batch_size": 16,
-            "lr": 3e-3,
-            "num_workers": 0,
-            "log_every": 1000,
-        },
-    )
-    t_d = time.time()
-    with open(out / "distill.log", "w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
-        hist = distill(cfg, progress=False, teacher=t, resume=(out / "student" / "last.ckpt").is_file())
-    ep = hist["epochs"]
-    print(
-        f"  {len(ep)} epochs on {len(recs)} photos in {time.time() - t_d:.0f} s: train cosine to the teacher "
-        f"{ep[0]['cos']:.2f} -> {ep[-1]['cos']:.2f}; {out / 'student' / 'student.pt'} (log: {out / 'distill.log'})"
-    )
-    result["distill"] = {
-        "cache": cache.as_dict(),
-        "epochs": ep,
-        "student": str(out / "student" / "student.pt"),
-    }
-    result["seconds"] = time.time() - t0
-    result["machine"] = machine_info()
-    write_json(out / "demo_result.json", result)
-    page = write_demo_page(out, result, photos)
-    print(f"\ntotal time: {result['seconds']:.0f}s   results: {out / 'demo_result.json'}")
-    print(f"the page: {page}")
-    return result

@@ -41,13 +41,9 @@ def cpu_flags() -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for mod in ("onnxruntime", "openvino", "executorch", "torch", "torchao"):
-        try:
-            out[mod] = getattr(__import__(mod), "__version__", "?")
-        except Exception:
-            out[mod] = None
-    return out
+    from edgeclip.core.machine import versions
+
+    return versions(("onnxruntime", "openvino", "executorch", "torch", "torchao"), missing=None)
 
 
 def _input(size: int, batch: int) -> np.ndarray:

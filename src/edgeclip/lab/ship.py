@@ -68,14 +68,12 @@ def ship_models(
     """Copy the given models into ``into`` (fp16 where they are checkpoints), check them, write their cards and
     ``index.json``; -> the index. ``photos``: an image source for the checks. ``names``: file names per role.
     ``card``: text per role (training data, licence) for the model cards. ``bundle_keep``: ship only these
-    precisions of the bundle (e.g. ``[int8]``, ``[image:fp32, text:int8]``; see ``export.bundle.slim_bundle``),
+    precisions of the bundle (e.g. ``[int8]``, ``[image:fp32, text:int8]``; see ``export.slim.slim_bundle``),
     ``bundle_text_default``: move its text tower's default, with the evidence ``slim_bundle`` checks.
     ``captioner``: a checkpoint, or ``{run: {captioner: PATH, val_cider: X}}``: the run best on validation CIDEr
     is shipped (never chosen on test). A ``teacher`` that is already the shipped file (a later experiment that
     trained on the shipped teacher) is kept as it was shipped, with its checks; ``photos`` is then needed only
     for a student."""
-    from edgeclip.zeroshot.embedder import load_embedder
-
     into = Path(into)
     into.mkdir(parents=True, exist_ok=True)
     names = {
@@ -85,76 +83,31 @@ def ship_models(
         "captioner": "captioner.safetensors",
         **(names or {}),
     }
-    card = card or {}
     index: dict[str, Any] = {"format": "edgeclip-models/1", "models": {}}
     checks: dict[str, Any] = {}
     old = read_json(into / INDEX) if (into / INDEX).is_file() else {}
-
     src_t = teacher.split(":", 1)[1] if teacher.startswith("reference-lit:") else teacher
-    dst_t = into / names["teacher"]
-    t_spec = f"reference-lit:{dst_t}"
-    kept_teacher = Path(src_t).resolve() == dst_t.resolve() and "teacher" in (old.get("models") or {})
+    t_spec = f"reference-lit:{into / names['teacher']}"
+    kept_teacher = Path(src_t).resolve() == (into / names["teacher"]).resolve() and "teacher" in (
+        old.get("models") or {}
+    )
     to_check = bool(student) or not kept_teacher  # a new teacher or student copy is checked on photos
     if to_check and not photos:
         raise EdgeClipError("ship: `photos` (check images) are needed to check a teacher or student copy")
     imgs = _photos(photos, check_images) if to_check else []
     if not kept_teacher:
-        convert_checkpoint(src_t, dst_t, half=True)
-        t32, t16 = load_embedder(teacher=teacher), load_embedder(teacher=t_spec)
-        checks["teacher_min_cosine"] = _min_cos(t32.embed(imgs), t16.embed(imgs))
-        if t32.teacher.id != t16.teacher.id:
-            raise EdgeClipError(f"ship: the fp16 teacher answers to {t16.teacher.id}, not {t32.teacher.id}")
-        index["models"]["teacher"] = {"spec": t_spec, "id": t16.teacher.id}
-
+        index["models"]["teacher"] = _ship_teacher(teacher, src_t, into / names["teacher"], imgs, checks)
     if student:
-        dst_s = into / names["student"]
-        convert_checkpoint(student, dst_s, half=True)
-        s32 = load_embedder(teacher=teacher, student=student)
-        s16 = load_embedder(teacher=t_spec, student=str(dst_s))  # the shipped pair: its teacher id checked
-        checks["student_min_cosine"] = _min_cos(s32.embed(imgs), s16.embed(imgs))
-        index["models"]["student"] = {"spec": str(dst_s), "arch": s16.info.get("arch")}
+        index["models"]["student"] = _ship_student(
+            teacher, t_spec, student, into / names["student"], imgs, checks
+        )
     if bundle:
-        from edgeclip.runtime.labeler import Labeler
-
-        dst_b = into / names["bundle"]
-        tmp = dst_b.with_name(dst_b.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(bundle, tmp)
-        if bundle_keep:
-            from edgeclip.export.bundle import slim_bundle
-
-            slim_bundle(tmp, bundle_keep, text_default=bundle_text_default)
-        Labeler(tmp, verify=True)  # every file against the manifest's sha256
-        shutil.rmtree(dst_b, ignore_errors=True)
-        tmp.rename(dst_b)
-        index["models"]["bundle"] = {"spec": str(dst_b)}
+        index["models"]["bundle"] = _ship_bundle(
+            bundle, into / names["bundle"], bundle_keep, bundle_text_default
+        )
     if captioner:
-        from edgeclip.models.captioner import load_captioner
-
-        chosen = None
-        if isinstance(captioner, dict):
-            runs = {
-                k: v for k, v in captioner.items() if isinstance(v, dict) and v.get("val_cider") is not None
-            }
-            if not runs:
-                raise EdgeClipError("ship: captioner candidates need {captioner: PATH, val_cider: X} each")
-            best = max(runs, key=lambda k: float(runs[k]["val_cider"]))
-            chosen = {"run": best, "by": "val CIDEr", **{k: float(v["val_cider"]) for k, v in runs.items()}}
-            captioner = str(runs[best]["captioner"])
-        dst_c = into / names["captioner"]
-        convert_checkpoint(captioner, dst_c, half=True)
-        load_captioner(str(dst_c))
-        index["models"]["captioner"] = {"spec": str(dst_c), **({"chosen": chosen} if chosen else {})}
-
-    for role, m in index["models"].items():
-        p = Path(m["spec"].split(":", 1)[1] if m["spec"].startswith("reference-lit:") else m["spec"])
-        m["files"] = _files(p)
-        m["bytes"] = sum(f["bytes"] for f in m["files"].values())
-        text = card.get(role, "")
-        cpath = into / f"{p.stem if p.is_file() else p.name}.md"
-        with atomic_path(cpath) as tmp:
-            tmp.write_text(_card(role, m, text, checks), encoding="utf-8")
-        m["card"] = str(cpath)
+        index["models"]["captioner"] = _ship_captioner(captioner, into / names["captioner"])
+    _write_cards(into, index["models"], card or {}, checks)
     # a later ship (the captioner, trained by another experiment) keeps the roles shipped before it
     given = {
         *(() if kept_teacher else ("teacher",)),
@@ -176,6 +129,71 @@ def ship_models(
     index.update({role: index["models"][role]["spec"] for role in ROLES if role in index["models"]})
     write_json(into / INDEX, index)
     return index
+
+
+def _ship_teacher(teacher: str, src: str, dst: Path, imgs, checks: dict) -> dict[str, Any]:
+    from edgeclip.zeroshot.embedder import load_embedder
+
+    convert_checkpoint(src, dst, half=True)
+    t32, t16 = load_embedder(teacher=teacher), load_embedder(teacher=f"reference-lit:{dst}")
+    checks["teacher_min_cosine"] = _min_cos(t32.embed(imgs), t16.embed(imgs))
+    if t32.teacher.id != t16.teacher.id:  # an fp16 copy keeps its id (the hash of the fp32 weights)
+        raise EdgeClipError(f"ship: the fp16 teacher answers to {t16.teacher.id}, not {t32.teacher.id}")
+    return {"spec": f"reference-lit:{dst}", "id": t16.teacher.id}
+
+
+def _ship_student(teacher: str, t_spec: str, student: str, dst: Path, imgs, checks: dict) -> dict[str, Any]:
+    from edgeclip.zeroshot.embedder import load_embedder
+
+    convert_checkpoint(student, dst, half=True)
+    s32 = load_embedder(teacher=teacher, student=student)
+    s16 = load_embedder(teacher=t_spec, student=str(dst))  # the shipped pair: its teacher id checked
+    checks["student_min_cosine"] = _min_cos(s32.embed(imgs), s16.embed(imgs))
+    return {"spec": str(dst), "arch": s16.info.get("arch")}
+
+
+def _ship_bundle(bundle: str, dst: Path, keep, text_default) -> dict[str, Any]:
+    from edgeclip.runtime.labeler import Labeler
+
+    tmp = dst.with_name(dst.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(bundle, tmp)
+    if keep:
+        from edgeclip.export.slim import slim_bundle
+
+        slim_bundle(tmp, keep, text_default=text_default)
+    Labeler(tmp, verify=True)  # every file against the manifest's sha256
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return {"spec": str(dst)}
+
+
+def _ship_captioner(captioner: str | dict, dst: Path) -> dict[str, Any]:
+    """A checkpoint, or the run best on validation CIDEr among ``{run: {captioner, val_cider}}``."""
+    from edgeclip.models.captioner import load_captioner
+
+    chosen = None
+    if isinstance(captioner, dict):
+        runs = {k: v for k, v in captioner.items() if isinstance(v, dict) and v.get("val_cider") is not None}
+        if not runs:
+            raise EdgeClipError("ship: captioner candidates need {captioner: PATH, val_cider: X} each")
+        best = max(runs, key=lambda k: float(runs[k]["val_cider"]))
+        chosen = {"run": best, "by": "val CIDEr", **{k: float(v["val_cider"]) for k, v in runs.items()}}
+        captioner = str(runs[best]["captioner"])
+    convert_checkpoint(captioner, dst, half=True)
+    load_captioner(str(dst))
+    return {"spec": str(dst), **({"chosen": chosen} if chosen else {})}
+
+
+def _write_cards(into: Path, models: dict[str, dict], card: dict[str, str], checks: dict) -> None:
+    for role, m in models.items():
+        p = Path(m["spec"].split(":", 1)[1] if m["spec"].startswith("reference-lit:") else m["spec"])
+        m["files"] = _files(p)
+        m["bytes"] = sum(f["bytes"] for f in m["files"].values())
+        cpath = into / f"{p.stem if p.is_file() else p.name}.md"
+        with atomic_path(cpath) as tmp:
+            tmp.write_text(_card(role, m, card.get(role, ""), checks), encoding="utf-8")
+        m["card"] = str(cpath)
 
 
 def _card(role: str, m: dict, text: str, checks: dict) -> str:

@@ -166,10 +166,9 @@ def gpu_throughput(
     path without AMP (used by the tests).
     """
     from edgeclip.data.sources import open_source
-    from edgeclip.data.transforms import Preprocess
     from edgeclip.models.teachers import load_teacher
-    from edgeclip.train.cache import EmbeddingCache, build_cache
-    from edgeclip.train.distill import DistillConfig, _FileViews, distill
+    from edgeclip.train.cache import build_cache
+    from edgeclip.train.distill import DistillConfig, distill
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EdgeClipError(
@@ -193,42 +192,11 @@ def gpu_throughput(
     teacher.to("cpu")
     accel = "cuda" if device.startswith("cuda") else "cpu"
     steps = max(1, min(steps, summ.total // batch_size)) if summ.total >= batch_size else 1
-
-    # 1) data loading only: the exact dataset the trainer builds, same batch size and workers
-    cache = EmbeddingCache(workdir / "cache")
-    recs = [r for r in open_source(str(subset)).records if r.key in cache]
-    pp = Preprocess(size=img_size, mean=tuple(teacher.mean), std=tuple(teacher.std))
-    ds = _FileViews(
-        recs, pp.torch_transform(), teacher.preprocess, cache.views, cache.view_spec, cache, online=False
+    load_rate = _loading_rate(
+        subset, workdir / "cache", teacher, img_size, batch_size, workers, steps, device
     )
-    dl = torch.utils.data.DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        drop_last=True,
-        pin_memory=accel == "cuda",
-        persistent_workers=False,
-    )
-    n = 0
-    it = iter(dl)
-    next(it)  # warm-up (worker start)
-    t0 = time.perf_counter()
-    for i, (x, tgt, _) in enumerate(it):
-        if accel == "cuda":
-            x = x.to(device, non_blocking=True)
-            tgt = tgt.to(device, non_blocking=True)
-        n += x.shape[0]
-        if i + 1 >= steps:
-            break
-    if accel == "cuda":
-        torch.cuda.synchronize()
-    load_s = time.perf_counter() - t0
-    load_rate = n / load_s if load_s > 0 else 0.0
-    del it, dl
     log(f"  data loading only: {load_rate:.1f} img/s ({workers} workers)")
-
-    # 2) distillation through the engine (AMP bf16/fp16 + channels_last on GPU); epoch 1 warms up
+    # distillation through the engine (AMP bf16/fp16 + channels_last on GPU); epoch 1 warms up
     cfg = DistillConfig(
         teacher=teacher_spec,
         data=str(subset),
@@ -275,3 +243,44 @@ def gpu_throughput(
         "method": "data-loading rate: the trainer's own dataset + DataLoader iterated (and copied to the "
         "device) without a model; distillation rate: second epoch of edgeclip distill from the cache",
     }
+
+
+def _loading_rate(subset, cache_dir: Path, teacher, img_size, batch_size, workers, steps, device) -> float:
+    """Images/s of data loading alone: the exact dataset the trainer builds, the same batch size and workers,
+    iterated (and copied to the device) without a model."""
+    from edgeclip.data.sources import open_source
+    from edgeclip.data.transforms import Preprocess
+    from edgeclip.train.cache import EmbeddingCache
+    from edgeclip.train.distill import FileViews
+
+    accel = "cuda" if device.startswith("cuda") else "cpu"
+    cache = EmbeddingCache(cache_dir)
+    recs = [r for r in open_source(str(subset)).records if r.key in cache]
+    pp = Preprocess(size=img_size, mean=tuple(teacher.mean), std=tuple(teacher.std))
+    ds = FileViews(
+        recs, pp.torch_transform(), teacher.preprocess, cache.views, cache.view_spec, cache, online=False
+    )
+    dl = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=accel == "cuda",
+        persistent_workers=False,
+    )
+    n = 0
+    it = iter(dl)
+    next(it)  # warm-up (worker start)
+    t0 = time.perf_counter()
+    for i, (x, tgt, _) in enumerate(it):
+        if accel == "cuda":
+            x = x.to(device, non_blocking=True)
+            tgt = tgt.to(device, non_blocking=True)
+        n += x.shape[0]
+        if i + 1 >= steps:
+            break
+    if accel == "cuda":
+        torch.cuda.synchronize()
+    load_s = time.perf_counter() - t0
+    return n / load_s if load_s > 0 else 0.0

@@ -148,7 +148,7 @@ class DistillTask(Task):
         self.dataset = torch.utils.data.TensorDataset(x, boxes, flips, targets)
 
     def _setup_files(self) -> None:
-        self.dataset = _FileViews(
+        self.dataset = FileViews(
             self.records,
             self.pp.torch_transform(),
             self.teacher.preprocess,
@@ -270,7 +270,7 @@ def _view_item(ds, r, img):
     return ds.spp(apply_view(img, box, flip)), ds.cache.target_of(r, v), True
 
 
-class _FileViews(torch.utils.data.Dataset):
+class FileViews(torch.utils.data.Dataset):
     def __init__(self, records, spp, tpp, views, vspec, cache, online):
         self.records, self.spp, self.tpp, self.views, self.vspec, self.cache, self.online = (
             records,
