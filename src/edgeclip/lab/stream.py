@@ -85,62 +85,33 @@ def feature_student(
     return path
 
 
+RUN_KEYS = (
+    "sampled",
+    "wall_seconds",
+    "fps_end_to_end",
+    "decode_fps",
+    "latency_ms",
+    "batch_ms",
+    "events",
+    "kept_frames",
+)
+
+
 def stream_benchmark(cfg: dict, out: Path) -> dict[str, Any]:
+    """A slideshow video of real photos watched by the int8 and fp32 student bundles and by torch teachers, with
+    one example rule per photo: end-to-end fps, latency, events; -> the results."""
     import torch
 
-    from edgeclip.data.captions import load_captions
-    from edgeclip.export.bundle import export_bundle
-    from edgeclip.lab.video import frame_at, make_slideshow
     from edgeclip.models.teachers import load_teacher
     from edgeclip.runtime import load_bundle
-    from edgeclip.runtime.watch import load_rules, watch
+    from edgeclip.runtime.watch import watch
 
     threads = int(cfg.get("threads", 2))
     torch.manual_seed(0)
     teacher = load_teacher(cfg.get("teacher", "ViT-B-32:"))  # "ARCH:" with no tag: random weights
-    cs = load_captions(cfg["captions"], cfg.get("images"), cfg.get("split", "test"))
-    photos = [str(it.record().path) for it in cs.items]
-    rng = random.Random(int(cfg.get("seed", 0)))
-    n_photos = int(cfg.get("photos", 8))
-    pool = rng.sample(photos, n_photos)
-    order = [pool[i % n_photos] for i in range(int(cfg.get("segments", 16)))]
-    rng.shuffle(order)
-    seconds = float(cfg.get("seconds_per_photo", 2.0))
-    w, h = cfg.get("size", [1280, 720])
-    video = make_slideshow(
-        [(p, seconds, Path(p).stem) for p in order], out / "slides.mp4", size=(w, h), fps=30
-    )
-    student = feature_student(teacher, pool, out)
-    bundle = out / "bundle"
-    export_bundle(
-        student,
-        bundle,
-        ["a photo"],
-        calib=write_path_list(pool, out),
-        calib_images=len(pool),
-        quant="static",
-        overwrite=True,
-    )
-    # one rule per photo, its example a frame of the footage (what a user picks with "more like this")
-    (out / "examples").mkdir(parents=True, exist_ok=True)
-    examples = {}
-    for p in pool:
-        seg = next(sg for sg in video["segments"] if sg["image"] == p)
-        examples[Path(p).stem] = str(out / "examples" / f"{Path(p).stem}.jpg")
-        frame_at(video["path"], (seg["start"] + seg["end"]) / 2).save(examples[Path(p).stem], quality=95)
-    rule_list = [
-        {"name": k, "examples": [v], "threshold": 0.5, "min_duration": 0.2, "max_frames": 5}
-        for k, v in examples.items()
-    ]
-    rules = load_rules(
-        {
-            "batch": int(cfg.get("batch", 8)),
-            "smoothing": float(cfg.get("smoothing", 0.6)),
-            "scale": 100,
-            "rules": rule_list,
-        }
-    )
-    runs = {}
+    pool, video = _footage(cfg, out)
+    bundle = _student_bundle(teacher, pool, out)
+    rules = _example_rules(cfg, pool, video, out)
     labelers = [
         ("student_int8", lambda: load_bundle(bundle, precision="int8", threads=threads)),
         ("student_fp32", lambda: load_bundle(bundle, precision="fp32", threads=threads)),
@@ -153,31 +124,19 @@ def stream_benchmark(cfg: dict, out: Path) -> dict[str, Any]:
                 lambda s=spec: TorchTowerLabeler(load_teacher(s), threads),
             )
         )
+    runs = {}
     for name, make in labelers:
-        lab = make()
         limit = int(cfg.get("teacher_frames", 120)) if name.startswith("teacher") else 0
         s = watch(
             video["path"],
-            lab,
+            make(),
             rules,
             out / f"watch_{name}",
             max_frames=limit,
             progress=False,
             log=lambda s: None,
         )
-        runs[name] = {
-            k: s[k]
-            for k in (
-                "sampled",
-                "wall_seconds",
-                "fps_end_to_end",
-                "decode_fps",
-                "latency_ms",
-                "batch_ms",
-                "events",
-                "kept_frames",
-            )
-        }
+        runs[name] = {k: s[k] for k in RUN_KEYS}
     res = {
         "video": {k: video[k] for k in ("fps", "size", "frames")}
         | {"segments": len(video["segments"]), "codec": "h264 (libx264, crf 23)"},
@@ -196,6 +155,63 @@ def stream_benchmark(cfg: dict, out: Path) -> dict[str, Any]:
     }
     res["ratio_vs_teacher"] = res["fps_end_to_end"] / res["teacher_fps"] if res["teacher_fps"] else None
     return res
+
+
+def _footage(cfg: dict, out: Path) -> tuple[list[str], dict]:
+    """The photo pool and its slideshow video (each photo shown in several segments, seeded order)."""
+    from edgeclip.data.captions import load_captions
+    from edgeclip.lab.video import make_slideshow
+
+    cs = load_captions(cfg["captions"], cfg.get("images"), cfg.get("split", "test"))
+    photos = [str(it.record().path) for it in cs.items]
+    rng = random.Random(int(cfg.get("seed", 0)))
+    n_photos = int(cfg.get("photos", 8))
+    pool = rng.sample(photos, n_photos)
+    order = [pool[i % n_photos] for i in range(int(cfg.get("segments", 16)))]
+    rng.shuffle(order)
+    seconds = float(cfg.get("seconds_per_photo", 2.0))
+    w, h = cfg.get("size", [1280, 720])
+    video = make_slideshow(
+        [(p, seconds, Path(p).stem) for p in order], out / "slides.mp4", size=(w, h), fps=30
+    )
+    return pool, video
+
+
+def _student_bundle(teacher, pool: list[str], out: Path) -> Path:
+    from edgeclip.export.bundle import export_bundle
+
+    student = feature_student(teacher, pool, out)
+    bundle = out / "bundle"
+    calib = write_path_list(pool, out)
+    export_bundle(
+        student, bundle, ["a photo"], calib=calib, calib_images=len(pool), quant="static", overwrite=True
+    )
+    return bundle
+
+
+def _example_rules(cfg: dict, pool: list[str], video: dict, out: Path):
+    """One rule per photo, its example a frame of the footage (what a user picks with "more like this")."""
+    from edgeclip.lab.video import frame_at
+    from edgeclip.runtime.watch import load_rules
+
+    (out / "examples").mkdir(parents=True, exist_ok=True)
+    examples = {}
+    for p in pool:
+        seg = next(sg for sg in video["segments"] if sg["image"] == p)
+        examples[Path(p).stem] = str(out / "examples" / f"{Path(p).stem}.jpg")
+        frame_at(video["path"], (seg["start"] + seg["end"]) / 2).save(examples[Path(p).stem], quality=95)
+    rule_list = [
+        {"name": k, "examples": [v], "threshold": 0.5, "min_duration": 0.2, "max_frames": 5}
+        for k, v in examples.items()
+    ]
+    return load_rules(
+        {
+            "batch": int(cfg.get("batch", 8)),
+            "smoothing": float(cfg.get("smoothing", 0.6)),
+            "scale": 100,
+            "rules": rule_list,
+        }
+    )
 
 
 def write_path_list(paths: list[str], out: Path) -> str:

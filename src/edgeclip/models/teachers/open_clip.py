@@ -73,6 +73,8 @@ def _hub_unavailable(arch: str, tag: str) -> str | None:
 
 
 def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
+    """``ARCH:TAG`` (the hub, when reachable), ``ARCH:/path/weights``, ``ARCH.json:...`` (a model config file),
+    ``local-dir:/folder``, or ``ARCH:`` (a seeded random init) -> a Teacher; every failure one line."""
     arch, pretrained = _split(spec)
     looks_like_file = pretrained is not None and (
         os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
@@ -84,12 +86,44 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
                 f"cannot load open_clip teacher {spec!r}: {why}. Offline, pass local weights: --teacher "
                 f"{arch}:/path/to/weights.safetensors, local-dir:/folder or hf:/folder"
             )
+    arch = _check_arch(arch, pretrained, looks_like_file)
+    model, preprocess, tokenizer = _create(spec, arch, pretrained, looks_like_file, device)
+    model.eval()
+    image_size = model.visual.image_size
+    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
+    mean = getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
+    std = getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
+    return Teacher(
+        spec=spec,
+        id=f"open_clip:{arch}:{_weights_id(arch, pretrained, looks_like_file)}",
+        image_encoder=_ImageTower(model),
+        text_encoder=_TextTower(model),
+        tokenizer=tokenizer,
+        preprocess=preprocess,
+        preprocess_desc=repr(preprocess).replace("\n", " "),
+        image_size=image_size,
+        embed_dim=_embed_dim(model, tokenizer, device),
+        logit_scale=float(model.logit_scale.exp().item()),
+        mean=tuple(mean),
+        std=tuple(std),
+        device=device,
+        text_export=lambda: _text_export(model, tokenizer),
+    )
+
+
+def _open_clip():
     try:
         import open_clip
     except ImportError:  # pragma: no cover
         raise EdgeClipError(
             "open_clip teachers need the open_clip_torch package (pip install open_clip_torch)"
         ) from None
+    return open_clip
+
+
+def _check_arch(arch: str, pretrained: str | None, looks_like_file: bool) -> str:
+    """The architecture name open_clip knows (a .json config is registered first); its tag or file checked."""
+    open_clip = _open_clip()
     if arch.endswith(".json"):
         cfg = Path(arch)
         if not cfg.is_file():
@@ -100,16 +134,20 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
         raise EdgeClipError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
     if looks_like_file and not Path(pretrained).is_file():
         raise EdgeClipError(f"open_clip weights file not found: {pretrained}")
-    if (
-        pretrained
-        and not looks_like_file
-        and pretrained not in [t for a, t in open_clip.list_pretrained() if a == arch]
-    ):
-        tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+    tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+    if pretrained and not looks_like_file and pretrained not in tags:
         raise EdgeClipError(
             f"open_clip has no pretrained tag {pretrained!r} for {arch} (known: {', '.join(tags) or 'none'}); "
             f"or pass a local file: {arch}:/path/to/open_clip_weights.safetensors"
         )
+    return arch
+
+
+def _create(spec: str, arch: str, pretrained: str | None, looks_like_file: bool, device: str):
+    """open_clip's model, preprocessing and tokenizer; any failure one line naming what was looked for."""
+    import torch
+
+    open_clip = _open_clip()
     try:
         # an open_clip .pt/.bin file is read by torch's restricted unpickler (weights_only), never run as code;
         # open_clip releases without the argument call torch.load, whose default is weights_only from torch 2.6
@@ -118,8 +156,6 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
             if "weights_only" in inspect.signature(open_clip.create_model_and_transforms).parameters
             else {}
         )
-        import torch
-
         # no weights ("ARCH:"): a seeded random init, so the same spec is the same teacher in every process (its id
         # says random-init; many cache workers, or a later run, must not mix two different random towers)
         with torch.random.fork_rng(devices=[]):
@@ -128,59 +164,40 @@ def load_open_clip(spec: str, device: str = "cpu") -> Teacher:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device, **safe
             )
-        tokenizer = open_clip.get_tokenizer(arch)
+        return model, preprocess, open_clip.get_tokenizer(arch)
     except EdgeClipError:
         raise
     except Exception as e:
         msg = " ".join(str(e).split())  # the whole message: a cut one hides what to do
+        looked = (
+            f"weights file {pretrained}"
+            if looks_like_file
+            else f"pretrained tag {pretrained!r} of {arch} (needs the model hub)"
+        )
         raise EdgeClipError(
-            f"could not load open_clip teacher {spec!r}: {msg}. Looked for "
-            + (
-                f"weights file {pretrained}"
-                if looks_like_file
-                else f"pretrained tag {pretrained!r} of {arch} (needs the model hub)"
-            )
-            + f". Offline, pass a local checkpoint: --teacher {arch}:/path/to/weights.safetensors or local-dir:/folder"
+            f"could not load open_clip teacher {spec!r}: {msg}. Looked for {looked}. Offline, pass a local "
+            f"checkpoint: --teacher {arch}:/path/to/weights.safetensors or local-dir:/folder"
         ) from None
-    model.eval()
+
+
+def _weights_id(arch: str, pretrained: str | None, looks_like_file: bool) -> str:
     if looks_like_file:
-        wid = "sha256:" + sha256_file(pretrained)[:16]
-    elif arch.startswith("local-dir:"):
+        return "sha256:" + sha256_file(pretrained)[:16]
+    if arch.startswith("local-dir:"):
         folder = Path(arch.split(":", 1)[1])
         files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
-        wid = "sha256:" + sha256_text("".join(sha256_file(p) for p in files))[:16]
-    else:
-        wid = f"tag:{pretrained}" if pretrained else "random-init-seed0"
-    image_size = model.visual.image_size
-    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
-    mean = getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
-    std = getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
-    embed_dim = (
-        int(model.text_projection.shape[1])
-        if getattr(model, "text_projection", None) is not None and hasattr(model.text_projection, "shape")
-        else None
-    )
-    if embed_dim is None:
-        import torch
+        return "sha256:" + sha256_text("".join(sha256_file(p) for p in files))[:16]
+    return f"tag:{pretrained}" if pretrained else "random-init-seed0"
 
-        with torch.no_grad():
-            embed_dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
-    return Teacher(
-        spec=spec,
-        id=f"open_clip:{arch}:{wid}",
-        image_encoder=_ImageTower(model),
-        text_encoder=_TextTower(model),
-        tokenizer=tokenizer,
-        preprocess=preprocess,
-        preprocess_desc=repr(preprocess).replace("\n", " "),
-        image_size=image_size,
-        embed_dim=embed_dim,
-        logit_scale=float(model.logit_scale.exp().item()),
-        mean=tuple(mean),
-        std=tuple(std),
-        device=device,
-        text_export=lambda: _text_export(model, tokenizer),
-    )
+
+def _embed_dim(model, tokenizer, device: str) -> int:
+    proj = getattr(model, "text_projection", None)
+    if proj is not None and hasattr(proj, "shape"):
+        return int(proj.shape[1])
+    import torch
+
+    with torch.no_grad():
+        return int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
 
 
 import torch  # noqa: E402
