@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -179,7 +178,7 @@ def label_cmd(
 ):
     """Label images with any text prompts (open vocabulary) using a teacher, a student or a bundle."""
     from edgeclip.core.prompts import parse_examples, parse_labels
-    from edgeclip.zeroshot.label import label_images, read_boxes
+    from edgeclip.zeroshot.label import label_images, read_boxes, write_rows
 
     examples = parse_examples(example)
     if not labels.strip() and not examples:
@@ -203,36 +202,9 @@ def label_cmd(
         stats=stats,
         examples=examples,
     )
-    n = 0
-    if out is None:
-        for r in rows:
-            typer.echo(json.dumps(r, ensure_ascii=False))
-            n += 1
-    else:
-        if out.is_dir():
-            raise EdgeClipError(f"--out {out} is a folder: give a .jsonl or .csv file")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", newline="", encoding="utf-8") as fh:
-            if out.suffix.lower() == ".csv":
-                w = csv.writer(fh)
-                w.writerow(["image", "region", "rank", "label", "score", "cosine"])
-                for r in rows:
-                    for i, (lb, s, c) in enumerate(zip(r["labels"], r["scores"], r["cosines"])):
-                        w.writerow(
-                            [
-                                r["image"],
-                                json.dumps(r.get("region")) if r.get("region") else "",
-                                i + 1,
-                                lb,
-                                s,
-                                c,
-                            ]
-                        )
-                    n += 1
-            else:
-                for r in rows:
-                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-                    n += 1
+    if out is not None and out.is_dir():
+        raise EdgeClipError(f"--out {out} is a folder: give a .jsonl or .csv file")
+    n = write_rows(rows, out, echo=typer.echo)
     skipped = stats.get("skipped", []) + list(src.skipped)
     typer.echo(
         f"labeled {stats.get('images', 0)} images ({n} rows) with {emb.name}; skipped {len(skipped)}",

@@ -168,7 +168,6 @@ def measure_model(
     from edgeclip.export.bundle import export_bundle
     from edgeclip.export.executorch import executorch_missing
     from edgeclip.lab.stream import write_path_list
-    from edgeclip.runtime.bundle import MODEL_FP32, MODEL_INT8
 
     threads, size = int(cfg.get("threads", 2)), int(cfg.get("size", 224))
     labels = list(entry.get("labels") or labels)
@@ -190,13 +189,25 @@ def measure_model(
         overwrite=True,
         log=lambda s: log(f"  {name}: {s}"),
     )
+    res = {"weights": weights, "threads": threads, **_choice_figures(man)}
+    lev = _levers(folder, man, photos, work, cfg, threads)
+    res["levers"] = lev
+    res["best_runtime"] = _best_runtime(res)
+    res["seconds"] = time.time() - t0
+    log(
+        f"{name}: fp32 {res['fp32_ms']:.2f} ms, int8 ({res['int8_variant']}) {res['int8_ms']:.2f} ms = "
+        f"{res['speedup']:.2f}x, agreement {res['agreement']:.3f}; default {res['default_precision']}"
+    )
+    return res
+
+
+def _choice_figures(man: dict) -> dict[str, Any]:
+    """The export's measured int8 choice, as the study's row: fp32 vs the shipped variant, and every variant."""
     ch = man["quantization"]["choice"]
     fp32, shipped = ch["fp32"], ch["variants"][ch["int8_file"]]
-    res: dict[str, Any] = {
+    return {
         "arch": man["student"]["arch"],
-        "weights": weights,
         "size": man["input"]["size"],
-        "threads": threads,
         "fp32_ms": fp32["batch1_ms"],
         "fp32_batch32_ms": fp32["batch32_ms"],
         "int8_ms": shipped["batch1_ms"],
@@ -220,6 +231,15 @@ def measure_model(
         },
         "bytes": {k: man["files"][f]["bytes"] for k, f in man["models"].items()},
     }
+
+
+def _levers(
+    folder: Path, man: dict, photos: list[str], work: Path, cfg: dict, threads: int
+) -> dict[str, Any]:
+    """The other runtimes' levers on the bundle's files: fixed shapes, offline-optimised ORT, OpenVINO, ExecuTorch."""
+    from edgeclip.export.executorch import executorch_missing
+    from edgeclip.runtime.bundle import MODEL_FP32, MODEL_INT8
+
     size = man["input"]["size"]
     lev: dict[str, Any] = {
         "ort_fixed_shape": {
@@ -247,14 +267,7 @@ def measure_model(
         }
     else:
         lev["executorch_xnnpack"] = {"skipped": executorch_missing() or "disabled in the experiment"}
-    res["levers"] = lev
-    res["best_runtime"] = _best_runtime(res)
-    res["seconds"] = time.time() - t0
-    log(
-        f"{name}: fp32 {res['fp32_ms']:.2f} ms, int8 ({res['int8_variant']}) {res['int8_ms']:.2f} ms = "
-        f"{res['speedup']:.2f}x, agreement {res['agreement']:.3f}; default {res['default_precision']}"
-    )
-    return res
+    return lev
 
 
 def _qdq_file(folder: Path, man: dict, photos: list[str], work: Path, cfg: dict) -> Path:

@@ -74,7 +74,6 @@ def training_cost(
     from edgeclip.data.sources import open_source
     from edgeclip.models.teachers import load_teacher
     from edgeclip.train.cache import build_cache
-    from edgeclip.train.distill import DistillConfig, distill
 
     workdir = Path(workdir)
     if workdir.exists():
@@ -82,42 +81,19 @@ def training_cost(
     workdir.mkdir(parents=True)
     subset = write_subset(data, n_images, workdir / "subset.csv", seed)
     teacher = load_teacher(teacher_spec, device="cpu")
-    small = img_size <= 64
-    student_cfg = {"arch": student, "img_size": img_size, "small_input": small}
-    train = {
-        "epochs": 1,
-        "batch_size": batch_size,
-        "lr": 1e-3,
-        "seed": seed,
-        "accelerator": "cpu",
-        "log_every": 10**6,
-    }
-
     log(f"  building the teacher cache ({teacher.id}, {n_images} images)")
     t0 = time.perf_counter()
     summ = build_cache(
         open_source(str(subset)), teacher, workdir / "cache", views=1, batch_size=batch_size, progress=False
     )
     cache_s = time.perf_counter() - t0
-
-    runs: dict[str, dict[str, Any]] = {}
-    for mode in ("cached", "online"):
-        cfg = DistillConfig(
-            teacher=teacher_spec,
-            data=str(subset),
-            out=str(workdir / f"run-{mode}"),
-            cache=str(workdir / "cache") if mode == "cached" else None,
-            student=dict(student_cfg),
-            loss=loss,
-            train=dict(train),
+    student_cfg = {"arch": student, "img_size": img_size, "small_input": img_size <= 64}
+    runs = {
+        mode: _one_epoch(
+            mode, teacher, teacher_spec, subset, workdir, student_cfg, loss, batch_size, seed, log
         )
-        t0 = time.perf_counter()
-        hist = distill(cfg, progress=False, teacher=teacher)
-        wall = time.perf_counter() - t0
-        runs[mode] = {**_epoch_rate(hist, batch_size), "wall_seconds_incl_setup": wall}
-        log(
-            f"  {mode:6s} epoch: {runs[mode]['epoch_seconds']:.1f} s  ({runs[mode]['images_per_s']:.1f} img/s)"
-        )
+        for mode in ("cached", "online")
+    }
     speedup = runs["online"]["epoch_seconds"] / runs["cached"]["epoch_seconds"]
     per_epoch_saving = runs["online"]["epoch_seconds"] - runs["cached"]["epoch_seconds"]
     return {
@@ -143,6 +119,29 @@ def training_cost(
         "method": "same images (seeded subset), same student/loss/batch/threads, one epoch each through "
         "edgeclip.train.distill.distill; epoch_seconds = the training loop only (data already in memory)",
     }
+
+
+def _one_epoch(
+    mode, teacher, teacher_spec, subset, workdir, student_cfg, loss, batch_size, seed, log
+) -> dict:
+    """One distillation epoch, from the cache (``cached``) or running the teacher on every batch (``online``)."""
+    from edgeclip.train.distill import DistillConfig, distill
+
+    train = {"epochs": 1, "batch_size": batch_size, "lr": 1e-3, "seed": seed, "accelerator": "cpu"}
+    cfg = DistillConfig(
+        teacher=teacher_spec,
+        data=str(subset),
+        out=str(workdir / f"run-{mode}"),
+        cache=str(workdir / "cache") if mode == "cached" else None,
+        student=dict(student_cfg),
+        loss=loss,
+        train={**train, "log_every": 10**6},
+    )
+    t0 = time.perf_counter()
+    hist = distill(cfg, progress=False, teacher=teacher)
+    run = {**_epoch_rate(hist, batch_size), "wall_seconds_incl_setup": time.perf_counter() - t0}
+    log(f"  {mode:6s} epoch: {run['epoch_seconds']:.1f} s  ({run['images_per_s']:.1f} img/s)")
+    return run
 
 
 def gpu_throughput(

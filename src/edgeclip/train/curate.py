@@ -96,30 +96,9 @@ def curate(
     prob = (float(teacher.logit_scale) * emb @ temb.t()).softmax(-1)
     conf, pl = prob.max(-1)
     n = len(ok)
-    if threshold is not None:
-        keep = conf >= threshold
-    else:
-        keep = torch.zeros(n, dtype=torch.bool)
-        groups = [torch.nonzero(pl == c).flatten() for c in pl.unique()] if per_label else [torch.arange(n)]
-        for g in groups:
-            order = g[torch.sort(conf[g], descending=True, stable=True).indices]
-            keep[order[: max(1, int(math.ceil(fraction * len(g))))]] = True
+    keep = select_confident(conf, pl, fraction, threshold, per_label)
     cut = float(conf[keep].min()) if keep.any() else float("nan")
-    items = []
-    for j, i in enumerate(ok):
-        r = ps.records[i]
-        d = {
-            "key": r.key,
-            "file": str(r.files[ps.primary]),
-            "pseudo_label": labels[int(pl[j])],
-            "label_index": int(pl[j]),
-            "confidence": round(float(conf[j]), 6),
-            "kept": bool(keep[j]),
-        }
-        if r.label is not None and ps.classes:
-            d["true_label"] = class_names(ps.classes)[r.label]
-        items.append(d)
-    true = [it for it in items if "true_label" in it]
+    items = _items(ps, ok, labels, pl, conf, keep)
     summary = {
         "n_pairs": len(ps.records),
         "n_scored": n,
@@ -133,15 +112,8 @@ def curate(
         "mean_confidence_all": float(conf.mean()) if n else 0.0,
         "mean_confidence_kept": float(conf[keep].mean()) if keep.any() else 0.0,
         "kept_per_label": {lb: int(((pl == i) & keep).sum()) for i, lb in enumerate(labels)},
+        **_pseudo_label_accuracy(items),
     }
-    if true:
-        summary["pseudo_label_accuracy_all"] = sum(
-            it["pseudo_label"] == it["true_label"] for it in true
-        ) / len(true)
-        tk = [it for it in true if it["kept"]]
-        summary["pseudo_label_accuracy_kept"] = sum(
-            it["pseudo_label"] == it["true_label"] for it in tk
-        ) / max(1, len(tk))
     manifest = {
         "format": MANIFEST_FORMAT,
         "teacher": teacher.describe(),
@@ -160,6 +132,51 @@ def curate(
             _histogram(conf.numpy(), keep.numpy(), cut, out / "confidence_hist.png", labels)
         )
     return {"manifest": str(out / "manifest.json"), **summary}
+
+
+def select_confident(conf, pl, fraction: float | None, threshold: float | None, per_label: bool):
+    """The kept mask: confidence >= ``threshold``, else the top ``fraction`` (of each pseudo-label with
+    ``per_label``), at least one per group, ties broken by order."""
+    if threshold is not None:
+        return conf >= threshold
+    n = len(conf)
+    keep = torch.zeros(n, dtype=torch.bool)
+    groups = [torch.nonzero(pl == c).flatten() for c in pl.unique()] if per_label else [torch.arange(n)]
+    for g in groups:
+        order = g[torch.sort(conf[g], descending=True, stable=True).indices]
+        keep[order[: max(1, int(math.ceil(fraction * len(g))))]] = True
+    return keep
+
+
+def _items(ps: PairSet, ok: list[int], labels: list[str], pl, conf, keep) -> list[dict]:
+    items = []
+    for j, i in enumerate(ok):
+        r = ps.records[i]
+        d = {
+            "key": r.key,
+            "file": str(r.files[ps.primary]),
+            "pseudo_label": labels[int(pl[j])],
+            "label_index": int(pl[j]),
+            "confidence": round(float(conf[j]), 6),
+            "kept": bool(keep[j]),
+        }
+        if r.label is not None and ps.classes:
+            d["true_label"] = class_names(ps.classes)[r.label]
+        items.append(d)
+    return items
+
+
+def _pseudo_label_accuracy(items: list[dict]) -> dict[str, float]:
+    """Against the class folders, when the data has them: over all scored pairs and over the kept ones."""
+    true = [it for it in items if "true_label" in it]
+    if not true:
+        return {}
+    tk = [it for it in true if it["kept"]]
+    return {
+        "pseudo_label_accuracy_all": sum(it["pseudo_label"] == it["true_label"] for it in true) / len(true),
+        "pseudo_label_accuracy_kept": sum(it["pseudo_label"] == it["true_label"] for it in tk)
+        / max(1, len(tk)),
+    }
 
 
 def _histogram(conf: np.ndarray, keep: np.ndarray, cut: float, path: Path, labels: Sequence[str]) -> Path:

@@ -158,3 +158,31 @@ def _emit(pending, embedder, temb, scale, k, labels):
             row["region"] = region
         yield row
     pending.clear()
+
+
+def write_rows(rows, out: Path | None, echo=print) -> int:
+    """Label rows as JSON lines (to ``echo`` without ``out``, or a .jsonl file) or a .csv with one line per
+    (image, region, rank); -> rows written. Rows stream: nothing is held in memory."""
+    import csv
+    import json
+
+    n = 0
+    if out is None:
+        for r in rows:
+            echo(json.dumps(r, ensure_ascii=False))
+            n += 1
+        return n
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        csv_out = csv.writer(fh) if out.suffix.lower() == ".csv" else None
+        if csv_out:
+            csv_out.writerow(["image", "region", "rank", "label", "score", "cosine"])
+        for r in rows:
+            if csv_out is None:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            else:
+                region = json.dumps(r.get("region")) if r.get("region") else ""
+                for i, (lb, sc, c) in enumerate(zip(r["labels"], r["scores"], r["cosines"])):
+                    csv_out.writerow([r["image"], region, i + 1, lb, sc, c])
+            n += 1
+    return n

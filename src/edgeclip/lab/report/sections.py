@@ -149,100 +149,62 @@ def _section_pareto(doc: Doc, r: ReportInput) -> None:
         )
 
 
+SPEED_COLUMNS = ["model", "role", "px", "params (M)", "GFLOPs", "ONNX fp32 MB", "ONNX int8 MB", "torch b1 ms"]
+SPEED_COLUMNS += ["ORT fp32 b1 ms", "ORT int8 b1 ms"]
+RATIO_COLUMNS = ["student", "teacher", "px", "fewer params", "fewer FLOPs", "torch b1 speed-up"]
+RATIO_COLUMNS += ["ORT fp32 b1 speed-up", "ORT int8 b1 speed-up", "student int8 vs teacher torch fp32"]
+RATIO_KEYS = (
+    "torch_b1_speedup",
+    "ort_fp32_b1_speedup",
+    "ort_int8_b1_speedup",
+    "int8_vs_teacher_fp32_b1_speedup",
+)
+BACKENDS = ("torch", "ort_fp32", "ort_int8")
+
+
 def _section_speed(doc: Doc, r: ReportInput) -> None:
     """Speed."""
-    out = r.out
     sp = r.bench.get("sections", {}).get("speed", {})
     doc.h(f"Speed and size at {sp.get('img_size', 224)} px" if sp else "Speed and size")
-    if sp:
-        models = [x for x in sp.get("models", []) if "error" not in x]
-        plot_speed(models, out / "speed.png", f"batch-1 latency vs FLOPs ({sp.get('threads')} thread(s))")
-        doc.img("speed.png", "latency vs FLOPs")
-        bs = sp.get("batch", 32)
-        hdr = [
-            "model",
-            "role",
-            "px",
-            "params (M)",
-            "GFLOPs",
-            "ONNX fp32 MB",
-            "ONNX int8 MB",
-            "torch b1 ms",
-            "ORT fp32 b1 ms",
-            "ORT int8 b1 ms",
-            f"torch b{bs} img/s",
-            f"ORT fp32 b{bs} img/s",
-            f"ORT int8 b{bs} img/s",
-        ]
-        trs = []
-        for x in models:
-            trs.append(
-                [
-                    x["name"],
-                    x["role"],
-                    x["img_size"],
-                    x["params_m"],
-                    x["gflops"],
-                    x.get("onnx_fp32_mb"),
-                    x.get("onnx_int8_mb"),
-                ]
-                + [
-                    _cell(x, be, k)
-                    for k in ("b1_median_ms", "throughput_images_per_s")
-                    for be in ("torch", "ort_fp32", "ort_int8")
-                ]
-            )
-        doc.table(hdr, trs)
-        for x in models:
-            for be in ("torch", "ort_fp32", "ort_int8"):
-                if "error" in x.get(be, {}):
-                    doc.p(f"{x['name']} {be} failed: {x[be]['error']}")
-        for x in sp.get("models", []):
-            if "error" in x:
-                doc.p(f"{x['name']}: not measured ({x['error']})")
-        cap = (
-            (
-                f" (each timed loop capped at {_f(sp['max_seconds_b1'], 0)} s / "
-                f"{_f(sp['max_seconds_throughput'], 0)} s, "
-                "at least 3 runs; the runs actually timed are in the JSON)"
-            )
-            if sp.get("max_seconds_b1")
-            else ""
+    if not sp:
+        return
+    models = [x for x in sp.get("models", []) if "error" not in x]
+    plot_speed(models, r.out / "speed.png", f"batch-1 latency vs FLOPs ({sp.get('threads')} thread(s))")
+    doc.img("speed.png", "latency vs FLOPs")
+    bs = sp.get("batch", 32)
+    hdr = SPEED_COLUMNS + [f"torch b{bs} img/s", f"ORT fp32 b{bs} img/s", f"ORT int8 b{bs} img/s"]
+    fixed = ("name", "role", "img_size", "params_m", "gflops")
+    trs = [
+        [x[k] for k in fixed]
+        + [x.get("onnx_fp32_mb"), x.get("onnx_int8_mb")]
+        + [_cell(x, be, k) for k in ("b1_median_ms", "throughput_images_per_s") for be in BACKENDS]
+        for x in models
+    ]
+    doc.table(hdr, trs)
+    for x in models:
+        for be in BACKENDS:
+            if "error" in x.get(be, {}):
+                doc.p(f"{x['name']} {be} failed: {x[be]['error']}")
+    for x in sp.get("models", []):
+        if "error" in x:
+            doc.p(f"{x['name']}: not measured ({x['error']})")
+    cap = (
+        f" (each timed loop capped at {_f(sp['max_seconds_b1'], 0)} s / {_f(sp['max_seconds_throughput'], 0)} s, "
+        "at least 3 runs; the runs actually timed are in the JSON)"
+        if sp.get("max_seconds_b1")
+        else ""
+    )
+    doc.p(
+        f"Method: {sp.get('method')}. Batch-1: {sp.get('reps_b1')} timed runs after {sp.get('warmup', 3)} warm-up "
+        f"runs; batch {bs}: {sp.get('reps_throughput')} timed runs after 1 warm-up{cap}; medians. "
+        "int8: static QDQ for CNNs, dynamic for transformers."
+    )
+    if sp.get("ratios"):
+        doc.h("Student vs teacher, same run", 3)
+        fixed = ("student", "teacher", "img_size", "params_reduction", "gflops_reduction")
+        doc.table(
+            RATIO_COLUMNS, [[x[k] for k in fixed] + [x.get(k) for k in RATIO_KEYS] for x in sp["ratios"]]
         )
-        doc.p(
-            f"Method: {sp.get('method')}. Batch-1: {sp.get('reps_b1')} timed runs after {sp.get('warmup', 3)} warm-up "
-            f"runs; batch {bs}: {sp.get('reps_throughput')} timed runs after 1 warm-up{cap}; medians. "
-            "int8: static QDQ for CNNs, dynamic for transformers."
-        )
-        if sp.get("ratios"):
-            doc.h("Student vs teacher, same run", 3)
-            doc.table(
-                [
-                    "student",
-                    "teacher",
-                    "px",
-                    "fewer params",
-                    "fewer FLOPs",
-                    "torch b1 speed-up",
-                    "ORT fp32 b1 speed-up",
-                    "ORT int8 b1 speed-up",
-                    "student int8 vs teacher torch fp32",
-                ],
-                [
-                    [
-                        r["student"],
-                        r["teacher"],
-                        r["img_size"],
-                        r["params_reduction"],
-                        r["gflops_reduction"],
-                        r.get("torch_b1_speedup"),
-                        r.get("ort_fp32_b1_speedup"),
-                        r.get("ort_int8_b1_speedup"),
-                        r.get("int8_vs_teacher_fp32_b1_speedup"),
-                    ]
-                    for r in sp["ratios"]
-                ],
-            )
 
 
 def _section_accuracy(doc: Doc, r: ReportInput) -> None:
