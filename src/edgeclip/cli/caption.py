@@ -42,48 +42,22 @@ def caption_cmd(
     out: Path | None = typer.Option(None, help="write JSONL here (default stdout)"),
 ):
     """Caption images with a trained captioner (torch checkpoint, or an exported ONNX folder: no torch needed)."""
-    from edgeclip.core.errors import ImageLoadError
+    from edgeclip.runtime.captioner import caption_records
 
     if (model is None) == (onnx is None):
         raise EdgeClipError("give exactly one of --model CHECKPOINT or --onnx FOLDER")
+    decoding = {"beam": beam, "max_len": max_len, "length_penalty": length_penalty}
     if onnx is not None:  # the device path: numpy preprocessing and ONNX Runtime, no torch
-        import numpy as np
-
         from edgeclip.runtime.captioner import CaptionerBundle
 
-        ort_cap = CaptionerBundle(onnx)  # checks the manifest's hashes when the folder has one
-        tf, stack = ort_cap.preprocess, np.stack
-        run = lambda x: ort_cap.caption_arrays(x, beam=beam, max_len=max_len, length_penalty=length_penalty)  # noqa: E731
+        captioner = CaptionerBundle(onnx).decoding(**decoding)  # checks the manifest's hashes when it has one
     else:
-        import torch
+        from edgeclip.models.captioner import TorchCaptioner
 
-        from edgeclip.models.captioner import load_captioner
-        from edgeclip.models.decode import generate
-
-        m, pp, _ = load_captioner(model)
-        tf, stack = pp.torch_transform(), torch.stack
-        run = lambda x: generate(m, x, beam=beam, max_len=max_len, length_penalty=length_penalty)  # noqa: E731
+        captioner = TorchCaptioner(model, **decoding)
     src = _images(images)
     skipped = list(src.skipped)
-    rows = []
-    names, xs = [], []
-
-    def flush():
-        if xs:
-            for n, c in zip(names, run(stack(xs))):
-                rows.append({"image": n, "caption": c})
-            names.clear()
-            xs.clear()
-
-    for r in src:
-        try:
-            xs.append(tf(r.load()))
-            names.append(r.name)
-        except ImageLoadError as e:
-            skipped.append(str(e))
-        if len(xs) >= batch_size:
-            flush()
-    flush()
+    rows = caption_records(captioner, src, batch_size, on_skip=skipped.append)
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     if out is None:
         for ln in lines:

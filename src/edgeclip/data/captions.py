@@ -263,6 +263,55 @@ def _drop_duplicate_images(items: list[CaptionItem], skips: _Skips) -> list[Capt
     return out
 
 
+def _one_split(rows: list, split: str, splits, fmt: str, path: Path, skips: _Skips) -> list:
+    """The rows of one split: a Karpathy file's own, or those a splits file lists (a ``splits.json`` beside
+    the captions file when none is given); listed images without captions are counted."""
+    sp_path = Path(splits) if splits else None
+    if sp_path is None and fmt != "karpathy" and (path.parent / "splits.json").is_file():
+        sp_path = path.parent / "splits.json"
+    split_sets = _load_splits(sp_path)
+    if fmt == "karpathy" and split_sets is None:
+        want = {"train", "restval"} if split == "train" else {split}
+        known = {r[2] for r in rows}
+        if not known & want:
+            raise EdgeClipError(
+                f"{path} has no split {split!r} (splits: {', '.join(sorted(map(str, known)))})"
+            )
+        return [r for r in rows if r[2] in want]
+    if split_sets is None:
+        raise EdgeClipError(f"{path} has no split information; pass a splits file or leave the split empty")
+    names = split_sets.get("__list__") or split_sets.get(split)
+    if names is None:
+        raise EdgeClipError(f"split {split!r} not in {sp_path} (splits: {', '.join(sorted(split_sets))})")
+    in_file = {r[0] for r in rows}
+    for n in sorted(names - in_file):
+        skips.add("no_captions", f"{n} (listed in split {split!r})")
+    return [r for r in rows if r[0] in names]
+
+
+def _group(rows: list, img_dir: Path, check_images: bool, skips: _Skips) -> dict[str, CaptionItem]:
+    """Captions grouped per image; missing images and empty captions skipped and counted."""
+    grouped: dict[str, CaptionItem] = {}
+    missing = set()
+    for name, cap, sp, sub in rows:
+        if name in missing:
+            skips.add("missing_image", name)
+            continue
+        it = grouped.get(name)
+        if it is None:
+            p = img_dir / sub / name if sub and (img_dir / sub / name).is_file() else img_dir / name
+            if check_images and not p.is_file():
+                missing.add(name)
+                skips.add("missing_image", str(p))
+                continue
+            it = grouped[name] = CaptionItem(name, p, [], sp)
+        if not tokenize(cap):
+            skips.add("empty_caption", f"{name}: {cap.strip()!r}")
+            continue
+        it.captions.append(" ".join(cap.split()))  # collapse stray whitespace, keep the text otherwise
+    return grouped
+
+
 def load_captions(
     path: str | Path,
     images: str | Path | None = None,
@@ -290,56 +339,14 @@ def load_captions(
     rows = _parse(fmt, payload, path, skips)
     if not rows:
         raise EdgeClipError(f"{path}: no captions found ({fmt} format)")
-    sp_path = Path(splits) if splits else None
-    if split and sp_path is None and fmt != "karpathy" and (path.parent / "splits.json").is_file():
-        sp_path = path.parent / "splits.json"
-    split_sets = _load_splits(sp_path)
     if split:
-        if fmt == "karpathy" and split_sets is None:
-            want = {"train", "restval"} if split == "train" else {split}
-            known = {r[2] for r in rows}
-            if not known & want:
-                raise EdgeClipError(
-                    f"{path} has no split {split!r} (splits: {', '.join(sorted(map(str, known)))})"
-                )
-            rows = [r for r in rows if r[2] in want]
-        elif split_sets is None:
-            raise EdgeClipError(
-                f"{path} has no split information; pass a splits file or leave the split empty"
-            )
-        else:
-            names = split_sets.get("__list__") or split_sets.get(split)
-            if names is None:
-                raise EdgeClipError(
-                    f"split {split!r} not in {sp_path} (splits: {', '.join(sorted(split_sets))})"
-                )
-            in_file = {r[0] for r in rows}
-            for n in sorted(names - in_file):
-                skips.add("no_captions", f"{n} (listed in split {split!r})")
-            rows = [r for r in rows if r[0] in names]
+        rows = _one_split(rows, split, splits, fmt, path, skips)
     img_dir = (
         _images_dir(fmt, path, Path(images) if images else None, rows)
         if check_images
         else (Path(images) if images else path.parent)
     )
-    grouped: dict[str, CaptionItem] = {}
-    missing = set()
-    for name, cap, sp, sub in rows:
-        if name in missing:
-            skips.add("missing_image", name)
-            continue
-        it = grouped.get(name)
-        if it is None:
-            p = img_dir / sub / name if sub and (img_dir / sub / name).is_file() else img_dir / name
-            if check_images and not p.is_file():
-                missing.add(name)
-                skips.add("missing_image", str(p))
-                continue
-            it = grouped[name] = CaptionItem(name, p, [], sp)
-        if not tokenize(cap):
-            skips.add("empty_caption", f"{name}: {cap.strip()!r}")
-            continue
-        it.captions.append(" ".join(cap.split()))  # collapse stray whitespace, keep the text otherwise
+    grouped = _group(rows, img_dir, check_images, skips)
     items = []
     for it in grouped.values():
         if it.captions:

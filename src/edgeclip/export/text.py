@@ -125,17 +125,11 @@ def export_text_tower(
     sizes = {k: (folder / f).stat().st_size for k, f in files.items()}
     cfg = {
         "format": TEXT_FORMAT,
-        "kind": ex.kind,
-        "models": files,
-        "default": default,
-        "tokenizer": TOKENIZER,
+        **{"kind": ex.kind, "models": files, "default": default, "tokenizer": TOKENIZER},
         "inputs": [i.name for i in sessions["fp32"].get_inputs()],
-        "embed_dim": int(ref.shape[1]),
-        "token_parity": tok,
-        "parity": parity,
+        **{"embed_dim": int(ref.shape[1]), "token_parity": tok, "parity": parity},
         "int8_gate": {"zero_shot_agreement": INT8_AGREEMENT_GATE, "min_images": MIN_GATE_IMAGES},
-        "bytes": sizes,
-        "tokenizer_bytes": (folder / TOKENIZER).stat().st_size,
+        **{"bytes": sizes, "tokenizer_bytes": (folder / TOKENIZER).stat().st_size},
     }
     cfg["default_why"] = default_reason(cfg)
     write_json(folder / TEXT_CONFIG, cfg)

@@ -71,18 +71,12 @@ def sample_photos(out: Path) -> Path:
 
 def caption_photos(captioner: str, photos: Path, beam: int = 5) -> dict[str, str]:
     """{file name: caption} of every photo in the folder ``photos`` by the captioner checkpoint ``captioner``."""
-    import torch
-
     from edgeclip.data.sources import open_source
-    from edgeclip.models.captioner import load_captioner
-    from edgeclip.models.decode import generate
+    from edgeclip.models.captioner import TorchCaptioner
+    from edgeclip.runtime.captioner import caption_records
 
-    cap, pp, _ = load_captioner(captioner)
-    tf = pp.torch_transform()
-    recs = list(open_source(str(photos)))
-    with torch.no_grad():
-        caps = generate(cap, torch.stack([tf(r.load()) for r in recs]), beam=beam, max_len=20)
-    return {Path(r.name).name: c for r, c in zip(recs, caps)}
+    rows = caption_records(TorchCaptioner(captioner, beam=beam), open_source(str(photos)), batch_size=64)
+    return {Path(r["image"]).name: r["caption"] for r in rows}
 
 
 def clip_tower_speed(names, size: int, reps: int) -> dict[str, dict]:

@@ -108,11 +108,22 @@ def ship_models(
     if captioner:
         index["models"]["captioner"] = _ship_captioner(captioner, into / names["captioner"])
     _write_cards(into, index["models"], card or {}, checks)
-    # a later ship (the captioner, trained by another experiment) keeps the roles shipped before it
     given = {
         *(() if kept_teacher else ("teacher",)),
         *(r for r, v in (("student", student), ("bundle", bundle), ("captioner", captioner)) if v),
     }
+    checks = _keep_earlier(index, old, given, checks)
+    index["checks"] = checks
+    index["total_bytes"] = sum(m["bytes"] for m in index["models"].values())
+    # the CLI-facing view: role -> spec (what `--teacher`, `--student`, `--bundle`, `--model` take)
+    index.update({role: index["models"][role]["spec"] for role in ROLES if role in index["models"]})
+    write_json(into / INDEX, index)
+    return index
+
+
+def _keep_earlier(index: dict, old: dict, given: set, checks: dict) -> dict:
+    """A later ship (the captioner, trained by another experiment) keeps the roles shipped before it, with their
+    checks; every check must pass. -> the checks."""
     for role, m in (old.get("models") or {}).items():
         if role not in given:
             index["models"][role] = m
@@ -123,12 +134,7 @@ def ship_models(
     for name, v in checks.items():
         if v < MIN_COSINE:
             raise EdgeClipError(f"ship: {name} = {v:.5f} < {MIN_COSINE}: the fp16 copy is not the model")
-    index["checks"] = checks
-    index["total_bytes"] = sum(m["bytes"] for m in index["models"].values())
-    # the CLI-facing view: role -> spec (what `--teacher`, `--student`, `--bundle`, `--model` take)
-    index.update({role: index["models"][role]["spec"] for role in ROLES if role in index["models"]})
-    write_json(into / INDEX, index)
-    return index
+    return checks
 
 
 def _ship_teacher(teacher: str, src: str, dst: Path, imgs, checks: dict) -> dict[str, Any]:

@@ -167,7 +167,7 @@ def gpu_throughput(
     from edgeclip.data.sources import open_source
     from edgeclip.models.teachers import load_teacher
     from edgeclip.train.cache import build_cache
-    from edgeclip.train.distill import DistillConfig, distill
+    from edgeclip.train.distill import distill
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EdgeClipError(
@@ -196,7 +196,46 @@ def gpu_throughput(
     )
     log(f"  data loading only: {load_rate:.1f} img/s ({workers} workers)")
     # distillation through the engine (AMP bf16/fp16 + channels_last on GPU); epoch 1 warms up
-    cfg = DistillConfig(
+    cfg = _gpu_distill_config(
+        teacher_spec, subset, workdir, student, img_size, batch_size, workers, accel, steps, seed
+    )
+    hist = distill(cfg, progress=False, teacher=teacher)
+    rate = _epoch_rate(hist, batch_size)
+    log(f"  distillation: {rate['images_per_s']:.1f} img/s")
+    prec = hist["config"]["precision"]
+    if prec == "auto":  # the engine's rule: bf16 AMP where supported, else fp16 AMP; fp32 on CPU
+        prec = (
+            ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if accel == "cuda" else "32-true"
+        )
+    return {
+        "device": torch.cuda.get_device_name(0) if accel == "cuda" else "cpu",
+        "accelerator": accel,
+        "precision": prec,
+        "channels_last": accel == "cuda",
+        "student": student,
+        "img_size": img_size,
+        "teacher": teacher.id,
+        **{"batch_size": batch_size, "workers": workers, "steps": steps, "n_images": summ.total},
+        "data_loading_images_per_s": load_rate,
+        "distill": rate,
+        "distill_images_per_s": rate["images_per_s"],
+        "distill_vs_loading": rate["images_per_s"] / load_rate if load_rate else None,
+        "method": GPU_METHOD,
+    }
+
+
+GPU_METHOD = (
+    "data-loading rate: the trainer's own dataset + DataLoader iterated (and copied to the device) without a "
+    "model; distillation rate: second epoch of edgeclip distill from the cache"
+)
+
+
+def _gpu_distill_config(
+    teacher_spec, subset, workdir, student, img_size, batch_size, workers, accel, steps, seed
+):
+    from edgeclip.train.distill import DistillConfig
+
+    return DistillConfig(
         teacher=teacher_spec,
         data=str(subset),
         out=str(workdir / "run"),
@@ -215,33 +254,6 @@ def gpu_throughput(
             "log_every": 10**6,
         },
     )
-    hist = distill(cfg, progress=False, teacher=teacher)
-    rate = _epoch_rate(hist, batch_size)
-    log(f"  distillation: {rate['images_per_s']:.1f} img/s")
-    prec = hist["config"]["precision"]
-    if prec == "auto":  # the engine's rule: bf16 AMP where supported, else fp16 AMP; fp32 on CPU
-        prec = (
-            ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if accel == "cuda" else "32-true"
-        )
-    return {
-        "device": torch.cuda.get_device_name(0) if accel == "cuda" else "cpu",
-        "accelerator": accel,
-        "precision": prec,
-        "channels_last": accel == "cuda",
-        "student": student,
-        "img_size": img_size,
-        "teacher": teacher.id,
-        "batch_size": batch_size,
-        "workers": workers,
-        "steps": steps,
-        "n_images": summ.total,
-        "data_loading_images_per_s": load_rate,
-        "distill": rate,
-        "distill_images_per_s": rate["images_per_s"],
-        "distill_vs_loading": rate["images_per_s"] / load_rate if load_rate else None,
-        "method": "data-loading rate: the trainer's own dataset + DataLoader iterated (and copied to the "
-        "device) without a model; distillation rate: second epoch of edgeclip distill from the cache",
-    }
 
 
 def _loading_rate(subset, cache_dir: Path, teacher, img_size, batch_size, workers, steps, device) -> float:

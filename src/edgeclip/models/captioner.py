@@ -232,3 +232,21 @@ def load_captioner(path: str | Path, map_location: str = "cpu") -> Loaded:
     return captioner_from_checkpoint(
         read_checkpoint(path, CAPTIONER_FORMAT, "captioner", map_location), Path(path)
     )
+
+
+class TorchCaptioner:
+    """A captioner checkpoint as an :class:`edgeclip.runtime.captioner.ImageCaptioner` (for the captioning loop)."""
+
+    def __init__(self, path: str | Path, beam: int = 5, max_len: int = 20, length_penalty: float = 1.0):
+        self.model, self.pp, self.info = load_captioner(path)
+        self.transform = self.pp.torch_transform()
+        self.decoding = {"beam": beam, "max_len": max_len, "length_penalty": length_penalty}
+
+    def prepare(self, image) -> torch.Tensor:
+        return self.transform(image)
+
+    @torch.no_grad()
+    def caption_prepared(self, xs: list) -> list[str]:
+        from edgeclip.models.decode import generate
+
+        return generate(self.model, torch.stack(xs), **self.decoding)

@@ -93,23 +93,10 @@ def quantize_static_onnx(
     if not fp32_path.is_file():
         raise EdgeClipError(f"ONNX model not found: {fp32_path}")
     wtype = QuantType.QInt8 if check_weight_bits(weight_bits) == 8 else QuantType.QInt4
-    src = fp32_path
-    tmp_pre = None
-    if preprocess:
-        try:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            tmp_pre = fp32_path.with_suffix(".preproc.onnx")
-            quant_pre_process(str(fp32_path), str(tmp_pre), skip_symbolic_shape=True)
-            src = tmp_pre
-        except Exception:
-            src, tmp_pre = fp32_path, None
+    src, tmp_pre = _pre_processed(fp32_path) if preprocess else (fp32_path, None)
     input_name = ort_session(src, optimize=False).get_inputs()[0].name
-    meth = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }.get(method)
+    methods = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+    meth = getattr(CalibrationMethod, methods[method]) if method in methods else None
     if meth is None:
         raise EdgeClipError(f"unknown calibration method {method!r} (minmax, entropy, percentile)")
     if quant_format not in ("qdq", "qoperator"):
@@ -141,6 +128,19 @@ def quantize_static_onnx(
         if tmp_pre is not None and tmp_pre.exists():
             tmp_pre.unlink()
     return int8_path
+
+
+def _pre_processed(fp32_path: Path) -> tuple[Path, Path | None]:
+    """ORT's quantization pre-processing (shape inference + optimisation), as ORT recommends; -> (the model to
+    quantize, the temporary file to remove, or None when pre-processing failed and the original is used)."""
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        tmp_pre = fp32_path.with_suffix(".preproc.onnx")
+        quant_pre_process(str(fp32_path), str(tmp_pre), skip_symbolic_shape=True)
+        return tmp_pre, tmp_pre
+    except Exception:
+        return fp32_path, None
 
 
 @contextlib.contextmanager

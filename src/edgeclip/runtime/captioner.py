@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,6 +25,47 @@ from edgeclip.runtime.decode import beam_decode, decode_words, greedy_decode
 from edgeclip.runtime.preprocess import NumpyPreprocess
 
 CAPTION_META = "caption_meta.json"
+
+
+class ImageCaptioner(Protocol):
+    """What the captioning loop needs of a captioner (ONNX bundle or torch model): ``prepare`` one image (a PIL
+    image) for the model, and caption a list of prepared images."""
+
+    def prepare(self, image: Any) -> Any: ...
+
+    def caption_prepared(self, xs: list) -> list[str]: ...
+
+
+def caption_records(
+    captioner: ImageCaptioner, records: Iterable, batch_size: int = 16, on_skip: Callable[[str], None] = print
+) -> list[dict[str, str]]:
+    """The one images -> captions loop: ``records`` (anything with ``.load()`` and ``.name``, e.g. an image
+    source's) prepared and captioned ``batch_size`` at a time; an unreadable image goes to ``on_skip`` (its one
+    line) and the loop goes on. -> ``[{"image": name, "caption": text}]`` in order."""
+    from edgeclip.core.errors import ImageLoadError
+
+    rows: list[dict[str, str]] = []
+    names: list[str] = []
+    xs: list = []
+
+    def flush() -> None:
+        if xs:
+            rows.extend(
+                {"image": n, "caption": c} for n, c in zip(names, captioner.caption_prepared(list(xs)))
+            )
+            names.clear()
+            xs.clear()
+
+    for r in records:
+        try:
+            xs.append(captioner.prepare(r.load()))
+            names.append(r.name)
+        except ImageLoadError as e:
+            on_skip(str(e))
+        if len(xs) >= batch_size:
+            flush()
+    flush()
+    return rows
 
 
 class CaptionerBundle:
@@ -83,6 +124,17 @@ class CaptionerBundle:
                 self._step, (h, c), (feats, keys), n, beam, max_len, length_penalty, allow_unk
             )
         return [decode_words(self.words, r) for r in ids]
+
+    def decoding(self, beam: int = 5, max_len: int = 20, length_penalty: float = 1.0) -> CaptionerBundle:
+        """Set the decoding the :class:`ImageCaptioner` methods use; -> self."""
+        self._decoding = {"beam": beam, "max_len": max_len, "length_penalty": length_penalty}
+        return self
+
+    def prepare(self, image: Any) -> np.ndarray:
+        return self.preprocess(image)
+
+    def caption_prepared(self, xs: list) -> list[str]:
+        return self.caption_arrays(np.stack(xs), **getattr(self, "_decoding", {}))
 
     def caption_batch(self, images: Sequence[Any], beam: int = 5, max_len: int = 20, **kw) -> list[str]:
         """Captions of images (paths, bytes or PIL images)."""

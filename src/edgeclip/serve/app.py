@@ -186,6 +186,64 @@ class _Server:
                 "address `edgeclip serve` prints carries it for the web page)",
             )
 
+    def request_labels(self, labels: str):
+        """A per-request label set: known labels by name, any other text embedded now (with a text encoder),
+        for this request only."""
+        from edgeclip.runtime.bundle import LabelSet
+
+        model, text_encoder = self.model, self.text_encoder
+        names = _names(labels)
+        new = [n for n in names if n not in model.known.names]
+        if not new:
+            return model.known.subset(names)
+        if text_encoder is None:
+            raise ApiError(
+                400,
+                f"no embedding for {', '.join(map(repr, new[:5]))}: this server has no text encoder (export "
+                "the bundle with --text-encoder, or start it with --teacher SPEC)",
+            )
+        if len(new) > MAX_REQUEST_TEXTS:
+            raise ApiError(
+                422,
+                f"{len(new)} new label texts in one request (at most {MAX_REQUEST_TEXTS}): add them once with "
+                "PUT /api/labels",
+            )
+        emb = dict(zip(new, np.asarray(text_encoder(new), dtype=np.float32)))
+        rows = [emb[n] if n in emb else model.known.subset([n]).embeddings[0] for n in names]
+        return LabelSet(names, np.stack(rows), model.known.templates)
+
+    def set_labels(self, names: list[str]) -> None:
+        """The active label list; new texts embedded first (caps checked before any text is embedded)."""
+        model, text_encoder = self.model, self.text_encoder
+        with self.lock:
+            known = set(model.known.names)
+            unknown = [n for n in names if n not in known]
+            # caps before any text is embedded (10,000 new texts took 12 s before the total cap refused them)
+            if len(known) + len(unknown) > MAX_LABELS:
+                raise ApiError(
+                    413,
+                    f"{len(known)} known + {len(unknown)} new labels is over the cap of {MAX_LABELS}: "
+                    "remove labels first",
+                )
+            if len(unknown) > MAX_EDIT_TEXTS:
+                raise ApiError(
+                    413,
+                    f"{len(unknown)} new label texts in one edit (at most {MAX_EDIT_TEXTS}): send them in parts",
+                )
+            if unknown:
+                if text_encoder is None:
+                    raise ApiError(
+                        400,
+                        f"no embedding for {', '.join(map(repr, unknown[:5]))}: this server has no text "
+                        "encoder (export the bundle with --text-encoder, or start it with --teacher SPEC), "
+                        "or add precomputed embeddings via POST /api/labels/embeddings",
+                    )
+                try:
+                    model.add_labels(unknown, np.asarray(text_encoder(unknown), dtype=np.float32))
+                except EdgeClipError as e:
+                    raise ApiError(400, str(e)) from None
+            model.set_labels(names)
+
     def read_upload(self, file: UploadFile) -> bytes:
         data = file.file.read(self.max_upload_bytes + 1)
         if len(data) > self.max_upload_bytes:
@@ -333,32 +391,6 @@ def _pages(app: FastAPI, s: _Server) -> None:
 def _inference(app: FastAPI, s: _Server) -> None:
     """POST /label and POST /caption."""
     model, topk, _decode, _read_upload = s.model, s.topk, s.decode, s.read_upload
-    text_encoder = s.text_encoder
-
-    def request_labels(labels: str):
-        """A per-request label set: known labels by name, any other text embedded now (with a text encoder),
-        for this request only."""
-        from edgeclip.runtime.bundle import LabelSet
-
-        names = _names(labels)
-        new = [n for n in names if n not in model.known.names]
-        if not new:
-            return model.known.subset(names)
-        if text_encoder is None:
-            raise ApiError(
-                400,
-                f"no embedding for {', '.join(map(repr, new[:5]))}: this server has no text encoder (export "
-                "the bundle with --text-encoder, or start it with --teacher SPEC)",
-            )
-        if len(new) > MAX_REQUEST_TEXTS:
-            raise ApiError(
-                422,
-                f"{len(new)} new label texts in one request (at most {MAX_REQUEST_TEXTS}): add them once with "
-                "PUT /api/labels",
-            )
-        emb = dict(zip(new, np.asarray(text_encoder(new), dtype=np.float32)))
-        rows = [emb[n] if n in emb else model.known.subset([n]).embeddings[0] for n in names]
-        return LabelSet(names, np.stack(rows), model.known.templates)
 
     @app.post("/label")
     def label(
@@ -376,7 +408,7 @@ def _inference(app: FastAPI, s: _Server) -> None:
             )
         img = _decode(_read_upload(file), file.filename)
         try:
-            active = request_labels(labels) if labels else None
+            active = s.request_labels(labels) if labels else None
         except EdgeClipError as e:
             raise ApiError(400, str(e)) from None
         t0 = time.perf_counter()
@@ -402,7 +434,7 @@ def _inference(app: FastAPI, s: _Server) -> None:
 
 def _labels(app: FastAPI, s: _Server) -> None:
     """Reading and editing the label list (edits need the token)."""
-    model, lock, text_encoder = s.model, s.lock, s.text_encoder
+    model, lock = s.model, s.lock
     _decode, _read_upload, _may_edit = s.decode, s.read_upload, s.may_edit
 
     def _need_labels():
@@ -418,35 +450,7 @@ def _labels(app: FastAPI, s: _Server) -> None:
     def put_labels(body: LabelsIn, request: Request):
         _need_labels()
         _may_edit(request)
-        names = _names(body.labels)
-        with lock:
-            known = set(model.known.names)
-            unknown = [n for n in names if n not in known]
-            # caps before any text is embedded (10,000 new texts took 12 s before the total cap refused them)
-            if len(known) + len(unknown) > MAX_LABELS:
-                raise ApiError(
-                    413,
-                    f"{len(known)} known + {len(unknown)} new labels is over the cap of {MAX_LABELS}: "
-                    "remove labels first",
-                )
-            if len(unknown) > MAX_EDIT_TEXTS:
-                raise ApiError(
-                    413,
-                    f"{len(unknown)} new label texts in one edit (at most {MAX_EDIT_TEXTS}): send them in parts",
-                )
-            if unknown:
-                if text_encoder is None:
-                    raise ApiError(
-                        400,
-                        f"no embedding for {', '.join(map(repr, unknown[:5]))}: this server has no text "
-                        "encoder (export the bundle with --text-encoder, or start it with --teacher SPEC), "
-                        "or add precomputed embeddings via POST /api/labels/embeddings",
-                    )
-                try:
-                    model.add_labels(unknown, np.asarray(text_encoder(unknown), dtype=np.float32))
-                except EdgeClipError as e:
-                    raise ApiError(400, str(e)) from None
-            model.set_labels(names)
+        s.set_labels(_names(body.labels))
         return {"labels": model.label_names}
 
     @app.post("/api/labels/examples")

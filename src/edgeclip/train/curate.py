@@ -97,39 +97,22 @@ def curate(
     conf, pl = prob.max(-1)
     n = len(ok)
     keep = select_confident(conf, pl, fraction, threshold, per_label)
-    cut = float(conf[keep].min()) if keep.any() else float("nan")
     items = _items(ps, ok, labels, pl, conf, keep)
-    summary = {
-        "n_pairs": len(ps.records),
-        "n_scored": n,
-        "n_kept": int(keep.sum()),
-        "skipped_unreadable": n_failed,
-        "skipped_unpaired": len(ps.skipped),
-        "fraction": fraction if threshold is None else None,
-        "threshold": threshold,
-        "per_label": per_label,
-        "cut_confidence": cut,
-        "mean_confidence_all": float(conf.mean()) if n else 0.0,
-        "mean_confidence_kept": float(conf[keep].mean()) if keep.any() else 0.0,
-        "kept_per_label": {lb: int(((pl == i) & keep).sum()) for i, lb in enumerate(labels)},
-        **_pseudo_label_accuracy(items),
-    }
+    summary = _summary(ps, n, n_failed, keep, conf, pl, labels, fraction, threshold, per_label, items)
+    skipped = list(ps.skipped) + [f"{k.split('|')[0]}: {v}" for k, v in emb_cache.failed.items()]
     manifest = {
         "format": MANIFEST_FORMAT,
         "teacher": teacher.describe(),
-        "data": ps.root,
-        "primary": ps.primary,
-        "modalities": ps.modalities,
-        "labels": labels,
-        "templates": list(templates),
-        "summary": summary,
-        "skipped": list(ps.skipped) + [f"{k.split('|')[0]}: {v}" for k, v in emb_cache.failed.items()],
-        "items": items,
+        **{"data": ps.root, "primary": ps.primary, "modalities": ps.modalities},
+        **{"labels": labels, "templates": list(templates), "summary": summary},
+        **{"skipped": skipped, "items": items},
     }
     write_json(out / "manifest.json", manifest)
     if plot:
         summary["histogram"] = str(
-            _histogram(conf.numpy(), keep.numpy(), cut, out / "confidence_hist.png", labels)
+            _histogram(
+                conf.numpy(), keep.numpy(), summary["cut_confidence"], out / "confidence_hist.png", labels
+            )
         )
     return {"manifest": str(out / "manifest.json"), **summary}
 
@@ -146,6 +129,24 @@ def select_confident(conf, pl, fraction: float | None, threshold: float | None, 
         order = g[torch.sort(conf[g], descending=True, stable=True).indices]
         keep[order[: max(1, int(math.ceil(fraction * len(g))))]] = True
     return keep
+
+
+def _summary(ps, n, n_failed, keep, conf, pl, labels, fraction, threshold, per_label, items) -> dict:
+    return {
+        "n_pairs": len(ps.records),
+        "n_scored": n,
+        "n_kept": int(keep.sum()),
+        "skipped_unreadable": n_failed,
+        "skipped_unpaired": len(ps.skipped),
+        "fraction": fraction if threshold is None else None,
+        "threshold": threshold,
+        "per_label": per_label,
+        "cut_confidence": float(conf[keep].min()) if keep.any() else float("nan"),
+        "mean_confidence_all": float(conf.mean()) if n else 0.0,
+        "mean_confidence_kept": float(conf[keep].mean()) if keep.any() else 0.0,
+        "kept_per_label": {lb: int(((pl == i) & keep).sum()) for i, lb in enumerate(labels)},
+        **_pseudo_label_accuracy(items),
+    }
 
 
 def _items(ps: PairSet, ok: list[int], labels: list[str], pl, conf, keep) -> list[dict]:

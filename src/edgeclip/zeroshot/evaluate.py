@@ -197,25 +197,12 @@ def search_images(
     ``images`` and ``split``), any image source spec (folder, list file, tar, ...) or image records."""
     from pathlib import Path
 
-    from edgeclip.data.sources import open_source
-
     qs = [_query(q) for q in queries]
     if not qs:
         raise EdgeClipError("no queries: give at least one text")
     if k < 1:
         raise EdgeClipError(f"k must be >= 1, got {k}")
-    if not isinstance(photos, (str, Path)):
-        records = list(photos)
-        caps = [[] for _ in records]
-    elif Path(photos).is_file() and (images is not None or split is not None or _is_captions(str(photos))):
-        from edgeclip.data.captions import load_captions
-
-        cs = load_captions(photos, images, split)
-        records = [it.record() for it in cs.items]
-        caps = [list(it.captions) for it in cs.items]
-    else:
-        records = list(open_source(photos))
-        caps = [[] for _ in records]
+    records, caps = _search_photos(photos, images, split)
     if max_images:
         records, caps = records[:max_images], caps[:max_images]
     if not records:
@@ -233,22 +220,10 @@ def search_images(
         sims = unit(emb.encode_texts([q for q, _ in qs])) @ unit(img).T  # (Q, N)
         top = np.argsort(-sims, axis=1)[:, : min(k, len(kept))]
         tops[role] = np.asarray(kept)[top]
-        res = []
-        for qi, (q, must) in enumerate(qs):
-            hits = []
-            for j in top[qi]:
-                r = records[kept[j]]
-                h = {"image": r.name, "path": str(r.path), "score": round(float(sims[qi, j]), 4)}
-                if caps[kept[j]]:
-                    h["caption"] = caps[kept[j]][0]
-                hits.append(h)
-            row = {"query": q, "hits": hits}
-            if must and any(caps):
-                row["must"] = must
-                row["precision_at_k"] = float(np.mean([_mentions(caps[kept[j]], must) for j in top[qi]]))
-            if role != "teacher" and "teacher" in tops:
-                row["teacher_overlap"] = len(set(tops[role][qi]) & set(tops["teacher"][qi])) / top.shape[1]
-            res.append(row)
+        res = [
+            _query_row(qi, q, must, role, top, sims, kept, records, caps, tops)
+            for qi, (q, must) in enumerate(qs)
+        ]
         m: dict = {"name": emb.name, "results": res, "n_images": len(kept)}
         prec = [r["precision_at_k"] for r in res if "precision_at_k" in r]
         if prec:
@@ -259,6 +234,43 @@ def search_images(
             m["unreadable"] = len(bad)
         out["models"][role] = m
     return out
+
+
+def _search_photos(photos, images, split) -> tuple[list, list[list[str]]]:
+    """(image records, their human captions: [] when the photos have none) of a captions file, a source spec or
+    records."""
+    from pathlib import Path
+
+    from edgeclip.data.sources import open_source
+
+    if not isinstance(photos, (str, Path)):
+        records = list(photos)
+        return records, [[] for _ in records]
+    if Path(photos).is_file() and (images is not None or split is not None or _is_captions(str(photos))):
+        from edgeclip.data.captions import load_captions
+
+        cs = load_captions(photos, images, split)
+        return [it.record() for it in cs.items], [list(it.captions) for it in cs.items]
+    records = list(open_source(photos))
+    return records, [[] for _ in records]
+
+
+def _query_row(qi, q, must, role, top, sims, kept, records, caps, tops) -> dict:
+    """One query's hits for one model, with caption-checked precision@k and the overlap with the teacher."""
+    hits = []
+    for j in top[qi]:
+        r = records[kept[j]]
+        h = {"image": r.name, "path": str(r.path), "score": round(float(sims[qi, j]), 4)}
+        if caps[kept[j]]:
+            h["caption"] = caps[kept[j]][0]
+        hits.append(h)
+    row = {"query": q, "hits": hits}
+    if must and any(caps):
+        row["must"] = must
+        row["precision_at_k"] = float(np.mean([_mentions(caps[kept[j]], must) for j in top[qi]]))
+    if role != "teacher" and "teacher" in tops:
+        row["teacher_overlap"] = len(set(tops[role][qi]) & set(tops["teacher"][qi])) / top.shape[1]
+    return row
 
 
 def _is_captions(path: str) -> bool:
