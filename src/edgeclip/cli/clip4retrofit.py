@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
@@ -48,35 +47,24 @@ def cache_cmd(
 ):
     """Compute teacher image embeddings once (fp16, memory-mapped, resumable). On many workers, launch this same
     command with torchrun (or srun): each worker embeds its own chunks, one per GPU; they share --out."""
-    from edgeclip.data.sources import open_source
-    from edgeclip.models.teachers import load_teacher
-    from edgeclip.train.cache import build_cache
+    from edgeclip.train.cache import CacheConfig, run_cache
 
-    if format not in ("folder", "wds"):
-        raise EdgeClipError(f"unknown cache format {format!r} (folder, wds)")
-    t = load_teacher(teacher, device=device_of(device))
-    src = open_source(data, kind)
-    if format == "wds" and src.is_stream:
-        raise EdgeClipError("--format wds re-shards folders and lists; these images are already shards")
-    s = build_cache(
-        src,
-        t,
-        out,
+    cfg = CacheConfig(
+        data=data,
+        teacher=teacher,
+        out=str(out),
         views=views,
         batch_size=batch_size,
         chunk=chunk,
-        num_workers=workers,
+        workers=workers,
+        kind=kind,
         retry_failed=retry_failed,
+        device=device,
+        format=format,
     )
-    res = s.as_dict()
-    if format == "wds":
-        from edgeclip.train.cache import EmbeddingCache, dist_rank
-        from edgeclip.train.shards import write_shards
-
-        rank, world = dist_rank()
-        res["reinforced"] = write_shards(src.records, EmbeddingCache(out), out / "shards", chunk, rank, world)
+    res, skipped = run_cache(cfg)
     echo_json(res)
-    for r in src.skipped:
+    for r in skipped:
         typer.echo(f"skipped: {r}", err=True)
 
 
@@ -119,6 +107,7 @@ def distill_cmd(
 ):
     """Distill the teacher's image embedding into a student, without labels."""
     from edgeclip.core.config import config_from_cli
+    from edgeclip.core.machine import launch_rank
     from edgeclip.train.distill import DistillConfig, distill
 
     cfg = config_from_cli(
@@ -146,7 +135,7 @@ def distill_cmd(
         set_,
     )
     hist = distill(cfg, resume=resume)
-    if hist.get("world_size", 1) == 1 or os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":
+    if hist.get("world_size", 1) == 1 or launch_rank()[0] == 0:
         last = hist["epochs"][-1] if hist["epochs"] else {}
         typer.echo(f"student saved: {Path(cfg.out) / 'student.pt'}  last epoch: {json.dumps(last)}")
 

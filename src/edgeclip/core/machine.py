@@ -65,12 +65,37 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def launch_rank() -> tuple[int, int]:
+    """The one rank helper: (rank, world size) of this process: torch.distributed's when a process group is up,
+    else the launcher's (torchrun: RANK / WORLD_SIZE; SLURM srun: SLURM_PROCID / SLURM_NTASKS); (0, 1) alone."""
+    import sys
+
+    dist = getattr(sys.modules.get("torch"), "distributed", None)  # no torch import for the torch-free side
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    for r, w in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if os.environ.get(w):
+            rank, world = int(os.environ.get(r, "0")), int(os.environ[w])
+            if not 0 <= rank < world:
+                from edgeclip.core.errors import EdgeClipError
+
+                raise EdgeClipError(f"bad launch: {r}={rank} with {w}={world}")
+            return rank, world
+    return 0, 1
+
+
+def local_rank() -> int | None:
+    """This process's index on its node (torchrun LOCAL_RANK, SLURM_LOCALID), or None when launched alone."""
+    local = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")
+    return int(local) if local else None
+
+
 def resolve_device(device: str | None = None) -> str:
     import torch
 
     if device in (None, "auto"):
         if not torch.cuda.is_available():
             return "cpu"
-        local = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")  # one GPU per launched worker
-        return f"cuda:{int(local) % torch.cuda.device_count()}" if local else "cuda"
+        local = local_rank()  # one GPU per launched worker
+        return f"cuda:{local % torch.cuda.device_count()}" if local is not None else "cuda"
     return device

@@ -70,6 +70,28 @@ class BenchConfig:
         None  # a lab work folder (e.g. benchmarks/artifacts/lab): its teacher and student by default
     )
 
+    def __post_init__(self) -> None:
+        """The checks every caller gets (the CLI only maps its options here)."""
+        self.skip = ["train_cost" if x == "train" else x for x in self.skip]
+        bad = [x for x in self.skip if x not in SECTIONS]
+        if bad:
+            raise EdgeClipError(f"unknown --skip section {bad[0]!r} (one of: {', '.join(SKIP_NAMES)})")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise EdgeClipError(f"--device must be cpu, cuda or auto, got {self.device!r}")
+        if self.threads < 0:
+            raise EdgeClipError(f"--threads must be >= 0, got {self.threads}")
+        for st in self.students:
+            if not Path(st).is_file():
+                raise EdgeClipError(f"student checkpoint not found: {st}")
+        if self.data is not None and not Path(self.data).is_dir():
+            raise EdgeClipError(
+                f"--data {self.data} is not a folder (an ImageFolder with class sub-folders is needed)"
+            )
+
+
+SKIP_NAMES = ("speed", "train", "accuracy", "fidelity", "energy", "data_path", "gpu")  # as --skip takes them
+SECTIONS = tuple("train_cost" if x == "train" else x for x in SKIP_NAMES)
+
 
 def _cifar(split: str, base: Path) -> Path | None:
     """CIFAR-10 ``split`` folder: already extracted under ``base``, else extracted from ../shared/data."""

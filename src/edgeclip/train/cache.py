@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ import torch
 from edgeclip.core.errors import CacheMismatchError, EdgeClipError, ImageLoadError
 from edgeclip.core.io import atomic_path, exclusive_lock, read_json, write_json
 from edgeclip.core.lineage import check_teacher
+from edgeclip.core.machine import launch_rank
 from edgeclip.data.sources import ImageRecord, ImageSource
 from edgeclip.data.transforms import ViewSpec, apply_view, view_params
 
@@ -299,20 +301,6 @@ def _collate(items):
     return items
 
 
-def dist_rank() -> tuple[int, int]:
-    """(rank, world size) of this process under torchrun (RANK / WORLD_SIZE) or SLURM srun (SLURM_PROCID /
-    SLURM_NTASKS); (0, 1) when launched alone."""
-    import os
-
-    for r, w in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if os.environ.get(w):
-            rank, world = int(os.environ.get(r, "0")), int(os.environ[w])
-            if not 0 <= rank < world:
-                raise EdgeClipError(f"bad launch: {r}={rank} with {w}={world}")
-            return rank, world
-    return 0, 1
-
-
 def build_cache(
     source: ImageSource | Iterable[ImageRecord],
     teacher,
@@ -334,7 +322,7 @@ def build_cache(
     computes chunks ``rank, rank + world, ...``, each written atomically as one part, so the batches, and the
     embeddings, are the same whatever the number of workers. Each worker re-indexes the folder when it is done
     (the last one indexes every part); a killed worker's chunks are computed again by the next run, alone."""
-    r0, w0 = dist_rank()
+    r0, w0 = launch_rank()
     rank, world = (r0 if rank is None else rank), (w0 if world is None else world)
     if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
         raise EdgeClipError(f"rank must be in [0, world) and world >= 1, got rank={rank}, world={world}")
@@ -342,6 +330,63 @@ def build_cache(
     with exclusive_lock(out, "teacher-embedding cache", name=lock):
         b = _CacheBuild(Path(out), teacher, views, view_spec or ViewSpec(), batch_size, chunk, num_workers)
         return b.run(source, retry_failed, progress, rank, world)
+
+
+@dataclass
+class CacheConfig:
+    """``edgeclip cache``: the teacher's embeddings of ``data`` into ``out``; ``format: wds`` also writes reinforced
+    WebDataset shards (each image with its teacher embeddings and view parameters) in OUT/shards."""
+
+    data: str = ""
+    teacher: str = ""
+    out: str = ""
+    views: int = 1
+    batch_size: int = 64
+    chunk: int = 1024
+    workers: int = 0
+    kind: str = "auto"  # auto | imagefolder | folder | list | wds
+    retry_failed: bool = False
+    device: str = "auto"
+    format: str = "folder"  # folder | wds
+
+    def __post_init__(self) -> None:
+        if self.format not in ("folder", "wds"):
+            raise EdgeClipError(f"unknown cache format {self.format!r} (folder, wds)")
+        if not (self.data and self.teacher and self.out):
+            raise EdgeClipError("a cache needs data, a teacher spec and an --out folder")
+
+
+def run_cache(cfg: CacheConfig, progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """Build (or complete) the cache, then the shards when asked; -> (the summary, the sources' skipped lines)."""
+    from edgeclip.core.machine import resolve_device
+    from edgeclip.data.sources import open_source
+    from edgeclip.models.teachers import load_teacher
+
+    src = open_source(cfg.data, cfg.kind)
+    if cfg.format == "wds" and src.is_stream:
+        raise EdgeClipError("--format wds re-shards folders and lists; these images are already shards")
+    t = load_teacher(cfg.teacher, device=resolve_device(cfg.device))
+    out = Path(cfg.out)
+    s = build_cache(
+        src,
+        t,
+        out,
+        views=cfg.views,
+        batch_size=cfg.batch_size,
+        chunk=cfg.chunk,
+        num_workers=cfg.workers,
+        retry_failed=cfg.retry_failed,
+        progress=progress,
+    )
+    res = s.as_dict()
+    if cfg.format == "wds":
+        from edgeclip.train.shards import write_shards
+
+        rank, world = launch_rank()
+        res["reinforced"] = write_shards(
+            src.records, EmbeddingCache(out), out / "shards", cfg.chunk, rank, world
+        )
+    return res, list(src.skipped)
 
 
 class _CacheBuild:

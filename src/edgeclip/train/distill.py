@@ -333,20 +333,10 @@ class _StreamViews(torch.utils.data.IterableDataset):
         )
 
     def __len__(self):
-        ws = (
-            torch.distributed.get_world_size()
-            if torch.distributed.is_available() and torch.distributed.is_initialized()
-            else 1
-        )
-        return max(1, self.n // ws)
+        return max(1, self.n // _process_group()[1])
 
     def _mine(self):
-        ws = (
-            torch.distributed.get_world_size()
-            if torch.distributed.is_available() and torch.distributed.is_initialized()
-            else 1
-        )
-        rk = torch.distributed.get_rank() if ws > 1 else 0
+        rk, ws = _process_group()
         wi = torch.utils.data.get_worker_info()
         nw, wid = (wi.num_workers, wi.id) if wi else (1, 0)
         stride, offset = ws * nw, rk * nw + wid
@@ -386,3 +376,11 @@ class _StreamViews(torch.utils.data.IterableDataset):
         except ImageLoadError:
             return None
         return _view_item(self, r, img)
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of the process group the stream is split over: (0, 1) without one."""
+    from edgeclip.core.machine import launch_rank
+
+    dist = torch.distributed
+    return launch_rank() if dist.is_available() and dist.is_initialized() else (0, 1)
