@@ -175,6 +175,56 @@ def _match(per_mod: dict[str, dict[str, Path]], primary: str, root: str, derived
     return PairSet(root, primary, mods + list(derived), records, classes, dict(derived), skipped)
 
 
+def _folder_layout(root_p: Path, mods: list[str], modalities, primary, derive) -> PairSet:
+    """ROOT/<modality>/<stem>.<ext>: files of the same stem in each modality folder are a pair."""
+    per_mod = {}
+    for m in mods:
+        files = _files_under(root_p / m)
+        if not files:
+            raise EdgeClipError(f"{root_p / m}: no images in modality folder {m!r}")
+        per_mod[m] = {}
+        for f in files:
+            k = f.relative_to(root_p / m).with_suffix("").as_posix()
+            if k in per_mod[m]:
+                raise EdgeClipError(
+                    f"{root_p / m}: two files share the stem {k!r} ({per_mod[m][k].name}, {f.name})"
+                )
+            per_mod[m][k] = f
+    prim = _pick_primary(mods, primary)
+    ignored = []
+    if not modalities:  # auto: folders sharing no stem with the RGB folder are not modalities of it
+        ignored = [m for m in mods if m != prim and not set(per_mod[m]) & set(per_mod[prim])]
+        for m in ignored:
+            del per_mod[m]
+        if len(per_mod) < 2:
+            raise EdgeClipError(
+                f"{root_p}: no folder shares file stems with {prim}/ (pass the modality names)"
+            )
+    ps = _match(per_mod, prim, str(root_p), derive)
+    ps.notes = [f"folder {m}/: no file stem in common with {prim}/, not used as a modality" for m in ignored]
+    return ps
+
+
+def _flat_layout(root_p: Path, mods, primary, derive) -> PairSet:
+    """<stem>_<modality>.<ext> files side by side in ROOT."""
+    files = [f for f in sorted(root_p.iterdir()) if f.is_file() and is_image(f) and "_" in f.stem]
+    if not files:
+        raise EdgeClipError(
+            f"{root_p}: no modality folders (ROOT/rgb, ROOT/depth, ...) and no <stem>_<modality> files"
+        )
+    per_mod: dict[str, dict[str, Path]] = {}
+    for f in files:
+        stem, mod = f.stem.rsplit("_", 1)
+        if mods and mod not in mods:
+            continue
+        per_mod.setdefault(mod, {})[stem] = f
+    if len(per_mod) < 2:
+        raise EdgeClipError(
+            f"{root_p}: found only the modality {', '.join(per_mod) or '(none)'}; a pair needs two"
+        )
+    return _match(per_mod, _pick_primary(list(per_mod), primary), str(root_p), derive)
+
+
 def open_pairs(
     root: str | os.PathLike,
     modalities: Sequence[str] | None = None,
@@ -204,52 +254,8 @@ def open_pairs(
     subdirs = sorted(d.name for d in root_p.iterdir() if d.is_dir() and not d.name.startswith("."))
     mods = list(modalities) if modalities else None
     if mods and all((root_p / m).is_dir() for m in mods) or (not mods and len(subdirs) >= 2):
-        mods = mods or subdirs
-        per_mod = {}
-        for m in mods:
-            files = _files_under(root_p / m)
-            if not files:
-                raise EdgeClipError(f"{root_p / m}: no images in modality folder {m!r}")
-            per_mod[m] = {}
-            for f in files:
-                k = f.relative_to(root_p / m).with_suffix("").as_posix()
-                if k in per_mod[m]:
-                    raise EdgeClipError(
-                        f"{root_p / m}: two files share the stem {k!r} ({per_mod[m][k].name}, {f.name})"
-                    )
-                per_mod[m][k] = f
-        prim = _pick_primary(mods, primary)
-        ignored = []
-        if not modalities:  # auto: folders sharing no stem with the RGB folder are not modalities of it
-            ignored = [m for m in mods if m != prim and not set(per_mod[m]) & set(per_mod[prim])]
-            for m in ignored:
-                del per_mod[m]
-            if len(per_mod) < 2:
-                raise EdgeClipError(
-                    f"{root_p}: no folder shares file stems with {prim}/ (pass the modality names)"
-                )
-        ps = _match(per_mod, prim, str(root_p), derive)
-        ps.notes = [
-            f"folder {m}/: no file stem in common with {prim}/, not used as a modality" for m in ignored
-        ]
-        return ps
-    # flat layout: <stem>_<modality>.<ext>
-    files = [f for f in sorted(root_p.iterdir()) if f.is_file() and is_image(f) and "_" in f.stem]
-    if not files:
-        raise EdgeClipError(
-            f"{root_p}: no modality folders (ROOT/rgb, ROOT/depth, ...) and no <stem>_<modality> files"
-        )
-    per_mod: dict[str, dict[str, Path]] = {}
-    for f in files:
-        stem, mod = f.stem.rsplit("_", 1)
-        if mods and mod not in mods:
-            continue
-        per_mod.setdefault(mod, {})[stem] = f
-    if len(per_mod) < 2:
-        raise EdgeClipError(
-            f"{root_p}: found only the modality {', '.join(per_mod) or '(none)'}; a pair needs two"
-        )
-    return _match(per_mod, _pick_primary(list(per_mod), primary), str(root_p), derive)
+        return _folder_layout(root_p, mods or subdirs, modalities, primary, derive)
+    return _flat_layout(root_p, mods, primary, derive)
 
 
 # --------------------------------------------------------------------------------------- decoding

@@ -196,27 +196,34 @@ def run_experiment(
         ctx["stages"][name] = rec["result"]
         timings[f"{name}_minutes"] = rec["seconds"] / 60
     if pending:  # never overwrite the experiment's results JSON with a part of them
-        path = work / "partial_results.json"
-        write_json(
-            path,
-            {
-                "format": RESULT_FORMAT,
-                "experiment": exp["name"],
-                "pending_stages": pending,
-                "stages": ctx["stages"],
-                "timings": timings,
-                "machine": machine_info(),
-            },
-        )
-        log(
-            f"stages not run yet: {', '.join(pending)}; what has run is in {path} ({exp['results']} is left as it is)"
-        )
-        return {"pending_stages": pending, "stages": ctx["stages"]}
+        return _partial(exp, work, pending, ctx, timings, log)
     results = _results(exp, ctx, timings)
     results["machine"] = machine_info()
     write_json(exp["results"], results)
     log(f"results: {exp['results']}")
     return results
+
+
+def _partial(exp: dict, work: Path, pending: list[str], ctx: dict, timings: dict, log) -> dict[str, Any]:
+    """What ran, in OUT/partial_results.json; the experiment's results JSON is left as it is."""
+    from edgeclip.core.machine import machine_info
+
+    path = work / "partial_results.json"
+    write_json(
+        path,
+        {
+            "format": RESULT_FORMAT,
+            "experiment": exp["name"],
+            "pending_stages": pending,
+            "stages": ctx["stages"],
+            "timings": timings,
+            "machine": machine_info(),
+        },
+    )
+    log(
+        f"stages not run yet: {', '.join(pending)}; what has run is in {path} ({exp['results']} is left as it is)"
+    )
+    return {"pending_stages": pending, "stages": ctx["stages"]}
 
 
 def _run_stage(name: str, task: str, cfg: dict, out: Path, ctx: dict, skip: bool, log) -> dict:

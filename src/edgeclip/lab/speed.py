@@ -188,6 +188,32 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
+def _runner(be: str, sm: SpeedModel, files: tuple[Path, Path], calibration, threads: int, rec: dict):
+    """The batch -> output function of one backend; the ONNX files exported (and int8 quantized) on the way,
+    their sizes and int8 method recorded in ``rec``."""
+    from edgeclip.export.onnx import export_onnx
+    from edgeclip.quant.ort import quantize_dynamic_onnx, quantize_static_onnx
+
+    fp32, int8 = files
+    if be == "torch":
+        return _torch_runner(sm.module)
+    if be not in ("ort_fp32", "ort_int8"):
+        raise EdgeClipError(f"unknown backend {be!r} ({', '.join(BACKENDS)})")
+    if be == "ort_fp32" or not fp32.is_file():
+        export_onnx(sm.module, fp32, input_shape=(1, 3, sm.img_size, sm.img_size))
+    if be == "ort_fp32":
+        rec["onnx_fp32_mb"] = fp32.stat().st_size / 2**20
+        return _ort_runner(fp32, threads)
+    if sm.transformer:
+        quantize_dynamic_onnx(fp32, int8)
+        rec["int8_method"] = "dynamic (weights int8, activations at run time)"
+    else:
+        quantize_static_onnx(fp32, int8, calibration(sm.img_size))
+        rec["int8_method"] = "static QDQ per-channel, MinMax on real images"
+    rec["onnx_int8_mb"] = int8.stat().st_size / 2**20
+    return _ort_runner(int8, threads)
+
+
 def measure_model(
     sm: SpeedModel,
     workdir: Path,
@@ -204,9 +230,6 @@ def measure_model(
     max_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Measure one model on every backend. A backend that fails is recorded with its error, never hidden."""
-    from edgeclip.export.onnx import export_onnx
-    from edgeclip.quant.ort import quantize_dynamic_onnx, quantize_static_onnx
-
     rec: dict[str, Any] = {
         "name": sm.name,
         "role": sm.role,
@@ -219,30 +242,11 @@ def measure_model(
     rec["torch_fp32_mb"] = sum(p.numel() * p.element_size() for p in sm.module.parameters()) / 2**20
     rec["gflops"] = flops(sm.module, sm.img_size) / 1e9
     safe = sm.name.replace(":", "_").replace("/", "_")
-    fp32 = workdir / f"{safe}-{sm.img_size}.onnx"
-    int8 = workdir / f"{safe}-{sm.img_size}.int8.onnx"
+    files = (workdir / f"{safe}-{sm.img_size}.onnx", workdir / f"{safe}-{sm.img_size}.int8.onnx")
     for be in backends:
         t0 = time.time()
         try:
-            if be == "torch":
-                run = _torch_runner(sm.module)
-            elif be == "ort_fp32":
-                export_onnx(sm.module, fp32, input_shape=(1, 3, sm.img_size, sm.img_size))
-                rec["onnx_fp32_mb"] = fp32.stat().st_size / 2**20
-                run = _ort_runner(fp32, threads)
-            elif be == "ort_int8":
-                if not fp32.is_file():
-                    export_onnx(sm.module, fp32, input_shape=(1, 3, sm.img_size, sm.img_size))
-                if sm.transformer:
-                    quantize_dynamic_onnx(fp32, int8)
-                    rec["int8_method"] = "dynamic (weights int8, activations at run time)"
-                else:
-                    quantize_static_onnx(fp32, int8, calibration(sm.img_size))
-                    rec["int8_method"] = "static QDQ per-channel, MinMax on real images"
-                rec["onnx_int8_mb"] = int8.stat().st_size / 2**20
-                run = _ort_runner(int8, threads)
-            else:
-                raise EdgeClipError(f"unknown backend {be!r} ({', '.join(BACKENDS)})")
+            run = _runner(be, sm, files, calibration, threads, rec)
             rec[be] = measure_backend(
                 run, sm.img_size, batch, reps, thr_reps, warmup=warmup, max_seconds=max_seconds
             )
