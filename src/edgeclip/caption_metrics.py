@@ -88,6 +88,32 @@ def _spice(gts, res, timeout: float) -> float:
     return float(score)
 
 
+def _meteor(gts, res, use_java: bool, unavailable: dict) -> float | None:
+    if not use_java:
+        unavailable["METEOR"] = "java not found (METEOR 1.5 is a Java program)"
+        return None
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    with _java_utf8():
+        m = Meteor()
+        try:
+            return float(m.compute_score(gts, res)[0])
+        finally:
+            del m
+
+
+def _spice_or_why(gts, res, use_java: bool, timeout: float, unavailable: dict) -> float | None:
+    corenlp = spice_missing()
+    if not use_java or corenlp:
+        unavailable["SPICE"] = "java not found" if not use_java else corenlp
+        return None
+    try:
+        return _spice(gts, res, timeout)
+    except Exception as e:  # download or Java failure: report, never invent a number
+        unavailable["SPICE"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".strip()
+        return None
+
+
 def score_captions(
     refs: dict[str, list[str]],
     hyps: dict[str, str],
@@ -118,18 +144,7 @@ def score_captions(
         b, _ = Bleu(4).compute_score(gts, res, verbose=0)
         out.update({f"Bleu_{i + 1}": float(v) for i, v in enumerate(b)})
     if "METEOR" in metrics:
-        if use_java:
-            from pycocoevalcap.meteor.meteor import Meteor
-
-            with _java_utf8():
-                m = Meteor()
-                try:
-                    out["METEOR"] = float(m.compute_score(gts, res)[0])
-                finally:
-                    del m
-        else:
-            out["METEOR"] = None
-            unavailable["METEOR"] = "java not found (METEOR 1.5 is a Java program)"
+        out["METEOR"] = _meteor(gts, res, use_java, unavailable)
     if "ROUGE_L" in metrics:
         from pycocoevalcap.rouge.rouge import Rouge
 
@@ -139,18 +154,7 @@ def score_captions(
 
         out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     if "SPICE" in metrics:
-        corenlp = spice_missing()
-        if not use_java or corenlp:
-            out["SPICE"] = None
-            unavailable["SPICE"] = "java not found" if not use_java else corenlp
-        else:
-            try:
-                out["SPICE"] = _spice(gts, res, spice_timeout)
-            except Exception as e:  # download or Java failure: report, never invent a number
-                out["SPICE"] = None
-                unavailable["SPICE"] = (
-                    f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".strip()
-                )
+        out["SPICE"] = _spice_or_why(gts, res, use_java, spice_timeout, unavailable)
     out["unavailable"] = unavailable
     out["tokenizer"] = tok_name
     out["n"] = len(hyps)

@@ -111,10 +111,13 @@ def _type_error(value: Any, hint: Any) -> str | None:
     return None
 
 
-def build_dataclass(cls, d: dict[str, Any] | None, section: str | None = None, typed: bool = False):
-    """``cls(**d)`` with unknown keys refused in one line ("did you mean"); ``section`` names where they sat
-    (``train`` for ``train.epochz``). ``typed``: each value is also checked against its field's annotation
-    (:func:`_type_error`), one line naming the key."""
+def build_dataclass(
+    cls, d: dict[str, Any] | None, section: str | None = None, typed: bool = False, what: str | None = None
+):
+    """The one strict reader: ``cls(**d)`` with unknown keys refused in one line ("did you mean"); ``section``
+    names where they sat (``train`` for ``train.epochz``), or, with ``what`` (``"experiment"``), the file or entry
+    the keys came from (``x.yaml: unknown experiment keys: stagse``). ``typed``: each value is also checked
+    against its field's annotation (:func:`_type_error`), one line naming the key."""
     import difflib
 
     d = d or {}
@@ -123,11 +126,13 @@ def build_dataclass(cls, d: dict[str, Any] | None, section: str | None = None, t
     fields = cls.__dataclass_fields__
     unknown = [k for k in d if k not in fields]
     if unknown:
-        where = f"{section}." if section else ""
+        where = f"{section}." if section and not what else ""
+        lead = f"{section}: " if section and what else ""
         close = difflib.get_close_matches(unknown[0], list(fields), n=1)
         hint = f" Did you mean: {where}{close[0]}?" if close else ""
         raise EdgeClipError(
-            f"unknown {cls.__name__} keys: {', '.join(where + k for k in unknown)}.{hint} (known: {', '.join(fields)})"
+            f"{lead}unknown {what or cls.__name__} keys: {', '.join(where + k for k in unknown)}.{hint} "
+            f"(known: {', '.join(fields)})"
         )
     if typed:
         import typing
@@ -136,7 +141,7 @@ def build_dataclass(cls, d: dict[str, Any] | None, section: str | None = None, t
         for k, v in d.items():
             err = _type_error(v, hints.get(k, Any))
             if err:
-                raise EdgeClipError(f"{section + '.' if section else ''}{k} {err}")
+                raise EdgeClipError(f"{section + (': ' if what else '.') if section else ''}{k} {err}")
     return cls(**d)
 
 

@@ -89,12 +89,11 @@ class ModalitySpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModalitySpec:
-        unknown = [k for k in d if k not in cls.__dataclass_fields__]
-        if unknown:
-            raise EdgeClipError(
-                f"unknown modality keys {unknown} (known: {', '.join(cls.__dataclass_fields__)})"
-            )
-        return cls(**d)
+        from edgeclip.core.config import build_dataclass
+
+        return build_dataclass(
+            cls, d, f"modality {d.get('name', '?')}" if isinstance(d, dict) else "modality"
+        )
 
 
 @dataclass

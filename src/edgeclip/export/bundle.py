@@ -281,10 +281,18 @@ class _Export:
 
     def build(self, folder: Path) -> dict[str, Any]:
         cfg = self.cfg
-        models, parity, quantization = _onnx_models(
-            self.st, folder, self.pp.size, self.transformer, cfg.quant, cfg.per_channel, self.x_cal,
-            self.x_hold, self.text, cfg.calib, cfg.threads, cfg.opset, self.log, cfg.int8_variants,
-        )  # fmt: skip
+        models, parity = {"fp32": MODEL_FP32}, {"fp32": self.fp32(folder)}
+        quantization: dict[str, Any] = {"method": cfg.quant}
+        if cfg.quant != "none":
+            quantization.update(self.int8(folder))
+            models["int8"] = MODEL_INT8
+            parity["int8"] = p8 = int8_parity(
+                folder / MODEL_FP32, folder / MODEL_INT8, self.x_hold, self.text
+            )
+            self.log(
+                f"int8 parity: top-1 agreement with fp32 {p8['top1_agreement']:.3f}, mean cosine "
+                f"{p8['mean_cosine']:.4f} on {p8['n']} hold-out images"
+            )
         self.side_files(folder)
         text_cfg = (
             _bundle_text_tower(self.teacher, folder, cfg.labels, cfg.templates, self.x_hold, self.log)
@@ -308,6 +316,59 @@ class _Export:
             )
             finish_bundle(folder, manifest)
         return manifest
+
+    def fp32(self, folder: Path) -> dict[str, Any]:
+        """model.onnx (dynamic batch; dynamic height and width for CNNs), checked against torch on the hold-out."""
+        import torch
+
+        from edgeclip.export.onnx import export_onnx, onnx_parity
+
+        size, axes = self.pp.size, {"image": {0: "batch"}, "embedding": {0: "batch"}}
+        if not self.transformer:
+            axes["image"].update({2: "height", 3: "width"})
+        export_onnx(
+            self.st,
+            folder / MODEL_FP32,
+            input_shape=(1, 3, size, size),
+            dynamic_axes=axes,
+            opset=self.cfg.opset,
+        )
+        with torch.no_grad():
+            par = onnx_parity(self.st, folder / MODEL_FP32, torch.from_numpy(self.x_hold))
+        self.log(
+            f"fp32 parity: max abs diff vs torch {par['max_abs_diff']:.2e} (mean {par['mean_abs_diff']:.2e})"
+        )
+        return {
+            **par,
+            "n": int(len(self.x_hold)),
+            "inputs": "hold-out images" if self.cfg.calib else "random",
+        }
+
+    def int8(self, folder: Path) -> dict[str, Any]:
+        """model.int8.onnx: the measured choice among the int8 variants for the model's family
+        (:func:`edgeclip.export.choose.candidates`); -> the manifest's quantization entry."""
+        from edgeclip.export.choose import candidates
+
+        cfg = self.cfg
+        family = "transformer" if self.transformer else "cnn"
+        names = candidates(
+            family, "auto" if cfg.quant == "auto" else cfg.quant, cfg.per_channel, cfg.int8_variants
+        )
+        choice = _choose_int8(
+            folder, names, self.x_cal, self.x_hold, self.text, self.pp.size, cfg.threads, self.log
+        )
+        lever = choice["variants"][choice["int8_file"]]["lever"]
+        q = {
+            "method": "dynamic" if lever["format"] == "dynamic" else "static",
+            "per_channel": "per-channel" in lever["weights"],
+            **{k: lever[k] for k in ("format", "activations", "weights")},
+            "choice": choice,
+        }
+        if lever["format"] != "dynamic":
+            q.update(
+                calibration="minmax", calibration_images=int(len(self.x_cal)), calibration_data=str(cfg.calib)
+            )
+        return q
 
     def side_files(self, folder: Path) -> None:
         """labels.json (the labels' teacher text embeddings, with the teacher id) and preprocess.json."""
@@ -406,70 +467,6 @@ def split_calibration(calib, calib_images: int, npp, holdout: float, seed: int, 
     x_cal, x_hold = (x[:-n_hold], x[-n_hold:]) if n_hold else (x, x)
     log(f"calibration: {len(x_cal)} images, hold-out: {len(x_hold)} (skipped {len(skipped)} unreadable)")
     return x_cal, x_hold, skipped
-
-
-def _onnx_models(
-    st,
-    folder: Path,
-    size: int,
-    transformer: bool,
-    mode: str,
-    per_channel: bool,
-    x_cal,
-    x_hold,
-    text,
-    calib,
-    threads: int,
-    opset: int,
-    log,
-    int8_variants: Sequence[str] | None = None,
-) -> tuple[dict, dict, dict]:
-    """model.onnx (checked against torch) and, unless ``mode`` is none, model.int8.onnx: the measured choice
-    among the int8 variants for the model's family (:func:`edgeclip.export.choose.candidates`)
-    -> (models, parity, quantization)."""
-    import torch
-
-    from edgeclip.export.onnx import export_onnx, onnx_parity
-
-    axes = {"image": {0: "batch"}, "embedding": {0: "batch"}}
-    if not transformer:
-        axes["image"].update({2: "height", 3: "width"})
-    export_onnx(st, folder / MODEL_FP32, input_shape=(1, 3, size, size), dynamic_axes=axes, opset=opset)
-    with torch.no_grad():
-        par = onnx_parity(st, folder / MODEL_FP32, torch.from_numpy(x_hold))
-    parity: dict[str, Any] = {
-        "fp32": {**par, "n": int(len(x_hold)), "inputs": "hold-out images" if calib else "random"}
-    }
-    log(f"fp32 parity: max abs diff vs torch {par['max_abs_diff']:.2e} (mean {par['mean_abs_diff']:.2e})")
-    models = {"fp32": MODEL_FP32}
-    quantization: dict[str, Any] = {"method": mode}
-    if mode == "none":
-        return models, parity, quantization
-    from edgeclip.export.choose import candidates
-
-    family = "transformer" if transformer else "cnn"
-    names = candidates(family, "auto" if mode == "auto" else mode, per_channel, int8_variants)
-    choice = _choose_int8(folder, names, x_cal, x_hold, text, size, threads, log)
-    lever = choice["variants"][choice["int8_file"]]["lever"]
-    quantization.update(
-        method="dynamic" if lever["format"] == "dynamic" else "static",
-        per_channel="per-channel" in lever["weights"],
-        format=lever["format"],
-        activations=lever["activations"],
-        weights=lever["weights"],
-        choice=choice,
-    )
-    if lever["format"] != "dynamic":
-        quantization.update(
-            calibration="minmax", calibration_images=int(len(x_cal)), calibration_data=str(calib)
-        )
-    models["int8"] = MODEL_INT8
-    parity["int8"] = p8 = int8_parity(folder / MODEL_FP32, folder / MODEL_INT8, x_hold, text)
-    log(
-        f"int8 parity: top-1 agreement with fp32 {p8['top1_agreement']:.3f}, mean cosine "
-        f"{p8['mean_cosine']:.4f} on {p8['n']} hold-out images"
-    )
-    return models, parity, quantization
 
 
 def _accuracy(

@@ -30,6 +30,7 @@ import operator
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,40 +41,53 @@ from edgeclip.lab.tasks import TASKS
 
 RESULT_FORMAT = "edgeclip-lab-result/1"
 STAGE_FORMAT = "edgeclip-lab-stage/1"
-KEYS = {
-    "extends",
-    "name",
-    "description",
-    "results",
-    "workdir",
-    "seed",
-    "threads",
-    "base",
-    "stages",
-    "metrics",
-    "targets",
-    "notes",
-}
-STAGE_KEYS = {"name", "task", "set"}
+
+
+@dataclass
+class ExperimentFile:
+    """The keys an experiment file may hold (read by the one strict reader, :func:`build_dataclass`)."""
+
+    name: str = ""
+    results: str = ""
+    workdir: str = ""
+    stages: list[dict] = field(default_factory=list)
+    description: str | None = None
+    seed: int = 0
+    threads: int | None = None
+    base: dict | None = None
+    metrics: dict | None = None
+    targets: list[dict] | None = None
+    notes: Any = None
+    extends: str | None = None
+
+
+@dataclass
+class Stage:
+    name: str
+    task: str
+    set: dict | None = None
+
+
+KEYS = set(ExperimentFile.__dataclass_fields__)
+STAGE_KEYS = set(Stage.__dataclass_fields__)
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 
 
 # ----------------------------------------------------------------------------------------- the file
 def load_experiment(path: str | Path, overrides: list[str] | tuple = ()) -> dict[str, Any]:
     """Read and check an experiment file; ``overrides`` are ``key.sub=value`` strings (``--set``)."""
-    from edgeclip.core.config import apply_overrides
+    from edgeclip.core.config import apply_overrides, build_dataclass
 
     exp = apply_overrides(_with_parent(Path(path)), overrides)
-    unknown = set(exp) - KEYS
-    if unknown:
-        raise EdgeClipError(f"{path}: unknown experiment keys {sorted(unknown)} (known: {sorted(KEYS)})")
+    build_dataclass(ExperimentFile, exp, str(path), typed=True, what="experiment")
     for k in ("name", "results", "workdir", "stages"):
         if not exp.get(k):
             raise EdgeClipError(f"{path}: the experiment needs `{k}:`")
     names = []
     for st in exp["stages"]:
-        if not isinstance(st, dict) or set(st) - STAGE_KEYS or not st.get("name") or not st.get("task"):
+        if not isinstance(st, dict) or not st.get("name") or not st.get("task"):
             raise EdgeClipError(f"{path}: each stage is {{name, task, set}}, got {st!r}")
+        build_dataclass(Stage, st, f"{path}: stage {st['name']!r}", typed=True, what="stage")
         TASKS.get(st["task"])  # unknown task: one line with "did you mean"
         if st["name"] in names:
             raise EdgeClipError(f"{path}: two stages are called {st['name']!r}")

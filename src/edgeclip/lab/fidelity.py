@@ -193,6 +193,32 @@ def collect_lab_results(results_dir: str | Path, exclude: Sequence[str] = ("benc
 
 
 # ------------------------------------------------------------------------------------- measured here
+def _int8_student(ck, role, emb, workdir: Path, cal, calib, threads, embs: dict, info: dict, log) -> None:
+    """The student exported and statically quantized (QDQ per-channel, MinMax) as ``ROLE_int8``; a failure is
+    recorded, never hidden (the fp32 numbers still stand)."""
+    from edgeclip.export.onnx import export_onnx
+    from edgeclip.models.student import load_student
+    from edgeclip.quant.ort import quantize_static_onnx
+    from edgeclip.zeroshot.embedder import onnx_embedder
+
+    st, pp, _ = load_student(ck)
+    fp32, q = workdir / f"{role}.onnx", workdir / f"{role}.int8.onnx"
+    try:
+        export_onnx(st, fp32, input_shape=(1, 3, pp.size, pp.size))
+        quantize_static_onnx(fp32, q, cal(pp.size))
+        embs[f"{role}_int8"] = onnx_embedder(q, pp, emb.teacher, f"{emb.name} (ONNX int8)", threads)
+        info[f"{role}_int8"] = {
+            "checkpoint": str(ck),
+            "onnx": q.name,
+            "method": "static QDQ per-channel MinMax",
+            "calibration": str(calib),
+            "onnx_int8_mb": q.stat().st_size / 2**20,
+        }
+    except Exception as e:
+        info[f"{role}_int8"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        log(f"  int8 export of {ck} failed: {info[f'{role}_int8']['error']}")
+
+
 def measure_accuracy(
     teacher_spec: str | None,
     students: Sequence[str],
@@ -211,11 +237,8 @@ def measure_accuracy(
     int8 students are exported with :func:`export_onnx` and quantized statically with calibration
     images from ``calib`` (default: the ``train`` folder beside ``data`` when it exists, else ``data``).
     """
-    from edgeclip.export.onnx import export_onnx
     from edgeclip.lab.speed import calibration_images
-    from edgeclip.models.student import load_student
-    from edgeclip.quant.ort import quantize_static_onnx
-    from edgeclip.zeroshot.embedder import load_embedder, onnx_embedder
+    from edgeclip.zeroshot.embedder import load_embedder
     from edgeclip.zeroshot.evaluate import evaluate
 
     if not students:
@@ -236,23 +259,7 @@ def measure_accuracy(
         embs[role] = emb
         info[role] = {"checkpoint": str(ck), "arch": emb.info.get("arch")}
         if int8:
-            st, pp, _ = load_student(ck)
-            fp32 = workdir / f"{role}.onnx"
-            q = workdir / f"{role}.int8.onnx"
-            try:
-                export_onnx(st, fp32, input_shape=(1, 3, pp.size, pp.size))
-                quantize_static_onnx(fp32, q, cal(pp.size))
-                embs[f"{role}_int8"] = onnx_embedder(q, pp, emb.teacher, f"{emb.name} (ONNX int8)", threads)
-                info[f"{role}_int8"] = {
-                    "checkpoint": str(ck),
-                    "onnx": q.name,
-                    "method": "static QDQ per-channel MinMax",
-                    "calibration": str(calib),
-                    "onnx_int8_mb": q.stat().st_size / 2**20,
-                }
-            except Exception as e:  # record, do not hide: the fp32 numbers still stand
-                info[f"{role}_int8"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-                log(f"  int8 export of {ck} failed: {info[f'{role}_int8']['error']}")
+            _int8_student(ck, role, emb, workdir, cal, calib, threads, embs, info, log)
     log(f"  zero-shot evaluation on {data} ({max_images or 'all'} images)")
     res = evaluate(t_emb, embs, data, list(templates), max_images=max_images)
     res["models"] = info

@@ -82,14 +82,16 @@ class CaptionTrainConfig:
     init: str | None = None  # edgeclip student checkpoint (a distilled encoder) to start the encoder from
 
 
+@dataclass
+class VocabConfig:
+    min_count: int = 5  # words seen fewer times are <unk>
+    max_len: int = 20  # caption tokens kept per caption
+    max_size: int = 0  # at most this many words (0: no cap)
+
+
 def _vocab_cfg(cfg: CaptionTrainConfig) -> tuple[int, int]:
-    v = dict(cfg.vocab or {})
-    unknown = set(v) - {"min_count", "max_len", "max_size"}
-    if unknown:
-        raise EdgeClipError(
-            f"unknown vocab keys: {', '.join(sorted(unknown))} (min_count, max_len, max_size)"
-        )
-    return int(v.get("min_count", 5)), int(v.get("max_len", 20))
+    v = build_dataclass(VocabConfig, dict(cfg.vocab or {}), "vocab", typed=True, what="vocab")
+    return v.min_count, v.max_len
 
 
 class CaptionTrainSet(torch.utils.data.Dataset):

@@ -425,6 +425,28 @@ def _recall_rows(stage: dict[str, Any], roles: Sequence[tuple[str, str]]) -> lis
     ]
 
 
+def _search_table(doc: Doc, search: dict) -> None:
+    """Each model's top photo per free-text query (its first human caption) and precision@5."""
+    if not search:
+        return
+    roles = list(search)
+    doc.p(
+        "Free-text queries on the test photos: each model's top photo (its first human caption; Flickr8k's "
+        "photos are not in the repository) and precision@5, the share of the top 5 whose captions mention "
+        "the query's key words."
+    )
+    rows = []
+    for qi, q in enumerate(search[roles[0]]["results"]):
+        row = [q["query"]]
+        for role in roles:
+            res = search[role]["results"][qi]
+            top = res["hits"][0]
+            row.append(f"{top.get('caption', top['image'])} (P@5 {_f(res.get('precision_at_k'), 1)})")
+        rows.append(row)
+    rows.append(["mean precision@5"] + [_f(search[x].get("mean_precision_at_k"), 3) for x in roles])
+    doc.table(["query", *roles], rows)
+
+
 def _section_photos(doc: Doc, r: ReportInput) -> None:
     """Headline: the lab on real photos (experiments/flickr8k_lab.yaml)."""
     p = (r.results or r.out) / "flickr8k_lab.json"
@@ -467,24 +489,7 @@ def _section_photos(doc: Doc, r: ReportInput) -> None:
     tgt = target_rows(lab.get("targets"))
     if tgt:
         doc.table(["target", "value", "target value", "met"], tgt)
-    search = st.get("search", {}).get("models", {})
-    if search:
-        roles = list(search)
-        doc.p(
-            "Free-text queries on the test photos: each model's top photo (its first human caption; Flickr8k's "
-            "photos are not in the repository) and precision@5, the share of the top 5 whose captions mention "
-            "the query's key words."
-        )
-        rows = []
-        for qi, q in enumerate(search[roles[0]]["results"]):
-            row = [q["query"]]
-            for role in roles:
-                res = search[role]["results"][qi]
-                top = res["hits"][0]
-                row.append(f"{top.get('caption', top['image'])} (P@5 {_f(res.get('precision_at_k'), 1)})")
-            rows.append(row)
-        rows.append(["mean precision@5"] + [_f(search[x].get("mean_precision_at_k"), 3) for x in roles])
-        doc.table(["query", *roles], rows)
+    _search_table(doc, st.get("search", {}).get("models", {}))
     fig = sample_photo_figure(r.out)
     if fig:
         doc.img(fig, "sample photos with the shipped models' captions and free-text queries")

@@ -105,7 +105,7 @@ def _rule(r: dict, i: int, where: str, score: str, base: Path) -> Rule:
     if not isinstance(r, dict) or not r.get("name") or not isinstance(r["name"], str):
         raise EdgeClipError(f"{where}: rule {i + 1} needs a name (text)")
     rw = f"{where}: rule {r['name']!r}"
-    rule = build_dataclass(Rule, {k: v for k, v in r.items() if v is not None}, rw, typed=True)
+    rule = build_dataclass(Rule, {k: v for k, v in r.items() if v is not None}, rw, typed=True, what="rule")
     if bool(rule.query) == bool(rule.examples):
         raise EdgeClipError(f"{rw} needs exactly one of `query` (text) and `examples`")
     if len(rule.examples) > MAX_EXAMPLES:
@@ -146,7 +146,7 @@ def load_rules(path: str | os.PathLike | dict) -> Rules:
         d, where, base = read_yaml(path, "rules file"), str(path), Path(path).parent
     if not isinstance(d, dict) or not isinstance(d.get("rules"), list) or not d["rules"]:
         raise EdgeClipError(f"{where}: needs `rules:`, a list of {{name, query or examples, threshold, ...}}")
-    f = build_dataclass(RulesFile, d, where, typed=True)
+    f = build_dataclass(RulesFile, d, where, typed=True, what="rules-file")
     sample = build_dataclass(Sample, f.sample or {}, f"{where}: sample", typed=True)
     keep = build_dataclass(Keep, f.keep or {}, f"{where}: keep", typed=True)
     _check_file(f, sample, keep, where, len(f.rules))
