@@ -59,6 +59,9 @@ class ExperimentFile:
     targets: list[dict] | None = None
     notes: Any = None
     extends: str | None = None
+    keep_going: bool = False  # a stage that fails is recorded (its one line) and the later stages still run
+    fresh: bool = False  # measurements: every stage runs anew; none is skipped as done earlier
+    writer: str = "lab"  # the results JSON: lab (metrics, targets, stages) | bench (the report's bench JSON)
 
 
 @dataclass
@@ -74,11 +77,16 @@ OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
 
 
 # ----------------------------------------------------------------------------------------- the file
-def load_experiment(path: str | Path, overrides: list[str] | tuple = ()) -> dict[str, Any]:
-    """Read and check an experiment file; ``overrides`` are ``key.sub=value`` strings (``--set``)."""
+def load_experiment(path: str | Path | dict, overrides: list[str] | tuple = ()) -> dict[str, Any]:
+    """Read and check an experiment file (or an experiment already read, e.g. one a command filled in);
+    ``overrides`` are ``key.sub=value`` strings (``--set``)."""
     from edgeclip.core.config import apply_overrides, build_dataclass
 
-    exp = apply_overrides(_with_parent(Path(path)), overrides)
+    if isinstance(path, dict):
+        exp, path = apply_overrides(path, overrides), path.get("_path", "<experiment>")
+        exp.pop("_path", None)
+    else:
+        exp = apply_overrides(_with_parent(Path(path)), overrides)
     build_dataclass(ExperimentFile, exp, str(path), typed=True, what="experiment")
     for k in ("name", "results", "workdir", "stages"):
         if not exp.get(k):
@@ -92,11 +100,19 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple = ()) -> dict
         if st["name"] in names:
             raise EdgeClipError(f"{path}: two stages are called {st['name']!r}")
         names.append(st["name"])
+    if exp.get("writer", "lab") not in WRITERS:
+        raise EdgeClipError(f"{path}: writer must be one of {', '.join(WRITERS)}, got {exp['writer']!r}")
     for t in exp.get("targets") or []:
         if t.get("op") not in OPS:
             raise EdgeClipError(f"{path}: target {t.get('name')!r}: op must be one of {', '.join(OPS)}")
     exp["_path"] = str(path)
     return exp
+
+
+def read_experiment(path: str | Path) -> dict[str, Any]:
+    """An experiment file with what it ``extends``, unchecked: a template a command fills in (results, workdir,
+    a stage's config) before :func:`run_experiment` checks it."""
+    return {**_with_parent(Path(path)), "_path": str(path)}
 
 
 def _with_parent(path: Path, seen: tuple = ()) -> dict[str, Any]:
@@ -167,7 +183,7 @@ def resolve(obj: Any, ctx: dict) -> Any:
 
 # ------------------------------------------------------------------------------------------ running
 def run_experiment(
-    path: str | Path,
+    path: str | Path | dict,
     overrides: list[str] | tuple = (),
     only: list[str] | None = None,
     log: Callable[[str], None] = print,
@@ -185,6 +201,7 @@ def run_experiment(
     ctx: dict[str, Any] = {
         "vars": {"workdir": str(work), "shared": str(shared_data_dir()), "seed": exp.get("seed", 0)},
         "stages": {},
+        "log": log,
     }
     timings: dict[str, float] = {}
     names = [st["name"] for st in exp["stages"]]
@@ -204,14 +221,21 @@ def run_experiment(
             pending.append(name)  # after the stages asked for: left for a later run
             continue
         cfg = resolve(stage_config(exp, stage), ctx)
-        rec = _run_stage(
-            name, stage["task"], cfg, work / name, ctx, skip=bool(only) and name not in only, log=log
-        )
+        skip = bool(only) and name not in only
+        try:
+            rec = _run_stage(
+                name, stage["task"], cfg, work / name, ctx, skip, log, fresh=bool(exp.get("fresh"))
+            )
+        except Exception as e:
+            if not exp.get("keep_going"):
+                raise
+            _record_failure(ctx, name, e, log)  # one line in the results; the later stages still run
+            continue
         ctx["stages"][name] = rec["result"]
         timings[f"{name}_minutes"] = rec["seconds"] / 60
     if pending:  # never overwrite the experiment's results JSON with a part of them
         return _partial(exp, work, pending, ctx, timings, log)
-    results = _results(exp, ctx, timings)
+    results = WRITERS[exp.get("writer", "lab")](exp, ctx, timings)
     results["machine"] = machine_info()
     write_json(exp["results"], results)
     log(f"results: {exp['results']}")
@@ -240,9 +264,28 @@ def _partial(exp: dict, work: Path, pending: list[str], ctx: dict, timings: dict
     return {"pending_stages": pending, "stages": ctx["stages"]}
 
 
-def _run_stage(name: str, task: str, cfg: dict, out: Path, ctx: dict, skip: bool, log) -> dict:
+def _record_failure(ctx: dict, name: str, e: Exception, log) -> None:
+    """A failed stage of a keep_going experiment: its one line (an EdgeClipError's own, else the exception's type
+    and first line, with the trace's tail under ``errors``)."""
+    import traceback
+
+    if isinstance(e, EdgeClipError):
+        ctx.setdefault("failed", {})[name] = str(e)
+        log(f"  {name} skipped: {e}")
+        return
+    first = str(e).splitlines()[0][:300] if str(e) else ""
+    ctx.setdefault("failed", {})[name] = f"failed: {type(e).__name__}: {first}"
+    ctx.setdefault("errors", {})[name] = traceback.format_exc()[-2000:]
+    log(f"  {name} FAILED: {ctx['failed'][name]}")
+
+
+def _run_stage(
+    name: str, task: str, cfg: dict, out: Path, ctx: dict, skip: bool, log, fresh: bool = False
+) -> dict:
     marker = out / "stage.json"
     key = sha256_text(json.dumps({"task": task, "config": cfg}, sort_keys=True, default=str))[:16]
+    if fresh:
+        marker.unlink(missing_ok=True)
     if marker.is_file():
         rec = read_json(marker)
         if rec.get("format") != STAGE_FORMAT:
@@ -315,6 +358,15 @@ def _results(exp: dict, ctx: dict, timings: dict) -> dict[str, Any]:
         "config": public,
         "command": f"edgeclip lab run {exp['_path']}",
     }
+
+
+def _bench_results(exp: dict, ctx: dict, timings: dict) -> dict[str, Any]:
+    from edgeclip.lab.suite import bench_results
+
+    return bench_results(exp, ctx, timings)
+
+
+WRITERS = {"lab": _results, "bench": _bench_results}  # results JSON writers, by the experiment's `writer`
 
 
 def _strings(obj: Any):

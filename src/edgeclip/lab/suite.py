@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from edgeclip.core.errors import EdgeClipError
-from edgeclip.core.io import sha256_file, write_json
+from edgeclip.core.io import sha256_file
 from edgeclip.core.machine import machine_info
 from edgeclip.core.places import shared_data_dir
 from edgeclip.lab import speed as speed_mod
@@ -114,293 +113,324 @@ def _shapes(workdir: Path) -> dict[str, Path]:
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every section in order (one that fails is recorded and the others still run), then the JSON and report."""
+    """``edgeclip bench``: the shipped ``bench`` experiment (``edgeclip/configs/bench.yaml``; the repository's
+    ``experiments/bench.yaml`` extends it) run by the one experiment runner with ``cfg`` as its inputs: every
+    section a stage, measured anew each run, one that fails recorded and the others still run; then the
+    report."""
+    from edgeclip.lab.experiment import read_experiment, run_experiment
+
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "random weights" notice is expected here
-    b = _Bench(cfg, log)
-    for step in (b.speed, b.train_cost, b.accuracy, b.fidelity_and_energy, b.data_path, b.gpu):
-        step()
-    return b.finish()
+    mode = "quick" if cfg.quick else "full"
+    name = "bench_quick.json" if cfg.quick else "bench.json"
+    exp = read_experiment(BENCH_EXPERIMENT)
+    exp["results"] = str(Path(cfg.out) / name)
+    exp["workdir"] = str(Path(cfg.workdir) / mode)
+    exp["base"] = {"bench-inputs": asdict(cfg)}
+    exp["stages"] = [st for st in exp["stages"] if st["name"] not in cfg.skip]
+    result = run_experiment(exp, log=log)
+    result["path"] = exp["results"]
+    log(f"({result['budget']['minutes']:.1f} min, {result['threads']} threads)")
+    if cfg.report:
+        from edgeclip.lab.report import build_report
+
+        out = Path(cfg.out)
+        rep = build_report(out / name, out / ("report_quick" if cfg.quick else "report"), results_dir=out)
+        log(f"report: {rep['html']}  {rep['markdown']}")
+        result["report"] = rep
+    return result
 
 
-class _Bench:
-    """One bench run: its inputs, its result dict, and one method per section."""
+BENCH_EXPERIMENT = Path(__file__).resolve().parents[1] / "configs" / "bench.yaml"
 
-    def __init__(self, cfg: BenchConfig, log: Callable[[str], None]):
-        self.cfg, self.log, self.t_start = cfg, log, time.time()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.threads = torch.get_num_threads()
-        torch.manual_seed(cfg.seed)
-        self.out = Path(cfg.out)
-        self.mode = "quick" if cfg.quick else "full"
-        self.work = Path(cfg.workdir) / self.mode
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.data_base = Path("benchmarks/artifacts/data")
-        self.train_dir = Path(cfg.train_data) if cfg.train_data else _cifar("train", self.data_base)
-        self.test_dir = Path(cfg.data) if cfg.data else _cifar("test", self.data_base)
-        if self.train_dir is None:  # a clone without ../shared: drawn shapes keep every section running
-            sh = _shapes(self.work)
-            self.train_dir, self.test_dir = sh["train"], self.test_dir or sh["test"]
-        self.teacher, self.students = cfg.teacher, list(cfg.students)
+
+@dataclass
+class BenchInputs:
+    """What every section shares, resolved once by the ``inputs`` stage: the data, the teacher and students
+    (given, or the lab folder's), the repetitions of the mode."""
+
+    cfg: BenchConfig
+    mode: str
+    work: Path
+    train_dir: Path
+    test_dir: Path | None
+    teacher: str | None
+    students: list[str]
+    lab_student: Path | None
+    threads: int
+    batch: int
+    reps: int
+    thr_reps: int
+    warmup: int
+    cap: float
+
+    @classmethod
+    def resolve(cls, cfg: BenchConfig, work: Path) -> BenchInputs:
+        work.mkdir(parents=True, exist_ok=True)
+        data_base = Path("benchmarks/artifacts/data")
+        train_dir = Path(cfg.train_data) if cfg.train_data else _cifar("train", data_base)
+        test_dir = Path(cfg.data) if cfg.data else _cifar("test", data_base)
+        if train_dir is None:  # a clone without ../shared: drawn shapes keep every section running
+            sh = _shapes(work)
+            train_dir, test_dir = sh["train"], test_dir or sh["test"]
+        teacher, students, lab_student = cfg.teacher, list(cfg.students), None
         lab = Path(cfg.lab) if cfg.lab else None
-        self.lab_student = None
-        if (
-            lab is not None
-            and not self.teacher
-            and not self.students
-            and (lab / "teacher" / "teacher.pt").is_file()
-        ):
-            self.teacher = f"reference-lit:{(lab / 'teacher' / 'teacher.pt').resolve()}"
-            self.lab_student = lab_student_path(lab)
-            if self.lab_student.is_file():
-                self.students = [str(self.lab_student.resolve())]
-        self.result: dict[str, Any] = {
+        if lab is not None and not teacher and not students and (lab / "teacher" / "teacher.pt").is_file():
+            teacher = f"reference-lit:{(lab / 'teacher' / 'teacher.pt').resolve()}"
+            lab_student = lab_student_path(lab)
+            if lab_student.is_file():
+                students = [str(lab_student.resolve())]
+        # full: 20 batch-1 runs / 5 batch-32 runs, each loop capped at 8 s / 24 s (at least 3 runs) for big towers
+        reps = (4, 5, 2, 1, 0.0) if cfg.quick else (32, 20, 5, 3, 8.0)
+        mode = "quick" if cfg.quick else "full"
+        return cls(
+            cfg,
+            mode,
+            work,
+            train_dir,
+            test_dir,
+            teacher,
+            students,
+            lab_student,
+            torch.get_num_threads(),
+            *reps,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The bench JSON's header: mode, machine, threads, config, inputs, checkpoint hashes, load average."""
+        ckpts = list(self.students) + (
+            [self.teacher.split(":", 1)[1]]
+            if self.teacher and self.teacher.startswith("reference-lit:")
+            else []
+        )
+        return {
             "kind": "edgeclip-bench/1",
             "mode": self.mode,
             "date": machine_info()["date"],
             "machine": machine_info(),
             "threads": self.threads,
-            "config": asdict(cfg),
+            "config": asdict(self.cfg),
             "inputs": {
                 "train_data": str(self.train_dir),
                 "eval_data": str(self.test_dir) if self.test_dir else None,
                 "teacher": self.teacher,
                 "students": self.students,
             },
-            "sections": {},
-            "skipped": {},
+            "checkpoints_sha256": {c: sha256_file(c) for c in ckpts if Path(c).is_file()},
             "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "started": time.time(),
         }
-        ckpts = list(self.students) + (
-            [self.teacher.split(":", 1)[1]]
-            if self.teacher and self.teacher.startswith("reference-lit:")
-            else []
+
+
+_RUN: dict[str, BenchInputs] = {}  # the inputs of the bench run in progress, by its work folder
+
+
+def bench_inputs(cfg: dict, work: Path) -> dict[str, Any]:
+    """``work``: the experiment's work folder (the sections' scratch)."""
+    from edgeclip.core.config import build_dataclass
+
+    bc = build_dataclass(BenchConfig, cfg, "bench")
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
+    torch.manual_seed(bc.seed)
+    inp = _RUN[str(work)] = BenchInputs.resolve(bc, work)
+    return inp.record()
+
+
+def inputs_of(ctx: dict) -> BenchInputs:
+    """The run's inputs, for a section stage (its ``inputs`` stage ran first in the same process)."""
+    work = ctx.get("vars", {}).get("workdir")
+    if work not in _RUN:
+        raise EdgeClipError("a bench section needs the bench's `inputs` stage to run first (edgeclip bench)")
+    return _RUN[work]
+
+
+# ---- the sections: each returns its part of the bench JSON, or raises EdgeClipError to be recorded as skipped
+def bench_speed(inp: BenchInputs, log) -> dict[str, Any]:
+    cfg = inp.cfg
+    models = list(cfg.models) or (
+        speed_mod.TEACHERS_QUICK + speed_mod.STUDENTS_QUICK
+        if cfg.quick
+        else speed_mod.TEACHERS_FULL + speed_mod.STUDENTS_FULL
+    )
+    roles = {m: ("teacher" if m.startswith("clip:") else "student") for m in models}
+    if inp.teacher:
+        models.append(f"teacher:{inp.teacher}")
+        roles[f"teacher:{inp.teacher}"] = "teacher"
+    for st in inp.students:
+        models.append(f"ckpt:{st}")
+        roles[f"ckpt:{st}"] = "student"
+    calib_sources = [shared_data_dir() / "coco-mini" / "images", inp.train_dir]
+    return speed_mod.run_speed_suite(
+        models,
+        inp.work / "onnx",
+        speed_mod.calibration_images(calib_sources, 8 if cfg.quick else 32),
+        inp.threads,
+        batch=inp.batch,
+        reps=inp.reps,
+        thr_reps=inp.thr_reps,
+        log=log,
+        roles=roles,
+        energy_seconds=1.0 if cfg.quick else 3.0,
+        warmup=inp.warmup,
+        max_seconds=inp.cap,
+    )
+
+
+def bench_train_cost(inp: BenchInputs, log) -> dict[str, Any]:
+    from edgeclip.lab.train_cost import training_cost
+
+    n, bs = (32, 16) if inp.cfg.quick else (512, 64)
+    seed = inp.cfg.seed
+    runs = {
+        "clip_vit_b32_teacher": training_cost(
+            inp.train_dir,
+            inp.work / "train_cost",
+            "open_clip:ViT-B-32",
+            "shufflenet_v2_x1_0",
+            32,
+            n,
+            bs,
+            seed,
+            log=log,
         )
-        self.result["checkpoints_sha256"] = {c: sha256_file(c) for c in ckpts if Path(c).is_file()}
-        # full: 20 batch-1 runs / 5 batch-32 runs, each loop capped at 8 s / 24 s (at least 3 runs) for big towers
-        self.batch, self.reps, self.thr_reps, self.warmup, self.cap = (
-            (4, 5, 2, 1, 0.0) if cfg.quick else (32, 20, 5, 3, 8.0)
+    }
+    if inp.teacher and not inp.cfg.quick:
+        runs["lab_teacher"] = training_cost(
+            inp.train_dir,
+            inp.work / "train_cost_lab",
+            inp.teacher,
+            "shufflenet_v2_x1_0",
+            32,
+            n,
+            bs,
+            seed,
+            log=log,
         )
-
-    def section(self, name: str, fn: Callable[[], Any]):
-        result, log = self.result, self.log
-        if name in self.cfg.skip:
-            result["skipped"][name] = "skipped on request (--skip)"
-            return None
-        log(f"==> {name}")
-        t0 = time.time()
-        try:
-            val = fn()
-        except EdgeClipError as e:
-            result["skipped"][name] = str(e)
-            log(f"  {name} skipped: {e}")
-            return None
-        except Exception as e:  # one broken section must not lose the others: record it with the trace tail
-            result["skipped"][name] = (
-                f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-            )
-            result.setdefault("errors", {})[name] = traceback.format_exc()[-2000:]
-            log(f"  {name} FAILED: {result['skipped'][name]}")
-            return None
-        result["sections"][name] = val
-        result.setdefault("section_seconds", {})[name] = time.time() - t0
-        return val
-
-    # ---- the sections
-    def speed(self) -> None:
-        cfg = self.cfg
-        models = list(cfg.models) or (
-            speed_mod.TEACHERS_QUICK + speed_mod.STUDENTS_QUICK
-            if cfg.quick
-            else speed_mod.TEACHERS_FULL + speed_mod.STUDENTS_FULL
+    note = "open_clip ViT-B-32 with random weights costs what the real CLIP teacher costs to run. "
+    if "lab_teacher" in runs:
+        note += (
+            "The lab_teacher run uses the given reference teacher (a small tower at its own input "
+            "size), so the cache saves less per image there."
         )
-        roles = {m: ("teacher" if m.startswith("clip:") else "student") for m in models}
-        if self.teacher:
-            models.append(f"teacher:{self.teacher}")
-            roles[f"teacher:{self.teacher}"] = "teacher"
-        for st in self.students:
-            models.append(f"ckpt:{st}")
-            roles[f"ckpt:{st}"] = "student"
-        calib_sources = [shared_data_dir() / "coco-mini" / "images", self.train_dir]
-        self.section(
-            "speed",
-            lambda: speed_mod.run_speed_suite(
-                models,
-                self.work / "onnx",
-                speed_mod.calibration_images(calib_sources, 8 if cfg.quick else 32),
-                self.threads,
-                batch=self.batch,
-                reps=self.reps,
-                thr_reps=self.thr_reps,
-                log=self.log,
-                roles=roles,
-                energy_seconds=1.0 if cfg.quick else 3.0,
-                warmup=self.warmup,
-                max_seconds=self.cap,
-            ),
+    return {"runs": runs, "headline": "clip_vit_b32_teacher", "note": note}
+
+
+def bench_accuracy(inp: BenchInputs, log) -> dict[str, Any]:
+    from edgeclip.lab.fidelity import measure_accuracy, sample_labels
+
+    if not inp.students:
+        raise EdgeClipError(
+            f"no student checkpoint given (--student) and no lab student at {inp.lab_student}: accuracy not measured"
         )
+    if inp.test_dir is None:
+        raise EdgeClipError("no evaluation ImageFolder (--data) and no CIFAR-10 in ../shared/data")
+    n = inp.cfg.max_images or (200 if inp.cfg.quick else 2000)
+    res = measure_accuracy(
+        inp.teacher,
+        inp.students,
+        str(inp.test_dir),
+        inp.work / "accuracy",
+        max_images=n,
+        threads=inp.threads,
+        log=log,
+    )
+    res["samples"] = sample_labels(inp.students[0], str(inp.test_dir), n=8, teacher_spec=inp.teacher)
+    return res
 
-    def train_cost(self) -> None:
-        def run():
-            from edgeclip.lab.train_cost import training_cost
 
-            n, bs = (32, 16) if self.cfg.quick else (512, 64)
-            seed, log = self.cfg.seed, self.log
-            runs = {
-                "clip_vit_b32_teacher": training_cost(
-                    self.train_dir,
-                    self.work / "train_cost",
-                    "open_clip:ViT-B-32",
-                    "shufflenet_v2_x1_0",
-                    32,
-                    n,
-                    bs,
-                    seed,
-                    log=log,
-                )
-            }
-            if self.teacher and not self.cfg.quick:
-                runs["lab_teacher"] = training_cost(
-                    self.train_dir,
-                    self.work / "train_cost_lab",
-                    self.teacher,
-                    "shufflenet_v2_x1_0",
-                    32,
-                    n,
-                    bs,
-                    seed,
-                    log=log,
-                )
-            note = "open_clip ViT-B-32 with random weights costs what the real CLIP teacher costs to run. "
-            if "lab_teacher" in runs:
-                note += (
-                    "The lab_teacher run uses the given reference teacher (a small tower at its own input "
-                    "size), so the cache saves less per image there."
-                )
-            return {"runs": runs, "headline": "clip_vit_b32_teacher", "note": note}
+def bench_fidelity(inp: BenchInputs, log) -> dict[str, Any]:
+    """Other issues' lab results, read from the results folder."""
+    from edgeclip.lab.fidelity import collect_lab_results
 
-        self.section("train_cost", run)
+    return collect_lab_results(Path(inp.cfg.out))
 
-    def accuracy(self) -> None:
-        def run():
-            from edgeclip.lab.fidelity import measure_accuracy, sample_labels
 
-            if not self.students:
-                raise EdgeClipError(
-                    "no student checkpoint given (--student) and no lab student at "
-                    f"{self.lab_student}: accuracy not measured"
-                )
-            if self.test_dir is None:
-                raise EdgeClipError("no evaluation ImageFolder (--data) and no CIFAR-10 in ../shared/data")
-            n = self.cfg.max_images or (200 if self.cfg.quick else 2000)
-            res = measure_accuracy(
-                self.teacher,
-                self.students,
-                str(self.test_dir),
-                self.work / "accuracy",
-                max_images=n,
-                threads=self.threads,
-                log=self.log,
-            )
-            res["samples"] = sample_labels(
-                self.students[0], str(self.test_dir), n=8, teacher_spec=self.teacher
-            )
-            return res
+def bench_energy(inp: BenchInputs, log, speed: dict | None) -> dict[str, Any]:
+    """Energy per image from the speed section of the same run."""
+    from edgeclip.lab.energy import energy_table
 
-        self.section("accuracy", run)
+    if not speed or "models" not in speed:
+        raise EdgeClipError("no speed section in this run: energy per image needs its timings")
+    return energy_table([m for m in speed["models"] if "error" not in m], inp.threads)
 
-    def fidelity_and_energy(self) -> None:
-        """Other issues' lab results; energy per image from the speed section."""
-        from edgeclip.lab.energy import energy_table
-        from edgeclip.lab.fidelity import collect_lab_results
 
-        self.section("fidelity", lambda: collect_lab_results(self.out))
-        if "speed" in self.result["sections"]:
-            models = [m for m in self.result["sections"]["speed"]["models"] if "error" not in m]
-            self.section("energy", lambda: energy_table(models, self.threads))
+def bench_data_path(inp: BenchInputs, log) -> dict[str, Any]:
+    """Decode + augment alone vs the full distillation step it feeds (224 px, the training's own loader and
+    workers), on the CPU and on CUDA when present (issue 18's target there: step >= 80 % of decode)."""
+    from edgeclip.data.sources import open_source
+    from edgeclip.lab.scale import data_path_rates
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.train.cache import build_cache
 
-    def data_path(self) -> None:
-        """Decode + augment alone vs the full distillation step it feeds (224 px, the training's own loader and
-        workers), on the CPU and on CUDA when present (issue 18's target there: step >= 80 % of decode)."""
+    quick = inp.cfg.quick
+    teacher = inp.teacher or "ViT-B-32:"
+    recs = open_source(str(inp.train_dir)).records[: 64 if quick else 256]
+    work = inp.work / "data_path"
+    build_cache(recs, load_teacher(teacher), work / "cache", progress=False)
+    lst = work / "images.txt"
+    lst.write_text("".join(f"{Path(r.path).resolve()}\n" for r in recs))
+    params = {"batch_size": 8 if quick else 32, "batches": 2 if quick else 6, "work": str(work)}
+    return data_path_rates(str(lst), str(work / "cache"), teacher, params)
 
-        def run():
-            from edgeclip.data.sources import open_source
-            from edgeclip.lab.scale import data_path_rates
-            from edgeclip.models.teachers import load_teacher
-            from edgeclip.train.cache import build_cache
 
-            teacher = self.teacher or "ViT-B-32:"
-            recs = open_source(str(self.train_dir)).records[: 64 if self.cfg.quick else 256]
-            work = self.work / "data_path"
-            build_cache(recs, load_teacher(teacher), work / "cache", progress=False)
-            lst = work / "images.txt"
-            lst.write_text("".join(f"{Path(r.path).resolve()}\n" for r in recs))
-            bs = 8 if self.cfg.quick else 32
-            return data_path_rates(
-                str(lst),
-                str(work / "cache"),
-                teacher,
-                {"batch_size": bs, "batches": 2 if self.cfg.quick else 6, "work": str(work)},
-            )
+def bench_gpu(inp: BenchInputs, log) -> dict[str, Any]:
+    cfg = inp.cfg
+    dev = cfg.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if not dev.startswith("cuda"):
+        raise EdgeClipError("CPU run (pass --device cuda on a GPU machine for the GPU throughput section)")
+    if not torch.cuda.is_available():
+        msg = "--device cuda: no CUDA GPU on this machine; GPU throughput section skipped"
+        log(msg)
+        raise EdgeClipError(msg)
+    from edgeclip.lab.train_cost import gpu_throughput
 
-        self.section("data_path", run)
+    gdata = _cifar("train", Path("benchmarks/artifacts/data")) or inp.train_dir
+    return gpu_throughput(
+        gdata,
+        inp.work / "gpu",
+        n_images=512 if cfg.quick else 8192,
+        batch_size=64 if cfg.quick else 256,
+        steps=4 if cfg.quick else 30,
+        workers=4 if cfg.quick else 8,
+        log=log,
+    )
 
-    def gpu(self) -> None:
-        cfg, result = self.cfg, self.result
-        dev = cfg.device
-        if dev == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-        if not dev.startswith("cuda"):
-            result["skipped"]["gpu"] = (
-                "CPU run (pass --device cuda on a GPU machine for the GPU throughput section)"
-            )
-            return
-        if not torch.cuda.is_available():
-            msg = "--device cuda: no CUDA GPU on this machine; GPU throughput section skipped"
-            self.log(msg)
-            result["skipped"]["gpu"] = msg
-            return
-        from edgeclip.lab.train_cost import gpu_throughput
 
-        gdata = _cifar("train", self.data_base) or self.train_dir
-        self.section(
-            "gpu",
-            lambda: gpu_throughput(
-                gdata,
-                self.work / "gpu",
-                n_images=512 if cfg.quick else 8192,
-                batch_size=64 if cfg.quick else 256,
-                steps=4 if cfg.quick else 30,
-                workers=4 if cfg.quick else 8,
-                log=self.log,
-            ),
-        )
-
-    def finish(self) -> dict[str, Any]:
-        cfg, result, out = self.cfg, self.result, self.out
-        result["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-        result["budget"] = {
-            "mode": self.mode,
-            "minutes": (time.time() - self.t_start) / 60,
-            "threads": self.threads,
-            "device": "cuda" if "gpu" in result["sections"] else "cpu",
-            "training_cost_epochs": "1 cached + 1 online per run",
-            "speed_reps": {
-                "batch1": self.reps,
-                "throughput": self.thr_reps,
-                "batch": self.batch,
-                "warmup": self.warmup,
-            },
+def bench_results(exp: dict, ctx: dict, timings: dict) -> dict[str, Any]:
+    """The runner's results writer for the bench: the bench JSON the report reads (``edgeclip-bench/1``): each
+    section stage's result under ``sections``, the ones skipped (on request, unmet, failed) under ``skipped``."""
+    stages = dict(ctx["stages"])
+    head = stages.pop("inputs", None)
+    if head is None:
+        raise EdgeClipError("the bench's `inputs` stage did not run")
+    inp = _RUN.get(ctx["vars"]["workdir"])
+    cfg = head["config"]
+    result = {k: v for k, v in head.items() if k != "started"}
+    result["sections"] = {k: v for k, v in stages.items() if k not in ctx.get("failed", {})}
+    result["skipped"] = {s: "skipped on request (--skip)" for s in cfg.get("skip", []) if s in SECTIONS}
+    result["skipped"].update(ctx.get("failed", {}))
+    if ctx.get("errors"):
+        result["errors"] = ctx["errors"]
+    result["section_seconds"] = {
+        k.removesuffix("_minutes"): v * 60 for k, v in timings.items() if k.removesuffix("_minutes") in stages
+    }
+    result["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result["budget"] = {
+        "mode": head["mode"],
+        "minutes": (time.time() - head["started"]) / 60,
+        "threads": head["threads"],
+        "device": "cuda" if "gpu" in result["sections"] else "cpu",
+        "training_cost_epochs": "1 cached + 1 online per run",
+        "speed_reps": {
+            "batch1": inp.reps,
+            "throughput": inp.thr_reps,
+            "batch": inp.batch,
+            "warmup": inp.warmup,
         }
-        out.mkdir(parents=True, exist_ok=True)
-        name = "bench_quick.json" if cfg.quick else "bench.json"
-        write_json(out / name, result)
-        result["path"] = str(out / name)
-        self.log(f"results: {out / name}  ({result['budget']['minutes']:.1f} min, {self.threads} threads)")
-        if cfg.report:
-            from edgeclip.lab.report import build_report
-
-            rep = build_report(out / name, out / ("report_quick" if cfg.quick else "report"), results_dir=out)
-            self.log(f"report: {rep['html']}  {rep['markdown']}")
-            result["report"] = rep
-        return result
+        if inp
+        else None,
+    }
+    result["command"] = "edgeclip bench" + (" --quick" if cfg.get("quick") else "")
+    return result

@@ -486,3 +486,40 @@ def _ship(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.lab.ship import ship_models
 
     return ship_models(**cfg)
+
+
+# ---------------------------------------------------------------- the bench (`edgeclip bench`, configs/bench.yaml)
+@TASKS.register(
+    "bench-inputs", help="the bench's inputs (a BenchConfig): data, teacher, students, repetitions"
+)
+def _bench_inputs(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.lab.suite import bench_inputs
+
+    return bench_inputs(cfg, Path(ctx["vars"]["workdir"]))
+
+
+def _bench_section(name: str, help: str):
+    """Register ``bench-NAME``: the section function of lab.suite over the run's inputs."""
+
+    def task(cfg: dict, out: Path, ctx: dict) -> dict:
+        from edgeclip.lab import suite
+
+        inp = suite.inputs_of(ctx)
+        log = ctx.get("log", print)
+        if name == "energy":
+            return suite.bench_energy(inp, log, ctx["stages"].get("speed"))
+        return getattr(suite, f"bench_{name}")(inp, log)
+
+    TASKS.register(f"bench-{name.replace('_', '-')}", help=help)(task)
+
+
+for _name, _help in (
+    ("speed", "latency, throughput, size of CLIP towers and students on torch / ORT fp32 / ORT int8"),
+    ("train_cost", "one cached vs one online distillation epoch on the same images"),
+    ("accuracy", "zero-shot top-1 of the teacher and the students (fp32, ONNX int8), sample labels"),
+    ("fidelity", "the lab results beside the bench (results folder)"),
+    ("energy", "energy per image from the speed stage of the same run"),
+    ("data_path", "decode + augment alone vs the distillation step it feeds"),
+    ("gpu", "GPU distillation throughput (AMP + channels_last) vs data loading"),
+):
+    _bench_section(_name, _help)
