@@ -113,3 +113,23 @@ def test_one_prompt_ensemble_for_numpy_and_torch():
     assert np.allclose(got, want, atol=1e-6)
     torch_got = text_classifier(lambda p: torch.from_numpy(encode(p)), labels, templates)
     assert np.array_equal(torch_got.numpy(), got)
+
+
+def test_the_per_modality_models_are_embedders(tiny_teacher, shapes):
+    """One embedder type: the per-modality evaluation's models are Embedders too (images, texts), besides
+    embedding modality tensors."""
+    from PIL import Image
+
+    from edgeclip.models.teachers import load_teacher
+    from edgeclip.zeroshot.embedder import Embedder
+    from edgeclip.zeroshot.modalities import PairEmbedder, teacher_embedder
+
+    t = load_teacher(tiny_teacher)
+    e = teacher_embedder(t, "rgb")
+    assert isinstance(e, PairEmbedder) and all(hasattr(e, k) for k in Embedder.__annotations__)
+    img = Image.open(next(iter(sorted(shapes["test"].rglob("*.jpg")))))
+    v = e.embed([img, img])
+    assert v.shape == (2, t.embed_dim) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert e.text(["circle", "star"], ["a photo of a {}."]).shape == (2, t.embed_dim)
+    with pytest.raises(EdgeClipError, match="RGB"):
+        e("mono", np.zeros(1))

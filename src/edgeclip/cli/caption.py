@@ -191,20 +191,7 @@ def caption_export_cmd(
     check: bool = typer.Option(True, help="compare ONNX Runtime and torch greedy captions on random inputs"),
 ):
     """Export a captioner bundle: encoder + decoder step ONNX, vocabulary, manifest (`edgeclip serve` runs it)."""
-    import torch
+    from edgeclip.export.caption import CaptionExportConfig, run_caption_export
 
-    from edgeclip.export.caption import export_captioner
-    from edgeclip.models.captioner import load_captioner
-    from edgeclip.models.decode import generate
-    from edgeclip.runtime import load_bundle
-
-    m, pp, ck = load_captioner(model)
-    paths = export_captioner(m, pp, out, info=ck)
-    if check:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(4, 3, pp.size, pp.size, generator=g)
-        same = generate(m, x, beam=1) == load_bundle(out).caption_arrays(x, beam=1)
-        paths["greedy_captions_match_torch"] = same
-        if not same:
-            raise EdgeClipError("ONNX Runtime greedy captions differ from torch's")
+    paths = run_caption_export(CaptionExportConfig(model=str(model), out=str(out), check=check))
     echo_json(paths)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeclip.cli.common import device_of, echo_json
+from edgeclip.cli.common import echo_json
 from edgeclip.core.config import config_from_cli
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES
@@ -98,25 +98,25 @@ def curate_cmd(
 ):
     """Teacher confidence on RGB (max softmax over prompts); keep the top fraction; write the manifest."""
     from edgeclip.core.prompts import parse_labels
-    from edgeclip.data.pairs import open_pairs
-    from edgeclip.models.teachers import load_teacher
-    from edgeclip.train.curate import check_fraction, curate
+    from edgeclip.train.curate import CurateConfig, run_curate
 
-    check_fraction(fraction, threshold, per_label)
-    t = load_teacher(teacher, device=device_of(device))
-    ps = open_pairs(data, modality or None, primary, _derive(derive))
-    res = curate(
-        t,
-        ps,
-        out,
+    cfg = CurateConfig(
+        teacher=teacher,
+        data=data,
+        out=str(out),
+        modalities=modality or None,
+        primary=primary,
+        derive=_derive(derive),
         labels=parse_labels(labels) if labels else None,
         templates=template,
         fraction=fraction,
         threshold=threshold,
-        cache=cache,
-        views=views,
         per_label=per_label,
+        cache=str(cache) if cache else None,
+        views=views,
+        device=device,
     )
+    res = run_curate(cfg)
     _echo(res)
 
 

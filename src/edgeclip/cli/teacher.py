@@ -34,24 +34,20 @@ def teacher_train_reference(
     resume: bool = typer.Option(False, help="continue from out/last.ckpt"),
 ):
     """Train the reference-lit teacher: an image tower locked to the real MiniLM text tower (LiT)."""
-    from edgeclip.train.reference import train_reference
+    from edgeclip.train.reference import ReferenceTeacherConfig, run_reference
 
-    hist = train_reference(
-        data,
-        out,
+    cfg = ReferenceTeacherConfig(
+        data=data,
+        out=str(out),
         arch=arch,
         templates=template,
         img_size=img_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        resume=resume,
-        devices=devices,
-        accelerator=accelerator,
         max_images=max_images,
         val_data=val,
-    )
+        train={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "devices": devices,
+               "accelerator": accelerator},
+    )  # fmt: skip
+    hist = run_reference(cfg, resume=resume)
     typer.echo(f"teacher saved: {out / 'teacher.pt'}  (use --teacher reference-lit:{out / 'teacher.pt'})")
     if hist.get("skipped"):
         typer.echo(f"skipped {len(hist['skipped'])} unreadable images, e.g. {hist['skipped'][0]}")

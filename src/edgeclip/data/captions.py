@@ -139,66 +139,78 @@ def _load_splits(splits: Path | None) -> dict[str, set] | None:
 def _parse(fmt: str, payload, path: Path, skips: _Skips) -> list[tuple[str, str, str | None, str]]:
     """Rows of (image name, caption, split or None, sub-folder hint)."""
     rows: list[tuple[str, str, str | None, str]] = []
-    if fmt == "coco":
-        names = {}
-        for im in payload["images"]:
-            if "id" in im and "file_name" in im:
-                names[im["id"]] = im["file_name"]
-        seen = set()
-        for a in payload["annotations"]:
-            iid = a.get("image_id")
-            if iid not in names:
-                skips.add(
-                    "missing_image", f"annotation {a.get('id')} refers to image id {iid} not listed in images"
-                )
-                continue
-            seen.add(iid)
-            rows.append((names[iid], str(a.get("caption") or ""), None, ""))
-        for iid, n in names.items():
-            if iid not in seen:
-                skips.add("no_captions", n)
-    elif fmt == "karpathy":
-        for im in payload["images"]:
-            name = im.get("filename") or im.get("file_name")
-            if not name:
-                skips.add("bad_line", f"image entry without filename (imgid {im.get('imgid')})")
-                continue
-            split = im.get("split")
-            sents = im.get("sentences") or []
-            if not sents:
-                skips.add("no_captions", name)
-            for s in sents:
-                raw = s.get("raw") if isinstance(s, dict) else s
-                if raw is None and isinstance(s, dict):
-                    raw = " ".join(s.get("tokens") or [])
-                rows.append((name, str(raw or ""), split, im.get("filepath") or ""))
-    elif fmt == "flickr":
-        for i, ln in enumerate(payload.splitlines(), 1):
-            if not ln.strip():
-                continue
-            m = _FLICKR_LINE.match(ln.rstrip("\r"))
-            if not m:
-                skips.add("bad_line", f"{path.name}:{i}: expected 'image#N<TAB>caption'")
-                continue
-            rows.append((m.group(1).strip(), m.group(3), None, ""))
-    else:  # csv: IMAGE, caption (the caption may contain commas; quoted CSV is accepted too)
-        delim = "\t" if path.suffix.lower() == ".tsv" else ","
-        for i, ln in enumerate(payload.splitlines(), 1):
-            if not ln.strip():
-                continue
-            if ln.lstrip().startswith('"'):
-                parts = next(csv.reader(io.StringIO(ln), delimiter=delim), [])
-                parts = [parts[0], delim.join(parts[1:])] if len(parts) >= 2 else []
-            else:
-                parts = ln.split(delim, 1)
-            if len(parts) != 2 or not parts[0].strip():
-                skips.add("bad_line", f"{path.name}:{i}: expected 'IMAGE{delim} caption'")
-                continue
-            name, cap = parts[0].strip(), parts[1]
-            if i == 1 and name.lower() in _HEADER_NAMES:
-                continue
-            rows.append((name, cap, None, ""))
+    {"coco": _coco_rows, "karpathy": _karpathy_rows, "flickr": _flickr_rows}.get(fmt, _csv_rows)(
+        payload, path, skips, rows
+    )
     return rows
+
+
+def _coco_rows(payload, path: Path, skips: _Skips, rows: list) -> None:
+    names = {}
+    for im in payload["images"]:
+        if "id" in im and "file_name" in im:
+            names[im["id"]] = im["file_name"]
+    seen = set()
+    for a in payload["annotations"]:
+        iid = a.get("image_id")
+        if iid not in names:
+            skips.add(
+                "missing_image", f"annotation {a.get('id')} refers to image id {iid} not listed in images"
+            )
+            continue
+        seen.add(iid)
+        rows.append((names[iid], str(a.get("caption") or ""), None, ""))
+    for iid, n in names.items():
+        if iid not in seen:
+            skips.add("no_captions", n)
+
+
+def _karpathy_rows(payload, path: Path, skips: _Skips, rows: list) -> None:
+    for im in payload["images"]:
+        name = im.get("filename") or im.get("file_name")
+        if not name:
+            skips.add("bad_line", f"image entry without filename (imgid {im.get('imgid')})")
+            continue
+        split = im.get("split")
+        sents = im.get("sentences") or []
+        if not sents:
+            skips.add("no_captions", name)
+        for s in sents:
+            raw = s.get("raw") if isinstance(s, dict) else s
+            if raw is None and isinstance(s, dict):
+                raw = " ".join(s.get("tokens") or [])
+            rows.append((name, str(raw or ""), split, im.get("filepath") or ""))
+
+
+def _flickr_rows(payload, path: Path, skips: _Skips, rows: list) -> None:
+    for i, ln in enumerate(payload.splitlines(), 1):
+        if not ln.strip():
+            continue
+        m = _FLICKR_LINE.match(ln.rstrip("\r"))
+        if not m:
+            skips.add("bad_line", f"{path.name}:{i}: expected 'image#N<TAB>caption'")
+            continue
+        rows.append((m.group(1).strip(), m.group(3), None, ""))
+
+
+def _csv_rows(payload, path: Path, skips: _Skips, rows: list) -> None:
+    """IMAGE, caption (the caption may contain commas; quoted CSV is accepted too)."""
+    delim = "\t" if path.suffix.lower() == ".tsv" else ","
+    for i, ln in enumerate(payload.splitlines(), 1):
+        if not ln.strip():
+            continue
+        if ln.lstrip().startswith('"'):
+            parts = next(csv.reader(io.StringIO(ln), delimiter=delim), [])
+            parts = [parts[0], delim.join(parts[1:])] if len(parts) >= 2 else []
+        else:
+            parts = ln.split(delim, 1)
+        if len(parts) != 2 or not parts[0].strip():
+            skips.add("bad_line", f"{path.name}:{i}: expected 'IMAGE{delim} caption'")
+            continue
+        name, cap = parts[0].strip(), parts[1]
+        if i == 1 and name.lower() in _HEADER_NAMES:
+            continue
+        rows.append((name, cap, None, ""))
 
 
 def unpacked(archive: Path) -> Path:

@@ -6,11 +6,14 @@ cap = edgeclip.runtime.load_bundle("out/"); cap.caption("photo.jpg")   # same de
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import write_json
 from edgeclip.data.transforms import Preprocess
 from edgeclip.export.onnx import export_onnx
@@ -108,3 +111,36 @@ def _manifest(out: Path, model, info: dict) -> None:
             "machine": machine_info(),
         },
     )
+
+
+@dataclass
+class CaptionExportConfig:
+    """``edgeclip caption export``: a captioner checkpoint -> a captioner bundle folder."""
+
+    model: str = ""
+    out: str = ""
+    opset: int = 17
+    check: bool = True  # ONNX Runtime greedy captions must equal torch's on seeded random inputs
+
+    def __post_init__(self) -> None:
+        if not (self.model and self.out):
+            raise EdgeClipError("a captioner export needs --model CHECKPOINT and --out FOLDER")
+
+
+def run_caption_export(cfg: CaptionExportConfig) -> dict[str, Any]:
+    """Export, then (``check``) caption 4 seeded random inputs greedily with torch and with the bundle through the
+    torch-free runtime: any difference is an error. -> the written paths (+ the check)."""
+    from edgeclip.models.captioner import load_captioner
+    from edgeclip.models.decode import generate
+    from edgeclip.runtime import load_bundle
+
+    m, pp, ck = load_captioner(cfg.model)
+    paths: dict[str, Any] = export_captioner(m, pp, cfg.out, opset=cfg.opset, info=ck)
+    if cfg.check:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(4, 3, pp.size, pp.size, generator=g)
+        same = generate(m, x, beam=1) == load_bundle(cfg.out).caption_arrays(x, beam=1)
+        paths["greedy_captions_match_torch"] = same
+        if not same:
+            raise EdgeClipError("ONNX Runtime greedy captions differ from torch's")
+    return paths

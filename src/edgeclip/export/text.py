@@ -89,7 +89,7 @@ def export_text_tower(
     ``classifier(encode)``: the bundle's label embeddings (L, D) made with a given ``encode(texts) -> (N, D)``;
     with ``image_embeddings`` (N, D) it gives the int8 tower's zero-shot agreement with torch.
     """
-    from edgeclip.runtime.text import default_reason, run_texts
+    from edgeclip.runtime.text import default_reason
 
     if teacher.text_export is None:
         raise EdgeClipError(
@@ -109,16 +109,7 @@ def export_text_tower(
     _onnx_fp32(ex, texts, folder, opset)
     ref = _torch_embed(ex, texts)
     sessions, files = _sessions(folder, int8)
-    parity: dict[str, Any] = {}
-    for k, sess in sessions.items():  # run exactly as the runtime runs them (int8: one text per run)
-        got = run_texts(ex.tokenizer, sess, texts, per_text=k != "fp32")
-        cos = (_unit(got) * _unit(ref)).sum(1)
-        parity[k] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "n_texts": len(texts)}
-    if parity["fp32"]["min_cosine"] < MIN_FP32_COSINE:
-        raise EdgeClipError(
-            f"the exported text tower disagrees with torch (min cosine {parity['fp32']['min_cosine']:.5f} < "
-            f"{MIN_FP32_COSINE}); the text tower is not bundled"
-        )
+    parity = _parity(ex, sessions, texts, ref)
     default = "fp32"
     if int8 and classifier is not None and image_embeddings is not None and len(image_embeddings):
         default = _int8_gate(ex, sessions, parity, classifier, image_embeddings)
@@ -135,6 +126,24 @@ def export_text_tower(
     write_json(folder / TEXT_CONFIG, cfg)
     log(_summary(ex.kind, sizes, tok, parity, int8, default))
     return cfg
+
+
+def _parity(ex, sessions: dict, texts: list[str], ref: np.ndarray) -> dict[str, Any]:
+    """Each tower's cosine to torch on ``texts``, run exactly as the runtime runs it (int8: one text per run);
+    an fp32 tower below MIN_FP32_COSINE is refused."""
+    from edgeclip.runtime.text import run_texts
+
+    parity: dict[str, Any] = {}
+    for k, sess in sessions.items():
+        got = run_texts(ex.tokenizer, sess, texts, per_text=k != "fp32")
+        cos = (_unit(got) * _unit(ref)).sum(1)
+        parity[k] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "n_texts": len(texts)}
+    if parity["fp32"]["min_cosine"] < MIN_FP32_COSINE:
+        raise EdgeClipError(
+            f"the exported text tower disagrees with torch (min cosine {parity['fp32']['min_cosine']:.5f} < "
+            f"{MIN_FP32_COSINE}); the text tower is not bundled"
+        )
+    return parity
 
 
 def _onnx_fp32(ex, texts: list[str], folder: Path, opset: int) -> None:

@@ -374,41 +374,34 @@ def run_speed_suite(
             records.append({"name": spec, "role": (roles or {}).get(spec, "?"), "error": str(e)})
             log(f"  {spec}: skipped ({e})")
             continue
+        timing = {
+            "rapl": rapl,
+            "energy_seconds": energy_seconds,
+            "warmup": warmup,
+            "max_seconds": max_seconds,
+        }
         records.append(
-            measure_model(
-                sm,
-                workdir,
-                calibration,
-                threads,
-                batch,
-                reps,
-                thr_reps,
-                backends,
-                log,
-                rapl=rapl,
-                energy_seconds=energy_seconds,
-                warmup=warmup,
-                max_seconds=max_seconds,
-            )
+            measure_model(sm, workdir, calibration, threads, batch, reps, thr_reps, backends, log, **timing)
         )
         del sm
+    settings = {"img_size": img_size, "batch": batch, "reps_b1": reps, "reps_throughput": thr_reps}
+    settings.update(warmup=warmup, max_seconds_b1=max_seconds, max_seconds_throughput=max_seconds * 3)
     ok = [r for r in records if "error" not in r]
     return {
-        "img_size": img_size,
-        "batch": batch,
-        "reps_b1": reps,
-        "reps_throughput": thr_reps,
-        "warmup": warmup,
-        "max_seconds_b1": max_seconds,
-        "max_seconds_throughput": max_seconds * 3,
+        **settings,
         "threads": threads,
         "backends": list(backends),
         "models": records,
         "ratios": ratios(ok, backends),
         "seconds": time.time() - t0,
-        "method": "median wall-clock of repeated runs after warm-up, all models in one process with the "
-        "same thread count; random inputs; teacher towers have random weights (speed only)",
+        "method": SPEED_METHOD,
     }
+
+
+SPEED_METHOD = (
+    "median wall-clock of repeated runs after warm-up, all models in one process with the same thread count; "
+    "random inputs; teacher towers have random weights (speed only)"
+)
 
 
 # ------------------------------------------------------------------------------------------ captioner

@@ -71,6 +71,7 @@ def _extract(cfg: dict, out: Path, ctx: dict) -> dict:
 def _reference_teacher(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.train.reference import train_reference
 
+    # the committed experiments give epochs, batch_size, lr, ... beside the task keys: train_reference's shape
     cfg = dict(cfg)
     hist = train_reference(cfg.pop("data"), out, resume=True, progress=False, **cfg)
     return {
@@ -136,20 +137,10 @@ def _eval(cfg: dict, out: Path, ctx: dict) -> dict:
     "edgevl-curate", help="EdgeVL curation by teacher confidence (curate() arguments + data, derive)"
 )
 def _edgevl_curate(cfg: dict, out: Path, ctx: dict) -> dict:
-    import random
+    from edgeclip.core.config import build_dataclass
+    from edgeclip.train.curate import CurateConfig, run_curate
 
-    from edgeclip.data.pairs import open_pairs
-    from edgeclip.models.teachers import load_teacher
-    from edgeclip.train.curate import curate
-
-    cfg = dict(cfg)
-    ps = open_pairs(
-        cfg.pop("data"), cfg.pop("modalities", None), cfg.pop("primary", None), cfg.pop("derive", {})
-    )
-    n, seed = int(cfg.pop("max_images", 0)), int(cfg.pop("seed", 0))
-    if n and len(ps) > n:  # the seeded subset that PairDataConfig.max_images takes in the stages after it
-        ps = ps.subset(sorted(random.Random(seed).sample(range(len(ps)), n)))
-    res = curate(load_teacher(cfg.pop("teacher")), ps, out, plot=False, **cfg)
+    res = run_curate(build_dataclass(CurateConfig, {"plot": False, **cfg, "out": str(out)}))
     return {
         "manifest": str(out / "manifest.json"),
         **{k: v for k, v in res.items() if not isinstance(v, (list, dict))},
@@ -412,10 +403,12 @@ def _scale(cfg: dict, out: Path, ctx: dict) -> dict:
     help="an open-vocabulary reference-lit teacher on a caption set (CaptionTeacherConfig keys + train: {...})",
 )
 def _caption_teacher(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.train.reference import train_caption_teacher
+    from edgeclip.core.config import build_dataclass
+    from edgeclip.train.reference import CaptionTeacherConfig, run_caption_teacher
 
-    cfg = dict(cfg)
-    hist = train_caption_teacher(out, cfg.pop("train", {}), resume=True, progress=False, **cfg)
+    hist = run_caption_teacher(
+        build_dataclass(CaptionTeacherConfig, {**cfg, "out": str(out)}), resume=True, progress=False
+    )
     keys = ("epoch", "loss", "acc", "val_i2t_r1", "val_i2t_r10", "val_t2i_r10")
     return {
         "teacher": f"reference-lit:{out / 'teacher.pt'}",

@@ -83,7 +83,6 @@ def quantize_static_onnx(
     only the other op types are quantized. ``extra_options``: passed to ORT's quantizer as they are.
     """
     from onnxruntime.quantization import (
-        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
@@ -95,14 +94,7 @@ def quantize_static_onnx(
     wtype = QuantType.QInt8 if check_weight_bits(weight_bits) == 8 else QuantType.QInt4
     src, tmp_pre = _pre_processed(fp32_path) if preprocess else (fp32_path, None)
     input_name = ort_session(src, optimize=False).get_inputs()[0].name
-    methods = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-    meth = getattr(CalibrationMethod, methods[method]) if method in methods else None
-    if meth is None:
-        raise EdgeClipError(f"unknown calibration method {method!r} (minmax, entropy, percentile)")
-    if quant_format not in ("qdq", "qoperator"):
-        raise EdgeClipError(f"unknown quantization format {quant_format!r} (qdq, qoperator)")
-    if activations not in ("u8", "s8"):
-        raise EdgeClipError(f"unknown activation type {activations!r} (u8, s8)")
+    meth = _check_static_options(method, quant_format, activations)
     batches = list(calibration)
     if not batches:
         raise EdgeClipError("static quantization needs calibration images (got none)")
@@ -128,6 +120,20 @@ def quantize_static_onnx(
         if tmp_pre is not None and tmp_pre.exists():
             tmp_pre.unlink()
     return int8_path
+
+
+def _check_static_options(method: str, quant_format: str, activations: str):
+    """ORT's calibration method for ``method``; unknown settings are one line each."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    methods = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+    if method not in methods:
+        raise EdgeClipError(f"unknown calibration method {method!r} (minmax, entropy, percentile)")
+    if quant_format not in ("qdq", "qoperator"):
+        raise EdgeClipError(f"unknown quantization format {quant_format!r} (qdq, qoperator)")
+    if activations not in ("u8", "s8"):
+        raise EdgeClipError(f"unknown activation type {activations!r} (u8, s8)")
+    return getattr(CalibrationMethod, methods[method])
 
 
 def _pre_processed(fp32_path: Path) -> tuple[Path, Path | None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,64 @@ def teacher_embeddings(
     cache.check_teacher(teacher.describe())
     ok = [i for i, r in enumerate(recs) if r.key in cache]
     return cache, [recs[i].key for i in ok], ok
+
+
+@dataclass
+class CurateConfig:
+    """``edgeclip edgevl curate``: score every pair's RGB with the teacher, keep the most confident."""
+
+    teacher: str = ""
+    data: str = ""
+    out: str = ""
+    modalities: list[str] | None = None
+    primary: str | None = None
+    derive: dict[str, str] = field(default_factory=dict)
+    labels: list[str] | None = None  # the pseudo-label vocabulary (default: the class folder names)
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    fraction: float | None = 0.2
+    threshold: float | None = None
+    per_label: bool = False
+    cache: str | None = None
+    views: int = 1
+    batch_size: int = 64
+    max_images: int = 0  # a seeded subset, the one PairDataConfig.max_images takes in the stages after it
+    seed: int = 0
+    plot: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_fraction(self.fraction, self.threshold, self.per_label)
+        if not (self.teacher and self.data and self.out):
+            raise EdgeClipError("curation needs a teacher spec, paired data and an --out folder")
+
+
+def run_curate(cfg: CurateConfig, teacher=None, progress: bool = False) -> dict:
+    """Open the pairs (a seeded subset with ``max_images``), load the teacher unless given, curate."""
+    import random
+
+    from edgeclip.core.machine import resolve_device
+    from edgeclip.data.pairs import open_pairs
+    from edgeclip.models.teachers import load_teacher
+
+    ps = open_pairs(cfg.data, cfg.modalities, cfg.primary, cfg.derive)
+    if cfg.max_images and len(ps) > cfg.max_images:
+        ps = ps.subset(sorted(random.Random(cfg.seed).sample(range(len(ps)), cfg.max_images)))
+    teacher = teacher or load_teacher(cfg.teacher, device=resolve_device(cfg.device))
+    return curate(
+        teacher,
+        ps,
+        cfg.out,
+        labels=cfg.labels,
+        templates=cfg.templates,
+        fraction=cfg.fraction,
+        threshold=cfg.threshold,
+        cache=cfg.cache,
+        views=cfg.views,
+        batch_size=cfg.batch_size,
+        plot=cfg.plot,
+        progress=progress,
+        per_label=cfg.per_label,
+    )
 
 
 def curate(

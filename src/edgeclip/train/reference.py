@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
 from edgeclip.models.student import Student
@@ -49,6 +50,31 @@ class ReferenceTeacherConfig:
     label_smoothing: float = 0.0
     max_images: int = 0
     val_data: str | None = None  # ImageFolder for zero-shot top-1 after each epoch (monitoring only)
+    out: str = "runs/reference_teacher"
+    train: dict = field(
+        default_factory=dict
+    )  # TrainConfig keys (epochs 10, batch 256, lr 2e-3, ... by default)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise EdgeClipError("no training data given (an ImageFolder: --data or `data:`)")
+
+
+REFERENCE_TRAIN = {"epochs": 10, "batch_size": 256, "lr": 2e-3, "weight_decay": 0.05}
+
+
+def run_reference(cfg: ReferenceTeacherConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train the reference-lit teacher on ``cfg.data`` (ImageFolder) into ``cfg.out``; -> the history (with the
+    images it skipped)."""
+    from edgeclip.core.config import build_dataclass
+
+    t = {**REFERENCE_TRAIN, **cfg.train}
+    t.setdefault("warmup_epochs", min(1.0, t["epochs"] / 10))
+    train = build_dataclass(TrainConfig, t, "train")
+    task = ReferenceTeacherTask(cfg, seed=train.seed, progress=progress)
+    hist = Trainer(train, cfg.out, resume=resume, progress=progress).fit(task)
+    hist["skipped"] = task.skipped
+    return hist
 
 
 class ReferenceTeacherTask(Task):
@@ -151,22 +177,10 @@ def train_reference(
     (arch, templates, img_size, small_input, head_hidden, stem_stride, label_smoothing, max_images, val_data)."""
     from edgeclip.core.config import build_dataclass
 
-    cfg = build_dataclass(ReferenceTeacherConfig, {"data": data, **task})
-    train = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        devices=devices,
-        accelerator=accelerator,
-        warmup_epochs=min(1.0, epochs / 10),
-        max_steps=max_steps,
-    )
-    t = ReferenceTeacherTask(cfg, seed=seed, progress=progress)
-    hist = Trainer(train, out, resume=resume, progress=progress).fit(t)
-    hist["skipped"] = t.skipped
-    return hist
+    train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed}
+    train.update(devices=devices, accelerator=accelerator, max_steps=max_steps)
+    cfg = build_dataclass(ReferenceTeacherConfig, {"data": data, **task, "out": str(out), "train": train})
+    return run_reference(cfg, resume=resume, progress=progress)
 
 
 # --------------------------------------------------------------------------- an open-vocabulary teacher
@@ -183,6 +197,14 @@ class CaptionTeacherConfig:
     stem_stride: int = 0
     max_images: int = 0
     val_max_images: int = 500
+    out: str = "runs/caption_teacher"
+    train: dict = field(
+        default_factory=dict
+    )  # TrainConfig keys (batch 128, lr 1e-3, weight decay 0.05 by default)
+
+    def __post_init__(self) -> None:
+        if not self.captions:
+            raise EdgeClipError("no captions file given (`captions:`)")
 
 
 class _CaptionPairs(torch.utils.data.Dataset):
@@ -308,9 +330,17 @@ def train_caption_teacher(
     ``train``: :class:`TrainConfig` keys."""
     from edgeclip.core.config import build_dataclass
 
-    cfg = build_dataclass(CaptionTeacherConfig, task)
+    return run_caption_teacher(
+        build_dataclass(CaptionTeacherConfig, {**task, "out": str(out), "train": train}), resume, progress
+    )
+
+
+def run_caption_teacher(cfg: CaptionTeacherConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train the open-vocabulary reference teacher on a caption set into ``cfg.out``; -> the history."""
+    from edgeclip.core.config import build_dataclass
+
     tcfg = build_dataclass(
-        TrainConfig, {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, **train}, "train"
+        TrainConfig, {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.05, **cfg.train}, "train"
     )
     t = CaptionTeacherTask(cfg, seed=tcfg.seed, progress=progress)
-    return Trainer(tcfg, out, resume=resume, progress=progress).fit(t)
+    return Trainer(tcfg, cfg.out, resume=resume, progress=progress).fit(t)

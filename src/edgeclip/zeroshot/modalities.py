@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,21 +18,61 @@ from edgeclip.core.io import read_json
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.pairs import PairTensors, normalize_modality
 from edgeclip.models.pair import PairStudent
-from edgeclip.zeroshot.scores import accuracy, topk
+from edgeclip.zeroshot.scores import accuracy, topk, unit
 from edgeclip.zeroshot.text import text_embeddings
 
-# an embedder: (modality, [0,1] batch after the data-side adapter) -> (B, D) embeddings
-Embed = Callable[[str, torch.Tensor], torch.Tensor]
+
+@dataclass
+class PairEmbedder:
+    """An :class:`~edgeclip.zeroshot.embedder.Embedder` of one or more modalities: ``embed_modality(m, x01)``
+    embeds a [0,1] batch of modality ``m`` (after the data-side adapter), and as every Embedder it embeds images
+    (``embed``: PIL images of the primary modality at ``size``) and names labels with the teacher's text tower.
+    Calling it is ``embed_modality`` (the per-modality evaluation's form)."""
+
+    name: str
+    embed_modality: Callable[[str, torch.Tensor], torch.Tensor]
+    teacher: Any = None
+    primary: str = "rgb"
+    size: int | None = None
+    info: dict = field(default_factory=dict)
+
+    def __call__(self, modality: str, x01: torch.Tensor) -> torch.Tensor:
+        return self.embed_modality(modality, x01)
+
+    def embed(self, images: list) -> np.ndarray:
+        if self.size is None:
+            raise EdgeClipError(f"{self.name}: no input size known to embed images with")
+        from torchvision.transforms.functional import pil_to_tensor, resize
+
+        x = torch.stack(
+            [resize(pil_to_tensor(i.convert("RGB")), [self.size, self.size], antialias=True) for i in images]
+        )
+        return unit(self.embed_modality(self.primary, x.float() / 255).float().cpu().numpy())
+
+    def _teacher(self):
+        if self.teacher is None:
+            raise EdgeClipError(f"{self.name}: no teacher to embed texts with")
+        return self.teacher
+
+    def text(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        return text_embeddings(self._teacher(), labels, templates).numpy()
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return unit(self._teacher().encode_text(list(texts)).cpu().numpy())
 
 
-def torch_embedder(model: PairStudent) -> Embed:
+# the per-modality evaluation's models: PairEmbedders (kept as a name for type hints)
+Embed = PairEmbedder
+
+
+def torch_embedder(model: PairStudent, teacher=None, size: int | None = None) -> PairEmbedder:
     model.eval()
 
     @torch.no_grad()
     def f(m: str, x01: torch.Tensor) -> torch.Tensor:
         return model.embed_unit(x01, m)
 
-    return f
+    return PairEmbedder("pair student (torch fp32)", f, teacher, model.primary, size)
 
 
 def onnx_sessions(exports: dict[str, str]) -> dict:
@@ -47,7 +89,7 @@ def onnx_sessions(exports: dict[str, str]) -> dict:
     return out
 
 
-def onnx_embedder(exports: dict[str, str], specs: dict) -> Embed:
+def onnx_embedder(exports: dict[str, str], specs: dict, name: str = "int8 ONNX") -> PairEmbedder:
     """Embedder over exported ONNX models (one per modality, possibly shared)."""
     sess = onnx_sessions(exports)
 
@@ -58,19 +100,21 @@ def onnx_embedder(exports: dict[str, str], specs: dict) -> Embed:
         x = normalize_modality(x01, specs[m]).numpy()
         return torch.from_numpy(s.run(None, {s.get_inputs()[0].name: x})[0])
 
-    return f
+    return PairEmbedder(name, f)
 
 
-def exported_embedder(result_json: str | Path) -> Embed:
+def exported_embedder(result_json: str | Path, teacher=None) -> PairEmbedder:
     """Embedder of a ``qat.json`` / ``ptq.json`` written by ``edgeclip edgevl qat`` / ``edgeclip edgevl ptq``."""
     from edgeclip.data.pairs import ModalitySpec
 
     r = read_json(result_json)
     specs = {m: ModalitySpec.from_dict(d) for m, d in r["specs"].items()}
-    return onnx_embedder(r["exports"], specs)
+    e = onnx_embedder(r["exports"], specs, f"int8 ONNX ({Path(result_json).name})")
+    e.teacher, e.primary, e.size = teacher, r.get("primary", e.primary), r.get("img_size")
+    return e
 
 
-def teacher_embedder(teacher, primary: str) -> Embed:
+def teacher_embedder(teacher, primary: str) -> PairEmbedder:
     @torch.no_grad()
     def f(m: str, x01: torch.Tensor) -> torch.Tensor:
         if m != primary:
@@ -84,7 +128,7 @@ def teacher_embedder(teacher, primary: str) -> Embed:
         std = torch.tensor(teacher.std).view(1, -1, 1, 1)
         return teacher.encode_image((x - mean) / std)
 
-    return f
+    return PairEmbedder(f"teacher {teacher.spec}", f, teacher, primary, teacher.image_size)
 
 
 def zero_shot(
@@ -98,7 +142,8 @@ def zero_shot(
     """Top-1 of one model on one modality: its embeddings scored by the shared zero-shot code."""
     t0 = time.perf_counter()
     embs = [
-        embed(modality, data.x[modality][i : i + bs]).float().cpu().numpy() for i in range(0, len(data), bs)
+        embed.embed_modality(modality, data.x[modality][i : i + bs]).float().cpu().numpy()
+        for i in range(0, len(data), bs)
     ]
     dt = time.perf_counter() - t0
     n = sum(len(e) for e in embs)
@@ -195,7 +240,10 @@ def evaluate_pair_student(
     named = dict(onnx) if isinstance(onnx, dict) else {Path(p).stem: p for p in onnx}
     if not isinstance(onnx, dict) and len(named) < len(onnx):
         raise EdgeClipError("two int8 exports share a file name: name them ({name: qat.json, ...})")
-    models = {"fp32": torch_embedder(model), **{k: exported_embedder(p) for k, p in named.items()}}
+    models = {
+        "fp32": torch_embedder(model, teacher, pre.size),
+        **{k: exported_embedder(p, teacher) for k, p in named.items()},
+    }
     res = evaluate_pairs(
         d,
         ps.classes,
