@@ -69,11 +69,11 @@ def test_accuracy_int8_pareto_and_report(tiny_teacher, tiny_student, shapes, tmp
 
 
 def test_gpu_throughput_code_path_on_cpu(tiny_teacher, shapes, tmp_path):
-    from edgeclip.lab.train_cost import gpu_throughput
+    from edgeclip.lab.train_cost import GpuThroughputConfig, gpu_throughput
 
-    r = gpu_throughput(
-        shapes["train"],
-        tmp_path / "g",
+    cfg = GpuThroughputConfig(
+        str(shapes["train"]),
+        str(tmp_path / "g"),
         teacher_spec=tiny_teacher,
         student="shufflenet_v2_x0_5",
         img_size=32,
@@ -82,8 +82,8 @@ def test_gpu_throughput_code_path_on_cpu(tiny_teacher, shapes, tmp_path):
         steps=2,
         workers=0,
         device="cpu",
-        log=lambda _: None,
     )
+    r = gpu_throughput(cfg, log=lambda _: None)
     assert r["accelerator"] == "cpu" and r["precision"] == "32-true" and r["steps"] == 2
     assert r["data_loading_images_per_s"] > 0 and r["distill_images_per_s"] > 0
     assert r["distill"]["images"] == 32
@@ -95,9 +95,9 @@ def test_gpu_throughput_code_path_on_cpu(tiny_teacher, shapes, tmp_path):
 def test_gpu_throughput_refuses_cuda_without_gpu(tmp_path, shapes):
     import torch
 
-    from edgeclip.lab.train_cost import gpu_throughput
+    from edgeclip.lab.train_cost import GpuThroughputConfig, gpu_throughput
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
     with pytest.raises(EdgeClipError, match="CUDA is not available"):
-        gpu_throughput(shapes["train"], tmp_path / "g", device="cuda")
+        gpu_throughput(GpuThroughputConfig(str(shapes["train"]), str(tmp_path / "g"), device="cuda"))

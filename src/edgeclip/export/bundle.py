@@ -191,10 +191,6 @@ class BundleConfig:
                 INT8_VARIANTS.get(n)  # unknown recipe: one line with "did you mean", before any work
         if not 0.0 < self.holdout < 1.0:
             raise EdgeClipError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
-        if self.quant != "none" and not self.calib:
-            raise EdgeClipError(
-                "int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only"
-            )
         self.labels = parse_labels(self.labels)
         self.templates = check_templates(self.templates)
 
@@ -270,7 +266,11 @@ class _Export:
         from edgeclip.models.teachers import teacher_of
         from edgeclip.zeroshot.text import text_embeddings
 
-        st, pp, ck = load_student(cfg.student)
+        st, pp, ck = load_student(cfg.student)  # first: a file that is no student is the news, not its options
+        if cfg.quant != "none" and not cfg.calib:
+            raise EdgeClipError(
+                "int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only"
+            )
         t = teacher_of(ck, f"student {cfg.student}", cfg.teacher, embed_dim=st.embed_dim, near=cfg.student)
         text = text_embeddings(t, cfg.labels, cfg.templates).numpy().astype(np.float32)
         npp = NumpyPreprocess.from_dict(pp.to_dict())

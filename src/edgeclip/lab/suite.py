@@ -277,35 +277,20 @@ def bench_speed(inp: BenchInputs, log) -> dict[str, Any]:
 
 
 def bench_train_cost(inp: BenchInputs, log) -> dict[str, Any]:
-    from edgeclip.lab.train_cost import training_cost
+    from edgeclip.lab.train_cost import TrainingCostConfig, training_cost
 
     n, bs = (32, 16) if inp.cfg.quick else (512, 64)
     seed = inp.cfg.seed
-    runs = {
-        "clip_vit_b32_teacher": training_cost(
-            inp.train_dir,
-            inp.work / "train_cost",
-            "open_clip:ViT-B-32",
-            "shufflenet_v2_x1_0",
-            32,
-            n,
-            bs,
-            seed,
-            log=log,
+
+    def run(name: str, teacher: str) -> dict[str, Any]:
+        cc = TrainingCostConfig(
+            str(inp.train_dir), str(inp.work / name), teacher, n_images=n, batch_size=bs, seed=seed
         )
-    }
+        return training_cost(cc, log=log)
+
+    runs = {"clip_vit_b32_teacher": run("train_cost", "open_clip:ViT-B-32")}
     if inp.teacher and not inp.cfg.quick:
-        runs["lab_teacher"] = training_cost(
-            inp.train_dir,
-            inp.work / "train_cost_lab",
-            inp.teacher,
-            "shufflenet_v2_x1_0",
-            32,
-            n,
-            bs,
-            seed,
-            log=log,
-        )
+        runs["lab_teacher"] = run("train_cost_lab", inp.teacher)
     note = "open_clip ViT-B-32 with random weights costs what the real CLIP teacher costs to run. "
     if "lab_teacher" in runs:
         note += (
@@ -384,18 +369,19 @@ def bench_gpu(inp: BenchInputs, log) -> dict[str, Any]:
         msg = "--device cuda: no CUDA GPU on this machine; GPU throughput section skipped"
         log(msg)
         raise EdgeClipError(msg)
-    from edgeclip.lab.train_cost import gpu_throughput
+    from edgeclip.lab.train_cost import GpuThroughputConfig, gpu_throughput
 
     gdata = _cifar("train", Path("benchmarks/artifacts/data")) or inp.train_dir
-    return gpu_throughput(
-        gdata,
-        inp.work / "gpu",
-        n_images=512 if cfg.quick else 8192,
-        batch_size=64 if cfg.quick else 256,
-        steps=4 if cfg.quick else 30,
-        workers=4 if cfg.quick else 8,
-        log=log,
+    q = cfg.quick
+    gc = GpuThroughputConfig(
+        str(gdata),
+        str(inp.work / "gpu"),
+        n_images=512 if q else 8192,
+        batch_size=64 if q else 256,
+        steps=4 if q else 30,
+        workers=4 if q else 8,
     )
+    return gpu_throughput(gc, log=log)
 
 
 def bench_results(exp: dict, ctx: dict, timings: dict) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,28 +55,32 @@ def _epoch_rate(hist: dict[str, Any], batch: int) -> dict[str, float]:
     }
 
 
-def training_cost(
-    data: str | Path,
-    workdir: Path,
-    teacher_spec: str = "open_clip:ViT-B-32",
-    student: str = "shufflenet_v2_x1_0",
-    img_size: int = 32,
-    n_images: int = 1000,
-    batch_size: int = 64,
-    seed: int = 0,
-    loss: str = "cosine",
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Cached vs online distillation epoch on the same ``n_images`` images of ``data``.
+@dataclass
+class TrainingCostConfig:
+    """Cached vs online distillation epoch on the same ``n_images`` images of ``data``. ``teacher_spec`` is any
+    teacher spec; a bare open_clip architecture (``open_clip:ViT-B-32``, no tag) gives that CLIP architecture with
+    random weights, which costs exactly as much to run as the real one."""
 
-    ``teacher_spec`` is any teacher spec; a bare open_clip architecture (``open_clip:ViT-B-32``, no tag) gives that
-    CLIP architecture with random weights, which costs exactly as much to run as the real one.
-    """
+    data: str
+    workdir: str
+    teacher_spec: str = "open_clip:ViT-B-32"
+    student: str = "shufflenet_v2_x1_0"
+    img_size: int = 32
+    n_images: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+    loss: str = "cosine"
+
+
+def training_cost(cfg: TrainingCostConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One cached and one online epoch (see :class:`TrainingCostConfig`); -> the two rates and the speed-up."""
     from edgeclip.data.sources import open_source
     from edgeclip.models.teachers import load_teacher
     from edgeclip.train.cache import build_cache
 
-    workdir = Path(workdir)
+    data, teacher_spec, student, img_size = cfg.data, cfg.teacher_spec, cfg.student, cfg.img_size
+    n_images, batch_size, seed, loss = cfg.n_images, cfg.batch_size, cfg.seed, cfg.loss
+    workdir = Path(cfg.workdir)
     if workdir.exists():
         shutil.rmtree(workdir)  # a fresh cache and fresh runs every time: the timings must not reuse anything
     workdir.mkdir(parents=True)
@@ -144,40 +149,49 @@ def _one_epoch(
     return run
 
 
-def gpu_throughput(
-    data: str | Path,
-    workdir: Path,
-    teacher_spec: str = "open_clip:ViT-B-32",
-    student: str = "shufflenet_v2_x1_0",
-    img_size: int = 224,
-    n_images: int = 2048,
-    batch_size: int = 128,
-    steps: int = 20,
-    workers: int = 8,
-    device: str = "cuda",
-    seed: int = 0,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Distillation images/s (AMP + channels_last on GPU) vs the data-loading-only rate of the same loader.
+@dataclass
+class GpuThroughputConfig:
+    """Distillation images/s (AMP + channels_last on GPU) vs the data-loading-only rate of the same loader. Images
+    stream from disk through a DataLoader (``workers`` processes, student preprocessing at ``img_size``); targets
+    come from a teacher cache built first. ``device='cpu'`` runs the same code path without AMP (the tests)."""
 
-    Images stream from disk through a DataLoader (``workers`` processes, student preprocessing at
-    ``img_size``); targets come from a teacher cache built first. ``device='cpu'`` runs the same code
-    path without AMP (used by the tests).
-    """
+    data: str
+    workdir: str
+    teacher_spec: str = "open_clip:ViT-B-32"
+    student: str = "shufflenet_v2_x1_0"
+    img_size: int = 224
+    n_images: int = 2048
+    batch_size: int = 128
+    steps: int = 20
+    workers: int = 8
+    device: str = "cuda"
+    seed: int = 0
+
+
+def gpu_throughput(cfg: GpuThroughputConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The loading rate, then two distillation epochs through the engine (the second timed); -> both rates."""
     from edgeclip.data.sources import open_source
     from edgeclip.models.teachers import load_teacher
     from edgeclip.train.cache import build_cache
     from edgeclip.train.distill import distill
 
+    data, teacher_spec, student, img_size = cfg.data, cfg.teacher_spec, cfg.student, cfg.img_size
+    n_images, batch_size, steps, workers, device = (
+        cfg.n_images,
+        cfg.batch_size,
+        cfg.steps,
+        cfg.workers,
+        cfg.device,
+    )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EdgeClipError(
             "CUDA is not available on this machine (GPU throughput needs --device cuda on a GPU)"
         )
-    workdir = Path(workdir)
+    workdir = Path(cfg.workdir)
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    subset = write_subset(data, n_images, workdir / "subset.csv", seed)
+    subset = write_subset(data, n_images, workdir / "subset.csv", cfg.seed)
     teacher = load_teacher(teacher_spec, device=device)
     summ = build_cache(
         open_source(str(subset)),
@@ -196,17 +210,13 @@ def gpu_throughput(
     )
     log(f"  data loading only: {load_rate:.1f} img/s ({workers} workers)")
     # distillation through the engine (AMP bf16/fp16 + channels_last on GPU); epoch 1 warms up
-    cfg = _gpu_distill_config(
-        teacher_spec, subset, workdir, student, img_size, batch_size, workers, accel, steps, seed
+    dcfg = _gpu_distill_config(
+        teacher_spec, subset, workdir, student, img_size, batch_size, workers, accel, steps, cfg.seed
     )
-    hist = distill(cfg, progress=False, teacher=teacher)
+    hist = distill(dcfg, progress=False, teacher=teacher)
     rate = _epoch_rate(hist, batch_size)
     log(f"  distillation: {rate['images_per_s']:.1f} img/s")
-    prec = hist["config"]["precision"]
-    if prec == "auto":  # the engine's rule: bf16 AMP where supported, else fp16 AMP; fp32 on CPU
-        prec = (
-            ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if accel == "cuda" else "32-true"
-        )
+    prec = _precision(hist["config"]["precision"], accel)
     return {
         "device": torch.cuda.get_device_name(0) if accel == "cuda" else "cpu",
         "accelerator": accel,
@@ -228,6 +238,15 @@ GPU_METHOD = (
     "data-loading rate: the trainer's own dataset + DataLoader iterated (and copied to the device) without a "
     "model; distillation rate: second epoch of edgeclip distill from the cache"
 )
+
+
+def _precision(prec: str, accel: str) -> str:
+    """The precision the engine trained in: ``auto`` is bf16 AMP where supported, else fp16 AMP; fp32 on CPU."""
+    if prec != "auto":
+        return prec
+    if accel != "cuda":
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 def _gpu_distill_config(
