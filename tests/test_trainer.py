@@ -45,3 +45,56 @@ def test_hooks_budget_and_seeded_setup(tmp_path):
     c = Linear()
     hist2 = Trainer(cfg, tmp_path / "a", resume=True, progress=False).fit(c)
     assert [e["steps"] for e in hist2["epochs"]] == [5, 5, 2] and c.calls == ["setup", "save"]
+
+
+class Recording(Linear):
+    """Linear, recording the weights each step sees and the model it saves."""
+
+    def setup(self, trainer):
+        super().setup(trainer)
+        self.seen: list[torch.Tensor] = []
+
+    def training_step(self, model, batch):
+        self.seen.append(model.weight.detach().clone())
+        return super().training_step(model, batch)
+
+    def save(self, model, out_dir, history):
+        self.saved = model.weight.detach().clone()
+
+
+def test_ema_of_the_weights_is_evaluated_saved_and_resumed(tmp_path):
+    """train.ema: the saved model is the exponential moving average of the weights after every step (the same
+    recursion torch's AveragedModel documents: the first step's weights, then decay * ema + (1 - decay) * w); a run
+    killed after epoch 1 and resumed saves the same average as one never killed."""
+    import pytest
+
+    from edgeclip.core.errors import EdgeClipError
+
+    plain = Recording()
+    Trainer(TrainConfig(epochs=2, batch_size=8, seed=3), tmp_path / "p", progress=False).fit(plain)
+    ws = plain.seen[1:] + [plain.saved]  # the weights after each optimizer step
+    want = ws[0]
+    for w in ws[1:]:
+        want = 0.9 * want + 0.1 * w
+    ema = Recording()
+    Trainer(TrainConfig(epochs=2, batch_size=8, seed=3, ema=0.9), tmp_path / "e", progress=False).fit(ema)
+    assert torch.allclose(ema.saved, want, atol=1e-6) and not torch.allclose(ema.saved, plain.saved)
+    # killed in epoch 2 (after epoch 1's checkpoint), then resumed: the average goes on from the checkpoint
+
+    class Dying(Recording):
+        def on_epoch_end(self, model, epoch, record):
+            if epoch == 2:
+                raise KeyboardInterrupt
+            return super().on_epoch_end(model, epoch, record)
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(TrainConfig(epochs=2, batch_size=8, seed=3, ema=0.9), tmp_path / "r", progress=False).fit(
+            Dying()
+        )
+    again = Recording()
+    Trainer(
+        TrainConfig(epochs=2, batch_size=8, seed=3, ema=0.9), tmp_path / "r", resume=True, progress=False
+    ).fit(again)
+    assert torch.allclose(again.saved, ema.saved, atol=1e-6)
+    with pytest.raises(EdgeClipError, match="train.ema"):
+        TrainConfig(ema=1.0)

@@ -266,7 +266,9 @@ class _Export:
         from edgeclip.models.teachers import teacher_of
         from edgeclip.zeroshot.text import text_embeddings
 
-        st, pp, ck = load_student(cfg.student)  # first: a file that is no student is the news, not its options
+        st, pp, ck = load_student(
+            cfg.student
+        )  # first: a file that is no student is the news, not its options
         if cfg.quant != "none" and not cfg.calib:
             raise EdgeClipError(
                 "int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only"

@@ -51,6 +51,10 @@ class TrainConfig:
     log_every: int = 50
     max_steps_per_epoch: int = 0  # 0 = full epoch (useful for equal step budgets)
     max_steps: int = 0  # a budget in optimizer steps: the epochs it takes are derived, the run stops there
+    ema: float = (
+        0.0  # decay of an exponential moving average of the weights (e.g. 0.999): the EMA copy is what
+    )
+    # the epoch hooks evaluate and what is saved; 0: off
 
     def __post_init__(self) -> None:
         """Budgets and sizes that cannot train are refused here, at config time, in one line."""
@@ -75,6 +79,8 @@ class TrainConfig:
             bad.append(("num_workers", self.num_workers, ">= 0 or auto"))
         if self.pin_memory not in ("auto", True, False):
             bad.append(("pin_memory", self.pin_memory, "auto, true or false"))
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            bad.append(("ema", self.ema, "in [0, 1) (0: off)"))
         if bad:
             k, v, rule = bad[0]
             raise EdgeClipError(f"train.{k} must be {rule}, got {v!r}")
@@ -211,6 +217,7 @@ class Trainer:
         self.history: dict[str, Any] = {}
         self.start_epoch = 0
         self.global_step = 0
+        self.ema = None
 
     # ---- the steps
     def launch(self) -> None:
@@ -256,6 +263,7 @@ class Trainer:
             pin_memory=pin,
         )
         self.model, self.opt = fabric.setup(model, opt)
+        self.ema = self._ema_copy() if cfg.ema else None
         self.loader = fabric.setup_dataloaders(loader)
         n_batches = len(self.loader) if not self.iterable else max(1, len(ds) // cfg.batch_size)
         self.steps_per_epoch = (
@@ -276,6 +284,19 @@ class Trainer:
             "data_workers": workers,
         }
 
+    def _ema_copy(self):
+        """The EMA of the weights (and buffers: BatchNorm statistics follow the same average)."""
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        return AveragedModel(
+            unwrap(self.model), multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True
+        )
+
+    @property
+    def trained(self) -> nn.Module:
+        """The model the epoch hooks evaluate and the task saves: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
     def restore(self) -> None:
         ck_path = self.out / "last.ckpt"
         if self.resume and ck_path.exists():
@@ -286,6 +307,7 @@ class Trainer:
                 "scheduler": self.sched.state_dict(),
                 "epoch": 0,
                 "history": {},
+                **({"ema": self.ema} if self.ema is not None else {}),
             }
             try:  # plain data only (weights_only): no code runs from a checkpoint
                 self.fabric.load(ck_path, state, weights_only=True)
@@ -329,6 +351,8 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.global_step += 1
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.model))
 
     def train_epoch(self, task: Task, epoch: int) -> dict[str, Any]:
         cfg = self.cfg
@@ -371,7 +395,7 @@ class Trainer:
 
     def end_epoch(self, task: Task, rec: dict[str, Any]) -> bool:
         """The task's epoch hook, the record in the history and the log; -> whether to stop."""
-        rec.update(task.on_epoch_end(self.model, rec["epoch"], rec) or {})
+        rec.update(task.on_epoch_end(self.trained, rec["epoch"], rec) or {})
         stop = bool(rec.pop("stop_training", False))  # early stopping
         if stop:
             self.history["stopped_early_at"] = rec["epoch"]
@@ -392,6 +416,7 @@ class Trainer:
                 "epoch": epoch,
                 "history": self.history,
                 "fingerprint": self.fingerprint,
+                **({"ema": self.ema} if self.ema is not None else {}),
             },
         )
         if self.fabric.is_global_zero:
@@ -417,7 +442,7 @@ class Trainer:
 
     def finish(self, task: Task) -> None:
         if self.fabric.is_global_zero:
-            task.save(unwrap(self.model), self.out, self.history)
+            task.save(unwrap(self.trained), self.out, self.history)
             write_json(self.out / "history.json", self.history)
         self.fabric.barrier()
 
