@@ -449,3 +449,16 @@ def test_the_int8_speed_experiment_on_tiny_data(tmp_path, shapes, tiny_teacher):
         assert lev["openvino"]["fp32"]["batch1_ms"] > 0 and lev["openvino"]["int8_file"].endswith(".onnx")
     assert m["best_runtime"]["batch1_ms"] == min(m["best_runtime"]["all"].values())
     assert res["stages"]["speed"]["cpu_flags"] and res["stages"]["speed"]["versions"]["onnxruntime"]
+
+
+def test_choose_picks_by_the_validation_figure(tmp_path):
+    """The `choose` task: the best earlier stage by a figure the experiment names (a val one), its fields passed on."""
+    from edgeclip.lab.tasks import TASKS
+
+    choose = TASKS.get("choose")
+    cands = {"a": {"score": 0.31, "teacher": "A"}, "b": {"score": 0.35, "teacher": "B"}}
+    got = choose({"candidates": cands}, tmp_path, {})
+    assert got["chosen"] == "b" and got["teacher"] == "B" and got["scores"] == {"a": 0.31, "b": 0.35}
+    assert choose({"candidates": cands, "higher": False}, tmp_path, {})["chosen"] == "a"
+    with pytest.raises(EdgeClipError, match="candidates"):
+        choose({"candidates": {"a": {"teacher": "A"}}}, tmp_path, {})

@@ -409,13 +409,33 @@ def _caption_teacher(cfg: dict, out: Path, ctx: dict) -> dict:
     hist = run_caption_teacher(
         build_dataclass(CaptionTeacherConfig, {**cfg, "out": str(out)}), resume=True, progress=False
     )
-    keys = ("epoch", "loss", "acc", "val_i2t_r1", "val_i2t_r10", "val_t2i_r10")
+    keys = ("epoch", "loss", "acc", "val_i2t_r1", "val_i2t_r5", "val_i2t_r10", "val_t2i_r1", "val_t2i_r5")
+    keys += ("val_t2i_r10",)
+    last = hist["epochs"][-1] if hist["epochs"] else {}
     return {
         "teacher": f"reference-lit:{out / 'teacher.pt'}",
         "epochs": len(hist["epochs"]),
         "train_minutes": _minutes(hist),
         "curve": [{k: e.get(k) for k in keys} for e in hist["epochs"]],
+        "val": {
+            k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_")
+        },  # the saved model's
     }
+
+
+@TASKS.register(
+    "choose",
+    help="the best of several earlier stages by a validation figure: {candidates: {name: {score: X, ...}}, "
+    "higher: true} -> the winner's fields + chosen + scores (never choose on test)",
+)
+def _choose(cfg: dict, out: Path, ctx: dict) -> dict:
+    cands = cfg.get("candidates") or {}
+    if not cands or not all(
+        isinstance(v, dict) and isinstance(v.get("score"), (int, float)) for v in cands.values()
+    ):
+        raise EdgeClipError("choose: candidates must be {name: {score: NUMBER, ...}} (at least one)")
+    pick = (max if cfg.get("higher", True) else min)(cands, key=lambda k: float(cands[k]["score"]))
+    return {**cands[pick], "chosen": pick, "scores": {k: float(v["score"]) for k, v in cands.items()}}
 
 
 @TASKS.register(

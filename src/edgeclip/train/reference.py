@@ -308,7 +308,7 @@ class CaptionTeacherTask(Task):
         )
         model.train(was)
         r = retrieval(emb.numpy(), txt, owner)
-        return {"val_i2t_r1": r["i2t_r1"], "val_i2t_r10": r["i2t_r10"], "val_t2i_r10": r["t2i_r10"]}
+        return {f"val_{k}": r[k] for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")}
 
     def save(self, model, out_dir: Path, history: dict) -> None:
         c = self.cfg
