@@ -27,7 +27,7 @@ def tiny_student(tiny_teacher, shapes, tmp_path_factory):
 
 
 def test_accuracy_int8_pareto_and_report(tiny_teacher, tiny_student, shapes, tmp_path):
-    from edgeclip.lab.suite import BenchConfig, run_bench
+    from edgeclip.lab.bench import BenchConfig, run_bench
 
     logs = []
     res = run_bench(

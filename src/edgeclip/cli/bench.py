@@ -48,7 +48,7 @@ def bench_cmd(
     workdir: Path = typer.Option(Path("benchmarks/artifacts/bench"), help="scratch (ONNX files, caches)"),
 ):
     """Speed, size, training cost, fidelity and energy side by side with the teacher, as JSON + a report."""
-    from edgeclip.lab.suite import BenchConfig, run_bench
+    from edgeclip.lab.bench import BenchConfig, run_bench
 
     cfg = BenchConfig(
         out=str(out),

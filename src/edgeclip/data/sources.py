@@ -10,7 +10,7 @@ import csv
 import glob
 import os
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -305,3 +305,16 @@ def ensure_extracted(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
         ) from None
     marker.write_text("ok\n")
     return dest
+
+
+def chunks(records: Iterable[ImageRecord], size: int) -> Iterator[list[ImageRecord]]:
+    """``records`` in lists of ``size`` (the last one shorter), in order: the fixed chunks a cache or shard writer
+    computes and writes as one unit."""
+    buf: list[ImageRecord] = []
+    for r in records:
+        buf.append(r)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

@@ -67,8 +67,6 @@ def framing(result: dict[str, Any]) -> list[str]:
 
 
 def _queries(result: dict, thumbs: dict[str, str]) -> list[str]:
-    from edgeclip.lab.demo_photos import ANSWERS
-
     roles = [r for r in ROLES if r in result["top3"]]
     right = result.get("right", {})
     n = len(result["queries"]["teacher"])
@@ -82,7 +80,7 @@ def _queries(result: dict, thumbs: dict[str, str]) -> list[str]:
         for r in roles:
             hits = []
             for h in result["top3"][r][q]:
-                ok = " right" if ANSWERS.get(q) == h["image"] else ""
+                ok = " right" if result.get("answers", {}).get(q) == h["image"] else ""
                 src = thumbs.get(h["image"], "")
                 hits.append(
                     f"<div class='hit{ok}'><img src='{html.escape(src)}' alt='{html.escape(h['image'])}'>"

@@ -155,6 +155,7 @@ class _PhotosDemo:
         self.out, self.idx, self.fast = out, idx, fast
         self.result: dict = {
             "mode": "photos",
+            "answers": dict(ANSWERS),  # the photo that answers each query (the page marks them)
             "models": {r: idx[r] for r in ("teacher", "student", "bundle", "captioner") if r in idx},
         }
         self.queries_ = QUERIES[:5] if fast else QUERIES

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from edgeclip.core.errors import CacheMismatchError, EdgeClipError, ImageLoadErr
 from edgeclip.core.io import atomic_path, exclusive_lock, read_json, write_json
 from edgeclip.core.lineage import check_teacher
 from edgeclip.core.machine import launch_rank
-from edgeclip.data.sources import ImageRecord, ImageSource
+from edgeclip.data.sources import ImageRecord, ImageSource, chunks
 from edgeclip.data.transforms import ViewSpec, apply_view, view_params
 
 CACHE_FORMAT = "edgeclip-cache/2"
@@ -543,14 +543,3 @@ def _fault_point(rank: int, parts_written: int) -> None:
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-def chunks(records: Iterable[ImageRecord], size: int) -> Iterator[list[ImageRecord]]:
-    buf: list[ImageRecord] = []
-    for r in records:
-        buf.append(r)
-        if len(buf) >= size:
-            yield buf
-            buf = []
-    if buf:
-        yield buf

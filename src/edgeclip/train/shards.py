@@ -43,7 +43,7 @@ def write_shards(
     worker writes shards ``rank, rank + world, ...``; an existing shard is kept (resume). -> shards.json."""
     import webdataset as wds
 
-    from edgeclip.train.cache import chunks
+    from edgeclip.data.sources import chunks
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
