@@ -182,3 +182,21 @@ def test_pixel_budget_is_checked_from_the_header(tmp_path, monkeypatch):
     with pytest.raises(ImageLoadError, match="over the pixel budget"):
         Image.new("RGB", (3000, 2000)).save(tmp_path / "big.png")
         load_image(tmp_path / "big.png")
+
+
+def test_random_resized_crops_are_seeded_boxes_of_the_image():
+    """The caption teacher's stronger augmentation: boxes drawn from torch's RNG (seeded runs repeat), every output
+    pixel a value of the image (area within the scale, resized), flips included."""
+    import torch
+
+    from edgeclip.data.memory import random_resized_crops
+
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16) % 251
+    torch.manual_seed(0)
+    a = random_resized_crops(x.to(torch.uint8), 8, (0.5, 1.0))
+    torch.manual_seed(0)
+    b = random_resized_crops(x.to(torch.uint8), 8, (0.5, 1.0))
+    assert a.shape == (2, 3, 8, 8) and torch.equal(a, b)
+    assert 0 <= float(a.min()) and float(a.max()) <= 250
+    torch.manual_seed(1)
+    assert not torch.equal(random_resized_crops(x.to(torch.uint8), 8, (0.5, 1.0)), a)

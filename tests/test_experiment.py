@@ -374,6 +374,7 @@ def test_an_open_vocabulary_teacher_from_captions(tmp_path, shapes):
                     "arch": "shufflenet_v2_x0_5",
                     "img_size": 32,
                     "head_hidden": 64,
+                    "crop_scale": 0.5,  # the random-resized-crop augmentation
                     "train": {"epochs": 3, "batch_size": 32, "lr": 3e-3},
                 },
             },

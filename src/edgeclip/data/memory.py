@@ -6,6 +6,7 @@ on CPU and GPU alike. Unreadable files are skipped and counted, never silently d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -94,6 +95,24 @@ def augment_batch(
         f = (torch.rand(B, generator=generator) < 0.5).to(x.device).view(B, 1, 1, 1)
         x = torch.where(f, x.flip(3), x)
     return x
+
+
+def random_resized_crops(
+    x: torch.Tensor,
+    size: int,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """RandomResizedCrop + horizontal flip on a batch, drawn from torch's RNG (the Trainer seeds it per epoch): each
+    image a box of area in ``scale`` (of the image) and aspect in ``ratio``, resized to ``size``."""
+    B = x.shape[0]
+    area = torch.empty(B).uniform_(*scale)
+    logr = torch.empty(B).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    w = (area * logr.exp()).sqrt().clamp(max=1.0)
+    h = (area / logr.exp()).sqrt().clamp(max=1.0)
+    x0, y0 = torch.rand(B) * (1 - w), torch.rand(B) * (1 - h)
+    boxes = torch.stack([x0, y0, x0 + w, y0 + h], 1).to(x.device)
+    return crop_views(x, boxes, (torch.rand(B) < 0.5).to(x.device), size)
 
 
 def crop_views(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:

@@ -197,6 +197,9 @@ class CaptionTeacherConfig:
     stem_stride: int = 0
     max_images: int = 0
     val_max_images: int = 500
+    crop_scale: float = (
+        0.0  # > 0: random resized crops of area [crop_scale, 1] + flips; 0: pad-and-crop + flips
+    )
     out: str = "runs/caption_teacher"
     train: dict = field(
         default_factory=dict
@@ -205,6 +208,8 @@ class CaptionTeacherConfig:
     def __post_init__(self) -> None:
         if not self.captions:
             raise EdgeClipError("no captions file given (`captions:`)")
+        if not 0 <= self.crop_scale < 1:
+            raise EdgeClipError(f"crop_scale must be in [0, 1) (0: pad-and-crop), got {self.crop_scale}")
 
 
 class _CaptionPairs(torch.utils.data.Dataset):
@@ -279,10 +284,16 @@ class CaptionTeacherTask(Task):
         return vx, caption_embeddings(texts).numpy(), owner
 
     def training_step(self, model, batch):
-        from edgeclip.data.memory import augment_batch, normalize
+        from edgeclip.data.memory import augment_batch, normalize, random_resized_crops
 
         img, idx = batch
-        x = normalize(augment_batch(img, pad=self.pad), self.pp.mean, self.pp.std)
+        c = self.cfg
+        aug = (
+            random_resized_crops(img, c.img_size, (c.crop_scale, 1.0))
+            if c.crop_scale
+            else augment_batch(img, pad=self.pad)
+        )
+        x = normalize(aug, self.pp.mean, self.pp.std)
         a = F.normalize(model.image_tower(x), dim=-1)
         t = model.text_emb[idx]  # the batch's captions (normalised MiniLM embeddings)
         logits = model.logit_scale.clamp(max=math.log(100)).exp() * a @ t.t()
