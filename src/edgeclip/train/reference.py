@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeclip.core.errors import EdgeClipError
-from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
+from edgeclip.core.prompts import DEFAULT_TEMPLATES, check_templates, class_names, fill
 from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
 from edgeclip.models.student import Student
 from edgeclip.models.teachers.minilm import TEXT_DIM, embed_texts
@@ -184,6 +184,16 @@ def train_reference(
 
 
 # --------------------------------------------------------------------------- an open-vocabulary teacher
+# the pairs a class image gets (CLIP's CIFAR prompts, a few): plain words, as a caption would say them
+CLASS_TEMPLATES = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a close-up photo of a {}.",
+    "a photo of the small {}.",
+)
+
+
 @dataclass
 class CaptionTeacherConfig:
     captions: str = ""  # a caption file (Flickr token.txt, COCO JSON, ...), its images found beside it
@@ -200,6 +210,16 @@ class CaptionTeacherConfig:
     crop_scale: float = (
         0.0  # > 0: random resized crops of area [crop_scale, 1] + flips; 0: pad-and-crop + flips
     )
+    # more pairs for the same tower: every image of these caption files (no split: keep them out of val/test)
+    extra_captions: list[str] = field(default_factory=list)
+    # ImageFolders (ROOT/<class>/<image>) as pairs: each image's captions are the templates filled with its class
+    # name, and the images of one class are one group in the loss (UniCL: all of a class are positives, never
+    # pushed apart as negatives)
+    class_folders: list[str] = field(default_factory=list)
+    class_templates: list[str] = field(
+        default_factory=lambda: list(CLASS_TEMPLATES)
+    )  # the prompts a class image is paired with
+    class_max_images: int = 0  # > 0: a seeded random subset of each class folder
     out: str = "runs/caption_teacher"
     train: dict = field(
         default_factory=dict
@@ -210,20 +230,83 @@ class CaptionTeacherConfig:
             raise EdgeClipError("no captions file given (`captions:`)")
         if not 0 <= self.crop_scale < 1:
             raise EdgeClipError(f"crop_scale must be in [0, 1) (0: pad-and-crop), got {self.crop_scale}")
+        self.class_templates = check_templates(self.class_templates)
+        if self.class_max_images < 0:
+            raise EdgeClipError(f"class_max_images must be >= 0, got {self.class_max_images}")
 
 
 class _CaptionPairs(torch.utils.data.Dataset):
-    """(uint8 image, the index of one of its captions, drawn anew each time)."""
+    """(uint8 image, the index of one of its captions, drawn anew each time, its group in the loss)."""
 
-    def __init__(self, images: torch.Tensor, caption_rows: list[list[int]]):
-        self.images, self.rows = images, caption_rows
+    def __init__(self, images: torch.Tensor, caption_rows: list[list[int]], groups: torch.Tensor):
+        self.images, self.rows, self.groups = images, caption_rows, groups
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, i):
         r = self.rows[i]
-        return self.images[i], torch.tensor(r[int(torch.randint(len(r), ()))])
+        return self.images[i], torch.tensor(r[int(torch.randint(len(r), ()))]), self.groups[i]
+
+
+@dataclass
+class _Pairs:
+    """Every training pair of a caption teacher: images, their caption rows into ``texts``, their loss groups."""
+
+    images: torch.Tensor
+    rows: list[list[int]]
+    texts: list[str]
+    groups: torch.Tensor  # one id per image; images of one class share theirs
+    counts: dict  # images kept per source
+    skipped: list[str]
+    summary: dict
+
+
+def caption_pairs(c: CaptionTeacherConfig, seed: int = 0, progress: bool = True) -> _Pairs:
+    """The pairs ``c`` names: its caption file's split, every image of ``extra_captions``, then each
+    ``class_folders`` image under ``class_templates`` (class prompts stored once, shared by the class)."""
+    from edgeclip.data.captions import load_captions
+    from edgeclip.data.memory import preload
+    from edgeclip.data.sources import labelled_source
+
+    cs = load_captions(c.captions, c.images, c.split)
+    items = list(cs.items[: c.max_images] if c.max_images else cs.items)
+    held_out: set = set()
+    if c.extra_captions and c.split:  # the main file's other splits never come back in as extra pairs
+        train = {it.path.resolve() for it in cs.items}
+        held_out = {it.path.resolve() for it in load_captions(c.captions, c.images, None).items} - train
+    dropped = []
+    for extra in c.extra_captions:
+        for it in load_captions(extra, None, None).items:
+            (dropped if it.path.resolve() in held_out else items).append(it)
+    x, kept, skipped = preload([it.record() for it in items], c.img_size, progress=progress)
+    skipped += [
+        f"{it.path}: in a held-out split of {c.captions}, not used as an extra pair" for it in dropped
+    ]
+    texts, rows, counts = [], [], {"captions": 0}
+    for i in kept:
+        caps = items[i].captions
+        rows.append(list(range(len(texts), len(texts) + len(caps))))
+        texts += caps
+        counts["captions"] += 1
+    groups = list(range(len(rows)))  # a captioned image is its own group
+    xs = [x]
+    for folder in c.class_folders:
+        src, recs = labelled_source(folder, "a class_folders entry", c.class_max_images, seed)
+        cx, ckept, cskip = preload(recs, c.img_size, progress=progress)
+        skipped += cskip
+        first = len(texts)
+        names = class_names(src.classes)
+        texts += [fill(t, n) for n in names for t in c.class_templates]
+        nt, base = len(c.class_templates), max(groups, default=-1) + 1
+        for i in ckept:
+            lab = recs[i].label
+            rows.append(list(range(first + lab * nt, first + (lab + 1) * nt)))
+            groups.append(base + lab)
+        counts[str(folder)] = len(ckept)
+        xs.append(cx)
+    images = torch.cat(xs) if len(xs) > 1 else x
+    return _Pairs(images, rows, texts, torch.tensor(groups), counts, skipped, cs.summary())
 
 
 def caption_embeddings(texts: list[str], batch: int = 256) -> torch.Tensor:
@@ -240,19 +323,12 @@ class CaptionTeacherTask(Task):
         self.cfg, self.seed, self.progress = cfg, seed, progress
 
     def setup(self, trainer: Trainer) -> None:
-        from edgeclip.data.captions import load_captions
-        from edgeclip.data.memory import preload
-
         c = self.cfg
-        cs = load_captions(c.captions, c.images, c.split)
-        items = cs.items[: c.max_images] if c.max_images else cs.items
-        x, kept, self.skipped = preload([it.record() for it in items], c.img_size, progress=self.progress)
-        items = [items[i] for i in kept]
-        texts, rows = [], []
-        for it in items:
-            rows.append(list(range(len(texts), len(texts) + len(it.captions))))
-            texts += it.captions
-        self.n_train, self.n_captions, self.data_summary = len(items), len(texts), cs.summary()
+        pairs = caption_pairs(c, self.seed, self.progress)
+        self.skipped, self.counts, self.data_summary = pairs.skipped, pairs.counts, pairs.summary
+        self.n_train, self.n_captions = len(pairs.rows), len(pairs.texts)
+        # groups shared by several images (class folders): multi-positive targets; else plain CLIP targets
+        self.grouped = len(set(pairs.groups.tolist())) < len(pairs.rows)
         small = c.img_size <= 64 if c.small_input is None else c.small_input
         tower = Student(
             c.arch,
@@ -262,12 +338,14 @@ class CaptionTeacherTask(Task):
             img_size=c.img_size,
             stem_stride=c.stem_stride,
         )
-        self.model = LiTModel(tower, caption_embeddings(texts))  # text_emb: every training caption
-        self.dataset = _CaptionPairs(x, rows)
+        self.model = LiTModel(tower, caption_embeddings(pairs.texts))  # text_emb: every training caption
+        self.dataset = _CaptionPairs(pairs.images, pairs.rows, pairs.groups)
         self.pp = Preprocess(size=c.img_size, mean=CLIP_MEAN, std=CLIP_STD)
         self.pad = max(1, c.img_size // 8)
         self.val = self._val() if c.val_split else None
         self.fingerprint = {"captions": c.captions, "split": c.split, "arch": c.arch, "img_size": c.img_size}
+        if c.extra_captions or c.class_folders:
+            self.fingerprint.update(extra_captions=c.extra_captions, class_folders=c.class_folders)
 
     def _val(self):
         from edgeclip.data.captions import load_captions
@@ -286,7 +364,7 @@ class CaptionTeacherTask(Task):
     def training_step(self, model, batch):
         from edgeclip.data.memory import augment_batch, normalize, random_resized_crops
 
-        img, idx = batch
+        img, idx, group = batch
         c = self.cfg
         aug = (
             random_resized_crops(img, c.img_size, (c.crop_scale, 1.0))
@@ -298,6 +376,8 @@ class CaptionTeacherTask(Task):
         t = model.text_emb[idx]  # the batch's captions (normalised MiniLM embeddings)
         logits = model.logit_scale.clamp(max=math.log(100)).exp() * a @ t.t()
         y = torch.arange(len(a), device=a.device)
+        if self.grouped:
+            return grouped_contrastive(logits, group)
         loss = (F.cross_entropy(logits, y) + F.cross_entropy(logits.t(), y)) / 2
         return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}
 
@@ -331,7 +411,22 @@ class CaptionTeacherTask(Task):
             "n_captions": self.n_captions,
             "skipped": len(self.skipped),
         }
+        if c.extra_captions or c.class_folders:
+            info["sources"] = self.counts
         save_tower(model, out_dir, self.pp, c, history, info)
+
+
+def grouped_contrastive(logits: torch.Tensor, group: torch.Tensor) -> dict:
+    """The symmetric contrastive loss with every pair of one group a positive (UniCL, Yang et al. 2022): each
+    row's target spreads evenly over its group's columns. With every group its own, it is CLIP's loss."""
+    pos = (group[:, None] == group[None, :]).float()
+    target = pos / pos.sum(1, keepdim=True)
+    loss = -(
+        (target * F.log_softmax(logits, 1)).sum(1).mean()
+        + (target * F.log_softmax(logits.t(), 1)).sum(1).mean()
+    )
+    hit = pos[torch.arange(len(pos)), logits.argmax(1)]
+    return {"loss": loss / 2, "acc": hit.mean()}
 
 
 def train_caption_teacher(
