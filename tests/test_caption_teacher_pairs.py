@@ -133,3 +133,28 @@ def test_a_caption_teacher_trains_on_the_joined_pairs(tmp_path, shapes):
 def test_bad_extra_pair_settings_are_one_line_errors(bad, why):
     with pytest.raises(EdgeClipError, match=why):
         CaptionTeacherConfig(captions="x.txt", **bad)
+
+
+def test_a_photo_pool_adds_sources_once_and_never_a_held_out_photo(tmp_path, shapes):
+    """The `photos` lab task's pool (#29's unlabeled pool for distillation): a caption split, then folders and
+    seeded subsets, each photo once, the caption set's val/test photos refused and counted."""
+    from edgeclip.data.captions import photo_pool
+
+    main, extra = _caption_files(tmp_path, shapes)
+    n_train = len(list(Path(shapes["train"]).rglob("*.jpg")))
+    test_dir = main.parent / "test"  # the main file's held-out photos themselves
+    paths, counts, skipped = photo_pool(
+        str(main),
+        "train",
+        None,
+        [str(extra.parent / "images"), str(test_dir), {"path": str(shapes["train"]), "max_images": 5}],
+    )
+    assert (
+        counts["captions"] == n_train and counts[str(extra.parent / "images")] == 2
+    )  # held.jpg links a test one
+    assert counts[str(test_dir)] == 0 and skipped["held_out"] == 1 + len(list(test_dir.rglob("*.jpg")))
+    assert counts[str(shapes["train"])] == 5 and len(paths) == n_train + 2 + 5 == len(set(paths))
+    again = photo_pool(str(main), "train", None, [{"path": str(shapes["train"]), "max_images": 5}])[0]
+    assert again == photo_pool(str(main), "train", None, [{"path": str(shapes["train"]), "max_images": 5}])[0]
+    with pytest.raises(EdgeClipError, match="no photos"):
+        photo_pool(None, None, None, [])

@@ -463,3 +463,10 @@ def test_choose_picks_by_the_validation_figure(tmp_path):
     assert choose({"candidates": cands, "higher": False}, tmp_path, {})["chosen"] == "a"
     with pytest.raises(EdgeClipError, match="candidates"):
         choose({"candidates": {"a": {"teacher": "A"}}}, tmp_path, {})
+    # a list scores its mean (both retrieval directions): b's 0.30 beats a's 0.29 although a has the best single one
+    two = {"a": {"score": [0.40, 0.18], "loss": "mse"}, "b": {"score": [0.31, 0.29], "loss": "clipkd"}}
+    got = choose({"candidates": two}, tmp_path, {})
+    assert got["chosen"] == "b" and got["loss"] == "clipkd" and got["scores"]["a"] == pytest.approx(0.29)
+    for bad in ([], [0.3, "x"], [True]):
+        with pytest.raises(EdgeClipError, match="candidates"):
+            choose({"candidates": {"a": {"score": bad}}}, tmp_path, {})

@@ -370,3 +370,63 @@ def load_captions(
     if not items:
         raise EdgeClipError(f"{path}: no usable image with a caption ({dict(skips.counts)})")
     return CaptionSet(items, fmt, str(path), str(img_dir), split, dict(skips.counts), skips.examples)
+
+
+def held_out_photos(
+    captions: str, images: str | None, split: str | None, train: CaptionSet | None = None
+) -> set:
+    """The resolved paths of a caption set's photos outside ``split`` (its val and test): what extra training data
+    must never bring back in. ``train``: the split, when already loaded."""
+    if not split:
+        return set()
+    train = train or load_captions(captions, images, split)
+    every = load_captions(captions, images, None).items
+    return {it.path.resolve() for it in every} - {it.path.resolve() for it in train.items}
+
+
+def photo_pool(
+    captions: str | None, split: str | None, images: str | None, add: list, seed: int = 0
+) -> tuple[list[str], dict, dict]:
+    """The photos of one split of a caption set, then of each ``add`` source (a folder, ImageFolder or list, or
+    ``{path, max_images}`` for a seeded random subset), in order, each photo once; photos of the caption set's
+    other splits are never added (counted as ``held_out``). -> (paths, photos added per source, skipped counts)."""
+    import numpy as np
+
+    from edgeclip.data.sources import open_source
+
+    paths: list[str] = []
+    counts: dict = {}
+    skipped: dict = {}
+    held_out: set = set()
+    if captions:
+        cs = load_captions(captions, images, split)
+        paths = [str(it.record().path) for it in cs.items]
+        counts["captions"], skipped = len(paths), dict(cs.skipped)
+        if add:
+            held_out = held_out_photos(captions, images, split, cs)
+    seen = {Path(p).resolve() for p in paths}
+    for spec in add:
+        spec = spec if isinstance(spec, dict) else {"path": spec}
+        n_max, where = int(spec.get("max_images", 0)), str(spec["path"])
+        src = open_source(where)
+        if src.is_stream:
+            raise EdgeClipError(
+                f"{where} streams (tar shards): a photo pool takes folders, ImageFolders or lists"
+            )
+        recs = src.records
+        if n_max:  # a seeded random n_max of them, kept in their order
+            pick = np.random.default_rng(seed).permutation(len(recs))[:n_max]
+            recs = [recs[i] for i in sorted(pick)]
+        added = 0
+        for r in recs:
+            rp = Path(r.path).resolve()
+            if rp in held_out:
+                skipped["held_out"] = skipped.get("held_out", 0) + 1
+            elif rp not in seen:
+                seen.add(rp)
+                paths.append(str(r.path))
+                added += 1
+        counts[where] = added
+    if not paths:
+        raise EdgeClipError("no photos in the pool (give captions + split and/or sources to add)")
+    return paths, counts, skipped

@@ -425,33 +425,47 @@ def _caption_teacher(cfg: dict, out: Path, ctx: dict) -> dict:
 
 @TASKS.register(
     "choose",
-    help="the best of several earlier stages by a validation figure: {candidates: {name: {score: X, ...}}, "
-    "higher: true} -> the winner's fields + chosen + scores (never choose on test)",
+    help="the best of several earlier stages by a validation figure: {candidates: {name: {score: X or [X, ...], "
+    "...}}, higher: true} -> the winner's fields + chosen + scores (a list scores its mean; never choose on test)",
 )
 def _choose(cfg: dict, out: Path, ctx: dict) -> dict:
+    def score(v) -> float | None:
+        s = v.get("score") if isinstance(v, dict) else None
+        s = s if isinstance(s, list) and s else [s]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in s):
+            return None
+        return sum(float(x) for x in s) / len(s)
+
     cands = cfg.get("candidates") or {}
-    if not cands or not all(
-        isinstance(v, dict) and isinstance(v.get("score"), (int, float)) for v in cands.values()
-    ):
-        raise EdgeClipError("choose: candidates must be {name: {score: NUMBER, ...}} (at least one)")
-    pick = (max if cfg.get("higher", True) else min)(cands, key=lambda k: float(cands[k]["score"]))
-    return {**cands[pick], "chosen": pick, "scores": {k: float(v["score"]) for k, v in cands.items()}}
+    scores = {k: score(v) for k, v in cands.items()}
+    if not cands or None in scores.values():
+        raise EdgeClipError(
+            "choose: candidates must be {name: {score: NUMBER or [NUMBER, ...], ...}} (at least one)"
+        )
+    pick = (max if cfg.get("higher", True) else min)(cands, key=lambda k: scores[k])
+    return {**cands[pick], "chosen": pick, "scores": scores}
 
 
 @TASKS.register(
     "photos",
-    help="the photos of one split of a caption set as a list file (a source for cache / distill): "
-    "{captions, split, images}",
+    help="a list file of photos (a source for cache / distill): one split of a caption set {captions, split, "
+    "images} and/or more sources {add: [PATH or {path, max_images}]} (folders, ImageFolders, lists), in order, "
+    "each photo once; photos of the caption set's other splits are never added",
 )
 def _photos(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.core.io import atomic_path
-    from edgeclip.data.captions import load_captions
+    from edgeclip.data.captions import photo_pool
 
-    cs = load_captions(cfg["captions"], cfg.get("images"), cfg.get("split"))
-    paths = [str(it.record().path) for it in cs.items]
+    paths, counts, skipped = photo_pool(
+        cfg.get("captions"),
+        cfg.get("split"),
+        cfg.get("images"),
+        cfg.get("add") or [],
+        int(cfg.get("seed", 0)),
+    )
     with atomic_path(out / "photos.txt") as tmp:
         tmp.write_text("\n".join(paths) + "\n")
-    return {"list": str(out / "photos.txt"), "n": len(paths), "skipped": dict(cs.skipped)}
+    return {"list": str(out / "photos.txt"), "n": len(paths), "counts": counts, "skipped": skipped}
 
 
 @TASKS.register(

@@ -265,16 +265,14 @@ class _Pairs:
 def caption_pairs(c: CaptionTeacherConfig, seed: int = 0, progress: bool = True) -> _Pairs:
     """The pairs ``c`` names: its caption file's split, every image of ``extra_captions``, then each
     ``class_folders`` image under ``class_templates`` (class prompts stored once, shared by the class)."""
-    from edgeclip.data.captions import load_captions
+    from edgeclip.data.captions import held_out_photos, load_captions
     from edgeclip.data.memory import preload
     from edgeclip.data.sources import labelled_source
 
     cs = load_captions(c.captions, c.images, c.split)
     items = list(cs.items[: c.max_images] if c.max_images else cs.items)
-    held_out: set = set()
-    if c.extra_captions and c.split:  # the main file's other splits never come back in as extra pairs
-        train = {it.path.resolve() for it in cs.items}
-        held_out = {it.path.resolve() for it in load_captions(c.captions, c.images, None).items} - train
+    # the main file's other splits never come back in as extra pairs
+    held_out = held_out_photos(c.captions, c.images, c.split, cs) if c.extra_captions else set()
     dropped = []
     for extra in c.extra_captions:
         for it in load_captions(extra, None, None).items:
