@@ -16,7 +16,16 @@ from edgeclip.core.prompts import DEFAULT_TEMPLATES
 DATA_HELP = "paired data: ROOT/<modality>/..., a folder of <stem>_<modality> files, or images + --derive"
 
 # Options shared by several commands, declared once (Typer's Annotated form).
-Derive = Annotated[list[str], typer.Option(help="derived modality NAME=luminance (monochrome from RGB)")]
+Derive = Annotated[
+    list[str],
+    typer.Option(
+        help="derived modality NAME=luminance (monochrome from RGB) or NAME=bands (other bands of a multi-band "
+        "file: name them with NAME.bands=swir)"
+    ),
+]
+Split = Annotated[
+    str | None, typer.Option(help="only this split's pairs (ROOT/splits.json or train/ val/ test/)")
+]
 Modality = Annotated[list[str], typer.Option(help="modality folder/suffix names (default: detected)")]
 Cache = Annotated[str | None, typer.Option(help="teacher-embedding cache folder")]
 Manifest = Annotated[str | None, typer.Option(help="curation manifest (pseudo-labels + kept pairs)")]
@@ -56,6 +65,7 @@ def pairs_cmd(
     modality: Modality = [],
     primary: str | None = typer.Option(None, help="the RGB modality (default: rgb/color/...)"),
     derive: Derive = [],
+    split: Split = None,
     size: int = typer.Option(64, help="decode at this size to check every pair"),
     set_: list[str] = typer.Option([], "--set", help="modality settings, e.g. depth.adapter=colormap"),
 ):
@@ -68,7 +78,7 @@ def pairs_cmd(
         summarize,
     )
 
-    ps = open_pairs(data, modality or None, primary, _derive(derive))
+    ps = open_pairs(data, modality or None, primary, _derive(derive), split)
     specs = default_specs(ps, apply_overrides({}, set_))
     _echo(summarize(ps, preload_pairs(ps, specs, size)))
 
@@ -90,6 +100,8 @@ def curate_cmd(
     modality: Modality = [],
     primary: str | None = typer.Option(None),
     derive: Derive = [],
+    split: Split = None,
+    set_: list[str] = typer.Option([], "--set", help="modality settings, e.g. rgb.bands=rgb rgb.scale=3000"),
     cache: Path | None = typer.Option(None, help="teacher-embedding cache (default OUT/cache)"),
     views: int = typer.Option(
         1, help="cache views (reuse the cache for `edgevl distill` with the same number)"
@@ -97,6 +109,7 @@ def curate_cmd(
     device: str = typer.Option("auto"),
 ):
     """Teacher confidence on RGB (max softmax over prompts); keep the top fraction; write the manifest."""
+    from edgeclip.core.config import apply_overrides
     from edgeclip.core.prompts import parse_labels
     from edgeclip.train.curate import CurateConfig, run_curate
 
@@ -107,6 +120,8 @@ def curate_cmd(
         modalities=modality or None,
         primary=primary,
         derive=_derive(derive),
+        split=split,
+        modality=apply_overrides({}, set_),
         labels=parse_labels(labels) if labels else None,
         templates=template,
         fraction=fraction,
@@ -130,6 +145,7 @@ def distill_pair_cmd(
     derive: Derive = [],
     modality: Modality = [],
     cache: Cache = None,
+    split: Split = None,
     student: str | None = typer.Option(None, help="student backbone"),
     img_size: int | None = typer.Option(None),
     init: str | None = typer.Option(None, help="start from this RGB student checkpoint (its architecture)"),
@@ -148,7 +164,7 @@ def distill_pair_cmd(
         config,
         [
             ("teacher", teacher),
-            *_pair_data(data, out, manifest, derive, modality, cache),
+            *_pair_data(data, out, manifest, derive, modality, cache, split),
             ("student.arch", student),
             ("student.img_size", img_size),
             ("init", init),
@@ -162,7 +178,7 @@ def distill_pair_cmd(
     typer.echo(f"data: {json.dumps(hist['data_info'])}")
 
 
-def _pair_data(data, out, manifest, derive, modality, cache) -> list[tuple[str, object]]:
+def _pair_data(data, out, manifest, derive, modality, cache, split) -> list[tuple[str, object]]:
     """The paired-data options of stage 1 and stage 2 as config keys."""
     return [
         ("data", data),
@@ -171,6 +187,7 @@ def _pair_data(data, out, manifest, derive, modality, cache) -> list[tuple[str, 
         ("derive", _derive(derive)),
         ("modalities", modality or None),
         ("cache", cache),
+        ("split", split),
     ]
 
 
@@ -188,6 +205,7 @@ def qat_cmd(
     derive: Derive = [],
     modality: Modality = [],
     cache: Cache = None,
+    split: Split = None,
     teacher: str | None = typer.Option(None),
     triplet_weight: float | None = typer.Option(None, help="0 = plain QAT without the contrastive term"),
     margin: float | None = typer.Option(None),
@@ -210,7 +228,7 @@ def qat_cmd(
         config,
         [
             ("student", student),
-            *_pair_data(data, out, manifest, derive, modality, cache),
+            *_pair_data(data, out, manifest, derive, modality, cache, split),
             ("teacher", teacher),
             ("triplet_weight", triplet_weight),
             ("margin", margin),
@@ -232,6 +250,7 @@ def ptq_cmd(
     derive: Derive = [],
     modality: Modality = [],
     cache: Cache = None,
+    split: Split = None,
     calib_images: int = typer.Option(256),
     method: str = typer.Option("minmax", help="minmax | entropy | percentile"),
     reduce_range: str = typer.Option(
@@ -256,6 +275,7 @@ def ptq_cmd(
         derive=_derive(derive),
         modalities=modality or None,
         cache=cache,
+        split=split,
         student=student,
         calib_images=calib_images,
         method=method,
@@ -273,12 +293,14 @@ def eval_pair_cmd(
     onnx: list[Path] = typer.Option([], help="qat.json / ptq.json of int8 exports (repeatable)"),
     derive: Derive = [],
     modality: Modality = [],
+    split: Split = None,
     classes: str | None = typer.Option(None, help="only these classes, e.g. unseen ones: 'cat,dog'"),
     template: Templates = list(DEFAULT_TEMPLATES),
     max_images: int = typer.Option(0),
     out: Path | None = typer.Option(None, help="also write the JSON here"),
 ):
-    """Zero-shot top-1 per modality: teacher on RGB; the student fp32 and int8 on every modality."""
+    """Zero-shot top-1 per modality: the teacher on RGB (and on each 3-channel modality fed as if RGB); the
+    student fp32 and int8 on every modality."""
     from edgeclip.core.io import write_json
     from edgeclip.core.machine import machine_info
     from edgeclip.core.prompts import parse_labels
@@ -293,6 +315,7 @@ def eval_pair_cmd(
         parse_labels(classes) if classes else None,
         template,
         max_images,
+        split=split,
     )
     res["machine"] = machine_info()
     if out:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,69 +31,22 @@ import torch
 import torch.nn.functional as F
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
-from edgeclip.core.images import load_array, load_image
+from edgeclip.core.images import load_image
+from edgeclip.core.modality import (  # noqa: F401  (ModalitySpec, read_array: re-exported, their old home)
+    ADAPTERS,
+    DERIVATIONS,
+    ModalityError,
+    ModalitySpec,
+    read_array,
+    read_modality,
+    scale_array,
+)
 from edgeclip.data.sources import is_image, open_source
 
 PRIMARY_NAMES = ("rgb", "color", "colour", "image", "visible", "vis")
-ADAPTERS = ("none", "repeat", "colormap", "conv")
-DERIVATIONS = ("luminance",)
 
-
-class PairError(EdgeClipError):
-    """A pair that cannot be used (unpaired stem, size mismatch, all-zero map, unreadable file)."""
-
-
-@dataclass
-class ModalitySpec:
-    """How one modality is read, scaled to [0, 1], adapted to the student and normalised.
-
-    ``scale``: ``"auto"`` (8-bit: /255; wider integers and floats: min-max over the valid, non-zero
-    pixels of each image), ``"minmax"``, or a number (e.g. 10000 = depth in mm over a 10 m range).
-    ``channels``: ``"auto"`` keeps the file's channels; ``1`` averages a colour-coded map to one.
-    ``mean`` / ``std``: per-channel normalisation after the adapter (None: measured on the training data).
-    """
-
-    name: str
-    scale: object = "auto"
-    channels: object = "auto"
-    adapter: str = "repeat"
-    colormap: str = "turbo"
-    derive: str | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    allow_resize: bool = False  # a map of another size than its RGB: resize instead of skipping
-
-    def __post_init__(self):
-        if self.adapter not in ADAPTERS:
-            raise EdgeClipError(
-                f"modality {self.name}: unknown adapter {self.adapter!r} ({', '.join(ADAPTERS)})"
-            )
-        if self.derive is not None and self.derive not in DERIVATIONS:
-            raise EdgeClipError(
-                f"modality {self.name}: unknown derivation {self.derive!r} ({', '.join(DERIVATIONS)})"
-            )
-        if not (
-            self.scale in ("auto", "minmax") or (isinstance(self.scale, (int, float)) and self.scale > 0)
-        ):
-            raise EdgeClipError(
-                f"modality {self.name}: scale must be 'auto', 'minmax' or a positive number, got {self.scale!r}"
-            )
-        if self.adapter == "colormap":
-            import matplotlib
-
-            if self.colormap not in matplotlib.colormaps:
-                raise EdgeClipError(f"modality {self.name}: unknown matplotlib colour map {self.colormap!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModalitySpec:
-        from edgeclip.core.config import build_dataclass
-
-        return build_dataclass(
-            cls, d, f"modality {d.get('name', '?')}" if isinstance(d, dict) else "modality"
-        )
+# a pair that cannot be used (unpaired stem, size mismatch, band count, all-zero map, unreadable file)
+PairError = ModalityError
 
 
 @dataclass
@@ -161,11 +114,13 @@ def _match(per_mod: dict[str, dict[str, Path]], primary: str, root: str, derived
             continue
         records.append(PairRecord(k, {m: per_mod[m][k] for m in mods}))
     classes = None
-    if records and all("/" in r.key for r in records):
-        classes = sorted({r.key.split("/", 1)[0] for r in records})
+    # the first folder under each modality folder is the class, unless those folders are train/val/test
+    cls_level = 1 if records and all(r.key.split("/", 1)[0] in SPLIT_NAMES for r in records) else 0
+    if records and all(r.key.count("/") > cls_level for r in records):
+        classes = sorted({r.key.split("/")[cls_level] for r in records})
         idx = {c: i for i, c in enumerate(classes)}
         for r in records:
-            r.label = idx[r.key.split("/", 1)[0]]
+            r.label = idx[r.key.split("/")[cls_level]]
     if not records:
         raise EdgeClipError(
             f"{root}: no complete pairs of {', '.join(mods)} "
@@ -224,13 +179,55 @@ def _flat_layout(root_p: Path, mods, primary, derive) -> PairSet:
     return _match(per_mod, _pick_primary(list(per_mod), primary), str(root_p), derive)
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
 def open_pairs(
     root: str | os.PathLike,
     modalities: Sequence[str] | None = None,
     primary: str | None = None,
     derive: dict[str, str] | None = None,
+    split: str | None = None,
 ) -> PairSet:
-    """Open a paired-modality dataset (see the module docstring for the layouts)."""
+    """Open a paired-modality dataset (see the module docstring for the layouts); ``split``: only the pairs of
+    that split, named by ``ROOT/splits.json`` (``{"train": [file names or stems], ...}``) or, without it, by a
+    ``train/``, ``val/`` or ``test/`` folder right under each modality folder."""
+    ps = _open_pairs(root, modalities, primary, derive)
+    return _with_split(ps, Path(root), split) if split else ps
+
+
+def _with_split(ps: PairSet, root: Path, split: str) -> PairSet:
+    sj = root / "splits.json" if root.is_dir() else root.parent / "splits.json"
+    if sj.is_file():
+        from edgeclip.core.io import read_json
+
+        try:
+            splits = read_json(sj)
+            names = {str(n) for n in splits[split]}
+        except KeyError:
+            raise EdgeClipError(f"{sj} has no split {split!r} (has: {', '.join(map(str, splits))})") from None
+        except (ValueError, TypeError, AttributeError) as e:
+            raise EdgeClipError(f"{sj} is not a {{split: [names]}} JSON file ({type(e).__name__})") from None
+
+        def named(r: PairRecord) -> bool:
+            return r.key in names or Path(r.files.get(ps.primary, r.key)).name in names
+    elif ps.records and all(r.key.split("/", 1)[0] in SPLIT_NAMES for r in ps.records):
+
+        def named(r: PairRecord) -> bool:
+            return r.key.split("/", 1)[0] == split
+    else:
+        raise EdgeClipError(
+            f"{root}: no splits.json and no train/val/test folders, so there is no split {split!r}"
+        )
+    keep = [i for i, r in enumerate(ps.records) if named(r)]
+    if not keep:
+        raise EdgeClipError(f"{root}: no pair is in split {split!r}")
+    out = ps.subset(keep)
+    out.notes.append(f"split {split}: {len(keep)} of {len(ps.records)} pairs")
+    return out
+
+
+def _open_pairs(root, modalities, primary, derive) -> PairSet:
     root_p = Path(root)
     if not root_p.exists():
         raise EdgeClipError(f"path not found: {root_p}")
@@ -262,61 +259,6 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma of a (C=3, H, W) [0,1] array -> (1, H, W): a monochrome (IR/NIR-like) camera."""
     w = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)
     return (rgb * w).sum(0, keepdims=True)
-
-
-def read_array(path: Path) -> np.ndarray:
-    """A modality file as HxW or HxWxC array in its own dtype. TIFFs are read with tifffile (multi-band,
-    contiguous or planar: the band axis is the smallest one and is moved last)."""
-    if Path(path).suffix.lower() in (".tif", ".tiff"):
-        try:
-            import tifffile
-
-            a = np.asarray(tifffile.imread(str(path)))
-        except ImportError:  # pragma: no cover - tifffile is a dependency
-            return load_array(path)
-        except Exception as e:
-            raise ImageLoadError(
-                f"corrupt or unreadable TIFF {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-            ) from None
-        a = np.squeeze(a)
-        if a.ndim == 3 and int(np.argmin(a.shape)) == 0:
-            a = np.moveaxis(a, 0, -1)
-        if a.ndim not in (2, 3):
-            raise ImageLoadError(
-                f"{path}: expected a 2-D or multi-band image, got an array of shape {a.shape}"
-            )
-        return a
-    return load_array(path)
-
-
-def _scale(arr: np.ndarray, spec: ModalitySpec, name: str) -> np.ndarray:
-    """HxW or HxWxC array of any dtype -> (C, H, W) float32 in [0, 1]."""
-    a = arr if arr.ndim == 3 else arr[..., None]
-    dtype = a.dtype
-    a = a.astype(np.float32)
-    a = np.where(np.isfinite(a), a, 0.0)
-    if not np.any(a):
-        raise PairError(f"{name}: all-zero {spec.name} map")
-    if isinstance(spec.scale, (int, float)):
-        a = np.clip(a / float(spec.scale), 0.0, 1.0)
-    elif spec.scale == "auto" and dtype == np.uint8:
-        a = a / 255.0
-    else:  # min-max per band over valid (non-zero) pixels; zeros (no reading) stay 0
-        out = np.zeros_like(a)
-        for c in range(a.shape[-1]):
-            band = a[..., c]
-            valid = band != 0
-            if not valid.any():
-                continue
-            lo, hi = float(band[valid].min()), float(band[valid].max())
-            out[..., c] = np.where(valid, (band - lo) / (hi - lo) if hi > lo else 1.0, 0.0)
-        a = out
-    a = a.transpose(2, 0, 1)
-    if spec.channels == 1 and a.shape[0] > 1:
-        a = a[:3].mean(0, keepdims=True)
-    elif spec.channels not in ("auto", 1, None) and a.shape[0] != int(spec.channels):
-        raise PairError(f"{name}: {spec.name} has {a.shape[0]} channels, expected {spec.channels}")
-    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _resize_center(x: torch.Tensor, size: int, masked: bool = False) -> torch.Tensor:
@@ -384,8 +326,14 @@ def load_pair(
     ``size`` resizes (shorter side) and centre-crops every modality alike; the maps must have the RGB
     image's size unless their spec allows resizing. Raises :class:`PairError` / ImageLoadError.
     """
+    pspec, pfile = specs.get(primary), rec.files[primary]
     try:
-        rgb = np.asarray(load_image(rec.files[primary]), dtype=np.float32).transpose(2, 0, 1) / 255.0
+        if pspec is not None and pspec.bands is not None:  # RGB as a band set of a multi-band file
+            parr = read_array(pfile)
+            rgb = read_modality(pfile, pspec, parr)
+        else:
+            parr = None
+            rgb = np.asarray(load_image(pfile), dtype=np.float32).transpose(2, 0, 1) / 255.0
     except ImageLoadError as e:
         raise PairError(f"{rec.key}: {e}") from None
     H, W = rgb.shape[1:]
@@ -395,15 +343,19 @@ def load_pair(
             continue
         if spec.derive == "luminance":
             a = luminance(rgb)
+        elif spec.derive == "bands":  # other bands of the primary's own file
+            try:
+                a = read_modality(pfile, spec, parr if parr is not None else read_array(pfile))
+            except ImageLoadError as e:
+                raise PairError(f"{rec.key}: {e}") from None
         else:
             f = rec.files.get(m)
             if f is None:
                 raise PairError(f"{rec.key}: no {m} file")
             try:
-                arr = read_array(f)
+                a = read_modality(f, spec)
             except ImageLoadError as e:
                 raise PairError(f"{rec.key}: {e}") from None
-            a = _scale(arr, spec, f"{rec.key} ({Path(f).name})")
             if a.shape[1:] != (H, W) and not spec.allow_resize:
                 raise PairError(
                     f"{rec.key}: {m} map is {a.shape[2]}x{a.shape[1]} but its {primary} image is "

@@ -43,9 +43,13 @@ class ImageRecord:
     # and the view parameters that produced them, carried with the image
     targets: bytes | None = None
     views: dict | None = None
+    # how a file that is not an RGB photo is shown as one (a multi-band tile's RGB band set): path -> PIL image
+    render: Callable | None = None
 
     def load(self):
         """Decode to an RGB PIL image (raises ImageLoadError with one clear line)."""
+        if self.render is not None and self.data is None:
+            return self.render(self.path)
         return load_image(self.data if self.data is not None else self.path)
 
 

@@ -44,19 +44,36 @@ def check_fraction(fraction: float | None, threshold: float | None, per_label: b
         raise EdgeClipError(f"curation fraction must be in (0, 1], got {fraction}")
 
 
-def primary_records(ps: PairSet) -> list[ImageRecord]:
-    """Foundation image records of the RGB side of every pair (cache keys: path|size|mtime)."""
-    return [
-        ImageRecord(file_key(Path(r.files[ps.primary])), r.key, r.label, Path(r.files[ps.primary]))
-        for r in ps.records
-    ]
+def primary_records(ps: PairSet, spec=None) -> list[ImageRecord]:
+    """Foundation image records of the RGB side of every pair (cache keys: path|size|mtime). ``spec``: the
+    primary's ModalitySpec; when it names bands (an RGB band set of a multi-band file) the records render them."""
+    if spec is not None and spec.bands is not None:
+        from functools import partial
+
+        from edgeclip.core.modality import render_rgb, rendering_key
+
+        show, tag = partial(render_rgb, spec=spec), "#" + rendering_key(spec)
+    else:
+        show, tag = None, ""
+    out = []
+    for r in ps.records:
+        p = Path(r.files[ps.primary])
+        out.append(ImageRecord(file_key(p) + tag, r.key, r.label, p, render=show))
+    return out
 
 
 def teacher_embeddings(
-    ps: PairSet, teacher, cache_dir: str | Path, views: int = 1, batch_size: int = 64, progress: bool = False
+    ps: PairSet,
+    teacher,
+    cache_dir: str | Path,
+    views: int = 1,
+    batch_size: int = 64,
+    progress: bool = False,
+    primary_spec=None,
 ) -> tuple[EmbeddingCache, list[str], list[int]]:
-    """Build (or reuse) the teacher-embedding cache of the RGB images; -> (cache, file keys, usable pair indices)."""
-    recs = primary_records(ps)
+    """Build (or reuse) the teacher-embedding cache of the RGB images; -> (cache, file keys, usable pair indices).
+    ``primary_spec``: how the primary is read when it is a band set of a multi-band file."""
+    recs = primary_records(ps, primary_spec)
     build_cache(recs, teacher, cache_dir, views=views, batch_size=batch_size, progress=progress)
     cache = EmbeddingCache(cache_dir)
     cache.check_teacher(teacher.describe())
@@ -74,6 +91,8 @@ class CurateConfig:
     modalities: list[str] | None = None
     primary: str | None = None
     derive: dict[str, str] = field(default_factory=dict)
+    modality: dict[str, dict] = field(default_factory=dict)  # per-modality ModalitySpec settings (band sets)
+    split: str | None = None  # only the pairs of this split (splits.json or train/val/test folders)
     labels: list[str] | None = None  # the pseudo-label vocabulary (default: the class folder names)
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     fraction: float | None = 0.2
@@ -98,10 +117,10 @@ def run_curate(cfg: CurateConfig, teacher=None, progress: bool = False) -> dict:
     import random
 
     from edgeclip.core.machine import resolve_device
-    from edgeclip.data.pairs import open_pairs
+    from edgeclip.data.pairs import default_specs, open_pairs
     from edgeclip.models.teachers import load_teacher
 
-    ps = open_pairs(cfg.data, cfg.modalities, cfg.primary, cfg.derive)
+    ps = open_pairs(cfg.data, cfg.modalities, cfg.primary, cfg.derive, cfg.split)
     if cfg.max_images and len(ps) > cfg.max_images:
         ps = ps.subset(sorted(random.Random(cfg.seed).sample(range(len(ps)), cfg.max_images)))
     teacher = teacher or load_teacher(cfg.teacher, device=resolve_device(cfg.device))
@@ -119,6 +138,7 @@ def run_curate(cfg: CurateConfig, teacher=None, progress: bool = False) -> dict:
         plot=cfg.plot,
         progress=progress,
         per_label=cfg.per_label,
+        primary_spec=default_specs(ps, cfg.modality)[ps.primary],
     )
 
 
@@ -136,8 +156,10 @@ def curate(
     plot: bool = True,
     progress: bool = False,
     per_label: bool = False,
+    primary_spec=None,
 ) -> dict:
-    """Score every pair with the teacher, keep the most confident, write ``out/manifest.json`` (+ histogram)."""
+    """Score every pair with the teacher, keep the most confident, write ``out/manifest.json`` (+ histogram).
+    ``primary_spec``: how the primary is read when it is a band set of a multi-band file."""
     check_fraction(fraction, threshold, per_label)
     out = Path(out)
     if labels is None:
@@ -148,7 +170,9 @@ def curate(
         labels = class_names(ps.classes)
     labels = parse_labels(list(labels))
     cache_dir = Path(cache) if cache else out / "cache"
-    emb_cache, fkeys, ok = teacher_embeddings(ps, teacher, cache_dir, views, batch_size, progress)
+    emb_cache, fkeys, ok = teacher_embeddings(
+        ps, teacher, cache_dir, views, batch_size, progress, primary_spec
+    )
     n_failed = len(ps.records) - len(ok)
     emb = emb_cache.targets(fkeys, view=0)
     temb = text_embeddings(teacher, labels, templates)

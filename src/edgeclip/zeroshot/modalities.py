@@ -115,10 +115,15 @@ def exported_embedder(result_json: str | Path, teacher=None) -> PairEmbedder:
 
 
 def teacher_embedder(teacher, primary: str) -> PairEmbedder:
+    """The teacher as a PairEmbedder: RGB, and any 3-channel modality fed to it as if it were RGB (a replicated
+    1-channel map, a false-colour band set): how a CLIP user would feed it, the baseline a student must beat."""
+
     @torch.no_grad()
     def f(m: str, x01: torch.Tensor) -> torch.Tensor:
-        if m != primary:
-            raise EdgeClipError("the teacher only sees RGB")
+        if getattr(x01, "ndim", 0) != 4 or x01.shape[1] != 3:
+            raise EdgeClipError(
+                f"the teacher reads RGB-like (B, 3, H, W) batches; {m} gave shape {tuple(getattr(x01, 'shape', ()))}"
+            )
         x = x01.float()
         if x.shape[-1] != teacher.image_size:
             x = F.interpolate(x, size=(teacher.image_size,) * 2, mode="bicubic", align_corners=False).clamp(
@@ -192,7 +197,9 @@ def evaluate_pairs(
         labels = data.labels
     out: dict = {"classes": names, "n": len(data), "templates": list(templates)}
     temb = text_embeddings(teacher, names, templates)
-    out["teacher"] = {primary: zero_shot(teacher_embedder(teacher, primary), data, primary, temb, labels)}
+    te = teacher_embedder(teacher, primary)
+    # the teacher on RGB, and on each other 3-channel modality as a CLIP user would feed it
+    out["teacher"] = {m: zero_shot(te, data, m, temb, labels) for m in modalities if data.x[m].shape[1] == 3}
     for name, emb in models.items():
         out[name] = {m: zero_shot(emb, data, m, temb, labels) for m in modalities}
     return out
@@ -209,11 +216,13 @@ def evaluate_pair_student(
     max_images: int = 0,
     seed: int = 0,
     exclude: dict | None = None,
+    split: str | None = None,
 ) -> dict:
     """Top-1 per modality on labelled paired data: the teacher (recorded by the student) on RGB, the stage-1
     student fp32 and each int8 export (qat.json / ptq.json; a list is named by file stem, a dict by its keys)
     on every modality. ``max_images``: a seeded sample. ``exclude: {max_images: N, seed: S}`` leaves out the
-    N pairs a training run with those settings drew from the same folder: a validation split of a train folder."""
+    N pairs a training run with those settings drew from the same folder: a validation split of a train folder.
+    ``split``: only that split's pairs (splits.json or train/val/test folders)."""
     import random
 
     from edgeclip.data.pairs import open_pairs, preload_pairs
@@ -222,7 +231,7 @@ def evaluate_pair_student(
 
     model, pre, ck = load_pair_student(student)
     teacher = teacher_of(ck, f"student {student}", near=student)
-    ps = open_pairs(data, list(modalities) if modalities else None, model.primary, dict(derive or {}))
+    ps = open_pairs(data, list(modalities) if modalities else None, model.primary, dict(derive or {}), split)
     keep = list(range(len(ps)))
     if exclude:
         n_ex = int(exclude.get("max_images", 0))

@@ -40,6 +40,7 @@ class PairDataConfig:
     primary: str | None = None
     derive: dict[str, str] = field(default_factory=dict)  # e.g. {"mono": "luminance"}
     modality: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-modality ModalitySpec settings
+    split: str | None = None  # only the pairs of this split (splits.json or train/val/test folders)
     manifest: str | None = None  # curation manifest: train on its kept pairs
     classes: list[str] | None = None  # only pairs of these (folder) classes: the unseen-class protocol
     cache: str | None = None  # teacher-embedding cache folder (default OUT/cache)
@@ -69,7 +70,7 @@ def prepare_pairs(
     """Open, filter (classes, manifest, max_images), cache teacher targets, and preload the pairs."""
     if not cfg.data:
         raise EdgeClipError("no training data given (--data or `data:` in the config)")
-    ps = open_pairs(cfg.data, cfg.modalities, cfg.primary, cfg.derive)
+    ps = open_pairs(cfg.data, cfg.modalities, cfg.primary, cfg.derive, cfg.split)
     info: dict[str, Any] = {"pairs_found": len(ps), "skipped_unpaired": len(ps.skipped)}
     if cfg.classes:
         if not ps.classes:
@@ -91,11 +92,13 @@ def prepare_pairs(
         idx = sorted(random.Random(cfg.seed).sample(range(len(ps)), cfg.max_images))
         ps = ps.subset(idx)
     cache_dir = Path(cfg.cache) if cfg.cache else Path(cfg.out) / "cache"
-    cache, fkeys, ok = teacher_embeddings(ps, teacher, cache_dir, cfg.views, progress=progress)
+    specs = default_specs(ps, cfg.modality)
+    cache, fkeys, ok = teacher_embeddings(
+        ps, teacher, cache_dir, cfg.views, progress=progress, primary_spec=specs[ps.primary]
+    )
     info["skipped_unreadable_rgb"] = len(ps) - len(ok)
     fk_by_key = {ps.records[i].key: k for i, k in zip(ok, fkeys)}
     ps = ps.subset(ok)
-    specs = default_specs(ps, cfg.modality)
     data = preload_pairs(ps, specs, size, strict=cfg.strict, progress=progress)
     info["skipped_bad_pairs"] = len(data.skipped) - len(ps.skipped)
     info["skipped_examples"] = data.skipped[:20]

@@ -1,0 +1,203 @@
+"""#30's readers: multi-band GeoTIFFs read as named band sets (Sentinel-2), paired folders with a splits.json or
+train/val/test folders (RoadScene, LLVIP-like layouts), and bad pairs skipped and counted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.core.modality import (
+    BAND_SETS,
+    ModalitySpec,
+    band_indices,
+    read_modality,
+    render_rgb,
+    rendering_key,
+)
+from edgeclip.data.pairs import default_specs, open_pairs, preload_pairs
+
+BANDS = {
+    "rgb": {"bands": "rgb", "scale": 3000},
+    "swir": {"bands": "swir", "scale": 5000},
+}
+
+
+def _tile(path: Path, seed: int, bands: int = 13, size: int = 16) -> np.ndarray:
+    """A Sentinel-2-like tile: band b holds 100 * (b + 1) + noise (uint16, HxWxB as EuroSAT stores it)."""
+    rng = np.random.default_rng(seed)
+    a = (np.arange(bands) * 100 + 100)[None, None, :] + rng.integers(0, 50, (size, size, bands))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, a.astype(np.uint16))
+    return a.astype(np.uint16)
+
+
+def _eurosat_like(root: Path) -> dict:
+    tiles = {}
+    for c in ("Forest", "River"):
+        for i in range(3):
+            tiles[f"{c}/{c}_{i}"] = _tile(root / c / f"{c}_{i}.tif", seed=hash((c, i)) % 1000)
+    (root / "River" / "River_bad.tif").write_bytes(b"II*\x00 this is not a tiff")  # corrupt
+    _tile(root / "Forest" / "Forest_rgbonly.tif", seed=9, bands=3)  # 3 bands: no SWIR in it
+    whole = (root / "Forest" / "Forest_0.tif").read_bytes()
+    (root / "River" / "River_cut.tif").write_bytes(whole[: len(whole) // 2])  # truncated
+    return tiles
+
+
+def test_band_sets_name_sentinel2_bands():
+    assert band_indices("rgb") == [3, 2, 1] and band_indices("nir") == [7]
+    assert band_indices("swir") == [10, 11, 12]  # B11, B12 and B8A (last in EuroSAT's files)
+    assert band_indices(["B08", 3]) == [7, 3]
+    assert set(BAND_SETS) >= {"rgb", "nir", "swir", "false_colour"}
+    for bad, why in [
+        ("thermal", "unknown band set"),
+        (["B13"], "unknown sentinel2 band"),
+        ([-1], "negative"),
+    ]:
+        with pytest.raises(EdgeClipError, match=why):
+            band_indices(bad)
+    with pytest.raises(EdgeClipError, match="derive 'bands' needs"):
+        ModalitySpec("swir", derive="bands")
+    with pytest.raises(EdgeClipError, match="modality x: unknown band set"):
+        ModalitySpec("x", bands="ultraviolet")
+
+
+def test_a_multiband_tile_reads_as_its_band_sets(tmp_path):
+    a = _tile(tmp_path / "t.tif", seed=1)
+    x = read_modality(tmp_path / "t.tif", ModalitySpec("swir", bands="swir", scale=5000))
+    want = a[..., [10, 11, 12]].transpose(2, 0, 1) / 5000
+    assert x.shape == (3, 16, 16) and np.allclose(x, want, atol=1e-6)
+    rgb = render_rgb(tmp_path / "t.tif", ModalitySpec("rgb", bands="rgb", scale=3000))
+    assert rgb.mode == "RGB" and rgb.size == (16, 16)
+    assert np.allclose(np.asarray(rgb)[..., 0], np.round(a[..., 3] / 3000 * 255), atol=1)  # red is B04
+    # another rendering of the same file is another cache entry
+    assert rendering_key(ModalitySpec("a", bands="rgb", scale=3000)) != rendering_key(
+        ModalitySpec("a", bands="rgb", scale=4000)
+    )
+
+
+def test_a_multispectral_folder_pairs_rgb_with_other_bands_and_skips_bad_tiles(tmp_path):
+    root = tmp_path / "ms"
+    tiles = _eurosat_like(root)
+    ps = open_pairs(root, derive={"swir": "bands"})
+    assert ps.classes == ["Forest", "River"] and len(ps) == 9
+    d = preload_pairs(ps, default_specs(ps, BANDS), 16)
+    assert len(d) == 6 and len(d.skipped) == 3  # corrupt, truncated, 3 bands: each skipped with its reason
+    assert sum("corrupt or unreadable TIFF" in s for s in d.skipped) == 2
+    assert any("3 bands, but modality rgb's band set 'rgb' needs band 4" in s for s in d.skipped)
+    i = d.keys.index("Forest/Forest_0")
+    a = tiles["Forest/Forest_0"]
+    assert torch.allclose(
+        d.x["swir"][i].float(),
+        torch.from_numpy(a[..., [10, 11, 12]].transpose(2, 0, 1) / 5000).float(),
+        atol=2e-3,
+    )
+    assert torch.allclose(
+        d.x["rgb"][i].float(),
+        torch.from_numpy(a[..., [3, 2, 1]].transpose(2, 0, 1) / 3000).float(),
+        atol=2e-3,
+    )
+
+
+def _paired(root: Path, names: list[str], ir_names: list[str], size=(40, 30)):
+    for n in names:
+        (root / "rgb").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(
+            np.random.default_rng(len(n)).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        ).save(root / "rgb" / n)
+    for n in ir_names:
+        (root / "ir").mkdir(parents=True, exist_ok=True)
+        w, h = (size[0] * 2, size[1]) if n.startswith("big") else size
+        Image.fromarray(np.random.default_rng(len(n)).integers(1, 255, (h, w), dtype=np.uint8)).save(
+            root / "ir" / n
+        )
+
+
+def test_roadscene_layout_with_splits_json(tmp_path):
+    root = tmp_path / "road"
+    _paired(
+        root, ["a.jpg", "b.jpg", "c.jpg", "big.jpg", "lonely.jpg"], ["a.jpg", "b.jpg", "c.jpg", "big.jpg"]
+    )
+    (root / "splits.json").write_text(
+        json.dumps({"train": ["a.jpg", "b.jpg", "big.jpg", "lonely.jpg"], "test": ["c.jpg"]})
+    )
+    ps = open_pairs(root, split="train")
+    assert sorted(r.key for r in ps.records) == ["a", "b", "big"] and any("unpaired" in s for s in ps.skipped)
+    d = preload_pairs(ps, default_specs(ps), 24)
+    assert d.keys == ["a", "b"] and any("big" in s and "80x30" in s for s in d.skipped)  # a size mismatch
+    assert d.x["ir"].shape == (2, 3, 24, 24)  # 1-channel thermal, repeated to 3
+    assert [r.key for r in open_pairs(root, split="test").records] == ["c"]
+    with pytest.raises(EdgeClipError, match="no split 'val'"):
+        open_pairs(root, split="val")
+
+
+def test_split_folders_are_splits_not_classes(tmp_path):
+    """LLVIP's layout: visible/train/x.jpg + infrared/train/x.jpg (and test/)."""
+    root = tmp_path / "llvip"
+    for split, names in (("train", ["1.jpg", "2.jpg"]), ("test", ["3.jpg"])):
+        for m, ch in (("visible", 3), ("infrared", 1)):
+            (root / m / split).mkdir(parents=True, exist_ok=True)
+            for n in names:
+                shape = (20, 20, 3) if ch == 3 else (20, 20)
+                Image.fromarray(np.full(shape, 90, np.uint8)).save(root / m / split / n)
+    ps = open_pairs(root, primary="visible", split="train")
+    assert ps.classes is None and sorted(r.key for r in ps.records) == ["train/1", "train/2"]
+    assert len(open_pairs(root, primary="visible", split="test")) == 1
+    with pytest.raises(EdgeClipError, match="no splits.json and no train/val/test"):
+        open_pairs(_flat_pairs(tmp_path), split="train")
+
+
+def _flat_pairs(tmp_path: Path) -> Path:
+    root = tmp_path / "plain"
+    _paired(root, ["a.jpg"], ["a.jpg"])
+    return root
+
+
+def test_the_real_multimodal_sets_open(shared_data):
+    """RoadScene (splits.json: 171 train / 50 test) and EuroSAT-MS (13 bands, RGB and SWIR band sets)."""
+    road = shared_data / "roadscene"
+    tr, te = open_pairs(road, split="train"), open_pairs(road, split="test")
+    assert (len(tr), len(te)) == (171, 50) and tr.modalities == ["rgb", "ir"]
+    assert not {r.key for r in tr.records} & {r.key for r in te.records}
+    d = preload_pairs(te, default_specs(te), 32)
+    assert len(d) == 50 and not d.skipped
+    ms = open_pairs(shared_data / "eurosat-ms" / "test", derive={"swir": "bands"})
+    assert len(ms.classes) == 10 and len(ms) == 54
+    d = preload_pairs(ms, default_specs(ms, BANDS), 64)
+    assert len(d) == 54 and not d.skipped and d.x["swir"].shape == (54, 3, 64, 64)
+    assert 0.05 < float(d.x["rgb"].float().mean()) < 0.6  # reflectance / 3000: neither black nor saturated
+
+
+def test_edgevl_runs_on_band_sets_of_one_tile(tmp_path, tiny_teacher):
+    """Curate -> stage 1 -> eval on multi-band tiles: the teacher caches the rendered RGB band set (a cache key of
+    its own), the student learns RGB and SWIR, and eval gives the teacher on RGB and on SWIR fed as if RGB (the
+    CLIP user's baseline) beside the student on both."""
+    from edgeclip.train.curate import CurateConfig, run_curate
+    from edgeclip.train.edgevl import PairDistillConfig, distill_pairs
+    from edgeclip.zeroshot.modalities import evaluate_pair_student
+
+    root = tmp_path / "ms"
+    _eurosat_like(root)
+    common = {"teacher": tiny_teacher, "data": str(root), "derive": {"swir": "bands"}, "modality": BANDS}
+    cur = run_curate(CurateConfig(out=str(tmp_path / "cur"), fraction=1.0, plot=False, **common))
+    # 9 tiles: corrupt, truncated, and 3 bands where the RGB band set needs B04 are counted, not scored
+    assert (cur["n_scored"], cur["skipped_unreadable"]) == (6, 3)
+    cfg = PairDistillConfig(
+        out=str(tmp_path / "s1"),
+        manifest=str(tmp_path / "cur" / "manifest.json"),
+        cache=str(tmp_path / "cur" / "cache"),
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "head_hidden": 32},
+        train={"epochs": 1, "batch_size": 4},
+        **common,
+    )
+    hist = distill_pairs(cfg)
+    assert hist["data_info"]["n_train"] == 6
+    res = evaluate_pair_student(str(root), str(tmp_path / "s1" / "student.pt"), derive={"swir": "bands"})
+    assert set(res["teacher"]) == {"rgb", "swir"} and set(res["fp32"]) == {"rgb", "swir"}
+    assert res["n"] == 6 and res["skipped"] == 3
