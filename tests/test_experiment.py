@@ -470,3 +470,19 @@ def test_choose_picks_by_the_validation_figure(tmp_path):
     for bad in ([], [0.3, "x"], [True]):
         with pytest.raises(EdgeClipError, match="candidates"):
             choose({"candidates": {"a": {"score": bad}}}, tmp_path, {})
+
+
+def test_metrics_over_seeds():
+    """{mean: [...]} and {spread: [...]} over repeats, their items metric specs themselves (a ratio per seed)."""
+    from edgeclip.lab.experiment import metric_value
+
+    stages = {f"s{i}": {"a": a, "b": 0.5} for i, a in enumerate((0.3, 0.4, 0.5))}
+    assert metric_value({"mean": ["s0.a", "s1.a", "s2.a"]}, stages) == pytest.approx(0.4)
+    sp = metric_value({"spread": [{"ratio": [f"s{i}.a", f"s{i}.b"]} for i in range(3)]}, stages)
+    assert sp["mean"] == pytest.approx(0.8) and sp["std"] == pytest.approx(0.2) and sp["n"] == 3
+    assert (sp["min"], sp["max"]) == (pytest.approx(0.6), pytest.approx(1.0))
+    assert metric_value({"spread": ["s0.a"]}, stages)["std"] == 0.0
+    assert metric_value(["s0.a", {"const": "swir"}], stages) == [0.3, "swir"]
+    for bad in ({"mean": []}, {"ratio": ["s0.a"]}, {"median": ["s0.a"]}):
+        with pytest.raises(EdgeClipError, match="bad metric spec"):
+            metric_value(bad, stages)

@@ -57,6 +57,14 @@ def test_templates_and_labels_are_checked_in_one_place():
     with pytest.raises(EdgeClipError, match="empty"):
         parse_labels(" , ")
     assert class_names(["pickup_truck", "cat"]) == ["pickup truck", "cat"]
+    # EuroSAT's folders read as words a text tower knows; acronyms and lower-case-first names stay
+    assert class_names(["AnnualCrop", "SeaLake", "Forest", "ATM", "iPhone"]) == [
+        "annual crop",
+        "sea lake",
+        "forest",
+        "ATM",
+        "iPhone",
+    ]
 
 
 @pytest.mark.parametrize(

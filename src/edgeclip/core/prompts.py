@@ -5,6 +5,7 @@ Torch-free, so the bundle runtime and the server clean labels exactly as trainin
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -120,6 +121,17 @@ def parse_examples(specs: Sequence[str] | None) -> dict[str, list[str]]:
     return out
 
 
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
 def class_names(classes: Sequence[str]) -> list[str]:
-    """ImageFolder class folders as prompt words (``pickup_truck`` -> ``pickup truck``)."""
-    return [c.replace("_", " ") for c in classes]
+    """ImageFolder class folders as prompt words: ``pickup_truck`` -> ``pickup truck``, and a capitalised or
+    CamelCase folder (e.g. EuroSAT's ``Forest``, ``AnnualCrop``, ``SeaLake``) -> ``forest``, ``annual crop``,
+    ``sea lake``; acronyms (``ATM``) stay as they are."""
+    out = []
+    for c in classes:
+        c = c.replace("_", " ")
+        if c[:1].isupper() and not c.isupper():
+            c = " ".join(w.lower() for w in _CAMEL.sub(" ", c).split())
+        out.append(c)
+    return out

@@ -272,6 +272,42 @@ def labelled_source(spec: str | os.PathLike, purpose: str, max_images: int = 0, 
     return src, recs
 
 
+def without_classes(records: list, names: list[str], exclude: list[str]) -> tuple[list, list[str]]:
+    """``records`` without the images of the ``exclude`` classes (by folder or prompt name), labels renumbered
+    over the classes kept -> (records, kept class names)."""
+    if not exclude:
+        return records, list(names)
+    from dataclasses import replace
+
+    bad = [e for e in exclude if e not in names]
+    if bad:
+        raise EdgeClipError(f"exclude_classes: unknown class {bad[0]!r} (have: {', '.join(names)})")
+    keep = [i for i, n in enumerate(names) if n not in exclude]
+    if not keep:
+        raise EdgeClipError("exclude_classes leaves no class to train on")
+    new = {old: j for j, old in enumerate(keep)}
+    recs = [replace(r, label=new[r.label]) for r in records if r.label in new]
+    return recs, [names[i] for i in keep]
+
+
+def rendered(records: list, render) -> list:
+    """``records`` shown as RGB through a ModalitySpec or its settings (``{bands: rgb, scale: 3000}`` for a
+    Sentinel-2 tile); unchanged when ``render`` is None or names no bands. The rendering joins each record's cache
+    key (another rendering of a file is another cache entry)."""
+    from dataclasses import replace
+    from functools import partial
+
+    from edgeclip.core.modality import ModalitySpec, render_rgb, rendering_key
+
+    if not render:
+        return records
+    spec = render if isinstance(render, ModalitySpec) else ModalitySpec.from_dict({"name": "rgb", **render})
+    if spec.bands is None:
+        return records
+    tag, show = "#" + rendering_key(spec), partial(render_rgb, spec=spec)
+    return [replace(r, key=r.key + tag, render=show) for r in records]
+
+
 def files_source(paths: Sequence[str | os.PathLike]) -> ImageSource:
     """Several CLI arguments (files and/or folders) as one source; missing paths are reported."""
     recs, skipped = [], []

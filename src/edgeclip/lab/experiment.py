@@ -315,17 +315,42 @@ def _run_stage(
 
 
 def metric_value(spec: Any, stages: dict) -> Any:
-    """A metric: ``stage.key.path`` into a stage result, or {ratio: [a, b]} / {diff: [a, b]} of two of them."""
+    """A metric: ``stage.key.path`` into a stage result; {ratio: [a, b]} / {diff: [a, b]} of two of them; or, over
+    repeats (seeds), {mean: [a, b, ...]} or {spread: [a, b, ...]} (mean, std, min, max, n, values). Items may be
+    metric specs themselves. A list gives a list of metrics; {const: X} is X (a fact of the experiment itself)."""
     if isinstance(spec, str):
         return _lookup({"stages": stages, **stages}, spec)
+    if isinstance(spec, list):
+        return [metric_value(v, stages) for v in spec]
     if isinstance(spec, dict) and len(spec) == 1:
-        ((op, (a, b)),) = spec.items()
-        x, y = metric_value(a, stages), metric_value(b, stages)
-        if op == "ratio":
-            return x / y if y else None
-        if op == "diff":
-            return x - y
-    raise EdgeClipError(f"bad metric spec {spec!r}: a stage.key path, or {{ratio|diff: [a, b]}}")
+        ((op, items),) = spec.items()
+        if op == "const":
+            return items
+        if op in ("ratio", "diff") and isinstance(items, list) and len(items) == 2:
+            x, y = (metric_value(v, stages) for v in items)
+            if x is None or y is None:
+                return None
+            return (x / y if y else None) if op == "ratio" else x - y
+        if op in ("mean", "spread") and isinstance(items, list) and items:
+            vals = [metric_value(v, stages) for v in items]
+            if any(v is None for v in vals):
+                return None
+            mean = sum(vals) / len(vals)
+            if op == "mean":
+                return mean
+            std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+            return {
+                "mean": mean,
+                "std": std,
+                "min": min(vals),
+                "max": max(vals),
+                "n": len(vals),
+                "values": vals,
+            }
+    raise EdgeClipError(
+        f"bad metric spec {spec!r}: a stage.key path, a list, {{ratio|diff: [a, b]}}, {{mean|spread: [a, ...]}} "
+        "or {const: X}"
+    )
 
 
 def _results(exp: dict, ctx: dict, timings: dict) -> dict[str, Any]:

@@ -47,19 +47,13 @@ def check_fraction(fraction: float | None, threshold: float | None, per_label: b
 def primary_records(ps: PairSet, spec=None) -> list[ImageRecord]:
     """Foundation image records of the RGB side of every pair (cache keys: path|size|mtime). ``spec``: the
     primary's ModalitySpec; when it names bands (an RGB band set of a multi-band file) the records render them."""
-    if spec is not None and spec.bands is not None:
-        from functools import partial
+    from edgeclip.data.sources import rendered
 
-        from edgeclip.core.modality import render_rgb, rendering_key
-
-        show, tag = partial(render_rgb, spec=spec), "#" + rendering_key(spec)
-    else:
-        show, tag = None, ""
-    out = []
+    recs = []
     for r in ps.records:
         p = Path(r.files[ps.primary])
-        out.append(ImageRecord(file_key(p) + tag, r.key, r.label, p, render=show))
-    return out
+        recs.append(ImageRecord(file_key(p), r.key, r.label, p))
+    return rendered(recs, spec)
 
 
 def teacher_embeddings(

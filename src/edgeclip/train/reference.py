@@ -50,6 +50,10 @@ class ReferenceTeacherConfig:
     label_smoothing: float = 0.0
     max_images: int = 0
     val_data: str | None = None  # ImageFolder for zero-shot top-1 after each epoch (monitoring only)
+    # classes left out of training (their images and their prompts): the open-vocabulary protocol
+    exclude_classes: list[str] = field(default_factory=list)
+    # files that are not RGB photos, shown as RGB: ModalitySpec settings, e.g. {bands: rgb, scale: 3000}
+    render: dict | None = None
     out: str = "runs/reference_teacher"
     train: dict = field(
         default_factory=dict
@@ -86,11 +90,13 @@ class ReferenceTeacherTask(Task):
     def setup(self, trainer: Trainer) -> None:
         """Runs after the Trainer has seeded every RNG: the same seed builds the same tower."""
         from edgeclip.data.memory import MemoryImages, preload
-        from edgeclip.data.sources import labelled_source, open_source
+        from edgeclip.data.sources import labelled_source, open_source, rendered, without_classes
 
         c = self.cfg
         src, recs = labelled_source(c.data, "training the reference teacher", c.max_images, self.seed)
-        self.classes = class_names(src.classes)
+        names = class_names(src.classes)
+        recs, self.classes = without_classes(recs, names, c.exclude_classes)
+        recs = rendered(recs, c.render)
         x, kept, self.skipped = preload(recs, c.img_size, progress=self.progress)
         self.n_train = len(kept)
         labels = torch.tensor([recs[i].label for i in kept])
@@ -110,8 +116,10 @@ class ReferenceTeacherTask(Task):
         self.val = None
         if c.val_data:
             vsrc = open_source(c.val_data)
-            vx, vkept, _ = preload(vsrc.records, c.img_size, progress=False)
-            self.val = (vx, torch.tensor([vsrc.records[i].label for i in vkept]))
+            vrecs, _ = without_classes(vsrc.records, class_names(vsrc.classes or []), c.exclude_classes)
+            vrecs = rendered(vrecs, c.render)
+            vx, vkept, _ = preload(vrecs, c.img_size, progress=False)
+            self.val = (vx, torch.tensor([vrecs[i].label for i in vkept]))
 
     def training_step(self, model, batch):
         from edgeclip.data.memory import augment_batch, normalize
@@ -134,6 +142,10 @@ class ReferenceTeacherTask(Task):
     def save(self, model, out_dir: Path, history: dict) -> None:
         c = self.cfg
         info = {"data": str(c.data), "classes": self.classes, "templates": list(c.templates)}
+        if c.exclude_classes:
+            info["excluded_classes"] = list(c.exclude_classes)
+        if c.render:
+            info["render"] = dict(c.render)
         save_tower(
             model,
             out_dir,

@@ -152,8 +152,13 @@ def zero_shot(
     ]
     dt = time.perf_counter() - t0
     n = sum(len(e) for e in embs)
-    top1 = accuracy(topk(np.concatenate(embs), text_emb.numpy(), 1), labels.numpy())["top1"] if n else 0.0
-    return {"top1": top1, "n": n, "images_per_s": n / dt if dt > 0 else 0.0}
+    if not n:
+        return {"top1": 0.0, "n": 0, "images_per_s": 0.0, "per_class": {}}
+    pred = topk(np.concatenate(embs), text_emb.numpy(), 1)
+    y = labels.numpy()
+    per_class = {int(c): float((pred[y == c, 0] == c).mean()) for c in np.unique(y)}
+    top1 = accuracy(pred, y)["top1"]
+    return {"top1": top1, "n": n, "images_per_s": n / dt if dt > 0 else 0.0, "per_class": per_class}
 
 
 def evaluate_pairs(
@@ -197,11 +202,17 @@ def evaluate_pairs(
         labels = data.labels
     out: dict = {"classes": names, "n": len(data), "templates": list(templates)}
     temb = text_embeddings(teacher, names, templates)
+
+    def scored(emb: Embed, m: str) -> dict:
+        r = zero_shot(emb, data, m, temb, labels)
+        r["per_class"] = {names[c]: v for c, v in r["per_class"].items()}  # top-1 on each class's images
+        return r
+
     te = teacher_embedder(teacher, primary)
     # the teacher on RGB, and on each other 3-channel modality as a CLIP user would feed it
-    out["teacher"] = {m: zero_shot(te, data, m, temb, labels) for m in modalities if data.x[m].shape[1] == 3}
+    out["teacher"] = {m: scored(te, m) for m in modalities if data.x[m].shape[1] == 3}
     for name, emb in models.items():
-        out[name] = {m: zero_shot(emb, data, m, temb, labels) for m in modalities}
+        out[name] = {m: scored(emb, m) for m in modalities}
     return out
 
 
