@@ -201,3 +201,40 @@ def test_edgevl_runs_on_band_sets_of_one_tile(tmp_path, tiny_teacher):
     res = evaluate_pair_student(str(root), str(tmp_path / "s1" / "student.pt"), derive={"swir": "bands"})
     assert set(res["teacher"]) == {"rgb", "swir"} and set(res["fp32"]) == {"rgb", "swir"}
     assert res["n"] == 6 and res["skipped"] == 3
+
+
+def test_agreement_with_the_teacher_needs_no_labels(tmp_path, shapes, tiny_teacher):
+    """RoadScene's measure on a tiny thermal-like set: every model's reading of the infrared frame against the
+    teacher's reading of the paired RGB frame (agreement over a vocabulary, mean cosine), with the teacher and an
+    RGB student fed the infrared frame as baselines; the split comes from splits.json."""
+    from edgeclip.train.edgevl import PairDistillConfig, distill_pairs
+    from edgeclip.zeroshot.modalities import evaluate_agreement
+
+    root = tmp_path / "road"
+    names = []
+    for f in sorted(Path(shapes["train"]).rglob("*.jpg"))[:16]:
+        n = f"{f.parent.name}_{f.name}"
+        names.append(n)
+        img = Image.open(f).convert("RGB")
+        (root / "rgb").mkdir(parents=True, exist_ok=True)
+        (root / "ir").mkdir(parents=True, exist_ok=True)
+        img.save(root / "rgb" / n)
+        img.convert("L").save(root / "ir" / n)  # a 1-channel 8-bit frame, as RoadScene's thermal JPEGs
+    (root / "splits.json").write_text(json.dumps({"train": names[:12], "test": names[12:]}))
+    cfg = PairDistillConfig(
+        teacher=tiny_teacher,
+        data=str(root),
+        split="train",
+        out=str(tmp_path / "s1"),
+        student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "head_hidden": 32},
+        train={"epochs": 1, "batch_size": 4},
+    )
+    assert distill_pairs(cfg)["data_info"]["n_train"] == 12
+    student = str(tmp_path / "s1" / "student.pt")
+    vocab = ["a circle", "a square", "a star", "a triangle"]
+    res = evaluate_agreement(str(root), student, vocab, rgb_students={"rgb_student": student}, split="test")
+    assert res["n"] == 4 and res["skipped"] == 0 and sum(res["teacher_rgb_label_counts"].values()) == 4
+    for name in ("teacher", "rgb_student", "fp32"):
+        r = res[name]["ir"]
+        assert 0 <= r["agreement"] <= 1 and -1 <= r["cosine"] <= 1 and r["n"] == 4
+    assert "rgb" not in res["teacher"]  # the reference itself is not scored against itself

@@ -189,6 +189,18 @@ def _edgevl_eval(cfg: dict, out: Path, ctx: dict) -> dict:
     return evaluate_pair_student(**cfg)
 
 
+@TASKS.register(
+    "edgevl-agreement",
+    help="no human labels: each model's reading of the non-RGB frames against the teacher's reading of the paired "
+    "RGB frames (top-1 agreement over a vocabulary, mean cosine): {data, split, student, labels, templates, onnx: "
+    "{name: qat.json}, rgb_students: {name: ckpt}, derive}",
+)
+def _edgevl_agreement(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.zeroshot.modalities import evaluate_agreement
+
+    return evaluate_agreement(**cfg)
+
+
 # --------------------------------------------------------------------------------------- edge bundle
 @TASKS.register(
     "bundle",

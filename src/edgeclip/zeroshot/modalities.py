@@ -276,3 +276,99 @@ def evaluate_pair_student(
     )
     res["skipped"] = len(d.skipped)
     return res
+
+
+def rgb_student_embedder(path: str | Path, teacher=None) -> PairEmbedder:
+    """A plain (RGB) student checkpoint as a PairEmbedder: any 3-channel [0, 1] batch is resized to its input size
+    and normalised as RGB - the baseline of an RGB model fed another modality directly."""
+    from edgeclip.models.student import load_student
+
+    model, pre, _ = load_student(path)
+    model.eval()
+    mean, std = torch.tensor(pre.mean).view(1, -1, 1, 1), torch.tensor(pre.std).view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def f(m: str, x01: torch.Tensor) -> torch.Tensor:
+        x = x01.float()
+        if x.shape[-1] != pre.size:
+            x = F.interpolate(x, size=(pre.size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        return model((x - mean) / std)
+
+    return PairEmbedder(f"RGB student {Path(path).name}", f, teacher, "rgb", pre.size)
+
+
+def agreement_with_teacher(
+    data: PairTensors,
+    primary: str,
+    modalities: Sequence[str],
+    models: dict[str, Embed],
+    teacher,
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    bs: int = 64,
+) -> dict:
+    """How well each model reads each non-RGB modality, with no human labels: the reference is the teacher's
+    reading of the paired RGB frame. Per model and modality: top-1 agreement over the ``labels`` vocabulary
+    (prompt ensemble) with the teacher-on-RGB's top-1, and the mean cosine to the teacher's RGB embedding."""
+    temb = text_embeddings(teacher, list(labels), templates).numpy()
+
+    def embed(e: Embed, m: str) -> np.ndarray:
+        return unit(
+            np.concatenate(
+                [e(m, data.x[m][i : i + bs]).float().cpu().numpy() for i in range(0, len(data), bs)]
+            )
+        )
+
+    ref = embed(teacher_embedder(teacher, primary), primary)
+    ref_top = topk(ref, temb, 1)[:, 0]
+    out: dict = {
+        "n": len(data),
+        "labels": list(labels),
+        "teacher_rgb_label_counts": {labels[i]: int((ref_top == i).sum()) for i in np.unique(ref_top)},
+    }
+    for name, e in models.items():
+        out[name] = {}
+        for m in modalities:
+            if m == primary:
+                continue
+            emb = embed(e, m)
+            top = topk(emb, temb, 1)[:, 0]
+            out[name][m] = {
+                "agreement": float((top == ref_top).mean()),
+                "cosine": float((emb * ref).sum(1).mean()),
+                "n": len(emb),
+            }
+    return out
+
+
+def evaluate_agreement(
+    data: str,
+    student: str,
+    labels: Sequence[str],
+    onnx: dict[str, str] | None = None,
+    rgb_students: dict[str, str] | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    derive: dict | None = None,
+    modalities: Sequence[str] | None = None,
+    split: str | None = None,
+) -> dict:
+    """:func:`agreement_with_teacher` on a paired folder (its ``split``), for the teacher fed the non-RGB frame as
+    if RGB, the stage-1 ``student`` (fp32), its int8 exports (``onnx``: {name: qat.json / ptq.json}) and plain RGB
+    students fed the non-RGB frame (``rgb_students``: {name: checkpoint})."""
+    from edgeclip.data.pairs import open_pairs, preload_pairs
+    from edgeclip.models.pair import load_pair_student
+    from edgeclip.models.teachers import teacher_of
+
+    model, pre, ck = load_pair_student(student)
+    teacher = teacher_of(ck, f"student {student}", near=student)
+    ps = open_pairs(data, list(modalities) if modalities else None, model.primary, dict(derive or {}), split)
+    d = preload_pairs(ps, model.specs, pre.size)
+    models = {
+        "teacher": teacher_embedder(teacher, ps.primary),
+        **{k: rgb_student_embedder(p, teacher) for k, p in (rgb_students or {}).items()},
+        "fp32": torch_embedder(model, teacher, pre.size),
+        **{k: exported_embedder(p, teacher) for k, p in (onnx or {}).items()},
+    }
+    res = agreement_with_teacher(d, ps.primary, ps.modalities, models, teacher, labels, templates)
+    res["skipped"] = len(d.skipped)
+    return res
