@@ -201,16 +201,42 @@ def test_edgevl_runs_on_band_sets_of_one_tile(tmp_path, tiny_teacher):
     res = evaluate_pair_student(str(root), str(tmp_path / "s1" / "student.pt"), derive={"swir": "bands"})
     assert set(res["teacher"]) == {"rgb", "swir"} and set(res["fp32"]) == {"rgb", "swir"}
     assert res["n"] == 6 and res["skipped"] == 3
+    # a SWIR bundle: reads 13-band tiles (GeoTIFF paths or uploaded bytes), refuses 3-band ones and photos
+    from edgeclip.core.modality import ModalityError
+    from edgeclip.export.bundle import BundleConfig, run_export
+    from edgeclip.runtime.labeler import Labeler
+
+    b = tmp_path / "swir_bundle"
+    man = run_export(
+        BundleConfig(
+            student=str(tmp_path / "s1" / "student.pt"),
+            out=str(b),
+            labels="forest,river",
+            calib=str(root),
+            calib_images=8,
+            modality="swir",
+            int8_variants=["qdq_per_channel"],
+        )
+    )
+    assert (
+        man["input"]["modality"] == "swir"
+        and json.loads((b / "preprocess.json").read_text())["modality"]["bands"] == "swir"
+    )
+    lab = Labeler(b)
+    tile = root / "Forest" / "Forest_0.tif"
+    e = lab.embed([tile, tile.read_bytes()])
+    assert e.shape == (2, lab.embed_dim) and float(e[0] @ e[1]) > 0.9999
+    with pytest.raises(ModalityError, match="3 bands, but modality swir's band set 'swir' needs band 13"):
+        lab.embed([root / "Forest" / "Forest_rgbonly.tif"])
 
 
-def test_agreement_with_the_teacher_needs_no_labels(tmp_path, shapes, tiny_teacher):
-    """RoadScene's measure on a tiny thermal-like set: every model's reading of the infrared frame against the
-    teacher's reading of the paired RGB frame (agreement over a vocabulary, mean cosine), with the teacher and an
-    RGB student fed the infrared frame as baselines; the split comes from splits.json."""
+@pytest.fixture(scope="module")
+def ir_pairs(tmp_path_factory, shapes, tiny_teacher):
+    """A tiny RoadScene-like set (rgb/ + 1-channel ir/ + splits.json) and a stage-1 student of it."""
     from edgeclip.train.edgevl import PairDistillConfig, distill_pairs
-    from edgeclip.zeroshot.modalities import evaluate_agreement
 
-    root = tmp_path / "road"
+    tmp = tmp_path_factory.mktemp("road")
+    root = tmp / "road"
     names = []
     for f in sorted(Path(shapes["train"]).rglob("*.jpg"))[:16]:
         n = f"{f.parent.name}_{f.name}"
@@ -225,12 +251,21 @@ def test_agreement_with_the_teacher_needs_no_labels(tmp_path, shapes, tiny_teach
         teacher=tiny_teacher,
         data=str(root),
         split="train",
-        out=str(tmp_path / "s1"),
+        out=str(tmp / "s1"),
         student={"arch": "shufflenet_v2_x0_5", "img_size": 32, "head_hidden": 32},
         train={"epochs": 1, "batch_size": 4},
     )
     assert distill_pairs(cfg)["data_info"]["n_train"] == 12
-    student = str(tmp_path / "s1" / "student.pt")
+    return root, str(tmp / "s1" / "student.pt"), names
+
+
+def test_agreement_with_the_teacher_needs_no_labels(ir_pairs):
+    """RoadScene's measure on a tiny thermal-like set: every model's reading of the infrared frame against the
+    teacher's reading of the paired RGB frame (agreement over a vocabulary, mean cosine), with the teacher and an
+    RGB student fed the infrared frame as baselines; the split comes from splits.json."""
+    from edgeclip.zeroshot.modalities import evaluate_agreement
+
+    root, student, _ = ir_pairs
     vocab = ["a circle", "a square", "a star", "a triangle"]
     res = evaluate_agreement(str(root), student, vocab, rgb_students={"rgb_student": student}, split="test")
     assert res["n"] == 4 and res["skipped"] == 0 and sum(res["teacher_rgb_label_counts"].values()) == 4
@@ -238,3 +273,95 @@ def test_agreement_with_the_teacher_needs_no_labels(tmp_path, shapes, tiny_teach
         r = res[name]["ir"]
         assert 0 <= r["agreement"] <= 1 and -1 <= r["cosine"] <= 1 and r["n"] == 4
     assert "rgb" not in res["teacher"]  # the reference itself is not scored against itself
+
+
+def test_an_infrared_bundle_reads_thermal_frames_and_refuses_rgb(ir_pairs, tmp_path):
+    """export --modality ir: the bundle records the modality, its spec and its 1-channel input; the torch-free
+    runtime reads a thermal frame as training did (same embedding), takes a grey frame saved as RGB, and refuses a
+    colour photo in one line instead of converting it."""
+    from edgeclip.core.modality import ModalityError
+    from edgeclip.export.bundle import BundleConfig, run_export
+    from edgeclip.models.pair import load_pair_student
+    from edgeclip.runtime.labeler import Labeler
+
+    root, student, names = ir_pairs
+    out = tmp_path / "ir_bundle"
+    cfg = BundleConfig(
+        student=student,
+        out=str(out),
+        labels="circle,square,star",
+        calib=str(root / "ir"),
+        calib_images=12,
+        modality="ir",
+        int8_variants=["qdq_per_channel"],  # one int8 recipe: the choice among them is tested elsewhere
+    )
+    man = run_export(cfg)
+    assert (
+        man["input"]["modality"] == "ir"
+        and man["input"]["file_channels"] == 1
+        and man["input"]["channels"] == 3
+    )
+    pre = json.loads((out / "preprocess.json").read_text())
+    assert pre["modality"]["name"] == "ir" and pre["in_channels"] == 1
+    lab = Labeler(out, precision="fp32")
+    frame = root / "ir" / names[-1]
+    got = lab.embed([frame])[0]
+    model, _, _ = load_pair_student(student)
+    d = preload_pairs(open_pairs(root, split="test"), model.specs, 32)
+    i = d.keys.index(Path(names[-1]).stem)
+    want = torch.nn.functional.normalize(model.embed_unit(d.x["ir"][i : i + 1].float(), "ir"), dim=-1)[0]
+    assert float(np.dot(got, want.detach().numpy())) > 0.99  # the runtime reads the frame as training did
+    grey_rgb = Image.open(frame).convert("RGB")  # a thermal JPEG saved with 3 equal channels
+    assert float(np.dot(lab.embed([grey_rgb])[0], got)) > 0.999
+    assert lab.label(frame, topk=1)[0]["label"] in ("circle", "square", "star")
+    with pytest.raises(ModalityError, match="reads ir input with 1 channel; this one has 3"):
+        lab.embed([root / "rgb" / names[-1]])
+
+
+def test_watching_an_infrared_video_scored_against_the_teacher_on_rgb(
+    ir_pairs, shared_data, tiny_teacher, tmp_path
+):
+    """#30: an infrared bundle watches a grey H.264 video made of RoadScene's 50 thermal test frames with two text
+    rules ("a person", "a car"; "an empty road" as background); each frame's truth is the teacher's reading of
+    the paired RGB frame, and the events are scored against it (precision, recall). The student here is the tiny
+    test one, so the figures are computed, not judged: what is tested is that the infrared path runs end to end."""
+    from edgeclip.core.images import load_image
+    from edgeclip.export.bundle import BundleConfig, run_export
+    from edgeclip.lab.video import make_slideshow, precision_recall
+    from edgeclip.runtime.labeler import Labeler
+    from edgeclip.runtime.watch import load_rules, watch
+    from edgeclip.zeroshot.embedder import load_embedder
+    from edgeclip.zeroshot.scores import topk
+
+    _, student, _ = ir_pairs
+    road = shared_data / "roadscene"
+    te = open_pairs(road, split="test")
+    labels = ["a person", "a car", "an empty road"]
+    t = load_embedder(teacher=tiny_teacher)
+    read = topk(
+        t.embed([load_image(r.files["rgb"]) for r in te.records]), t.text(labels, ["a photo of {}."]), 1
+    )
+    segments = [(r.files["ir"], 0.3, labels[int(k[0])]) for r, k in zip(te.records, read)]
+    truth = make_slideshow(segments, tmp_path / "ir.mp4", size=(256, 128), fps=10)
+    bundle = tmp_path / "ir_bundle"
+    run_export(
+        BundleConfig(
+            student=student, out=str(bundle), labels=labels, calib=str(road / "ir"), calib_images=8,
+            quant="none", modality="ir",
+        )
+    )  # fmt: skip
+    rules = {
+        "sample": {"every": 1},
+        "batch": 8,
+        "background": ["an empty road"],
+        "rules": [
+            {"name": "person", "query": "a person", "threshold": 0.4, "min_duration": 0.2},
+            {"name": "car", "query": "a car", "threshold": 0.4, "min_duration": 0.2},
+        ],
+    }
+    s = watch(truth["path"], Labeler(bundle), load_rules(rules), tmp_path / "out", progress=False)
+    assert s["decoded"] == truth["frames"] == 150 and s["stopped"] == "end of source"
+    pr = precision_recall(tmp_path / "out" / "events.jsonl", truth, {"person": "a person", "car": "a car"})
+    for rule in ("person", "car"):
+        assert pr[rule]["segments"] == sum(seg[2] == f"a {rule}" for seg in segments)
+        assert pr[rule]["precision"] is None or 0 <= pr[rule]["precision"] <= 1

@@ -51,6 +51,11 @@ def export_cmd(
     format: str = typer.Option(
         "onnx", "--format", help="onnx | onnx,executorch | executorch (ONNX is always written)"
     ),
+    modality: str | None = typer.Option(
+        None,
+        help="an EdgeVL student's other modality (ir, depth, swir, ...): the bundle reads that input "
+        "(calibrate it on that modality's files)",
+    ),
 ):
     """Export a student to a bundle: ONNX fp32 + int8, labels.json, preprocess.json, manifest, model card."""
     from edgeclip.export.bundle import BundleConfig, run_export
@@ -73,6 +78,7 @@ def export_cmd(
         threads=threads,
         int8_variants=[v.strip() for v in int8_variants.split(",") if v.strip()] if int8_variants else None,
         formats=format,
+        modality=modality,
     )
     man = run_export(cfg, log=lambda s: typer.echo(s, err=True))
     summary = {

@@ -9,6 +9,7 @@ through this one module, so a 13-band tile or a 1-channel thermal frame means th
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -139,42 +140,61 @@ class ModalitySpec:
 
 
 # ------------------------------------------------------------------------------------------ reading
-def read_array(path: str | Path) -> np.ndarray:
-    """A modality file as HxW or HxWxC array in its own dtype. TIFFs are read with tifffile (multi-band,
-    contiguous or planar: the band axis is the smallest one and is moved last)."""
-    if Path(path).suffix.lower() in (".tif", ".tiff"):
-        if not Path(path).is_file():
-            raise ImageLoadError(f"image not found: {path}")
-        import logging
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
-        quiet = logging.getLogger("tifffile")
-        was = quiet.level
-        quiet.setLevel(
-            logging.CRITICAL
-        )  # a broken file is reported once, here, not also as tifffile warnings
-        try:
-            import tifffile
 
-            a = np.asarray(tifffile.imread(str(path)))
-        except ImportError:  # pragma: no cover - tifffile is a dependency
-            return load_array(path)
-        except Exception as e:
-            raise ImageLoadError(
-                f"corrupt or unreadable TIFF {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-            ) from None
-        finally:
-            quiet.setLevel(was)
-        if a.size == 0:
-            raise ImageLoadError(f"corrupt or unreadable TIFF {path}: no image data in it")
-        a = np.squeeze(a)
-        if a.ndim == 3 and int(np.argmin(a.shape)) == 0:
-            a = np.moveaxis(a, 0, -1)
-        if a.ndim not in (2, 3):
-            raise ImageLoadError(
-                f"{path}: expected a 2-D or multi-band image, got an array of shape {a.shape}"
-            )
-        return a
-    return load_array(path)
+def read_array(src, max_pixels: int | None = None) -> np.ndarray:
+    """A modality file (a path, or its encoded bytes) as HxW or HxWxC array in its own dtype. TIFFs are read with
+    tifffile (multi-band, contiguous or planar: the band axis is the smallest one and is moved last), their
+    declared size checked against the pixel budget before any decoding."""
+    if isinstance(src, (bytes, bytearray)):
+        if bytes(src[:4]) in TIFF_MAGIC:
+            return _read_tiff(io.BytesIO(bytes(src)), "<bytes>", max_pixels)
+        return load_array(bytes(src), max_pixels)
+    if Path(src).suffix.lower() in (".tif", ".tiff"):
+        if not Path(src).is_file():
+            raise ImageLoadError(f"image not found: {src}")
+        return _read_tiff(str(src), src, max_pixels)
+    return load_array(src, max_pixels)
+
+
+def _read_tiff(src, name, max_pixels: int | None) -> np.ndarray:
+    import logging
+
+    import tifffile
+
+    from edgeclip.core.images import max_pixels as default_budget
+
+    budget = max_pixels or default_budget()
+    quiet = logging.getLogger("tifffile")
+    was = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # a broken file is reported once, here, not also as tifffile warnings
+    try:
+        with tifffile.TiffFile(src) as tf:
+            shape = tuple(tf.series[0].shape) if tf.series else ()
+            plane = sorted(shape)[-2:] if len(shape) >= 2 else shape
+            if plane and int(np.prod(plane)) > budget:
+                raise ImageLoadError(
+                    f"TIFF {name} declares {shape}: over the pixel budget of {budget / 1e6:.0f} Mpx "
+                    "(EDGECLIP_MAX_PIXELS)"
+                )
+            a = np.asarray(tf.asarray())
+    except ImageLoadError:
+        raise
+    except Exception as e:
+        raise ImageLoadError(
+            f"corrupt or unreadable TIFF {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+    finally:
+        quiet.setLevel(was)
+    if a.size == 0:
+        raise ImageLoadError(f"corrupt or unreadable TIFF {name}: no image data in it")
+    a = np.squeeze(a)
+    if a.ndim == 3 and int(np.argmin(a.shape)) == 0:
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim not in (2, 3):
+        raise ImageLoadError(f"{name}: expected a 2-D or multi-band image, got an array of shape {a.shape}")
+    return a
 
 
 def select_bands(arr: np.ndarray, spec: ModalitySpec, name: str) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.io import sha256_file, write_json
+from edgeclip.core.modality import ModalityError, read_array
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, fill, prompt_ensemble
 from edgeclip.export.card import finish_bundle, model_card  # noqa: F401  (model_card: its earlier home)
 from edgeclip.export.slim import slim_bundle  # noqa: F401  (its earlier home)
@@ -67,9 +68,12 @@ def load_calibration(data: str, n: int, preprocess: NumpyPreprocess, seed: int =
         if len(arrs) >= n:
             break
         try:
-            arrs.append(preprocess(r.load()))
+            if preprocess.modality is not None:  # read as the bundle will read it: own depth and bands
+                arrs.append(preprocess.modality_input(r.data if r.data is not None else r.path))
+            else:
+                arrs.append(preprocess(r.load()))
             names.append(r.name)
-        except ImageLoadError as e:
+        except (ImageLoadError, ModalityError) as e:
             skipped.append(str(e))
     if not arrs:
         raise EdgeClipError(f"no readable calibration images in {data}")
@@ -108,7 +112,9 @@ def ort_latency_ms(path: Path, size: int, threads: int = 1, reps: int = 30) -> d
 
     sess = ort_session(path, threads=threads)
     name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    from edgeclip.export.choose import input_channels
+
+    x = np.random.default_rng(0).standard_normal((1, input_channels(sess), size, size)).astype(np.float32)
     return latency_ms(lambda: sess.run(None, {name: x}), warmup=5, reps=reps)
 
 
@@ -175,6 +181,8 @@ class BundleConfig:
     threads: int = 2
     int8_variants: list[str] | None = None  # build and time only these int8 recipes
     formats: Any = ("onnx",)  # onnx (always) and executorch
+    # an EdgeVL student's other modality (ir, depth, swir, ...): the bundle reads that input, its spec recorded
+    modality: str | None = None
 
     def __post_init__(self) -> None:
         from edgeclip.core.prompts import check_templates, parse_labels
@@ -193,6 +201,8 @@ class BundleConfig:
             raise EdgeClipError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
         self.labels = parse_labels(self.labels)
         self.templates = check_templates(self.templates)
+        if self.modality and "executorch" in self.formats:
+            raise EdgeClipError("a bundle of another modality is ONNX only (no ExecuTorch programs yet)")
 
 
 def export_bundle(
@@ -259,6 +269,8 @@ class _Export:
     x_cal: np.ndarray
     x_hold: np.ndarray
     skipped: list
+    npp: NumpyPreprocess  # what preprocess.json says: the runtime's reading of the input
+    npp_dict: dict
 
     @classmethod
     def load(cls, cfg: BundleConfig, log) -> _Export:
@@ -275,11 +287,15 @@ class _Export:
             )
         t = teacher_of(ck, f"student {cfg.student}", cfg.teacher, embed_dim=st.embed_dim, near=cfg.student)
         text = text_embeddings(t, cfg.labels, cfg.templates).numpy().astype(np.float32)
-        npp = NumpyPreprocess.from_dict(pp.to_dict())
+        if cfg.modality:
+            st, npp, npp_dict = modality_model(cfg.student, cfg.modality, cfg.calib)
+            log(f"modality {cfg.modality}: {npp.in_channels}-channel input, {npp.channels} into the model")
+        else:
+            npp, npp_dict = NumpyPreprocess.from_dict(pp.to_dict()), pp.to_dict()
         x_cal, x_hold, skipped = split_calibration(
             cfg.calib, cfg.calib_images, npp, cfg.holdout, cfg.seed, log
         )
-        return cls(cfg, log, st, pp, ck, t, text, is_transformer(st), x_cal, x_hold, skipped)
+        return cls(cfg, log, st, pp, ck, t, text, is_transformer(st), x_cal, x_hold, skipped, npp, npp_dict)
 
     def build(self, folder: Path) -> dict[str, Any]:
         cfg = self.cfg
@@ -305,7 +321,11 @@ class _Export:
         latency = {k: ort_latency_ms(folder / f, self.pp.size)["median_ms"] for k, f in models.items()}
         manifest = self.manifest(models, parity, quantization, latency, text_cfg, et_cfg)
         finish_bundle(folder, manifest)
-        if cfg.eval_data:
+        if cfg.eval_data and cfg.modality:
+            self.log(
+                "eval_data: zero-shot accuracy of a modality bundle is measured by `edgeclip edgevl eval`"
+            )
+        elif cfg.eval_data:
             manifest["accuracy"] = _accuracy(
                 folder,
                 cfg.student,
@@ -331,7 +351,7 @@ class _Export:
         export_onnx(
             self.st,
             folder / MODEL_FP32,
-            input_shape=(1, 3, size, size),
+            input_shape=(1, self.npp.channels, size, size),
             dynamic_axes=axes,
             opset=self.cfg.opset,
         )
@@ -379,7 +399,7 @@ class _Export:
         write_json(
             folder / PREPROCESS,
             {
-                **self.pp.to_dict(),
+                **(self.npp_dict if self.cfg.modality else self.pp.to_dict()),
                 "input_name": "image",
                 "layout": "NCHW",
                 "dtype": "float32",
@@ -416,7 +436,14 @@ class _Export:
                 "transformer": self.transformer,
             },
             "embed_dim": int(st.embed_dim),
-            "input": {"name": "image", "size": self.pp.size, "dynamic_hw": not self.transformer},
+            "input": {
+                "name": "image",
+                "size": self.pp.size,
+                "dynamic_hw": not self.transformer,
+                "modality": self.cfg.modality or "rgb",
+                "channels": self.npp.channels,
+                **({"file_channels": self.npp.in_channels} if self.cfg.modality else {}),
+            },
             "labels": cfg.labels,
             "templates": cfg.templates,
             "models": models,
@@ -458,11 +485,50 @@ def _check_formats(formats: Sequence[str] | str) -> list[str]:
     return ["onnx"] + [f for f in dict.fromkeys(fs) if f != "onnx"]
 
 
+def modality_model(student: str, modality: str, calib: str | None):
+    """An EdgeVL student's standalone model for ``modality`` (its learned conv adapter inside when it has one) and
+    the runtime preprocessing that reads that input: the modality's spec, its normalisation, the channels its files
+    hold (read from the first calibration image; any count without one), the colour map of a colormap adapter."""
+    from edgeclip.data.sources import open_source
+    from edgeclip.models.pair import load_pair_student, modality_student
+
+    pm, pp, _ = load_pair_student(student)
+    if modality not in pm.specs:
+        raise EdgeClipError(f"{student} has no modality {modality!r} (has: {', '.join(pm.specs)})")
+    spec = pm.specs[modality]
+    in_ch = None
+    if calib and spec.bands is None:
+        src = open_source(calib)
+        first = next(iter(src), None)
+        if first is None:
+            raise EdgeClipError(f"no calibration images in {calib}")
+        arr = read_array(first.data if first.data is not None else first.path)
+        in_ch = int(arr.shape[-1]) if arr.ndim == 3 else 1
+    d = {
+        "size": pp.size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "resize": "shortest",
+        "interpolation": "bilinear",  # as training resizes a modality's float maps (antialiased)
+        "modality": spec.to_dict(),
+        "in_channels": in_ch,
+    }
+    if spec.adapter == "colormap":
+        import matplotlib
+
+        d["colormap_lut"] = matplotlib.colormaps[spec.colormap](np.linspace(0, 1, 256))[:, :3].tolist()
+    return modality_student(pm, modality).eval(), NumpyPreprocess.from_dict(d), d
+
+
 def split_calibration(calib, calib_images: int, npp, holdout: float, seed: int, log):
     """(calibration images, hold-out images, unreadable ones): a hold-out share checks int8; without ``calib``,
     seeded random inputs (fp32 only)."""
     if not calib:
-        x = np.random.default_rng(seed).standard_normal((8, 3, npp.size, npp.size)).astype(np.float32)
+        x = (
+            np.random.default_rng(seed)
+            .standard_normal((8, npp.channels, npp.size, npp.size))
+            .astype(np.float32)
+        )
         return x, x, []
     x, _, skipped = load_calibration(calib, calib_images, npp, seed)
     n_hold = max(1, int(round(holdout * len(x)))) if len(x) > 1 else 0

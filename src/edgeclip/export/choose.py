@@ -174,6 +174,12 @@ def candidates(
     return out
 
 
+def input_channels(sess) -> int:
+    """The channels an ONNX image model takes (3 unless its input says otherwise: a 1-channel or band-set one)."""
+    c = sess.get_inputs()[0].shape[1]
+    return c if isinstance(c, int) and c > 0 else 3
+
+
 def time_model(path: Path, size: int, threads: int, batches=(1, 32), reps: int = 20) -> dict[str, float]:
     """Median ms per call at each batch size (after warm-up), ``threads`` ONNX Runtime threads."""
     from edgeclip.models.cost import latency_ms
@@ -183,7 +189,7 @@ def time_model(path: Path, size: int, threads: int, batches=(1, 32), reps: int =
     name = sess.get_inputs()[0].name
     out = {}
     for b in batches:
-        x = np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((b, input_channels(sess), size, size)).astype(np.float32)
         r = reps if b == 1 else max(3, reps // 4)
         out[f"batch{b}_ms"] = latency_ms(lambda x=x: sess.run(None, {name: x}), warmup=3, reps=r)["median_ms"]
     return out

@@ -96,7 +96,7 @@ class Labeler:
         """(B, D) L2-normalised float32 embeddings."""
         if not len(images):
             return np.zeros((0, self.embed_dim), np.float32)
-        x = self.preprocess.batch([to_image(im) for im in images])
+        x = self.preprocess.inputs(images)  # RGB photos, or the bundle's own modality (thermal, band sets)
         out = self.session.run(None, {self.input_name: x})[0]
         return normalise_rows(np.asarray(out, dtype=np.float32), "model output")
 

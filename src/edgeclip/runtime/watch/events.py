@@ -64,12 +64,10 @@ class Watcher:
                         )
                     e = lab.embed_labels([r.query])[0]
             else:
-                from edgeclip.runtime.labeler import to_image
-
                 missing = [p for p in r.examples if not Path(p).is_file()]
                 if missing:
                     raise EdgeClipError(f"rule {r.name!r}: example image not found: {missing[0]}")
-                e = prototype(lab.embed([to_image(p) for p in r.examples]))
+                e = prototype(lab.embed(list(r.examples)))  # read as the bundle reads its input
             names.append(f"rule:{r.name}")
             embs.append(e)
         if self.rules.background:
