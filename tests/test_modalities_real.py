@@ -228,6 +228,20 @@ def test_edgevl_runs_on_band_sets_of_one_tile(tmp_path, tiny_teacher):
     assert e.shape == (2, lab.embed_dim) and float(e[0] @ e[1]) > 0.9999
     with pytest.raises(ModalityError, match="3 bands, but modality swir's band set 'swir' needs band 13"):
         lab.embed([root / "Forest" / "Forest_rgbonly.tif"])
+    # `edgeclip label` over the tile folder with the bundle: every good tile labelled, the bad ones skipped and
+    # counted with their reasons (corrupt, truncated, 3 bands)
+    from edgeclip.cli import app
+
+    rows = tmp_path / "labels.jsonl"
+    try:
+        app(
+            ["label", str(root), "--bundle", str(b), "--labels", "forest,river", "--out", str(rows)],
+            standalone_mode=False,
+        )
+    except SystemExit as e:
+        assert e.code in (0, None)
+    got = [json.loads(x) for x in rows.read_text().splitlines()]
+    assert len(got) == 6 and all(r["labels"][0] in ("forest", "river") for r in got)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from edgeclip.core.errors import EdgeClipError
-from edgeclip.core.images import MAX_INPUT_SIZE, load_array
-from edgeclip.core.modality import ModalityError, ModalitySpec, read_array, read_modality
+from edgeclip.core.images import MAX_INPUT_SIZE
+from edgeclip.core.modality import ModalityError, ModalitySpec, read_array, read_modality, select_bands
 
 _FILTERS = {
     "nearest": Image.NEAREST,
@@ -129,20 +130,28 @@ class NumpyPreprocess:
             return np.zeros((0, self.channels, self.size, self.size), np.float32)
         return np.stack([self.modality_input(x, max_pixels) for x in items])
 
-    def modality_input(self, x, max_pixels: int | None = None) -> np.ndarray:
-        """One input of the bundle's modality -> (C, size, size) float32: read in its own bit depth and bands,
-        checked against ``in_channels``, scaled, resized and cropped, adapted, normalised."""
-        spec = self.modality
+    def read(self, x, max_pixels: int | None = None) -> np.ndarray:
+        """One input of the bundle's modality, decoded in its own depth and checked (channels, bands) but not yet
+        resized: what a loop over many files reads per file, so a bad one is skipped and counted alone."""
         name = str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
         if isinstance(x, Image.Image):
             arr = _pil_array(x)
         elif isinstance(x, np.ndarray):
             arr = x
         elif isinstance(x, (str, os.PathLike)):
-            arr = read_array(x)
+            arr = read_array(x, max_pixels)
         else:
-            arr = load_array(x, max_pixels)
+            arr = read_array(x if isinstance(x, (bytes, bytearray)) else x.getvalue(), max_pixels)
         arr = self._checked_channels(arr, name)
+        select_bands(arr, self.modality, Path(name).name)  # too few bands: this file's error, here
+        return arr
+
+    def modality_input(self, x, max_pixels: int | None = None) -> np.ndarray:
+        """One input of the bundle's modality -> (C, size, size) float32: read in its own bit depth and bands,
+        checked against ``in_channels``, scaled, resized and cropped, adapted, normalised."""
+        spec = self.modality
+        name = str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
+        arr = self.read(x, max_pixels)
         a = read_modality(name, spec, arr)  # (C, H, W) in [0, 1]
         a = np.clip(self._resized(a, masked=spec.derive is None), 0.0, 1.0)
         if spec.adapter == "repeat" and a.shape[0] == 1:

@@ -26,6 +26,13 @@ class TeacherInfo(Protocol):
     logit_scale: float
 
 
+def load_for(embedder, record):
+    """``record`` read as ``embedder`` takes its images (a modality bundle reads its own files; the rest take RGB
+    PIL images). Raises ImageLoadError or ModalityError for that one file."""
+    load = getattr(embedder, "load", None)
+    return load(record) if load is not None else record.load()
+
+
 class Embedder(Protocol):
     name: str
     teacher: TeacherInfo
@@ -108,6 +115,14 @@ class BundleEmbedder:
 
     def embed(self, images: list) -> np.ndarray:
         return unit(self.labeler.embed(images))
+
+    def load(self, record):
+        """A record as this bundle reads it: an RGB photo, or its own modality's file (a thermal frame in its
+        own depth, a multi-band tile) read and checked alone, so a bad file is skipped on its own."""
+        pre = self.labeler.preprocess
+        if getattr(pre, "modality", None) is None:
+            return record.load()
+        return pre.read(record.data if record.data is not None else record.path)
 
     def text(self, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """The bundle's precomputed embeddings of ``labels`` (made with the bundle's templates); with a bundled

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
+from edgeclip.core.modality import ModalityError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.sources import labelled_source
-from edgeclip.zeroshot.embedder import Embedder
+from edgeclip.zeroshot.embedder import Embedder, load_for
 from edgeclip.zeroshot.scores import accuracy, topk, unit
 
 
@@ -26,9 +27,9 @@ def iter_embeddings(embedder: Embedder, records, batch_size: int, skipped: list,
     batch, idx = [], []
     for i, r in enumerate(it):
         try:
-            batch.append(r.load())
+            batch.append(load_for(embedder, r))
             idx.append(i)
-        except ImageLoadError as e:
+        except (ImageLoadError, ModalityError) as e:
             skipped.append(str(e))
             continue
         if len(batch) >= batch_size:

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
+from edgeclip.core.modality import ModalityError
 from edgeclip.data.sources import ImageRecord
 from edgeclip.data.transforms import apply_view, grid_boxes
-from edgeclip.zeroshot.embedder import Embedder
+from edgeclip.zeroshot.embedder import Embedder, load_for
 
 
 def read_boxes(path: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -41,6 +42,10 @@ def read_boxes(path: str | Path) -> dict[str, list[tuple[float, float, float, fl
 
 
 def _regions(img, name: str, grid: int, boxes: dict | None) -> list[tuple[list | None, object]]:
+    if (boxes is not None or (grid and grid > 1)) and not hasattr(img, "crop"):
+        raise EdgeClipError(
+            "--grid and --boxes crop RGB photos; a bundle of another modality labels whole frames"
+        )
     if boxes is not None:
         bl = boxes.get(name) or boxes.get(Path(name).name)
         if not bl:
@@ -89,8 +94,8 @@ def label_images(
 
     for r in records:
         try:
-            img = r.load()
-        except ImageLoadError as e:
+            img = load_for(embedder, r)
+        except (ImageLoadError, ModalityError) as e:
             stats["skipped"].append(str(e))
             continue
         stats["images"] += 1
