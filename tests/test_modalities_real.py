@@ -242,6 +242,17 @@ def test_edgevl_runs_on_band_sets_of_one_tile(tmp_path, tiny_teacher):
         assert e.code in (0, None)
     got = [json.loads(x) for x in rows.read_text().splitlines()]
     assert len(got) == 6 and all(r["labels"][0] in ("forest", "river") for r in got)
+    # `edgeclip serve`: a GeoTIFF upload is labelled; a 3-band one is a 415 with one line
+    from fastapi.testclient import TestClient
+
+    from edgeclip.serve.app import create_app
+
+    with TestClient(create_app(b, threads=1), base_url="http://127.0.0.1") as client:
+        r = client.post("/label", files={"file": ("t.tif", tile.read_bytes())})
+        assert r.status_code == 200 and r.json()["labels"][0]["label"] in ("forest", "river")
+        bad = (root / "Forest" / "Forest_rgbonly.tif").read_bytes()
+        r = client.post("/label", files={"file": ("rgb.tif", bad)})
+        assert r.status_code == 415 and "needs band 13" in r.text and "\n" not in r.json()["error"]
 
 
 @pytest.fixture(scope="module")

@@ -253,16 +253,17 @@ class _Server:
         return data
 
     def decode(self, data: bytes, filename: str):
-        from edgeclip.core.modality import read_array
+        from edgeclip.core.modality import ModalityError
         from edgeclip.runtime.labeler import to_image
 
         # a bundle of another modality reads the upload in its own depth and bands (a 16-bit thermal PNG, a
-        # GeoTIFF tile), never through RGB
-        other = getattr(getattr(self.model, "preprocess", None), "modality", None) is not None
+        # GeoTIFF tile), never through RGB, and checks its channels and bands here
+        pre = getattr(self.model, "preprocess", None)
+        other = getattr(pre, "modality", None) is not None
         with self.decoding:
             try:
-                return read_array(data, self.max_pixels) if other else to_image(data, self.max_pixels)
-            except ImageLoadError as e:
+                return pre.read(data, self.max_pixels) if other else to_image(data, self.max_pixels)
+            except (ImageLoadError, ModalityError) as e:
                 raise ApiError(415, str(e).replace("<bytes>", repr(filename or "upload"))) from None
 
 
