@@ -294,9 +294,11 @@ def test_agreement_with_the_teacher_needs_no_labels(ir_pairs):
     vocab = ["a circle", "a square", "a star", "a triangle"]
     res = evaluate_agreement(str(root), student, vocab, rgb_students={"rgb_student": student}, split="test")
     assert res["n"] == 4 and res["skipped"] == 0 and sum(res["teacher_rgb_label_counts"].values()) == 4
+    assert res["majority_agreement"] == max(res["teacher_rgb_label_counts"].values()) / 4
     for name in ("teacher", "rgb_student", "fp32"):
         r = res[name]["ir"]
-        assert 0 <= r["agreement"] <= 1 and -1 <= r["cosine"] <= 1 and r["n"] == 4
+        assert 0 <= r["agreement"] <= 1 and 0 <= r["balanced_agreement"] <= 1 and -1 <= r["cosine"] <= 1
+        assert r["n"] == 4
     assert "rgb" not in res["teacher"]  # the reference itself is not scored against itself
 
 

@@ -321,10 +321,13 @@ def agreement_with_teacher(
 
     ref = embed(teacher_embedder(teacher, primary), primary)
     ref_top = topk(ref, temb, 1)[:, 0]
+    counts = {labels[i]: int((ref_top == i).sum()) for i in np.unique(ref_top)}
     out: dict = {
         "n": len(data),
         "labels": list(labels),
-        "teacher_rgb_label_counts": {labels[i]: int((ref_top == i).sum()) for i in np.unique(ref_top)},
+        "teacher_rgb_label_counts": counts,
+        # what always answering the teacher's most common reading would agree: the floor agreement must clear
+        "majority_agreement": max(counts.values()) / len(data) if len(data) else 0.0,
     }
     for name, e in models.items():
         out[name] = {}
@@ -333,8 +336,12 @@ def agreement_with_teacher(
                 continue
             emb = embed(e, m)
             top = topk(emb, temb, 1)[:, 0]
+            hit = top == ref_top
             out[name][m] = {
-                "agreement": float((top == ref_top).mean()),
+                "agreement": float(hit.mean()),
+                # the mean over the teacher's readings of the agreement within each: a model that always
+                # answers the most common one scores 1 / (readings seen), not the majority share
+                "balanced_agreement": float(np.mean([hit[ref_top == c].mean() for c in np.unique(ref_top)])),
                 "cosine": float((emb * ref).sum(1).mean()),
                 "n": len(emb),
             }
