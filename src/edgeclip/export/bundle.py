@@ -27,7 +27,7 @@ import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.io import sha256_file, write_json
-from edgeclip.core.modality import ModalityError, read_array
+from edgeclip.core.modality import ModalityError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, fill, prompt_ensemble
 from edgeclip.export.card import finish_bundle, model_card  # noqa: F401  (model_card: its earlier home)
 from edgeclip.export.slim import slim_bundle  # noqa: F401  (its earlier home)
@@ -288,6 +288,8 @@ class _Export:
         t = teacher_of(ck, f"student {cfg.student}", cfg.teacher, embed_dim=st.embed_dim, near=cfg.student)
         text = text_embeddings(t, cfg.labels, cfg.templates).numpy().astype(np.float32)
         if cfg.modality:
+            from edgeclip.export.modality import modality_model
+
             st, npp, npp_dict = modality_model(cfg.student, cfg.modality, cfg.calib)
             log(f"modality {cfg.modality}: {npp.in_channels}-channel input, {npp.channels} into the model")
         else:
@@ -483,41 +485,6 @@ def _check_formats(formats: Sequence[str] | str) -> list[str]:
         if why:
             raise EdgeClipError(f"{why}; install it with: pip install 'edgeclip[executorch]'")
     return ["onnx"] + [f for f in dict.fromkeys(fs) if f != "onnx"]
-
-
-def modality_model(student: str, modality: str, calib: str | None):
-    """An EdgeVL student's standalone model for ``modality`` (its learned conv adapter inside when it has one) and
-    the runtime preprocessing that reads that input: the modality's spec, its normalisation, the channels its files
-    hold (read from the first calibration image; any count without one), the colour map of a colormap adapter."""
-    from edgeclip.data.sources import open_source
-    from edgeclip.models.pair import load_pair_student, modality_student
-
-    pm, pp, _ = load_pair_student(student)
-    if modality not in pm.specs:
-        raise EdgeClipError(f"{student} has no modality {modality!r} (has: {', '.join(pm.specs)})")
-    spec = pm.specs[modality]
-    in_ch = None
-    if calib and spec.bands is None:
-        src = open_source(calib)
-        first = next(iter(src), None)
-        if first is None:
-            raise EdgeClipError(f"no calibration images in {calib}")
-        arr = read_array(first.data if first.data is not None else first.path)
-        in_ch = int(arr.shape[-1]) if arr.ndim == 3 else 1
-    d = {
-        "size": pp.size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "resize": "shortest",
-        "interpolation": "bilinear",  # as training resizes a modality's float maps (antialiased)
-        "modality": spec.to_dict(),
-        "in_channels": in_ch,
-    }
-    if spec.adapter == "colormap":
-        import matplotlib
-
-        d["colormap_lut"] = matplotlib.colormaps[spec.colormap](np.linspace(0, 1, 256))[:, :3].tolist()
-    return modality_student(pm, modality).eval(), NumpyPreprocess.from_dict(d), d
 
 
 def split_calibration(calib, calib_images: int, npp, holdout: float, seed: int, log):
