@@ -278,9 +278,8 @@ class _Export:
         from edgeclip.models.teachers import teacher_of
         from edgeclip.zeroshot.text import text_embeddings
 
-        st, pp, ck = load_student(
-            cfg.student
-        )  # first: a file that is no student is the news, not its options
+        loaded = load_student(cfg.student)  # first: a file that is no student is the news, not its options
+        st, pp, ck = loaded
         if cfg.quant != "none" and not cfg.calib:
             raise EdgeClipError(
                 "int8 export needs calibration images (--calib IMAGES), or --quant none for fp32 only"
@@ -290,7 +289,7 @@ class _Export:
         if cfg.modality:
             from edgeclip.export.modality import modality_model
 
-            st, npp, npp_dict = modality_model(cfg.student, cfg.modality, cfg.calib)
+            st, npp, npp_dict = modality_model(loaded, cfg.student, cfg.modality, cfg.calib)
             log(f"modality {cfg.modality}: {npp.in_channels}-channel input, {npp.channels} into the model")
         else:
             npp, npp_dict = NumpyPreprocess.from_dict(pp.to_dict()), pp.to_dict()

@@ -11,16 +11,16 @@ from edgeclip.core.modality import read_array
 from edgeclip.runtime.preprocess import NumpyPreprocess
 
 
-def modality_model(student: str, modality: str, calib: str | None):
+def modality_model(loaded, student: str, modality: str, calib: str | None):
     """An EdgeVL student's standalone model for ``modality`` (its learned conv adapter inside when it has one) and
     the runtime preprocessing that reads that input: the modality's spec, its normalisation, the channels its files
-    hold (read from the first calibration image; any count without one), the colour map of a colormap adapter."""
+    hold (read from the first calibration image; any count without one), the colour map of a colormap adapter.
+    ``loaded``: the student checkpoint as the export already loaded it (:func:`load_student`), not read again."""
     from edgeclip.data.sources import open_source
-    from edgeclip.models.pair import load_pair_student, modality_student
+    from edgeclip.models.pair import modality_student, pair_from_student
 
-    pm, pp, _ = load_pair_student(student)
-    if modality not in pm.specs:
-        raise EdgeClipError(f"{student} has no modality {modality!r} (has: {', '.join(pm.specs)})")
+    pm, pp, _ = pair_from_student(loaded, student)
+    model = modality_student(pm, modality)  # an unknown modality: its one-line error, with the ones it has
     spec = pm.specs[modality]
     in_ch = None
     if calib and spec.bands is None:
@@ -43,4 +43,4 @@ def modality_model(student: str, modality: str, calib: str | None):
         import matplotlib
 
         d["colormap_lut"] = matplotlib.colormaps[spec.colormap](np.linspace(0, 1, 256))[:, :3].tolist()
-    return modality_student(pm, modality).eval(), NumpyPreprocess.from_dict(d), d
+    return model.eval(), NumpyPreprocess.from_dict(d), d

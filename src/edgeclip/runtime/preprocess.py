@@ -133,7 +133,7 @@ class NumpyPreprocess:
     def read(self, x, max_pixels: int | None = None) -> np.ndarray:
         """One input of the bundle's modality, decoded in its own depth and checked (channels, bands) but not yet
         resized: what a loop over many files reads per file, so a bad one is skipped and counted alone."""
-        name = str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
+        name = _input_name(x)
         if isinstance(x, Image.Image):
             arr = _pil_array(x)
         elif isinstance(x, np.ndarray):
@@ -150,7 +150,7 @@ class NumpyPreprocess:
         """One input of the bundle's modality -> (C, size, size) float32: read in its own bit depth and bands,
         checked against ``in_channels``, scaled, resized and cropped, adapted, normalised."""
         spec = self.modality
-        name = str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
+        name = _input_name(x)
         arr = self.read(x, max_pixels)
         a = read_modality(name, spec, arr)  # (C, H, W) in [0, 1]
         a = np.clip(self._resized(a, masked=spec.derive is None), 0.0, 1.0)
@@ -214,3 +214,8 @@ def _grey(rgb: np.ndarray, tol: int = 4) -> bool:
     chroma rounding leaves a few levels): every channel within ``tol`` of the others."""
     a = rgb.astype(np.int32)
     return int(np.abs(a[..., 0] - a[..., 1]).max()) <= tol and int(np.abs(a[..., 0] - a[..., 2]).max()) <= tol
+
+
+def _input_name(x) -> str:
+    """How an input is named in an error: its path, else its type."""
+    return str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
