@@ -15,7 +15,7 @@ import warnings
 
 import typer
 
-from edgeclip.cli import bench, bundle, caption, checkpoint, clip4retrofit, edgevl, lab, teacher
+from edgeclip.cli import bench, bundle, caption, checkpoint, clip4retrofit, collect, edgevl, lab, teacher
 from edgeclip.core.errors import EdgeClipError
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ GROUPS = [
     (None, bench),
     ("lab", lab),
     ("checkpoint", checkpoint),
+    ("collect", collect),
 ]
 for _name, _mod in GROUPS:
     app.add_typer(_mod.app, name=_name)
@@ -78,6 +79,9 @@ EXTRAS = {
     "executorch": "executorch",
     "openvino": "openvino",
     "skimage": "demo",
+    "apsw": "fleet",
+    "sqlite_vec": "fleet",
+    "psycopg": "fleet",
 }
 
 

@@ -185,6 +185,17 @@ def watch_cmd(
     folder_fps: float = typer.Option(10.0, help="a frame folder: frames per second (time stamps)"),
     progress: bool = typer.Option(True, help="a live progress line (fps, latency, events)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line on stdout"),
+    upload: str | None = typer.Option(
+        None, help="a collector's address: send kept frames there (store-and-forward)"
+    ),
+    device_id: str | None = typer.Option(None, help="this device's id at the collector (with --upload)"),
+    token_file: Path | None = typer.Option(None, help="the device token (else $EDGECLIP_DEVICE_TOKEN)"),
+    outbox: Path | None = typer.Option(None, help="where frames wait to be sent (default OUT/outbox)"),
+    outbox_mb: float = typer.Option(
+        500.0, help="the outbox's size cap; past it the oldest frames are evicted"
+    ),
+    campaign_poll: float = typer.Option(30.0, help="seconds between campaign polls"),
+    drain_seconds: float = typer.Option(10.0, help="at the end, wait this long for the outbox to empty"),
 ):
     """Label a video / camera / frame folder in real time and keep the frames that match the rules (no torch)."""
     from edgeclip.runtime import load_bundle
@@ -192,6 +203,21 @@ def watch_cmd(
     from edgeclip.runtime.watch import load_rules, watch
 
     r = load_rules(rules)
+    link = None
+    if upload:
+        from edgeclip.runtime.watch.uplink import FleetLink, read_token
+
+        if not device_id:
+            raise EdgeClipError("--upload needs --device-id")
+        link = FleetLink(
+            outbox or Path(out) / "outbox",
+            upload,
+            device_id,
+            read_token(token_file=token_file),
+            max_bytes=int(outbox_mb * 1e6),
+            poll=campaign_poll,
+            log=lambda s: typer.echo(s, err=True),
+        )
     src = open_frames(source, fps=folder_fps, follow=follow)
     summary = watch(
         src,
@@ -202,6 +228,8 @@ def watch_cmd(
         max_frames,
         progress,
         log=lambda s: typer.echo(s, err=True),
+        link=link,
+        drain=drain_seconds,
     )
     if as_json:  # else the watcher's own closing line (stderr) says what happened, and summary.json holds it
         echo_json(summary)

@@ -309,9 +309,21 @@ def create_app(
 
 
 def _guards(app: FastAPI, s: _Server) -> None:
-    """Error handlers as one-line JSON, body and Host limits."""
-    max_upload_bytes, max_json_bytes, body_timeout = s.max_upload_bytes, s.max_json_bytes, s.body_timeout
-    allowed_hosts = s.allowed_hosts
+    install_guards(
+        app, s.max_upload_bytes, s.max_json_bytes, s.body_timeout, s.body_deadline, s.allowed_hosts
+    )
+
+
+def install_guards(
+    app: FastAPI,
+    max_upload_bytes: int,
+    max_json_bytes: int,
+    body_timeout: float,
+    body_deadline: float,
+    allowed_hosts: list[str] | None,
+) -> None:
+    """Error handlers as one-line JSON, body and Host limits: every edgeclip HTTP surface (``serve``, the fleet
+    collector) installs the same ones."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -322,7 +334,7 @@ def _guards(app: FastAPI, s: _Server) -> None:
         upload_limit=max_upload_bytes + 64 * 1024,
         json_limit=max_json_bytes,
         body_timeout=body_timeout,
-        body_deadline=s.body_deadline,
+        body_deadline=body_deadline,
     )
     # DNS rebinding: a page on another site that resolves its name to this machine is refused by Host
     from starlette.middleware.trustedhost import TrustedHostMiddleware

@@ -34,19 +34,49 @@ class _RuleState:
     peak: float = 0.0
     cool_until: float = -1.0
     frames_above: int = 0
-    pending: collections.deque = field(default_factory=collections.deque)  # pre-roll: (frame, score)
+    pending: collections.deque = field(
+        default_factory=collections.deque
+    )  # pre-roll: (frame, score, embedding)
+    memory: collections.deque = field(default_factory=collections.deque)  # embeddings of recent kept frames
+    kept_times: collections.deque = field(default_factory=collections.deque)  # stream times kept, last hour
+
+
+def event_key(run: str, rule: str, event: int, t: float) -> str:
+    """The idempotency key of a kept frame: the same run, rule, event and frame time give the same key, so a
+    frame kept again after a resume is one event to the collector."""
+    import hashlib
+
+    return hashlib.sha1(f"{run}|{rule}|{event}|{int(round(t * 1000))}".encode()).hexdigest()[:32]
 
 
 class Watcher:
     """Scores frames against the rules' queries and turns smoothed scores into events and kept frames."""
 
-    def __init__(self, labeler, rules: Rules, out: str | os.PathLike, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        labeler,
+        rules: Rules,
+        out: str | os.PathLike,
+        log: Callable[[str], None] = print,
+        sink: Callable[[dict, bytes], Any] | None = None,
+        identity: dict[str, Any] | None = None,
+    ):
         self.labeler, self.rules, self.out, self.log = labeler, rules, Path(out), log
+        self.sink, self.identity = sink, dict(identity or {})  # the outbox, and who keeps (device, run)
         self.labels = self._queries()
         self.state = {r.name: _RuleState(r) for r in rules.rules}
         self.frames_dir = self.out / "frames"
         self.kept_total = self.kept_bytes = 0
-        self.stats = {"decoded": 0, "sampled": 0, "events": 0, "kept_frames": 0, "dropped_by_caps": 0}
+        self.stats = {
+            "decoded": 0,
+            "sampled": 0,
+            "events": 0,
+            "kept_frames": 0,
+            "dropped_by_caps": 0,
+            "dropped_as_near_duplicates": 0,
+            "dropped_by_rate": 0,
+            "rule_switches": 0,
+        }
         self.latencies: list[float] = []
         self.batch_ms: list[float] = []
 
@@ -79,27 +109,63 @@ class Watcher:
             )
         return LabelSet(names, np.stack(embs))
 
+    def switch(self, rules: Rules, t: float) -> None:
+        """New rules without a restart (a campaign): rules that stay the same keep their state; events of rules
+        that changed or went are closed at ``t``; the new queries are embedded first, so a rule the bundle cannot
+        read raises here and the old rules stay."""
+        old_rules, old_labels = self.rules, self.labels
+        self.rules = rules
+        try:
+            self.labels = self._queries()
+        except EdgeClipError:
+            self.rules, self.labels = old_rules, old_labels
+            raise
+        if (rules.score, rules.scale, rules.background, rules.smoothing) != (
+            old_rules.score,
+            old_rules.scale,
+            old_rules.background,
+            old_rules.smoothing,
+        ):
+            keep: set[str] = set()  # the scores of every rule change with the softmax's other terms
+        else:
+            keep = {r.name for r in rules.rules if r in old_rules.rules}
+        state = {}
+        for r in rules.rules:
+            st = self.state.get(r.name)
+            if st is not None and r.name in keep:
+                st.rule = r
+                state[r.name] = st
+            else:
+                state[r.name] = _RuleState(r, event=st.event if st else 0)
+        for name, st in self.state.items():
+            if st.active and state.get(name) is not st:
+                self._end(st, t)
+        self.state = state
+        self.stats["rule_switches"] += 1
+
     # ---- scoring
-    def scores(self, images) -> np.ndarray:
-        """(B, R): each rule's score per frame (softmax over queries + background, or cosine)."""
-        cos = self.labeler.embed(images) @ self.labels.embeddings.T
+    def scores(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """-> ((B, R) each rule's score per frame (softmax over queries + background, or cosine), (B, D) the
+        frames' embeddings)."""
+        emb = self.labeler.embed(images)
+        cos = emb @ self.labels.embeddings.T
         if self.rules.score == "cosine":
-            return cos[:, : len(self.rules.rules)]
+            return cos[:, : len(self.rules.rules)], emb
         z = (self.rules.scale or self.labeler.logit_scale) * cos
         z = np.exp(z - z.max(axis=1, keepdims=True))
-        return (z / z.sum(axis=1, keepdims=True))[:, : len(self.rules.rules)]
+        return (z / z.sum(axis=1, keepdims=True))[:, : len(self.rules.rules)], emb
 
     def process(self, frames: list[Frame], decoded_at: list[float], images: list) -> None:
         t0 = time.perf_counter()
-        s = self.scores(images)
+        s, emb = self.scores(images)
         now = time.perf_counter()
         self.batch_ms.append((now - t0) * 1000)
         self.latencies += [(now - d) * 1000 for d in decoded_at]
         for j, fr in enumerate(frames):
             for i, st in enumerate(self.state.values()):
-                self._step(st, fr, float(s[j, i]))
+                self._step(st, fr, float(s[j, i]), emb[j])
 
-    def _step(self, st: _RuleState, fr: Frame, x: float) -> None:
+    def _step(self, st: _RuleState, fr: Frame, x: float, emb: np.ndarray) -> None:
         r, a = st.rule, self.rules.smoothing
         st.smoothed = x if st.smoothed is None else a * x + (1 - a) * st.smoothed
         v = st.smoothed
@@ -109,9 +175,9 @@ class Watcher:
                 st.above_since = fr.t
             if st.active:
                 st.peak = max(st.peak, v)
-                self._keep(st, fr, v)
+                self._keep(st, fr, v, emb)
             elif fr.t >= st.cool_until:
-                st.pending.append((fr, v))
+                st.pending.append((fr, v, emb))
                 while st.pending and st.pending[0][0].t < st.above_since:
                     st.pending.popleft()
                 while len(st.pending) > max(1, r.max_frames):  # the ring buffer of the min_duration window
@@ -137,8 +203,8 @@ class Watcher:
                 "score": round(v, 4),
             }
         )
-        for pf, pv in st.pending:
-            self._keep(st, pf, pv)
+        for pf, pv, pe in st.pending:
+            self._keep(st, pf, pv, pe)
         st.pending.clear()
 
     def _end(self, st: _RuleState, t: float) -> None:
@@ -156,12 +222,36 @@ class Watcher:
             }
         )
 
-    def _keep(self, st: _RuleState, fr: Frame, v: float) -> None:
+    def _novel(self, st: _RuleState, fr: Frame, emb: np.ndarray) -> bool:
+        """The rule's novelty and rate limits (LightlyEdge's selection): far enough, in embedding distance, from
+        every frame the rule kept recently, and under its keep rate for the last hour of stream time."""
+        r = st.rule
+        if r.novelty > 0 and st.memory:
+            if 1.0 - float(np.max(np.stack(st.memory) @ emb)) < r.novelty:
+                self.stats["dropped_as_near_duplicates"] += 1
+                return False
+        if r.max_per_hour > 0:
+            while st.kept_times and st.kept_times[0] <= fr.t - 3600.0:
+                st.kept_times.popleft()
+            if len(st.kept_times) >= r.max_per_hour:
+                self.stats["dropped_by_rate"] += 1
+                return False
+        return True
+
+    def _keep(self, st: _RuleState, fr: Frame, v: float, emb: np.ndarray) -> None:
         if st.kept >= st.rule.max_frames:
             return
         if self.kept_total >= self.rules.max_frames or self.kept_bytes >= self.rules.max_bytes:
             self.stats["dropped_by_caps"] += 1
             return
+        if not self._novel(st, fr, emb):
+            return
+        if st.rule.novelty > 0:
+            st.memory.append(np.asarray(emb, np.float32))
+            while len(st.memory) > st.rule.novelty_memory:
+                st.memory.popleft()
+        if st.rule.max_per_hour > 0:
+            st.kept_times.append(fr.t)
         self.frames_dir.mkdir(parents=True, exist_ok=True)
         path = self.frames_dir / f"{safe_name(st.rule.name)}_{st.event:04d}_{int(round(fr.t * 1000)):09d}.jpg"
         with atomic_path(path) as tmp:
@@ -170,16 +260,43 @@ class Watcher:
         self.kept_total += 1
         self.kept_bytes += path.stat().st_size
         self.stats["kept_frames"] += 1
-        self._write(
-            {
-                "type": "frame",
-                "rule": st.rule.name,
-                "event": st.event,
-                "t": round(fr.t, 3),
-                "score": round(v, 4),
-                "file": f"frames/{path.name}",
-            }
-        )
+        rec = {
+            "type": "frame",
+            "rule": st.rule.name,
+            "event": st.event,
+            "t": round(fr.t, 3),
+            "score": round(v, 4),
+            "file": f"frames/{path.name}",
+        }
+        if self.rules.version is not None:
+            rec["rule_version"] = self.rules.version
+        self._write(rec)
+        if self.sink is not None:
+            self.sink(self._upload_record(st, fr, v, emb, rec), path.read_bytes())
+
+    def _upload_record(self, st: _RuleState, fr: Frame, v: float, emb: np.ndarray, rec: dict) -> dict:
+        """What the collector gets with the JPEG: who kept it, under which rule and version, when, the student's
+        score and embedding, and the rule's query and background (for the teacher's second opinion)."""
+        ident = self.identity
+        return {
+            "key": event_key(str(ident.get("run", "")), st.rule.name, st.event, fr.t),
+            "device": ident.get("device"),
+            "run": ident.get("run"),
+            "source": ident.get("source"),
+            "model": self.labeler.name,
+            "teacher": ident.get("teacher"),
+            "rule": st.rule.name,
+            "rule_version": self.rules.version,
+            "query": st.rule.query,
+            "background": list(self.rules.background),
+            "threshold": st.rule.threshold,
+            "score_kind": self.rules.score,
+            "event": st.event,
+            "t": rec["t"],
+            "kept_at": time.time(),
+            "score": rec["score"],
+            "embedding": [round(float(x), 6) for x in emb],
+        }
 
     def _write(self, rec: dict) -> None:
         with open(self.out / "events.jsonl", "a", encoding="utf-8") as fh:
@@ -212,15 +329,22 @@ class Watcher:
         rules = {}
         for name, st in self.state.items():
             pending = []
-            for fr, v in st.pending:
+            for fr, v, e in st.pending:
                 fname = f"{safe_name(name)}_{int(round(fr.t * 1000)):09d}.png"
                 if not (pend_dir / fname).is_file():
                     pend_dir.mkdir(parents=True, exist_ok=True)
                     with atomic_path(pend_dir / fname) as tmp:
                         fr.full().save(tmp, format="PNG")
                 keep_files.add(fname)
-                pending.append({"t": fr.t, "index": fr.index, "score": v, "file": fname})
-            rules[name] = {**{k: getattr(st, k) for k in self.RULE_FIELDS}, "pending": pending}
+                pending.append(
+                    {"t": fr.t, "index": fr.index, "score": v, "file": fname, "embedding": _floats(e)}
+                )
+            rules[name] = {
+                **{k: getattr(st, k) for k in self.RULE_FIELDS},
+                "pending": pending,
+                "memory": [_floats(e) for e in st.memory],
+                "kept_times": list(st.kept_times),
+            }
         ev = self.out / "events.jsonl"
         return {
             "rules": rules,
@@ -260,6 +384,13 @@ class Watcher:
                 (
                     file_frame(self.out / ".pending" / p["file"], int(p["index"]), float(p["t"])),
                     float(p["score"]),
+                    np.asarray(p.get("embedding") or [], np.float32),
                 )
                 for p in saved.get("pending", [])
             )
+            st.memory = collections.deque(np.asarray(e, np.float32) for e in saved.get("memory", []))
+            st.kept_times = collections.deque(float(t) for t in saved.get("kept_times", []))
+
+
+def _floats(e) -> list[float]:
+    return [float(x) for x in np.asarray(e, np.float32)]

@@ -131,12 +131,25 @@ def watch(
     max_frames: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    link=None,
+    drain: float = 10.0,
 ) -> dict[str, Any]:
-    """Run the watcher until the source ends (or ``max_frames`` sampled frames, or Ctrl-C); -> the summary."""
+    """Run the watcher until the source ends (or ``max_frames`` sampled frames, or Ctrl-C); -> the summary.
+    ``link``: a :class:`~edgeclip.runtime.watch.uplink.FleetLink` (kept frames go to its outbox and on to the
+    collector; its campaigns switch the rules between batches); ``drain``: seconds to wait at the end for the
+    outbox to empty (what is left goes at the next start)."""
     rules = rules if isinstance(rules, Rules) else load_rules(rules)
+    if link is not None:
+        rules = link.saved_rules() or rules  # a rebooted device goes on with the campaign it had
     src = source if isinstance(source, Source) else open_frames(str(source))
-    run = _Run(src, labeler, rules, Path(out), resume, log)
-    stopped, error = run.loop(max_frames, progress)
+    run = _Run(src, labeler, rules, Path(out), resume, log, link)
+    if link is not None:
+        link.start()
+    try:
+        stopped, error = run.loop(max_frames, progress)
+    finally:
+        if link is not None:
+            run.link_summary = link.close(drain)
     return run.finish(stopped, error, progress)
 
 
@@ -144,11 +157,16 @@ class _Run:
     """One watch, as named steps: ``__init__`` (resume point, restored watcher), ``loop`` (sample, batch, label,
     checkpoint), ``finish`` (close events, summary)."""
 
-    def __init__(self, src: Source, labeler, rules: Rules, out: Path, resume: bool, log):
+    def __init__(self, src: Source, labeler, rules: Rules, out: Path, resume: bool, log, link=None):
         self.src, self.labeler, self.rules, self.out, self.log = src, labeler, rules, out, log
         out.mkdir(parents=True, exist_ok=True)
-        self.start, self.next_t, self.n, ck = _resume_point(out, src, resume, log)
-        self.w = Watcher(labeler, rules, out, log)
+        self.start, self.next_t, self.n, ck, self.run_id = _resume_point(out, src, resume, log)
+        self.link, self.link_summary = link, None
+        identity = {"run": self.run_id, "source": src.describe().get("kind")}
+        if link is not None:
+            teacher = (getattr(labeler, "manifest", {}).get("teacher") or {}).get("id")
+            identity.update(device=link.device, teacher=teacher)
+        self.w = Watcher(labeler, rules, out, log, sink=link.sink if link else None, identity=identity)
         if (
             ck is not None
         ):  # events.jsonl and frames/ back to the checkpoint, the rules' state and totals as they were
@@ -170,7 +188,23 @@ class _Run:
         self.w.stats["decoded"] = self.n
         self.w.stats["unreadable_frames"] = self.unreadable0 + self.seen.get("unreadable", 0)
         self.batch = []
-        self.saved = _save_state(self.out, self.src, self.last_t, self.next_t, self.n, self.w)
+        self.saved = _save_state(self.out, self.src, self.last_t, self.next_t, self.n, self.w, self.run_id)
+        self._campaign()
+
+    def _campaign(self) -> None:
+        """Between batches: switch to a campaign the uplink brought (its queries embedded first; a query this
+        bundle cannot read leaves the current rules in place)."""
+        new = self.link.take_rules() if self.link is not None else None
+        if new is None:
+            return
+        try:
+            self.w.switch(new, self.last_t)
+        except EdgeClipError as e:
+            self.log(f"campaign {new.version}: not used ({e}); keeping the current rules")
+            return
+        self.rules = new
+        self.saved = _save_state(self.out, self.src, self.last_t, self.next_t, self.n, self.w, self.run_id)
+        self.log(f"campaign {new.version}: watching {', '.join(r.name for r in new.rules)}")
 
     def loop(self, max_frames: int, progress: bool) -> tuple[str, str | None]:
         """-> (why it stopped: "end of source" | "max frames" | "interrupted" | "source error", the error)."""
@@ -232,7 +266,10 @@ class _Run:
             "stopped": "end of source" if stopped == "max frames" else stopped,
             "error": error,
             "model": self.labeler.name,
+            "rules_version": self.rules.version,
         }
+        if self.link_summary is not None:
+            summary["upload"] = self.link_summary
         write_json(self.out / "summary.json", summary)
         if progress:
             self.log(_progress(w, self.t_wall))
@@ -270,7 +307,9 @@ def _source_key(src: Source) -> dict:
     return key
 
 
-def _save_state(out: Path, src: Source, t: float, next_t: float, n: int, w: Watcher) -> dict[str, Any]:
+def _save_state(
+    out: Path, src: Source, t: float, next_t: float, n: int, w: Watcher, run: str = ""
+) -> dict[str, Any]:
     """Where a file source goes on, written atomically after each batch: the last labeled frame's time, the
     sampler's phase, and the watcher's checkpoint (so that a resumed run labels exactly the frames an
     uninterrupted one would have, with the same event ids, caps and open events); -> the checkpoint."""
@@ -280,7 +319,15 @@ def _save_state(out: Path, src: Source, t: float, next_t: float, n: int, w: Watc
     pending = set(ck.pop("_pending_files"))
     write_json(
         out / "state.json",
-        {"format": STATE_FORMAT, "source": _source_key(src), "t": t, "next_t": next_t, "n": n, "watcher": ck},
+        {
+            "format": STATE_FORMAT,
+            "source": _source_key(src),
+            "run": run,
+            "t": t,
+            "next_t": next_t,
+            "n": n,
+            "watcher": ck,
+        },
     )
     pend_dir = out / ".pending"
     if pend_dir.is_dir():  # pre-roll frames no longer pending (kept, or dropped) go once the state says so
@@ -291,8 +338,11 @@ def _save_state(out: Path, src: Source, t: float, next_t: float, n: int, w: Watc
     return ck
 
 
-def _resume_point(out: Path, src: Source, resume: bool, log) -> tuple[float, float, int, dict | None]:
-    """-> (start time, the fps sampler's next time, frames decoded before, the watcher's checkpoint or None)."""
+def _resume_point(out: Path, src: Source, resume: bool, log) -> tuple[float, float, int, dict | None, str]:
+    """-> (start time, the fps sampler's next time, frames decoded before, the watcher's checkpoint or None, the
+    run's id: a resumed run keeps it, so the frames it keeps again have the keys they had)."""
+    import uuid
+
     p = out / "state.json"
     if not resume or not p.is_file():
         # a fresh run, or one killed before its first checkpoint: its own event log, kept frames and pre-roll
@@ -301,7 +351,7 @@ def _resume_point(out: Path, src: Source, resume: bool, log) -> tuple[float, flo
         for d, pattern in (("frames", "*.jpg"), (".pending", "*.png")):
             for f in (out / d).glob(pattern) if (out / d).is_dir() else ():
                 f.unlink()
-        return 0.0, 0.0, 0, None
+        return 0.0, 0.0, 0, None, uuid.uuid4().hex
     if src.live:
         raise EdgeClipError(
             "--resume needs a file source (a live camera or stream has no offset to go back to)"
@@ -314,4 +364,5 @@ def _resume_point(out: Path, src: Source, resume: bool, log) -> tuple[float, flo
         raise EdgeClipError(f"--resume: {out} watched another source ({st.get('source')}); use another --out")
     log(f"resuming after {st['t']:.2f} s")
     # the frame at t is done
-    return float(st["t"]) + 1e-3, float(st.get("next_t", 0.0)), int(st.get("n", 0)), st.get("watcher")
+    t0, next_t, n = float(st["t"]) + 1e-3, float(st.get("next_t", 0.0)), int(st.get("n", 0))
+    return t0, next_t, n, st.get("watcher"), str(st.get("run") or uuid.uuid4().hex)

@@ -16,6 +16,9 @@ A rules file::
         min_duration: 1.0                # seconds above the threshold before the event fires
         cooldown: 5.0                    # seconds after an event before the rule fires again
         max_frames: 20                   # frames kept per event
+        novelty: 0.15                    # keep a frame only if its cosine distance to every frame this rule
+        novelty_memory: 256              #   kept among the last 256 is at least 0.15 (no hundredth same truck)
+        max_per_hour: 120                # at most 120 kept frames in any hour of stream time
       - name: my_truck
         examples: [ex1.jpg, ex2.jpg]     # query by example
         threshold: 0.8
@@ -43,6 +46,9 @@ class Rule:
     min_duration: float = 0.0
     cooldown: float = 0.0
     max_frames: int = 20
+    novelty: float = 0.0
+    novelty_memory: int = 256
+    max_per_hour: float = 0.0
 
 
 @dataclass
@@ -58,6 +64,7 @@ class Rules:
     max_frames: int = 500
     max_bytes: int = 200_000_000
     quality: int = 90
+    version: str | None = None  # a campaign's version (events record it); None for a local rules file
 
 
 # the shape of a rules file, as the strict reader checks it (types per key); ranged below
@@ -115,6 +122,9 @@ def _rule(r: dict, i: int, where: str, score: str, base: Path) -> Rule:
     for key in ("min_duration", "cooldown"):
         _ranged(rw, key, getattr(rule, key), 0.0, 86400.0)
     _ranged(rw, "max_frames", rule.max_frames, 0, 1_000_000)
+    _ranged(rw, "novelty", rule.novelty, 0.0, 2.0)
+    _ranged(rw, "novelty_memory", rule.novelty_memory, 1, 100_000)
+    _ranged(rw, "max_per_hour", rule.max_per_hour, 0.0, 1e7)
     return rule
 
 
@@ -136,12 +146,13 @@ def _check_file(f: RulesFile, sample: Sample, keep: Keep, where: str, n_rules: i
         raise EdgeClipError(f"{where}: scale must be in (0, 1000], got {f.scale}")
 
 
-def load_rules(path: str | os.PathLike | dict) -> Rules:
+def load_rules(path: str | os.PathLike | dict, version: str | None = None, campaign: bool = False) -> Rules:
     """Read and check a rules file (YAML or JSON, or a dict); every problem is one line naming the key: unknown
     keys, types (the strict reader), ranges (thresholds in [0, 1] for softmax scores, [-1, 1] for cosine), and
-    rule names that stay unique once made file names."""
+    rule names that stay unique once made file names. ``campaign``: rules sent to a fleet, which carry text
+    queries only (example images are files on one machine)."""
     if isinstance(path, dict):
-        d, where, base = path, "rules", Path(".")
+        d, where, base = path, "campaign" if campaign else "rules", Path(".")
     else:
         d, where, base = read_yaml(path, "rules file"), str(path), Path(path).parent
     if not isinstance(d, dict) or not isinstance(d.get("rules"), list) or not d["rules"]:
@@ -153,6 +164,11 @@ def load_rules(path: str | os.PathLike | dict) -> Rules:
     rules, files = [], {}
     for i, r in enumerate(f.rules):
         rule = _rule(r, i, where, f.score, base)
+        if campaign and rule.examples:
+            raise EdgeClipError(
+                f"{where}: rule {rule.name!r} uses `examples`: a campaign sends text queries (example images "
+                "are files on one machine)"
+            )
         safe = safe_name(rule.name)
         if safe in files:
             same = "are both called" if files[safe] == rule.name else "make the same file name"
@@ -175,4 +191,5 @@ def load_rules(path: str | os.PathLike | dict) -> Rules:
         max_frames=keep.max_frames,
         max_bytes=keep.max_bytes,
         quality=keep.quality,
+        version=version,
     )

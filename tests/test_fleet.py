@@ -1,0 +1,331 @@
+"""The fleet loop: the device's outbox (bounded, crash-safe), uploads through a real collector (exactly once),
+teacher re-scoring, search, novelty selection, campaigns pushed and switched to mid-run, and a watch process
+SIGKILLed and resumed while uploading."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from edgeclip.core.errors import EdgeClipError
+from edgeclip.runtime import load_bundle
+from edgeclip.runtime.watch import load_rules, watch
+from edgeclip.runtime.watch.outbox import Outbox
+from edgeclip.runtime.watch.uplink import FleetLink
+from edgeclip.serve.loadtest import running_server
+from test_watch import CLASSES, video  # noqa: F401  (the module fixture: a bundle and a slideshow)
+
+pytest.importorskip(
+    "apsw", reason="the collector's store needs apsw + sqlite-vec (pip install 'edgeclip[fleet]')"
+)
+
+
+# ---------------------------------------------------------------------------------------------- the outbox
+def _event(key: str, n: int = 100) -> tuple[dict, bytes]:
+    return {"key": key, "rule": "r"}, b"\xff\xd8" + bytes(n)
+
+
+def test_the_outbox_is_bounded_atomic_and_recovers(tmp_path):
+    ob = Outbox(tmp_path / "ob", max_bytes=1000)
+    for i in range(12):
+        ob.put(*_event(f"key-{i:04d}", 200))
+    # ~230 bytes an event: the oldest went, counted, the newest are waiting in order
+    assert ob.stats["evicted"] >= 8 and ob.nbytes <= 1000
+    keys = [e.key for e in ob.oldest(100)]
+    assert keys == sorted(keys) and keys[-1] == "key-0011"
+    ob.put(*_event("key-0011", 200))  # the same event again (a batch redone after a resume): one entry
+    assert [e.key for e in ob.oldest(100)] == keys and ob.stats["replaced"] == 1
+    with pytest.raises(EdgeClipError, match="is being written"):
+        Outbox(tmp_path / "ob")
+    ob.close()
+    # a crash between the JPEG and its record, and a half-written temporary file
+    (tmp_path / "ob" / "events" / "000000000099-orphan-key.jpg").write_bytes(b"x")
+    (tmp_path / "ob" / "events" / ".000000000100-x.json.123.tmp").write_bytes(b"{")
+    ob2 = Outbox(tmp_path / "ob", max_bytes=1000)
+    assert [e.key for e in ob2.oldest(100)] == keys
+    assert not list((tmp_path / "ob" / "events").glob("*orphan*")) and not list(
+        (tmp_path / "ob" / "events").glob(".*")
+    )
+    assert ob2.next_seq >= 12 and ob2.stats["evicted"] == ob.stats["evicted"]
+    with pytest.raises(EdgeClipError, match="idempotency key"):
+        ob2.put({"key": "../x"}, b"")
+    ob2.close()
+
+
+# ---------------------------------------------------------------------------------------------- the collector
+@pytest.fixture(scope="module")
+def collector(tmp_path_factory, tiny_teacher):
+    from edgeclip.collect import create_collector_app, open_collector
+
+    store = tmp_path_factory.mktemp("collection")
+    c = open_collector(store, tiny_teacher, log=lambda s: None)
+    with running_server(create_collector_app(c)) as url:
+        yield {"c": c, "url": url, "store": store}
+    c.rescorer.stop()
+
+
+def _device(collector, name: str) -> str:
+    import secrets
+
+    token = secrets.token_urlsafe(16)
+    collector["c"].store.add_device(name, token)
+    return token
+
+
+def _link(collector, tmp_path, name: str, token: str, **kw) -> FleetLink:
+    return FleetLink(
+        tmp_path / f"outbox-{name}",
+        collector["url"],
+        name,
+        token,
+        max_bytes=50_000_000,
+        poll=0.2,
+        log=lambda s: None,
+        backoff=0.05,
+        max_backoff=0.5,
+        **kw,
+    )
+
+
+def _keys_of(out: Path) -> list[str]:
+    """The idempotency keys of the frames a watch kept (from its event log and run id)."""
+    from edgeclip.runtime.watch.events import event_key
+
+    run = json.loads((out / "state.json").read_text())["run"]
+    rows = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    return [event_key(run, r["rule"], r["event"], r["t"]) for r in rows if r["type"] == "frame"]
+
+
+def _stored_keys(collector, device: str) -> list[str]:
+    rows = collector["c"].store._execute(
+        collector["c"].store._q("SELECT key FROM events WHERE device = ?"), (device,)
+    )
+    return [r[0] for r in rows]
+
+
+def test_kept_frames_reach_the_collector_once_rescored_and_searchable(video, collector, tmp_path):  # noqa: F811
+    token = _device(collector, "car-1")
+    lab = load_bundle(video["tb"]["bundle"], threads=1)
+    rules = dict(video["rules"], rules=[dict(r, max_frames=3) for r in video["rules"]["rules"]])
+    s = watch(
+        video["truth"]["path"],
+        lab,
+        load_rules(rules),
+        tmp_path / "w",
+        progress=False,
+        link=_link(collector, tmp_path, "car-1", token),
+        drain=30,
+    )
+    up = s["upload"]
+    assert s["kept_frames"] > 0 and up["drained"] and up["pending"] == 0
+    assert up["sent"] == s["kept_frames"] and up["rejected"] == 0
+    keys = _keys_of(tmp_path / "w")
+    assert sorted(_stored_keys(collector, "car-1")) == sorted(keys)  # every kept frame, once
+    c = collector["c"]
+    assert c.rescorer.wait_idle(60)
+    rows = c.store.search(None, 100, device="car-1")
+    assert len(rows) == len(keys) and all(r["verdict"] == "no-query" for r in rows)  # rules by example
+    # search by example: a kept frame finds itself first
+    url = collector["url"]
+    frame = next((tmp_path / "w" / "frames").glob("*.jpg"))
+    r = httpx.post(f"{url}/api/search/image", files={"file": ("q.jpg", frame.read_bytes())}, data={"k": "3"})
+    assert r.status_code == 200 and r.json()["results"][0]["similarity"] > 0.99
+    r = httpx.get(f"{url}/api/search", params={"q": "a star", "device": "car-1", "k": 5})
+    assert r.status_code == 200 and 0 < len(r.json()["results"]) <= 5
+    assert httpx.get(url + r.json()["results"][0]["image"]).content[:2] == b"\xff\xd8"
+    st = httpx.get(f"{url}/api/stats").json()
+    assert st["events"] >= len(keys) and st["seconds_to_searchable"]["p95"] is not None
+    assert st["groups"] <= st["events"]
+
+
+def test_the_ingest_endpoint_refuses_bad_events_in_one_line(collector, tmp_path):
+    token = _device(collector, "car-bad")
+    url, h = collector["url"], {"Authorization": f"Bearer {token}"}
+    from PIL import Image
+
+    jpeg_path = tmp_path / "f.jpg"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(jpeg_path)
+    jpeg = jpeg_path.read_bytes()
+    dim = collector["c"].store.dim
+
+    def post(meta, data=jpeg, key="k" * 12, headers=h):
+        return httpx.post(
+            f"{url}/api/events",
+            headers={**headers, "Idempotency-Key": key},
+            data={"meta": meta if isinstance(meta, str) else json.dumps(meta)},
+            files={"file": ("f.jpg", data)},
+        )
+
+    good = {"key": "k" * 12, "rule": "r", "embedding": [0.1] * dim, "kept_at": time.time()}
+    assert post(good).status_code == 201
+    again = post(good)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"  # exactly once
+    cases = [
+        (post(good, headers={"Authorization": "Bearer nope"}), 401, "unknown device token"),
+        (post("{not json", key="k" * 13), 400, "not JSON"),
+        (post({**good, "key": "z" * 12}, key="z" * 13), 400, "differ"),
+        (post({**good, "key": "y" * 12, "device": "car-other"}, key="y" * 12), 403, "belongs to device"),
+        (post({**good, "key": "x" * 12, "embedding": [0.1] * 7}, key="x" * 12), 422, "dims"),
+        (post({**good, "key": "w" * 12}, data=b"\xff\xd8garbage", key="w" * 12), 415, ""),
+        (post({**good, "key": "../etc"}, key="../etc"), 400, "Idempotency-Key"),
+    ]
+    for r, status, text in cases:
+        assert r.status_code == status and text in r.json()["error"], (status, r.text)
+        assert "\n" not in r.json()["error"]
+    big = post({**good, "key": "v" * 12}, data=b"\xff\xd8" + bytes(9 * 1024 * 1024), key="v" * 12)
+    assert big.status_code == 413
+
+
+def test_novelty_drops_repeats_and_keeps_the_distinct_scenes(video, tmp_path):  # noqa: F811
+    """The slideshow shows 4 shapes in 8 segments (circle 3 times): without novelty each segment's event keeps
+    frames; with novelty a rule keeps a scene once, however often it comes back."""
+    lab = load_bundle(video["tb"]["bundle"], threads=1)
+    base = dict(video["rules"], rules=[dict(r, max_frames=50) for r in video["rules"]["rules"]])
+    plain = watch(video["truth"]["path"], lab, load_rules(base), tmp_path / "plain", progress=False)
+    novel_rules = dict(base, rules=[dict(r, novelty=0.02) for r in base["rules"]])
+    novel = watch(video["truth"]["path"], lab, load_rules(novel_rules), tmp_path / "novel", progress=False)
+    assert novel["dropped_as_near_duplicates"] > 0
+    assert novel["kept_frames"] < plain["kept_frames"] / 3
+    kept_rules = {k for k, v in novel["kept_per_rule"].items() if v > 0}
+    assert kept_rules == {k for k, v in plain["kept_per_rule"].items() if v > 0} == set(CLASSES)
+    rate = dict(base, rules=[dict(r, max_per_hour=2) for r in base["rules"]])
+    capped = watch(video["truth"]["path"], lab, load_rules(rate), tmp_path / "rate", progress=False)
+    assert all(v <= 2 for v in capped["kept_per_rule"].values()) and capped["dropped_by_rate"] > 0
+    with pytest.raises(EdgeClipError, match="novelty must be in"):
+        load_rules(dict(base, rules=[dict(base["rules"][0], novelty=3)]))
+
+
+def test_a_campaign_is_checked_at_push_and_switched_to_mid_run(video, collector, tmp_path):  # noqa: F811
+    from edgeclip.collect.campaign import push
+
+    store = collector["c"].store
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [{name: x, examples: [a.jpg]}]\nbackground: [a]\n")
+    with pytest.raises(EdgeClipError, match="campaign sends text queries"):
+        push(store, bad)
+    bad.write_text("rules: [{name: x, query: circle, treshold: 0.5}]\nbackground: [a]\n")
+    with pytest.raises(EdgeClipError, match="treshold"):
+        push(store, bad)
+    good = tmp_path / "c.yaml"
+    good.write_text(
+        "score: cosine\nbatch: 4\nsmoothing: 1.0\nrules:\n  - {name: circle_c, query: circle, threshold: -1.0, "
+        "max_frames: 2}\n"
+    )
+    version = push(store, good, devices=["car-camp"])
+    token = _device(collector, "car-camp")
+    lab = load_bundle(video["tb"]["bundle"], threads=1)
+    link = _link(collector, tmp_path, "car-camp", token)
+    s = watch(
+        video["truth"]["path"],
+        lab,
+        load_rules(video["rules"]),
+        tmp_path / "w",
+        progress=False,
+        link=link,
+        drain=30,
+    )
+    # the campaign came in while the video played (polled every 0.2 s), and frames kept after it record it
+    assert s["rule_switches"] == 1 and s["rules_version"] == str(version) and s["upload"]["campaigns"] == 1
+    rows = [json.loads(x) for x in (tmp_path / "w" / "events.jsonl").read_text().splitlines()]
+    assert any(r.get("rule_version") == str(version) and r["rule"] == "circle_c" for r in rows)
+    got = store.search(None, 100, device="car-camp", rule_version=str(version))
+    assert got and all(r["rule"] == "circle_c" for r in got)
+    # a device not named gets no campaign
+    r = httpx.get(
+        f"{collector['url']}/api/campaign",
+        params={"device": "car-1"},
+        headers={"Authorization": f"Bearer {_device(collector, 'car-1')}"},
+    )
+    assert r.status_code == 404
+    # an unchanged campaign answers 304 to its ETag
+    h = {"Authorization": f"Bearer {token}"}
+    r = httpx.get(f"{collector['url']}/api/campaign", params={"device": "car-camp"}, headers=h)
+    assert r.status_code == 200
+    r2 = httpx.get(
+        f"{collector['url']}/api/campaign",
+        params={"device": "car-camp"},
+        headers={**h, "If-None-Match": r.headers["etag"]},
+    )
+    assert r2.status_code == 304
+
+
+@pytest.mark.slow
+def test_a_watch_killed_while_uploading_loses_and_repeats_nothing(video, collector, tmp_path):  # noqa: F811
+    """SIGKILL the device process at several moments (the collector up or not), then resume: the collector holds
+    exactly the frames the watch kept, each once."""
+    token = _device(collector, "car-kill")
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps(dict(video["rules"], batch=2)))
+    tok = tmp_path / "token"
+    tok.write_text(token)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    base = [
+        sys.executable,
+        "-m",
+        "edgeclip",
+        "watch",
+        str(video["truth"]["path"]),
+        "--bundle",
+        str(video["tb"]["bundle"]),
+        "--rules",
+        str(rules),
+        "--out",
+        str(tmp_path / "w"),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--upload",
+        collector["url"],
+        "--device-id",
+        "car-kill",
+        "--token-file",
+        str(tok),
+        "--outbox",
+        str(tmp_path / "outbox"),
+        "--drain-seconds",
+        "30",
+    ]
+    for i, delay in enumerate((1.5, 2.5, 3.5)):
+        p = subprocess.Popen(
+            base + (["--resume"] if i else []), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    p = subprocess.run(base + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    keys = _keys_of(tmp_path / "w")
+    stored = _stored_keys(collector, "car-kill")
+    assert len(stored) == len(set(stored)) and sorted(stored) == sorted(set(keys)), (len(stored), len(keys))
+    assert len(keys) > 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_store_of_another_teacher_or_size_is_refused(tmp_path):
+    from edgeclip.collect.store import open_store
+
+    s = open_store(tmp_path / "c", 8, "teacher-a")
+    s.ingest({"key": "a" * 12, "device": "d", "blob": "b"}, np.ones(8, np.float32))
+    with pytest.raises(EdgeClipError, match="teacher"):
+        open_store(tmp_path / "c", 8, "teacher-b")
+    with pytest.raises(EdgeClipError, match="dim"):
+        open_store(tmp_path / "c", 16, "teacher-a")
+    with pytest.raises(EdgeClipError, match="no collection"):
+        open_store(tmp_path / "none")
+    assert open_store(tmp_path / "c").dim == 8
