@@ -398,3 +398,76 @@ def test_both_stores_ingest_each_key_once_under_concurrent_collectors(kind, tmp_
 def _index(store, event_id: int) -> int:
     key = store._execute(store._q("SELECT key FROM events WHERE id = ?"), (event_id,))[0][0]
     return int(key.split("-")[1])
+
+
+# ---------------------------------------------------------------------------------------------- the page
+def test_the_search_page_shows_what_the_api_finds(collector, tmp_path, shapes):
+    """The collection's page in headless Chromium: text search fills the grid with the API's results, a verdict
+    filter narrows it, and search by example image works from the file input."""
+    from test_serve_browser import ARGS, CHROMIUM
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Chromium is absent ({CHROMIUM}); install Debian's package: apt-get install -y chromium")
+    pw_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip, dev extra) is not installed")
+    token = _device(collector, "car-page")
+    url, dim = collector["url"], collector["c"].store.dim
+    photos = sorted(Path(shapes["test"]).rglob("*.jpg"))[:6]
+    for i, p in enumerate(photos):
+        meta = {
+            "key": f"page-{i:08d}",
+            "rule": "shape",
+            "query": p.parent.name,
+            "background": ["a photo"],
+            "threshold": 0.5,
+            "embedding": [1.0 / dim**0.5] * dim,
+            "kept_at": time.time(),
+        }
+        r = httpx.post(
+            f"{url}/api/events",
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": meta["key"]},
+            data={"meta": json.dumps(meta)},
+            files={"file": (p.name, p.read_bytes())},
+        )
+        assert r.status_code == 201, r.text
+    assert collector["c"].rescorer.wait_idle(60)
+    api = httpx.get(f"{url}/api/search", params={"q": "a circle", "device": "car-page", "k": 24}).json()[
+        "results"
+    ]
+    with pw_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = b.new_page()
+        page.goto(url + "/")
+        page.fill("#q", "a circle")
+        page.fill("#device", "car-page")
+        page.click("button[type=submit]")
+        page.wait_for_function(
+            "n => document.querySelectorAll('#results .result').length === n", arg=len(api)
+        )
+        srcs = page.locator("#results .result img").evaluate_all("els => els.map(e => e.getAttribute('src'))")
+        assert srcs == [r["image"] for r in api]
+        assert "frames from" in page.locator("#stats").inner_text()
+        verdicts = {r["verdict"] for r in api}
+        v = sorted(verdicts)[0]
+        page.select_option("#verdict", v)
+        page.click("button[type=submit]")
+        n = sum(r["verdict"] == v for r in api)
+        page.wait_for_function("n => document.querySelectorAll('#results .result').length === n", arg=n)
+        page.fill("#q", "")
+        page.select_option("#verdict", "")
+        page.set_input_files("#example", str(photos[0]))
+        page.click("button[type=submit]")
+        by_example = httpx.post(
+            f"{url}/api/search/image",
+            files={"file": ("q.jpg", photos[0].read_bytes())},
+            data={"device": "car-page"},
+        ).json()["results"]
+        assert (
+            by_example[0]["similarity"] > 0.99
+        )  # the photo finds itself (the tiny teacher ties similar ones)
+        want = [r["image"] for r in by_example]
+        page.wait_for_function(
+            "w => JSON.stringify([...document.querySelectorAll('#results .result img')]"
+            ".map(i => i.getAttribute('src'))) === JSON.stringify(w)",
+            arg=want,
+        )
+        b.close()
