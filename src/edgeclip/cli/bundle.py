@@ -196,6 +196,9 @@ def watch_cmd(
     ),
     campaign_poll: float = typer.Option(30.0, help="seconds between campaign polls"),
     drain_seconds: float = typer.Option(10.0, help="at the end, wait this long for the outbox to empty"),
+    realtime: bool = typer.Option(
+        False, help="play a video file at its own pace, as a camera delivers frames"
+    ),
 ):
     """Label a video / camera / frame folder in real time and keep the frames that match the rules (no torch)."""
     from edgeclip.runtime import load_bundle
@@ -230,6 +233,7 @@ def watch_cmd(
         log=lambda s: typer.echo(s, err=True),
         link=link,
         drain=drain_seconds,
+        realtime=realtime,
     )
     if as_json:  # else the watcher's own closing line (stderr) says what happened, and summary.json holds it
         echo_json(summary)

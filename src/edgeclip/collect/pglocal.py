@@ -48,7 +48,9 @@ class LocalPostgres:
         if why:
             raise EdgeClipError(f"cannot start a local PostgreSQL: {why}")
         self.bin, self.dir, self.own = _bindir(), Path(folder).resolve(), False
-        if os.geteuid() == 0:  # the postgres user cannot reach into root's private folders: a folder of its own
+        if (
+            os.geteuid() == 0
+        ):  # the postgres user cannot reach into root's private folders: a folder of its own
             import tempfile
 
             self.dir, self.own = Path(tempfile.mkdtemp(prefix="edgeclip-pg-")), True

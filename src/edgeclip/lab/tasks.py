@@ -388,6 +388,18 @@ def _stream(cfg: dict, out: Path, ctx: dict) -> dict:
 
 
 @TASKS.register(
+    "fleet",
+    help="the fleet simulation: device processes uploading through a fault-injecting proxy to a collector that is "
+    "killed mid-run, a campaign pushed mid-run; lost/duplicated events, seconds to searchable, the teacher "
+    "cascade's precision, novelty, ingest throughput (lab/fleet.py)",
+)
+def _fleet(cfg: dict, out: Path, ctx: dict) -> dict:
+    from edgeclip.lab.fleet import fleet_benchmark
+
+    return fleet_benchmark(cfg, out)
+
+
+@TASKS.register(
     "int8-speed",
     help="per student model: fp32 vs every int8 variant at batch 1 / 32, fidelity, the export's choice, and the "
     "other runtimes' levers (OpenVINO, ExecuTorch XNNPACK, fixed shapes, offline graphs; lab/int8speed.py)",

@@ -45,12 +45,25 @@ class _Sampled:
 
 
 def _sample(
-    src: Source, start: float, rules: Rules, next_t: float, n: int, pp, seen: dict | None = None
+    src: Source,
+    start: float,
+    rules: Rules,
+    next_t: float,
+    n: int,
+    pp,
+    seen: dict | None = None,
+    realtime: bool = False,
 ) -> Any:
     """The sampled frames of ``src`` with their model inputs made (this runs in the decoding thread). ``seen["n"]``
-    counts every decoded frame, the ones the sampler skips after the last sampled frame too."""
+    counts every decoded frame, the ones the sampler skips after the last sampled frame too. ``realtime``: a file
+    is played at its own pace, as a camera would deliver it (each frame no sooner than its time stamp)."""
     seen = {} if seen is None else seen
+    t_wall0 = time.monotonic()
     for fr in src.frames(start):
+        if realtime:
+            ahead = (fr.t - start) - (time.monotonic() - t_wall0)
+            if ahead > 0:
+                time.sleep(ahead)
         n += 1
         seen["n"] = n
         if (n - 1) % rules.every:
@@ -133,16 +146,18 @@ def watch(
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
     link=None,
     drain: float = 10.0,
+    realtime: bool = False,
 ) -> dict[str, Any]:
     """Run the watcher until the source ends (or ``max_frames`` sampled frames, or Ctrl-C); -> the summary.
     ``link``: a :class:`~edgeclip.runtime.watch.uplink.FleetLink` (kept frames go to its outbox and on to the
     collector; its campaigns switch the rules between batches); ``drain``: seconds to wait at the end for the
-    outbox to empty (what is left goes at the next start)."""
+    outbox to empty (what is left goes at the next start); ``realtime``: play a file at its own pace."""
     rules = rules if isinstance(rules, Rules) else load_rules(rules)
     if link is not None:
         rules = link.saved_rules() or rules  # a rebooted device goes on with the campaign it had
     src = source if isinstance(source, Source) else open_frames(str(source))
     run = _Run(src, labeler, rules, Path(out), resume, log, link)
+    run.realtime = realtime and not src.live
     if link is not None:
         link.start()
     try:
@@ -161,7 +176,7 @@ class _Run:
         self.src, self.labeler, self.rules, self.out, self.log = src, labeler, rules, out, log
         out.mkdir(parents=True, exist_ok=True)
         self.start, self.next_t, self.n, ck, self.run_id = _resume_point(out, src, resume, log)
-        self.link, self.link_summary = link, None
+        self.link, self.link_summary, self.realtime = link, None, False
         identity = {"run": self.run_id, "source": src.describe().get("kind")}
         if link is not None:
             teacher = (getattr(labeler, "manifest", {}).get("teacher") or {}).get("id")
@@ -211,7 +226,7 @@ class _Run:
         stopped, error, t_log = "end of source", None, 0.0
         pp = self.labeler.preprocess
         frames = Prefetch(
-            _sample(self.src, self.start, self.rules, self.next_t, self.n, pp, self.seen),
+            _sample(self.src, self.start, self.rules, self.next_t, self.n, pp, self.seen, self.realtime),
             2 * self.rules.batch,
         )
         try:

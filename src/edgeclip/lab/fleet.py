@@ -1,0 +1,531 @@
+"""The fleet simulation (``experiments/fleet.yaml``, issue 31): many devices, a bad link, a collector that dies.
+
+- Footage: each simulated device watches its own H.264 video of real Flickr8k test photos (a seeded sample, each
+  photo shown in several segments, pools overlapping between devices), so scenes repeat within a car and across
+  cars, and every frame's photo (hence its five captions, the ground truth) is known.
+- Devices: ``edgeclip watch`` processes with the shipped int8 student bundle and its text tower, text-query rules
+  with novelty selection, uploading with ``--upload`` through a fault-injecting TCP proxy on loopback
+  (:class:`FaultProxy`: dropped requests, delayed and reset responses, the last after the collector stored the
+  event, so the device retries something already stored).
+- Collector: ``edgeclip collect serve`` as a process with the shipped teacher, SIGKILLed mid-run and restarted; a
+  campaign is pushed mid-run.
+- Afterwards: every key a device kept against every key the collector stored (lost, duplicated), seconds from
+  kept to searchable, the teacher cascade's precision against the captions, near-duplicate groups against the
+  photos; ingest throughput of one collector process on SQLite and PostgreSQL, and of two on one PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclip.core.errors import EdgeClipError
+
+
+# ------------------------------------------------------------------------------------------ the bad link
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 that, per chunk, drops requests before the collector sees them (``drop``), holds
+    responses back (``delay``, up to ``max_delay`` s) and resets connections instead of answering (``reset``:
+    the collector has done the work, the device never hears of it). ``faults`` counts each kind."""
+
+    def __init__(
+        self, target_port: int, seed: int, drop: float, delay: float, reset: float, max_delay: float
+    ):
+        self.target_port, self.rng = target_port, random.Random(seed)
+        self.p = {"drop": drop, "delay": delay, "reset": reset}
+        self.max_delay = max_delay
+        self.faults = {"drop": 0, "delay": 0, "reset": 0}
+        self.upstream_refused = 0
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._ready = threading.Event()
+
+    def start(self) -> FaultProxy:
+        threading.Thread(target=self._serve, name="fault-proxy", daemon=True).start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        async def _shutdown():
+            tasks = [t for t in asyncio.all_tasks(self.loop) if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.loop.stop()
+
+        asyncio.run_coroutine_threadsafe(_shutdown(), self.loop)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self.loop.run_forever()
+
+    def _roll(self, kind: str) -> bool:
+        if self.rng.random() < self.p[kind]:
+            self.faults[kind] += 1
+            return True
+        return False
+
+    async def _handle(self, reader, writer) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            self.upstream_refused += 1  # the collector is down: the device sees a refused connection
+            writer.transport.abort()
+            return
+
+        async def upstream():
+            while data := await reader.read(65536):
+                if self._roll("drop"):
+                    up_w.transport.abort()
+                    writer.transport.abort()
+                    return
+                up_w.write(data)
+                await up_w.drain()
+
+        async def downstream():
+            while data := await up_r.read(65536):
+                if self._roll("reset"):
+                    writer.transport.abort()
+                    up_w.transport.abort()
+                    return
+                if self._roll("delay"):
+                    await asyncio.sleep(self.rng.uniform(0.1, self.max_delay))
+                writer.write(data)
+                await writer.drain()
+
+        try:
+            await asyncio.gather(upstream(), downstream())
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (writer, up_w):
+                w.transport.abort()
+
+
+# ------------------------------------------------------------------------------------------ footage and truth
+def _word_re(words: list[str]) -> re.Pattern:
+    return re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+
+
+def _footage(cfg: dict, out: Path) -> tuple[list[dict], dict[str, list[str]]]:
+    """One slideshow per device from overlapping seeded pools of Flickr8k test photos; -> (videos, captions by
+    photo path)."""
+    from edgeclip.data.captions import load_captions
+    from edgeclip.lab.video import make_slideshow
+
+    cs = load_captions(cfg["captions"], cfg.get("images"), cfg.get("split", "test"))
+    captions = {str(it.record().path): list(it.captions) for it in cs.items}
+    photos = sorted(captions)
+    rng = random.Random(int(cfg.get("seed", 0)))
+    shared = rng.sample(photos, int(cfg.get("shared_photos", 12)))  # seen by every car
+    videos = []
+    for d in range(int(cfg.get("devices", 8))):
+        own = rng.sample(photos, int(cfg.get("photos_per_device", 12)))
+        pool = shared[: len(shared) // 2] + own
+        order = [pool[i % len(pool)] for i in range(int(cfg.get("segments", 40)))]
+        rng.shuffle(order)
+        path = out / "videos" / f"car-{d}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        v = make_slideshow(
+            [(p, float(cfg.get("seconds_per_photo", 1.5)), Path(p).stem) for p in order],
+            path,
+            size=tuple(cfg.get("size", [320, 240])),
+            fps=int(cfg.get("fps", 10)),
+        )
+        videos.append(v)
+    return videos, captions
+
+
+def _photo_at(video: dict, t: float) -> str | None:
+    for sg in video["segments"]:
+        if sg["start"] - 1e-6 <= t < sg["end"] + 1e-6:
+            return sg["image"]
+    return None
+
+
+# ------------------------------------------------------------------------------------------ processes
+def _py() -> list[str]:
+    return [sys.executable, "-m", "edgeclip"]
+
+
+def _env(threads: int) -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[2])
+    return {
+        **os.environ,
+        "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _CollectorProcess:
+    def __init__(self, store: str, teacher: str, blobs: str | None, log_path: Path, rescore: bool = True):
+        self.port = _free_port()
+        self.cmd = _py() + [
+            "collect", "serve", "--store", store, "--teacher", teacher, "--port", str(self.port), "--threads", "1",
+        ] + (["--blobs", blobs] if blobs else []) + ([] if rescore else ["--no-rescore"])  # fmt: skip
+        self.log_path, self.p = log_path, None
+
+    def start(self, timeout: float = 120) -> _CollectorProcess:
+        import httpx
+
+        self.p = subprocess.Popen(
+            self.cmd, env=_env(1), stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab")
+        )
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.p.poll() is not None:
+                raise EdgeClipError(f"the collector exited ({self.p.returncode}); see {self.log_path}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/api/stats", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise EdgeClipError(f"the collector did not start in {timeout:g} s; see {self.log_path}")
+
+    def kill(self) -> None:
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait()
+
+    def stop(self) -> None:
+        if self.p and self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def stats(self) -> dict:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.port}/api/stats", timeout=30).json()
+
+
+# ------------------------------------------------------------------------------------------ the run
+def fleet_benchmark(cfg: dict, out: Path) -> dict[str, Any]:
+    from edgeclip.collect.campaign import push
+    from edgeclip.collect.store import open_store
+    from edgeclip.core.io import write_json
+    from edgeclip.runtime.watch.events import event_key
+
+    out = Path(out)
+    t_start = time.time()
+    videos, captions = _footage(cfg, out)
+    teacher_spec, bundle = cfg["teacher"], cfg["bundle"]
+    dim, teacher_id = _teacher_facts(bundle)
+    store_dir = out / "store"
+    if store_dir.exists():  # a rerun starts over: the run is one measurement
+        import shutil
+
+        shutil.rmtree(store_dir)
+    store = open_store(store_dir, dim, teacher_id)
+    rules = cfg["rules"]
+    rules_path = out / "rules.json"
+    write_json(rules_path, rules)
+    tokens = {}
+    for d in range(len(videos)):
+        tokens[d] = out / "tokens" / f"car-{d}"
+        tokens[d].parent.mkdir(parents=True, exist_ok=True)
+        import secrets
+
+        tok = secrets.token_urlsafe(16)
+        store.add_device(f"car-{d}", tok)
+        tokens[d].write_text(tok + "\n")
+
+    collector = _CollectorProcess(str(store_dir), teacher_spec, None, out / "collector.log").start()
+    f = cfg.get("faults", {})
+    proxy = FaultProxy(
+        collector.port, int(cfg.get("seed", 0)), f.get("drop", 0.05), f.get("delay", 0.1), f.get("reset", 0.05),
+        f.get("max_delay", 1.0),
+    ).start()  # fmt: skip
+    devices = []
+    for d, v in enumerate(videos):
+        wdir = out / "devices" / f"car-{d}"
+        if wdir.exists():
+            import shutil
+
+            shutil.rmtree(wdir)
+        cmd = _py() + [
+            "watch", v["path"], "--bundle", bundle, "--rules", str(rules_path), "--out", str(wdir),
+            "--no-progress", "--threads", "1", "--upload", f"http://127.0.0.1:{proxy.port}",
+            "--device-id", f"car-{d}", "--token-file", str(tokens[d]), "--campaign-poll", "1",
+            "--drain-seconds", str(cfg.get("drain_seconds", 300)), "--json", "--realtime",
+        ]  # fmt: skip
+        devices.append(
+            subprocess.Popen(
+                cmd, env=_env(1), stdout=subprocess.PIPE, stderr=open(out / f"car-{d}.log", "wb")
+            )
+        )
+    # the collector dies mid-run and comes back; a campaign changes the rules meanwhile
+    time.sleep(float(cfg.get("kill_after", 20)))
+    collector.kill()
+    t_down = time.time()
+    time.sleep(float(cfg.get("down_seconds", 5)))
+    collector = _CollectorProcess(str(store_dir), teacher_spec, None, out / "collector.log")
+    collector.port = proxy.target_port  # the same address, behind the proxy
+    collector.cmd[collector.cmd.index("--port") + 1] = str(proxy.target_port)
+    collector.start()
+    down = time.time() - t_down
+    campaign_path = out / "campaign.json"
+    write_json(campaign_path, cfg["campaign"])
+    campaign_version = push(store, campaign_path)
+    summaries = []
+    for p in devices:
+        stdout, _ = p.communicate(timeout=float(cfg.get("device_timeout", 1500)))
+        lines = [x for x in stdout.decode().splitlines() if x.startswith("{")]
+        summaries.append(json.loads(lines[-1]) if lines else {"error": f"exit {p.returncode}"})
+    t_devices = time.time() - t_start
+    # everything the devices kept is at the collector; wait for the teacher to have looked at all of it
+    end = time.monotonic() + float(cfg.get("rescore_timeout", 900))
+    while time.monotonic() < end:
+        st = collector.stats()
+        if st["rescored"] + st["verdicts"].get("unreadable", 0) >= st["events"]:
+            break
+        time.sleep(1.0)
+    st = collector.stats()
+    collector.stop()
+    proxy.stop()
+
+    # ---- exactly once: the keys each device kept against the keys stored
+    kept_keys, truth_of = set(), {}
+    words = {r["name"]: _word_re(r["words"]) for r in cfg["truth"]}
+    for d, v in enumerate(videos):
+        wdir = out / "devices" / f"car-{d}"
+        run = json.loads((wdir / "state.json").read_text())["run"]
+        for line in (wdir / "events.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r["type"] == "frame":
+                k = event_key(run, r["rule"], r["event"], r["t"])
+                kept_keys.add(k)
+                truth_of[k] = (d, r["rule"], _photo_at(v, r["t"]))
+    rows = store._execute("SELECT key, device, rule, t, verdict, grp FROM events")
+    stored = [r[0] for r in rows]
+    lost = len(kept_keys - set(stored))
+    duplicated = (len(stored) - len(set(stored))) + len(set(stored) - kept_keys)
+    # ---- the teacher cascade: precision of the student's kept frames, and of those the teacher confirmed
+    rel, rel_confirmed, per_rule = [], [], {}
+    for key, _dev, rule, _t, verdict, _g in rows:
+        d, r_, photo = truth_of.get(key, (None, rule, None))
+        if rule not in words or photo is None:
+            continue
+        hit = any(words[rule].search(c) for c in captions.get(photo, []))
+        rel.append(hit)
+        pr = per_rule.setdefault(rule, {"kept": 0, "relevant": 0, "confirmed": 0, "confirmed_relevant": 0})
+        pr["kept"] += 1
+        pr["relevant"] += hit
+        if verdict == "confirmed":
+            rel_confirmed.append(hit)
+            pr["confirmed"] += 1
+            pr["confirmed_relevant"] += hit
+    student_precision = float(np.mean(rel)) if rel else None
+    cascade_precision = float(np.mean(rel_confirmed)) if rel_confirmed else None
+    # ---- near-duplicate groups against the photos (a photo is one scene)
+    photos_stored = {truth_of[k][2] for k in stored if k in truth_of}
+    groups = len({r[5] for r in rows if r[5] is not None})
+    lat = store.latencies()
+    res = {
+        "devices": len(videos),
+        "events_kept": len(kept_keys),
+        "events_received": len(set(stored)),
+        "events_lost": lost,
+        "events_duplicated": duplicated,
+        "faults_injected": sum(proxy.faults.values()) + 1,
+        "faults": {
+            **proxy.faults,
+            "collector_killed": 1,
+            "collector_down_seconds": round(down, 1),
+            "connections_refused_while_down": proxy.upstream_refused,
+        },  # fmt: skip
+        "campaign": {
+            "version": campaign_version,
+            "devices_switched": sum(1 for s in summaries if s.get("rules_version") == str(campaign_version)),
+            "events_under_campaign": sum(
+                1
+                for r in rows
+                if r[2] in {x["name"] for x in cfg["campaign"]["rules"]}
+                and r[2] not in {x["name"] for x in rules["rules"]}
+            ),
+        },  # fmt: skip
+        "p95_seconds_to_searchable": float(np.percentile(lat, 95)) if lat else None,
+        "p50_seconds_to_searchable": float(np.percentile(lat, 50)) if lat else None,
+        "student_precision": student_precision,
+        "cascade_precision": cascade_precision,
+        "teacher_rescoring_precision_gain": (
+            cascade_precision - student_precision
+            if None not in (student_precision, cascade_precision)
+            else None
+        ),
+        "cascade_keeps": len(rel_confirmed) / len(rel) if rel else None,
+        "per_rule": per_rule,
+        "dedup_ratio": 1.0 - groups / len(stored) if stored else None,
+        "groups": groups,
+        "distinct_photos_stored": len(photos_stored),
+        "device_side": {
+            "dropped_as_near_duplicates": sum(s.get("dropped_as_near_duplicates", 0) for s in summaries),
+            "kept_frames": sum(s.get("kept_frames", 0) for s in summaries),
+            "upload": [s.get("upload") for s in summaries],
+        },
+        "collector_stats": st,
+        "devices_wall_seconds": round(t_devices, 1),
+        "store": store.name,
+    }
+    res["novelty"] = novelty_study(cfg, videos[0], out / "novelty")
+    res["ingest"] = ingest_study(cfg, out / "ingest", teacher_spec, dim, teacher_id)
+    res["ingest_events_per_s"] = res["ingest"]["sqlite_1"]["events_per_s"]
+    return res
+
+
+def _teacher_facts(bundle: str) -> tuple[int, str]:
+    from edgeclip.runtime.bundle import read_manifest
+
+    t = read_manifest(bundle).get("teacher") or {}
+    return int(t["embed_dim"]), str(t["id"])
+
+
+# ------------------------------------------------------------------------------------------ novelty
+def novelty_study(cfg: dict, video: dict, out: Path) -> dict[str, Any]:
+    """One car's video with its rules, novelty off and on: frames kept, near-duplicates dropped, and how many
+    distinct photos (scenes) each kept."""
+    from edgeclip.runtime import load_bundle
+    from edgeclip.runtime.watch import load_rules, watch
+
+    lab = load_bundle(cfg["bundle"], threads=int(cfg.get("threads", 2)))
+    res = {}
+    for name, nov in (("off", 0.0), ("on", None)):
+        rules = json.loads(json.dumps(cfg["rules"]))
+        for r in rules["rules"]:
+            if nov is not None:
+                r["novelty"] = nov
+        s = watch(video["path"], lab, load_rules(rules), out / name, progress=False, log=lambda s: None)
+        scenes = set()
+        for line in (out / name / "events.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r["type"] == "frame":
+                scenes.add((r["rule"], _photo_at(video, r["t"])))
+        res[name] = {
+            "kept_frames": s["kept_frames"],
+            "dropped_as_near_duplicates": s["dropped_as_near_duplicates"],
+            "distinct_scenes_kept": len(scenes),
+        }
+    return res
+
+
+# ------------------------------------------------------------------------------------------ ingest
+def _events_for_load(n: int, dim: int, photos: list[Path]) -> list[tuple[dict, bytes]]:
+    rng = np.random.default_rng(0)
+    jpegs = [p.read_bytes() for p in photos]
+    out = []
+    for i in range(n):
+        e = rng.normal(size=dim).astype(np.float32)
+        e /= np.linalg.norm(e)
+        meta = {"key": f"load-{i:08d}-{rng.integers(1 << 30):x}", "rule": "load", "query": "a dog",
+                "background": ["a photo"], "threshold": 0.5, "kept_at": time.time(),
+                "embedding": [round(float(x), 6) for x in e]}  # fmt: skip
+        out.append((meta, jpegs[i % len(jpegs)]))
+    return out
+
+
+def _post_all(urls: list[str], token: str, events: list, clients: int) -> float:
+    """Post ``events`` from ``clients`` threads spread over ``urls``; -> events/s."""
+    import httpx
+
+    chunks = [events[i::clients] for i in range(clients)]
+    errors = []
+
+    def worker(i: int):
+        with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {token}"}) as c:
+            for meta, jpeg in chunks[i]:
+                r = c.post(
+                    f"{urls[i % len(urls)]}/api/events",
+                    headers={"Idempotency-Key": meta["key"]},
+                    data={"meta": json.dumps({**meta, "device": "loadgen"})},
+                    files={"file": ("f.jpg", jpeg, "image/jpeg")},
+                )
+                if r.status_code != 201:
+                    errors.append(r.text[:200])
+
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    dt = time.perf_counter() - t0
+    if errors:
+        raise EdgeClipError(f"ingest load: {len(errors)} failed posts, first: {errors[0]}")
+    return len(events) / dt
+
+
+def ingest_study(cfg: dict, out: Path, teacher: str, dim: int, teacher_id: str) -> dict[str, Any]:
+    """Events/s into one collector process (SQLite), one and two processes on one PostgreSQL; rescoring off,
+    so the figure is the ingest path (HTTP, checks, JPEG decode check, blob, row)."""
+    import secrets
+    import shutil
+
+    from edgeclip.collect.pglocal import LocalPostgres, unavailable
+    from edgeclip.collect.store import open_store
+
+    n, clients = int(cfg.get("ingest_events", 400)), int(cfg.get("ingest_clients", 8))
+    from edgeclip.data.captions import load_captions
+
+    cs = load_captions(cfg["captions"], cfg.get("images"), cfg.get("split", "test"))
+    photos = [Path(it.record().path) for it in cs.items[:32]]
+    res: dict[str, Any] = {"events": n, "clients": clients, "rescoring": "off (the teacher pass is separate)"}
+
+    def run(name: str, spec: str, blobs: str, procs: int) -> None:
+        tok = secrets.token_urlsafe(16)
+        st = open_store(spec, dim, teacher_id)
+        st.add_device("loadgen", tok)
+        cs_ = [
+            _CollectorProcess(spec, teacher, blobs, out / f"{name}.log", rescore=False).start()
+            for _ in range(procs)
+        ]
+        try:
+            rate = _post_all([f"http://127.0.0.1:{c.port}" for c in cs_], tok, _events_for_load(n, dim, photos),
+                             clients)  # fmt: skip
+        finally:
+            for c in cs_:
+                c.stop()
+        res[name] = {"events_per_s": round(rate, 1), "collectors": procs, "store": st.name}
+        st.close()
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    run("sqlite_1", str(out / "sqlite"), str(out / "sqlite" / "blobs"), 1)
+    why = unavailable()
+    if why:
+        res["postgresql"] = f"not measured: {why}"
+        return res
+    with LocalPostgres(out / "pg") as url:
+        run("postgresql_1", url, str(out / "pg-blobs"), 1)
+    with LocalPostgres(out / "pg2") as url:
+        run("postgresql_2", url, str(out / "pg2-blobs"), 2)
+    res["postgresql_2_vs_1"] = round(
+        res["postgresql_2"]["events_per_s"] / res["postgresql_1"]["events_per_s"], 2
+    )
+    return res
