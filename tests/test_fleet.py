@@ -232,6 +232,7 @@ def test_a_campaign_is_checked_at_push_and_switched_to_mid_run(video, collector,
         progress=False,
         link=link,
         drain=30,
+        realtime=True,  # the 8 s video at its own pace, as a camera: the poll (every 0.2 s) comes mid-run
     )
     # the campaign came in while the video played (polled every 0.2 s), and frames kept after it record it
     assert s["rule_switches"] == 1 and s["rules_version"] == str(version) and s["upload"]["campaigns"] == 1
@@ -293,8 +294,9 @@ def test_a_watch_killed_while_uploading_loses_and_repeats_nothing(video, collect
         str(tmp_path / "outbox"),
         "--drain-seconds",
         "30",
+        "--realtime",  # as a camera delivers it: the kills land mid-video, with frames waiting and in flight
     ]
-    for i, delay in enumerate((1.5, 2.5, 3.5)):
+    for i, delay in enumerate((2.0, 3.5)):
         p = subprocess.Popen(
             base + (["--resume"] if i else []), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
