@@ -473,3 +473,16 @@ def test_the_search_page_shows_what_the_api_finds(collector, tmp_path, shapes):
             arg=want,
         )
         b.close()
+
+
+def test_blobs_in_a_folder_and_through_fsspec(tmp_path):
+    """The folder store and the fsspec path (fsspec's in-memory filesystem standing in for object storage):
+    content-addressed names, a second put of the same bytes is the same blob, names cannot climb out."""
+    from edgeclip.collect.blobs import Blobs
+
+    for spec in (str(tmp_path / "blobs"), "memory://edgeclip-test/blobs"):
+        b = Blobs(spec)
+        n1, n2 = b.put(b"\xff\xd8one"), b.put(b"\xff\xd8one")
+        assert n1 == n2 and b.get(n1) == b"\xff\xd8one" and b.put(b"\xff\xd8two") != n1
+        with pytest.raises(EdgeClipError, match="not a blob name"):
+            b.get("../../etc/passwd")
