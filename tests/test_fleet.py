@@ -486,3 +486,79 @@ def test_blobs_in_a_folder_and_through_fsspec(tmp_path):
         assert n1 == n2 and b.get(n1) == b"\xff\xd8one" and b.put(b"\xff\xd8two") != n1
         with pytest.raises(EdgeClipError, match="not a blob name"):
             b.get("../../etc/passwd")
+
+
+def test_the_collector_holds_serves_limits_against_hostile_clients(collector, tmp_path):
+    """The guards `edgeclip serve` is tested with, on the collector: another Host (DNS rebinding), a chunked
+    upload past the limit cut off as it streams, a stalled body, an image whose header claims a huge size (refused
+    before decoding), search without the token where one is set."""
+    import io
+    import socket
+    from urllib.parse import urlparse
+
+    from PIL import Image
+
+    from edgeclip.collect import Collector, create_collector_app
+
+    url, c = collector["url"], collector["c"]
+    token = _device(collector, "car-hostile")
+    h = {"Authorization": f"Bearer {token}"}
+    r = httpx.get(f"{url}/api/stats", headers={"Host": "evil.example"})
+    assert r.status_code == 400
+    sent = {"n": 0}
+
+    def chunks(total, head):
+        yield head
+        while sent["n"] < total:
+            sent["n"] += 65536
+            yield b"0" * 65536
+
+    boundary = "edgeclipboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    r = httpx.post(
+        f"{url}/api/events",
+        content=chunks(60 * 2**20, head),
+        headers={
+            **h,
+            "content-type": f"multipart/form-data; boundary={boundary}",
+            "Idempotency-Key": "h" * 12,
+        },
+        timeout=60,
+    )
+    assert r.status_code == 413 and "the server reads no more" in r.json()["error"]
+    # a PNG header that claims 60,000 x 60,000 pixels: refused from the header, at ingest and in search
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big")
+    meta = {"key": "b" * 12, "rule": "r"}
+    r = httpx.post(f"{url}/api/events", headers={**h, "Idempotency-Key": "b" * 12},
+                   data={"meta": json.dumps(meta)}, files={"file": ("bomb.png", bytes(png))})  # fmt: skip
+    assert r.status_code == 415, r.text
+    r = httpx.post(f"{url}/api/search/image", files={"file": ("bomb.png", bytes(png))})
+    assert r.status_code == 415 and "\n" not in r.json()["error"]
+    assert httpx.get(f"{url}/api/search", params={"k": 0}).status_code == 422
+    assert httpx.get(f"{url}/api/blob/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    # a stalled body, and the search side's token, on a second app over the same store
+    guarded = Collector(c.store, c.blobs, c.teacher, None, token="search-token")
+    with running_server(create_collector_app(guarded, body_timeout=1.0)) as url2:
+        assert httpx.get(f"{url2}/api/search").status_code == 401
+        ok = httpx.get(f"{url2}/api/search", headers={"X-Edgeclip-Token": "search-token"})
+        assert ok.status_code == 200
+        u = urlparse(url2)
+        s = socket.create_connection((u.hostname, u.port), timeout=10)
+        s.sendall(
+            b"POST /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\n--x\r\n\r\n"
+        )
+        reply = b""
+        while b"stalled" not in reply:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
