@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES
+from edgeclip.core.worker import Worker
 
 DEDUP_DISTANCE = 0.05  # cosine distance between teacher embeddings under which two frames are one scene
 
@@ -78,8 +79,10 @@ class TeacherSide:
         return score, "confirmed" if score >= threshold else "rejected"
 
 
-class Rescorer:
+class Rescorer(Worker):
     """The thread that gives every stored event the teacher's embedding, verdict and near-duplicate group."""
+
+    thread_name = "edgeclip-rescore"
 
     def __init__(
         self,
@@ -90,37 +93,20 @@ class Rescorer:
         dedup_distance: float = DEDUP_DISTANCE,
         log: Callable[[str], None] = print,
     ):
+        super().__init__()
         self.store, self.blobs, self.teacher, self.batch = store, blobs, teacher, batch
         self.dedup_distance, self.log = dedup_distance, log
         self.done = 0
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> Rescorer:
-        self._thread = threading.Thread(target=self._run, name="edgeclip-rescore", daemon=True)
-        self._thread.start()
-        return self
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        while not self.stopping:
             try:
                 n = self.step()
             except EdgeClipError as e:  # the database went away for a moment: try again shortly
                 self.log(f"rescoring: {e}")
                 n = 0
             if not n:
-                self._wake.wait(0.5)
-                self._wake.clear()
+                self.idle(0.5)
 
     def step(self) -> int:
         """Rescore one batch of waiting events; -> how many."""

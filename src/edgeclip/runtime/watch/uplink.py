@@ -25,6 +25,7 @@ from typing import Any
 
 from edgeclip.core.errors import EdgeClipError
 from edgeclip.core.io import write_json
+from edgeclip.core.worker import Worker
 from edgeclip.runtime.watch.outbox import Entry, Outbox
 
 PERMANENT = {400, 404, 413, 415, 422}  # the collector would refuse the same request again
@@ -44,8 +45,10 @@ def read_token(token: str | None = None, token_file: str | os.PathLike | None = 
     return token
 
 
-class Uplink:
+class Uplink(Worker):
     """Sends the outbox and polls campaigns in one daemon thread; ``stats`` counts what happened."""
+
+    thread_name = "edgeclip-uplink"
 
     def __init__(
         self,
@@ -62,6 +65,7 @@ class Uplink:
     ):
         import httpx
 
+        super().__init__()
         if not url.startswith(("http://", "https://")):
             raise EdgeClipError(f"--upload must be an http:// or https:// address, got {url!r}")
         self.outbox, self.url, self.device = outbox, url.rstrip("/"), device_id
@@ -73,20 +77,8 @@ class Uplink:
         self.stats = {"attempts": 0, "failures": 0, "campaigns": 0, "campaigns_refused": 0}
         self.last_error: str | None = None
         self.campaign = self._saved_campaign()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # ---- lifecycle
-    def start(self) -> Uplink:
-        self._thread = threading.Thread(target=self._run, name="edgeclip-uplink", daemon=True)
-        self._thread.start()
-        return self
-
-    def wake(self) -> None:
-        """A new event is waiting: send it now rather than at the next poll."""
-        self._wake.set()
-
     def drain(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for the outbox to empty; -> whether it did."""
         end = time.monotonic() + seconds
@@ -95,31 +87,27 @@ class Uplink:
             time.sleep(0.05)
         return not len(self.outbox)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
+    def stop(self, timeout: float = 15.0) -> None:
+        super().stop(timeout)
         self.client.close()
 
     # ---- the thread
-    def _run(self) -> None:
+    def run(self) -> None:
         delay, next_poll = 0.0, 0.0
-        while not self._stop.is_set():
+        while not self.stopping:
             if self.on_campaign is not None and time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self.poll
                 self._poll_campaign()
             batch = self.outbox.oldest(1)
             if not batch:
-                self._wake.wait(min(1.0, self.poll))
-                self._wake.clear()
+                self.idle(min(1.0, self.poll))
                 continue
             if self._send(batch[0]):
                 delay = 0.0
                 continue
             # jittered exponential backoff: a thousand cars that lost the same tower do not come back in step
             delay = min(self.max_backoff, max(self.backoff0, delay * 2))
-            self._stop.wait(delay * random.uniform(0.5, 1.0))
+            self.pause(delay * random.uniform(0.5, 1.0))
 
     def _send(self, e: Entry) -> bool:
         """-> True when the event left the outbox (sent, duplicate or rejected), False to retry later."""
