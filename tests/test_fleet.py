@@ -562,3 +562,41 @@ def test_the_collector_holds_serves_limits_against_hostile_clients(collector, tm
             reply += chunk
         s.close()
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+
+
+def test_the_collect_commands(collector, tmp_path, tiny_teacher, shapes, capsys):
+    """device add (token file, mode 600), campaign push (a bad one: exit 2, one line), stats and search from the
+    command line, against the collection the other tests filled."""
+    from test_cli import run_cli
+
+    store = str(collector["store"])
+    tok = tmp_path / "car-cli.token"
+    code, _, err = run_cli(
+        ["collect", "device", "add", "car-cli", "--store", store, "--token-file", str(tok)], capsys
+    )
+    assert code == 0 and tok.stat().st_mode & 0o777 == 0o600
+    assert collector["c"].store.device_for(tok.read_text().strip()) == "car-cli"
+    code, _, err = run_cli(["collect", "device", "add", "bad id!", "--store", store], capsys)
+    assert code == 2 and err.count("\n") == 1 and "device id" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [{name: x, query: a dog, threshold: 2}]\nbackground: [a photo]\n")
+    code, _, err = run_cli(["collect", "campaign", "push", str(bad), "--store", store], capsys)
+    assert code == 2 and "threshold must be in" in err and err.count("\n") == 1
+    photo = sorted(Path(shapes["test"]).rglob("*.jpg"))[0]
+    meta = {"key": "cli-event-0001", "rule": "r", "query": "a star", "background": ["a photo"]}
+    r = httpx.post(
+        f"{collector['url']}/api/events",
+        headers={"Authorization": f"Bearer {tok.read_text().strip()}", "Idempotency-Key": meta["key"]},
+        data={"meta": json.dumps(meta)},
+        files={"file": (photo.name, photo.read_bytes())},
+    )
+    assert r.status_code in (200, 201) and collector["c"].rescorer.wait_idle(60)
+    code, out, _ = run_cli(["collect", "stats", "--store", store], capsys)
+    assert code == 0 and json.loads(out)["per_device"]["car-cli"] == 1
+    code, out, _ = run_cli(
+        ["collect", "search", "a star", "--store", store, "--teacher", tiny_teacher, "--k", "3"], capsys
+    )
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert code == 0 and 1 <= len(rows) <= 3 and all(r["similarity"] is not None for r in rows)
+    code, _, err = run_cli(["collect", "stats", "--store", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "no collection at" in err
