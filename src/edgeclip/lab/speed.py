@@ -12,6 +12,8 @@ Model specs:
 
 * ``clip:ARCH``      open_clip image tower with its real architecture and *random* weights (speed does
                      not depend on the weights, and no hub is needed), e.g. ``clip:ViT-B-32``, ``clip:RN50``;
+                     ``clip:ARCH@SIZE`` at another input size, ``+reparam`` folded for inference
+                     (``clip:MobileCLIP2-S0@224+reparam``), TinyCLIP sizes from ``configs/clip_arch``;
 * ``NAME``           a student backbone from the registry (+ the MLP projection head), e.g. ``mobilenet_v3_large``,
                      ``timm:vit_small_patch16_224``;
 * ``ckpt:PATH``      a distilled student checkpoint (measured at its own input size);
@@ -70,28 +72,48 @@ class _ClipTower(nn.Module):
         return self.visual(x)
 
 
+CLIP_ARCH_DIR = Path(__file__).resolve().parents[1] / "configs" / "clip_arch"
+
+
+def _clip_tower(spec: str, role: str | None) -> SpeedModel:
+    """``clip:ARCH[@SIZE][+reparam]``: open_clip's image tower of ARCH with random weights, at its own input size
+    or SIZE, ``+reparam``: with its train-time branches folded for inference (timm's ``reparameterize_model``,
+    as MobileCLIP ships its towers). ARCH may also be one of ``configs/clip_arch/*.json`` (TinyCLIP sizes)."""
+    import open_clip
+
+    body, _, flags = spec[5:].partition("+")
+    arch, _, size_s = body.partition("@")
+    if arch not in open_clip.list_models() and (CLIP_ARCH_DIR / f"{arch}.json").is_file():
+        open_clip.add_model_config(CLIP_ARCH_DIR)
+    if arch not in open_clip.list_models():
+        raise EdgeClipError(f"unknown open_clip architecture {arch!r} in {spec!r}")
+    if flags not in ("", "reparam"):
+        raise EdgeClipError(f"{spec!r}: the only flag is +reparam")
+    torch.manual_seed(0)
+    m = open_clip.create_model(arch, pretrained=None)  # random weights: no hub, same speed
+    visual = m.visual.eval()
+    if flags == "reparam":
+        from timm.utils.model import reparameterize_model
+
+        visual = reparameterize_model(visual)
+    size = m.visual.image_size
+    size = int(size_s) if size_s else (size[0] if isinstance(size, (tuple, list)) else int(size))
+    return SpeedModel(
+        spec,
+        role or "teacher",
+        size,
+        _ClipTower(visual).eval(),
+        transformer="vit" in arch.lower(),
+        info={"weights": "random (speed only)", "reparameterized": flags == "reparam"},
+    )
+
+
 def build_speed_model(
     spec: str, img_size: int = 224, embed_dim: int = 512, role: str | None = None
 ) -> SpeedModel:
     """Build the module named by ``spec`` (see the module docstring) in eval mode on the CPU."""
     if spec.startswith("clip:"):
-        import open_clip
-
-        arch = spec[5:]
-        if arch not in open_clip.list_models():
-            raise EdgeClipError(f"unknown open_clip architecture {arch!r} in {spec!r}")
-        torch.manual_seed(0)
-        m = open_clip.create_model(arch, pretrained=None)  # random weights: no hub, same speed
-        size = m.visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        return SpeedModel(
-            spec,
-            role or "teacher",
-            size,
-            _ClipTower(m.visual).eval(),
-            transformer="vit" in arch.lower(),
-            info={"weights": "random (speed only)"},
-        )
+        return _clip_tower(spec, role)
     if spec.startswith("ckpt:"):
         from edgeclip.models.student import load_student
 
