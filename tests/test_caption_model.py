@@ -230,3 +230,29 @@ print(r.json()["caption"])
     r = run_without_torch(code)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == want and want
+
+
+def test_repetition_penalty_and_ngram_block_break_a_loop():
+    """A bigram model that loves "w4 w5 w4 w5 ...": plain beam search loops, the n-gram block never says a
+    bigram twice, the repetition penalty prefers the fresh word; bad settings are one line."""
+    V = 9
+    lp = torch.full((V, V), -30.0)
+    lp[BOS_ID, 4] = 0.0
+    lp[4, 5], lp[4, EOS_ID] = math.log(0.9), math.log(0.1)
+    lp[5, 4], lp[5, 6] = math.log(0.95), math.log(0.05)
+    lp[6, EOS_ID] = 0.0
+    lp = torch.log_softmax(lp, -1)
+    step = lambda w, d, s: (lp[w], d)  # noqa: E731
+    z = torch.zeros(1, 2)
+    plain, _ = beam_decode(step, (z, z), (z,), beam=3, max_len=8, length_penalty=1.0)
+    words = [w for w in plain[0].tolist() if w not in (PAD_ID, EOS_ID)]
+    assert words[:4] == [4, 5, 4, 5]  # the loop
+    for kw in ({"no_repeat_ngram": 2}, {"repetition_penalty": 3.0}):
+        ids, _ = beam_decode(step, (z, z), (z,), beam=3, max_len=8, length_penalty=1.0, **kw)
+        seq = [w for w in ids[0].tolist() if w not in (PAD_ID, EOS_ID)]
+        bigrams = list(zip(seq, seq[1:]))
+        assert len(bigrams) == len(set(bigrams)) and len(seq) < len(words), (kw, seq)
+    with pytest.raises(EdgeClipError, match="repetition_penalty"):
+        beam_decode(step, (z, z), (z,), beam=2, repetition_penalty=0.5)
+    with pytest.raises(EdgeClipError, match="no_repeat_ngram"):
+        beam_decode(step, (z, z), (z,), beam=2, no_repeat_ngram=1)

@@ -38,6 +38,8 @@ def caption_cmd(
     beam: int = typer.Option(5, help="beam size (1 = greedy)"),
     max_len: int = typer.Option(20, help="max words"),
     length_penalty: float = typer.Option(1.0, help="beam scores are divided by length ** this"),
+    repetition_penalty: float = typer.Option(1.0, help="a word already in the caption costs log(this) more"),
+    no_repeat_ngram: int = typer.Option(0, help="no n-gram of this size twice in a caption (0: off)"),
     batch_size: int = typer.Option(16),
     out: Path | None = typer.Option(None, help="write JSONL here (default stdout)"),
 ):
@@ -46,7 +48,13 @@ def caption_cmd(
 
     if (model is None) == (onnx is None):
         raise EdgeClipError("give exactly one of --model CHECKPOINT or --onnx FOLDER")
-    decoding = {"beam": beam, "max_len": max_len, "length_penalty": length_penalty}
+    decoding = {
+        "beam": beam,
+        "max_len": max_len,
+        "length_penalty": length_penalty,
+        "repetition_penalty": repetition_penalty,
+        "no_repeat_ngram": no_repeat_ngram,
+    }
     if onnx is not None:  # the device path: numpy preprocessing and ONNX Runtime, no torch
         from edgeclip.runtime.captioner import CaptionerBundle
 
@@ -130,6 +138,8 @@ def caption_eval_cmd(
     beam: int = typer.Option(5),
     max_len: int = typer.Option(20),
     length_penalty: float = typer.Option(1.0),
+    repetition_penalty: float = typer.Option(1.0, help="a word already in the caption costs log(this) more"),
+    no_repeat_ngram: int = typer.Option(0, help="no n-gram of this size twice in a caption (0: off)"),
     samples: int = typer.Option(10, help="sample captions in the JSON"),
     batch_size: int = typer.Option(32),
     out: Path | None = typer.Option(None, help="write the results JSON here"),
@@ -157,6 +167,8 @@ def caption_eval_cmd(
         max_len=max_len,
         batch_size=batch_size,
         length_penalty=length_penalty,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram=no_repeat_ngram,
         samples=samples,
         allow_vocab_mismatch=allow_vocab_mismatch,
     )

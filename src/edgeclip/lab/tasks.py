@@ -318,6 +318,9 @@ def _caption_eval(cfg: dict, out: Path, ctx: dict) -> dict:
             beam=int(beam),
             max_len=int(cfg.get("max_len", 20)),
             samples=int(cfg.get("samples", 15)),
+            length_penalty=float(cfg.get("length_penalty", 1.0)),
+            repetition_penalty=float(cfg.get("repetition_penalty", 1.0)),
+            no_repeat_ngram=int(cfg.get("no_repeat_ngram", 0)),
         )
         key = "greedy" if int(beam) == 1 else f"beam{beam}"
         res[key] = {k: v for k, v in ev.items() if k != "captions"}

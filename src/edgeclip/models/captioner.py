@@ -237,10 +237,13 @@ def load_captioner(path: str | Path, map_location: str = "cpu") -> Loaded:
 class TorchCaptioner:
     """A captioner checkpoint as an :class:`edgeclip.runtime.captioner.ImageCaptioner` (for the captioning loop)."""
 
-    def __init__(self, path: str | Path, beam: int = 5, max_len: int = 20, length_penalty: float = 1.0):
+    def __init__(
+        self, path: str | Path, beam: int = 5, max_len: int = 20, length_penalty: float = 1.0, **penalties
+    ):
         self.model, self.pp, self.info = load_captioner(path)
         self.transform = self.pp.torch_transform()
-        self.decoding = {"beam": beam, "max_len": max_len, "length_penalty": length_penalty}
+        # penalties: repetition_penalty, no_repeat_ngram (runtime.decode.beam_decode)
+        self.decoding = {"beam": beam, "max_len": max_len, "length_penalty": length_penalty, **penalties}
 
     def prepare(self, image) -> torch.Tensor:
         return self.transform(image)

@@ -47,12 +47,24 @@ def beam_decode(
     max_len: int = 20,
     length_penalty: float = 1.0,
     allow_unk: bool = False,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched beam search (:func:`edgeclip.runtime.decode.beam_decode` over a torch step). Returns ((N, max_len)
     ids of the best beam, (N,) its length-normalised log-prob)."""
     dev = dyn[0].device
     ids, score = npdecode.beam_decode(
-        _numpy_step(step, dev), dyn, static, dyn[0].shape[0], beam, max_len, length_penalty, allow_unk, _take
+        _numpy_step(step, dev),
+        dyn,
+        static,
+        dyn[0].shape[0],
+        beam,
+        max_len,
+        length_penalty,
+        allow_unk,
+        _take,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram=no_repeat_ngram,
     )
     return torch.from_numpy(ids), torch.from_numpy(score)
 
@@ -75,6 +87,8 @@ def generate(
     max_len: int = 20,
     length_penalty: float = 1.0,
     allow_unk: bool = False,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram: int = 0,
 ) -> list[str]:
     """Captions of a normalised image batch with a :class:`~edgeclip.models.captioner.Captioner`
     (``beam=1``: greedy)."""
@@ -85,7 +99,17 @@ def generate(
     if beam <= 1:
         ids = greedy_decode(step, (h, c), (feats, keys), max_len, allow_unk)
     else:
-        ids, _ = beam_decode(step, (h, c), (feats, keys), beam, max_len, length_penalty, allow_unk)
+        ids, _ = beam_decode(
+            step,
+            (h, c),
+            (feats, keys),
+            beam,
+            max_len,
+            length_penalty,
+            allow_unk,
+            repetition_penalty,
+            no_repeat_ngram,
+        )
     model.train(was)
     return decode_ids(model.vocab, ids)
 

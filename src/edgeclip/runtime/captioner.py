@@ -111,7 +111,14 @@ class CaptionerBundle:
         return logp, (h, c)
 
     def caption_arrays(
-        self, x, beam: int = 5, max_len: int = 20, length_penalty: float = 1.0, allow_unk: bool = False
+        self,
+        x,
+        beam: int = 5,
+        max_len: int = 20,
+        length_penalty: float = 1.0,
+        allow_unk: bool = False,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram: int = 0,
     ) -> list[str]:
         """Captions of a normalised (B, 3, H, W) float batch (numpy, or anything with ``.numpy()``)."""
         x = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
@@ -121,13 +128,35 @@ class CaptionerBundle:
             ids = greedy_decode(self._step, (h, c), (feats, keys), n, max_len, allow_unk)
         else:
             ids, _ = beam_decode(
-                self._step, (h, c), (feats, keys), n, beam, max_len, length_penalty, allow_unk
+                self._step,
+                (h, c),
+                (feats, keys),
+                n,
+                beam,
+                max_len,
+                length_penalty,
+                allow_unk,
+                repetition_penalty=repetition_penalty,
+                no_repeat_ngram=no_repeat_ngram,
             )
         return [decode_words(self.words, r) for r in ids]
 
-    def decoding(self, beam: int = 5, max_len: int = 20, length_penalty: float = 1.0) -> CaptionerBundle:
+    def decoding(
+        self,
+        beam: int = 5,
+        max_len: int = 20,
+        length_penalty: float = 1.0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram: int = 0,
+    ) -> CaptionerBundle:
         """Set the decoding the :class:`ImageCaptioner` methods use; -> self."""
-        self._decoding = {"beam": beam, "max_len": max_len, "length_penalty": length_penalty}
+        self._decoding = {
+            "beam": beam,
+            "max_len": max_len,
+            "length_penalty": length_penalty,
+            "repetition_penalty": repetition_penalty,
+            "no_repeat_ngram": no_repeat_ngram,
+        }
         return self
 
     def prepare(self, image: Any) -> np.ndarray:

@@ -67,10 +67,18 @@ def beam_decode(
     length_penalty: float = 1.0,
     allow_unk: bool = False,
     take: TakeFn = take_numpy,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Batched beam search over ``n`` images. -> ((n, max_len) ids of the best beam, (n,) its length-normalised
     log-prob). Finished hypotheses stay in the beam (extended with PAD at no cost); the final choice divides each
-    hypothesis' log-probability by ``length ** length_penalty`` (length counts words and the <eos>)."""
+    hypothesis' log-probability by ``length ** length_penalty`` (length counts words and the <eos>).
+    ``repetition_penalty`` (>= 1, CTRL's): a word the hypothesis already holds costs log(penalty) more;
+    ``no_repeat_ngram`` (n >= 2): no n-gram twice in one caption (0: off)."""
+    if repetition_penalty < 1.0:
+        raise EdgeClipError(f"repetition_penalty must be >= 1, got {repetition_penalty}")
+    if no_repeat_ngram < 0 or no_repeat_ngram == 1:
+        raise EdgeClipError(f"no_repeat_ngram must be 0 (off) or >= 2, got {no_repeat_ngram}")
     if beam < 1:
         raise EdgeClipError(f"beam must be >= 1, got {beam}")
     if max_len < 1:
@@ -90,6 +98,7 @@ def beam_decode(
         logp, dyn = step(words, dyn, static)
         V = logp.shape[-1]
         logp = _mask_specials(np.asarray(logp).reshape(B, k, V), allow_unk)
+        logp = _penalise(logp, seqs, repetition_penalty, no_repeat_ngram)
         if finished.any():
             fin_row = np.full((V,), -np.inf, dtype=np.float32)
             fin_row[PAD_ID] = 0.0
@@ -115,6 +124,29 @@ def beam_decode(
     out = np.full((B, max_len), PAD_ID, dtype=np.int64)
     out[:, : ids.shape[1]] = ids
     return out, norm[np.arange(B), best]
+
+
+def _penalise(logp: np.ndarray, seqs: np.ndarray, penalty: float, ngram: int) -> np.ndarray:
+    """The repetition penalty and the n-gram block on (B, k, V) log-probs, given the (B, k, t) words so far."""
+    t = seqs.shape[-1]
+    if t == 0 or (penalty == 1.0 and not ngram):
+        return logp
+    logp = logp.copy()
+    if penalty != 1.0:
+        seen = np.zeros(logp.shape, dtype=bool)
+        np.put_along_axis(seen, seqs, True, axis=-1)
+        seen[..., [PAD_ID, BOS_ID, EOS_ID]] = False
+        logp[seen] -= np.float32(np.log(penalty))
+    if ngram and t >= ngram - 1:
+        B, k = seqs.shape[:2]
+        for b in range(B):
+            for j in range(k):
+                s = seqs[b, j].tolist()
+                prefix = s[t - ngram + 1 :] if ngram > 1 else []
+                for i in range(t - ngram + 1):
+                    if s[i : i + ngram - 1] == prefix:
+                        logp[b, j, s[i + ngram - 1]] = -np.inf
+    return logp
 
 
 def decode_words(itos: list[str], ids) -> str:

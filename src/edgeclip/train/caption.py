@@ -168,12 +168,24 @@ def caption_tensor(
     max_len: int,
     batch_size: int = 32,
     length_penalty: float = 1.0,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram: int = 0,
 ) -> list[str]:
     dev = next(model.parameters()).device
     out: list[str] = []
     for i in range(0, len(x_uint8), batch_size):
         xb = normalize(x_uint8[i : i + batch_size].to(dev), pp.mean, pp.std)
-        out.extend(generate(model, xb, beam=beam, max_len=max_len, length_penalty=length_penalty))
+        out.extend(
+            generate(
+                model,
+                xb,
+                beam=beam,
+                max_len=max_len,
+                length_penalty=length_penalty,
+                repetition_penalty=repetition_penalty,
+                no_repeat_ngram=no_repeat_ngram,
+            )
+        )
     return out
 
 
@@ -417,6 +429,8 @@ def evaluate_captioner(
     samples: int = 10,
     progress: bool = False,
     allow_vocab_mismatch: bool = False,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram: int = 0,
 ) -> dict[str, Any]:
     """Caption every image of ``cs`` and score against its references (all metrics + sample captions)."""
     oov = model.vocab.oov_rate(cs.all_captions())
@@ -429,7 +443,9 @@ def evaluate_captioner(
     if not items:
         raise EdgeClipError("no readable images to caption")
     t0 = time.time()
-    hyps = caption_tensor(model, x, pp, beam, max_len, batch_size, length_penalty)
+    hyps = caption_tensor(
+        model, x, pp, beam, max_len, batch_size, length_penalty, repetition_penalty, no_repeat_ngram
+    )
     dt = time.time() - t0
     names = [it.name for it in items]
     sc = score_captions({it.name: it.captions for it in items}, dict(zip(names, hyps)))
@@ -441,6 +457,8 @@ def evaluate_captioner(
         "beam": beam,
         "max_len": max_len,
         "length_penalty": length_penalty,
+        "repetition_penalty": repetition_penalty,
+        "no_repeat_ngram": no_repeat_ngram,
         "reference_oov_rate": oov,
         "decode_seconds": dt,
         "skipped": {"captions": cs.skipped, "unreadable_images": len(skipped)},
