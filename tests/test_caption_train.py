@@ -210,3 +210,33 @@ def test_cli_train_caption_eval(caption_data, tmp_path, capsys):
         >= res["distinct_captions"]
     )
     assert res["distinct_captions"] >= 1 and res["beam"] == 2
+
+
+def test_label_smoothing_raises_the_loss_of_a_confident_model_and_is_checked(caption_data, tmp_path):
+    """Label smoothing spreads part of each target over the vocabulary: the same confident logits cost more with
+    it; a training run records it in its fingerprint; out-of-range values are one line."""
+    import torch
+
+    from edgeclip.train.caption import next_word_ce, train_captioner
+
+    tokens = torch.tensor([[1, 4, 5, 2]])
+    logits = torch.full((1, 3, 8), -10.0)
+    for t, w in enumerate([4, 5, 2]):
+        logits[0, t, w] = 10.0
+    assert (
+        float(next_word_ce(logits, tokens, label_smoothing=0.1)) > float(next_word_ce(logits, tokens)) + 0.5
+    )
+    with pytest.raises(EdgeClipError, match="label_smoothing"):
+        train_captioner(
+            _cfg(caption_data, tmp_path / "x", alpha=0.0, beta=1.0, label_smoothing=1.0), progress=False
+        )
+    cfg = _cfg(
+        caption_data,
+        tmp_path / "ls",
+        alpha=0.0,
+        beta=1.0,
+        label_smoothing=0.1,
+        train={"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 1, "warmup_epochs": 0},
+    )
+    h = train_captioner(cfg, progress=False)
+    assert len(h["epochs"]) == 1 and h["epochs"][0]["ce"] > 0

@@ -68,6 +68,9 @@ class CaptionTrainConfig:
     )
     alpha: float = 0.7
     beta: float = 0.3
+    label_smoothing: float = (
+        0.0  # of the next-word cross-entropy (0: off); fights the collapse onto templates
+    )
     out: str = "runs/caption"
     model: dict[str, Any] = field(default_factory=dict)  # CaptionModelConfig fields
     vocab: dict[str, Any] = field(default_factory=lambda: {"min_count": 5, "max_len": 20})
@@ -121,14 +124,17 @@ def pad_ids(rows: list[list[int]], length: int) -> torch.Tensor:
     return toks
 
 
-def next_word_ce(logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def next_word_ce(
+    logits: torch.Tensor, tokens: torch.Tensor, reduction: str = "mean", label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Cross-entropy of teacher-forced ``logits`` (N, T-1, V) against ``tokens`` (N, T) shifted by one;
-    <pad> ignored."""
+    <pad> ignored; ``label_smoothing`` spreads that share of each target over the vocabulary."""
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
         tokens[:, 1:].reshape(-1),
         ignore_index=PAD_ID,
         reduction=reduction,
+        label_smoothing=label_smoothing,
     )
 
 
@@ -146,9 +152,10 @@ def caption_loss(
     beta: float,
     k: int,
     mse,
+    label_smoothing: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     logits, emb = model(x, tokens, k)
-    ce = next_word_ce(logits, tokens)
+    ce = next_word_ce(logits, tokens, label_smoothing=label_smoothing)
     out = {"ce": ce}
     loss = beta * ce
     if alpha > 0 and target is not None:
@@ -233,6 +240,8 @@ class CaptionTask(Task):
             "model": asdict(self.model.cfg),
             "vocab": len(self.model.vocab),
         }
+        if cfg.label_smoothing:  # only when set: the runs before it keep their fingerprint (and resume)
+            self.fingerprint["label_smoothing"] = cfg.label_smoothing
 
     # ---- setup, step by step
     def splits(self) -> None:
@@ -345,7 +354,15 @@ class CaptionTask(Task):
         target = tgt if self.cache is not None else None
         k = cfg.captions_per_image
         return caption_loss(
-            model, xb, toks.reshape(-1, toks.shape[-1]), target, cfg.alpha, cfg.beta, k, self.mse
+            model,
+            xb,
+            toks.reshape(-1, toks.shape[-1]),
+            target,
+            cfg.alpha,
+            cfg.beta,
+            k,
+            self.mse,
+            cfg.label_smoothing,
         )
 
     def on_epoch_end(self, model, epoch, record):
@@ -409,6 +426,8 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         raise EdgeClipError(f"alpha ({cfg.alpha}) and beta ({cfg.beta}) must be >= 0 and not both 0")
     if cfg.captions_per_image < 1:
         raise EdgeClipError("captions_per_image must be >= 1")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise EdgeClipError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     tcfg = build_dataclass(TrainConfig, {**DEFAULT_TRAIN, **(cfg.train or {})}, "train")
     task = CaptionTask(cfg, tcfg, resume, progress)
