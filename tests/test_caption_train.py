@@ -240,3 +240,27 @@ def test_label_smoothing_raises_the_loss_of_a_confident_model_and_is_checked(cap
     )
     h = train_captioner(cfg, progress=False)
     assert len(h["epochs"]) == 1 and h["epochs"][0]["ce"] > 0
+
+
+def test_the_spatial_term_aligns_the_dense_maps(caption_data, tiny_teacher, tmp_path):
+    """The seed's feature term on the spatial grid: the student's head read at each of 7x7 locations against the
+    teacher's, teacher online on the same augmented views. It is logged, it falls while training, and bad
+    settings are one line."""
+    from edgeclip.train.caption import train_captioner
+
+    cfg = _cfg(
+        caption_data,
+        tmp_path / "sp",
+        alpha=0.7,
+        beta=0.3,
+        teacher=tiny_teacher,
+        spatial=1.0,
+        train={"epochs": 3, "batch_size": 16, "lr": 3e-3, "max_steps_per_epoch": 4, "warmup_epochs": 0},
+    )
+    h = train_captioner(cfg, progress=False)
+    sp = [e["spatial"] for e in h["epochs"]]
+    assert all(0.0 <= s <= 2.0 for s in sp) and sp[-1] < sp[0], sp
+    with pytest.raises(EdgeClipError, match="needs `teacher:`"):
+        train_captioner(_cfg(caption_data, tmp_path / "x", alpha=0.0, beta=1.0, spatial=0.5), progress=False)
+    with pytest.raises(EdgeClipError, match="spatial_grid"):
+        train_captioner(_cfg(caption_data, tmp_path / "y", spatial=0.5, spatial_grid=0), progress=False)

@@ -117,16 +117,20 @@ class Captioner(nn.Module):
             return state, self.student.head(g.mean(dim=(2, 3)))
         return state
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor, captions_per_image: int = 1):
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, captions_per_image: int = 1, dense: int = 0):
         """Teacher forcing. ``tokens`` (B*k, T) starts with <bos>;
-        returns (logits (B*k, T-1, V), teacher-space emb (B, D)).
+        returns (logits (B*k, T-1, V), teacher-space emb (B, D)), and with ``dense`` = n also the student's
+        dense map in the teacher's space (B, n*n, D) (the spatial distillation term's input).
 
         Each image is encoded once and shared by its ``captions_per_image`` captions.
         """
-        state, emb = self.encode(x, with_embedding=True)
+        g = self.student.grid(x)
+        state = self.encoder.features(g)
+        emb = self.student.head(g.mean(dim=(2, 3)))
         if captions_per_image > 1:
             state = tuple(t.repeat_interleave(captions_per_image, 0) for t in state)
-        return self.teacher_forced(state, tokens), emb
+        logits = self.teacher_forced(state, tokens)
+        return (logits, emb, self.student.dense(g, dense)) if dense else (logits, emb)
 
     def teacher_forced(self, state, tokens: torch.Tensor) -> torch.Tensor:
         """Next-word logits (N, T-1, V) for ``tokens`` (N, T) given one encoder state row per caption."""

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgeclip.core.checkpoint import read_checkpoint, save_checkpoint
@@ -93,6 +94,15 @@ class Student(nn.Module):
     def forward_with_grid(self, x: torch.Tensor):
         g = self.grid(x)
         return self.head(g.mean(dim=(2, 3))), g
+
+    def dense(self, grid: torch.Tensor, size: int) -> torch.Tensor:
+        """The head applied at every location of a feature ``grid`` (B, C, H, W) pooled to ``size`` x ``size``:
+        (B, size*size, D) L2-normalised embeddings, a map in the teacher's space (MaskCLIP's dense reading of a
+        pooled head), what the captioner's spatial term aligns."""
+        g = F.adaptive_avg_pool2d(grid, size)
+        B, C = g.shape[:2]
+        e = self.head(g.permute(0, 2, 3, 1).reshape(-1, C)).reshape(B, size * size, -1)
+        return F.normalize(e, dim=-1)
 
 
 def create_student(arch: str, embed_dim: int, **kw) -> Student:

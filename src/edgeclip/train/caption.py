@@ -68,9 +68,12 @@ class CaptionTrainConfig:
     )
     alpha: float = 0.7
     beta: float = 0.3
-    label_smoothing: float = (
-        0.0  # of the next-word cross-entropy (0: off); fights the collapse onto templates
-    )
+    # of the next-word cross-entropy (0: off); fights the collapse onto templates
+    label_smoothing: float = 0.0
+    # the seed's feature term on the spatial grid: weight of 1 - cos between the student's dense map and the
+    # teacher's (both the head read at every location of a spatial_grid x spatial_grid pooling), teacher online
+    spatial: float = 0.0
+    spatial_grid: int = 7
     out: str = "runs/caption"
     model: dict[str, Any] = field(default_factory=dict)  # CaptionModelConfig fields
     vocab: dict[str, Any] = field(default_factory=lambda: {"min_count": 5, "max_len": 20})
@@ -143,6 +146,24 @@ def _prepare(cs: CaptionSet, size: int, progress: bool):
     return x, [cs.items[i] for i in kept], skipped
 
 
+def _dense_teacher(spec: str | None):
+    """The teacher of the spatial term: one whose image tower is an edgeclip tower (a reference-lit teacher),
+    which reads its head at every location of its grid."""
+    from edgeclip.models.student import Student
+    from edgeclip.models.teachers import load_teacher
+
+    if not spec:
+        raise EdgeClipError("spatial > 0 needs `teacher:` (its dense maps are made online from each batch)")
+    t = load_teacher(spec, device="cpu")
+    if not isinstance(t.image_encoder, Student):
+        raise EdgeClipError(
+            f"the spatial term needs a teacher with an edgeclip image tower (reference-lit); {t.id}'s tower has "
+            "no dense reading here yet (set spatial: 0)"
+        )
+    t.image_encoder.eval().requires_grad_(False)
+    return t
+
+
 def caption_loss(
     model: Captioner,
     x: torch.Tensor,
@@ -153,11 +174,20 @@ def caption_loss(
     k: int,
     mse,
     label_smoothing: float = 0.0,
+    spatial: float = 0.0,
+    spatial_target: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    logits, emb = model(x, tokens, k)
+    if spatial > 0 and spatial_target is not None:
+        logits, emb, dense = model(x, tokens, k, dense=int(round(spatial_target.shape[1] ** 0.5)))
+    else:
+        logits, emb = model(x, tokens, k)
     ce = next_word_ce(logits, tokens, label_smoothing=label_smoothing)
     out = {"ce": ce}
     loss = beta * ce
+    if spatial > 0 and spatial_target is not None:
+        sp = (1.0 - (dense * spatial_target).sum(-1)).mean()
+        out["spatial"] = sp
+        loss = loss + spatial * sp
     if alpha > 0 and target is not None:
         d = mse(emb, target)
         out["mse"] = d
@@ -240,8 +270,14 @@ class CaptionTask(Task):
             "model": asdict(self.model.cfg),
             "vocab": len(self.model.vocab),
         }
-        if cfg.label_smoothing:  # only when set: the runs before it keep their fingerprint (and resume)
-            self.fingerprint["label_smoothing"] = cfg.label_smoothing
+        for key in (
+            "label_smoothing",
+            "spatial",
+        ):  # only when set: earlier runs keep their fingerprint (resume)
+            if getattr(cfg, key):
+                self.fingerprint[key] = getattr(cfg, key)
+        if cfg.spatial:
+            self.fingerprint["spatial_grid"] = cfg.spatial_grid
 
     # ---- setup, step by step
     def splits(self) -> None:
@@ -277,8 +313,12 @@ class CaptionTask(Task):
         write_json(vpath, vocab.to_dict())
 
     def targets(self) -> None:
-        """The distillation targets: the teacher-embedding cache, built from ``teacher`` when missing."""
+        """The distillation targets: the teacher-embedding cache, built from ``teacher`` when missing; with the
+        spatial term, the teacher itself (its dense maps are made online, from the augmented batch)."""
         cfg, mcfg = self.cfg, self.mcfg
+        self.spatial_teacher = None
+        if cfg.spatial > 0:
+            self.spatial_teacher = _dense_teacher(cfg.teacher)
         if cfg.alpha <= 0:
             if cfg.teacher and "teacher_dim" not in mcfg:  # same architecture as the distilled run
                 from edgeclip.models.teachers import load_teacher
@@ -349,8 +389,10 @@ class CaptionTask(Task):
     # ---- the loop's hooks
     def training_step(self, model, batch):
         img, toks, tgt = batch
-        xb = normalize(augment_batch(img, pad=self.pad, flip=self.flip), self.pp.mean, self.pp.std)
+        aug = augment_batch(img, pad=self.pad, flip=self.flip)
+        xb = normalize(aug, self.pp.mean, self.pp.std)
         cfg = self.cfg
+        spatial_target = self.teacher_dense(aug) if cfg.spatial > 0 else None
         target = tgt if self.cache is not None else None
         k = cfg.captions_per_image
         return caption_loss(
@@ -363,7 +405,18 @@ class CaptionTask(Task):
             k,
             self.mse,
             cfg.label_smoothing,
+            cfg.spatial,
+            spatial_target,
         )
+
+    @torch.no_grad()
+    def teacher_dense(self, aug: torch.Tensor) -> torch.Tensor:
+        """The teacher's dense map of the same augmented views the student sees, at the teacher's own input size
+        and normalisation: (B, grid*grid, D)."""
+        t = self.spatial_teacher
+        x = F.interpolate(aug.float(), size=(t.image_size, t.image_size), mode="bilinear", antialias=True)
+        x = normalize(x.clamp(0, 255), t.mean, t.std)
+        return t.image_encoder.dense(t.image_encoder.grid(x), self.cfg.spatial_grid)
 
     def on_epoch_end(self, model, epoch, record):
         if self.val is None:
@@ -428,6 +481,10 @@ def train_captioner(cfg: CaptionTrainConfig, resume: bool = False, progress: boo
         raise EdgeClipError("captions_per_image must be >= 1")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise EdgeClipError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.spatial < 0 or not 1 <= cfg.spatial_grid <= 32:
+        raise EdgeClipError(
+            f"spatial must be >= 0 and spatial_grid in [1, 32], got {cfg.spatial} and {cfg.spatial_grid}"
+        )
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     tcfg = build_dataclass(TrainConfig, {**DEFAULT_TRAIN, **(cfg.train or {})}, "train")
     task = CaptionTask(cfg, tcfg, resume, progress)
