@@ -347,6 +347,10 @@ def test_eval_retrieval_on_a_captions_file(tiny_teacher, student_ckpt, shapes, t
     assert all(
         res[f"{r}_i2t_r10"] >= res[f"{r}_i2t_r5"] >= res[f"{r}_i2t_r1"] for r in ("teacher", "student")
     )
+    for d in ("t2i", "i2t"):  # what users distil for: the share of the teacher's R@5 the student keeps
+        assert res[f"student_retention_{d}_r5"] == pytest.approx(
+            res[f"student_{d}_r5"] / res[f"teacher_{d}_r5"]
+        )
 
 
 def test_student_finds_its_teacher_when_the_recorded_path_is_gone(

@@ -162,6 +162,12 @@ def evaluate_retrieval(
         out["n_images"], out["n_captions"] = len(kept), len(texts)
         if bad:
             out.setdefault("unreadable", {})[role] = len(bad)
+    for role in (
+        students if teacher is not None else ()
+    ):  # what users distil for: the share of the teacher kept
+        for d in ("t2i", "i2t"):
+            t = out.get(f"teacher_{d}_r5")
+            out[f"{role}_retention_{d}_r5"] = out[f"{role}_{d}_r5"] / t if t else None
     return out
 
 
