@@ -285,7 +285,10 @@ def _caption_train(cfg: dict, out: Path, ctx: dict) -> dict:
         "train_minutes": _minutes(hist),
         "params": hist.get("params"),
         "data": hist.get("data", {}).get("train"),
-        "curve": [{k: e.get(k) for k in ("epoch", "loss", "ce", "mse", "val_cider")} for e in hist["epochs"]],
+        "curve": [
+            {k: e.get(k) for k in ("epoch", "loss", "ce", "mse", "spatial", "val_cider") if k in e}
+            for e in hist["epochs"]
+        ],
     }
 
 
