@@ -240,6 +240,12 @@ def test_a_campaign_is_checked_at_push_and_switched_to_mid_run(video, collector,
     assert any(r.get("rule_version") == str(version) and r["rule"] == "circle_c" for r in rows)
     got = store.search(None, 100, device="car-camp", rule_version=str(version))
     assert got and all(r["rule"] == "circle_c" for r in got)
+    # the checkpoint keeps the campaign's rules: a resume goes on under them, whatever rules file it is given
+    state = json.loads((tmp_path / "w" / "state.json").read_text())
+    assert state["watcher"]["campaign"]["version"] == str(version)
+    again = watch(video["truth"]["path"], lab, load_rules(video["rules"]), tmp_path / "w", resume=True,
+                  progress=False)  # fmt: skip
+    assert again["rules_version"] == str(version) and again["rules"] == ["circle_c"]
     # a device not named gets no campaign
     r = httpx.get(
         f"{collector['url']}/api/campaign",

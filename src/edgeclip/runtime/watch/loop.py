@@ -176,6 +176,9 @@ class _Run:
         self.src, self.labeler, self.rules, self.out, self.log = src, labeler, rules, out, log
         out.mkdir(parents=True, exist_ok=True)
         self.start, self.next_t, self.n, ck, self.run_id = _resume_point(out, src, resume, log)
+        if ck is not None and ck.get("campaign"):  # the checkpoint was made under a campaign: go on under it
+            c = ck["campaign"]
+            self.rules = rules = load_rules(c["rules"], version=str(c["version"]), campaign=True)
         self.link, self.link_summary, self.realtime = link, None, False
         identity = {"run": self.run_id, "source": src.describe().get("kind")}
         if link is not None:
@@ -329,6 +332,10 @@ def _save_state(
     sampler's phase, and the watcher's checkpoint (so that a resumed run labels exactly the frames an
     uninterrupted one would have, with the same event ids, caps and open events); -> the checkpoint."""
     ck = w.checkpoint()
+    if (
+        w.rules.source is not None
+    ):  # rules from a campaign: kept with the state, so --resume uses the same ones
+        ck["campaign"] = {"version": w.rules.version, "rules": w.rules.source}
     if src.live:
         return ck
     pending = set(ck.pop("_pending_files"))

@@ -65,6 +65,7 @@ class Rules:
     max_bytes: int = 200_000_000
     quality: int = 90
     version: str | None = None  # a campaign's version (events record it); None for a local rules file
+    source: dict | None = None  # a campaign's rules as sent (the watch checkpoint keeps them, for --resume)
 
 
 # the shape of a rules file, as the strict reader checks it (types per key); ranged below
@@ -192,4 +193,5 @@ def load_rules(path: str | os.PathLike | dict, version: str | None = None, campa
         max_bytes=keep.max_bytes,
         quality=keep.quality,
         version=version,
+        source=d if campaign else None,
     )
