@@ -22,6 +22,8 @@ from edgeclip.core.prompts import DEFAULT_TEMPLATES
 from edgeclip.core.worker import Worker
 
 DEDUP_DISTANCE = 0.05  # cosine distance between teacher embeddings under which two frames are one scene
+MAX_VERDICT_TEXTS, MAX_TEXT_CHARS = 64, 300  # what one event's record may ask the teacher to embed
+MAX_MEMO = 20_000  # text embeddings kept in memory (a device cannot grow the collector without bound)
 
 
 class TeacherSide:
@@ -55,6 +57,8 @@ class TeacherSide:
         from edgeclip.zeroshot.text import text_embeddings
 
         new = [s for s in dict.fromkeys(texts) if s not in self._text]
+        if len(self._text) + len(new) > MAX_MEMO:
+            self._text.clear()
         if new:
             with self.lock:
                 emb = text_embeddings(self.t, new, DEFAULT_TEMPLATES).float().numpy()
@@ -64,9 +68,11 @@ class TeacherSide:
     def verdict(self, emb: np.ndarray, meta: dict[str, Any]) -> tuple[float | None, str]:
         """The teacher's score for the event's rule, scored as the device scored it, and its verdict."""
         query = meta.get("query")
-        if not query:
+        if not query or not isinstance(query, str):
             return None, "no-query"
-        background = [b for b in (meta.get("background") or []) if isinstance(b, str)][:1000]
+        query = query[:MAX_TEXT_CHARS]
+        bg = meta.get("background") if isinstance(meta.get("background"), list) else []
+        background = [b[:MAX_TEXT_CHARS] for b in bg if isinstance(b, str) and b.strip()][:MAX_VERDICT_TEXTS]
         cos = self.texts([query, *background]) @ emb
         if meta.get("score_kind") == "cosine" or not background:
             score = float(cos[0])
