@@ -89,9 +89,6 @@ class Store:
     def _vec(self, v) -> Any:
         raise NotImplementedError
 
-    def _unvec(self, v) -> np.ndarray | None:
-        raise NotImplementedError
-
     def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
         raise NotImplementedError
 
@@ -203,22 +200,6 @@ class Store:
             (self._vec(emb), before_id),
         )
         return int(rows[0][0]) if rows and rows[0][1] is not None and rows[0][1] <= max_distance else None
-
-    def event(self, event_id: int) -> dict[str, Any] | None:
-        rows = self.search_ids([event_id])
-        return rows[0] if rows else None
-
-    def search_ids(self, ids: list[int]) -> list[dict[str, Any]]:
-        out = []
-        for i in ids:
-            rows = self._execute(
-                self._q("SELECT id, key, device, rule, blob, verdict, grp, meta FROM events WHERE id = ?"),
-                (i,),
-            )
-            if rows:
-                r = rows[0]
-                out.append(dict(zip(("id", "key", "device", "rule", "blob", "verdict", "grp", "meta"), r)))
-        return out
 
     def counts(self) -> dict[str, Any]:
         (n, teacher, groups, first, last), *_ = self._execute(
@@ -341,9 +322,6 @@ class SqliteStore(Store):
     def _vec(self, v) -> bytes:
         return np.asarray(v, np.float32).reshape(-1).tobytes()
 
-    def _unvec(self, v) -> np.ndarray | None:
-        return None if v is None else np.frombuffer(v, np.float32)
-
     def _distance(self, column: str) -> str:
         return f"vec_distance_cosine({column}, ?)"
 
@@ -407,9 +385,6 @@ class PostgresStore(Store):
 
     def _vec(self, v) -> str:
         return "[" + ",".join(f"{float(x):.7g}" for x in np.asarray(v, np.float32).reshape(-1)) + "]"
-
-    def _unvec(self, v) -> np.ndarray | None:
-        return None if v is None else np.asarray(json.loads(v), np.float32)
 
     def _distance(self, column: str) -> str:
         return f"({column} <=> %s::vector)"
