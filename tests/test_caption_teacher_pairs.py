@@ -124,6 +124,23 @@ def test_a_caption_teacher_trains_on_the_joined_pairs(tmp_path, shapes):
     assert torch.isfinite(torch.tensor(e["loss"])) and e["val_t2i_r10"] is not None
     info = read_checkpoint(tmp_path / "t" / "teacher.pt", None, "teacher")["info"]
     assert info["sources"][str(shapes["train"])] == len(list(Path(shapes["train"]).rglob("*.jpg")))
+    # a second teacher starts from the first (its tower and temperature) and goes on with lr 0: its weights stay
+    # the same (BatchNorm's running statistics still move: they are buffers, not learnt)
+    import dataclasses
+
+    from edgeclip.models.teachers import load_teacher
+
+    ft = dataclasses.replace(
+        c, init=str(tmp_path / "t" / "teacher.pt"), out=str(tmp_path / "ft"),
+        train={"epochs": 1, "batch_size": 16, "lr": 0.0, "warmup_epochs": 0},
+    )  # fmt: skip
+    run_caption_teacher(ft, progress=False)
+    a, b = load_teacher(str(tmp_path / "t" / "teacher.pt")), load_teacher(str(tmp_path / "ft" / "teacher.pt"))
+    pa, pb = dict(a.image_encoder.named_parameters()), dict(b.image_encoder.named_parameters())
+    assert pa.keys() == pb.keys() and all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
+    assert abs(a.logit_scale - b.logit_scale) < 1e-4
+    with pytest.raises(EdgeClipError, match="tower"):
+        run_caption_teacher(dataclasses.replace(ft, img_size=64, out=str(tmp_path / "bad")), progress=False)
 
 
 @pytest.mark.parametrize(

@@ -232,6 +232,9 @@ class CaptionTeacherConfig:
         default_factory=lambda: list(CLASS_TEMPLATES)
     )  # the prompts a class image is paired with
     class_max_images: int = 0  # > 0: a seeded random subset of each class folder
+    # a reference-lit teacher (spec or file) of the same tower (arch, img_size, head) to start from: its image tower
+    # and temperature, fine-tuned on these pairs (more data for a teacher that has stopped improving on its own)
+    init: str | None = None
     out: str = "runs/caption_teacher"
     train: dict = field(
         default_factory=dict
@@ -324,6 +327,26 @@ def caption_embeddings(texts: list[str], batch: int = 256) -> torch.Tensor:
     return torch.cat([embed_texts(texts[i : i + batch]) for i in range(0, len(texts), batch)])
 
 
+def _init_tower(tower, spec: str) -> float:
+    """Load a reference-lit teacher's image tower into ``tower`` (same arch, input size and head, else one line);
+    -> its logit scale, the temperature to go on from."""
+    from edgeclip.core.checkpoint import read_checkpoint
+    from edgeclip.models.base import load_weights
+    from edgeclip.models.teachers.reference import REFERENCE_FORMAT
+
+    path = Path(spec.split(":", 1)[1] if spec.startswith("reference-lit:") else spec)
+    if not path.is_file():
+        raise EdgeClipError(f"init: no reference-lit teacher at {path}")
+    ck = read_checkpoint(path, REFERENCE_FORMAT, "reference-lit teacher")
+    keys = ("arch", "embed_dim", "head_hidden", "img_size", "small_input")
+    want = {k: tower.config.get(k) for k in keys}
+    have = {k: ck["tower_config"].get(k) for k in keys}
+    if have != want:
+        raise EdgeClipError(f"init: {path} is a {have} tower, this run trains a {want} one")
+    load_weights(tower, ck["state_dict"], path, "reference teacher tower")
+    return float(ck["logit_scale"])
+
+
 class CaptionTeacherTask(Task):
     """A reference-lit teacher that reads sentences: the image tower learns, by a symmetric contrastive (LiT) loss
     against the frozen MiniLM embeddings of the images' own captions, to land where its captions land; any text is
@@ -348,7 +371,12 @@ class CaptionTeacherTask(Task):
             img_size=c.img_size,
             stem_stride=c.stem_stride,
         )
-        self.model = LiTModel(tower, caption_embeddings(pairs.texts))  # text_emb: every training caption
+        scale = 1 / 0.07
+        if c.init:
+            scale = _init_tower(tower, c.init)
+        self.model = LiTModel(
+            tower, caption_embeddings(pairs.texts), init_scale=scale
+        )  # every training caption
         self.dataset = _CaptionPairs(pairs.images, pairs.rows, pairs.groups)
         self.pp = Preprocess(size=c.img_size, mean=CLIP_MEAN, std=CLIP_STD)
         self.pad = max(1, c.img_size // 8)
@@ -356,6 +384,8 @@ class CaptionTeacherTask(Task):
         self.fingerprint = {"captions": c.captions, "split": c.split, "arch": c.arch, "img_size": c.img_size}
         if c.extra_captions or c.class_folders:
             self.fingerprint.update(extra_captions=c.extra_captions, class_folders=c.class_folders)
+        if c.init:
+            self.fingerprint["init"] = c.init
 
     def _val(self):
         from edgeclip.data.captions import load_captions
