@@ -606,3 +606,16 @@ def test_the_collect_commands(collector, tmp_path, tiny_teacher, shapes, capsys)
     assert code == 0 and 1 <= len(rows) <= 3 and all(r["similarity"] is not None for r in rows)
     code, _, err = run_cli(["collect", "stats", "--store", str(tmp_path / "nothing")], capsys)
     assert code == 2 and "no collection at" in err
+
+
+def test_a_wrong_collector_address_keeps_events_waiting(collector, tmp_path):
+    """A 404 (a typo in --upload) is a fixable mistake, not the collector refusing the event: it stays in the
+    outbox and is retried, never set aside."""
+    token = _device(collector, "car-typo")
+    link = FleetLink(tmp_path / "ob", collector["url"] + "/typo", "car-typo", token, max_bytes=10**7, poll=60,
+                     log=lambda s: None, backoff=0.05, max_backoff=0.1)  # fmt: skip
+    link.start()
+    link.sink({"key": "typo-event-0001", "rule": "r"}, b"\xff\xd8jpeg")
+    time.sleep(1.0)
+    out = link.close(drain=0.5)
+    assert out["pending"] == 1 and out["rejected"] == 0 and out["failures"] >= 2 and not out["drained"]

@@ -28,7 +28,8 @@ from edgeclip.core.io import write_json
 from edgeclip.core.worker import Worker
 from edgeclip.runtime.watch.outbox import Entry, Outbox
 
-PERMANENT = {400, 404, 413, 415, 422}  # the collector would refuse the same request again
+# the collector would refuse the same request again; a 404 is a wrong address (fixable): retried
+PERMANENT = {400, 413, 415, 422}
 
 
 def read_token(token: str | None = None, token_file: str | os.PathLike | None = None) -> str:
