@@ -98,3 +98,29 @@ def test_ema_of_the_weights_is_evaluated_saved_and_resumed(tmp_path):
     assert torch.allclose(again.saved, ema.saved, atol=1e-6)
     with pytest.raises(EdgeClipError, match="train.ema"):
         TrainConfig(ema=1.0)
+
+
+def test_a_resumed_run_reports_the_time_of_every_finished_epoch(tmp_path):
+    """train_seconds is kept in the checkpoint after each epoch: a run killed in its third epoch and resumed
+    reports the first two epochs' time too, not only the last process's (the lab records stage minutes)."""
+    import time
+
+    import pytest
+
+    class Slow(Linear):
+        def training_step(self, model, batch):
+            time.sleep(0.02)
+            return super().training_step(model, batch)
+
+    class Dying(Slow):
+        def on_epoch_end(self, model, epoch, record):
+            if epoch == 3:
+                raise KeyboardInterrupt
+            return super().on_epoch_end(model, epoch, record)
+
+    cfg = TrainConfig(epochs=3, batch_size=8, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "r", progress=False).fit(Dying())
+    h = Trainer(cfg, tmp_path / "r", resume=True, progress=False).fit(Slow())
+    epochs = sum(e["seconds"] for e in h["epochs"])
+    assert len(h["epochs"]) == 3 and h["train_seconds"] >= 0.9 * epochs and h["train_seconds"] > 0.25

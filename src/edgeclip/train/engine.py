@@ -455,17 +455,20 @@ class Trainer:
             self.fingerprint = json.loads(json.dumps(task.fingerprint, default=str))
         self.configure(task)
         self.restore()
-        t0 = time.time()
+        # the training time so far, kept in the checkpoint after every epoch: a run killed and resumed reports all
+        # its finished epochs' time, not only the last process's
+        base, t0 = self.history.get("train_seconds", 0.0), time.time()
         for epoch in range(self.start_epoch, self.epochs):
             if self.history.get("stopped_early_at"):  # a resumed run that had already stopped early
                 break
             if self.cfg.max_steps and self.global_step >= self.cfg.max_steps:
                 break
             stop = self.end_epoch(task, self.train_epoch(task, epoch))
+            self.history["train_seconds"] = base + time.time() - t0
             self.save_state(epoch + 1)
             if stop:
                 break
-        self.history["train_seconds"] = self.history.get("train_seconds", 0.0) + time.time() - t0
+        self.history["train_seconds"] = base + time.time() - t0
         self.fabric.barrier()
         self.sync_ranks()
         self.finish(task)
