@@ -32,7 +32,7 @@ from fastapi.staticfiles import StaticFiles
 
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.runtime.watch.outbox import KEY_RE
-from edgeclip.serve.app import DEFAULT_MAX_PIXELS, ApiError, install_guards
+from edgeclip.serve.app import ApiError, install_guards
 
 STATIC = Path(__file__).parent / "static"
 MAX_EVENT_JPEG = 8 * 1024 * 1024
@@ -151,13 +151,20 @@ def create_collector_app(
     body_timeout: float = 30.0,
     body_deadline: float = 120.0,
     allowed_hosts: list[str] | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> FastAPI:
+    """The collector's app: serve's guards, the devices' routes, the search side's routes and page. (The pixel
+    budget of a frame is the teacher side's, :class:`~edgeclip.collect.teacher.TeacherSide`.)"""
     app = FastAPI(title="edgeclip collector", version="1", docs_url="/docs", redoc_url=None)
     install_guards(
         app, max_upload_bytes + MAX_META, max_json_bytes, body_timeout, body_deadline, allowed_hosts
     )
-    c = collector
+    _device_routes(app, collector, max_upload_bytes)
+    _search_routes(app, collector, max_upload_bytes)
+    return app
+
+
+def _device_routes(app: FastAPI, c: Collector, max_upload_bytes: int) -> None:
+    """POST /api/events and GET /api/campaign: what a device calls, with its token."""
 
     @app.post("/api/events", status_code=201)
     def ingest(
@@ -185,6 +192,10 @@ def create_collector_app(
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag})
         return JSONResponse({"version": str(version), "rules": rules}, headers={"ETag": etag})
+
+
+def _search_routes(app: FastAPI, c: Collector, max_upload_bytes: int) -> None:
+    """Search by text and by example, the frames, the stats and the page (with the search token, when set)."""
 
     def _filters(rule, device, verdict, since, until, k):
         if not 1 <= k <= 500:
@@ -260,4 +271,3 @@ def create_collector_app(
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="collect-static")
-    return app

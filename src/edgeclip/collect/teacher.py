@@ -20,6 +20,7 @@ import numpy as np
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES
 from edgeclip.core.worker import Worker
+from edgeclip.serve.app import DEFAULT_MAX_PIXELS
 
 DEDUP_DISTANCE = 0.05  # cosine distance between teacher embeddings under which two frames are one scene
 MAX_VERDICT_TEXTS, MAX_TEXT_CHARS = 64, 300  # what one event's record may ask the teacher to embed
@@ -29,7 +30,7 @@ MAX_MEMO = 20_000  # text embeddings kept in memory (a device cannot grow the co
 class TeacherSide:
     """The teacher's image and text towers as numpy in, numpy out (one lock: torch runs one batch at a time)."""
 
-    def __init__(self, spec: str, max_pixels: int = 16_000_000):
+    def __init__(self, spec: str, max_pixels: int = DEFAULT_MAX_PIXELS):
         import torch
 
         from edgeclip.models.teachers import load_teacher

@@ -16,14 +16,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import random
 import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,89 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgeclip.core.errors import EdgeClipError
-
-
-# ------------------------------------------------------------------------------------------ the bad link
-class FaultProxy:
-    """A TCP proxy on 127.0.0.1 that, per chunk, drops requests before the collector sees them (``drop``), holds
-    responses back (``delay``, up to ``max_delay`` s) and resets connections instead of answering (``reset``:
-    the collector has done the work, the device never hears of it). ``faults`` counts each kind."""
-
-    def __init__(
-        self, target_port: int, seed: int, drop: float, delay: float, reset: float, max_delay: float
-    ):
-        self.target_port, self.rng = target_port, random.Random(seed)
-        self.p = {"drop": drop, "delay": delay, "reset": reset}
-        self.max_delay = max_delay
-        self.faults = {"drop": 0, "delay": 0, "reset": 0}
-        self.upstream_refused = 0
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        self._ready = threading.Event()
-
-    def start(self) -> FaultProxy:
-        threading.Thread(target=self._serve, name="fault-proxy", daemon=True).start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        async def _shutdown():
-            tasks = [t for t in asyncio.all_tasks(self.loop) if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.loop.stop()
-
-        asyncio.run_coroutine_threadsafe(_shutdown(), self.loop)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self.loop.run_forever()
-
-    def _roll(self, kind: str) -> bool:
-        if self.rng.random() < self.p[kind]:
-            self.faults[kind] += 1
-            return True
-        return False
-
-    async def _handle(self, reader, writer) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            self.upstream_refused += 1  # the collector is down: the device sees a refused connection
-            writer.transport.abort()
-            return
-
-        async def upstream():
-            while data := await reader.read(65536):
-                if self._roll("drop"):
-                    up_w.transport.abort()
-                    writer.transport.abort()
-                    return
-                up_w.write(data)
-                await up_w.drain()
-
-        async def downstream():
-            while data := await up_r.read(65536):
-                if self._roll("reset"):
-                    writer.transport.abort()
-                    up_w.transport.abort()
-                    return
-                if self._roll("delay"):
-                    await asyncio.sleep(self.rng.uniform(0.1, self.max_delay))
-                writer.write(data)
-                await writer.drain()
-
-        try:
-            await asyncio.gather(upstream(), downstream())
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            for w in (writer, up_w):
-                w.transport.abort()
+from edgeclip.lab.fleet_sim import CollectorProcess, FaultProxy, child_env, edgeclip_cmd
 
 
 # ------------------------------------------------------------------------------------------ footage and truth
@@ -158,201 +72,47 @@ def _photo_at(video: dict, t: float) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------------------------------ processes
-def _py() -> list[str]:
-    return [sys.executable, "-m", "edgeclip"]
-
-
-def _env(threads: int) -> dict[str, str]:
-    src = str(Path(__file__).resolve().parents[2])
-    return {
-        **os.environ,
-        "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": str(threads),
-        "HF_HUB_OFFLINE": "1",
-    }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _CollectorProcess:
-    def __init__(self, store: str, teacher: str, blobs: str | None, log_path: Path, rescore: bool = True):
-        self.port = _free_port()
-        self.cmd = _py() + [
-            "collect", "serve", "--store", store, "--teacher", teacher, "--port", str(self.port), "--threads", "1",
-        ] + (["--blobs", blobs] if blobs else []) + ([] if rescore else ["--no-rescore"])  # fmt: skip
-        self.log_path, self.p = log_path, None
-
-    def start(self, timeout: float = 120) -> _CollectorProcess:
-        import httpx
-
-        self.p = subprocess.Popen(
-            self.cmd, env=_env(1), stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab")
-        )
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.p.poll() is not None:
-                raise EdgeClipError(f"the collector exited ({self.p.returncode}); see {self.log_path}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/api/stats", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise EdgeClipError(f"the collector did not start in {timeout:g} s; see {self.log_path}")
-
-    def kill(self) -> None:
-        self.p.send_signal(signal.SIGKILL)
-        self.p.wait()
-
-    def stop(self) -> None:
-        if self.p and self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def stats(self) -> dict:
-        import httpx
-
-        return httpx.get(f"http://127.0.0.1:{self.port}/api/stats", timeout=30).json()
-
-
 # ------------------------------------------------------------------------------------------ the run
 def fleet_benchmark(cfg: dict, out: Path) -> dict[str, Any]:
-    from edgeclip.collect.campaign import push
-    from edgeclip.collect.store import open_store
-    from edgeclip.core.io import write_json
-    from edgeclip.runtime.watch.events import event_key
-
-    out = Path(out)
-    t_start = time.time()
+    """The whole simulation, as named steps; -> the results (the module docstring says what is measured)."""
+    out, t_start = Path(out), time.time()
     videos, captions = _footage(cfg, out)
-    teacher_spec, bundle = cfg["teacher"], cfg["bundle"]
-    dim, teacher_id = _teacher_facts(bundle)
-    store_dir = out / "store"
-    if store_dir.exists():  # a rerun starts over: the run is one measurement
-        import shutil
-
-        shutil.rmtree(store_dir)
-    store = open_store(store_dir, dim, teacher_id)
-    rules = cfg["rules"]
-    rules_path = out / "rules.json"
-    write_json(rules_path, rules)
-    tokens = {}
-    for d in range(len(videos)):
-        tokens[d] = out / "tokens" / f"car-{d}"
-        tokens[d].parent.mkdir(parents=True, exist_ok=True)
-        import secrets
-
-        tok = secrets.token_urlsafe(16)
-        store.add_device(f"car-{d}", tok)
-        tokens[d].write_text(tok + "\n")
-
-    collector = _CollectorProcess(str(store_dir), teacher_spec, None, out / "collector.log").start()
+    dim, teacher_id = _teacher_facts(cfg["bundle"])
+    store, tokens = _fresh_store(out / "store", dim, teacher_id, len(videos))
+    collector = CollectorProcess(str(out / "store"), cfg["teacher"], None, out / "collector.log").start()
     f = cfg.get("faults", {})
     proxy = FaultProxy(
         collector.port, int(cfg.get("seed", 0)), f.get("drop", 0.05), f.get("delay", 0.1), f.get("reset", 0.05),
         f.get("max_delay", 1.0),
     ).start()  # fmt: skip
-    devices = []
-    for d, v in enumerate(videos):
-        wdir = out / "devices" / f"car-{d}"
-        if wdir.exists():
-            import shutil
-
-            shutil.rmtree(wdir)
-        cmd = _py() + [
-            "watch", v["path"], "--bundle", bundle, "--rules", str(rules_path), "--out", str(wdir),
-            "--no-progress", "--threads", "1", "--upload", f"http://127.0.0.1:{proxy.port}",
-            "--device-id", f"car-{d}", "--token-file", str(tokens[d]), "--campaign-poll", "1",
-            "--drain-seconds", str(cfg.get("drain_seconds", 300)), "--json", "--realtime",
-        ]  # fmt: skip
-        devices.append(
-            subprocess.Popen(
-                cmd, env=_env(1), stdout=subprocess.PIPE, stderr=open(out / f"car-{d}.log", "wb")
-            )
-        )
-    # the collector dies mid-run and comes back; a campaign changes the rules meanwhile
-    time.sleep(float(cfg.get("kill_after", 20)))
-    collector.kill()
-    t_down = time.time()
-    time.sleep(float(cfg.get("down_seconds", 5)))
-    collector = _CollectorProcess(str(store_dir), teacher_spec, None, out / "collector.log")
-    collector.port = proxy.target_port  # the same address, behind the proxy
-    collector.cmd[collector.cmd.index("--port") + 1] = str(proxy.target_port)
-    collector.start()
-    down = time.time() - t_down
-    campaign_path = out / "campaign.json"
-    write_json(campaign_path, cfg["campaign"])
-    campaign_version = push(store, campaign_path)
-    summaries = []
-    for p in devices:
-        stdout, _ = p.communicate(timeout=float(cfg.get("device_timeout", 1500)))
-        lines = [x for x in stdout.decode().splitlines() if x.startswith("{")]
-        summaries.append(json.loads(lines[-1]) if lines else {"error": f"exit {p.returncode}"})
+    devices = _start_devices(cfg, out, videos, tokens, proxy.port)
+    collector, down, version = _outage_and_campaign(cfg, out, store, collector)
+    summaries = _device_summaries(cfg, devices)
     t_devices = time.time() - t_start
-    # everything the devices kept is at the collector; wait for the teacher to have looked at all of it
-    end = time.monotonic() + float(cfg.get("rescore_timeout", 900))
-    while time.monotonic() < end:
-        st = collector.stats()
-        if st["rescored"] + st["verdicts"].get("unreadable", 0) >= st["events"]:
-            break
-        time.sleep(1.0)
-    st = collector.stats()
+    st = _rescored(cfg, collector)
     collector.stop()
     proxy.stop()
 
-    # ---- exactly once: the keys each device kept against the keys stored
-    kept_keys, truth_of = set(), {}
-    words = {r["name"]: _word_re(r["words"]) for r in cfg["truth"]}
-    for d, v in enumerate(videos):
-        wdir = out / "devices" / f"car-{d}"
-        run = json.loads((wdir / "state.json").read_text())["run"]
-        for line in (wdir / "events.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            if r["type"] == "frame":
-                k = event_key(run, r["rule"], r["event"], r["t"])
-                kept_keys.add(k)
-                truth_of[k] = (d, r["rule"], _photo_at(v, r["t"]))
+    kept, truth_of = _kept_keys(out, videos)
     rows = store._execute("SELECT key, device, rule, t, verdict, grp FROM events")
     stored = [r[0] for r in rows]
-    lost = len(kept_keys - set(stored))
-    duplicated = (len(stored) - len(set(stored))) + len(set(stored) - kept_keys)
-    # ---- the teacher cascade: precision of the student's kept frames, and of those the teacher confirmed
-    rel, rel_confirmed, per_rule = [], [], {}
+    words = {r["name"]: _word_re(r["words"]) for r in cfg["truth"]}
+    tally = _Tally()
     for key, _dev, rule, _t, verdict, _g in rows:
-        d, r_, photo = truth_of.get(key, (None, rule, None))
-        if rule not in words or photo is None:
-            continue
-        hit = any(words[rule].search(c) for c in captions.get(photo, []))
-        rel.append(hit)
-        pr = per_rule.setdefault(rule, {"kept": 0, "relevant": 0, "confirmed": 0, "confirmed_relevant": 0})
-        pr["kept"] += 1
-        pr["relevant"] += hit
-        if verdict == "confirmed":
-            rel_confirmed.append(hit)
-            pr["confirmed"] += 1
-            pr["confirmed_relevant"] += hit
-    student_precision = float(np.mean(rel)) if rel else None
-    cascade_precision = float(np.mean(rel_confirmed)) if rel_confirmed else None
-    # ---- near-duplicate groups against the photos (a photo is one scene)
-    photos_stored = {truth_of[k][2] for k in stored if k in truth_of}
+        photo = truth_of.get(key, (None, rule, None))[2]
+        if rule in words and photo is not None:
+            tally.add(
+                rule, any(words[rule].search(c) for c in captions.get(photo, [])), verdict == "confirmed"
+            )
     groups = len({r[5] for r in rows if r[5] is not None})
     lat = store.latencies()
+    new_rules = {x["name"] for x in cfg["campaign"]["rules"]} - {x["name"] for x in cfg["rules"]["rules"]}
     res = {
         "devices": len(videos),
-        "events_kept": len(kept_keys),
+        "events_kept": len(kept),
         "events_received": len(set(stored)),
-        "events_lost": lost,
-        "events_duplicated": duplicated,
+        "events_lost": len(kept - set(stored)),
+        "events_duplicated": (len(stored) - len(set(stored))) + len(set(stored) - kept),
         "faults_injected": sum(proxy.faults.values()) + 1,
         "faults": {
             **proxy.faults,
@@ -361,29 +121,16 @@ def fleet_benchmark(cfg: dict, out: Path) -> dict[str, Any]:
             "connections_refused_while_down": proxy.upstream_refused,
         },  # fmt: skip
         "campaign": {
-            "version": campaign_version,
-            "devices_switched": sum(1 for s in summaries if s.get("rules_version") == str(campaign_version)),
-            "events_under_campaign": sum(
-                1
-                for r in rows
-                if r[2] in {x["name"] for x in cfg["campaign"]["rules"]}
-                and r[2] not in {x["name"] for x in rules["rules"]}
-            ),
-        },  # fmt: skip
+            "version": version,
+            "devices_switched": sum(1 for s in summaries if s.get("rules_version") == str(version)),
+            "events_under_campaign": sum(1 for r in rows if r[2] in new_rules),
+        },
         "p95_seconds_to_searchable": float(np.percentile(lat, 95)) if lat else None,
         "p50_seconds_to_searchable": float(np.percentile(lat, 50)) if lat else None,
-        "student_precision": student_precision,
-        "cascade_precision": cascade_precision,
-        "teacher_rescoring_precision_gain": (
-            cascade_precision - student_precision
-            if None not in (student_precision, cascade_precision)
-            else None
-        ),
-        "cascade_keeps": len(rel_confirmed) / len(rel) if rel else None,
-        "per_rule": per_rule,
+        **tally.fleet_figures(),
         "dedup_ratio": 1.0 - groups / len(stored) if stored else None,
         "groups": groups,
-        "distinct_photos_stored": len(photos_stored),
+        "distinct_photos_stored": len({truth_of[k][2] for k in stored if k in truth_of}),
         "device_side": {
             "dropped_as_near_duplicates": sum(s.get("dropped_as_near_duplicates", 0) for s in summaries),
             "kept_frames": sum(s.get("kept_frames", 0) for s in summaries),
@@ -395,9 +142,148 @@ def fleet_benchmark(cfg: dict, out: Path) -> dict[str, Any]:
     }
     res["novelty"] = novelty_study(cfg, videos[0], out / "novelty")
     res["cascade"] = cascade_study(cfg, captions, out / "cascade")
-    res["ingest"] = ingest_study(cfg, out / "ingest", teacher_spec, dim, teacher_id)
+    res["ingest"] = ingest_study(cfg, out / "ingest", cfg["teacher"], dim, teacher_id)
     res["ingest_events_per_s"] = res["ingest"]["sqlite_1"]["events_per_s"]
     return res
+
+
+class _Tally:
+    """Per rule: frames the student kept, how many its photo's captions bear out, how many the teacher
+    confirmed, and how many of those the captions bear out (the cascade's precision against the truth)."""
+
+    KEYS = ("kept", "relevant", "confirmed", "confirmed_relevant")
+
+    def __init__(self) -> None:
+        self.per_rule: dict[str, dict[str, int]] = {}
+
+    def add(self, rule: str, hit: bool, confirmed: bool) -> None:
+        pr = self.per_rule.setdefault(rule, dict.fromkeys(self.KEYS, 0))
+        pr["kept"] += 1
+        pr["relevant"] += hit
+        pr["confirmed"] += confirmed
+        pr["confirmed_relevant"] += hit and confirmed
+
+    def totals(self) -> dict[str, int]:
+        return {k: sum(v[k] for v in self.per_rule.values()) for k in self.KEYS}
+
+    def precisions(self) -> tuple[float | None, float | None]:
+        t = self.totals()
+        return (
+            t["relevant"] / t["kept"] if t["kept"] else None,
+            t["confirmed_relevant"] / t["confirmed"] if t["confirmed"] else None,
+        )
+
+    def fleet_figures(self) -> dict[str, Any]:
+        sp, cp = self.precisions()
+        t = self.totals()
+        return {
+            "student_precision": sp,
+            "cascade_precision": cp,
+            "teacher_rescoring_precision_gain": cp - sp if None not in (sp, cp) else None,
+            "cascade_keeps": t["confirmed"] / t["kept"] if t["kept"] else None,
+            "per_rule": self.per_rule,
+        }
+
+
+def _fresh_store(store_dir: Path, dim: int, teacher_id: str, n_devices: int):
+    """A new collection (a rerun starts over: the run is one measurement) with a token file per car."""
+    import secrets
+    import shutil
+
+    from edgeclip.collect.store import open_store
+
+    if store_dir.exists():
+        shutil.rmtree(store_dir)
+    store = open_store(store_dir, dim, teacher_id)
+    tokens = {}
+    for d in range(n_devices):
+        tokens[d] = store_dir.parent / "tokens" / f"car-{d}"
+        tokens[d].parent.mkdir(parents=True, exist_ok=True)
+        tok = secrets.token_urlsafe(16)
+        store.add_device(f"car-{d}", tok)
+        tokens[d].write_text(tok + "\n")
+    return store, tokens
+
+
+def _start_devices(cfg: dict, out: Path, videos: list[dict], tokens: dict, port: int) -> list:
+    """One real-time `edgeclip watch --upload` process per car, each on its own video, through the proxy."""
+    import shutil
+
+    from edgeclip.core.io import write_json
+
+    rules_path = out / "rules.json"
+    write_json(rules_path, cfg["rules"])
+    devices = []
+    for d, v in enumerate(videos):
+        wdir = out / "devices" / f"car-{d}"
+        if wdir.exists():
+            shutil.rmtree(wdir)
+        cmd = edgeclip_cmd() + [
+            "watch", v["path"], "--bundle", cfg["bundle"], "--rules", str(rules_path), "--out", str(wdir),
+            "--no-progress", "--threads", "1", "--upload", f"http://127.0.0.1:{port}",
+            "--device-id", f"car-{d}", "--token-file", str(tokens[d]), "--campaign-poll", "1",
+            "--drain-seconds", str(cfg.get("drain_seconds", 300)), "--json", "--realtime",
+        ]  # fmt: skip
+        log = open(out / f"car-{d}.log", "wb")
+        devices.append(subprocess.Popen(cmd, env=child_env(1), stdout=subprocess.PIPE, stderr=log))
+    return devices
+
+
+def _outage_and_campaign(cfg: dict, out: Path, store, collector: CollectorProcess):
+    """The collector is SIGKILLed mid-run and restarted on its old port; then a campaign is pushed.
+    -> (the new collector, seconds it was down, the campaign's version)."""
+    from edgeclip.collect.campaign import push
+    from edgeclip.core.io import write_json
+
+    time.sleep(float(cfg.get("kill_after", 20)))
+    collector.kill()
+    t_down = time.time()
+    time.sleep(float(cfg.get("down_seconds", 5)))
+    collector = CollectorProcess(
+        str(out / "store"), cfg["teacher"], None, out / "collector.log", port=collector.port
+    ).start()
+    down = time.time() - t_down
+    write_json(out / "campaign.json", cfg["campaign"])
+    return collector, down, push(store, out / "campaign.json")
+
+
+def _device_summaries(cfg: dict, devices: list) -> list[dict]:
+    """Each car's closing JSON line (its summary, with the upload counters)."""
+    summaries = []
+    for p in devices:
+        stdout, _ = p.communicate(timeout=float(cfg.get("device_timeout", 1500)))
+        lines = [x for x in stdout.decode().splitlines() if x.startswith("{")]
+        summaries.append(json.loads(lines[-1]) if lines else {"error": f"exit {p.returncode}"})
+    return summaries
+
+
+def _rescored(cfg: dict, collector: CollectorProcess) -> dict:
+    """Wait until the teacher has looked at every stored event; -> the collector's stats."""
+    end = time.monotonic() + float(cfg.get("rescore_timeout", 900))
+    while time.monotonic() < end:
+        st = collector.stats()
+        if st["rescored"] + st["verdicts"].get("unreadable", 0) >= st["events"]:
+            break
+        time.sleep(1.0)
+    return collector.stats()
+
+
+def _kept_keys(out: Path, videos: list[dict]) -> tuple[set[str], dict[str, tuple]]:
+    """The idempotency key of every frame each car kept (from its event log and run id), and its truth: (car,
+    rule, the photo on screen)."""
+    from edgeclip.runtime.watch.events import event_key
+
+    kept, truth_of = set(), {}
+    for d, v in enumerate(videos):
+        wdir = out / "devices" / f"car-{d}"
+        run = json.loads((wdir / "state.json").read_text())["run"]
+        for line in (wdir / "events.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r["type"] == "frame":
+                k = event_key(run, r["rule"], r["event"], r["t"])
+                kept.add(k)
+                truth_of[k] = (d, r["rule"], _photo_at(v, r["t"]))
+    return kept, truth_of
 
 
 def _teacher_facts(bundle: str) -> tuple[int, str]:
@@ -472,7 +358,7 @@ def cascade_study(cfg: dict, captions: dict[str, list[str]], out: Path) -> dict[
         if frames
         else []
     )
-    per_rule: dict[str, dict[str, int]] = {}
+    tally = _Tally()
     for r, e in zip(frames, emb):
         rule = names[r["rule"]]
         meta = {
@@ -482,20 +368,13 @@ def cascade_study(cfg: dict, captions: dict[str, list[str]], out: Path) -> dict[
         }
         _, verdict = teacher.verdict(e, meta)
         photo = _photo_at(video, r["t"])
-        hit = any(words[r["rule"]].search(c) for c in captions.get(photo, []))
-        pr = per_rule.setdefault(
-            r["rule"], {"kept": 0, "relevant": 0, "confirmed": 0, "confirmed_relevant": 0}
+        tally.add(
+            r["rule"],
+            any(words[r["rule"]].search(c) for c in captions.get(photo, [])),
+            verdict == "confirmed",
         )
-        pr["kept"] += 1
-        pr["relevant"] += hit
-        pr["confirmed"] += verdict == "confirmed"
-        pr["confirmed_relevant"] += hit and verdict == "confirmed"
-    tot = {
-        k: sum(v[k] for v in per_rule.values())
-        for k in ("kept", "relevant", "confirmed", "confirmed_relevant")
-    }
-    sp = tot["relevant"] / tot["kept"] if tot["kept"] else None
-    cp = tot["confirmed_relevant"] / tot["confirmed"] if tot["confirmed"] else None
+    tot, per_rule = tally.totals(), tally.per_rule
+    sp, cp = tally.precisions()
     return {
         "photos": len(photos),
         "frames": video["frames"],
@@ -576,7 +455,7 @@ def ingest_study(cfg: dict, out: Path, teacher: str, dim: int, teacher_id: str) 
         st = open_store(spec, dim, teacher_id)
         st.add_device("loadgen", tok)
         cs_ = [
-            _CollectorProcess(spec, teacher, blobs, out / f"{name}.log", rescore=False).start()
+            CollectorProcess(spec, teacher, blobs, out / f"{name}.log", rescore=False).start()
             for _ in range(procs)
         ]
         try:

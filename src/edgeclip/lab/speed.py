@@ -486,3 +486,24 @@ def captioner_cost(model) -> dict[str, Any]:
         "flops_convention": "torch FlopCounterMode: 1 multiply-add = 2 FLOPs (GMACs = GFLOPs / 2)",
         "input_size": size,
     }
+
+
+def speed_stage(cfg: dict, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The ``speed`` lab task: {models, backends, threads, img_size, embed_dim, calibration: [folders], calib,
+    batch, reps, thr_reps} -> :func:`run_speed_suite`'s results, int8 calibrated on real photos."""
+    calib = calibration_images([Path(p) for p in cfg.get("calibration", [])], int(cfg.get("calib", 32)))
+    return run_speed_suite(
+        list(cfg["models"]),
+        out / "onnx",
+        calib,
+        int(cfg.get("threads", 2)),
+        img_size=int(cfg.get("img_size", 224)),
+        embed_dim=int(cfg.get("embed_dim", 512)),
+        batch=int(cfg.get("batch", 32)),
+        reps=int(cfg.get("reps", 30)),
+        thr_reps=int(cfg.get("thr_reps", 3)),
+        backends=tuple(cfg.get("backends", BACKENDS)),
+        log=log,
+        roles={m: ("teacher" if m.startswith(("clip:", "teacher:")) else "student") for m in cfg["models"]},
+        energy_seconds=0.0,
+    )

@@ -400,24 +400,9 @@ def _stream(cfg: dict, out: Path, ctx: dict) -> dict:
     "(lab/speed.py)",
 )
 def _speed(cfg: dict, out: Path, ctx: dict) -> dict:
-    from edgeclip.lab import speed
+    from edgeclip.lab.speed import speed_stage
 
-    calib = speed.calibration_images([Path(p) for p in cfg.get("calibration", [])], int(cfg.get("calib", 32)))
-    return speed.run_speed_suite(
-        list(cfg["models"]),
-        out / "onnx",
-        calib,
-        int(cfg.get("threads", 2)),
-        img_size=int(cfg.get("img_size", 224)),
-        embed_dim=int(cfg.get("embed_dim", 512)),
-        batch=int(cfg.get("batch", 32)),
-        reps=int(cfg.get("reps", 30)),
-        thr_reps=int(cfg.get("thr_reps", 3)),
-        backends=tuple(cfg.get("backends", speed.BACKENDS)),
-        log=ctx.get("log", print),
-        roles={m: ("teacher" if m.startswith(("clip:", "teacher:")) else "student") for m in cfg["models"]},
-        energy_seconds=0.0,
-    )
+    return speed_stage(cfg, out, ctx.get("log", print))
 
 
 @TASKS.register(
