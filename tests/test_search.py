@@ -161,6 +161,19 @@ def test_ship_copies_checks_and_indexes_the_models(tiny_teacher, shapes, tmp_pat
     assert kept["student"] == idx["student"]
     with pytest.raises(EdgeClipError, match="photos"):
         ship_models(into, None, tiny_teacher)  # a new teacher copy must be checked
+    # the next lab ships its student under a new name, on the teacher as shipped: the index points at the new
+    # file and keeps the old entry under `previous`, whose file stays for the experiments built on it
+    v3 = ship_models(
+        into,
+        str(shapes["test"]),
+        idx["teacher"],
+        student=str(sdir / "student.pt"),
+        check_images=4,
+        names={"student": "v3-student.safetensors"},
+    )
+    assert v3["teacher"] == idx["teacher"] and v3["student"].endswith("v3-student.safetensors")
+    assert v3["previous"]["student"]["spec"] == idx["student"] and Path(idx["student"]).is_file()
+    assert "teacher" not in v3["previous"]
 
 
 def test_the_shipped_model_cards_describe_their_own_model():
@@ -172,10 +185,13 @@ def test_the_shipped_model_cards_describe_their_own_model():
     idx = json.loads((root / "models" / "index.json").read_text())
     words = {
         "teacher": "ResNet-18",
-        "student": "ShuffleNetV2",
         "bundle": "edge bundle",
         "captioner": "captioner",
     }
+    arch = idx["models"]["student"].get("arch", "")
+    words["student"] = {"mobilenet_v3_large": "MobileNetV3", "efficientnet_b0": "EfficientNet-B0"}.get(
+        arch, "ShuffleNetV2"
+    )
     for role, m in idx["models"].items():
         card = (root / m["card"]).read_text()
         assert words[role] in card, (role, card[:300])

@@ -87,10 +87,10 @@ def ship_models(
     checks: dict[str, Any] = {}
     old = read_json(into / INDEX) if (into / INDEX).is_file() else {}
     src_t = teacher.split(":", 1)[1] if teacher.startswith("reference-lit:") else teacher
-    t_spec = f"reference-lit:{into / names['teacher']}"
-    kept_teacher = Path(src_t).resolve() == (into / names["teacher"]).resolve() and "teacher" in (
-        old.get("models") or {}
-    )
+    old_t = ((old.get("models") or {}).get("teacher") or {}).get("spec", "")
+    # the teacher already shipped (whatever its file's name) is kept as it was shipped, with its checks
+    kept_teacher = bool(old_t) and Path(src_t).resolve() == Path(old_t.split(":", 1)[-1]).resolve()
+    t_spec = old_t if kept_teacher else f"reference-lit:{into / names['teacher']}"
     to_check = bool(student) or not kept_teacher  # a new teacher or student copy is checked on photos
     if to_check and not photos:
         raise EdgeClipError("ship: `photos` (check images) are needed to check a teacher or student copy")
@@ -123,10 +123,17 @@ def ship_models(
 
 def _keep_earlier(index: dict, old: dict, given: set, checks: dict) -> dict:
     """A later ship (the captioner, trained by another experiment) keeps the roles shipped before it, with their
-    checks; every check must pass. -> the checks."""
+    checks; every check must pass. A role shipped anew under another file name keeps its old entry under
+    ``previous`` (its files stay: experiments built on them, e.g. an earlier lab's teacher that a later lab
+    fine-tunes, still find them). -> the checks."""
+    index["previous"] = dict(old.get("previous") or {})
     for role, m in (old.get("models") or {}).items():
         if role not in given:
             index["models"][role] = m
+        elif m.get("spec") != index["models"][role]["spec"]:
+            index["previous"][role] = m
+    if not index["previous"]:
+        del index["previous"]
     checks = {
         **{k: v for k, v in (old.get("checks") or {}).items() if k.split("_")[0] not in given},
         **checks,
