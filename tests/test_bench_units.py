@@ -264,3 +264,52 @@ def test_report_target_rows():
     }
     assert target_rows(t) == [["ratio", "0.950", 0.97, "not met"], ["nested.x", "2.000", 1.0, "met"]]
     assert target_rows(None) == []
+
+
+def test_lab_v3_report_section_study_and_retention_vs_cost(tmp_path):
+    """The v3 lab's section: each choose stage's val scores with the winner marked, and one retention-vs-cost
+    table joining the lab's test retention to the cost table (the CLIP towers' rows speed only); a lab still
+    running shows its partial results and says which stages are to come."""
+    from edgeclip.core.io import write_json
+    from edgeclip.lab.report.document import Doc
+    from edgeclip.lab.report.lab_v3 import retention_cost_rows, section_lab_v3, study_rows
+
+    stages = {
+        "teacher": {"chosen": "pairs", "scores": {"v2": 0.179, "pairs": 0.2}},
+        "loss": {"chosen": "fd", "scores": {"cosmse": 0.18, "fd": 0.19}},
+        "test_students": {
+            "teacher_t2i_r5": 0.3,
+            "shufflenet_t2i_r5": 0.27,
+            "shufflenet_retention_t2i_r5": 0.9,
+            "shufflenet_retention_i2t_r5": 0.85,
+        },
+    }
+    rows = study_rows(stages)
+    assert ["teacher", "pairs", "0.2000", "yes"] in rows and ["loss", "cosmse", "0.1800", ""] in rows
+    cost = {
+        "models": [
+            {"name": "shufflenet_v2_x1_0", "params_m": 1.5, "gflops": 0.3, "ort_fp32": {"b1_median_ms": 4.4}},
+            {
+                "name": "clip:ViT-B-32",
+                "weights": "random (speed only)",
+                "params_m": 87.8,
+                "gflops": 8.8,
+                "ort_fp32": {"b1_median_ms": 70.4},
+                "ort_int8": {"b1_median_ms": 59.0},
+            },
+        ]
+    }
+    table = retention_cost_rows({"stages": stages}, cost)
+    assert table[0] == ["student ShuffleNetV2 x1.0", "0.900", "0.850", "1.50", "0.300", "4.4", "-"]
+    assert table[-1][:3] == ["ViT-B-32 (random (speed only))", "-", "-"] and table[-1][-1] == "59.0"
+    write_json(
+        tmp_path / "flickr8k_lab_v3_partial.json", {"stages": stages, "pending_stages": ["s_fd", "ship"]}
+    )
+    write_json(tmp_path / "cost_table.json", cost)
+    doc = Doc("t")
+    section_lab_v3(doc, tmp_path)
+    md = doc.markdown()
+    assert "Still running: 2 stages to go (s_fd, ship" in md and "ViT-B-32" in md and "| loss | fd |" in md
+    empty = Doc("t")
+    section_lab_v3(empty, tmp_path / "nothing")  # no v3 results: no section
+    assert "lab v3" not in empty.markdown()

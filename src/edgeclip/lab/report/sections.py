@@ -19,6 +19,7 @@ from edgeclip.lab.report.figures import (
     plot_speed,
     sample_photo_figure,
 )
+from edgeclip.lab.report.lab_v3 import section_lab_v3
 from edgeclip.lab.report.published import section_published_numbers
 
 
@@ -495,7 +496,13 @@ def _section_photos(doc: Doc, r: ReportInput) -> None:
         doc.img(fig, "sample photos with the shipped models' captions and free-text queries")
 
 
+def _section_lab_v3(doc: Doc, r: ReportInput) -> None:
+    """Reference lab v3 (experiments/flickr8k_lab_v3.yaml), as far as it has run."""
+    section_lab_v3(doc, r.results or r.out)
+
+
 SECTIONS = [
+    _section_lab_v3,
     _section_photos,
     _section_headline,
     _section_pareto,
