@@ -89,14 +89,14 @@ def test_beam_one_equals_greedy_and_batch_independence():
     feats, keys, h, c = m.encode(x)
     step = torch_step(m.decoder)
     g = greedy_decode(step, (h, c), (feats, keys), 8)
-    b1, _ = beam_decode(step, (h, c), (feats, keys), 1, 8)
+    b1, _ = beam_decode(step, (h, c), (feats, keys), beam=1, max_len=8)
     assert torch.equal(g, b1)
     full = generate(m, x, beam=5, max_len=8)
     assert all(full) and len(set(full)) > 1
     one_by_one = [generate(m, x[i : i + 1], beam=5, max_len=8)[0] for i in range(4)]
     assert full == one_by_one
     with pytest.raises(EdgeClipError):
-        beam_decode(step, (h, c), (feats, keys), 0, 8)
+        beam_decode(step, (h, c), (feats, keys), beam=0, max_len=8)
 
 
 def test_length_normalisation_changes_the_choice():
@@ -256,3 +256,17 @@ def test_repetition_penalty_and_ngram_block_break_a_loop():
         beam_decode(step, (z, z), (z,), beam=2, repetition_penalty=0.5)
     with pytest.raises(EdgeClipError, match="no_repeat_ngram"):
         beam_decode(step, (z, z), (z,), beam=2, no_repeat_ngram=1)
+
+
+def test_decoding_is_one_checked_value():
+    """Every captioner entry point takes one Decoding: built from a config section with overrides, checked once,
+    an unknown option one line with its nearest name."""
+    from edgeclip.runtime.decode import Decoding
+
+    d = Decoding.of({"beam": "3", "no_repeat_ngram": 3}, max_len=12, length_penalty=None)
+    assert d == Decoding(beam=3, max_len=12, no_repeat_ngram=3) and Decoding.of(d, beam=1).beam == 1
+    assert d.as_dict()["max_len"] == 12
+    with pytest.raises(EdgeClipError, match="did you mean 'repetition_penalty'"):
+        Decoding.of({"repetition_penalti": 1.2})
+    with pytest.raises(EdgeClipError, match="beam must be >= 1"):
+        Decoding(beam=0)

@@ -45,24 +45,19 @@ def caption_cmd(
 ):
     """Caption images with a trained captioner (torch checkpoint, or an exported ONNX folder: no torch needed)."""
     from edgeclip.runtime.captioner import caption_records
+    from edgeclip.runtime.decode import Decoding
 
     if (model is None) == (onnx is None):
         raise EdgeClipError("give exactly one of --model CHECKPOINT or --onnx FOLDER")
-    decoding = {
-        "beam": beam,
-        "max_len": max_len,
-        "length_penalty": length_penalty,
-        "repetition_penalty": repetition_penalty,
-        "no_repeat_ngram": no_repeat_ngram,
-    }
+    decoding = Decoding(beam, max_len, length_penalty, repetition_penalty, no_repeat_ngram)
     if onnx is not None:  # the device path: numpy preprocessing and ONNX Runtime, no torch
         from edgeclip.runtime.captioner import CaptionerBundle
 
-        captioner = CaptionerBundle(onnx).decoding(**decoding)  # checks the manifest's hashes when it has one
+        captioner = CaptionerBundle(onnx).decoding(decoding)  # checks the manifest's hashes when it has one
     else:
         from edgeclip.models.captioner import TorchCaptioner
 
-        captioner = TorchCaptioner(model, **decoding)
+        captioner = TorchCaptioner(model, decoding)
     src = _images(images)
     skipped = list(src.skipped)
     rows = caption_records(captioner, src, batch_size, on_skip=skipped.append)
@@ -153,6 +148,7 @@ def caption_eval_cmd(
     from edgeclip.core.machine import machine_info
     from edgeclip.data.captions import load_captions
     from edgeclip.models.captioner import load_captioner
+    from edgeclip.runtime.decode import Decoding
     from edgeclip.train.caption import evaluate_captioner
 
     if (captions is None) == (data is None):
@@ -163,12 +159,8 @@ def caption_eval_cmd(
         m,
         pp,
         cs,
-        beam=beam,
-        max_len=max_len,
+        Decoding(beam, max_len, length_penalty, repetition_penalty, no_repeat_ngram),
         batch_size=batch_size,
-        length_penalty=length_penalty,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram=no_repeat_ngram,
         samples=samples,
         allow_vocab_mismatch=allow_vocab_mismatch,
     )

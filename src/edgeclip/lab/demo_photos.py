@@ -74,8 +74,11 @@ def caption_photos(captioner: str, photos: Path, beam: int = 5) -> dict[str, str
     from edgeclip.data.sources import open_source
     from edgeclip.models.captioner import TorchCaptioner
     from edgeclip.runtime.captioner import caption_records
+    from edgeclip.runtime.decode import Decoding
 
-    rows = caption_records(TorchCaptioner(captioner, beam=beam), open_source(str(photos)), batch_size=64)
+    rows = caption_records(
+        TorchCaptioner(captioner, Decoding(beam=beam)), open_source(str(photos)), batch_size=64
+    )
     return {Path(r["image"]).name: r["caption"] for r in rows}
 
 

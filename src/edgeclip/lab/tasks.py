@@ -308,22 +308,18 @@ def _caption_set(cfg: dict):
 )
 def _caption_eval(cfg: dict, out: Path, ctx: dict) -> dict:
     from edgeclip.models.captioner import load_captioner
+    from edgeclip.runtime.decode import Decoding
     from edgeclip.train.caption import evaluate_captioner, image_grounding
 
     model, pp, ck = load_captioner(cfg["captioner"])
     cs = _caption_set(cfg)
+    decoding = {
+        k: cfg[k] for k in ("max_len", "length_penalty", "repetition_penalty", "no_repeat_ngram") if k in cfg
+    }
     res: dict = {"n_images": len(cs.items), "selected_epoch": (ck.get("extra") or {}).get("epoch")}
     for beam in cfg.get("beams", [5, 1]):
         ev = evaluate_captioner(
-            model,
-            pp,
-            cs,
-            beam=int(beam),
-            max_len=int(cfg.get("max_len", 20)),
-            samples=int(cfg.get("samples", 15)),
-            length_penalty=float(cfg.get("length_penalty", 1.0)),
-            repetition_penalty=float(cfg.get("repetition_penalty", 1.0)),
-            no_repeat_ngram=int(cfg.get("no_repeat_ngram", 0)),
+            model, pp, cs, Decoding.of(decoding, beam=beam), samples=int(cfg.get("samples", 15))
         )
         key = "greedy" if int(beam) == 1 else f"beam{beam}"
         res[key] = {k: v for k, v in ev.items() if k != "captions"}

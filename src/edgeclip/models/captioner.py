@@ -29,6 +29,7 @@ from edgeclip.data.transforms import Preprocess
 from edgeclip.data.vocab import PAD_ID, Vocab
 from edgeclip.models.base import CHECKPOINT_KINDS, MODEL_KINDS, Loaded
 from edgeclip.models.student import Student, create_student
+from edgeclip.runtime.decode import Decoding
 
 CAPTIONER_FORMAT = "edgeclip-captioner/1"
 
@@ -241,13 +242,10 @@ def load_captioner(path: str | Path, map_location: str = "cpu") -> Loaded:
 class TorchCaptioner:
     """A captioner checkpoint as an :class:`edgeclip.runtime.captioner.ImageCaptioner` (for the captioning loop)."""
 
-    def __init__(
-        self, path: str | Path, beam: int = 5, max_len: int = 20, length_penalty: float = 1.0, **penalties
-    ):
+    def __init__(self, path: str | Path, decoding: Decoding | None = None):
         self.model, self.pp, self.info = load_captioner(path)
         self.transform = self.pp.torch_transform()
-        # penalties: repetition_penalty, no_repeat_ngram (runtime.decode.beam_decode)
-        self.decoding = {"beam": beam, "max_len": max_len, "length_penalty": length_penalty, **penalties}
+        self.decoding = decoding or Decoding()
 
     def prepare(self, image) -> torch.Tensor:
         return self.transform(image)
@@ -256,4 +254,4 @@ class TorchCaptioner:
     def caption_prepared(self, xs: list) -> list[str]:
         from edgeclip.models.decode import generate
 
-        return generate(self.model, torch.stack(xs), **self.decoding)
+        return generate(self.model, torch.stack(xs), self.decoding)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from edgeclip.runtime import decode as npdecode
-from edgeclip.runtime.decode import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # noqa: F401  (re-exported)
+from edgeclip.runtime.decode import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Decoding  # noqa: F401  (re-exported)
 
 State = tuple[torch.Tensor, ...]
 StepFn = Callable[[torch.Tensor, State, State], tuple[torch.Tensor, State]]
@@ -40,31 +40,13 @@ def greedy_decode(
 
 @torch.no_grad()
 def beam_decode(
-    step: StepFn,
-    dyn: State,
-    static: State,
-    beam: int = 5,
-    max_len: int = 20,
-    length_penalty: float = 1.0,
-    allow_unk: bool = False,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram: int = 0,
+    step: StepFn, dyn: State, static: State, d: Decoding | None = None, **decoding
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched beam search (:func:`edgeclip.runtime.decode.beam_decode` over a torch step). Returns ((N, max_len)
-    ids of the best beam, (N,) its length-normalised log-prob)."""
+    """Batched beam search (:func:`edgeclip.runtime.decode.beam_decode` over a torch step; ``d`` and/or
+    :class:`Decoding` fields). Returns ((N, max_len) ids of the best beam, (N,) its length-normalised log-prob)."""
     dev = dyn[0].device
     ids, score = npdecode.beam_decode(
-        _numpy_step(step, dev),
-        dyn,
-        static,
-        dyn[0].shape[0],
-        beam,
-        max_len,
-        length_penalty,
-        allow_unk,
-        _take,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram=no_repeat_ngram,
+        _numpy_step(step, dev), dyn, static, dyn[0].shape[0], Decoding.of(d, **decoding), _take
     )
     return torch.from_numpy(ids), torch.from_numpy(score)
 
@@ -80,38 +62,17 @@ def torch_step(decoder) -> StepFn:
 
 
 @torch.no_grad()
-def generate(
-    model,
-    images: torch.Tensor,
-    beam: int = 5,
-    max_len: int = 20,
-    length_penalty: float = 1.0,
-    allow_unk: bool = False,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram: int = 0,
-) -> list[str]:
-    """Captions of a normalised image batch with a :class:`~edgeclip.models.captioner.Captioner`
-    (``beam=1``: greedy)."""
+def generate(model, images: torch.Tensor, d: Decoding | None = None, **decoding) -> list[str]:
+    """Captions of a normalised image batch with a :class:`~edgeclip.models.captioner.Captioner`; ``d`` and/or
+    :class:`Decoding` fields (``beam=1``: greedy)."""
+    d = Decoding.of(d, **decoding)
     was = model.training
     model.eval()
     feats, keys, h, c = model.encode(images)
-    step = torch_step(model.decoder)
-    if beam <= 1:
-        ids = greedy_decode(step, (h, c), (feats, keys), max_len, allow_unk)
-    else:
-        ids, _ = beam_decode(
-            step,
-            (h, c),
-            (feats, keys),
-            beam,
-            max_len,
-            length_penalty,
-            allow_unk,
-            repetition_penalty,
-            no_repeat_ngram,
-        )
+    step = _numpy_step(torch_step(model.decoder), h.device)
+    ids = npdecode.decode(step, (h, c), (feats, keys), images.shape[0], d, _take)
     model.train(was)
-    return decode_ids(model.vocab, ids)
+    return decode_ids(model.vocab, torch.from_numpy(ids))
 
 
 def decode_ids(vocab, ids: torch.Tensor) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgeclip.runtime.bundle import BundleError, make_session, read_kind
-from edgeclip.runtime.decode import beam_decode, decode_words, greedy_decode
+from edgeclip.runtime.decode import Decoding, decode, decode_words
 from edgeclip.runtime.preprocess import NumpyPreprocess
 
 CAPTION_META = "caption_meta.json"
@@ -102,6 +102,7 @@ class CaptionerBundle:
         self.threads = threads
         self.precision = "fp32"
         self.name = f"captioner:{self.root.name}"
+        self._decoding = Decoding()  # what the ImageCaptioner methods use (:meth:`decoding`)
 
     def _step(self, words, dyn, static):
         logp, h, c = self.dec.run(
@@ -110,71 +111,35 @@ class CaptionerBundle:
         )
         return logp, (h, c)
 
-    def caption_arrays(
-        self,
-        x,
-        beam: int = 5,
-        max_len: int = 20,
-        length_penalty: float = 1.0,
-        allow_unk: bool = False,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram: int = 0,
-    ) -> list[str]:
-        """Captions of a normalised (B, 3, H, W) float batch (numpy, or anything with ``.numpy()``)."""
+    def caption_arrays(self, x, d: Decoding | None = None, **decoding) -> list[str]:
+        """Captions of a normalised (B, 3, H, W) float batch (numpy, or anything with ``.numpy()``); ``d`` and/or
+        :class:`~edgeclip.runtime.decode.Decoding` fields, over the bundle's own decoding (:meth:`decoding`)."""
         x = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
         feats, keys, h, c = self.enc.run(None, {"image": x.astype(np.float32)})
-        n = x.shape[0]
-        if beam <= 1:
-            ids = greedy_decode(self._step, (h, c), (feats, keys), n, max_len, allow_unk)
-        else:
-            ids, _ = beam_decode(
-                self._step,
-                (h, c),
-                (feats, keys),
-                n,
-                beam,
-                max_len,
-                length_penalty,
-                allow_unk,
-                repetition_penalty=repetition_penalty,
-                no_repeat_ngram=no_repeat_ngram,
-            )
-        return [decode_words(self.words, r) for r in ids]
+        d = Decoding.of(d or self._decoding, **decoding)
+        return [decode_words(self.words, r) for r in decode(self._step, (h, c), (feats, keys), x.shape[0], d)]
 
-    def decoding(
-        self,
-        beam: int = 5,
-        max_len: int = 20,
-        length_penalty: float = 1.0,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram: int = 0,
-    ) -> CaptionerBundle:
+    def decoding(self, d: Decoding) -> CaptionerBundle:
         """Set the decoding the :class:`ImageCaptioner` methods use; -> self."""
-        self._decoding = {
-            "beam": beam,
-            "max_len": max_len,
-            "length_penalty": length_penalty,
-            "repetition_penalty": repetition_penalty,
-            "no_repeat_ngram": no_repeat_ngram,
-        }
+        self._decoding = d
         return self
 
     def prepare(self, image: Any) -> np.ndarray:
         return self.preprocess(image)
 
     def caption_prepared(self, xs: list) -> list[str]:
-        return self.caption_arrays(np.stack(xs), **getattr(self, "_decoding", {}))
+        return self.caption_arrays(np.stack(xs))
 
-    def caption_batch(self, images: Sequence[Any], beam: int = 5, max_len: int = 20, **kw) -> list[str]:
-        """Captions of images (paths, bytes or PIL images)."""
+    def caption_batch(self, images: Sequence[Any], d: Decoding | None = None, **decoding) -> list[str]:
+        """Captions of images (paths, bytes or PIL images); ``d`` and/or Decoding fields as :meth:`caption_arrays`."""
         from edgeclip.runtime.labeler import to_image
 
         if not len(images):
             return []
-        return self.caption_arrays(self.preprocess.batch([to_image(i) for i in images]), beam, max_len, **kw)
+        return self.caption_arrays(self.preprocess.batch([to_image(i) for i in images]), d, **decoding)
 
-    def caption(self, image: Any, beam: int = 5, max_len: int = 20, **kw) -> str:
-        return self.caption_batch([image], beam, max_len, **kw)[0]
+    def caption(self, image: Any, d: Decoding | None = None, **decoding) -> str:
+        return self.caption_batch([image], d, **decoding)[0]
 
     def describe(self) -> dict[str, Any]:
         return {

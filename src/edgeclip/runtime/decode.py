@@ -9,7 +9,8 @@ numpy. All images and all beams advance together: one step call per time step, n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,61 @@ PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3  # the vocabulary's special tokens (
 State = Any  # a tuple of per-row arrays (torch or numpy)
 StepFn = Callable[[np.ndarray, State, State], tuple[np.ndarray, State]]
 TakeFn = Callable[[State, np.ndarray], State]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How captions are decoded: the one set of knobs (and their checks) for the torch and ONNX Runtime captioners,
+    the evaluation, the lab and the CLI. ``beam`` 1: greedy; ``length_penalty``: a beam's log-probability is
+    divided by ``length ** length_penalty``; ``repetition_penalty`` (>= 1, CTRL's): a word the caption already holds
+    costs log(penalty) more; ``no_repeat_ngram`` (0: off, else >= 2): no n-gram twice in one caption;
+    ``allow_unk``: let <unk> be chosen."""
+
+    beam: int = 5
+    max_len: int = 20
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram: int = 0
+    allow_unk: bool = False
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise EdgeClipError(f"beam must be >= 1, got {self.beam}")
+        if self.max_len < 1:
+            raise EdgeClipError(f"max_len must be >= 1, got {self.max_len}")
+        if self.repetition_penalty < 1.0:
+            raise EdgeClipError(f"repetition_penalty must be >= 1, got {self.repetition_penalty}")
+        if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
+            raise EdgeClipError(f"no_repeat_ngram must be 0 (off) or >= 2, got {self.no_repeat_ngram}")
+
+    @classmethod
+    def of(cls, given: Decoding | Mapping[str, Any] | None = None, **overrides: Any) -> Decoding:
+        """A Decoding from another, a mapping of its fields (a config section) or nothing, with ``overrides``
+        (None values ignored); an unknown key is one line with the known ones."""
+        base = asdict(given) if isinstance(given, Decoding) else dict(given or {})
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in base if k not in names]
+        if unknown:
+            from difflib import get_close_matches
+
+            near = get_close_matches(unknown[0], names, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(names)})"
+            raise EdgeClipError(f"unknown decoding option {unknown[0]!r}{hint}")
+        types = {"beam": int, "max_len": int, "no_repeat_ngram": int, "allow_unk": bool}
+        return cls(**{k: types.get(k, float)(v) for k, v in base.items()})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decode(
+    step: StepFn, dyn: State, static: State, n: int, d: Decoding, take: TakeFn | None = None
+) -> np.ndarray:
+    """(n, max_len) token ids of ``n`` images: greedy for ``d.beam`` 1, else beam search."""
+    if d.beam <= 1:
+        return greedy_decode(step, dyn, static, n, d.max_len, d.allow_unk)
+    return beam_decode(step, dyn, static, n, d, take or take_numpy)[0]
 
 
 def take_numpy(state: State, index: np.ndarray) -> State:
@@ -58,31 +114,13 @@ def greedy_decode(
 
 
 def beam_decode(
-    step: StepFn,
-    dyn: State,
-    static: State,
-    n: int,
-    beam: int = 5,
-    max_len: int = 20,
-    length_penalty: float = 1.0,
-    allow_unk: bool = False,
-    take: TakeFn = take_numpy,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram: int = 0,
+    step: StepFn, dyn: State, static: State, n: int, d: Decoding, take: TakeFn = take_numpy
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Batched beam search over ``n`` images. -> ((n, max_len) ids of the best beam, (n,) its length-normalised
-    log-prob). Finished hypotheses stay in the beam (extended with PAD at no cost); the final choice divides each
-    hypothesis' log-probability by ``length ** length_penalty`` (length counts words and the <eos>).
-    ``repetition_penalty`` (>= 1, CTRL's): a word the hypothesis already holds costs log(penalty) more;
-    ``no_repeat_ngram`` (n >= 2): no n-gram twice in one caption (0: off)."""
-    if repetition_penalty < 1.0:
-        raise EdgeClipError(f"repetition_penalty must be >= 1, got {repetition_penalty}")
-    if no_repeat_ngram < 0 or no_repeat_ngram == 1:
-        raise EdgeClipError(f"no_repeat_ngram must be 0 (off) or >= 2, got {no_repeat_ngram}")
-    if beam < 1:
-        raise EdgeClipError(f"beam must be >= 1, got {beam}")
-    if max_len < 1:
-        raise EdgeClipError(f"max_len must be >= 1, got {max_len}")
+    """Batched beam search over ``n`` images (``d``: the :class:`Decoding`). -> ((n, max_len) ids of the best
+    beam, (n,) its length-normalised log-prob). Finished hypotheses stay in the beam (extended with PAD at no
+    cost); the final choice divides each hypothesis' log-probability by ``length ** length_penalty`` (length
+    counts words and the <eos>)."""
+    beam, max_len, allow_unk = d.beam, d.max_len, d.allow_unk
     B, k = n, beam
     rep = np.repeat(np.arange(B), k)
     dyn, static = take(dyn, rep), take(static, rep)
@@ -98,7 +136,7 @@ def beam_decode(
         logp, dyn = step(words, dyn, static)
         V = logp.shape[-1]
         logp = _mask_specials(np.asarray(logp).reshape(B, k, V), allow_unk)
-        logp = _penalise(logp, seqs, repetition_penalty, no_repeat_ngram)
+        logp = _penalise(logp, seqs, d.repetition_penalty, d.no_repeat_ngram)
         if finished.any():
             fin_row = np.full((V,), -np.inf, dtype=np.float32)
             fin_row[PAD_ID] = 0.0
@@ -118,7 +156,7 @@ def beam_decode(
         if finished.all():
             break
     with np.errstate(invalid="ignore"):
-        norm = scores / np.maximum(lengths, 1.0) ** length_penalty
+        norm = scores / np.maximum(lengths, 1.0) ** d.length_penalty
     best = norm.argmax(-1)
     ids = seqs[np.arange(B), best]
     out = np.full((B, max_len), PAD_ID, dtype=np.int64)

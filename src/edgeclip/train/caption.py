@@ -37,7 +37,7 @@ from edgeclip.models.captioner import (
     init_encoder_from_student,
     save_captioner,
 )
-from edgeclip.models.decode import generate
+from edgeclip.models.decode import Decoding, generate
 from edgeclip.train.engine import Task, TrainConfig, Trainer, unwrap
 
 # batch_size counts images; with captions_per_image 4 a step sees 64 (image, caption) pairs, the published batch,
@@ -198,31 +198,12 @@ def caption_loss(
 
 @torch.no_grad()
 def caption_tensor(
-    model: Captioner,
-    x_uint8: torch.Tensor,
-    pp: Preprocess,
-    beam: int,
-    max_len: int,
-    batch_size: int = 32,
-    length_penalty: float = 1.0,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram: int = 0,
+    model: Captioner, x_uint8: torch.Tensor, pp: Preprocess, d: Decoding, batch_size: int = 32
 ) -> list[str]:
     dev = next(model.parameters()).device
     out: list[str] = []
     for i in range(0, len(x_uint8), batch_size):
-        xb = normalize(x_uint8[i : i + batch_size].to(dev), pp.mean, pp.std)
-        out.extend(
-            generate(
-                model,
-                xb,
-                beam=beam,
-                max_len=max_len,
-                length_penalty=length_penalty,
-                repetition_penalty=repetition_penalty,
-                no_repeat_ngram=no_repeat_ngram,
-            )
-        )
+        out.extend(generate(model, normalize(x_uint8[i : i + batch_size].to(dev), pp.mean, pp.std), d))
     return out
 
 
@@ -423,7 +404,7 @@ class CaptionTask(Task):
             return {}
         t0 = time.time()
         raw, (vx, refs, names) = unwrap(model), self.val
-        hyps = caption_tensor(raw, vx, self.pp, self.cfg.val_beam, self.max_len)
+        hyps = caption_tensor(raw, vx, self.pp, Decoding(beam=self.cfg.val_beam, max_len=self.max_len))
         cider = score_captions(refs, dict(zip(names, hyps)), metrics=("CIDEr",))["CIDEr"]
         res = {"val_cider": cider, "val_seconds": time.time() - t0, "val_sample": hyps[0] if hyps else ""}
         state = self.state
@@ -498,17 +479,16 @@ def evaluate_captioner(
     model: Captioner,
     pp: Preprocess,
     cs: CaptionSet,
-    beam: int = 5,
-    max_len: int = 20,
+    d: Decoding | None = None,
     batch_size: int = 32,
-    length_penalty: float = 1.0,
     samples: int = 10,
     progress: bool = False,
     allow_vocab_mismatch: bool = False,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram: int = 0,
+    **decoding,
 ) -> dict[str, Any]:
-    """Caption every image of ``cs`` and score against its references (all metrics + sample captions)."""
+    """Caption every image of ``cs`` (``d`` and/or :class:`Decoding` fields) and score against its references
+    (all metrics + sample captions)."""
+    d = Decoding.of(d, **decoding)
     oov = model.vocab.oov_rate(cs.all_captions())
     if oov > 0.5 and not allow_vocab_mismatch:
         raise EdgeClipError(
@@ -519,9 +499,7 @@ def evaluate_captioner(
     if not items:
         raise EdgeClipError("no readable images to caption")
     t0 = time.time()
-    hyps = caption_tensor(
-        model, x, pp, beam, max_len, batch_size, length_penalty, repetition_penalty, no_repeat_ngram
-    )
+    hyps = caption_tensor(model, x, pp, d, batch_size)
     dt = time.time() - t0
     names = [it.name for it in items]
     sc = score_captions({it.name: it.captions for it in items}, dict(zip(names, hyps)))
@@ -530,11 +508,7 @@ def evaluate_captioner(
         "unavailable": sc["unavailable"],
         "tokenizer": sc["tokenizer"],
         "n_images": len(items),
-        "beam": beam,
-        "max_len": max_len,
-        "length_penalty": length_penalty,
-        "repetition_penalty": repetition_penalty,
-        "no_repeat_ngram": no_repeat_ngram,
+        **d.as_dict(),
         "reference_oov_rate": oov,
         "decode_seconds": dt,
         "skipped": {"captions": cs.skipped, "unreadable_images": len(skipped)},
