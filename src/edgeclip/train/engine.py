@@ -1,7 +1,7 @@
 """One training loop for every task (reference teacher, distillation, EdgeVL, QAT, captioner): ``Trainer``.
 
 It runs on Lightning Fabric, so ``devices=N, strategy='ddp'`` trains on several GPUs (or CPU
-processes with gloo) without changes; AdamW + warmup/cosine schedule, AMP and channels_last on
+processes with gloo) without changes; AdamW + warmup/cosine schedule, channels_last (CPU and GPU), AMP on
 GPU, gradient clipping, an atomic checkpoint every epoch and ``resume=True`` after a kill.
 """
 
@@ -235,7 +235,8 @@ class Trainer:
     def configure(self, task: Task) -> None:
         cfg, fabric = self.cfg, self.fabric
         model = task.model
-        if cfg.channels_last and fabric.device.type == "cuda":
+        if cfg.channels_last:  # on CPU too: a training step of MobileNetV3-L / EfficientNet-B0 at 160 px took
+            # ~35 % less time here (ShuffleNetV2 ~10 %, ResNet-18 ~3 %); 4-D weights only, checkpoints stay contiguous
             model = model.to(memory_format=torch.channels_last)
         params = (
             task.params if task.params is not None else [p for p in model.parameters() if p.requires_grad]
