@@ -314,3 +314,38 @@ def test_resume_into_another_run_and_a_second_cache_writer_are_refused(
             build_cache(open_source(shapes["train"]), teacher, tmp_path / "c", progress=False)
     assert not list((tmp_path / "c").glob("part-*"))
     build_cache(open_source(shapes["train"]), teacher, tmp_path / "c", progress=False)  # free again
+
+
+def test_distill_defaults_are_the_shipped_recipe(teacher, shapes, tmp_path, monkeypatch):
+    """`edgeclip distill` without flags trains with the recipe file's loss, student and train settings, under
+    whatever the user gives; `edgeclip cache` takes its views from it."""
+    import yaml
+
+    import edgeclip.train.distill as d
+
+    rec = d.distill_recipe()
+    assert rec["loss"] and rec["student"]["arch"] and rec["train"]["epochs"] >= 1 and rec["views"] >= 1
+    assert d.DistillConfig().loss == rec["loss"] and d.DistillConfig(loss="mse").loss == "mse"
+    mine = tmp_path / "distill.yaml"
+    mine.write_text(
+        yaml.safe_dump({"loss": "clipkd", "views": 3, "student": {"img_size": 96}, "train": {"lr": 0.01}})
+    )
+    monkeypatch.setattr(d, "RECIPE", mine)
+    assert d.DistillConfig().loss == "clipkd" and d.distill_recipe()["views"] == 3
+    # a run that names only its data: the recipe's student and train settings, the user's keys over them
+    mine.write_text(
+        yaml.safe_dump(
+            {
+                "loss": "mse",
+                "student": {"arch": "shufflenet_v2_x0_5", "img_size": 32},
+                "train": {"epochs": 2, "batch_size": 16, "max_steps_per_epoch": 2},
+            }
+        )
+    )
+    cfg = d.DistillConfig(
+        teacher="t", data=str(shapes["train"]), out=str(tmp_path / "s"), train={"epochs": 1}
+    )
+    hist = d.distill(cfg, progress=False, teacher=teacher)
+    assert len(hist["epochs"]) == 1 and hist["epochs"][0]["steps"] == 2
+    st, pp, ck = load_student(tmp_path / "s" / "student.pt")
+    assert pp.size == 32 and st.config["arch"] == "shufflenet_v2_x0_5"

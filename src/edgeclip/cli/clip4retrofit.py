@@ -31,7 +31,9 @@ def cache_cmd(
     data: str = typer.Argument(..., help="images: ImageFolder, folder, list/CSV, or tar shards"),
     teacher: str = typer.Option(..., help="teacher spec"),
     out: Path = typer.Option(..., help="cache folder"),
-    views: int = typer.Option(1, help="augmented views per image (view 0 = the plain image)"),
+    views: int | None = typer.Option(
+        None, help="augmented views per image (view 0 = the plain image); default: the distill recipe's"
+    ),
     batch_size: int = typer.Option(64),
     chunk: int = typer.Option(1024, help="images per part (the unit a worker computes and writes at once)"),
     workers: int = typer.Option(0, help="DataLoader workers"),
@@ -48,6 +50,9 @@ def cache_cmd(
     """Compute teacher image embeddings once (fp16, memory-mapped, resumable). On many workers, launch this same
     command with torchrun (or srun): each worker embeds its own chunks, one per GPU; they share --out."""
     from edgeclip.train.cache import CacheConfig, run_cache
+    from edgeclip.train.distill import distill_recipe
+
+    views = views if views is not None else int(distill_recipe()["views"] or 1)
 
     cfg = CacheConfig(
         data=data,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from edgeclip.core.config import build_dataclass
+from edgeclip.core.config import SHIPPED, build_dataclass, read_yaml
 from edgeclip.core.errors import EdgeClipError, ImageLoadError
 from edgeclip.core.prompts import DEFAULT_TEMPLATES, class_names
 from edgeclip.data.memory import crop_views, normalize, preload
@@ -27,6 +27,18 @@ from edgeclip.train.cache import EmbeddingCache
 from edgeclip.train.engine import Task, TrainConfig, Trainer
 from edgeclip.zeroshot.evaluate import tensor_top1
 
+RECIPE = SHIPPED / "recipes" / "distill.yaml"  # distill's defaults, as data (the last reference lab's recipe)
+
+
+def distill_recipe() -> dict[str, Any]:
+    """``edgeclip distill``'s defaults: the last reference lab's recipe (loss, cache views, student arch and size,
+    train settings), a fresh copy each call."""
+    rec = read_yaml(RECIPE, "distill recipe") or {}
+    return {
+        k: rec.get(k) or ({} if k in ("student", "train") else None)
+        for k in ("loss", "views", "student", "train")
+    }
+
 
 @dataclass
 class DistillConfig:
@@ -34,16 +46,20 @@ class DistillConfig:
     data: str = ""
     out: str = "runs/distill"
     cache: str | None = None  # None: run the teacher online
-    # student config; unset keys: from ``init`` when given, else shufflenet_v2_x1_0 at 224 px
+    # student config; unset keys: from ``init`` when given, else the recipe's (distill_recipe())
     student: dict[str, Any] = field(default_factory=dict)
-    loss: Any = "cosine"
+    loss: Any = None  # None: the recipe's
     views: int = 1  # online mode: random views per epoch; cached mode: taken from the cache
     preload: Any = "auto"  # hold images in memory (auto: when the student input is <= 64 px)
     val: str | None = None  # ImageFolder for zero-shot top-1 after each epoch
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    train: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys over the recipe's
     max_images: int = 0
     init: str | None = None  # start from this student checkpoint (same teacher; its architecture is used)
+
+    def __post_init__(self) -> None:
+        if self.loss is None:
+            self.loss = distill_recipe()["loss"] or "cosine"
 
 
 def run_fingerprint(cfg: DistillConfig, teacher, student) -> dict[str, Any]:
@@ -77,8 +93,9 @@ class DistillTask(Task):
             from edgeclip.models.student import init_student_config
 
             scfg, init = init_student_config(cfg.init, teacher.id, scfg)
-        arch = scfg.pop("arch", "shufflenet_v2_x1_0")
-        self.size = int(scfg.setdefault("img_size", 224))
+        recipe = distill_recipe()["student"]
+        arch = scfg.pop("arch", recipe.get("arch", "shufflenet_v2_x1_0"))
+        self.size = int(scfg.setdefault("img_size", recipe.get("img_size", 224)))
         self.model = create_student(arch, teacher.embed_dim, **scfg)
         if init is not None:
             self.model.load_state_dict(init.state_dict())
@@ -250,7 +267,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, tea
         raise EdgeClipError("no teacher given (--teacher or `teacher:` in the config)")
     if not cfg.data:
         raise EdgeClipError("no training data given (--data or `data:` in the config)")
-    tcfg = build_dataclass(TrainConfig, cfg.train, "train")
+    tcfg = build_dataclass(TrainConfig, {**distill_recipe()["train"], **cfg.train}, "train")
     task = DistillTask(cfg, teacher or load_teacher(cfg.teacher, device="cpu"), tcfg, progress)
     hist = Trainer(tcfg, cfg.out, resume=resume, progress=progress).fit(task)
     hist["n_train"] = len(task.records)
