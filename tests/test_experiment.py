@@ -294,13 +294,16 @@ def test_captioner_and_bundle_experiments_end_to_end(tmp_path, shapes, tiny_teac
             "b_cider": "test_b.beam2.metrics.CIDEr",
             "params": "speed.cost.params.total",
             "fps": "speed.throughput_cpu.beam5_batch1.images_per_s",
+            "fps_bundle": "speed.throughput_bundle.beam5_batch1.images_per_s",
         },
         "targets": [{"name": "small", "metric": "params", "op": "<=", "value": 4_000_000}],
     }
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(exp))
     res = run_experiment(p, log=lambda s: None)
-    assert res["b_cider"] >= 0 and res["fps"] > 0 and res["targets"]["small"] is True
+    assert (
+        res["b_cider"] >= 0 and res["fps"] > 0 and res["fps_bundle"] > 0 and res["targets"]["small"] is True
+    )
     assert {"greedy", "beam2", "grounding"} <= set(res["stages"]["test_b"])
     assert res["stages"]["a"]["curve"][0]["mse"] is not None  # run a distils from the teacher
 

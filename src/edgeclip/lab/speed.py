@@ -427,67 +427,6 @@ SPEED_METHOD = (
 
 
 # ------------------------------------------------------------------------------------------ captioner
-def caption_throughput(
-    model, x_uint8: torch.Tensor, pp, threads: int = 2, max_len: int = 20
-) -> dict[str, Any]:
-    """End-to-end captioner images/s (normalisation + encoder + decoding; images already decoded to uint8),
-    greedy and beam 5, batch 1 and 32, at ``threads`` torch threads; + the encoder alone at batch 1."""
-    import os
-
-    from edgeclip.data.memory import normalize
-    from edgeclip.models.cost import latency_ms
-    from edgeclip.models.decode import generate
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    res: dict[str, Any] = {"load_average_before": os.getloadavg()}
-    try:
-        for bs in (1, 32):
-            xb = normalize(x_uint8[:bs], pp.mean, pp.std)
-            for beam in (1, 5):
-                lat = latency_ms(
-                    lambda xb=xb, beam=beam: generate(model, xb, beam=beam, max_len=max_len),
-                    warmup=2,
-                    reps=20 if bs == 1 else 5,
-                )
-                res[f"{'greedy' if beam == 1 else 'beam5'}_batch{bs}"] = {
-                    "images_per_s": min(bs, len(xb)) / (lat["median_ms"] / 1000),
-                    "median_ms_per_batch": lat["median_ms"],
-                    "p90_ms_per_batch": lat["p90_ms"],
-                    "reps": lat["reps"],
-                }
-        x1 = normalize(x_uint8[:1], pp.mean, pp.std)
-        res["encoder_only_batch1_ms"] = latency_ms(lambda: model.encode(x1), warmup=2, reps=20)["median_ms"]
-    finally:
-        torch.set_num_threads(old)
-    res["threads"] = threads
-    res["load_average_at_end"] = os.getloadavg()
-    return res
-
-
-def captioner_cost(model) -> dict[str, Any]:
-    """Parameters and GFLOPs of a captioner: encoder, its backbone, one decoder step."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from edgeclip.models.cost import count_params, flops
-
-    size = model.cfg.img_size
-    enc = flops(model.encoder, size)
-    feats, keys, h, c = model.encode(torch.zeros(1, 3, size, size))
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model.decoder(torch.tensor([1]), h, c, feats, keys)
-    return {
-        "params": model.param_counts(),
-        "params_m": count_params(model) / 1e6,
-        "encoder_gflops": enc / 1e9,
-        "encoder_gmacs": enc / 2e9,
-        "backbone_gflops": flops(model.student.backbone, size) / 1e9,
-        "decoder_step_gflops": fc.get_total_flops() / 1e9,
-        "flops_convention": "torch FlopCounterMode: 1 multiply-add = 2 FLOPs (GMACs = GFLOPs / 2)",
-        "input_size": size,
-    }
-
-
 def speed_stage(cfg: dict, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The ``speed`` lab task: {models, backends, threads, img_size, embed_dim, calibration: [folders], calib,
     batch, reps, thr_reps} -> :func:`run_speed_suite`'s results, int8 calibrated on real photos."""

@@ -331,50 +331,14 @@ def _caption_eval(cfg: dict, out: Path, ctx: dict) -> dict:
 
 @TASKS.register(
     "caption-speed",
-    help="captioner images/s end to end (greedy / beam 5, batch 1 / 32) and its params / GFLOPs: {captioner} "
-    "or, for the worst case (untrained weights decode max_len steps), {config, data} with seeded random weights",
+    help="captioner images/s end to end (greedy / beam 5, batch 1 / 32) in torch and, exported, in the torch-free "
+    "runtime (ONNX Runtime), and its params / GFLOPs: {captioner} or, for the worst case (untrained weights decode "
+    "max_len steps), {config, data} with seeded random weights",
 )
 def _caption_speed(cfg: dict, out: Path, ctx: dict) -> dict:
-    import torch
+    from edgeclip.lab.caption_speed import caption_speed_stage
 
-    from edgeclip.data.memory import preload
-    from edgeclip.lab.speed import caption_throughput, captioner_cost
-
-    if cfg.get("captioner"):
-        from edgeclip.models.captioner import load_captioner
-
-        model, pp, _ = load_captioner(cfg["captioner"])
-        weights = "trained"
-    else:
-        model, pp = _random_captioner(cfg)
-        weights = "seeded random (every caption decodes max_len steps: the worst case)"
-    cs = _caption_set({**cfg, "max_images": 32})
-    x, _, _ = preload([it.record() for it in cs.items], pp.size, progress=False)
-    with torch.no_grad():
-        res = caption_throughput(model.eval(), x, pp, threads=int(cfg.get("threads", 2)))
-    return {
-        "weights": weights,
-        "throughput_cpu": res,
-        "cost": captioner_cost(model),
-        "vocab_size": len(model.vocab),
-    }
-
-
-def _random_captioner(cfg: dict):
-    import torch
-
-    from edgeclip.core.config import load_config
-    from edgeclip.data.captions import load_captions
-    from edgeclip.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
-    from edgeclip.data.vocab import Vocab
-    from edgeclip.models.captioner import build_captioner
-
-    c = load_config(cfg["config"])
-    train = load_captions(cfg["data"], cfg.get("images"), c.get("train_split", "train"), cfg.get("splits"))
-    vocab = Vocab.build(train.all_captions(), min_count=int(c["vocab"]["min_count"]))
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    model = build_captioner(vocab, c["model"])
-    return model, Preprocess(size=model.cfg.img_size, mean=CLIP_MEAN, std=CLIP_STD)
+    return caption_speed_stage(cfg, out)
 
 
 # ------------------------------------------------------------------------------------------- streams
