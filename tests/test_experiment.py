@@ -91,11 +91,16 @@ def test_run_skip_and_refuse_a_changed_stage(tmp_path, shapes, capsys):
     part = run_experiment(p, only=["teacher", "cache"], log=lambda s: None)
     assert part["pending_stages"] and "cache" in part["stages"] and not (tmp_path / "results.json").exists()
     assert (tmp_path / "work" / "partial_results.json").is_file()
+    assert (
+        json.loads((tmp_path / "results_partial.json").read_text())["pending_stages"]
+        == part["pending_stages"]
+    )
     with pytest.raises(EdgeClipError, match="no stage 'nope'"):
         run_experiment(p, only=["nope"], log=lambda s: None)
     main(["lab", "run", str(p)])
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["format"] == "edgeclip-lab-result/1" and res["experiment"] == "tiny"
+    assert not (tmp_path / "results_partial.json").exists()  # the whole supersedes the part
     assert res["retention"] == pytest.approx(res["student_top1"] / res["teacher_top1"])
     assert res["targets"] == {"chance": True, "impossible": False}
     assert {"teacher/teacher.pt", "student/student.pt"} <= set(res["checkpoints"])

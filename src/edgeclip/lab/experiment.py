@@ -238,28 +238,37 @@ def run_experiment(
     results = WRITERS[exp.get("writer", "lab")](exp, ctx, timings)
     results["machine"] = machine_info()
     write_json(exp["results"], results)
+    partial_path(exp["results"]).unlink(missing_ok=True)  # the whole supersedes the part
     log(f"results: {exp['results']}")
     return results
 
 
+def partial_path(results: str | Path) -> Path:
+    """Where a run that stopped short keeps what it has beside the results JSON (``X.json`` -> ``X_partial.json``,
+    committed with the code while a long lab spans sessions; the report reads it until the whole lands)."""
+    p = Path(results)
+    return p.with_name(p.stem + "_partial.json")
+
+
 def _partial(exp: dict, work: Path, pending: list[str], ctx: dict, timings: dict, log) -> dict[str, Any]:
-    """What ran, in OUT/partial_results.json; the experiment's results JSON is left as it is."""
+    """What ran, in OUT/partial_results.json and beside the results JSON (:func:`partial_path`); the experiment's
+    results JSON is left as it is."""
     from edgeclip.core.machine import machine_info
 
+    rec = {
+        "format": RESULT_FORMAT,
+        "experiment": exp["name"],
+        "pending_stages": pending,
+        "stages": ctx["stages"],
+        "timings": timings,
+        "machine": machine_info(),
+    }
     path = work / "partial_results.json"
-    write_json(
-        path,
-        {
-            "format": RESULT_FORMAT,
-            "experiment": exp["name"],
-            "pending_stages": pending,
-            "stages": ctx["stages"],
-            "timings": timings,
-            "machine": machine_info(),
-        },
-    )
+    write_json(path, rec)
+    write_json(partial_path(exp["results"]), rec)
     log(
-        f"stages not run yet: {', '.join(pending)}; what has run is in {path} ({exp['results']} is left as it is)"
+        f"stages not run yet: {', '.join(pending)}; what has run is in {partial_path(exp['results'])} "
+        f"({exp['results']} is left as it is)"
     )
     return {"pending_stages": pending, "stages": ctx["stages"]}
 
