@@ -342,7 +342,8 @@ def agreement_with_teacher(
                 # the mean over the teacher's readings of the agreement within each: a model that always
                 # answers the most common one scores 1 / (readings seen), not the majority share
                 "balanced_agreement": float(np.mean([hit[ref_top == c].mean() for c in np.unique(ref_top)])),
-                "cosine": float((emb * ref).sum(1).mean()),
+                # float32 sums of unit vectors can pass 1 by a rounding step
+                "cosine": float(np.clip((emb * ref).sum(1), -1.0, 1.0).mean()),
                 "n": len(emb),
             }
     return out
